@@ -1,0 +1,8 @@
+"""Redraw the Mermaid diagrams in docs/machines.md from the machines in the code."""
+
+from pathlib import Path
+
+from flowfsm.machines import render_into
+
+doc = Path(__file__).with_name("machines.md")
+doc.write_text(render_into(doc.read_text()))

@@ -1,0 +1,141 @@
+"""JSON forms of every entity, trigger and HookRequest, through cattrs.
+
+Keys are camelCase, enums are their values (the state spellings of the
+contract), datetimes are ISO 8601 strings. ``structure(unstructure(x), type(x))``
+gives back ``x`` for every flowfsm value. Triggers carry a ``type`` tag (the
+class name) when (un)structured as ``Trigger``.
+
+>>> from flowfsm import Artifact, ArtifactCreated
+>>> to_json(ArtifactCreated(Artifact("com.acme", "api", "1.4.0")), Trigger)
+'{"artifact": {"group": "com.acme", "name": "api", "version": "1.4.0"}, "type": "ArtifactCreated"}'
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any, TypeVar, overload
+
+import attrs
+import cattrs
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+from cattrs.strategies import configure_tagged_union
+
+from flowfsm.errors import ValidationError
+from flowfsm.model import DeploymentPayload, Payload, PromotionPayload
+from flowfsm.triggers import Trigger
+
+__all__ = ["converter", "from_json", "structure", "to_json", "unstructure"]
+
+T = TypeVar("T")
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+
+    def renames(cls: type) -> dict[str, Any]:
+        return {
+            a.name: override(rename=_camel(a.name))
+            for a in attrs.fields(cls)
+            if a.init and _camel(a.name) != a.name
+        }
+
+    conv.register_unstructure_hook_factory(
+        attrs.has, lambda cls: make_dict_unstructure_fn(cls, conv, **renames(cls))
+    )
+    conv.register_structure_hook_factory(
+        attrs.has,
+        lambda cls: make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **renames(cls)),
+    )
+
+    def structure_str(value: Any, _: Any) -> str:
+        if not isinstance(value, str):  # cattrs would turn 7 into "7" silently
+            raise ValidationError("$", f"expected a string, got {value!r}")
+        return value
+
+    conv.register_structure_hook(str, structure_str)
+    conv.register_unstructure_hook(dt.datetime, dt.datetime.isoformat)
+    conv.register_structure_hook(dt.datetime, lambda v, _: dt.datetime.fromisoformat(v))
+
+    def structure_payload(value: Any, _: Any) -> Payload:
+        if isinstance(value, dict) and "promotionResult" in value:
+            return conv.structure(value, PromotionPayload)
+        return conv.structure(value, DeploymentPayload)
+
+    conv.register_structure_hook(Payload, structure_payload)
+    configure_tagged_union(Trigger, conv, tag_name="type")
+    return conv
+
+
+converter: cattrs.Converter = _make_converter()
+"""The configured cattrs converter; register hooks on it for your own types."""
+
+
+def unstructure(value: Any, as_type: Any = None) -> Any:
+    """``value`` as JSON-ready dicts and lists (``as_type=Trigger`` adds the tag)."""
+    return converter.unstructure(value, as_type)
+
+
+@overload
+def structure(data: Any, as_type: type[T]) -> T: ...
+@overload
+def structure(data: Any, as_type: Any) -> Any: ...
+def structure(data: Any, as_type: Any) -> Any:
+    """Build an ``as_type`` from JSON-ready data.
+
+    Bad data raises ``ValidationError`` whose ``field`` is the JSON path of the
+    first problem, e.g. ``$.results[0].resultStatus``.
+    """
+    try:
+        return converter.structure(data, as_type)
+    except (ValidationError, ClassValidationError, IterableValidationError, ForbiddenExtraKeysError) as e:
+        path, message = _first_error(e, "$")
+        raise ValidationError(path, message) from e
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValidationError("$", f"malformed {getattr(as_type, '__name__', 'value')}: {e!r}") from e
+
+
+def _first_error(exc: BaseException, path: str) -> tuple[str, str]:  # noqa: PLR0911 - one return per error kind
+    """The JSON path and message of the first leaf error in a cattrs error group."""
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return path, f"unknown key(s) {', '.join(sorted(exc.extra_fields))}"
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        with_notes, without = exc.group_exceptions()
+        if with_notes:
+            inner, note = with_notes[0]
+            if isinstance(note, IterableValidationNote):
+                return _first_error(inner, f"{path}[{note.index}]")
+            return _first_error(inner, f"{path}.{_camel(note.name)}")
+        if without:  # raised by the class's own __init__ (its validators)
+            return _first_error(without[0], path)
+        return path, str(exc)
+    if isinstance(exc, ValidationError):
+        if exc.field == "$":
+            return path, exc.message
+        return (exc.field if exc.field.startswith("$") else f"{path}.{_camel(exc.field)}"), exc.message
+    if isinstance(exc, KeyError):
+        return path, "required key missing"
+    return path, str(exc) or type(exc).__name__
+
+
+def to_json(value: Any, as_type: Any = None) -> str:
+    return json.dumps(unstructure(value, as_type))
+
+
+@overload
+def from_json(text: str | bytes, as_type: type[T]) -> T: ...
+@overload
+def from_json(text: str | bytes, as_type: Any) -> Any: ...
+def from_json(text: str | bytes, as_type: Any) -> Any:
+    return structure(json.loads(text), as_type)

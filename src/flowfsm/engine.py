@@ -1,0 +1,280 @@
+"""``FlowEngine.handle``: one trigger in, one atomic change out.
+
+Data flows one way: the trigger names a flow; the engine loads a copy from the
+repository, fires the state machines on it (their callbacks record the hook
+events), turns those events into HookRequests, and commits the flow and its
+HookRequests together (the outbox). Only then does it hand the HookRequests to
+the emitter. Anything raised before the commit leaves the store as it was and
+emits nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final
+
+from flowfsm.errors import ConcurrencyConflict, InvalidTransition, UnknownPromotion, ValidationError
+from flowfsm.machines import Step, fire, try_fire
+from flowfsm.model import (
+    Artifact,
+    Deployment,
+    DeploymentPayload,
+    DeploymentState,
+    Environment,
+    Flow,
+    HookEvent,
+    HookRequest,
+    Promotion,
+    PromotionPayload,
+    PromotionState,
+    ResultStatus,
+    Service,
+)
+from flowfsm.protocols import FailureHandler, HookEmitter, Repository, ServiceCatalog
+from flowfsm.strategies import BUILTIN_STRATEGIES, PromotionFailure
+from flowfsm.triggers import (
+    ArtifactCreated,
+    DeploymentCompleted,
+    DeploymentStarted,
+    Outcome,
+    PromotionCompleted,
+    Trigger,
+)
+
+__all__ = ["FlowEngine", "new_id", "utc_now"]
+
+log = logging.getLogger("flowfsm.engine")
+
+_PROMOTION_EVENTS: Final = frozenset({HookEvent.PROMOTION_COMPLETED, HookEvent.PROMOTION_FAILED})
+# A deployment in one of these states has been started (or completed) already.
+_STARTED: Final = frozenset(DeploymentState) - {DeploymentState.NOT_STARTED}
+_COMPLETED: Final = _STARTED - {DeploymentState.STARTED}
+
+
+def new_id() -> str:
+    """A random UUID4 as 32 hex digits: the default id factory."""
+    return uuid.uuid4().hex
+
+
+def utc_now() -> dt.datetime:
+    """The default clock."""
+    return dt.datetime.now(dt.UTC)
+
+
+class FlowEngine:
+    """Applies triggers to flows.
+
+    ``emitter=None`` leaves every HookRequest in the outbox for a dispatcher
+    (``flowfsm.dispatch``) to deliver; otherwise the engine delivers them right
+    after the commit, and any it could not deliver stay pending.
+    """
+
+    def __init__(
+        self,
+        catalog: ServiceCatalog,
+        repository: Repository,
+        emitter: HookEmitter | None,
+        *,
+        strategies: Mapping[str, FailureHandler] | None = None,
+        clock: Callable[[], dt.datetime] = utc_now,
+        id_factory: Callable[[], str] = new_id,
+        max_attempts: int = 5,
+        lease: float = 30.0,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValidationError("max_attempts", "must be at least 1")
+        self.catalog = catalog
+        self.repository = repository
+        self.emitter = emitter
+        self._strategies = {**BUILTIN_STRATEGIES, **(strategies or {})}
+        self._clock = clock
+        self._new_id = id_factory
+        self._max_attempts = max_attempts
+        self._lease = lease if emitter is not None else 0.0
+        for service in catalog:  # fail now, not on the first failed promotion
+            self._strategy(service)
+
+    def handle(self, trigger: Trigger) -> Outcome:
+        """Apply one trigger atomically and return what it did."""
+        for attempt in range(1, self._max_attempts + 1):
+            outcome, changed = self._apply(trigger)
+            if not changed:
+                return outcome
+            try:
+                self.repository.commit(changed, outcome.hook_requests, lease=self._lease)
+            except ConcurrencyConflict:
+                if attempt == self._max_attempts:
+                    raise
+                log.debug("concurrent change, retrying %s (attempt %d)", type(trigger).__name__, attempt)
+                continue
+            self._deliver(outcome.hook_requests)
+            return outcome
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- applying triggers: reads only; returns the outcome and the flows to save ---
+
+    def _apply(self, trigger: Trigger) -> tuple[Outcome, list[Flow]]:
+        if isinstance(trigger, ArtifactCreated):
+            return self._artifact_created(trigger.artifact)
+        if isinstance(trigger, DeploymentStarted | DeploymentCompleted | PromotionCompleted):
+            flow = self.repository.find_by_deployment(trigger.deployment_id)
+            service = self.catalog.get(flow.service_id)
+            deployment = flow.deployment(trigger.deployment_id)
+            if deployment is None:  # a repository that returned the wrong flow
+                raise ValidationError("deployment_id", f"flow {flow.id!r} has no {trigger.deployment_id!r}")
+            step = Step(flow, service, deployment)
+            if isinstance(trigger, DeploymentStarted):
+                applied = self._deployment_started(step)
+            elif isinstance(trigger, DeploymentCompleted):
+                applied = self._deployment_completed(step)
+            else:
+                applied = self._promotion_completed(step, trigger)
+            if not applied:
+                return Outcome((flow,), (), duplicate=True), []
+            now = self._clock()
+            flow.version += 1
+            flow.updated_at = now
+            return Outcome((flow,), tuple(self._hook_requests(step, now))), [flow]
+        raise ValidationError("trigger", f"not a trigger: {trigger!r}")
+
+    def _artifact_created(self, artifact: Artifact) -> tuple[Outcome, list[Flow]]:
+        if not isinstance(artifact, Artifact):
+            raise ValidationError("artifact", f"expected an Artifact, got {artifact!r}")
+        services = self.catalog.for_artifact(artifact.key)
+        flows: list[Flow] = []
+        created: list[Flow] = []
+        requests: list[HookRequest] = []
+        now = self._clock()
+        for service in services:
+            existing = self.repository.find_by_key(artifact.id, service.id)
+            if existing is not None:
+                flows.append(existing)
+                continue
+            self._strategy(service)
+            flow = self._new_flow(artifact, service, now)
+            step = Step(flow, service, flow.deployments[0])
+            step.record(HookEvent.DEPLOYMENT_CREATED)
+            requests.extend(self._hook_requests(step, now))
+            flows.append(flow)
+            created.append(flow)
+        duplicate = bool(flows) and not created
+        return Outcome(tuple(flows), tuple(requests), duplicate), created
+
+    def _new_flow(self, artifact: Artifact, service: Service, now: dt.datetime) -> Flow:
+        new_id = self._new_id
+        deployments = [
+            Deployment(new_id(), env.name, [Promotion(new_id(), name) for name in env.promotions])
+            for env in service.pipeline.environments
+        ]
+        return Flow(new_id(), artifact, service.id, deployments, version=1, created_at=now, updated_at=now)
+
+    def _deployment_started(self, step: Step) -> bool:
+        if step.deployment.state in _STARTED:
+            return False  # already recorded: a duplicate
+        fire(step.deployment, "start", step)
+        return True
+
+    def _deployment_completed(self, step: Step) -> bool:
+        if step.deployment.state in _COMPLETED:
+            return False
+        fire(step.deployment, "complete", step)
+        self._advance(step)
+        return True
+
+    def _promotion_completed(self, step: Step, trigger: PromotionCompleted) -> bool:
+        promotion = step.deployment.promotion(trigger.promotion_id)
+        if promotion is None:
+            raise UnknownPromotion(trigger.deployment_id, trigger.promotion_id)
+        failed = [r for r in trigger.results if r.result_status is ResultStatus.FAILED]
+        wanted = PromotionState.FAILED if failed else PromotionState.SUCCESS
+        if promotion.state is wanted:
+            return False  # the same verdict again
+        if promotion.state is not PromotionState.PENDING:
+            raise InvalidTransition(
+                "promotion",
+                promotion.id,
+                promotion.state.value,
+                "fail" if failed else "succeed",
+                f"it already {'passed' if promotion.state is PromotionState.SUCCESS else 'failed'}",
+            )
+        step.result = failed[0] if failed else trigger.results[0]
+        if failed:
+            fire(promotion, "fail", step)
+            strategy = self._strategy(step.service)
+            strategy.on_promotion_failed(PromotionFailure(step, promotion))
+        else:
+            fire(promotion, "succeed", step)
+            self._advance(step)
+        return True
+
+    def _advance(self, step: Step) -> None:
+        """After a completion or a passed promotion: succeed the deployment if its
+        guard allows, then create the next deployment or succeed the flow."""
+        if not try_fire(step.deployment, "succeed", step):
+            return
+        following = step.flow.current_deployment()
+        if following is None:
+            fire(step.flow, "succeed", step)
+        else:
+            step.record(HookEvent.DEPLOYMENT_CREATED, following)
+
+    def _strategy(self, service: Service) -> FailureHandler:
+        try:
+            return self._strategies[service.failure_strategy]
+        except KeyError:
+            known = ", ".join(sorted(self._strategies))
+            raise ValidationError(
+                "failure_strategy",
+                f"service {service.id!r} names unknown strategy"
+                f" {service.failure_strategy!r} (known: {known})",
+            ) from None
+
+    # --- hook requests -------------------------------------------------------------
+
+    def _hook_requests(self, step: Step, now: dt.datetime) -> list[HookRequest]:
+        """One HookRequest per subscribed webhook action per event, in declared order."""
+        flow, service = step.flow, step.service
+        requests: list[HookRequest] = []
+        for event, deployment, result in step.events:
+            payload: DeploymentPayload | PromotionPayload
+            if event in _PROMOTION_EVENTS and result is not None:
+                payload = PromotionPayload(flow.artifact, deployment, service.ref, result)
+            else:
+                payload = DeploymentPayload(
+                    flow.artifact, deployment, service.ref, _environment(service, deployment)
+                )
+            for webhook_id, action in service.subscribers(event):
+                requests.append(HookRequest(self._new_id(), flow.id, webhook_id, action, event, payload, now))
+        return requests
+
+    def _deliver(self, requests: Sequence[HookRequest]) -> None:
+        """Hand committed HookRequests to the emitter; what fails stays pending."""
+        if self.emitter is None or not requests:
+            return
+        delivered: list[str] = []
+        try:
+            for request in requests:
+                self.emitter.emit(request)
+                delivered.append(request.id)
+        except Exception:
+            log.warning(
+                "emitter failed on hook request %s; %d left pending for the dispatcher",
+                request.id,
+                len(requests) - len(delivered),
+                exc_info=True,
+            )
+            self.repository.release([r.id for r in requests[len(delivered) :]])
+        finally:
+            if delivered:
+                self.repository.mark_delivered(delivered)
+
+
+def _environment(service: Service, deployment: Deployment) -> Environment:
+    for env in service.pipeline.environments:
+        if env.name == deployment.environment:
+            return env
+    # The catalog changed since the flow began: describe the environment as the flow has it.
+    return Environment(deployment.environment, [p.name for p in deployment.promotions])

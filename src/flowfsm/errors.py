@@ -1,0 +1,125 @@
+"""Every error flowfsm raises, under one root.
+
+Catch ``FlowFSMError`` to catch them all; catch a leaf to handle one case. Each
+error carries the data that names what went wrong, so callers never parse
+messages::
+
+    FlowFSMError
+    ├── ValidationError           field, message        (also a ValueError)
+    │   └── CatalogError          source, path          a bad catalog file
+    ├── NotFound                                        (also a LookupError)
+    │   ├── UnknownFlow           flow_id
+    │   ├── UnknownDeployment     deployment_id
+    │   ├── UnknownPromotion      deployment_id, promotion_id
+    │   └── UnknownService        service_id
+    ├── InvalidTransition         entity, entity_id, state, trigger, reason
+    ├── ConcurrencyConflict       flow_id, version      a lost compare-and-set
+    └── RepositoryError           backend               a storage failure
+
+A trigger that raises leaves the repository exactly as it was and emits nothing.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CatalogError",
+    "ConcurrencyConflict",
+    "FlowFSMError",
+    "InvalidTransition",
+    "NotFound",
+    "RepositoryError",
+    "UnknownDeployment",
+    "UnknownFlow",
+    "UnknownPromotion",
+    "UnknownService",
+    "ValidationError",
+]
+
+
+class FlowFSMError(Exception):
+    """The root of every flowfsm error."""
+
+
+class ValidationError(FlowFSMError, ValueError):
+    """Malformed input: ``field`` names what is wrong, ``message`` says why."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class CatalogError(ValidationError):
+    """A catalog file that cannot be loaded: which file, where in it, and why."""
+
+    def __init__(self, source: str, path: str, message: str) -> None:
+        self.source = source
+        self.path = path
+        super().__init__(path, message)
+        self.args = (f"{source}: {path}: {message}",)
+
+
+class NotFound(FlowFSMError, LookupError):
+    """An id that names nothing stored."""
+
+    def __str__(self) -> str:  # LookupError would quote the message like a key.
+        return str(self.args[0])
+
+
+class UnknownFlow(NotFound):
+    def __init__(self, flow_id: str) -> None:
+        self.flow_id = flow_id
+        super().__init__(f"unknown flow {flow_id!r}")
+
+
+class UnknownDeployment(NotFound):
+    def __init__(self, deployment_id: str) -> None:
+        self.deployment_id = deployment_id
+        super().__init__(f"unknown deployment {deployment_id!r}")
+
+
+class UnknownPromotion(NotFound):
+    """No promotion with this id belongs to the given deployment."""
+
+    def __init__(self, deployment_id: str, promotion_id: str) -> None:
+        self.deployment_id = deployment_id
+        self.promotion_id = promotion_id
+        super().__init__(f"unknown promotion {promotion_id!r} in deployment {deployment_id!r}")
+
+
+class UnknownService(NotFound):
+    """A flow names a service the catalog no longer has."""
+
+    def __init__(self, service_id: str) -> None:
+        self.service_id = service_id
+        super().__init__(f"unknown service {service_id!r}")
+
+
+class InvalidTransition(FlowFSMError):
+    """The state machine forbids this trigger for this entity in its state."""
+
+    def __init__(self, entity: str, entity_id: str, state: str, trigger: str, reason: str = "") -> None:
+        self.entity = entity
+        self.entity_id = entity_id
+        self.state = state
+        self.trigger = trigger
+        self.reason = reason
+        because = f": {reason}" if reason else ""
+        super().__init__(f"cannot {trigger} {entity} {entity_id!r} in state {state!r}{because}")
+
+
+class ConcurrencyConflict(FlowFSMError):
+    """Another writer saved the flow first; the engine retries the whole trigger."""
+
+    def __init__(self, flow_id: str, version: int) -> None:
+        self.flow_id = flow_id
+        self.version = version
+        super().__init__(f"flow {flow_id!r} changed concurrently (saving version {version})")
+
+
+class RepositoryError(FlowFSMError):
+    """The storage backend failed; the driver's error is the ``__cause__``."""
+
+    def __init__(self, backend: str, message: str) -> None:
+        self.backend = backend
+        super().__init__(f"{backend}: {message}")

@@ -1,0 +1,277 @@
+"""The Flow, Deployment and Promotion state machines, declared with ``transitions``.
+
+Each machine is built once, at import, for its class, and holds no models:
+``fire`` applies one of its events to any entity by calling the shared
+``Event.trigger(model)``. A per-object ``Machine`` or ``add_model`` would cost far
+more per flow and leak models unless removed.
+
+Guards (``conditions``) and callbacks are plain functions, not strings, so type
+checkers and readers can follow them. A refused guard or an event the state does
+not allow raises ``InvalidTransition`` (``transitions`` itself would return
+``False`` or raise its own ``MachineError``). Callbacks record the hook events a
+transition causes on the ``Step`` they are given; the engine turns those into
+HookRequests.
+
+``mermaid(name)`` draws a machine from its declaration, so the diagrams in
+``docs/machines.md`` cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any, Final, Protocol, cast
+
+import attrs
+from transitions import EventData, Machine, MachineError
+
+from flowfsm.errors import InvalidTransition
+from flowfsm.model import (
+    Deployment,
+    DeploymentState,
+    Flow,
+    FlowState,
+    HookEvent,
+    Promotion,
+    PromotionResult,
+    PromotionState,
+    Service,
+)
+
+__all__ = ["MACHINES", "Step", "fire", "mermaid", "try_fire"]
+
+
+@attrs.define(weakref_slot=False)
+class Step:
+    """What one trigger is working on, and the hook events it has caused so far.
+
+    Events are recorded with a snapshot of their deployment, taken at the moment
+    of the transition, and only when some webhook subscribes to them.
+    """
+
+    flow: Flow
+    service: Service
+    deployment: Deployment
+    result: PromotionResult | None = None
+    events: list[tuple[HookEvent, Deployment, PromotionResult | None]] = attrs.Factory(list)
+
+    def record(self, event: HookEvent, deployment: Deployment | None = None) -> None:
+        if self.service.subscribers(event):
+            snapshot = (deployment or self.deployment).copy()
+            self.events.append((event, snapshot, self.result))
+
+
+class _Stateful(Protocol):
+    id: str
+    state: Any
+
+
+Guard = Callable[..., Any]
+
+
+def _step(event: EventData) -> Step:
+    step: Step = event.kwargs["step"]
+    return step
+
+
+# --- guards: each returns False to refuse, and says why in _REASONS -----------------
+
+
+def _flow_in_progress(event: EventData) -> bool:
+    return _step(event).flow.state is FlowState.IN_PROGRESS
+
+
+def _is_current(event: EventData) -> bool:
+    return _step(event).flow.current_deployment() is event.model
+
+
+def _all_promotions_succeeded(event: EventData) -> bool:
+    deployment = cast(Deployment, event.model)
+    return all(p.state is PromotionState.SUCCESS for p in deployment.promotions)
+
+
+def _deployment_completed(event: EventData) -> bool:
+    return _step(event).deployment.state is DeploymentState.COMPLETED
+
+
+def _all_deployments_succeeded(event: EventData) -> bool:
+    flow = cast(Flow, event.model)
+    return all(d.state is DeploymentState.SUCCESS for d in flow.deployments)
+
+
+_REASONS: Final[dict[Guard, str]] = {
+    _flow_in_progress: "the flow is finished",
+    _is_current: "it is not the flow's current deployment",
+    _all_promotions_succeeded: "not every promotion has succeeded",
+    _deployment_completed: "its deployment has not completed",
+    _all_deployments_succeeded: "not every deployment has succeeded",
+}
+
+_LABELS: Final[dict[Guard, str]] = {
+    _flow_in_progress: "flow inProgress",
+    _is_current: "current deployment",
+    _all_promotions_succeeded: "all promotions success",
+    _deployment_completed: "deployment completed",
+    _all_deployments_succeeded: "all deployments success",
+}
+
+
+# --- callbacks: record the hook event a transition causes --------------------------
+
+
+def _records(hook_event: HookEvent) -> Callable[[EventData], None]:
+    def after(event: EventData) -> None:
+        model = event.model
+        _step(event).record(hook_event, model if isinstance(model, Deployment) else None)
+
+    after.__name__ = f"record_{hook_event.name.lower()}"
+    return after
+
+
+def _transition(
+    trigger: str, source: Any, dest: Any, guards: list[Guard], records: HookEvent
+) -> dict[str, Any]:
+    return {
+        "trigger": trigger,
+        "source": source,
+        "dest": dest,
+        "conditions": [_flow_in_progress, *guards],
+        "after": [_records(records)],
+    }
+
+
+def _machine(states: Any, initial: Any, transitions: list[dict[str, Any]]) -> Machine:
+    return Machine(
+        model=None,
+        states=states,
+        initial=initial,
+        transitions=transitions,
+        send_event=True,
+        auto_transitions=False,
+    )
+
+
+_D, _P, _F, _E = DeploymentState, PromotionState, FlowState, HookEvent
+
+FLOW_MACHINE: Final = _machine(
+    _F,
+    _F.IN_PROGRESS,
+    [
+        _transition("succeed", _F.IN_PROGRESS, _F.SUCCESS, [_all_deployments_succeeded], _E.FLOW_SUCCEEDED),
+        _transition("fail", _F.IN_PROGRESS, _F.FAILED, [], _E.FLOW_FAILED),
+    ],
+)
+
+DEPLOYMENT_MACHINE: Final = _machine(
+    _D,
+    _D.NOT_STARTED,
+    [
+        _transition("start", _D.NOT_STARTED, _D.STARTED, [_is_current], _E.DEPLOYMENT_STARTED),
+        _transition("complete", _D.STARTED, _D.COMPLETED, [], _E.DEPLOYMENT_COMPLETED),
+        _transition(
+            "succeed", _D.COMPLETED, _D.SUCCESS, [_all_promotions_succeeded], _E.DEPLOYMENT_SUCCEEDED
+        ),
+        _transition("fail", _D.COMPLETED, _D.FAILED, [], _E.DEPLOYMENT_FAILED),
+    ],
+)
+
+PROMOTION_MACHINE: Final = _machine(
+    _P,
+    _P.PENDING,
+    [
+        _transition("succeed", _P.PENDING, _P.SUCCESS, [_deployment_completed], _E.PROMOTION_COMPLETED),
+        _transition("fail", _P.PENDING, _P.FAILED, [_deployment_completed], _E.PROMOTION_FAILED),
+    ],
+)
+
+MACHINES: Final[dict[str, Machine]] = {
+    "flow": FLOW_MACHINE,
+    "deployment": DEPLOYMENT_MACHINE,
+    "promotion": PROMOTION_MACHINE,
+}
+_ENTITY: Final = {Flow: "flow", Deployment: "deployment", Promotion: "promotion"}
+
+
+def try_fire(model: Flow | Deployment | Promotion, trigger: str, step: Step) -> bool:
+    """Apply ``trigger``; False if a guard refused (state unchanged).
+
+    Raises ``InvalidTransition`` if the trigger is not allowed from the state.
+    """
+    entity = _ENTITY[type(model)]
+    try:
+        return bool(MACHINES[entity].events[trigger].trigger(model, step=step))
+    except MachineError:
+        machine = MACHINES[entity]
+        sources = " or ".join(repr(_spelling(machine, s)) for s in machine.events[trigger].transitions)
+        raise InvalidTransition(
+            entity, model.id, model.state.value, trigger, f"only a {sources} {entity} can {trigger}"
+        ) from None
+
+
+def fire(model: Flow | Deployment | Promotion, trigger: str, step: Step) -> None:
+    """Apply ``trigger`` or raise ``InvalidTransition`` saying why not."""
+    if not try_fire(model, trigger, step):
+        entity = _ENTITY[type(model)]
+        raise InvalidTransition(
+            entity, model.id, model.state.value, trigger, _refusal(entity, model, trigger, step)
+        )
+
+
+def _refusal(entity: str, model: _Stateful, trigger: str, step: Step) -> str:
+    """The reason of the first guard that refuses, found by asking them again."""
+    machine = MACHINES[entity]
+    event = machine.events[trigger]
+    state = machine.get_model_state(model)
+    data = EventData(state, event, machine, model, args=(), kwargs={"step": step})
+    for transition in event.transitions[state.name]:
+        for condition in transition.conditions:
+            func = condition.func
+            if callable(func) and not func(data):
+                return _REASONS[func]
+    return "refused"  # pragma: no cover - a guard refused once, so one refuses again
+
+
+def mermaid(entity: str) -> str:
+    """A Mermaid ``stateDiagram-v2`` drawn from the machine's declaration."""
+    machine = MACHINES[entity]
+    lines = ["stateDiagram-v2", f"    [*] --> {_spelling(machine, machine.initial)}"]
+    sources: set[str] = set()
+    for name, event in machine.events.items():
+        for source, transitions in event.transitions.items():
+            sources.add(source)
+            for transition in transitions:
+                guards = [
+                    _LABELS[c.func]
+                    for c in transition.conditions
+                    if callable(c.func) and c.func is not _flow_in_progress
+                ]
+                label = name + (f" [{', '.join(guards)}]" if guards else "")
+                dest, src = _spelling(machine, transition.dest), _spelling(machine, source)
+                lines.append(f"    {src} --> {dest}: {label}")
+    for state in machine.states.values():
+        if state.name not in sources:
+            lines.append(f"    {_spelling(machine, state.name)} --> [*]")
+    return "\n".join(lines) + "\n"
+
+
+def _spelling(machine: Machine, state_name: str | None) -> str:
+    """The JSON spelling of a state, given the name ``transitions`` uses for it."""
+    assert state_name is not None, "flowfsm machines have no internal transitions"
+    value = machine.get_state(state_name).value
+    return str(value.value if isinstance(value, enum.Enum) else value)
+
+
+_BEGIN, _END = "<!-- diagram:{} -->", "<!-- /diagram -->"
+
+
+def render_into(markdown: str) -> str:
+    """``markdown`` with each ``<!-- diagram:NAME -->`` block redrawn from the code."""
+    for entity in MACHINES:
+        begin = _BEGIN.format(entity)
+        start = markdown.find(begin)
+        if start < 0:
+            continue
+        end = markdown.index(_END, start)
+        block = f"{begin}\n```mermaid\n{mermaid(entity)}```\n"
+        markdown = markdown[:start] + block + markdown[end:]
+    return markdown

@@ -1,0 +1,425 @@
+"""The domain: what a CD flow is made of, as attrs classes and enums.
+
+Configuration (``Service`` and what it holds) and values (``Artifact``,
+``PromotionResult``, ``HookRequest``) are frozen. The three stateful entities
+(``Flow``, ``Deployment``, ``Promotion``) are mutable, because the state machines
+in ``flowfsm.machines`` set their ``state``; the repository hands out copies, so
+changing one never changes what is stored.
+
+Enum values are the JSON spellings of the contract (``notStarted``,
+``deployment-created``), so the values *are* the wire format.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeAlias, TypeVar
+
+import attrs
+
+from flowfsm.errors import ValidationError
+
+__all__ = [
+    "Action",
+    "ActionRef",
+    "Artifact",
+    "Deployment",
+    "DeploymentPayload",
+    "DeploymentState",
+    "Environment",
+    "FailureStrategy",
+    "Flow",
+    "FlowState",
+    "HookEvent",
+    "HookRequest",
+    "Payload",
+    "Pipeline",
+    "Promotion",
+    "PromotionPayload",
+    "PromotionResult",
+    "PromotionState",
+    "ResultStatus",
+    "Service",
+    "ServiceRef",
+]
+
+
+class FlowState(enum.Enum):
+    IN_PROGRESS = "inProgress"
+    SUCCESS = "success"
+    FAILED = "failed"
+
+
+class DeploymentState(enum.Enum):
+    NOT_STARTED = "notStarted"
+    STARTED = "started"
+    COMPLETED = "completed"
+    SUCCESS = "success"
+    FAILED = "failed"
+
+
+class PromotionState(enum.Enum):
+    PENDING = "pending"
+    SUCCESS = "success"
+    FAILED = "failed"
+
+
+class ResultStatus(enum.Enum):
+    PASSED = "passed"
+    FAILED = "failed"
+
+
+class HookEvent(enum.Enum):
+    """What a webhook subscribes to. The value is the event's name on the wire."""
+
+    DEPLOYMENT_CREATED = "deployment-created"
+    DEPLOYMENT_STARTED = "deployment-started"
+    DEPLOYMENT_COMPLETED = "deployment-completed"
+    PROMOTION_COMPLETED = "promotion-completed"
+    DEPLOYMENT_SUCCEEDED = "deployment-succeeded"
+    DEPLOYMENT_FAILED = "deployment-failed"
+    PROMOTION_FAILED = "promotion-failed"
+    FLOW_SUCCEEDED = "flow-succeeded"
+    FLOW_FAILED = "flow-failed"
+
+
+class FailureStrategy(enum.StrEnum):
+    """The built-in failure strategies. A service names its strategy by this value
+    (a plain string for strategies registered with the engine)."""
+
+    STOP = "STOP"
+
+
+# --- validation helpers -------------------------------------------------------------
+
+
+def _nonblank(_: object, attribute: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(attribute.name, f"must be a non-blank string, got {value!r}")
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def _member(enum_cls: type[E], field: str, value: object) -> E:
+    if isinstance(value, enum_cls):
+        return value
+    try:
+        return enum_cls(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in enum_cls)
+        raise ValidationError(field, f"{value!r} is not one of {allowed}") from None
+
+
+def _hook_event(value: object) -> HookEvent:
+    return _member(HookEvent, "event", value)
+
+
+def _result_status(value: object) -> ResultStatus:
+    return _member(ResultStatus, "result_status", value)
+
+
+def _strategy_name(value: str) -> str:
+    return str(value)  # a FailureStrategy member becomes its plain name
+
+
+def _unique(field: str, names: Iterable[str], what: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValidationError(field, f"duplicate {what} {name!r}")
+        seen.add(name)
+
+
+def _tuple(value: Iterable[Any]) -> tuple[Any, ...]:
+    if isinstance(value, str):  # a lone string is never meant as a list of letters
+        return (value,)
+    return tuple(value)
+
+
+# --- configuration ------------------------------------------------------------------
+
+
+@attrs.frozen
+class Artifact:
+    """What CI published. ``key`` (``group:name``) selects services; ``id`` adds the
+    version and, with the service id, identifies a flow."""
+
+    group: str = attrs.field(validator=_nonblank)
+    name: str = attrs.field(validator=_nonblank)
+    version: str = attrs.field(validator=_nonblank)
+
+    @property
+    def key(self) -> str:
+        return f"{self.group}:{self.name}"
+
+    @property
+    def id(self) -> str:
+        return f"{self.group}:{self.name}:{self.version}"
+
+    @classmethod
+    def parse(cls, text: str) -> Artifact:
+        """``"group:name:version"`` → Artifact (for command lines and logs)."""
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise ValidationError("artifact", f"expected GROUP:NAME:VERSION, got {text!r}")
+        return cls(*parts)
+
+
+@attrs.frozen
+class Environment:
+    """One stage of a pipeline and the promotion checks it must pass."""
+
+    name: str = attrs.field(validator=_nonblank)
+    promotions: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        for i, promotion in enumerate(self.promotions):
+            if not isinstance(promotion, str) or not promotion.strip():
+                raise ValidationError(f"promotions[{i}]", f"must be a non-blank string, got {promotion!r}")
+        _unique("promotions", self.promotions, "promotion")
+
+
+@attrs.frozen
+class Pipeline:
+    name: str = attrs.field(validator=_nonblank)
+    environments: tuple[Environment, ...] = attrs.field(converter=_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.environments:
+            raise ValidationError("environments", "a pipeline needs at least one environment")
+        _unique("environments", (e.name for e in self.environments), "environment")
+
+    def environment(self, name: str) -> Environment:
+        for env in self.environments:
+            if env.name == name:
+                return env
+        raise ValidationError("environment", f"pipeline {self.name!r} has no environment {name!r}")
+
+
+@attrs.frozen
+class ActionRef:
+    """An action as a HookRequest names it: everything but the secret."""
+
+    name: str
+    url: str | None = None
+
+
+@attrs.frozen
+class Action:
+    """What a webhook calls. ``secret`` signs HTTP deliveries and is never shown."""
+
+    name: str = attrs.field(validator=_nonblank)
+    url: str | None = None
+    secret: str | None = attrs.field(default=None, repr=False)
+
+    @property
+    def ref(self) -> ActionRef:
+        return ActionRef(self.name, self.url)
+
+
+@attrs.frozen
+class Webhook:
+    id: str = attrs.field(validator=_nonblank)
+    event: HookEvent = attrs.field(converter=_hook_event)
+    actions: tuple[Action, ...] = attrs.field(converter=_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.actions:
+            raise ValidationError("actions", f"webhook {self.id!r} needs at least one action")
+        _unique("actions", (a.name for a in self.actions), "action")
+
+
+@attrs.frozen
+class ServiceRef:
+    """A service as payloads show it: no webhooks, so no secrets."""
+
+    id: str
+    pipeline: str
+    failure_strategy: str
+
+
+def _artifact_keys(_: object, __: object, value: tuple[str, ...]) -> None:
+    for i, key in enumerate(value):
+        group, sep, name = key.partition(":") if isinstance(key, str) else ("", "", "")
+        if not (sep and group.strip() and name.strip()) or ":" in name:
+            raise ValidationError(f"artifacts[{i}]", f"expected GROUP:NAME, got {key!r}")
+
+
+@attrs.frozen
+class Service:
+    """A consumer of artifacts: what it consumes, where it deploys, who to tell."""
+
+    id: str = attrs.field(validator=_nonblank)
+    artifacts: tuple[str, ...] = attrs.field(converter=_tuple, validator=_artifact_keys)
+    pipeline: Pipeline
+    failure_strategy: str = attrs.field(
+        default=FailureStrategy.STOP.value, converter=_strategy_name, validator=_nonblank
+    )
+    webhooks: tuple[Webhook, ...] = attrs.field(default=(), converter=_tuple)
+    # Derived once: the engine asks "who subscribes to this event?" on every step.
+    _subscribers: Mapping[HookEvent, tuple[tuple[str, ActionRef], ...]] = attrs.field(
+        init=False, repr=False, eq=False, alias="_subscribers"
+    )
+    _ref: ServiceRef = attrs.field(init=False, repr=False, eq=False, alias="_ref")
+
+    def __attrs_post_init__(self) -> None:
+        _unique("webhooks", (w.id for w in self.webhooks), "webhook")
+        subscribers: dict[HookEvent, list[tuple[str, ActionRef]]] = {}
+        for webhook in self.webhooks:
+            targets = subscribers.setdefault(webhook.event, [])
+            targets.extend((webhook.id, action.ref) for action in webhook.actions)
+        object.__setattr__(self, "_subscribers", {e: tuple(t) for e, t in subscribers.items()})
+        object.__setattr__(self, "_ref", ServiceRef(self.id, self.pipeline.name, self.failure_strategy))
+
+    def subscribers(self, event: HookEvent) -> tuple[tuple[str, ActionRef], ...]:
+        """(webhook id, action) pairs for ``event``, in declared order."""
+        return self._subscribers.get(event, ())
+
+    @property
+    def ref(self) -> ServiceRef:
+        return self._ref
+
+    def action(self, webhook_id: str, action_name: str) -> Action | None:
+        """The configured action (with its secret), for emitters that sign."""
+        for webhook in self.webhooks:
+            if webhook.id == webhook_id:
+                for action in webhook.actions:
+                    if action.name == action_name:
+                        return action
+        return None
+
+
+# --- the stateful entities ----------------------------------------------------------
+
+
+@attrs.define(weakref_slot=False)
+class Promotion:
+    id: str
+    name: str
+    state: PromotionState = PromotionState.PENDING
+
+    def copy(self) -> Promotion:
+        return Promotion(self.id, self.name, self.state)
+
+
+@attrs.define(weakref_slot=False)
+class Deployment:
+    """One environment of one flow; ``environment`` is the environment's name."""
+
+    id: str
+    environment: str
+    promotions: list[Promotion] = attrs.Factory(list)
+    state: DeploymentState = DeploymentState.NOT_STARTED
+
+    def copy(self) -> Deployment:
+        return Deployment(self.id, self.environment, [p.copy() for p in self.promotions], self.state)
+
+    def promotion(self, promotion_id: str) -> Promotion | None:
+        for promotion in self.promotions:
+            if promotion.id == promotion_id:
+                return promotion
+        return None
+
+
+@attrs.define(weakref_slot=False)
+class Flow:
+    """One artifact travelling through one service's pipeline: the aggregate.
+
+    ``version`` counts saves, for optimistic concurrency; a flow not yet stored
+    has version 0.
+    """
+
+    id: str
+    artifact: Artifact
+    service_id: str
+    deployments: list[Deployment]
+    state: FlowState = FlowState.IN_PROGRESS
+    version: int = 0
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The flow's unique key: (artifact id, service id)."""
+        return (self.artifact.id, self.service_id)
+
+    def current_deployment(self) -> Deployment | None:
+        """The first deployment, in pipeline order, that has not succeeded."""
+        for deployment in self.deployments:
+            if deployment.state is not DeploymentState.SUCCESS:
+                return deployment
+        return None
+
+    def deployment(self, deployment_id: str) -> Deployment | None:
+        for deployment in self.deployments:
+            if deployment.id == deployment_id:
+                return deployment
+        return None
+
+    def copy(self) -> Flow:
+        """A deep copy, sharing only immutable parts (cheaper than copy.deepcopy)."""
+        return Flow(
+            self.id,
+            self.artifact,
+            self.service_id,
+            [d.copy() for d in self.deployments],
+            self.state,
+            self.version,
+            self.created_at,
+            self.updated_at,
+        )
+
+
+# --- results and hook requests ------------------------------------------------------
+
+
+def _details_dict(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return {} if value is None else dict(value)
+
+
+@attrs.frozen
+class PromotionResult:
+    """One check's verdict for a promotion; ``details`` is free-form JSON."""
+
+    promotion_id: str = attrs.field(validator=_nonblank)
+    result_status: ResultStatus = attrs.field(converter=_result_status)
+    details: Mapping[str, Any] = attrs.field(factory=dict, converter=_details_dict, hash=False)
+
+
+@attrs.frozen
+class DeploymentPayload:
+    """Payload of deployment-* and flow-* events: A, D, S, E of the contract."""
+
+    artifact: Artifact
+    deployment: Deployment
+    service: ServiceRef
+    environment: Environment
+
+
+@attrs.frozen
+class PromotionPayload:
+    """Payload of promotion-* events: A, D, S, PR of the contract."""
+
+    artifact: Artifact
+    deployment: Deployment
+    service: ServiceRef
+    promotion_result: PromotionResult
+
+
+Payload: TypeAlias = DeploymentPayload | PromotionPayload
+
+
+@attrs.frozen
+class HookRequest:
+    """One call of one webhook action about one event, as handed to the emitter."""
+
+    id: str
+    flow_id: str
+    webhook_id: str
+    action: ActionRef
+    event: HookEvent
+    payload: Payload
+    created_at: dt.datetime

@@ -1,0 +1,120 @@
+"""The pluggable parts, each a small ``typing.Protocol``, documented in one place.
+
+- ``Repository``: stores flows and their outbox of HookRequests.
+- ``HookEmitter``: receives HookRequests.
+- ``ServiceCatalog``: finds services by artifact key.
+- ``FailureHandler``: decides what a failed promotion does.
+
+Implement one by writing a class with these methods; no base class is needed.
+``flowfsm.testing.RepositoryContract`` checks a repository against the contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from flowfsm.model import Flow, FlowState, HookRequest, Service
+
+if TYPE_CHECKING:
+    from flowfsm.strategies import PromotionFailure
+
+__all__ = ["FailureHandler", "HookEmitter", "Repository", "ServiceCatalog"]
+
+
+@runtime_checkable
+class Repository(Protocol):
+    """Stores flows, versioned for optimistic concurrency, with a transactional outbox.
+
+    Every method that returns a flow returns a copy: changing it changes nothing
+    stored. Errors are ``FlowFSMError``s; a driver's error is their ``__cause__``.
+    """
+
+    def get(self, flow_id: str) -> Flow:
+        """The stored flow; ``UnknownFlow`` if there is none."""
+        ...
+
+    def find_by_deployment(self, deployment_id: str) -> Flow:
+        """The flow owning the deployment; ``UnknownDeployment`` if none does."""
+        ...
+
+    def find_by_key(self, artifact_id: str, service_id: str) -> Flow | None:
+        """The flow of this (artifact id, service id), the flow's unique key."""
+        ...
+
+    def list_flows(
+        self,
+        *,
+        service_id: str | None = None,
+        state: FlowState | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Flow]:
+        """Flows, newest first, optionally of one service and/or in one state."""
+        ...
+
+    def commit(
+        self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0
+    ) -> None:
+        """Save ``flows`` and add ``hook_requests`` to the outbox, all or nothing.
+
+        Each flow carries the version it is saved as: 1 inserts it (and conflicts
+        if its id or its key is taken); n > 1 replaces version n - 1. Anything else
+        raises ``ConcurrencyConflict`` and saves nothing. A ``lease`` > 0 keeps the
+        new HookRequests from ``claim`` for that many seconds, so the committer
+        can deliver them itself first.
+        """
+        ...
+
+    def claim(self, limit: int = 100, *, lease: float = 30.0) -> list[HookRequest]:
+        """Up to ``limit`` pending HookRequests, leased to the caller for ``lease`` s.
+
+        Oldest first; for each flow only a prefix of its pending requests, and
+        nothing of a flow another claim holds, so each flow's requests are
+        delivered in creation order even by several dispatchers.
+        """
+        ...
+
+    def mark_delivered(self, ids: Sequence[str]) -> None:
+        """These HookRequests reached their emitter; they are no longer pending."""
+        ...
+
+    def release(self, ids: Sequence[str]) -> None:
+        """End the lease of these pending HookRequests (their delivery failed)."""
+        ...
+
+    def count_pending(self) -> int:
+        """How many HookRequests wait for delivery."""
+        ...
+
+
+@runtime_checkable
+class HookEmitter(Protocol):
+    """Receives each HookRequest; raising leaves it pending in the outbox."""
+
+    def emit(self, request: HookRequest) -> None: ...
+
+
+@runtime_checkable
+class ServiceCatalog(Protocol):
+    """Where the engine finds services; ``flowfsm.Catalog`` is the built-in one."""
+
+    def __iter__(self) -> Iterator[Service]:
+        """Every service, in declared order."""
+        ...
+
+    def for_artifact(self, key: str) -> Sequence[Service]:
+        """Services consuming the artifact key ``group:name``, in declared order."""
+        ...
+
+    def get(self, service_id: str) -> Service:
+        """The service; ``UnknownService`` if there is none."""
+        ...
+
+
+@runtime_checkable
+class FailureHandler(Protocol):
+    """What a failed promotion does; registered with the engine under a name that
+    services give as their ``failure_strategy``."""
+
+    def on_promotion_failed(self, failure: PromotionFailure) -> None: ...

@@ -1,0 +1,298 @@
+"""``SQLiteRepository``: the embedded default, one file, stdlib ``sqlite3``.
+
+Flows are stored whole as JSON (the aggregate is loaded and saved whole) beside
+indexed columns for the lookups; deployments and promotions get index tables so
+no lookup scans. The file runs in WAL mode, so readers never wait for the writer
+and several processes can share it; every write is one ``BEGIN IMMEDIATE``
+transaction, and a save is a compare-and-set on the flow's version.
+
+The schema is versioned in ``flowfsm_meta``; ``MIGRATIONS`` upgrades older files
+when they are opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Final
+
+from flowfsm.converter import converter
+from flowfsm.errors import (
+    ConcurrencyConflict,
+    FlowFSMError,
+    RepositoryError,
+    UnknownDeployment,
+    UnknownFlow,
+)
+from flowfsm.model import Flow, FlowState, HookRequest
+from flowfsm.repositories.memory import _check_page
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteRepository"]
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (  # version 1
+        """CREATE TABLE flows (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            artifact_id TEXT NOT NULL,
+            service_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            UNIQUE (artifact_id, service_id)
+        )""",
+        "CREATE INDEX flows_by_service_state ON flows (service_id, state, seq)",
+        "CREATE INDEX flows_by_state ON flows (state, seq)",
+        """CREATE TABLE deployments (
+            id TEXT PRIMARY KEY,
+            flow_id TEXT NOT NULL REFERENCES flows (id)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE promotions (
+            id TEXT PRIMARY KEY,
+            deployment_id TEXT NOT NULL REFERENCES deployments (id)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            flow_id TEXT NOT NULL REFERENCES flows (id),
+            body TEXT NOT NULL,
+            lease_until REAL NOT NULL DEFAULT 0,
+            delivered_at TEXT
+        )""",
+        "CREATE INDEX outbox_pending ON outbox (seq) WHERE delivered_at IS NULL",
+    ),
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+_BACKEND: Final = "sqlite"
+
+
+class SQLiteRepository:
+    """A ``Repository`` in one SQLite file (or ``":memory:"``)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = "flowfsm.db",
+        *,
+        timeout: float = 5.0,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        """``timeout``: how long a writer waits for another process's lock.
+        ``synchronous``: ``NORMAL`` (WAL's usual choice: safe across process
+        crashes) or ``FULL`` (also across power loss, slower)."""
+        if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
+            raise RepositoryError(_BACKEND, f"synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
+        self.path = os.fspath(path)
+        self._lock = threading.RLock()
+        with _driver_errors(f"cannot open {self.path!r}"):
+            self._db = sqlite3.connect(
+                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+            if self.path != ":memory:":
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> SQLiteRepository:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteRepository({self.path!r})"
+
+    # --- schema ----------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self._write():
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS flowfsm_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            row = self._db.execute("SELECT value FROM flowfsm_meta WHERE key = 'schema_version'").fetchone()
+            current = int(row[0]) if row else 0
+            if current > SCHEMA_VERSION:
+                raise RepositoryError(
+                    _BACKEND,
+                    f"{self.path!r} has schema version {current}; this flowfsm knows up to {SCHEMA_VERSION}",
+                )
+            for statements in MIGRATIONS[current:]:
+                for statement in statements:
+                    self._db.execute(statement)
+            if current != SCHEMA_VERSION:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO flowfsm_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of it or none of it."""
+        with self._lock, _driver_errors("write failed"):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _one(self, sql: str, args: Sequence[Any]) -> Any:
+        with self._lock, _driver_errors("read failed"):
+            return self._db.execute(sql, args).fetchone()
+
+    # --- flows -----------------------------------------------------------------------
+
+    def get(self, flow_id: str) -> Flow:
+        row = self._one("SELECT body, version FROM flows WHERE id = ?", (flow_id,))
+        if row is None:
+            raise UnknownFlow(flow_id)
+        return _load(row)
+
+    def find_by_deployment(self, deployment_id: str) -> Flow:
+        row = self._one(
+            "SELECT f.body, f.version FROM deployments d JOIN flows f ON f.id = d.flow_id WHERE d.id = ?",
+            (deployment_id,),
+        )
+        if row is None:
+            raise UnknownDeployment(deployment_id)
+        return _load(row)
+
+    def find_by_key(self, artifact_id: str, service_id: str) -> Flow | None:
+        row = self._one(
+            "SELECT body, version FROM flows WHERE artifact_id = ? AND service_id = ?",
+            (artifact_id, service_id),
+        )
+        return None if row is None else _load(row)
+
+    def list_flows(
+        self,
+        *,
+        service_id: str | None = None,
+        state: FlowState | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Flow]:
+        _check_page(limit, offset)
+        where, args = [], []
+        if service_id is not None:
+            where.append("service_id = ?")
+            args.append(service_id)
+        if state is not None:
+            where.append("state = ?")
+            args.append(state.value)
+        sql = "SELECT body, version FROM flows"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ? OFFSET ?"
+        with self._lock, _driver_errors("read failed"):
+            rows = self._db.execute(sql, (*args, limit, offset)).fetchall()
+        return [_load(row) for row in rows]
+
+    def commit(
+        self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0
+    ) -> None:
+        bodies = [json.dumps(converter.unstructure(flow)) for flow in flows]
+        requests = [(r.id, r.flow_id, json.dumps(converter.unstructure(r))) for r in hook_requests]
+        until = time.time() + lease if lease > 0 else 0.0
+        with self._write() as db:
+            for flow, body in zip(flows, bodies, strict=True):
+                if flow.version == 1:
+                    try:
+                        db.execute(
+                            "INSERT INTO flows (id, artifact_id, service_id, state, version, body)"
+                            " VALUES (?, ?, ?, ?, 1, ?)",
+                            (flow.id, flow.artifact.id, flow.service_id, flow.state.value, body),
+                        )
+                    except sqlite3.IntegrityError as e:
+                        raise ConcurrencyConflict(flow.id, flow.version) from e
+                    db.executemany(
+                        "INSERT INTO deployments (id, flow_id) VALUES (?, ?)",
+                        [(d.id, flow.id) for d in flow.deployments],
+                    )
+                    db.executemany(
+                        "INSERT INTO promotions (id, deployment_id) VALUES (?, ?)",
+                        [(p.id, d.id) for d in flow.deployments for p in d.promotions],
+                    )
+                else:
+                    cursor = db.execute(
+                        "UPDATE flows SET state = ?, version = ?, body = ? WHERE id = ? AND version = ?",
+                        (flow.state.value, flow.version, body, flow.id, flow.version - 1),
+                    )
+                    if cursor.rowcount != 1:
+                        raise ConcurrencyConflict(flow.id, flow.version)
+            db.executemany(
+                "INSERT INTO outbox (id, flow_id, body, lease_until) VALUES (?, ?, ?, ?)",
+                [(*r, until) for r in requests],
+            )
+
+    # --- outbox ----------------------------------------------------------------------
+
+    def claim(self, limit: int = 100, *, lease: float = 30.0) -> list[HookRequest]:
+        now = time.time()
+        claimed: list[tuple[str, str]] = []
+        blocked: set[str] = set()
+        with self._write() as db:
+            cursor = db.execute(
+                "SELECT id, flow_id, lease_until, body FROM outbox WHERE delivered_at IS NULL ORDER BY seq"
+            )
+            for request_id, flow_id, lease_until, body in cursor:
+                if len(claimed) >= limit:
+                    break
+                if flow_id in blocked:
+                    continue
+                if lease_until > now:
+                    blocked.add(flow_id)
+                    continue
+                claimed.append((request_id, body))
+            cursor.close()
+            db.executemany(
+                "UPDATE outbox SET lease_until = ? WHERE id = ?", [(now + lease, i) for i, _ in claimed]
+            )
+        return [converter.structure(json.loads(body), HookRequest) for _, body in claimed]
+
+    def mark_delivered(self, ids: Sequence[str]) -> None:
+        stamp = dt.datetime.now(dt.UTC).isoformat()
+        with self._write() as db:
+            db.executemany(
+                "UPDATE outbox SET delivered_at = ?, lease_until = 0 WHERE id = ? AND delivered_at IS NULL",
+                [(stamp, i) for i in ids],
+            )
+
+    def release(self, ids: Sequence[str]) -> None:
+        with self._write() as db:
+            db.executemany(
+                "UPDATE outbox SET lease_until = 0 WHERE id = ? AND delivered_at IS NULL",
+                [(i,) for i in ids],
+            )
+
+    def count_pending(self) -> int:
+        row = self._one("SELECT count(*) FROM outbox WHERE delivered_at IS NULL", ())
+        return int(row[0])
+
+
+def _load(row: tuple[str, int]) -> Flow:
+    flow = converter.structure(json.loads(row[0]), Flow)
+    flow.version = row[1]
+    return flow
+
+
+@contextlib.contextmanager
+def _driver_errors(what: str) -> Iterator[None]:
+    """sqlite3's errors become ``RepositoryError``; flowfsm's own pass through."""
+    try:
+        yield
+    except FlowFSMError:
+        raise
+    except sqlite3.Error as e:
+        raise RepositoryError(_BACKEND, f"{what}: {e}") from e

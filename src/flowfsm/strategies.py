@@ -1,0 +1,61 @@
+"""Failure strategies: what a failed promotion does to its deployment and flow.
+
+A strategy is a ``FailureHandler`` (see ``flowfsm.protocols``) registered with the
+engine under the name services use as ``failure_strategy``. It acts through
+``PromotionFailure``, whose methods fire the state machines, so a strategy
+cannot skip a guard or forget a hook event. ``STOP`` is built in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+import attrs
+
+from flowfsm.machines import Step, fire
+from flowfsm.model import Deployment, FailureStrategy, Flow, Promotion, PromotionResult, Service
+from flowfsm.protocols import FailureHandler
+
+__all__ = ["BUILTIN_STRATEGIES", "PromotionFailure", "Stop"]
+
+
+@attrs.frozen
+class PromotionFailure:
+    """A promotion that just failed, and the moves a strategy may make."""
+
+    step: Step
+    promotion: Promotion
+
+    @property
+    def flow(self) -> Flow:
+        return self.step.flow
+
+    @property
+    def deployment(self) -> Deployment:
+        return self.step.deployment
+
+    @property
+    def service(self) -> Service:
+        return self.step.service
+
+    @property
+    def result(self) -> PromotionResult | None:
+        return self.step.result
+
+    def fail_deployment(self) -> None:
+        fire(self.step.deployment, "fail", self.step)
+
+    def fail_flow(self) -> None:
+        fire(self.step.flow, "fail", self.step)
+
+
+class Stop:
+    """``STOP``: the failed promotion fails its deployment, then the flow."""
+
+    def on_promotion_failed(self, failure: PromotionFailure) -> None:
+        failure.fail_deployment()
+        failure.fail_flow()
+
+
+BUILTIN_STRATEGIES: Final[Mapping[str, FailureHandler]] = {FailureStrategy.STOP.value: Stop()}

@@ -1,0 +1,78 @@
+"""The engine's four inputs, and what ``FlowEngine.handle`` returns.
+
+Triggers validate themselves when built, so malformed input fails where it is
+made (or where ``flowfsm.converter`` structures it), naming the bad field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TypeAlias
+
+import attrs
+
+from flowfsm.errors import ValidationError
+from flowfsm.model import Artifact, Flow, HookRequest, PromotionResult, _nonblank
+
+__all__ = [
+    "ArtifactCreated",
+    "DeploymentCompleted",
+    "DeploymentStarted",
+    "Outcome",
+    "PromotionCompleted",
+    "Trigger",
+]
+
+
+@attrs.frozen
+class ArtifactCreated:
+    artifact: Artifact
+
+
+@attrs.frozen
+class DeploymentStarted:
+    deployment_id: str = attrs.field(validator=_nonblank)
+
+
+@attrs.frozen
+class DeploymentCompleted:
+    deployment_id: str = attrs.field(validator=_nonblank)
+
+
+def _results(value: Iterable[PromotionResult]) -> tuple[PromotionResult, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class PromotionCompleted:
+    """The results of one promotion's checks; the promotion failed if any failed."""
+
+    deployment_id: str = attrs.field(validator=_nonblank)
+    promotion_id: str = attrs.field(validator=_nonblank)
+    results: tuple[PromotionResult, ...] = attrs.field(converter=_results)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.results:
+            raise ValidationError("results", "at least one promotion result is required")
+        for i, result in enumerate(self.results):
+            if not isinstance(result, PromotionResult):
+                raise ValidationError(f"results[{i}]", f"expected a PromotionResult, got {result!r}")
+            if result.promotion_id != self.promotion_id:
+                raise ValidationError(
+                    f"results[{i}].promotion_id",
+                    f"{result.promotion_id!r} is not the promotion {self.promotion_id!r}",
+                )
+
+
+Trigger: TypeAlias = ArtifactCreated | DeploymentStarted | DeploymentCompleted | PromotionCompleted
+
+
+@attrs.frozen
+class Outcome:
+    """What one trigger did: the flows it created or changed (for ArtifactCreated,
+    new or existing), the HookRequests it emitted, and whether it was a duplicate
+    (already recorded: nothing changed, nothing emitted)."""
+
+    flows: tuple[Flow, ...] = ()
+    hook_requests: tuple[HookRequest, ...] = ()
+    duplicate: bool = False

@@ -1,0 +1,88 @@
+"""Shared fixtures: a catalog shaped like the contract's examples, and engines with
+deterministic clocks and ids so HookRequests can be compared exactly."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from flowfsm import (
+    Action,
+    Catalog,
+    Environment,
+    FlowEngine,
+    HookEvent,
+    Pipeline,
+    Service,
+    Webhook,
+)
+from flowfsm.emitters import RecordingEmitter
+from flowfsm.repositories import InMemoryRepository
+from flowfsm.testing import SequentialIds, StepClock
+
+# "dev" is quick for local runs; CI (CI=true) runs the thorough profile.
+settings.register_profile("dev", max_examples=100, stateful_step_count=25, deadline=None)
+settings.register_profile(
+    "ci",
+    max_examples=300,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+ALL_EVENTS = list(HookEvent)
+
+
+def two_actions(webhook_id: str, event: HookEvent) -> Webhook:
+    return Webhook(
+        webhook_id,
+        event,
+        [
+            Action("a1", url=f"https://hooks.example/{webhook_id}/1", secret="whsec_c2VjcmV0LW9uZQ=="),
+            Action("a2", url=f"https://hooks.example/{webhook_id}/2"),
+        ],
+    )
+
+
+def api_service(service_id: str = "svc-api", **kwargs: object) -> Service:
+    """dev → staging → prod, 2 promotions in staging and prod, a webhook with two
+    actions on every event, plus a second one on deployment-created."""
+    webhooks = [two_actions(f"wh-{e.value}", e) for e in ALL_EVENTS]
+    webhooks.append(two_actions("wh-created-2", HookEvent.DEPLOYMENT_CREATED))
+    defaults: dict[str, object] = {
+        "artifacts": ["com.acme:api"],
+        "pipeline": Pipeline(
+            "default",
+            [
+                Environment("dev", promotions=["smoke"]),
+                Environment("staging", promotions=["smoke", "perf"]),
+                Environment("prod", promotions=["smoke", "perf"]),
+            ],
+        ),
+        "webhooks": webhooks,
+    }
+    defaults.update(kwargs)
+    return Service(service_id, **defaults)  # type: ignore[arg-type]  # test helper: keywords as given
+
+
+@pytest.fixture
+def catalog() -> Catalog:
+    return Catalog([api_service()])
+
+
+@pytest.fixture
+def emitter() -> RecordingEmitter:
+    return RecordingEmitter()
+
+
+@pytest.fixture
+def repository() -> InMemoryRepository:
+    return InMemoryRepository()
+
+
+@pytest.fixture
+def engine(catalog: Catalog, repository: InMemoryRepository, emitter: RecordingEmitter) -> FlowEngine:
+    return FlowEngine(catalog, repository, emitter, clock=StepClock(), id_factory=SequentialIds())

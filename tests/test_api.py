@@ -1,0 +1,87 @@
+"""The public surface: names, diagrams and packaging that users rely on."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import flowfsm
+from flowfsm.machines import MACHINES, render_into
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_public_names_are_pinned() -> None:
+    assert flowfsm.__all__ == sorted(flowfsm.__all__)
+    assert flowfsm.__all__ == [
+        "Action",
+        "ActionRef",
+        "Artifact",
+        "ArtifactCreated",
+        "Catalog",
+        "CatalogError",
+        "ConcurrencyConflict",
+        "Deployment",
+        "DeploymentCompleted",
+        "DeploymentPayload",
+        "DeploymentStarted",
+        "DeploymentState",
+        "Environment",
+        "FailureHandler",
+        "FailureStrategy",
+        "Flow",
+        "FlowEngine",
+        "FlowFSMError",
+        "FlowState",
+        "HookEmitter",
+        "HookEvent",
+        "HookRequest",
+        "InvalidTransition",
+        "NotFound",
+        "Outcome",
+        "Pipeline",
+        "Promotion",
+        "PromotionCompleted",
+        "PromotionFailure",
+        "PromotionPayload",
+        "PromotionResult",
+        "PromotionState",
+        "Repository",
+        "RepositoryError",
+        "ResultStatus",
+        "Service",
+        "ServiceCatalog",
+        "ServiceRef",
+        "Trigger",
+        "UnknownDeployment",
+        "UnknownFlow",
+        "UnknownPromotion",
+        "UnknownService",
+        "ValidationError",
+        "Webhook",
+        "__version__",
+    ]
+    for name in flowfsm.__all__:
+        assert hasattr(flowfsm, name), name
+
+
+def test_subpackages_export_what_the_contract_names() -> None:
+    for module, names in {
+        "flowfsm.repositories": ["InMemoryRepository", "SQLiteRepository"],
+        "flowfsm.emitters": ["CallbackEmitter", "RecordingEmitter"],
+    }.items():
+        imported = importlib.import_module(module)
+        assert sorted(imported.__all__) == imported.__all__
+        for name in names:
+            assert name in imported.__all__
+
+
+def test_the_committed_diagrams_match_the_machines() -> None:
+    doc = (ROOT / "docs" / "machines.md").read_text()
+    for entity in MACHINES:
+        assert f"<!-- diagram:{entity} -->" in doc, entity
+    assert render_into(doc) == doc, "run: python docs/redraw_diagrams.py"
+
+
+def test_the_package_is_typed() -> None:
+    assert (Path(flowfsm.__file__).parent / "py.typed").exists()

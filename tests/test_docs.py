@@ -1,0 +1,66 @@
+"""Every example in docs/, the README and examples/ runs, so none drifts."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import os
+import re
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_python_blocks_in_docs_run(doc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = FENCE.findall(doc.read_text())
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": f"docs_{doc.stem}"}
+    for i, block in enumerate(blocks):
+        try:
+            exec(compile(block, f"{doc.name}[block {i}]", "exec"), namespace)
+        except Exception as e:
+            raise AssertionError(f"{doc.name}, python block {i} failed: {e!r}\n{block}") from e
+
+
+@pytest.mark.parametrize("module", ["flowfsm.converter", "flowfsm.model", "flowfsm.engine"])
+def test_docstring_examples_run(module: str) -> None:
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+
+
+@pytest.mark.parametrize("example", [e for e in EXAMPLES if e.name != "demo.py"], ids=lambda p: p.name)
+def test_examples_run(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runpy.run_path(str(example), run_name="__main__")
+    assert capsys.readouterr().out.strip()
+
+
+def test_the_demo_runs_end_to_end_on_sqlite(tmp_path: Path) -> None:
+    db = tmp_path / "demo.db"
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "demo.py"), "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "(SQLite)" in out
+    assert "prod: completed → success" in out
+    assert "staging.perf: pending → failed" in out
+    assert re.search(r"com\.acme:api:1\.4\.0\s+success\s+dev:success → staging:success → prod:success", out)
+    assert re.search(r"com\.acme:api:1\.5\.0\s+failed\s+dev:success → staging:failed → prod:notStarted", out)
+    assert "HookRequests pending delivery: 0" in out
+    assert "whsec_" not in out
+    assert db.exists()

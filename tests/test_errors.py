@@ -1,0 +1,346 @@
+"""Bad input and repeats (SPEC §4): a typed error naming what is wrong, nothing lost."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from flowfsm import (
+    Artifact,
+    ArtifactCreated,
+    Catalog,
+    ConcurrencyConflict,
+    DeploymentCompleted,
+    DeploymentStarted,
+    Environment,
+    Flow,
+    FlowEngine,
+    FlowFSMError,
+    FlowState,
+    HookEvent,
+    HookRequest,
+    InvalidTransition,
+    Pipeline,
+    PromotionCompleted,
+    PromotionFailure,
+    PromotionResult,
+    ResultStatus,
+    Trigger,
+    UnknownDeployment,
+    UnknownPromotion,
+    UnknownService,
+    ValidationError,
+    Webhook,
+)
+from flowfsm.emitters import CallbackEmitter, RecordingEmitter
+from flowfsm.repositories import InMemoryRepository
+
+from .conftest import api_service
+from .test_walkthrough import API, create, failed, passed, through_completed
+
+Rejects = Callable[[Trigger, type[FlowFSMError]], FlowFSMError]
+
+
+def snapshot(repository: InMemoryRepository) -> tuple[list[Flow], int]:
+    return repository.list_flows(limit=1000), repository.count_pending()
+
+
+@pytest.fixture
+def rejects(engine: FlowEngine, repository: InMemoryRepository, emitter: RecordingEmitter) -> Rejects:
+    """Handle a trigger that must fail; check it changed and emitted nothing."""
+
+    def check(trigger: Trigger, error: type[FlowFSMError]) -> FlowFSMError:
+        before = snapshot(repository)
+        sent = len(emitter.requests)
+        with pytest.raises(error) as caught:
+            engine.handle(trigger)
+        assert snapshot(repository) == before
+        assert len(emitter.requests) == sent
+        return caught.value
+
+    return check
+
+
+def test_unknown_deployment(rejects: Rejects) -> None:
+    error = rejects(DeploymentStarted("no-such-deployment"), UnknownDeployment)
+    assert isinstance(error, UnknownDeployment)
+    assert error.deployment_id == "no-such-deployment"
+    assert "no-such-deployment" in str(error)
+
+
+def test_unknown_promotion_and_a_promotion_of_another_deployment(
+    engine: FlowEngine, rejects: Rejects
+) -> None:
+    flow = create(engine)
+    through_completed(engine, flow, 0)
+    d1 = flow.deployments[0]
+    error = rejects(
+        PromotionCompleted(d1.id, "nope", [PromotionResult("nope", ResultStatus.PASSED)]), UnknownPromotion
+    )
+    assert isinstance(error, UnknownPromotion)
+    assert (error.deployment_id, error.promotion_id) == (d1.id, "nope")
+    other = flow.deployments[1].promotions[0].id
+    rejects(PromotionCompleted(d1.id, other, [PromotionResult(other, ResultStatus.PASSED)]), UnknownPromotion)
+
+
+def test_starting_a_deployment_that_is_not_current(engine: FlowEngine, rejects: Rejects) -> None:
+    flow = create(engine)
+    error = rejects(DeploymentStarted(flow.deployments[1].id), InvalidTransition)
+    assert isinstance(error, InvalidTransition)
+    assert (error.entity, error.entity_id, error.state, error.trigger) == (
+        "deployment",
+        flow.deployments[1].id,
+        "notStarted",
+        "start",
+    )
+    assert "current" in error.reason
+
+
+def test_completing_a_deployment_that_was_not_started(engine: FlowEngine, rejects: Rejects) -> None:
+    flow = create(engine)
+    error = rejects(DeploymentCompleted(flow.deployments[0].id), InvalidTransition)
+    assert isinstance(error, InvalidTransition)
+    assert (error.state, error.trigger) == ("notStarted", "complete")
+    assert "'started'" in error.reason
+
+
+def test_a_promotion_result_before_its_deployment_completed(engine: FlowEngine, rejects: Rejects) -> None:
+    flow = create(engine)
+    rejects(passed(flow, 0, 0), InvalidTransition)
+    engine.handle(DeploymentStarted(flow.deployments[0].id))
+    error = rejects(passed(flow, 0, 0), InvalidTransition)
+    assert isinstance(error, InvalidTransition)
+    assert error.entity == "promotion"
+    assert error.reason == "its deployment has not completed"
+
+
+def test_nothing_moves_a_finished_flow(
+    engine: FlowEngine,
+    repository: InMemoryRepository,
+    rejects: Rejects,
+) -> None:
+    flow = create(engine)
+    through_completed(engine, flow, 0)
+    engine.handle(passed(flow, 0, 0))
+    through_completed(engine, flow, 1)
+    engine.handle(failed(flow, 1, 0))
+    assert repository.get(flow.id).state is FlowState.FAILED
+    rejects(passed(flow, 1, 1), InvalidTransition)  # the other promotion of the failed deployment
+    rejects(failed(flow, 1, 1), InvalidTransition)
+    error = rejects(DeploymentStarted(flow.deployments[2].id), InvalidTransition)
+    assert isinstance(error, InvalidTransition)
+    assert "finished" in error.reason or "current" in error.reason
+    rejects(DeploymentCompleted(flow.deployments[2].id), InvalidTransition)
+
+
+def test_a_result_contradicting_the_recorded_one(engine: FlowEngine, rejects: Rejects) -> None:
+    flow = create(engine)
+    through_completed(engine, flow, 0)
+    engine.handle(passed(flow, 0, 0))
+    error = rejects(failed(flow, 0, 0), InvalidTransition)
+    assert isinstance(error, InvalidTransition)
+    assert (error.entity, error.state, error.trigger, error.reason) == (
+        "promotion",
+        "success",
+        "fail",
+        "it already passed",
+    )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda f: DeploymentStarted(f.deployments[0].id),
+        lambda f: DeploymentCompleted(f.deployments[0].id),
+        lambda f: passed(f, 0, 0),
+    ],
+    ids=["started", "completed", "promotion-passed"],
+)
+def test_repeated_triggers_are_acknowledged_as_duplicates(
+    engine: FlowEngine,
+    repository: InMemoryRepository,
+    emitter: RecordingEmitter,
+    make: Callable[[Flow], DeploymentStarted | DeploymentCompleted | PromotionCompleted],
+) -> None:
+    flow = create(engine)
+    through_completed(engine, flow, 0)
+    engine.handle(passed(flow, 0, 0))
+    before = snapshot(repository)
+    sent = len(emitter.requests)
+    outcome = engine.handle(make(flow))
+    assert outcome.duplicate
+    assert outcome.hook_requests == ()
+    assert outcome.flows == (repository.get(flow.id),)
+    assert snapshot(repository) == before
+    assert len(emitter.requests) == sent
+
+
+def test_a_repeated_failure_is_a_duplicate(engine: FlowEngine, repository: InMemoryRepository) -> None:
+    flow = create(engine)
+    through_completed(engine, flow, 0)
+    engine.handle(failed(flow, 0, 0))
+    before = snapshot(repository)
+    assert engine.handle(failed(flow, 0, 0)).duplicate
+    assert engine.handle(DeploymentStarted(flow.deployments[0].id)).duplicate
+    assert snapshot(repository) == before
+
+
+def test_malformed_triggers_name_the_field() -> None:
+    with pytest.raises(ValidationError) as empty:
+        PromotionCompleted("d", "p", [])
+    assert empty.value.field == "results"
+    with pytest.raises(ValidationError) as other:
+        PromotionCompleted("d", "p", [PromotionResult("p", "passed"), PromotionResult("q", "passed")])
+    assert other.value.field == "results[1].promotion_id"
+    with pytest.raises(ValidationError) as blank:
+        Artifact("com.acme", " ", "1.0")
+    assert blank.value.field == "name"
+    with pytest.raises(ValidationError) as status:
+        PromotionResult("p", "maybe")
+    assert status.value.field == "result_status"
+    with pytest.raises(ValidationError) as deployment:
+        DeploymentStarted("")
+    assert deployment.value.field == "deployment_id"
+    with pytest.raises(ValidationError):
+        Artifact.parse("com.acme:api")
+
+
+def test_malformed_catalogs_name_the_field() -> None:
+    with pytest.raises(ValidationError) as duplicate_env:
+        Pipeline("p", [Environment("dev"), Environment("dev")])
+    assert duplicate_env.value.field == "environments"
+    assert "'dev'" in str(duplicate_env.value)
+    with pytest.raises(ValidationError) as unknown_event:
+        Webhook("wh", "deployment-exploded", [])  # an event name as a config file spells it
+    assert unknown_event.value.field == "event"
+    with pytest.raises(ValidationError) as no_envs:
+        Pipeline("p", [])
+    assert no_envs.value.field == "environments"
+    with pytest.raises(ValidationError) as bad_key:
+        api_service(artifacts=["com.acme"])
+    assert bad_key.value.field == "artifacts[0]"
+    with pytest.raises(ValidationError) as duplicate_service:
+        Catalog([api_service(), api_service()])
+    assert duplicate_service.value.field == "services[1].id"
+
+
+def test_an_unknown_failure_strategy_is_refused_up_front(repository: InMemoryRepository) -> None:
+    catalog = Catalog([api_service(failure_strategy="RETRY")])
+    with pytest.raises(ValidationError) as error:
+        FlowEngine(catalog, repository, None)
+    assert error.value.field == "failure_strategy"
+    assert "RETRY" in str(error.value)
+
+
+def test_a_flow_whose_service_left_the_catalog(engine: FlowEngine, repository: InMemoryRepository) -> None:
+    flow = create(engine)
+    other = FlowEngine(Catalog([api_service("svc-new")]), repository, None)
+    with pytest.raises(UnknownService) as error:
+        other.handle(DeploymentStarted(flow.deployments[0].id))
+    assert error.value.service_id == "svc-api"
+
+
+def test_a_failing_emitter_leaves_requests_pending(
+    catalog: Catalog, repository: InMemoryRepository, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[HookRequest] = []
+
+    def flaky(request: HookRequest) -> None:
+        if len(seen) == 2:
+            raise ConnectionError("receiver down")
+        seen.append(request)
+
+    engine = FlowEngine(catalog, repository, CallbackEmitter(flaky))
+    with caplog.at_level(logging.WARNING, logger="flowfsm.engine"):
+        outcome = engine.handle(ArtifactCreated(API))
+    assert len(outcome.hook_requests) == 4  # the trigger was applied all the same
+    assert repository.get(outcome.flows[0].id) == outcome.flows[0]
+    assert repository.count_pending() == 2
+    assert [r.id for r in repository.claim(10)] == [r.id for r in outcome.hook_requests[2:]]
+    assert "2 left pending" in caplog.text
+
+
+def test_no_emitter_leaves_everything_in_the_outbox(catalog: Catalog, repository: InMemoryRepository) -> None:
+    engine = FlowEngine(catalog, repository, None)
+    outcome = engine.handle(ArtifactCreated(API))
+    assert repository.claim(10) == list(outcome.hook_requests)
+
+
+class Conflicting(InMemoryRepository):
+    """Loses the compare-and-set race ``losses`` times, as if another engine won."""
+
+    def __init__(self, losses: int) -> None:
+        super().__init__()
+        self.losses = losses
+
+    def commit(
+        self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0
+    ) -> None:
+        if self.losses:
+            self.losses -= 1
+            raise ConcurrencyConflict(flows[0].id, flows[0].version)
+        super().commit(flows, hook_requests, lease=lease)
+
+
+def test_a_lost_race_is_retried_then_surfaced(catalog: Catalog) -> None:
+    repository = Conflicting(losses=2)
+    emitter = RecordingEmitter()
+    engine = FlowEngine(catalog, repository, emitter, max_attempts=3)
+    outcome = engine.handle(ArtifactCreated(API))
+    assert repository.get(outcome.flows[0].id) == outcome.flows[0]
+    assert emitter.requests == list(outcome.hook_requests)
+
+    repository.losses = 3
+    flow = outcome.flows[0]
+    with pytest.raises(ConcurrencyConflict):
+        engine.handle(DeploymentStarted(flow.deployments[0].id))
+    assert repository.get(flow.id) == flow
+
+
+def test_a_custom_failure_strategy_plugs_in(catalog: Catalog, repository: InMemoryRepository) -> None:
+    calls: list[PromotionFailure] = []
+
+    class StopAndPage:
+        def on_promotion_failed(self, failure: PromotionFailure) -> None:
+            calls.append(failure)
+            failure.fail_deployment()
+            failure.fail_flow()
+
+    service = api_service(failure_strategy="PAGE")
+    engine = FlowEngine(
+        Catalog([service]), repository, RecordingEmitter(), strategies={"PAGE": StopAndPage()}
+    )
+    flow = create(engine)
+    through_completed(engine, flow, 0)
+    outcome = engine.handle(failed(flow, 0, 0))
+    (failure,) = calls
+    assert failure.service is engine.catalog.get("svc-api")
+    assert failure.promotion.id == flow.deployments[0].promotions[0].id
+    assert failure.result is not None
+    assert failure.result.result_status is ResultStatus.FAILED
+    assert outcome.flows[0].state is FlowState.FAILED
+    assert outcome.hook_requests[-1].event is HookEvent.FLOW_FAILED
+
+
+def test_a_strategy_cannot_skip_the_machines(catalog: Catalog, repository: InMemoryRepository) -> None:
+    class Confused:
+        def on_promotion_failed(self, failure: PromotionFailure) -> None:
+            failure.fail_deployment()
+            failure.fail_deployment()  # twice: the machine refuses
+
+    engine = FlowEngine(
+        Catalog([api_service(failure_strategy="X")]), repository, None, strategies={"X": Confused()}
+    )
+    flow = create(engine)
+    through_completed(engine, flow, 0)
+    before = snapshot(repository)
+    with pytest.raises(InvalidTransition):
+        engine.handle(failed(flow, 0, 0))
+    assert snapshot(repository) == before
+
+
+def test_every_error_has_one_root() -> None:
+    for error in (ValidationError, UnknownDeployment, InvalidTransition, ConcurrencyConflict, UnknownService):
+        assert issubclass(error, FlowFSMError)
