@@ -8,22 +8,14 @@ inside it and the problem, e.g.
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
-
-import attrs
 
 from flowfsm.errors import CatalogError, UnknownService, ValidationError
 from flowfsm.model import Action, Service
 
 __all__ = ["Catalog"]
-
-
-@attrs.frozen
-class _CatalogFile:
-    services: tuple[Service, ...]
 
 
 class Catalog:
@@ -69,32 +61,38 @@ class Catalog:
         """Build from the JSON form: ``{"services": [...]}`` with camelCase keys."""
         from flowfsm.converter import structure
 
+        if not isinstance(data, Mapping) or set(data) != {"services"}:
+            raise CatalogError(
+                source, "$", "expected exactly one key, 'services', holding a list of services"
+            )
         try:
-            parsed = structure(data, _CatalogFile)
+            services = structure(data["services"], list[Service])
         except ValidationError as e:
-            path = e.field if e.field.startswith("$") else f"$.{e.field}"
+            path = "$.services" + e.field.removeprefix("$")
             raise CatalogError(source, path, e.message) from e
         try:
-            return cls(parsed.services)
+            return cls(services)
         except ValidationError as e:
             raise CatalogError(source, f"$.{e.field}", e.message) from e
 
     @classmethod
-    def from_file(cls, path: str | Path) -> Catalog:
+    def from_file(cls, path: str | os.PathLike[str]) -> Catalog:
         """Load ``.toml``, ``.json``, ``.yaml``/``.yml`` by the file's suffix."""
-        path = Path(path)
-        source = str(path)
+        source = os.fspath(path)
         try:
-            raw = path.read_bytes()
+            with open(source, "rb") as file:
+                raw = file.read()
         except OSError as e:
             raise CatalogError(source, "$", f"cannot read: {e.strerror or e}") from e
-        suffix = path.suffix.lower()
+        suffix = os.path.splitext(source)[1].lower()
         try:
             if suffix == ".toml":
                 import tomllib
 
                 data: Any = tomllib.loads(raw.decode())
             elif suffix == ".json":
+                import json
+
                 data = json.loads(raw)
             elif suffix in (".yaml", ".yml"):
                 try:

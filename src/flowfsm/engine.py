@@ -11,13 +11,14 @@ emits nothing.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
-import uuid
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from flowfsm.errors import ConcurrencyConflict, InvalidTransition, UnknownPromotion, ValidationError
-from flowfsm.machines import Step, fire, try_fire
+from flowfsm.machines import Step, fire, may
 from flowfsm.model import (
     Artifact,
     Deployment,
@@ -48,15 +49,33 @@ __all__ = ["FlowEngine", "new_id", "utc_now"]
 
 log = logging.getLogger("flowfsm.engine")
 
-_PROMOTION_EVENTS: Final = frozenset({HookEvent.PROMOTION_COMPLETED, HookEvent.PROMOTION_FAILED})
 # A deployment in one of these states has been started (or completed) already.
 _STARTED: Final = frozenset(DeploymentState) - {DeploymentState.NOT_STARTED}
 _COMPLETED: Final = _STARTED - {DeploymentState.STARTED}
 
 
-def new_id() -> str:
-    """A random UUID4 as 32 hex digits: the default id factory."""
-    return uuid.uuid4().hex
+class _Ids:
+    """The default id factory: a random 64-bit prefix per process and a counter.
+
+    Ids are 28 hex digits, unique across processes and restarts (a fresh random
+    prefix each time, and after every fork) and cheap: the engine makes one per
+    HookRequest, several per trigger.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):012x}"
+
+
+new_id: Final[Callable[[], str]] = _Ids()
+"""The default id factory (see ``FlowEngine(id_factory=...)``)."""
 
 
 def utc_now() -> dt.datetime:
@@ -213,8 +232,9 @@ class FlowEngine:
     def _advance(self, step: Step) -> None:
         """After a completion or a passed promotion: succeed the deployment if its
         guard allows, then create the next deployment or succeed the flow."""
-        if not try_fire(step.deployment, "succeed", step):
+        if not may(step.deployment, "succeed", step):
             return
+        fire(step.deployment, "succeed", step)
         following = step.flow.current_deployment()
         if following is None:
             fire(step.flow, "succeed", step)
@@ -240,7 +260,9 @@ class FlowEngine:
         requests: list[HookRequest] = []
         for event, deployment, result in step.events:
             payload: DeploymentPayload | PromotionPayload
-            if event in _PROMOTION_EVENTS and result is not None:
+            if result is not None and (
+                event is HookEvent.PROMOTION_COMPLETED or event is HookEvent.PROMOTION_FAILED
+            ):
                 payload = PromotionPayload(flow.artifact, deployment, service.ref, result)
             else:
                 payload = DeploymentPayload(

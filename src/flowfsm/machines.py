@@ -22,7 +22,6 @@ import enum
 from collections.abc import Callable
 from typing import Any, Final, Protocol, cast
 
-import attrs
 from transitions import EventData, Machine, MachineError
 
 from flowfsm.errors import InvalidTransition
@@ -38,10 +37,9 @@ from flowfsm.model import (
     Service,
 )
 
-__all__ = ["MACHINES", "Step", "fire", "mermaid", "try_fire"]
+__all__ = ["MACHINES", "Step", "fire", "may", "mermaid", "refusal", "render_into"]
 
 
-@attrs.define(weakref_slot=False)
 class Step:
     """What one trigger is working on, and the hook events it has caused so far.
 
@@ -49,11 +47,16 @@ class Step:
     of the transition, and only when some webhook subscribes to them.
     """
 
-    flow: Flow
-    service: Service
-    deployment: Deployment
-    result: PromotionResult | None = None
-    events: list[tuple[HookEvent, Deployment, PromotionResult | None]] = attrs.Factory(list)
+    __slots__ = ("deployment", "events", "flow", "result", "service")
+
+    def __init__(
+        self, flow: Flow, service: Service, deployment: Deployment, result: PromotionResult | None = None
+    ) -> None:
+        self.flow = flow
+        self.service = service
+        self.deployment = deployment
+        self.result = result
+        self.events: list[tuple[HookEvent, Deployment, PromotionResult | None]] = []
 
     def record(self, event: HookEvent, deployment: Deployment | None = None) -> None:
         if self.service.subscribers(event):
@@ -192,43 +195,61 @@ MACHINES: Final[dict[str, Machine]] = {
 _ENTITY: Final = {Flow: "flow", Deployment: "deployment", Promotion: "promotion"}
 
 
-def try_fire(model: Flow | Deployment | Promotion, trigger: str, step: Step) -> bool:
-    """Apply ``trigger``; False if a guard refused (state unchanged).
-
-    Raises ``InvalidTransition`` if the trigger is not allowed from the state.
-    """
-    entity = _ENTITY[type(model)]
-    try:
-        return bool(MACHINES[entity].events[trigger].trigger(model, step=step))
-    except MachineError:
-        machine = MACHINES[entity]
-        sources = " or ".join(repr(_spelling(machine, s)) for s in machine.events[trigger].transitions)
-        raise InvalidTransition(
-            entity, model.id, model.state.value, trigger, f"only a {sources} {entity} can {trigger}"
-        ) from None
-
-
 def fire(model: Flow | Deployment | Promotion, trigger: str, step: Step) -> None:
     """Apply ``trigger`` or raise ``InvalidTransition`` saying why not."""
-    if not try_fire(model, trigger, step):
-        entity = _ENTITY[type(model)]
-        raise InvalidTransition(
-            entity, model.id, model.state.value, trigger, _refusal(entity, model, trigger, step)
-        )
+    entity = _ENTITY[type(model)]
+    try:
+        applied = MACHINES[entity].events[trigger].trigger(model, step=step)
+    except MachineError:
+        raise _not_from_here(entity, model, trigger) from None
+    if not applied:
+        reason = refusal(model, trigger, step) or "refused"
+        raise InvalidTransition(entity, model.id, model.state.value, trigger, reason)
 
 
-def _refusal(entity: str, model: _Stateful, trigger: str, step: Step) -> str:
-    """The reason of the first guard that refuses, found by asking them again."""
-    machine = MACHINES[entity]
-    event = machine.events[trigger]
-    state = machine.get_model_state(model)
-    data = EventData(state, event, machine, model, args=(), kwargs={"step": step})
-    for transition in event.transitions[state.name]:
+def may(model: Flow | Deployment | Promotion, trigger: str, step: Step) -> bool:
+    """Whether ``fire`` would apply now: the machine's own guards, asked without firing.
+
+    Cheaper than a refused trigger, for the engine's "succeed if you can" steps.
+    """
+    return refusal(model, trigger, step) is None
+
+
+def refusal(model: Flow | Deployment | Promotion, trigger: str, step: Step) -> str | None:
+    """The reason of the first guard that refuses ``trigger`` now, or None.
+
+    Asks the guards the machine declares for the model's state, without building
+    the machinery of a real trigger. Raises ``InvalidTransition`` if the trigger
+    does not apply in the model's state.
+    """
+    entity = _ENTITY[type(model)]
+    transitions = MACHINES[entity].events[trigger].transitions.get(model.state.name)
+    if not transitions:
+        raise _not_from_here(entity, model, trigger)
+    probe = _Probe(model, {"step": step})
+    for transition in transitions:
         for condition in transition.conditions:
-            func = condition.func
-            if callable(func) and not func(data):
-                return _REASONS[func]
-    return "refused"  # pragma: no cover - a guard refused once, so one refuses again
+            if condition.func(probe) != condition.target:  # type: ignore[operator]  # flowfsm guards are callables
+                return _REASONS[condition.func]  # type: ignore[index]  # flowfsm guards are callables
+    return None
+
+
+class _Probe:
+    """What a guard reads of ``EventData``: the model and the trigger's keywords."""
+
+    __slots__ = ("kwargs", "model")
+
+    def __init__(self, model: object, kwargs: dict[str, Any]) -> None:
+        self.model = model
+        self.kwargs = kwargs
+
+
+def _not_from_here(entity: str, model: _Stateful, trigger: str) -> InvalidTransition:
+    machine = MACHINES[entity]
+    sources = " or ".join(repr(_spelling(machine, s)) for s in machine.events[trigger].transitions)
+    return InvalidTransition(
+        entity, model.id, model.state.value, trigger, f"only a {sources} {entity} can {trigger}"
+    )
 
 
 def mermaid(entity: str) -> str:

@@ -1,10 +1,12 @@
 """The domain: what a CD flow is made of, as attrs classes and enums.
 
-Configuration (``Service`` and what it holds) and values (``Artifact``,
-``PromotionResult``, ``HookRequest``) are frozen. The three stateful entities
-(``Flow``, ``Deployment``, ``Promotion``) are mutable, because the state machines
-in ``flowfsm.machines`` set their ``state``; the repository hands out copies, so
-changing one never changes what is stored.
+Configuration (``Service`` and what it holds) and inputs (``Artifact``,
+``PromotionResult``) are frozen. The three stateful entities (``Flow``,
+``Deployment``, ``Promotion``) are mutable, because the state machines in
+``flowfsm.machines`` set their ``state``; the repository hands out copies, so
+changing one never changes what is stored. HookRequests and their payloads are
+values too, but built on every step, so they are plain slotted classes: a frozen
+attrs class costs three times as much to build.
 
 Enum values are the JSON spellings of the contract (``notStarted``,
 ``deployment-created``), so the values *are* the wire format.
@@ -51,6 +53,8 @@ class FlowState(enum.Enum):
     SUCCESS = "success"
     FAILED = "failed"
 
+    __hash__ = object.__hash__  # members are singletons; skip Enum's Python-level hash
+
 
 class DeploymentState(enum.Enum):
     NOT_STARTED = "notStarted"
@@ -59,16 +63,22 @@ class DeploymentState(enum.Enum):
     SUCCESS = "success"
     FAILED = "failed"
 
+    __hash__ = object.__hash__  # members are singletons; skip Enum's Python-level hash
+
 
 class PromotionState(enum.Enum):
     PENDING = "pending"
     SUCCESS = "success"
     FAILED = "failed"
 
+    __hash__ = object.__hash__  # members are singletons; skip Enum's Python-level hash
+
 
 class ResultStatus(enum.Enum):
     PASSED = "passed"
     FAILED = "failed"
+
+    __hash__ = object.__hash__  # members are singletons; skip Enum's Python-level hash
 
 
 class HookEvent(enum.Enum):
@@ -84,6 +94,8 @@ class HookEvent(enum.Enum):
     FLOW_SUCCEEDED = "flow-succeeded"
     FLOW_FAILED = "flow-failed"
 
+    __hash__ = object.__hash__  # members are singletons; skip Enum's Python-level hash
+
 
 class FailureStrategy(enum.StrEnum):
     """The built-in failure strategies. A service names its strategy by this value
@@ -92,7 +104,14 @@ class FailureStrategy(enum.StrEnum):
     STOP = "STOP"
 
 
-# --- validation helpers -------------------------------------------------------------
+# --- helpers ------------------------------------------------------------------------
+
+
+def attrs_repr(self: Any) -> str:
+    """The ``repr`` of every flowfsm attrs class, written once: attrs would compile one
+    per class at import, a noticeable share of ``import flowfsm``."""
+    shown = ", ".join(f"{a.name}={getattr(self, a.name)!r}" for a in attrs.fields(type(self)) if a.repr)
+    return f"{type(self).__name__}({shown})"
 
 
 def _nonblank(_: object, attribute: attrs.Attribute[str], value: object) -> None:
@@ -142,10 +161,12 @@ def _tuple(value: Iterable[Any]) -> tuple[Any, ...]:
 # --- configuration ------------------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False, repr=False)
 class Artifact:
     """What CI published. ``key`` (``group:name``) selects services; ``id`` adds the
     version and, with the service id, identifies a flow."""
+
+    __repr__ = attrs_repr
 
     group: str = attrs.field(validator=_nonblank)
     name: str = attrs.field(validator=_nonblank)
@@ -168,9 +189,11 @@ class Artifact:
         return cls(*parts)
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False, repr=False)
 class Environment:
     """One stage of a pipeline and the promotion checks it must pass."""
+
+    __repr__ = attrs_repr
 
     name: str = attrs.field(validator=_nonblank)
     promotions: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
@@ -182,8 +205,10 @@ class Environment:
         _unique("promotions", self.promotions, "promotion")
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False, repr=False)
 class Pipeline:
+    __repr__ = attrs_repr
+
     name: str = attrs.field(validator=_nonblank)
     environments: tuple[Environment, ...] = attrs.field(converter=_tuple)
 
@@ -199,17 +224,21 @@ class Pipeline:
         raise ValidationError("environment", f"pipeline {self.name!r} has no environment {name!r}")
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False, repr=False)
 class ActionRef:
     """An action as a HookRequest names it: everything but the secret."""
+
+    __repr__ = attrs_repr
 
     name: str
     url: str | None = None
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False, repr=False)
 class Action:
     """What a webhook calls. ``secret`` signs HTTP deliveries and is never shown."""
+
+    __repr__ = attrs_repr
 
     name: str = attrs.field(validator=_nonblank)
     url: str | None = None
@@ -220,8 +249,10 @@ class Action:
         return ActionRef(self.name, self.url)
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False, repr=False)
 class Webhook:
+    __repr__ = attrs_repr
+
     id: str = attrs.field(validator=_nonblank)
     event: HookEvent = attrs.field(converter=_hook_event)
     actions: tuple[Action, ...] = attrs.field(converter=_tuple)
@@ -232,9 +263,11 @@ class Webhook:
         _unique("actions", (a.name for a in self.actions), "action")
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False, repr=False)
 class ServiceRef:
     """A service as payloads show it: no webhooks, so no secrets."""
+
+    __repr__ = attrs_repr
 
     id: str
     pipeline: str
@@ -248,9 +281,11 @@ def _artifact_keys(_: object, __: object, value: tuple[str, ...]) -> None:
             raise ValidationError(f"artifacts[{i}]", f"expected GROUP:NAME, got {key!r}")
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False, repr=False)
 class Service:
     """A consumer of artifacts: what it consumes, where it deploys, who to tell."""
+
+    __repr__ = attrs_repr
 
     id: str = attrs.field(validator=_nonblank)
     artifacts: tuple[str, ...] = attrs.field(converter=_tuple, validator=_artifact_keys)
@@ -295,8 +330,10 @@ class Service:
 # --- the stateful entities ----------------------------------------------------------
 
 
-@attrs.define(weakref_slot=False)
+@attrs.define(weakref_slot=False, repr=False)
 class Promotion:
+    __repr__ = attrs_repr
+
     id: str
     name: str
     state: PromotionState = PromotionState.PENDING
@@ -305,9 +342,11 @@ class Promotion:
         return Promotion(self.id, self.name, self.state)
 
 
-@attrs.define(weakref_slot=False)
+@attrs.define(weakref_slot=False, repr=False)
 class Deployment:
     """One environment of one flow; ``environment`` is the environment's name."""
+
+    __repr__ = attrs_repr
 
     id: str
     environment: str
@@ -324,13 +363,15 @@ class Deployment:
         return None
 
 
-@attrs.define(weakref_slot=False)
+@attrs.define(weakref_slot=False, repr=False)
 class Flow:
     """One artifact travelling through one service's pipeline: the aggregate.
 
     ``version`` counts saves, for optimistic concurrency; a flow not yet stored
     has version 0.
     """
+
+    __repr__ = attrs_repr
 
     id: str
     artifact: Artifact
@@ -380,18 +421,22 @@ def _details_dict(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return {} if value is None else dict(value)
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False, repr=False)
 class PromotionResult:
     """One check's verdict for a promotion; ``details`` is free-form JSON."""
+
+    __repr__ = attrs_repr
 
     promotion_id: str = attrs.field(validator=_nonblank)
     result_status: ResultStatus = attrs.field(converter=_result_status)
     details: Mapping[str, Any] = attrs.field(factory=dict, converter=_details_dict, hash=False)
 
 
-@attrs.frozen
+@attrs.define(weakref_slot=False, repr=False)
 class DeploymentPayload:
     """Payload of deployment-* and flow-* events: A, D, S, E of the contract."""
+
+    __repr__ = attrs_repr
 
     artifact: Artifact
     deployment: Deployment
@@ -399,9 +444,11 @@ class DeploymentPayload:
     environment: Environment
 
 
-@attrs.frozen
+@attrs.define(weakref_slot=False, repr=False)
 class PromotionPayload:
     """Payload of promotion-* events: A, D, S, PR of the contract."""
+
+    __repr__ = attrs_repr
 
     artifact: Artifact
     deployment: Deployment
@@ -412,9 +459,11 @@ class PromotionPayload:
 Payload: TypeAlias = DeploymentPayload | PromotionPayload
 
 
-@attrs.frozen
+@attrs.define(weakref_slot=False, repr=False)
 class HookRequest:
     """One call of one webhook action about one event, as handed to the emitter."""
+
+    __repr__ = attrs_repr
 
     id: str
     flow_id: str

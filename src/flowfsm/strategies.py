@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-import attrs
-
 from flowfsm.machines import Step, fire
 from flowfsm.model import Deployment, FailureStrategy, Flow, Promotion, PromotionResult, Service
 from flowfsm.protocols import FailureHandler
@@ -20,12 +18,14 @@ from flowfsm.protocols import FailureHandler
 __all__ = ["BUILTIN_STRATEGIES", "PromotionFailure", "Stop"]
 
 
-@attrs.frozen
 class PromotionFailure:
     """A promotion that just failed, and the moves a strategy may make."""
 
-    step: Step
-    promotion: Promotion
+    __slots__ = ("promotion", "step")
+
+    def __init__(self, step: Step, promotion: Promotion) -> None:
+        self.step = step
+        self.promotion = promotion
 
     @property
     def flow(self) -> Flow:

@@ -12,7 +12,7 @@ from typing import TypeAlias
 import attrs
 
 from flowfsm.errors import ValidationError
-from flowfsm.model import Artifact, Flow, HookRequest, PromotionResult, _nonblank
+from flowfsm.model import Artifact, Flow, HookRequest, PromotionResult, _nonblank, attrs_repr
 
 __all__ = [
     "ArtifactCreated",
@@ -24,18 +24,24 @@ __all__ = [
 ]
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False, repr=False)
 class ArtifactCreated:
+    __repr__ = attrs_repr
+
     artifact: Artifact
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False, repr=False)
 class DeploymentStarted:
+    __repr__ = attrs_repr
+
     deployment_id: str = attrs.field(validator=_nonblank)
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False, repr=False)
 class DeploymentCompleted:
+    __repr__ = attrs_repr
+
     deployment_id: str = attrs.field(validator=_nonblank)
 
 
@@ -43,9 +49,11 @@ def _results(value: Iterable[PromotionResult]) -> tuple[PromotionResult, ...]:
     return tuple(value)
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False, repr=False)
 class PromotionCompleted:
     """The results of one promotion's checks; the promotion failed if any failed."""
+
+    __repr__ = attrs_repr
 
     deployment_id: str = attrs.field(validator=_nonblank)
     promotion_id: str = attrs.field(validator=_nonblank)
@@ -67,11 +75,13 @@ class PromotionCompleted:
 Trigger: TypeAlias = ArtifactCreated | DeploymentStarted | DeploymentCompleted | PromotionCompleted
 
 
-@attrs.frozen
+@attrs.define(weakref_slot=False, repr=False)
 class Outcome:
     """What one trigger did: the flows it created or changed (for ArtifactCreated,
     new or existing), the HookRequests it emitted, and whether it was a duplicate
     (already recorded: nothing changed, nothing emitted)."""
+
+    __repr__ = attrs_repr
 
     flows: tuple[Flow, ...] = ()
     hook_requests: tuple[HookRequest, ...] = ()

@@ -1,8 +1,10 @@
 """``InMemoryRepository``: the reference backend, for tests and short-lived runs.
 
-It keeps its own copies of flows, so what callers do to a returned flow changes
-nothing stored, and it holds only pending HookRequests: a delivered one is
-forgotten. One lock makes it safe to share between threads.
+It keeps flows as nested tuples, not as the caller's objects: what callers do to
+a flow they passed in or got back changes nothing stored, and a save costs less
+than a deep copy.
+It holds only pending HookRequests: a delivered one is forgotten. One lock makes
+it safe to share between threads.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from flowfsm.errors import ConcurrencyConflict, UnknownDeployment, UnknownFlow, ValidationError
-from flowfsm.model import Flow, FlowState, HookRequest
+from flowfsm.model import Deployment, Flow, FlowState, HookRequest, Promotion
 
 __all__ = ["InMemoryRepository"]
 
@@ -21,7 +24,7 @@ class InMemoryRepository:
     """A ``Repository`` held in dicts."""
 
     def __init__(self) -> None:
-        self._flows: dict[str, Flow] = {}
+        self._flows: dict[str, _Frozen] = {}
         self._by_deployment: dict[str, str] = {}
         self._by_key: dict[tuple[str, str], str] = {}
         # Pending HookRequests in commit order, each with the end of its lease.
@@ -30,22 +33,22 @@ class InMemoryRepository:
 
     def get(self, flow_id: str) -> Flow:
         with self._lock:
-            flow = self._flows.get(flow_id)
-            if flow is None:
+            frozen = self._flows.get(flow_id)
+            if frozen is None:
                 raise UnknownFlow(flow_id)
-            return flow.copy()
+            return _thaw(frozen)
 
     def find_by_deployment(self, deployment_id: str) -> Flow:
         with self._lock:
             flow_id = self._by_deployment.get(deployment_id)
             if flow_id is None:
                 raise UnknownDeployment(deployment_id)
-            return self._flows[flow_id].copy()
+            return _thaw(self._flows[flow_id])
 
     def find_by_key(self, artifact_id: str, service_id: str) -> Flow | None:
         with self._lock:
             flow_id = self._by_key.get((artifact_id, service_id))
-            return None if flow_id is None else self._flows[flow_id].copy()
+            return None if flow_id is None else _thaw(self._flows[flow_id])
 
     def list_flows(
         self,
@@ -60,14 +63,14 @@ class InMemoryRepository:
             matching = (
                 f
                 for f in reversed(self._flows.values())
-                if (service_id is None or f.service_id == service_id) and (state is None or f.state is state)
+                if (service_id is None or f[2] == service_id) and (state is None or f[3] is state)
             )
             page: list[Flow] = []
-            for i, flow in enumerate(matching):
+            for i, frozen in enumerate(matching):
                 if i >= offset + limit:
                     break
                 if i >= offset:
-                    page.append(flow.copy())
+                    page.append(_thaw(frozen))
             return page
 
     def commit(
@@ -79,14 +82,14 @@ class InMemoryRepository:
                 if flow.version == 1:
                     if stored is not None or flow.key in self._by_key:
                         raise ConcurrencyConflict(flow.id, flow.version)
-                elif stored is None or stored.version != flow.version - 1:
+                elif stored is None or stored[4] != flow.version - 1:
                     raise ConcurrencyConflict(flow.id, flow.version)
             for flow in flows:
                 if flow.version == 1:
                     self._by_key[flow.key] = flow.id
                     for deployment in flow.deployments:
                         self._by_deployment[deployment.id] = flow.id
-                self._flows[flow.id] = flow.copy()
+                self._flows[flow.id] = _freeze(flow)
             until = time.monotonic() + lease if lease > 0 else 0.0
             for request in hook_requests:
                 self._outbox[request.id] = (request, until)
@@ -127,6 +130,44 @@ class InMemoryRepository:
 
     def __len__(self) -> int:
         return len(self._flows)
+
+
+# (id, artifact, service id, state, version, created, updated,
+#  ((deployment id, environment, state, ((promotion id, name, state), ...)), ...))
+_Frozen = tuple[Any, ...]
+
+
+def _freeze(flow: Flow) -> _Frozen:
+    return (
+        flow.id,
+        flow.artifact,
+        flow.service_id,
+        flow.state,
+        flow.version,
+        flow.created_at,
+        flow.updated_at,
+        tuple(
+            (d.id, d.environment, d.state, tuple((p.id, p.name, p.state) for p in d.promotions))
+            for d in flow.deployments
+        ),
+    )
+
+
+def _thaw(frozen: _Frozen) -> Flow:
+    flow_id, artifact, service_id, state, version, created, updated, deployments = frozen
+    return Flow(
+        flow_id,
+        artifact,
+        service_id,
+        [
+            Deployment(d_id, environment, [Promotion(*p) for p in promotions], d_state)
+            for d_id, environment, d_state, promotions in deployments
+        ],
+        state,
+        version,
+        created,
+        updated,
+    )
 
 
 def _check_page(limit: int, offset: int) -> None:

@@ -1,0 +1,29 @@
+"""Run the benchmarks: python -m benchmarks [--quick].
+
+Each figure is printed beside the baseline it was measured against in the same run,
+the two taking turns, so a noisy machine moves both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+
+from . import core
+from .report import Report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller stores")
+    args = parser.parse_args()
+    print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores")
+    report = Report()
+    core.run(report, args.quick)
+    print()
+    print("targets missed: " + (", ".join(report.failures) if report.failures else "none"))
+
+
+if __name__ == "__main__":
+    main()
