@@ -4,6 +4,7 @@ deterministic clocks and ids so HookRequests can be compared exactly."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -20,7 +21,7 @@ from flowfsm import (
 )
 from flowfsm.emitters import RecordingEmitter
 from flowfsm.repositories import InMemoryRepository
-from flowfsm.testing import SequentialIds, StepClock
+from flowfsm.testing import SequentialIds, StepClock, TemporaryPostgres
 
 # "dev" is quick for local runs; CI (CI=true) runs the thorough profile.
 settings.register_profile("dev", max_examples=100, stateful_step_count=25, deadline=None)
@@ -66,6 +67,23 @@ def api_service(service_id: str = "svc-api", **kwargs: object) -> Service:
     }
     defaults.update(kwargs)
     return Service(service_id, **defaults)  # type: ignore[arg-type]  # test helper: keywords as given
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """A PostgreSQL server for the session: FLOWFSM_TEST_POSTGRES_DSN if set, else a
+    throwaway one on loopback. Missing PostgreSQL skips locally and fails in CI."""
+    given = os.environ.get("FLOWFSM_TEST_POSTGRES_DSN")
+    if given:
+        yield given
+        return
+    if TemporaryPostgres.find_bin_dir() is None:
+        message = "PostgreSQL (initdb, pg_ctl) not found: install it or set FLOWFSM_TEST_POSTGRES_DSN"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with TemporaryPostgres() as server:
+        yield server.dsn
 
 
 @pytest.fixture

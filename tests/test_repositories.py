@@ -3,20 +3,49 @@
 from __future__ import annotations
 
 import sqlite3
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+from hypothesis.stateful import run_state_machine_as_test
 
 from flowfsm import RepositoryError
 from flowfsm.protocols import Repository
-from flowfsm.repositories import InMemoryRepository, SQLiteRepository
+from flowfsm.repositories import InMemoryRepository, PostgresRepository, SQLiteRepository
 from flowfsm.repositories.sqlite import SCHEMA_VERSION
-from flowfsm.testing import RepositoryContract, sample_flow
+from flowfsm.testing import RepositoryContract, RepositoryStateMachine, sample_flow
+
+
+def drop_schemas(dsn: str, schemas: list[str]) -> None:
+    """Leave a shared server as it was (a throwaway one is removed anyway)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for schema in schemas:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 class TestInMemoryRepository(RepositoryContract):
+    keeps_delivered = False
+
     def make_repository(self) -> Repository:
         return InMemoryRepository()
+
+
+class TestPostgresRepository(RepositoryContract):
+    @pytest.fixture(autouse=True)
+    def _server(self, postgres_dsn: str) -> Iterator[None]:
+        self.dsn = postgres_dsn
+        self.schemas: list[str] = []
+        yield
+        drop_schemas(self.dsn, self.schemas)
+
+    def make_repository(self) -> Repository:
+        schema = f"t_{uuid.uuid4().hex[:16]}"
+        self.schemas.append(schema)
+        return PostgresRepository(self.dsn, schema=schema)
 
 
 class TestSQLiteFileRepository(RepositoryContract):
@@ -65,3 +94,32 @@ def test_sqlite_driver_errors_become_repository_errors(tmp_path: Path) -> None:
         SQLiteRepository(tmp_path / "no" / "such" / "dir" / "flows.db")
     assert isinstance(error.value.__cause__, sqlite3.Error)
     assert error.value.backend == "sqlite"
+
+
+TestSQLiteAgainstReference = RepositoryStateMachine.for_repository(
+    lambda: SQLiteRepository(":memory:")
+).TestCase
+
+
+class PostgresAgainstReference(RepositoryStateMachine):
+    dsn = ""
+
+    def make_repository(self) -> Repository:
+        self.schema = f"s_{uuid.uuid4().hex[:16]}"
+        return PostgresRepository(self.dsn, schema=self.schema, max_size=2)
+
+    def teardown(self) -> None:
+        super().teardown()
+        drop_schemas(self.dsn, [self.schema])
+
+
+@pytest.fixture
+def postgres_machine(postgres_dsn: str) -> type[PostgresAgainstReference]:
+    PostgresAgainstReference.dsn = postgres_dsn
+    return PostgresAgainstReference
+
+
+def test_postgres_against_reference(postgres_machine: type[PostgresAgainstReference]) -> None:
+    run_state_machine_as_test(
+        postgres_machine, settings=settings(max_examples=max(10, settings().max_examples // 4))
+    )

@@ -35,6 +35,7 @@ __all__ = [
     "Flow",
     "FlowState",
     "HookEvent",
+    "HookRecord",
     "HookRequest",
     "Payload",
     "Pipeline",
@@ -472,3 +473,13 @@ class HookRequest:
     event: HookEvent
     payload: Payload
     created_at: dt.datetime
+
+
+@attrs.define(weakref_slot=False, repr=False)
+class HookRecord:
+    """A HookRequest as the outbox keeps it: ``delivered_at`` is None while pending."""
+
+    __repr__ = attrs_repr
+
+    request: HookRequest
+    delivered_at: dt.datetime | None = None

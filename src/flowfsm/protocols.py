@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from flowfsm.model import Flow, FlowState, HookRequest, Service
+from flowfsm.model import Flow, FlowState, HookRecord, HookRequest, Service
 
 if TYPE_CHECKING:
     from flowfsm.strategies import PromotionFailure
@@ -85,6 +85,11 @@ class Repository(Protocol):
 
     def count_pending(self) -> int:
         """How many HookRequests wait for delivery."""
+        ...
+
+    def hook_requests(self, flow_id: str) -> list[HookRecord]:
+        """The flow's HookRequests in creation order, pending or delivered (a backend
+        may forget delivered ones; the in-memory one does)."""
         ...
 
 

@@ -10,21 +10,37 @@ To check your own backend, subclass it in a pytest module::
         def make_repository(self):
             return MyRepository(...)
 
-This module imports pytest, so it needs the ``dev`` extra (or pytest) installed.
+and ``RepositoryStateMachine``, the same backend driven side by side with the
+in-memory reference by Hypothesis::
+
+    TestMyMachine = RepositoryStateMachine.for_repository(lambda: MyRepository(...)).TestCase
+
+This module imports pytest and Hypothesis, so it needs the ``dev`` extra.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import itertools
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from flowfsm.catalog import Catalog
 from flowfsm.emitters import CallbackEmitter, RecordingEmitter
-from flowfsm.errors import ConcurrencyConflict, UnknownDeployment, UnknownFlow, ValidationError
+from flowfsm.engine import FlowEngine
+from flowfsm.errors import ConcurrencyConflict, FlowFSMError, UnknownDeployment, UnknownFlow, ValidationError
 from flowfsm.model import (
+    Action,
     ActionRef,
     Artifact,
     Deployment,
@@ -35,17 +51,33 @@ from flowfsm.model import (
     FlowState,
     HookEvent,
     HookRequest,
+    Pipeline,
     Promotion,
+    PromotionResult,
+    PromotionState,
+    ResultStatus,
+    Service,
     ServiceRef,
+    Webhook,
 )
 from flowfsm.protocols import Repository
+from flowfsm.repositories.memory import InMemoryRepository
+from flowfsm.triggers import (
+    ArtifactCreated,
+    DeploymentCompleted,
+    DeploymentStarted,
+    PromotionCompleted,
+    Trigger,
+)
 
 __all__ = [
     "CallbackEmitter",
     "RecordingEmitter",
     "RepositoryContract",
+    "RepositoryStateMachine",
     "SequentialIds",
     "StepClock",
+    "TemporaryPostgres",
     "sample_flow",
     "sample_hook_request",
 ]
@@ -77,6 +109,84 @@ class StepClock:
         now = self._now
         self._now += self._step
         return now
+
+
+class TemporaryPostgres:
+    """A throwaway PostgreSQL server on 127.0.0.1, for tests and benchmarks.
+
+    ``with TemporaryPostgres() as pg: PostgresRepository(pg.dsn)``. It runs
+    ``initdb`` and ``pg_ctl`` (found on ``PATH`` or under ``/usr/lib/postgresql``)
+    in a temporary directory on a free port — as the ``postgres`` user when run
+    as root, since PostgreSQL refuses to run as root — and removes everything on
+    exit. ``durable=False`` (the default) turns off fsync: fast, and safe for
+    anything but power-loss tests.
+    """
+
+    def __init__(self, *, durable: bool = False, bin_dir: str | None = None) -> None:
+        found = bin_dir or self.find_bin_dir()
+        if found is None:
+            raise FileNotFoundError("PostgreSQL's initdb and pg_ctl were not found")
+        self.bin_dir = found
+        self.durable = durable
+        self.port = 0
+        self.dsn = ""
+        self._dir = ""
+
+    @staticmethod
+    def find_bin_dir() -> str | None:
+        """Where ``initdb`` and ``pg_ctl`` are, or None."""
+        on_path = shutil.which("initdb")
+        if on_path and shutil.which("pg_ctl"):
+            return os.path.dirname(os.path.realpath(on_path))
+        versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+        return os.path.dirname(versions[-1]) if versions else None
+
+    def _run(self, *args: str) -> None:
+        command = [os.path.join(self.bin_dir, args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"{args[0]} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}"
+            )
+
+    def __enter__(self) -> TemporaryPostgres:
+        self._dir = tempfile.mkdtemp(prefix="flowfsm-pg-")
+        if os.geteuid() == 0:
+            shutil.chown(self._dir, "postgres", "postgres")
+        data = os.path.join(self._dir, "data")
+        try:
+            self._run("initdb", "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.port = probe.getsockname()[1]
+            self.start()
+        except BaseException:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
+        self.dsn = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres connect_timeout=5"
+        return self
+
+    def stop(self) -> None:
+        """Stop the server now (its files stay until ``__exit__``)."""
+        self._run("pg_ctl", "-D", os.path.join(self._dir, "data"), "-m", "immediate", "-w", "stop")
+
+    def start(self) -> None:
+        """Start the server (again, after ``stop``: same port, same data)."""
+        options = f"-h 127.0.0.1 -p {self.port} -k {self._dir} -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        data, log = os.path.join(self._dir, "data"), os.path.join(self._dir, "server.log")
+        self._run("pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "-o", options, "start")
+
+    def __exit__(self, *_: object) -> None:
+        try:
+            self.stop()
+        except RuntimeError:
+            pass  # already stopped
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def sample_flow(
@@ -137,6 +247,9 @@ def _advanced(flow: Flow) -> Flow:
 class RepositoryContract:
     """What every ``Repository`` must do. Subclass and implement ``make_repository``;
     the subclass's name must start with ``Test`` for pytest to collect it."""
+
+    keeps_delivered = True
+    """False for a backend that forgets delivered HookRequests (the in-memory one)."""
 
     def make_repository(self) -> Repository:
         raise NotImplementedError
@@ -291,6 +404,29 @@ class RepositoryContract:
         repo.mark_delivered([a[0].id])
         assert repo.claim(10) == [a[1]]
 
+    def test_a_held_flow_does_not_block_the_others(self, repo: Repository) -> None:
+        first, second = sample_flow(1), sample_flow(2)
+        queue = [sample_hook_request(first, n) for n in range(1, 6)]
+        repo.commit([first], queue)
+        repo.commit([second], [sample_hook_request(second)])
+        assert repo.claim(1) == queue[:1]
+        # The next oldest requests wait behind the first; the other flow's goes ahead.
+        assert repo.claim(1) == [sample_hook_request(second)]
+
+    def test_hook_requests_keep_the_delivery_log(self, repo: Repository) -> None:
+        flow = sample_flow()
+        requests = [sample_hook_request(flow, n) for n in range(1, 4)]
+        repo.commit([flow], requests)
+        repo.mark_delivered([requests[0].id])
+        records = repo.hook_requests(flow.id)
+        if self.keeps_delivered:
+            assert [r.request for r in records] == requests
+            assert records[0].delivered_at is not None
+        else:
+            assert [r.request for r in records] == requests[1:]
+        assert [r.delivered_at for r in records[-2:]] == [None, None]
+        assert repo.hook_requests("another-flow") == []
+
     def test_leases_expire(self, repo: Repository) -> None:
         flow = sample_flow()
         request = sample_hook_request(flow)
@@ -301,3 +437,129 @@ class RepositoryContract:
         assert repo.claim(10) == []
         time.sleep(0.3)
         assert repo.claim(10) == [request]  # never delivered: offered again
+
+
+def _comparison_catalog() -> Catalog:
+    """Two services on one artifact, webhooks with two actions on every event."""
+    webhooks = [
+        Webhook(f"wh-{event.value}", event, [Action("a1", url="http://127.0.0.1/1"), Action("a2")])
+        for event in HookEvent
+    ]
+    return Catalog(
+        [
+            Service(
+                "svc-a",
+                artifacts=["com.acme:api"],
+                pipeline=Pipeline(
+                    "p", [Environment("dev", ["smoke", "perf"]), Environment("prod", ["smoke"])]
+                ),
+                webhooks=webhooks,
+            ),
+            Service(
+                "svc-b",
+                artifacts=["com.acme:api"],
+                pipeline=Pipeline("p", [Environment("dev"), Environment("prod", ["smoke"])]),
+                webhooks=webhooks[:3],
+            ),
+        ]
+    )
+
+
+class RepositoryStateMachine(RuleBasedStateMachine):
+    """Drives two engines side by side with the same random triggers: one on the
+    repository under test, one on ``InMemoryRepository`` as the reference, with the
+    same ids and clock. After every step both must have answered alike and stored
+    the same flows and the same pending outbox.
+
+    ``TestMine = RepositoryStateMachine.for_repository(make_repository).TestCase``
+    """
+
+    def make_repository(self) -> Repository:
+        raise NotImplementedError
+
+    @classmethod
+    def for_repository(cls, make: Callable[[], Repository]) -> type[RepositoryStateMachine]:
+        return type(f"{cls.__name__}For", (cls,), {"make_repository": lambda self: make()})
+
+    def __init__(self) -> None:
+        super().__init__()
+        catalog = _comparison_catalog()
+        self.repository = self.make_repository()
+        self.reference = InMemoryRepository()
+        self.engine = FlowEngine(
+            catalog, self.repository, None, clock=StepClock(), id_factory=SequentialIds()
+        )
+        self.reference_engine = FlowEngine(
+            catalog, self.reference, None, clock=StepClock(), id_factory=SequentialIds()
+        )
+
+    def teardown(self) -> None:
+        close: Callable[[], None] | None = getattr(self.repository, "close", None)
+        if close is not None:
+            close()
+
+    def _both(self, trigger: Trigger) -> None:
+        try:
+            expected = self.reference_engine.handle(trigger)
+        except FlowFSMError as e:
+            with pytest.raises(type(e)):
+                self.engine.handle(trigger)
+            return
+        assert self.engine.handle(trigger) == expected
+
+    def _deployments(self) -> list[Deployment]:
+        return [d for f in self.reference.list_flows(limit=1000) for d in f.deployments]
+
+    @rule(version=st.sampled_from(["1", "2", "3"]))
+    def artifact_created(self, version: str) -> None:
+        self._both(ArtifactCreated(Artifact("com.acme", "api", version)))
+
+    @rule(data=st.data(), complete=st.booleans())
+    def deployment_trigger(self, data: st.DataObject, complete: bool) -> None:
+        ids = [d.id for d in self._deployments()] + ["unknown-deployment"]
+        deployment_id = data.draw(st.sampled_from(ids))
+        self._both(DeploymentCompleted(deployment_id) if complete else DeploymentStarted(deployment_id))
+
+    @precondition(lambda self: any(d.promotions for d in self._deployments()))
+    @rule(data=st.data(), status=st.sampled_from(ResultStatus))
+    def promotion_completed(self, data: st.DataObject, status: ResultStatus) -> None:
+        pairs = [(d.id, p.id) for d in self._deployments() for p in d.promotions]
+        deployment_id, promotion_id = data.draw(st.sampled_from(pairs))
+        self._both(PromotionCompleted(deployment_id, promotion_id, [PromotionResult(promotion_id, status)]))
+
+    @precondition(lambda self: bool(self.reference.list_flows(state=FlowState.IN_PROGRESS)))
+    @rule(data=st.data(), passes=st.integers(0, 5))
+    def progress(self, data: st.DataObject, passes: int) -> None:
+        """The next valid trigger of a flow in progress, so runs reach deep states."""
+        flow = data.draw(st.sampled_from(self.reference.list_flows(state=FlowState.IN_PROGRESS)))
+        current = flow.current_deployment()
+        assert current is not None
+        if current.state is DeploymentState.NOT_STARTED:
+            self._both(DeploymentStarted(current.id))
+        elif current.state is DeploymentState.STARTED:
+            self._both(DeploymentCompleted(current.id))
+        else:
+            promotion = next(p for p in current.promotions if p.state is PromotionState.PENDING)
+            status = ResultStatus.PASSED if passes else ResultStatus.FAILED
+            self._both(PromotionCompleted(current.id, promotion.id, [PromotionResult(promotion.id, status)]))
+
+    @rule(limit=st.integers(1, 8), deliver=st.booleans())
+    def dispatch(self, limit: int, deliver: bool) -> None:
+        claimed = self.repository.claim(limit, lease=60)
+        assert claimed == self.reference.claim(limit, lease=60)
+        ids = [r.id for r in claimed]
+        for repository in (self.repository, self.reference):
+            if deliver:
+                repository.mark_delivered(ids)
+            else:
+                repository.release(ids)
+
+    @invariant()
+    def stores_agree(self) -> None:
+        flows = self.reference.list_flows(limit=1000)
+        assert self.repository.list_flows(limit=1000) == flows
+        for flow in flows:
+            assert self.repository.get(flow.id) == flow
+            pending = [r.request for r in self.repository.hook_requests(flow.id) if r.delivered_at is None]
+            assert pending == [r.request for r in self.reference.hook_requests(flow.id)]
+        assert self.repository.count_pending() == self.reference.count_pending()

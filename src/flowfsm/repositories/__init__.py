@@ -1,10 +1,12 @@
 """Repositories: where flows and their outbox live.
 
 ``InMemoryRepository`` for tests, ``SQLiteRepository`` (the embedded default) and
-``PostgresRepository`` (needs the ``postgres`` extra, imported only when used).
+``PostgresRepository`` (needs the ``postgres`` extra; psycopg is imported only when
+one is created).
 """
 
 from flowfsm.repositories.memory import InMemoryRepository
+from flowfsm.repositories.postgres import PostgresRepository
 from flowfsm.repositories.sqlite import SQLiteRepository
 
-__all__ = ["InMemoryRepository", "SQLiteRepository"]
+__all__ = ["InMemoryRepository", "PostgresRepository", "SQLiteRepository"]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flowfsm.errors import ConcurrencyConflict, UnknownDeployment, UnknownFlow, ValidationError
-from flowfsm.model import Deployment, Flow, FlowState, HookRequest, Promotion
+from flowfsm.model import Deployment, Flow, FlowState, HookRecord, HookRequest, Promotion
 
 __all__ = ["InMemoryRepository"]
 
@@ -127,6 +127,11 @@ class InMemoryRepository:
     def count_pending(self) -> int:
         with self._lock:
             return len(self._outbox)
+
+    def hook_requests(self, flow_id: str) -> list[HookRecord]:
+        """Pending ones only: this store forgets a HookRequest once delivered."""
+        with self._lock:
+            return [HookRecord(r) for r, _ in self._outbox.values() if r.flow_id == flow_id]
 
     def __len__(self) -> int:
         return len(self._flows)

@@ -30,7 +30,7 @@ from flowfsm.errors import (
     UnknownDeployment,
     UnknownFlow,
 )
-from flowfsm.model import Flow, FlowState, HookRequest
+from flowfsm.model import Flow, FlowState, HookRecord, HookRequest
 from flowfsm.repositories.memory import _check_page
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteRepository"]
@@ -66,6 +66,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             delivered_at TEXT
         )""",
         "CREATE INDEX outbox_pending ON outbox (seq) WHERE delivered_at IS NULL",
+        "CREATE INDEX outbox_by_flow ON outbox (flow_id, seq)",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -279,6 +280,19 @@ class SQLiteRepository:
     def count_pending(self) -> int:
         row = self._one("SELECT count(*) FROM outbox WHERE delivered_at IS NULL", ())
         return int(row[0])
+
+    def hook_requests(self, flow_id: str) -> list[HookRecord]:
+        with self._lock, _driver_errors("read failed"):
+            rows = self._db.execute(
+                "SELECT body, delivered_at FROM outbox WHERE flow_id = ? ORDER BY seq", (flow_id,)
+            ).fetchall()
+        return [
+            HookRecord(
+                converter.structure(json.loads(body), HookRequest),
+                None if delivered is None else dt.datetime.fromisoformat(delivered),
+            )
+            for body, delivered in rows
+        ]
 
 
 def _load(row: tuple[str, int]) -> Flow:

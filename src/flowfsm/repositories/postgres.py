@@ -1,0 +1,354 @@
+"""``PostgresRepository``: one database shared by many engines, on many machines.
+
+Needs the ``postgres`` extra (psycopg 3 and psycopg-pool); psycopg is imported
+when a repository is created, not with this module.
+
+The layout follows ``SQLiteRepository``: each flow whole, as JSON, beside indexed
+columns, with index tables for deployments and promotions, and an outbox. What
+several engines need on top:
+
+- a save is a compare-and-set on the flow's version (``UPDATE ... WHERE version``),
+  and a new flow is inserted ``ON CONFLICT DO NOTHING`` on its id and its unique
+  (artifact id, service id) key, so a lost race is a ``ConcurrencyConflict`` that
+  the engine retries, never a duplicate flow;
+- ``claim`` locks outbox rows ``FOR UPDATE SKIP LOCKED`` and hands each flow's
+  requests out in order, a prefix at a time, so dispatchers in several processes
+  share the work without delivering a flow's requests out of order;
+- leases use the database's clock, so machines need not agree on the time;
+- the schema lives in its own PostgreSQL schema (``flowfsm`` by default), created
+  and migrated under an advisory lock when the first engine starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from flowfsm.converter import converter
+from flowfsm.errors import (
+    ConcurrencyConflict,
+    FlowFSMError,
+    RepositoryError,
+    UnknownDeployment,
+    UnknownFlow,
+    ValidationError,
+)
+from flowfsm.model import Flow, FlowState, HookRecord, HookRequest
+from flowfsm.repositories.memory import _check_page
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresRepository"]
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (  # version 1
+        """CREATE TABLE flows (
+            seq bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+            id text PRIMARY KEY,
+            artifact_id text NOT NULL,
+            service_id text NOT NULL,
+            state text NOT NULL,
+            version integer NOT NULL,
+            body jsonb NOT NULL,
+            UNIQUE (artifact_id, service_id)
+        )""",
+        "CREATE INDEX flows_by_service_state ON flows (service_id, state, seq)",
+        "CREATE INDEX flows_by_state ON flows (state, seq)",
+        "CREATE TABLE deployments (id text PRIMARY KEY, flow_id text NOT NULL REFERENCES flows (id))",
+        """CREATE TABLE promotions (
+            id text PRIMARY KEY,
+            deployment_id text NOT NULL REFERENCES deployments (id)
+        )""",
+        """CREATE TABLE outbox (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id text NOT NULL UNIQUE,
+            flow_id text NOT NULL REFERENCES flows (id),
+            body jsonb NOT NULL,
+            lease_until timestamptz NOT NULL DEFAULT 'epoch',
+            delivered_at timestamptz
+        )""",
+        "CREATE INDEX outbox_pending ON outbox (seq) WHERE delivered_at IS NULL",
+        "CREATE INDEX outbox_by_flow ON outbox (flow_id, seq)",
+    ),
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+_BACKEND: Final = "postgres"
+_MIGRATION_LOCK: Final = 0x666C6F77  # "flow": one advisory lock for every flowfsm schema
+_IDENTIFIER: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+class PostgresRepository:
+    """A ``Repository`` in PostgreSQL, shared by every engine that uses the same
+    ``dsn`` and ``schema``."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "flowfsm",
+        min_size: int = 1,
+        max_size: int = 8,
+        timeout: float = 10.0,
+    ) -> None:
+        """``dsn``: a libpq connection string or URL. ``schema``: the PostgreSQL
+        schema holding flowfsm's tables. ``min_size``/``max_size``: the connection
+        pool. ``timeout``: seconds to wait for a connection before failing."""
+        if not _IDENTIFIER.fullmatch(schema):
+            raise ValidationError("schema", f"{schema!r} is not a lower-case SQL identifier")
+        try:
+            from psycopg_pool import ConnectionPool
+        except ImportError as e:  # pragma: no cover - the extra is installed for the tests
+            raise RepositoryError(
+                _BACKEND, "needs the 'postgres' extra: pip install flowfsm[postgres]"
+            ) from e
+        self.schema = schema
+        self._pool: ConnectionPool[Any] = ConnectionPool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            open=False,
+            kwargs={"options": f"-c search_path={schema}"},
+            name=f"flowfsm-{schema}",
+        )
+        with _driver_errors("cannot connect"):
+            self._pool.open(wait=True, timeout=timeout)
+        try:
+            self._migrate()
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> PostgresRepository:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PostgresRepository(schema={self.schema!r})"
+
+    @contextlib.contextmanager
+    def _connection(self, what: str) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection in one transaction: committed on success, rolled
+        back on any error, driver errors raised as ``RepositoryError``."""
+        with _driver_errors(what), self._pool.connection() as conn:
+            yield conn
+
+    def _migrate(self) -> None:
+        with self._connection("migration failed") as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS flowfsm_meta (key text PRIMARY KEY, value text NOT NULL)"
+            )
+            row = conn.execute("SELECT value FROM flowfsm_meta WHERE key = 'schema_version'").fetchone()
+            current = int(row[0]) if row else 0
+            if current > SCHEMA_VERSION:
+                raise RepositoryError(
+                    _BACKEND,
+                    f"schema {self.schema!r} has version {current}; this flowfsm knows {SCHEMA_VERSION}",
+                )
+            for statements in MIGRATIONS[current:]:
+                for statement in statements:
+                    conn.execute(statement)
+            if current != SCHEMA_VERSION:
+                conn.execute(
+                    "INSERT INTO flowfsm_meta VALUES ('schema_version', %s)"
+                    " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    (str(SCHEMA_VERSION),),
+                )
+
+    # --- flows -----------------------------------------------------------------------
+
+    def _flow(self, sql: str, args: Sequence[Any]) -> Flow | None:
+        with self._connection("read failed") as conn:
+            row = conn.execute(sql, args).fetchone()
+        return None if row is None else _load(row)
+
+    def get(self, flow_id: str) -> Flow:
+        flow = self._flow("SELECT body, version FROM flows WHERE id = %s", (flow_id,))
+        if flow is None:
+            raise UnknownFlow(flow_id)
+        return flow
+
+    def find_by_deployment(self, deployment_id: str) -> Flow:
+        flow = self._flow(
+            "SELECT f.body, f.version FROM deployments d JOIN flows f ON f.id = d.flow_id WHERE d.id = %s",
+            (deployment_id,),
+        )
+        if flow is None:
+            raise UnknownDeployment(deployment_id)
+        return flow
+
+    def find_by_key(self, artifact_id: str, service_id: str) -> Flow | None:
+        return self._flow(
+            "SELECT body, version FROM flows WHERE artifact_id = %s AND service_id = %s",
+            (artifact_id, service_id),
+        )
+
+    def list_flows(
+        self,
+        *,
+        service_id: str | None = None,
+        state: FlowState | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Flow]:
+        _check_page(limit, offset)
+        where, args = [], []
+        if service_id is not None:
+            where.append("service_id = %s")
+            args.append(service_id)
+        if state is not None:
+            where.append("state = %s")
+            args.append(state.value)
+        sql = "SELECT body, version FROM flows"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT %s OFFSET %s"
+        with self._connection("read failed") as conn:
+            rows = conn.execute(sql, (*args, limit, offset)).fetchall()
+        return [_load(row) for row in rows]
+
+    def commit(
+        self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0
+    ) -> None:
+        from psycopg.types.json import Jsonb
+
+        bodies = [Jsonb(converter.unstructure(flow)) for flow in flows]
+        requests = [(r.id, r.flow_id, Jsonb(converter.unstructure(r)), lease) for r in hook_requests]
+        with self._connection("write failed") as conn, conn.cursor() as cur:
+            for flow, body in zip(flows, bodies, strict=True):
+                if flow.version == 1:
+                    cur.execute(
+                        "INSERT INTO flows (id, artifact_id, service_id, state, version, body)"
+                        " VALUES (%s, %s, %s, %s, 1, %s) ON CONFLICT DO NOTHING",
+                        (flow.id, flow.artifact.id, flow.service_id, flow.state.value, body),
+                    )
+                    if cur.rowcount != 1:
+                        raise ConcurrencyConflict(flow.id, flow.version)
+                    cur.executemany(
+                        "INSERT INTO deployments (id, flow_id) VALUES (%s, %s)",
+                        [(d.id, flow.id) for d in flow.deployments],
+                    )
+                    promotions = [(p.id, d.id) for d in flow.deployments for p in d.promotions]
+                    if promotions:
+                        cur.executemany(
+                            "INSERT INTO promotions (id, deployment_id) VALUES (%s, %s)", promotions
+                        )
+                else:
+                    cur.execute(
+                        "UPDATE flows SET state = %s, version = %s, body = %s WHERE id = %s AND version = %s",
+                        (flow.state.value, flow.version, body, flow.id, flow.version - 1),
+                    )
+                    if cur.rowcount != 1:
+                        raise ConcurrencyConflict(flow.id, flow.version)
+            if requests:
+                cur.executemany(
+                    "INSERT INTO outbox (id, flow_id, body, lease_until) VALUES (%s, %s, %s,"
+                    " CASE WHEN %s > 0 THEN now() + make_interval(secs => %s) ELSE 'epoch' END)",
+                    [(i, f, b, s, s) for i, f, b, s in requests],
+                )
+
+    # --- outbox ----------------------------------------------------------------------
+
+    def claim(self, limit: int = 100, *, lease: float = 30.0) -> list[HookRequest]:
+        with self._connection("claim failed") as conn:
+            # Oldest first, skipping rows another claim holds (locked now, or leased
+            # earlier) and rows queued behind a leased request of their flow.
+            candidates = conn.execute(
+                "SELECT o.seq, o.flow_id FROM outbox o"
+                " WHERE o.delivered_at IS NULL AND o.lease_until < now() AND NOT EXISTS ("
+                "   SELECT 1 FROM outbox p WHERE p.flow_id = o.flow_id AND p.seq < o.seq"
+                "   AND p.delivered_at IS NULL AND p.lease_until >= now())"
+                " ORDER BY o.seq LIMIT %s FOR UPDATE SKIP LOCKED",
+                (limit,),
+            ).fetchall()
+            if not candidates:
+                return []
+            mine = {seq for seq, _ in candidates}
+            # A flow's requests go out in order: take only the leading run of its pending
+            # requests that this claim holds; the rest wait for whoever holds the first.
+            pending = conn.execute(
+                "SELECT flow_id, seq FROM outbox WHERE delivered_at IS NULL AND flow_id = ANY(%s)"
+                " ORDER BY flow_id, seq",
+                (list({flow_id for _, flow_id in candidates}),),
+            ).fetchall()
+            chosen: list[int] = []
+            blocked: set[str] = set()
+            for flow_id, seq in pending:
+                if flow_id in blocked:
+                    continue
+                if seq in mine:
+                    chosen.append(seq)
+                else:
+                    blocked.add(flow_id)
+            if not chosen:
+                return []
+            rows = conn.execute(
+                "UPDATE outbox SET lease_until = now() + make_interval(secs => %s)"
+                " WHERE seq = ANY(%s) RETURNING seq, body",
+                (lease, chosen),
+            ).fetchall()
+        return [converter.structure(body, HookRequest) for _, body in sorted(rows, key=lambda r: r[0])]
+
+    def mark_delivered(self, ids: Sequence[str]) -> None:
+        with self._connection("write failed") as conn:
+            conn.execute(
+                "UPDATE outbox SET delivered_at = now(), lease_until = 'epoch'"
+                " WHERE id = ANY(%s) AND delivered_at IS NULL",
+                (list(ids),),
+            )
+
+    def release(self, ids: Sequence[str]) -> None:
+        with self._connection("write failed") as conn:
+            conn.execute(
+                "UPDATE outbox SET lease_until = 'epoch' WHERE id = ANY(%s) AND delivered_at IS NULL",
+                (list(ids),),
+            )
+
+    def count_pending(self) -> int:
+        with self._connection("read failed") as conn:
+            row = conn.execute("SELECT count(*) FROM outbox WHERE delivered_at IS NULL").fetchone()
+        return int(row[0]) if row else 0
+
+    def hook_requests(self, flow_id: str) -> list[HookRecord]:
+        with self._connection("read failed") as conn:
+            rows = conn.execute(
+                "SELECT body, delivered_at FROM outbox WHERE flow_id = %s ORDER BY seq", (flow_id,)
+            ).fetchall()
+        return [HookRecord(converter.structure(body, HookRequest), delivered) for body, delivered in rows]
+
+
+def _load(row: tuple[Any, ...]) -> Flow:
+    flow = converter.structure(row[0], Flow)
+    flow.version = row[1]
+    return flow
+
+
+@contextlib.contextmanager
+def _driver_errors(what: str) -> Iterator[None]:
+    """psycopg's and the pool's errors become ``RepositoryError``; flowfsm's pass."""
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    try:
+        yield
+    except FlowFSMError:
+        raise
+    except (psycopg.Error, PoolTimeout) as e:
+        raise RepositoryError(_BACKEND, f"{what}: {_one_line(e)}") from e
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
