@@ -96,10 +96,25 @@ class SQLiteRepository:
                 self.path, timeout=timeout, isolation_level=None, check_same_thread=False
             )
             if self.path != ":memory:":
-                self._db.execute("PRAGMA journal_mode=WAL")
+                self._enable_wal(timeout)
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+
+    def _enable_wal(self, timeout: float) -> None:
+        """Switch the file to WAL. The switch needs the file to itself, and SQLite
+        does not wait for that, so several processes opening a new file at once
+        retry here until one of them has done it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                    return
+                self._db.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def close(self) -> None:
         with self._lock:
@@ -144,7 +159,8 @@ class SQLiteRepository:
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite ends some failed transactions itself (disk full)
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
