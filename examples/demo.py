@@ -46,9 +46,7 @@ class Demo:
     def __init__(self, db: Path) -> None:
         self.repository = SQLiteRepository(db)
         self.sent: list[HookRequest] = []
-        self.engine = FlowEngine(
-            Catalog.from_file(CATALOG), self.repository, CallbackEmitter(self.sent.append)
-        )
+        self.engine = FlowEngine(Catalog.from_file(CATALOG), self.repository, CallbackEmitter(self.sent.append))
         self.seen: dict[str, dict[str, str]] = {}
 
     def handle(self, trigger: Trigger, label: str) -> Flow:
@@ -62,9 +60,7 @@ class Demo:
         self.seen[flow.id] = now
         for request in self.sent:
             where = request.payload.deployment.environment
-            print(
-                f"      ↳ hook {request.event.value:21} {request.webhook_id}/{request.action.name} ({where})"
-            )
+            print(f"      ↳ hook {request.event.value:21} {request.webhook_id}/{request.action.name} ({where})")
         self.sent.clear()
         return flow
 

@@ -33,14 +33,10 @@ catalog = Catalog(
         Service(
             "svc-api",
             artifacts=["com.acme:api"],
-            pipeline=Pipeline(
-                "default", [Environment("dev", ["smoke", "perf"]), Environment("prod", ["smoke"])]
-            ),
+            pipeline=Pipeline("default", [Environment("dev", ["smoke", "perf"]), Environment("prod", ["smoke"])]),
             failure_strategy=FailureStrategy.STOP,
             webhooks=[
-                Webhook(
-                    "pager", HookEvent.PROMOTION_FAILED, [Action("page", url="https://pager.example/alert")]
-                ),
+                Webhook("pager", HookEvent.PROMOTION_FAILED, [Action("page", url="https://pager.example/alert")]),
                 Webhook("chat", HookEvent.FLOW_FAILED, [Action("tell", url="https://chat.example/hook")]),
             ],
         )

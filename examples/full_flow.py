@@ -50,9 +50,7 @@ catalog = Catalog(
                     HookEvent.DEPLOYMENT_COMPLETED,
                     [Action("run-checks", url="https://ci.example/checks")],
                 ),
-                Webhook(
-                    "chat", HookEvent.FLOW_SUCCEEDED, [Action("announce", url="https://chat.example/hook")]
-                ),
+                Webhook("chat", HookEvent.FLOW_SUCCEEDED, [Action("announce", url="https://chat.example/hook")]),
             ],
         )
     ]

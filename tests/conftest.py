@@ -42,7 +42,7 @@ def two_actions(webhook_id: str, event: HookEvent) -> Webhook:
         webhook_id,
         event,
         [
-            Action("a1", url=f"https://hooks.example/{webhook_id}/1", secret="whsec_c2VjcmV0LW9uZQ=="),
+            Action("a1", url=f"https://hooks.example/{webhook_id}/1", secret="whsec_Zmxvd2ZzbS10ZXN0LXNlY3JldC0wMDAx"),
             Action("a2", url=f"https://hooks.example/{webhook_id}/2"),
         ],
     )

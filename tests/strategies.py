@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from typing import Any
 
@@ -39,9 +40,7 @@ names = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_siz
     lambda s: bool(s.strip()) and ":" not in s
 )
 ids = st.uuids().map(lambda u: u.hex)
-times = st.datetimes(
-    min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2100, 1, 1), timezones=st.just(dt.UTC)
-)
+times = st.datetimes(min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2100, 1, 1), timezones=st.just(dt.UTC))
 json_values: st.SearchStrategy[Any] = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=10),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
@@ -50,10 +49,11 @@ json_values: st.SearchStrategy[Any] = st.recursive(
 
 artifacts = st.builds(Artifact, names, names, names)
 environments = st.builds(Environment, names, st.lists(names, max_size=3, unique=True))
-pipelines = st.builds(
-    Pipeline, names, st.lists(environments, min_size=1, max_size=3, unique_by=lambda e: e.name)
+pipelines = st.builds(Pipeline, names, st.lists(environments, min_size=1, max_size=3, unique_by=lambda e: e.name))
+secrets = st.lists(st.binary(min_size=16, max_size=40), min_size=1, max_size=2).map(
+    lambda keys: " ".join("whsec_" + base64.b64encode(k).decode() for k in keys)
 )
-actions = st.builds(Action, names, st.none() | st.just("https://hooks.example/x"), st.none() | names)
+actions = st.builds(Action, names, st.none() | st.just("https://hooks.example/x"), st.none() | secrets)
 webhooks = st.builds(
     Webhook,
     names,
@@ -69,9 +69,7 @@ services = st.builds(
     st.lists(webhooks, max_size=3, unique_by=lambda w: w.id),
 )
 promotions = st.builds(Promotion, ids, names, st.sampled_from(PromotionState))
-deployments = st.builds(
-    Deployment, ids, names, st.lists(promotions, max_size=3), st.sampled_from(DeploymentState)
-)
+deployments = st.builds(Deployment, ids, names, st.lists(promotions, max_size=3), st.sampled_from(DeploymentState))
 flows = st.builds(
     Flow,
     ids,
@@ -110,9 +108,7 @@ def promotion_completed(draw: st.DrawFn) -> PromotionCompleted:
     promotion_id = draw(ids)
     statuses = draw(st.lists(st.sampled_from(ResultStatus), min_size=1, max_size=3))
     details = draw(st.dictionaries(st.text(max_size=5), json_values, max_size=2))
-    return PromotionCompleted(
-        draw(ids), promotion_id, [PromotionResult(promotion_id, s, details) for s in statuses]
-    )
+    return PromotionCompleted(draw(ids), promotion_id, [PromotionResult(promotion_id, s, details) for s in statuses])
 
 
 triggers: st.SearchStrategy[Trigger] = st.one_of(

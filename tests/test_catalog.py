@@ -28,7 +28,7 @@ environments = [
 [[services.webhooks]]
 id = "wh-deploy"
 event = "deployment-created"
-actions = [{ name = "deploy", url = "https://cd.example/deploy", secret = "whsec_dGVzdA==" }]
+actions = [{ name = "deploy", url = "https://cd.example/deploy", secret = "whsec_Zmxvd2ZzbS1jYXRhbG9nLXNlY3JldC0y" }]
 """
 
 

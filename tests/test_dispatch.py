@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flowfsm import Artifact, ArtifactCreated, Catalog, DeploymentStarted, FlowEngine, HookRequest
-from flowfsm.dispatch import Dispatcher
+from flowfsm.dispatch import Dispatcher, RetryPolicy
 from flowfsm.emitters import CallbackEmitter, RecordingEmitter
 from flowfsm.protocols import Repository
 from flowfsm.repositories import PostgresRepository, SQLiteRepository
@@ -72,10 +72,13 @@ def test_a_failing_flow_waits_and_the_others_go_on(shared: tuple[Repository, Rep
             raise ConnectionError("receiver down")
         delivered.append(request)
 
-    assert Dispatcher(repository, CallbackEmitter(flaky), batch=2).run_once() == len(delivered)
+    no_wait = RetryPolicy(delays=(0.0,))
+    assert Dispatcher(repository, CallbackEmitter(flaky), batch=2, retry=no_wait).run_once() == len(delivered)
     assert delivered == [r for r in made if r.flow_id != broken]
     waiting = [r for r in made if r.flow_id == broken]
     assert repository.count_pending() == len(waiting)
+    first = repository.hook_requests(broken)[0]
+    assert [(a.status_code, a.error) for a in first.attempts] == [(None, "ConnectionError: receiver down")]
     recovered = RecordingEmitter()
     assert Dispatcher(repository, recovered).run_once() == len(waiting)
     assert recovered.requests == waiting  # still in creation order
@@ -114,8 +117,7 @@ def test_two_dispatchers_share_the_work_and_keep_each_flows_order(
             delivered.append(request)
 
     threads = [
-        threading.Thread(target=Dispatcher(repo, CallbackEmitter(record), batch=3).run_once)
-        for repo in (first, second)
+        threading.Thread(target=Dispatcher(repo, CallbackEmitter(record), batch=3).run_once) for repo in (first, second)
     ]
     for thread in threads:
         thread.start()

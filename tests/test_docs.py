@@ -20,10 +20,15 @@ FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
-def test_python_blocks_in_docs_run(doc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    blocks = FENCE.findall(doc.read_text())
+def test_python_blocks_in_docs_run(
+    doc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    text = doc.read_text()
+    blocks = FENCE.findall(text)
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": f"docs_{doc.stem}"}
+    if "POSTGRES_DSN" in text:  # examples that need a server get the test session's
+        namespace["POSTGRES_DSN"] = request.getfixturevalue("postgres_dsn")
     for i, block in enumerate(blocks):
         try:
             exec(compile(block, f"{doc.name}[block {i}]", "exec"), namespace)

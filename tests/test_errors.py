@@ -70,15 +70,11 @@ def test_unknown_deployment(rejects: Rejects) -> None:
     assert "no-such-deployment" in str(error)
 
 
-def test_unknown_promotion_and_a_promotion_of_another_deployment(
-    engine: FlowEngine, rejects: Rejects
-) -> None:
+def test_unknown_promotion_and_a_promotion_of_another_deployment(engine: FlowEngine, rejects: Rejects) -> None:
     flow = create(engine)
     through_completed(engine, flow, 0)
     d1 = flow.deployments[0]
-    error = rejects(
-        PromotionCompleted(d1.id, "nope", [PromotionResult("nope", ResultStatus.PASSED)]), UnknownPromotion
-    )
+    error = rejects(PromotionCompleted(d1.id, "nope", [PromotionResult("nope", ResultStatus.PASSED)]), UnknownPromotion)
     assert isinstance(error, UnknownPromotion)
     assert (error.deployment_id, error.promotion_id) == (d1.id, "nope")
     other = flow.deployments[1].promotions[0].id
@@ -275,9 +271,7 @@ class Conflicting(InMemoryRepository):
         super().__init__()
         self.losses = losses
 
-    def commit(
-        self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0
-    ) -> None:
+    def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
         if self.losses:
             self.losses -= 1
             raise ConcurrencyConflict(flows[0].id, flows[0].version)
@@ -309,9 +303,7 @@ def test_a_custom_failure_strategy_plugs_in(catalog: Catalog, repository: InMemo
             failure.fail_flow()
 
     service = api_service(failure_strategy="PAGE")
-    engine = FlowEngine(
-        Catalog([service]), repository, RecordingEmitter(), strategies={"PAGE": StopAndPage()}
-    )
+    engine = FlowEngine(Catalog([service]), repository, RecordingEmitter(), strategies={"PAGE": StopAndPage()})
     flow = create(engine)
     through_completed(engine, flow, 0)
     outcome = engine.handle(failed(flow, 0, 0))
@@ -330,9 +322,7 @@ def test_a_strategy_cannot_skip_the_machines(catalog: Catalog, repository: InMem
             failure.fail_deployment()
             failure.fail_deployment()  # twice: the machine refuses
 
-    engine = FlowEngine(
-        Catalog([api_service(failure_strategy="X")]), repository, None, strategies={"X": Confused()}
-    )
+    engine = FlowEngine(Catalog([api_service(failure_strategy="X")]), repository, None, strategies={"X": Confused()})
     flow = create(engine)
     through_completed(engine, flow, 0)
     before = snapshot(repository)

@@ -15,7 +15,7 @@ from flowfsm import RepositoryError
 from flowfsm.protocols import Repository
 from flowfsm.repositories import InMemoryRepository, PostgresRepository, SQLiteRepository
 from flowfsm.repositories.sqlite import SCHEMA_VERSION
-from flowfsm.testing import RepositoryContract, RepositoryStateMachine, sample_flow
+from flowfsm.testing import RepositoryContract, RepositoryStateMachine, sample_flow, sample_hook_request
 
 
 def drop_schemas(dsn: str, schemas: list[str]) -> None:
@@ -77,6 +77,27 @@ def test_sqlite_survives_reopening_and_records_its_schema(tmp_path: Path) -> Non
     db.close()
 
 
+def test_sqlite_migrates_an_older_schema(tmp_path: Path) -> None:
+    from flowfsm.repositories.sqlite import MIGRATIONS
+
+    path = tmp_path / "v1.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE flowfsm_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    for statement in MIGRATIONS[0]:
+        db.execute(statement)
+    db.execute("INSERT INTO flowfsm_meta VALUES ('schema_version', '1')")
+    db.commit()
+    db.close()
+    flow = sample_flow()
+    with SQLiteRepository(path) as repo:
+        repo.commit([flow], [sample_hook_request(flow)])
+        repo.mark_dead([sample_hook_request(flow).id])
+        assert len(repo.dead_requests()) == 1
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM flowfsm_meta").fetchone()[0] == str(SCHEMA_VERSION)
+    db.close()
+
+
 def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
     path = tmp_path / "flows.db"
     SQLiteRepository(path).close()
@@ -96,9 +117,7 @@ def test_sqlite_driver_errors_become_repository_errors(tmp_path: Path) -> None:
     assert error.value.backend == "sqlite"
 
 
-TestSQLiteAgainstReference = RepositoryStateMachine.for_repository(
-    lambda: SQLiteRepository(":memory:")
-).TestCase
+TestSQLiteAgainstReference = RepositoryStateMachine.for_repository(lambda: SQLiteRepository(":memory:")).TestCase
 
 
 class PostgresAgainstReference(RepositoryStateMachine):
@@ -120,6 +139,4 @@ def postgres_machine(postgres_dsn: str) -> type[PostgresAgainstReference]:
 
 
 def test_postgres_against_reference(postgres_machine: type[PostgresAgainstReference]) -> None:
-    run_state_machine_as_test(
-        postgres_machine, settings=settings(max_examples=max(10, settings().max_examples // 4))
-    )
+    run_state_machine_as_test(postgres_machine, settings=settings(max_examples=max(10, settings().max_examples // 4)))

@@ -112,9 +112,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
         self.catalog = catalog
         self.emitter = RecordingEmitter()
         self.repository = self.make_repository()
-        self.engine = FlowEngine(
-            catalog, self.repository, self.emitter, clock=StepClock(), id_factory=SequentialIds()
-        )
+        self.engine = FlowEngine(catalog, self.repository, self.emitter, clock=StepClock(), id_factory=SequentialIds())
 
     def teardown(self) -> None:
         close: Callable[[], None] | None = getattr(getattr(self, "repository", None), "close", None)
@@ -194,8 +192,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
             for webhook in flow.service.webhooks:
                 if webhook.event is event:
                     rows.extend(
-                        (event, webhook.id, a.name, flow.id, flow.deployment_ids[d], state)
-                        for a in webhook.actions
+                        (event, webhook.id, a.name, flow.id, flow.deployment_ids[d], state) for a in webhook.actions
                     )
         return rows
 
@@ -280,9 +277,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
 
     def _deployment_id(self, data: st.DataObject) -> str:
         ids = [d for f in self.flows.values() for d in f.deployment_ids]
-        return data.draw(
-            st.sampled_from([*ids, "unknown-deployment"]) if ids else st.just("unknown-deployment")
-        )
+        return data.draw(st.sampled_from([*ids, "unknown-deployment"]) if ids else st.just("unknown-deployment"))
 
     @rule(data=st.data())
     def deployment_started(self, data: st.DataObject) -> None:
@@ -322,11 +317,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
         elif state == "started":
             self.run(DeploymentCompleted(deployment_id))
         else:
-            pending = [
-                pid
-                for pid, s in zip(flow.promotion_ids[d], flow.promotions[d], strict=True)
-                if s == "pending"
-            ]
+            pending = [pid for pid, s in zip(flow.promotion_ids[d], flow.promotions[d], strict=True) if s == "pending"]
             pid = data.draw(st.sampled_from(pending))
             status = ResultStatus.FAILED if fail == 0 else ResultStatus.PASSED
             self.run(PromotionCompleted(deployment_id, pid, [PromotionResult(pid, status)]))

@@ -128,9 +128,7 @@ def test_an_artifact_no_service_consumes_creates_nothing(
 
 
 def test_one_artifact_reaching_two_services_starts_two_flows() -> None:
-    catalog = Catalog(
-        [api_service("svc-api"), api_service("svc-worker"), api_service("svc-other", artifacts=["x:y"])]
-    )
+    catalog = Catalog([api_service("svc-api"), api_service("svc-worker"), api_service("svc-other", artifacts=["x:y"])])
     emitter = RecordingEmitter()
     engine = FlowEngine(catalog, InMemoryRepository(), emitter, id_factory=SequentialIds())
     outcome = engine.handle(ArtifactCreated(API))
@@ -232,9 +230,7 @@ def test_the_last_deployment_succeeds_the_flow(engine: FlowEngine, repository: I
 
 
 def test_an_environment_without_promotions_succeeds_on_completion() -> None:
-    service = api_service(
-        pipeline=Pipeline("p", [Environment("dev"), Environment("prod", promotions=["smoke"])])
-    )
+    service = api_service(pipeline=Pipeline("p", [Environment("dev"), Environment("prod", promotions=["smoke"])]))
     repository = InMemoryRepository()
     engine = FlowEngine(Catalog([service]), repository, RecordingEmitter())
     flow = create(engine)
@@ -275,9 +271,7 @@ def test_a_failed_promotion_under_stop_fails_the_deployment_and_the_flow(
     ]
     assert stored.deployments[2].state is DeploymentState.NOT_STARTED
     assert events(outcome.hook_requests) == (
-        fanout(HookEvent.PROMOTION_FAILED)
-        + fanout(HookEvent.DEPLOYMENT_FAILED)
-        + fanout(HookEvent.FLOW_FAILED)
+        fanout(HookEvent.PROMOTION_FAILED) + fanout(HookEvent.DEPLOYMENT_FAILED) + fanout(HookEvent.FLOW_FAILED)
     )
     payload = outcome.hook_requests[0].payload
     assert isinstance(payload, PromotionPayload)
@@ -305,9 +299,7 @@ def test_same_inputs_give_the_same_hook_requests() -> None:
 
 
 @pytest.mark.parametrize("step", range(4))
-def test_secrets_never_reach_payloads_reprs_or_json(
-    engine: FlowEngine, emitter: RecordingEmitter, step: int
-) -> None:
+def test_secrets_never_reach_payloads_reprs_or_json(engine: FlowEngine, emitter: RecordingEmitter, step: int) -> None:
     flow = create(engine)
     triggers: list[Trigger] = [
         DeploymentStarted(flow.deployments[0].id),

@@ -62,9 +62,7 @@ class Catalog:
         from flowfsm.converter import structure
 
         if not isinstance(data, Mapping) or set(data) != {"services"}:
-            raise CatalogError(
-                source, "$", "expected exactly one key, 'services', holding a list of services"
-            )
+            raise CatalogError(source, "$", "expected exactly one key, 'services', holding a list of services")
         try:
             services = structure(data["services"], list[Service])
         except ValidationError as e:
@@ -103,9 +101,7 @@ class Catalog:
                     ) from e
                 data = yaml.safe_load(raw)
             else:
-                raise CatalogError(
-                    source, "$", f"unknown catalog format {suffix!r}; use .toml, .json or .yaml"
-                )
+                raise CatalogError(source, "$", f"unknown catalog format {suffix!r}; use .toml, .json or .yaml")
         except CatalogError:
             raise
         except Exception as e:

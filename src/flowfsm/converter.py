@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from typing import Any, TypeVar, overload
 
 import attrs
@@ -28,10 +29,20 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 from cattrs.strategies import configure_tagged_union
 
 from flowfsm.errors import ValidationError
-from flowfsm.model import DeploymentPayload, Payload, PromotionPayload
+from flowfsm.model import (
+    DeploymentPayload,
+    DeploymentState,
+    FlowState,
+    HookEvent,
+    HookRequest,
+    Payload,
+    PromotionPayload,
+    PromotionState,
+    ResultStatus,
+)
 from flowfsm.triggers import Trigger
 
-__all__ = ["converter", "from_json", "structure", "to_json", "unstructure"]
+__all__ = ["converter", "from_json", "hook_requests_json", "structure", "to_json", "unstructure"]
 
 T = TypeVar("T")
 
@@ -46,14 +57,10 @@ def _make_converter() -> cattrs.Converter:
 
     def renames(cls: type) -> dict[str, Any]:
         return {
-            a.name: override(rename=_camel(a.name))
-            for a in attrs.fields(cls)
-            if a.init and _camel(a.name) != a.name
+            a.name: override(rename=_camel(a.name)) for a in attrs.fields(cls) if a.init and _camel(a.name) != a.name
         }
 
-    conv.register_unstructure_hook_factory(
-        attrs.has, lambda cls: make_dict_unstructure_fn(cls, conv, **renames(cls))
-    )
+    conv.register_unstructure_hook_factory(attrs.has, lambda cls: make_dict_unstructure_fn(cls, conv, **renames(cls)))
     conv.register_structure_hook_factory(
         attrs.has,
         lambda cls: make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **renames(cls)),
@@ -65,6 +72,21 @@ def _make_converter() -> cattrs.Converter:
         return value
 
     conv.register_structure_hook(str, structure_str)
+
+    # Enums by table lookup: Enum(value) and member.value are slow paths in Python.
+    for enum_cls in (FlowState, DeploymentState, PromotionState, ResultStatus, HookEvent):
+        by_value = {m.value: m for m in enum_cls}
+        to_value = {m: m.value for m in enum_cls}
+
+        def structure_enum(value: Any, cls: Any, by_value: dict[str, Any] = by_value) -> Any:
+            try:
+                return by_value[value]
+            except (KeyError, TypeError):
+                allowed = ", ".join(repr(v) for v in by_value)
+                raise ValidationError("$", f"{value!r} is not one of {allowed}") from None
+
+        conv.register_structure_hook(enum_cls, structure_enum)
+        conv.register_unstructure_hook(enum_cls, to_value.__getitem__)
     conv.register_unstructure_hook(dt.datetime, dt.datetime.isoformat)
     conv.register_structure_hook(dt.datetime, lambda v, _: dt.datetime.fromisoformat(v))
 
@@ -131,6 +153,34 @@ def _first_error(exc: BaseException, path: str) -> tuple[str, str]:  # noqa: PLR
 
 def to_json(value: Any, as_type: Any = None) -> str:
     return json.dumps(unstructure(value, as_type))
+
+
+def hook_requests_json(requests: Sequence[HookRequest]) -> list[str]:
+    """``to_json(r)`` for each HookRequest, for the outbox: the HookRequests of one
+    event share one payload object, so each payload is converted and encoded once.
+    (The JSON is equal to ``to_json``'s; a property test holds them together.)"""
+    payloads: dict[int, str] = {}  # every request is alive here, so ids are unique
+    times: dict[dt.datetime, str] = {}  # a trigger's requests share one creation time
+    texts: list[str] = []
+    for request in requests:
+        created = times.get(request.created_at)
+        if created is None:
+            created = times[request.created_at] = request.created_at.isoformat()
+        payload = payloads.get(id(request.payload))
+        if payload is None:
+            payload = payloads[id(request.payload)] = json.dumps(converter.unstructure(request.payload))
+        envelope = json.dumps(
+            {
+                "id": request.id,
+                "flowId": request.flow_id,
+                "webhookId": request.webhook_id,
+                "action": {"name": request.action.name, "url": request.action.url},
+                "event": request.event.value,
+                "createdAt": created,
+            }
+        )
+        texts.append(f'{envelope[:-1]}, "payload": {payload}}}')
+    return texts
 
 
 @overload

@@ -248,8 +248,7 @@ class FlowEngine:
             known = ", ".join(sorted(self._strategies))
             raise ValidationError(
                 "failure_strategy",
-                f"service {service.id!r} names unknown strategy"
-                f" {service.failure_strategy!r} (known: {known})",
+                f"service {service.id!r} names unknown strategy {service.failure_strategy!r} (known: {known})",
             ) from None
 
     # --- hook requests -------------------------------------------------------------
@@ -260,14 +259,10 @@ class FlowEngine:
         requests: list[HookRequest] = []
         for event, deployment, result in step.events:
             payload: DeploymentPayload | PromotionPayload
-            if result is not None and (
-                event is HookEvent.PROMOTION_COMPLETED or event is HookEvent.PROMOTION_FAILED
-            ):
+            if result is not None and (event is HookEvent.PROMOTION_COMPLETED or event is HookEvent.PROMOTION_FAILED):
                 payload = PromotionPayload(flow.artifact, deployment, service.ref, result)
             else:
-                payload = DeploymentPayload(
-                    flow.artifact, deployment, service.ref, _environment(service, deployment)
-                )
+                payload = DeploymentPayload(flow.artifact, deployment, service.ref, _environment(service, deployment))
             for webhook_id, action in service.subscribers(event):
                 requests.append(HookRequest(self._new_id(), flow.id, webhook_id, action, event, payload, now))
         return requests

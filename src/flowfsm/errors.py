@@ -14,7 +14,9 @@ messages::
     │   └── UnknownService        service_id
     ├── InvalidTransition         entity, entity_id, state, trigger, reason
     ├── ConcurrencyConflict       flow_id, version      a lost compare-and-set
-    └── RepositoryError           backend               a storage failure
+    ├── RepositoryError           backend               a storage failure
+    └── DeliveryError             status_code, retry, retry_after, gone
+                                                        a HookRequest not delivered
 
 A trigger that raises leaves the repository exactly as it was and emits nothing.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 __all__ = [
     "CatalogError",
     "ConcurrencyConflict",
+    "DeliveryError",
     "FlowFSMError",
     "InvalidTransition",
     "NotFound",
@@ -123,3 +126,27 @@ class RepositoryError(FlowFSMError):
     def __init__(self, backend: str, message: str) -> None:
         self.backend = backend
         super().__init__(f"{backend}: {message}")
+
+
+class DeliveryError(FlowFSMError):
+    """An emitter could not deliver a HookRequest.
+
+    ``retry``: worth trying again later (timeouts, 5xx, 429); ``retry_after``: the
+    receiver's ``Retry-After``, in seconds; ``gone``: the endpoint answered
+    410 Gone and should be disabled. Messages never carry secrets.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry: bool = True,
+        retry_after: float | None = None,
+        gone: bool = False,
+    ) -> None:
+        self.status_code = status_code
+        self.retry = retry
+        self.retry_after = retry_after
+        self.gone = gone
+        super().__init__(message)

@@ -131,9 +131,7 @@ def _records(hook_event: HookEvent) -> Callable[[EventData], None]:
     return after
 
 
-def _transition(
-    trigger: str, source: Any, dest: Any, guards: list[Guard], records: HookEvent
-) -> dict[str, Any]:
+def _transition(trigger: str, source: Any, dest: Any, guards: list[Guard], records: HookEvent) -> dict[str, Any]:
     return {
         "trigger": trigger,
         "source": source,
@@ -171,9 +169,7 @@ DEPLOYMENT_MACHINE: Final = _machine(
     [
         _transition("start", _D.NOT_STARTED, _D.STARTED, [_is_current], _E.DEPLOYMENT_STARTED),
         _transition("complete", _D.STARTED, _D.COMPLETED, [], _E.DEPLOYMENT_COMPLETED),
-        _transition(
-            "succeed", _D.COMPLETED, _D.SUCCESS, [_all_promotions_succeeded], _E.DEPLOYMENT_SUCCEEDED
-        ),
+        _transition("succeed", _D.COMPLETED, _D.SUCCESS, [_all_promotions_succeeded], _E.DEPLOYMENT_SUCCEEDED),
         _transition("fail", _D.COMPLETED, _D.FAILED, [], _E.DEPLOYMENT_FAILED),
     ],
 )
@@ -247,9 +243,7 @@ class _Probe:
 def _not_from_here(entity: str, model: _Stateful, trigger: str) -> InvalidTransition:
     machine = MACHINES[entity]
     sources = " or ".join(repr(_spelling(machine, s)) for s in machine.events[trigger].transitions)
-    return InvalidTransition(
-        entity, model.id, model.state.value, trigger, f"only a {sources} {entity} can {trigger}"
-    )
+    return InvalidTransition(entity, model.id, model.state.value, trigger, f"only a {sources} {entity} can {trigger}")
 
 
 def mermaid(entity: str) -> str:

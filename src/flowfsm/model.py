@@ -14,6 +14,7 @@ Enum values are the JSON spellings of the contract (``notStarted``,
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import enum
 from collections.abc import Iterable, Mapping
@@ -27,6 +28,8 @@ __all__ = [
     "Action",
     "ActionRef",
     "Artifact",
+    "DeliveryAttempt",
+    "DeliveryState",
     "Deployment",
     "DeploymentPayload",
     "DeploymentState",
@@ -235,19 +238,49 @@ class ActionRef:
     url: str | None = None
 
 
+def _url(_: object, __: object, value: str | None) -> None:
+    if value is None:
+        return
+    scheme, sep, rest = value.partition("://") if isinstance(value, str) else ("", "", "")
+    host = rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
+    if not sep or scheme.lower() not in ("http", "https") or not host or any(c.isspace() for c in value):
+        raise ValidationError("url", f"expected an http:// or https:// URL with a host, got {value!r}")
+
+
+def _secret(_: object, __: object, value: str | None) -> None:
+    if value is None:
+        return
+    parts = value.split() if isinstance(value, str) else []
+    for part in parts:
+        try:
+            ok = part.startswith("whsec_") and len(base64.b64decode(part[6:], validate=True)) >= 16
+        except ValueError:
+            ok = False
+        if not ok:  # never echo a secret, even a malformed one
+            raise ValidationError("secret", "expected whsec_ and base64 of at least 16 bytes, space-separated")
+    if not parts:
+        raise ValidationError("secret", "expected whsec_ and base64 of at least 16 bytes, space-separated")
+
+
 @attrs.frozen(weakref_slot=False, repr=False)
 class Action:
-    """What a webhook calls. ``secret`` signs HTTP deliveries and is never shown."""
+    """What a webhook calls. ``secret`` signs HTTP deliveries (Standard Webhooks
+    ``whsec_...``; several, space-separated, while rotating) and is never shown."""
 
     __repr__ = attrs_repr
 
     name: str = attrs.field(validator=_nonblank)
-    url: str | None = None
-    secret: str | None = attrs.field(default=None, repr=False)
+    url: str | None = attrs.field(default=None, validator=_url)
+    secret: str | None = attrs.field(default=None, repr=False, validator=_secret)
 
     @property
     def ref(self) -> ActionRef:
         return ActionRef(self.name, self.url)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The active signing secrets (one, or several while rotating)."""
+        return tuple(self.secret.split()) if self.secret else ()
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
@@ -475,11 +508,35 @@ class HookRequest:
     created_at: dt.datetime
 
 
+class DeliveryState(enum.Enum):
+    """Where a HookRequest is in the outbox."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+
+    __hash__ = object.__hash__  # members are singletons; skip Enum's Python-level hash
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class DeliveryAttempt:
+    """One try at delivering a HookRequest: when, the answer (or the error), how long."""
+
+    __repr__ = attrs_repr
+
+    at: dt.datetime
+    status_code: int | None = None
+    error: str | None = None
+    duration: float = 0.0
+
+
 @attrs.define(weakref_slot=False, repr=False)
 class HookRecord:
-    """A HookRequest as the outbox keeps it: ``delivered_at`` is None while pending."""
+    """A HookRequest as the outbox keeps it, with its delivery log."""
 
     __repr__ = attrs_repr
 
     request: HookRequest
+    state: DeliveryState = DeliveryState.PENDING
     delivered_at: dt.datetime | None = None
+    attempts: tuple[DeliveryAttempt, ...] = ()

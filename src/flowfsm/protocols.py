@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from flowfsm.model import Flow, FlowState, HookRecord, HookRequest, Service
+from flowfsm.model import DeliveryAttempt, Flow, FlowState, HookRecord, HookRequest, Service
 
 if TYPE_CHECKING:
     from flowfsm.strategies import PromotionFailure
@@ -53,9 +53,7 @@ class Repository(Protocol):
         """Flows, newest first, optionally of one service and/or in one state."""
         ...
 
-    def commit(
-        self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0
-    ) -> None:
+    def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
         """Save ``flows`` and add ``hook_requests`` to the outbox, all or nothing.
 
         Each flow carries the version it is saved as: 1 inserts it (and conflicts
@@ -79,8 +77,9 @@ class Repository(Protocol):
         """These HookRequests reached their emitter; they are no longer pending."""
         ...
 
-    def release(self, ids: Sequence[str]) -> None:
-        """End the lease of these pending HookRequests (their delivery failed)."""
+    def release(self, ids: Sequence[str], *, delay: float = 0.0) -> None:
+        """End the lease of these pending HookRequests; ``claim`` may return them
+        again after ``delay`` seconds (a retry's backoff)."""
         ...
 
     def count_pending(self) -> int:
@@ -88,16 +87,45 @@ class Repository(Protocol):
         ...
 
     def hook_requests(self, flow_id: str) -> list[HookRecord]:
-        """The flow's HookRequests in creation order, pending or delivered (a backend
-        may forget delivered ones; the in-memory one does)."""
+        """The flow's HookRequests in creation order, with their state and delivery
+        attempts (a backend may forget delivered ones; the in-memory one does)."""
         ...
+
+    # --- the delivery log ------------------------------------------------------------
+
+    def record_attempt(self, request_id: str, attempt: DeliveryAttempt) -> int:
+        """Log one delivery attempt; returns how many the HookRequest has had."""
+        ...
+
+    def mark_dead(self, ids: Sequence[str]) -> None:
+        """Stop trying these HookRequests: they stay, visible, until requeued."""
+        ...
+
+    def requeue(self, ids: Sequence[str]) -> None:
+        """Make dead HookRequests pending again, in their original place."""
+        ...
+
+    def dead_requests(self, limit: int = 100) -> list[HookRecord]:
+        """Dead HookRequests, oldest first."""
+        ...
+
+    def disable_endpoint(self, url: str) -> None:
+        """Stop delivering to ``url`` (it answered 410 Gone) until enabled again."""
+        ...
+
+    def enable_endpoint(self, url: str) -> None: ...
+
+    def disabled_endpoints(self) -> frozenset[str]: ...
 
 
 @runtime_checkable
 class HookEmitter(Protocol):
     """Receives each HookRequest; raising leaves it pending in the outbox."""
 
-    def emit(self, request: HookRequest) -> None: ...
+    def emit(self, request: HookRequest) -> int | None:
+        """Deliver ``request``; may return the receiver's status code for the
+        delivery log. Raise ``DeliveryError`` (or anything) when it fails."""
+        ...
 
 
 @runtime_checkable

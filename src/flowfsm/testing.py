@@ -43,6 +43,8 @@ from flowfsm.model import (
     Action,
     ActionRef,
     Artifact,
+    DeliveryAttempt,
+    DeliveryState,
     Deployment,
     DeploymentPayload,
     DeploymentState,
@@ -147,9 +149,7 @@ class TemporaryPostgres:
             command = ["runuser", "-u", "postgres", "--", *command]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
-            raise RuntimeError(
-                f"{args[0]} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}"
-            )
+            raise RuntimeError(f"{args[0]} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
 
     def __enter__(self) -> TemporaryPostgres:
         self._dir = tempfile.mkdtemp(prefix="flowfsm-pg-")
@@ -362,9 +362,7 @@ class RepositoryContract:
         repo.commit([failed])
         ids = [f.id for f in repo.list_flows()]
         assert ids == [f.id for f in reversed(flows)]
-        assert [f.id for f in repo.list_flows(service_id="a")] == [
-            f.id for f in reversed(flows) if f.service_id == "a"
-        ]
+        assert [f.id for f in repo.list_flows(service_id="a")] == [f.id for f in reversed(flows) if f.service_id == "a"]
         assert [f.id for f in repo.list_flows(state=FlowState.FAILED)] == [failed.id]
         assert [f.id for f in repo.list_flows(service_id="b", state=FlowState.FAILED)] == []
         assert [f.id for f in repo.list_flows(limit=2, offset=1)] == ids[1:3]
@@ -427,6 +425,48 @@ class RepositoryContract:
         assert [r.delivered_at for r in records[-2:]] == [None, None]
         assert repo.hook_requests("another-flow") == []
 
+    def test_the_delivery_log_records_attempts_and_the_dead(self, repo: Repository) -> None:
+        flow = sample_flow()
+        first, second, third = (sample_hook_request(flow, n) for n in range(1, 4))
+        repo.commit([flow], [first, second, third])
+        now = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+        assert repo.record_attempt(first.id, DeliveryAttempt(now, 503, "unavailable", 0.25)) == 1
+        assert repo.record_attempt(first.id, DeliveryAttempt(now, None, "timed out", 15.0)) == 2
+        repo.mark_dead([first.id])
+        assert repo.count_pending() == 2
+        (dead,) = repo.dead_requests()
+        assert dead.request == first
+        assert dead.state is DeliveryState.DEAD
+        assert [(a.status_code, a.error) for a in dead.attempts] == [(503, "unavailable"), (None, "timed out")]
+        # A dead request does not hold its flow back.
+        assert repo.claim(10) == [second, third]
+        repo.mark_delivered([second.id, third.id])
+        repo.requeue([first.id])
+        assert repo.dead_requests() == []
+        assert repo.claim(10) == [first]
+        states = {r.request.id: r.state for r in repo.hook_requests(flow.id)}
+        assert states[first.id] is DeliveryState.PENDING
+        if self.keeps_delivered:
+            assert states[second.id] is DeliveryState.DELIVERED
+
+    def test_release_with_a_delay_is_a_backoff(self, repo: Repository) -> None:
+        flow = sample_flow()
+        request = sample_hook_request(flow)
+        repo.commit([flow], [request])
+        assert repo.claim(10) == [request]
+        repo.release([request.id], delay=0.3)
+        assert repo.claim(10) == []
+        time.sleep(0.4)
+        assert repo.claim(10) == [request]
+
+    def test_endpoints_can_be_disabled_and_enabled(self, repo: Repository) -> None:
+        assert repo.disabled_endpoints() == frozenset()
+        repo.disable_endpoint("https://gone.example/hook")
+        repo.disable_endpoint("https://gone.example/hook")
+        assert repo.disabled_endpoints() == {"https://gone.example/hook"}
+        repo.enable_endpoint("https://gone.example/hook")
+        assert repo.disabled_endpoints() == frozenset()
+
     def test_leases_expire(self, repo: Repository) -> None:
         flow = sample_flow()
         request = sample_hook_request(flow)
@@ -450,9 +490,7 @@ def _comparison_catalog() -> Catalog:
             Service(
                 "svc-a",
                 artifacts=["com.acme:api"],
-                pipeline=Pipeline(
-                    "p", [Environment("dev", ["smoke", "perf"]), Environment("prod", ["smoke"])]
-                ),
+                pipeline=Pipeline("p", [Environment("dev", ["smoke", "perf"]), Environment("prod", ["smoke"])]),
                 webhooks=webhooks,
             ),
             Service(
@@ -486,12 +524,8 @@ class RepositoryStateMachine(RuleBasedStateMachine):
         catalog = _comparison_catalog()
         self.repository = self.make_repository()
         self.reference = InMemoryRepository()
-        self.engine = FlowEngine(
-            catalog, self.repository, None, clock=StepClock(), id_factory=SequentialIds()
-        )
-        self.reference_engine = FlowEngine(
-            catalog, self.reference, None, clock=StepClock(), id_factory=SequentialIds()
-        )
+        self.engine = FlowEngine(catalog, self.repository, None, clock=StepClock(), id_factory=SequentialIds())
+        self.reference_engine = FlowEngine(catalog, self.reference, None, clock=StepClock(), id_factory=SequentialIds())
 
     def teardown(self) -> None:
         close: Callable[[], None] | None = getattr(self.repository, "close", None)

@@ -3,19 +3,29 @@
 It keeps flows as nested tuples, not as the caller's objects: what callers do to
 a flow they passed in or got back changes nothing stored, and a save costs less
 than a deep copy.
-It holds only pending HookRequests: a delivered one is forgotten. One lock makes
+It holds only undelivered HookRequests: a delivered one is forgotten. One lock makes
 it safe to share between threads.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from flowfsm.errors import ConcurrencyConflict, UnknownDeployment, UnknownFlow, ValidationError
-from flowfsm.model import Deployment, Flow, FlowState, HookRecord, HookRequest, Promotion
+from flowfsm.model import (
+    DeliveryAttempt,
+    DeliveryState,
+    Deployment,
+    Flow,
+    FlowState,
+    HookRecord,
+    HookRequest,
+    Promotion,
+)
 
 __all__ = ["InMemoryRepository"]
 
@@ -27,8 +37,12 @@ class InMemoryRepository:
         self._flows: dict[str, _Frozen] = {}
         self._by_deployment: dict[str, str] = {}
         self._by_key: dict[tuple[str, str], str] = {}
-        # Pending HookRequests in commit order, each with the end of its lease.
+        # Undelivered HookRequests in commit order, each with the end of its lease
+        # (_DEAD for dead ones, which keep their place in case they are requeued).
         self._outbox: dict[str, tuple[HookRequest, float]] = {}
+        self._dead: set[str] = set()
+        self._attempts: dict[str, list[DeliveryAttempt]] = {}
+        self._disabled: set[str] = set()
         self._lock = threading.Lock()
 
     def get(self, flow_id: str) -> Flow:
@@ -73,9 +87,7 @@ class InMemoryRepository:
                     page.append(_thaw(frozen))
             return page
 
-    def commit(
-        self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0
-    ) -> None:
+    def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
         with self._lock:
             for flow in flows:  # check everything before changing anything
                 stored = self._flows.get(flow.id)
@@ -102,7 +114,7 @@ class InMemoryRepository:
             for request, until in self._outbox.values():
                 if len(claimed) >= limit:
                     break
-                if request.flow_id in blocked:
+                if until == _DEAD or request.flow_id in blocked:
                     continue
                 if until > now:
                     blocked.add(request.flow_id)
@@ -115,23 +127,70 @@ class InMemoryRepository:
     def mark_delivered(self, ids: Sequence[str]) -> None:
         with self._lock:
             for request_id in ids:
-                self._outbox.pop(request_id, None)
+                if request_id not in self._dead:
+                    self._outbox.pop(request_id, None)
+                    self._attempts.pop(request_id, None)
 
-    def release(self, ids: Sequence[str]) -> None:
+    def release(self, ids: Sequence[str], *, delay: float = 0.0) -> None:
+        until = time.monotonic() + delay if delay > 0 else 0.0
+        with self._lock:
+            for request_id in ids:
+                entry = self._outbox.get(request_id)
+                if entry is not None and request_id not in self._dead:
+                    self._outbox[request_id] = (entry[0], until)
+
+    def count_pending(self) -> int:
+        with self._lock:
+            return len(self._outbox) - len(self._dead)
+
+    def hook_requests(self, flow_id: str) -> list[HookRecord]:
+        """Pending and dead ones only: this store forgets a HookRequest once delivered."""
+        with self._lock:
+            return [self._record(r) for r, _ in self._outbox.values() if r.flow_id == flow_id]
+
+    def _record(self, request: HookRequest) -> HookRecord:
+        state = DeliveryState.DEAD if request.id in self._dead else DeliveryState.PENDING
+        return HookRecord(request, state, None, tuple(self._attempts.get(request.id, ())))
+
+    def record_attempt(self, request_id: str, attempt: DeliveryAttempt) -> int:
+        with self._lock:
+            if request_id not in self._outbox:
+                return 0  # already delivered and forgotten
+            attempts = self._attempts.setdefault(request_id, [])
+            attempts.append(attempt)
+            return len(attempts)
+
+    def mark_dead(self, ids: Sequence[str]) -> None:
         with self._lock:
             for request_id in ids:
                 entry = self._outbox.get(request_id)
                 if entry is not None:
-                    self._outbox[request_id] = (entry[0], 0.0)
+                    self._outbox[request_id] = (entry[0], _DEAD)
+                    self._dead.add(request_id)
 
-    def count_pending(self) -> int:
+    def requeue(self, ids: Sequence[str]) -> None:
         with self._lock:
-            return len(self._outbox)
+            for request_id in ids:
+                if request_id in self._dead:
+                    self._dead.discard(request_id)
+                    self._outbox[request_id] = (self._outbox[request_id][0], 0.0)
 
-    def hook_requests(self, flow_id: str) -> list[HookRecord]:
-        """Pending ones only: this store forgets a HookRequest once delivered."""
+    def dead_requests(self, limit: int = 100) -> list[HookRecord]:
         with self._lock:
-            return [HookRecord(r) for r, _ in self._outbox.values() if r.flow_id == flow_id]
+            dead = [r for r, until in self._outbox.values() if until == _DEAD]
+            return [self._record(r) for r in dead[:limit]]
+
+    def disable_endpoint(self, url: str) -> None:
+        with self._lock:
+            self._disabled.add(url)
+
+    def enable_endpoint(self, url: str) -> None:
+        with self._lock:
+            self._disabled.discard(url)
+
+    def disabled_endpoints(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._disabled)
 
     def __len__(self) -> int:
         return len(self._flows)
@@ -140,6 +199,7 @@ class InMemoryRepository:
 # (id, artifact, service id, state, version, created, updated,
 #  ((deployment id, environment, state, ((promotion id, name, state), ...)), ...))
 _Frozen = tuple[Any, ...]
+_DEAD: Final = math.inf
 
 
 def _freeze(flow: Flow) -> _Frozen:

@@ -22,11 +22,12 @@ several engines need on top:
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import re
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from flowfsm.converter import converter
+from flowfsm.converter import converter, hook_requests_json
 from flowfsm.errors import (
     ConcurrencyConflict,
     FlowFSMError,
@@ -35,7 +36,7 @@ from flowfsm.errors import (
     UnknownFlow,
     ValidationError,
 )
-from flowfsm.model import Flow, FlowState, HookRecord, HookRequest
+from flowfsm.model import DeliveryAttempt, DeliveryState, Flow, FlowState, HookRecord, HookRequest
 from flowfsm.repositories.memory import _check_page
 
 if TYPE_CHECKING:
@@ -74,6 +75,24 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX outbox_pending ON outbox (seq) WHERE delivered_at IS NULL",
         "CREATE INDEX outbox_by_flow ON outbox (flow_id, seq)",
     ),
+    (  # version 2: the delivery log
+        "ALTER TABLE outbox ADD COLUMN dead_at timestamptz",
+        "DROP INDEX outbox_pending",
+        "CREATE INDEX outbox_pending ON outbox (seq) WHERE delivered_at IS NULL AND dead_at IS NULL",
+        """CREATE TABLE delivery_attempts (
+            n bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            request_id text NOT NULL REFERENCES outbox (id),
+            at timestamptz NOT NULL,
+            status_code integer,
+            error text,
+            duration double precision NOT NULL
+        )""",
+        "CREATE INDEX delivery_attempts_by_request ON delivery_attempts (request_id)",
+        """CREATE TABLE disabled_endpoints (
+            url text PRIMARY KEY,
+            disabled_at timestamptz NOT NULL DEFAULT now()
+        )""",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -103,9 +122,7 @@ class PostgresRepository:
         try:
             from psycopg_pool import ConnectionPool
         except ImportError as e:  # pragma: no cover - the extra is installed for the tests
-            raise RepositoryError(
-                _BACKEND, "needs the 'postgres' extra: pip install flowfsm[postgres]"
-            ) from e
+            raise RepositoryError(_BACKEND, "needs the 'postgres' extra: pip install flowfsm[postgres]") from e
         self.schema = schema
         self._pool: ConnectionPool[Any] = ConnectionPool(
             dsn,
@@ -113,7 +130,7 @@ class PostgresRepository:
             max_size=max_size,
             timeout=timeout,
             open=False,
-            kwargs={"options": f"-c search_path={schema}"},
+            kwargs={"options": f"-c search_path={schema}", "autocommit": True},
             name=f"flowfsm-{schema}",
         )
         with _driver_errors("cannot connect"):
@@ -137,19 +154,25 @@ class PostgresRepository:
         return f"PostgresRepository(schema={self.schema!r})"
 
     @contextlib.contextmanager
-    def _connection(self, what: str) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection in one transaction: committed on success, rolled
-        back on any error, driver errors raised as ``RepositoryError``."""
+    def _connection(self, what: str, *, transaction: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection, driver errors raised as ``RepositoryError``.
+
+        Connections run in autocommit, so a lone statement is one round trip;
+        ``transaction=True`` wraps the block in one transaction, committed on
+        success and rolled back on any error.
+        """
         with _driver_errors(what), self._pool.connection() as conn:
-            yield conn
+            if transaction:
+                with conn.transaction():
+                    yield conn
+            else:
+                yield conn
 
     def _migrate(self) -> None:
-        with self._connection("migration failed") as conn:
+        with self._connection("migration failed", transaction=True) as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS flowfsm_meta (key text PRIMARY KEY, value text NOT NULL)"
-            )
+            conn.execute("CREATE TABLE IF NOT EXISTS flowfsm_meta (key text PRIMARY KEY, value text NOT NULL)")
             row = conn.execute("SELECT value FROM flowfsm_meta WHERE key = 'schema_version'").fetchone()
             current = int(row[0]) if row else 0
             if current > SCHEMA_VERSION:
@@ -219,57 +242,61 @@ class PostgresRepository:
             rows = conn.execute(sql, (*args, limit, offset)).fetchall()
         return [_load(row) for row in rows]
 
-    def commit(
-        self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0
-    ) -> None:
+    def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
         from psycopg.types.json import Jsonb
 
         bodies = [Jsonb(converter.unstructure(flow)) for flow in flows]
-        requests = [(r.id, r.flow_id, Jsonb(converter.unstructure(r)), lease) for r in hook_requests]
-        with self._connection("write failed") as conn, conn.cursor() as cur:
-            for flow, body in zip(flows, bodies, strict=True):
-                if flow.version == 1:
-                    cur.execute(
-                        "INSERT INTO flows (id, artifact_id, service_id, state, version, body)"
-                        " VALUES (%s, %s, %s, %s, 1, %s) ON CONFLICT DO NOTHING",
-                        (flow.id, flow.artifact.id, flow.service_id, flow.state.value, body),
-                    )
-                    if cur.rowcount != 1:
-                        raise ConcurrencyConflict(flow.id, flow.version)
+        bodies_json = hook_requests_json(hook_requests)
+        requests = [(r.id, r.flow_id, body, lease) for r, body in zip(hook_requests, bodies_json, strict=True)]
+        # Pipelined: the flow statements go out at once, their row counts come back
+        # in one round trip, and the rest follows with the COMMIT in a second.
+        with self._connection("write failed") as conn, conn.pipeline() as pipeline, conn.transaction():
+            saves = [
+                conn.execute(
+                    "INSERT INTO flows (id, artifact_id, service_id, state, version, body)"
+                    " VALUES (%s, %s, %s, %s, 1, %s) ON CONFLICT DO NOTHING",
+                    (flow.id, flow.artifact.id, flow.service_id, flow.state.value, body),
+                )
+                if flow.version == 1
+                else conn.execute(
+                    "UPDATE flows SET state = %s, version = %s, body = %s WHERE id = %s AND version = %s",
+                    (flow.state.value, flow.version, body, flow.id, flow.version - 1),
+                )
+                for flow, body in zip(flows, bodies, strict=True)
+            ]
+            pipeline.sync()
+            for flow, save in zip(flows, saves, strict=True):
+                if save.rowcount != 1:
+                    raise ConcurrencyConflict(flow.id, flow.version)
+            new = [flow for flow in flows if flow.version == 1]
+            with conn.cursor() as cur:
+                if new:
                     cur.executemany(
                         "INSERT INTO deployments (id, flow_id) VALUES (%s, %s)",
-                        [(d.id, flow.id) for d in flow.deployments],
+                        [(d.id, flow.id) for flow in new for d in flow.deployments],
                     )
-                    promotions = [(p.id, d.id) for d in flow.deployments for p in d.promotions]
+                    promotions = [(p.id, d.id) for flow in new for d in flow.deployments for p in d.promotions]
                     if promotions:
-                        cur.executemany(
-                            "INSERT INTO promotions (id, deployment_id) VALUES (%s, %s)", promotions
-                        )
-                else:
-                    cur.execute(
-                        "UPDATE flows SET state = %s, version = %s, body = %s WHERE id = %s AND version = %s",
-                        (flow.state.value, flow.version, body, flow.id, flow.version - 1),
+                        cur.executemany("INSERT INTO promotions (id, deployment_id) VALUES (%s, %s)", promotions)
+                if requests:
+                    cur.executemany(
+                        "INSERT INTO outbox (id, flow_id, body, lease_until) VALUES (%s, %s, %s::jsonb,"
+                        " CASE WHEN %s > 0 THEN now() + make_interval(secs => %s) ELSE 'epoch' END)",
+                        [(i, f, b, s, s) for i, f, b, s in requests],
                     )
-                    if cur.rowcount != 1:
-                        raise ConcurrencyConflict(flow.id, flow.version)
-            if requests:
-                cur.executemany(
-                    "INSERT INTO outbox (id, flow_id, body, lease_until) VALUES (%s, %s, %s,"
-                    " CASE WHEN %s > 0 THEN now() + make_interval(secs => %s) ELSE 'epoch' END)",
-                    [(i, f, b, s, s) for i, f, b, s in requests],
-                )
 
     # --- outbox ----------------------------------------------------------------------
 
     def claim(self, limit: int = 100, *, lease: float = 30.0) -> list[HookRequest]:
-        with self._connection("claim failed") as conn:
+        with self._connection("claim failed", transaction=True) as conn:
             # Oldest first, skipping rows another claim holds (locked now, or leased
             # earlier) and rows queued behind a leased request of their flow.
             candidates = conn.execute(
                 "SELECT o.seq, o.flow_id FROM outbox o"
-                " WHERE o.delivered_at IS NULL AND o.lease_until < now() AND NOT EXISTS ("
+                " WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.lease_until < now()"
+                " AND NOT EXISTS ("
                 "   SELECT 1 FROM outbox p WHERE p.flow_id = o.flow_id AND p.seq < o.seq"
-                "   AND p.delivered_at IS NULL AND p.lease_until >= now())"
+                "   AND p.delivered_at IS NULL AND p.dead_at IS NULL AND p.lease_until >= now())"
                 " ORDER BY o.seq LIMIT %s FOR UPDATE SKIP LOCKED",
                 (limit,),
             ).fetchall()
@@ -279,8 +306,7 @@ class PostgresRepository:
             # A flow's requests go out in order: take only the leading run of its pending
             # requests that this claim holds; the rest wait for whoever holds the first.
             pending = conn.execute(
-                "SELECT flow_id, seq FROM outbox WHERE delivered_at IS NULL AND flow_id = ANY(%s)"
-                " ORDER BY flow_id, seq",
+                f"SELECT flow_id, seq FROM outbox WHERE {_PENDING} AND flow_id = ANY(%s) ORDER BY flow_id, seq",
                 (list({flow_id for _, flow_id in candidates}),),
             ).fetchall()
             chosen: list[int] = []
@@ -301,32 +327,89 @@ class PostgresRepository:
             ).fetchall()
         return [converter.structure(body, HookRequest) for _, body in sorted(rows, key=lambda r: r[0])]
 
-    def mark_delivered(self, ids: Sequence[str]) -> None:
+    def _update(self, sql: str, ids: Sequence[str], *args: Any) -> None:
         with self._connection("write failed") as conn:
-            conn.execute(
-                "UPDATE outbox SET delivered_at = now(), lease_until = 'epoch'"
-                " WHERE id = ANY(%s) AND delivered_at IS NULL",
-                (list(ids),),
-            )
+            conn.execute(sql, (*args, list(ids)))
 
-    def release(self, ids: Sequence[str]) -> None:
-        with self._connection("write failed") as conn:
-            conn.execute(
-                "UPDATE outbox SET lease_until = 'epoch' WHERE id = ANY(%s) AND delivered_at IS NULL",
-                (list(ids),),
-            )
+    def mark_delivered(self, ids: Sequence[str]) -> None:
+        self._update(
+            f"UPDATE outbox SET delivered_at = now(), lease_until = 'epoch' WHERE id = ANY(%s) AND {_PENDING}",
+            ids,
+        )
+
+    def release(self, ids: Sequence[str], *, delay: float = 0.0) -> None:
+        self._update(
+            "UPDATE outbox SET lease_until = CASE WHEN %s > 0 THEN now() + make_interval(secs => %s)"
+            f" ELSE 'epoch' END WHERE id = ANY(%s) AND {_PENDING}",
+            ids,
+            delay,
+            delay,
+        )
 
     def count_pending(self) -> int:
         with self._connection("read failed") as conn:
-            row = conn.execute("SELECT count(*) FROM outbox WHERE delivered_at IS NULL").fetchone()
+            row = conn.execute(f"SELECT count(*) FROM outbox WHERE {_PENDING}").fetchone()
         return int(row[0]) if row else 0
 
     def hook_requests(self, flow_id: str) -> list[HookRecord]:
+        return self._records("WHERE flow_id = %s ORDER BY seq", (flow_id,))
+
+    def dead_requests(self, limit: int = 100) -> list[HookRecord]:
+        return self._records("WHERE dead_at IS NOT NULL ORDER BY seq LIMIT %s", (limit,))
+
+    def _records(self, where: str, args: tuple[Any, ...]) -> list[HookRecord]:
         with self._connection("read failed") as conn:
             rows = conn.execute(
-                "SELECT body, delivered_at FROM outbox WHERE flow_id = %s ORDER BY seq", (flow_id,)
+                "SELECT o.body, o.delivered_at, o.dead_at, coalesce("
+                "  json_agg(json_build_array(a.at, a.status_code, a.error, a.duration) ORDER BY a.n)"
+                "  FILTER (WHERE a.n IS NOT NULL), '[]')"
+                " FROM (SELECT * FROM outbox " + where + ") o"
+                " LEFT JOIN delivery_attempts a ON a.request_id = o.id"
+                " GROUP BY o.seq, o.body, o.delivered_at, o.dead_at ORDER BY o.seq",
+                args,
             ).fetchall()
-        return [HookRecord(converter.structure(body, HookRequest), delivered) for body, delivered in rows]
+        return [
+            HookRecord(
+                converter.structure(body, HookRequest),
+                DeliveryState.DELIVERED if delivered else DeliveryState.DEAD if dead else DeliveryState.PENDING,
+                delivered,
+                tuple(DeliveryAttempt(dt.datetime.fromisoformat(a[0]), a[1], a[2], a[3]) for a in attempts),
+            )
+            for body, delivered, dead, attempts in rows
+        ]
+
+    # --- the delivery log ------------------------------------------------------------
+
+    def record_attempt(self, request_id: str, attempt: DeliveryAttempt) -> int:
+        with self._connection("write failed", transaction=True) as conn:
+            conn.execute(
+                "INSERT INTO delivery_attempts (request_id, at, status_code, error, duration)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (request_id, attempt.at, attempt.status_code, attempt.error, attempt.duration),
+            )
+            row = conn.execute("SELECT count(*) FROM delivery_attempts WHERE request_id = %s", (request_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def mark_dead(self, ids: Sequence[str]) -> None:
+        self._update(f"UPDATE outbox SET dead_at = now(), lease_until = 'epoch' WHERE id = ANY(%s) AND {_PENDING}", ids)
+
+    def requeue(self, ids: Sequence[str]) -> None:
+        self._update("UPDATE outbox SET dead_at = NULL, lease_until = 'epoch' WHERE id = ANY(%s)", ids)
+
+    def disable_endpoint(self, url: str) -> None:
+        with self._connection("write failed") as conn:
+            conn.execute("INSERT INTO disabled_endpoints (url) VALUES (%s) ON CONFLICT DO NOTHING", (url,))
+
+    def enable_endpoint(self, url: str) -> None:
+        with self._connection("write failed") as conn:
+            conn.execute("DELETE FROM disabled_endpoints WHERE url = %s", (url,))
+
+    def disabled_endpoints(self) -> frozenset[str]:
+        with self._connection("read failed") as conn:
+            return frozenset(url for (url,) in conn.execute("SELECT url FROM disabled_endpoints"))
+
+
+_PENDING: Final = "delivered_at IS NULL AND dead_at IS NULL"
 
 
 def _load(row: tuple[Any, ...]) -> Flow:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
-from flowfsm.converter import converter
+from flowfsm.converter import converter, hook_requests_json
 from flowfsm.errors import (
     ConcurrencyConflict,
     FlowFSMError,
@@ -30,7 +30,7 @@ from flowfsm.errors import (
     UnknownDeployment,
     UnknownFlow,
 )
-from flowfsm.model import Flow, FlowState, HookRecord, HookRequest
+from flowfsm.model import DeliveryAttempt, DeliveryState, Flow, FlowState, HookRecord, HookRequest
 from flowfsm.repositories.memory import _check_page
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteRepository"]
@@ -68,6 +68,20 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX outbox_pending ON outbox (seq) WHERE delivered_at IS NULL",
         "CREATE INDEX outbox_by_flow ON outbox (flow_id, seq)",
     ),
+    (  # version 2: the delivery log
+        "ALTER TABLE outbox ADD COLUMN dead_at TEXT",
+        "DROP INDEX outbox_pending",
+        "CREATE INDEX outbox_pending ON outbox (seq) WHERE delivered_at IS NULL AND dead_at IS NULL",
+        """CREATE TABLE delivery_attempts (
+            request_id TEXT NOT NULL REFERENCES outbox (id),
+            at TEXT NOT NULL,
+            status_code INTEGER,
+            error TEXT,
+            duration REAL NOT NULL
+        )""",
+        "CREATE INDEX delivery_attempts_by_request ON delivery_attempts (request_id)",
+        "CREATE TABLE disabled_endpoints (url TEXT PRIMARY KEY, disabled_at TEXT NOT NULL) WITHOUT ROWID",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -92,9 +106,7 @@ class SQLiteRepository:
         self.path = os.fspath(path)
         self._lock = threading.RLock()
         with _driver_errors(f"cannot open {self.path!r}"):
-            self._db = sqlite3.connect(
-                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
-            )
+            self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
             if self.path != ":memory:":
                 self._enable_wal(timeout)
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
@@ -133,9 +145,7 @@ class SQLiteRepository:
 
     def _migrate(self) -> None:
         with self._write():
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS flowfsm_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-            )
+            self._db.execute("CREATE TABLE IF NOT EXISTS flowfsm_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             row = self._db.execute("SELECT value FROM flowfsm_meta WHERE key = 'schema_version'").fetchone()
             current = int(row[0]) if row else 0
             if current > SCHEMA_VERSION:
@@ -216,11 +226,11 @@ class SQLiteRepository:
             rows = self._db.execute(sql, (*args, limit, offset)).fetchall()
         return [_load(row) for row in rows]
 
-    def commit(
-        self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0
-    ) -> None:
+    def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
         bodies = [json.dumps(converter.unstructure(flow)) for flow in flows]
-        requests = [(r.id, r.flow_id, json.dumps(converter.unstructure(r))) for r in hook_requests]
+        requests = [
+            (r.id, r.flow_id, body) for r, body in zip(hook_requests, hook_requests_json(hook_requests), strict=True)
+        ]
         until = time.time() + lease if lease > 0 else 0.0
         with self._write() as db:
             for flow, body in zip(flows, bodies, strict=True):
@@ -260,9 +270,7 @@ class SQLiteRepository:
         claimed: list[tuple[str, str]] = []
         blocked: set[str] = set()
         with self._write() as db:
-            cursor = db.execute(
-                "SELECT id, flow_id, lease_until, body FROM outbox WHERE delivered_at IS NULL ORDER BY seq"
-            )
+            cursor = db.execute(f"SELECT id, flow_id, lease_until, body FROM outbox WHERE {_PENDING} ORDER BY seq")
             for request_id, flow_id, lease_until, body in cursor:
                 if len(claimed) >= limit:
                     break
@@ -273,42 +281,90 @@ class SQLiteRepository:
                     continue
                 claimed.append((request_id, body))
             cursor.close()
-            db.executemany(
-                "UPDATE outbox SET lease_until = ? WHERE id = ?", [(now + lease, i) for i, _ in claimed]
-            )
+            db.executemany("UPDATE outbox SET lease_until = ? WHERE id = ?", [(now + lease, i) for i, _ in claimed])
         return [converter.structure(json.loads(body), HookRequest) for _, body in claimed]
 
-    def mark_delivered(self, ids: Sequence[str]) -> None:
-        stamp = dt.datetime.now(dt.UTC).isoformat()
+    def _update(self, sql: str, ids: Sequence[str], *args: Any) -> None:
         with self._write() as db:
-            db.executemany(
-                "UPDATE outbox SET delivered_at = ?, lease_until = 0 WHERE id = ? AND delivered_at IS NULL",
-                [(stamp, i) for i in ids],
-            )
+            db.executemany(sql, [(*args, i) for i in ids])
 
-    def release(self, ids: Sequence[str]) -> None:
-        with self._write() as db:
-            db.executemany(
-                "UPDATE outbox SET lease_until = 0 WHERE id = ? AND delivered_at IS NULL",
-                [(i,) for i in ids],
-            )
+    def mark_delivered(self, ids: Sequence[str]) -> None:
+        self._update(
+            f"UPDATE outbox SET delivered_at = ?, lease_until = 0 WHERE id = ? AND {_PENDING}",
+            ids,
+            _now(),
+        )
+
+    def release(self, ids: Sequence[str], *, delay: float = 0.0) -> None:
+        until = time.time() + delay if delay > 0 else 0.0
+        self._update(f"UPDATE outbox SET lease_until = ? WHERE id = ? AND {_PENDING}", ids, until)
 
     def count_pending(self) -> int:
-        row = self._one("SELECT count(*) FROM outbox WHERE delivered_at IS NULL", ())
+        row = self._one(f"SELECT count(*) FROM outbox WHERE {_PENDING}", ())
         return int(row[0])
 
     def hook_requests(self, flow_id: str) -> list[HookRecord]:
+        return self._records("WHERE flow_id = ? ORDER BY seq", (flow_id,))
+
+    def dead_requests(self, limit: int = 100) -> list[HookRecord]:
+        return self._records("WHERE dead_at IS NOT NULL ORDER BY seq LIMIT ?", (limit,))
+
+    def _records(self, where: str, args: Sequence[Any]) -> list[HookRecord]:
         with self._lock, _driver_errors("read failed"):
-            rows = self._db.execute(
-                "SELECT body, delivered_at FROM outbox WHERE flow_id = ? ORDER BY seq", (flow_id,)
-            ).fetchall()
+            rows = self._db.execute(f"SELECT id, body, delivered_at, dead_at FROM outbox {where}", args).fetchall()
+            attempts: dict[str, list[DeliveryAttempt]] = {}
+            for request_id, at, status, error, duration in self._db.execute(
+                "SELECT request_id, at, status_code, error, duration FROM delivery_attempts"
+                f" WHERE request_id IN (SELECT id FROM outbox {where}) ORDER BY rowid",
+                args,
+            ):
+                attempt = DeliveryAttempt(dt.datetime.fromisoformat(at), status, error, duration)
+                attempts.setdefault(request_id, []).append(attempt)
         return [
             HookRecord(
                 converter.structure(json.loads(body), HookRequest),
+                DeliveryState.DELIVERED if delivered else DeliveryState.DEAD if dead else DeliveryState.PENDING,
                 None if delivered is None else dt.datetime.fromisoformat(delivered),
+                tuple(attempts.get(request_id, ())),
             )
-            for body, delivered in rows
+            for request_id, body, delivered, dead in rows
         ]
+
+    # --- the delivery log ------------------------------------------------------------
+
+    def record_attempt(self, request_id: str, attempt: DeliveryAttempt) -> int:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO delivery_attempts (request_id, at, status_code, error, duration) VALUES (?, ?, ?, ?, ?)",
+                (request_id, attempt.at.isoformat(), attempt.status_code, attempt.error, attempt.duration),
+            )
+            row = db.execute("SELECT count(*) FROM delivery_attempts WHERE request_id = ?", (request_id,)).fetchone()
+        return int(row[0])
+
+    def mark_dead(self, ids: Sequence[str]) -> None:
+        self._update(f"UPDATE outbox SET dead_at = ?, lease_until = 0 WHERE id = ? AND {_PENDING}", ids, _now())
+
+    def requeue(self, ids: Sequence[str]) -> None:
+        self._update("UPDATE outbox SET dead_at = NULL, lease_until = 0 WHERE id = ? AND dead_at IS NOT NULL", ids)
+
+    def disable_endpoint(self, url: str) -> None:
+        with self._write() as db:
+            db.execute("INSERT OR IGNORE INTO disabled_endpoints (url, disabled_at) VALUES (?, ?)", (url, _now()))
+
+    def enable_endpoint(self, url: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM disabled_endpoints WHERE url = ?", (url,))
+
+    def disabled_endpoints(self) -> frozenset[str]:
+        with self._lock, _driver_errors("read failed"):
+            return frozenset(url for (url,) in self._db.execute("SELECT url FROM disabled_endpoints"))
+
+
+_PENDING: Final = "delivered_at IS NULL AND dead_at IS NULL"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
 
 
 def _load(row: tuple[str, int]) -> Flow:

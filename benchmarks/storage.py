@@ -1,0 +1,319 @@
+"""Storage benchmarks: SQLite against raw sqlite3, large stores, PostgreSQL workers."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import os
+import sqlite3
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from flowfsm import Artifact, ArtifactCreated, FlowEngine
+from flowfsm.converter import converter
+from flowfsm.repositories import InMemoryRepository, PostgresRepository, SQLiteRepository
+from flowfsm.testing import TemporaryPostgres
+
+from .core import TRIGGERS_PER_FLOW, Versions, bench_catalog, full_flow, interleaved
+from .report import Report
+
+
+class _Recorder:
+    """Stands in for a sqlite3 connection and writes down every statement run."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self.statements: list[tuple[str, Any, bool]] = []
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._db.in_transaction
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        self.statements.append((sql, params, False))
+        return self._db.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+        rows = list(rows)
+        self.statements.append((sql, rows, True))
+        return self._db.executemany(sql, rows)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def record_statements(flows: int) -> list[list[tuple[str, Any, bool]]]:
+    """The statements SQLiteRepository runs for each trigger of ``flows`` full flows."""
+    with tempfile.TemporaryDirectory() as tmp:
+        repository = SQLiteRepository(Path(tmp) / "record.db")
+        recorder = _Recorder(repository._db)
+        repository._db = recorder  # type: ignore[assignment]  # a stand-in with the same methods
+        engine = FlowEngine(bench_catalog(), repository, None)
+        per_trigger: list[list[tuple[str, Any, bool]]] = []
+        handle = engine.handle
+
+        def recorded(trigger: Any) -> Any:
+            recorder.statements = []
+            outcome = handle(trigger)
+            per_trigger.append(recorder.statements)
+            return outcome
+
+        engine.handle = recorded  # type: ignore[method-assign]  # to cut the statements per trigger
+        versions = Versions("rec")
+        for _ in range(flows):
+            full_flow(engine, versions())
+        repository.close()
+    return per_trigger
+
+
+def raw_replay(db: sqlite3.Connection, triggers: list[list[tuple[str, Any, bool]]]) -> float:
+    """The same statements with plain sqlite3, one transaction per trigger."""
+    start = time.perf_counter()
+    for statements in triggers:
+        db.execute("BEGIN IMMEDIATE")
+        for sql, params, many in statements:
+            if sql.startswith(("BEGIN", "COMMIT", "ROLLBACK")):
+                continue
+            if many:
+                db.executemany(sql, params)
+            else:
+                db.execute(sql, params).fetchall()
+        db.execute("COMMIT")
+    return (time.perf_counter() - start) / len(triggers)
+
+
+def engine_per_trigger(engine: FlowEngine, versions: Versions, flows: int) -> float:
+    start = time.perf_counter()
+    for _ in range(flows):
+        full_flow(engine, versions())
+    return (time.perf_counter() - start) / (flows * TRIGGERS_PER_FLOW)
+
+
+# --- filling a store with many flows, fast -----------------------------------------------
+
+
+def _template() -> tuple[str, str, list[tuple[str, list[str]]]]:
+    """A stored flow's JSON with placeholder ids, its id, and its deployments' ids."""
+    engine = FlowEngine(bench_catalog(), InMemoryRepository(), None, id_factory=_Placeholders())
+    flow = engine.handle(ArtifactCreated(Artifact("com.acme", "api", "@V"))).flows[0]
+    body = json.dumps(converter.unstructure(flow))
+    return body, flow.id, [(d.id, [p.id for p in d.promotions]) for d in flow.deployments]
+
+
+class _Placeholders:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self) -> str:
+        self.n += 1
+        return f"@{self.n:02d}"
+
+
+def filler_rows(count: int) -> Iterator[tuple[tuple[Any, ...], list[tuple[str, str]], list[tuple[str, str]]]]:
+    """Rows for ``count`` stored flows: (flow row, deployment rows, promotion rows)."""
+    body, flow_token, shape = _template()
+    tokens = [flow_token, *(t for d, ps in shape for t in (d, *ps))]
+    for i in range(count):
+        prefix = f"fill{i:08d}-"
+        text = body.replace('"@V"', f'"9.{i}"')
+        for token in tokens:
+            text = text.replace(f'"{token}"', f'"{prefix}{token[1:]}"')
+        flow_id = prefix + flow_token[1:]
+        deployments = [(prefix + d[1:], flow_id) for d, _ in shape]
+        promotions = [(prefix + p[1:], prefix + d[1:]) for d, ps in shape for p in ps]
+        yield (flow_id, f"com.acme:api:9.{i}", "svc", "inProgress", 1, text), deployments, promotions
+
+
+def fill_sqlite(path: Path, count: int) -> None:
+    SQLiteRepository(path).close()  # the schema
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=OFF")
+    rows = filler_rows(count)
+    while batch := list(itertools.islice(rows, 20_000)):
+        db.execute("BEGIN")
+        db.executemany(
+            "INSERT INTO flows (id, artifact_id, service_id, state, version, body) VALUES (?, ?, ?, ?, ?, ?)",
+            [b[0] for b in batch],
+        )
+        db.executemany("INSERT INTO deployments (id, flow_id) VALUES (?, ?)", [r for b in batch for r in b[1]])
+        db.executemany("INSERT INTO promotions (id, deployment_id) VALUES (?, ?)", [r for b in batch for r in b[2]])
+        db.execute("COMMIT")
+    db.close()
+
+
+def fill_postgres(dsn: str, schema: str, count: int) -> None:
+    import psycopg
+
+    PostgresRepository(dsn, schema=schema).close()  # the schema
+    with psycopg.connect(dsn, options=f"-c search_path={schema}") as conn, conn.cursor() as cur:
+        flows, deployments, promotions = [], [], []
+        for flow, ds, ps in filler_rows(count):
+            flows.append(flow)
+            deployments += ds
+            promotions += ps
+            if len(flows) == 50_000:
+                _copy(cur, flows, deployments, promotions)
+                flows, deployments, promotions = [], [], []
+        _copy(cur, flows, deployments, promotions)
+        conn.commit()
+        cur.execute("ANALYZE")
+
+
+def _copy(cur: Any, flows: list[Any], deployments: list[Any], promotions: list[Any]) -> None:
+    with cur.copy("COPY flows (id, artifact_id, service_id, state, version, body) FROM STDIN") as copy:
+        for row in flows:
+            copy.write_row(row)
+    with cur.copy("COPY deployments (id, flow_id) FROM STDIN") as copy:
+        for row in deployments:
+            copy.write_row(row)
+    with cur.copy("COPY promotions (id, deployment_id) FROM STDIN") as copy:
+        for row in promotions:
+            copy.write_row(row)
+
+
+# --- PostgreSQL workers --------------------------------------------------------------------
+
+
+def _pg_worker(job: tuple[str, str, str, float], start: Any, out: Any) -> None:
+    dsn, schema, prefix, seconds = job
+    repository = PostgresRepository(dsn, schema=schema, max_size=1)
+    engine = FlowEngine(bench_catalog(), repository, None)
+    versions = Versions(prefix)
+    full_flow(engine, versions())  # warm up
+    start.wait()
+    done, deadline = 0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        full_flow(engine, versions())
+        done += TRIGGERS_PER_FLOW
+    out.put(done)
+    repository.close()
+
+
+def pg_throughput(dsn: str, schema: str, workers: int, seconds: float) -> float:
+    """Triggers per second with ``workers`` processes, each on its own flows."""
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    run_id = uuid.uuid4().hex[:6]
+    processes = [
+        ctx.Process(target=_pg_worker, args=((dsn, schema, f"w{run_id}{n}", seconds), start, out))
+        for n in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    time.sleep(2.0)  # let every worker connect and warm up
+    start.set()
+    total: int = sum(out.get(timeout=seconds + 120) for _ in processes)
+    for process in processes:
+        process.join(60)
+    return total / seconds
+
+
+def run(report: Report, quick: bool) -> None:
+    rounds = 5 if quick else 11
+    flows_per_round = 10 if quick else 25
+
+    report.section("SQLite (file, WAL)")
+    recorded = record_statements(flows_per_round * rounds)
+    with tempfile.TemporaryDirectory() as tmp:
+        repository = SQLiteRepository(Path(tmp) / "engine.db")
+        engine, versions = FlowEngine(bench_catalog(), repository, None), Versions("eng")
+        SQLiteRepository(Path(tmp) / "raw.db").close()
+        raw = sqlite3.connect(Path(tmp) / "raw.db", isolation_level=None)
+        raw.execute("PRAGMA journal_mode=WAL")
+        raw.execute("PRAGMA synchronous=NORMAL")
+        size = flows_per_round * TRIGGERS_PER_FLOW
+        batches = iter([recorded[i : i + size] for i in range(0, len(recorded), size)])
+        ours, baseline = interleaved(
+            rounds,
+            lambda: engine_per_trigger(engine, versions, flows_per_round),
+            lambda: raw_replay(raw, next(batches)),
+        )
+        report.ratio(
+            "engine trigger on SQLite vs raw sqlite3, same statements",
+            ours,
+            baseline,
+            "≤ 2×",
+            ours / baseline <= 2,
+            unit="µs",
+            scale=1e6,
+            note="outbox only (no emitter); the baseline replays the repository's own statements",
+        )
+        raw.close()
+        repository.close()
+
+        big_n = 100_000 if quick else 1_000_000
+        fill_sqlite(Path(tmp) / "small.db", 1_000)
+        fill_sqlite(Path(tmp) / "big.db", big_n)
+        small_repo, big_repo = (
+            SQLiteRepository(Path(tmp) / "small.db"),
+            SQLiteRepository(Path(tmp) / "big.db"),
+        )
+        small = FlowEngine(bench_catalog(), small_repo, None), Versions("small")
+        big = FlowEngine(bench_catalog(), big_repo, None), Versions("big")
+        at_small, at_big = interleaved(
+            rounds,
+            lambda: engine_per_trigger(*small, flows_per_round),
+            lambda: engine_per_trigger(*big, flows_per_round),
+        )
+        report.ratio(
+            f"SQLite trigger with {big_n:,} flows stored vs 1,000",
+            at_big,
+            at_small,
+            "≤ 1.3×",
+            at_big / at_small <= 1.3,
+            unit="µs",
+            scale=1e6,
+        )
+        small_repo.close()
+        big_repo.close()
+
+    if TemporaryPostgres.find_bin_dir() is None:
+        report.section("PostgreSQL: not found, skipped (install PostgreSQL 15+)")
+        return
+    report.section("PostgreSQL (loopback, fsync on)")
+    with TemporaryPostgres(durable=True) as server:
+        fill_postgres(server.dsn, "small", 1_000)
+        fill_postgres(server.dsn, "big", big_n)
+        small_pg = PostgresRepository(server.dsn, schema="small", max_size=1)
+        big_pg = PostgresRepository(server.dsn, schema="big", max_size=1)
+        pg_small = FlowEngine(bench_catalog(), small_pg, None), Versions("small")
+        pg_big = FlowEngine(bench_catalog(), big_pg, None), Versions("big")
+        at_small, at_big = interleaved(
+            rounds,
+            lambda: engine_per_trigger(*pg_small, max(2, flows_per_round // 2)),
+            lambda: engine_per_trigger(*pg_big, max(2, flows_per_round // 2)),
+        )
+        report.ratio(
+            f"PostgreSQL trigger with {big_n:,} flows stored vs 1,000",
+            at_big,
+            at_small,
+            "≤ 1.3×",
+            at_big / at_small <= 1.3,
+            unit="ms",
+            scale=1e3,
+        )
+        small_pg.close()
+        big_pg.close()
+
+        PostgresRepository(server.dsn, schema="tp").close()
+        seconds = 4.0 if quick else 10.0
+        one, four = [], []
+        for _ in range(1 if quick else 3):
+            one.append(pg_throughput(server.dsn, "tp", 1, seconds))
+            four.append(pg_throughput(server.dsn, "tp", 4, seconds))
+        best_one, best_four = sorted(one)[len(one) // 2], sorted(four)[len(four) // 2]
+        report.ratio(
+            "PostgreSQL throughput, 4 worker processes vs 1",
+            best_four,
+            best_one,
+            "≥ 1.8×",
+            best_four / best_one >= 1.8,
+            unit="triggers/s",
+            note=f"{os.cpu_count()} cores; each worker on its own flows; commits wait on disk",
+        )
