@@ -10,14 +10,14 @@ import argparse
 import os
 import platform
 
-from . import core, storage
+from . import core, delivery, storage
 from .report import Report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller stores")
-    parser.add_argument("--only", choices=["core", "storage"], help="run one group")
+    parser.add_argument("--only", choices=["core", "storage", "delivery"], help="run one group")
     args = parser.parse_args()
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores")
     report = Report()
@@ -25,6 +25,8 @@ def main() -> None:
         core.run(report, args.quick)
     if args.only in (None, "storage"):
         storage.run(report, args.quick)
+    if args.only in (None, "delivery"):
+        delivery.run(report, args.quick)
     print()
     print("targets missed: " + (", ".join(report.failures) if report.failures else "none"))
 

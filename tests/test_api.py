@@ -84,7 +84,7 @@ def test_the_committed_diagrams_match_the_machines() -> None:
     doc = (ROOT / "docs" / "machines.md").read_text()
     for entity in MACHINES:
         assert f"<!-- diagram:{entity} -->" in doc, entity
-    assert render_into(doc) == doc, "run: python docs/redraw_diagrams.py"
+    assert render_into(doc) == doc, "run: python tools/redraw_diagrams.py"
 
 
 def test_the_package_is_typed() -> None:

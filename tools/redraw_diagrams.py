@@ -4,5 +4,5 @@ from pathlib import Path
 
 from flowfsm.machines import render_into
 
-doc = Path(__file__).with_name("machines.md")
+doc = Path(__file__).resolve().parent.parent / "docs" / "machines.md"
 doc.write_text(render_into(doc.read_text()))

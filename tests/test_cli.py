@@ -1,0 +1,250 @@
+"""The ``flowfsm`` console script, run as a user runs it: in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowfsm.machines import mermaid
+from flowfsm.repositories import SQLiteRepository
+
+from .test_http import SECRET, Receiver
+
+FLOWFSM = str(Path(sys.executable).with_name("flowfsm"))
+
+CATALOG = """
+[[services]]
+id = "svc-api"
+artifacts = ["com.acme:api"]
+pipeline = {{ name = "default", environments = [{{ name = "dev", promotions = ["smoke"] }}, {{ name = "prod" }}] }}
+
+[[services.webhooks]]
+id = "deployer"
+event = "deployment-created"
+actions = [{{ name = "deploy", url = "{url}", secret = "{secret}" }}]
+"""
+
+
+class Cli:
+    """Runs ``flowfsm`` with a store and a catalog in a temporary directory."""
+
+    def __init__(self, root: Path, url: str = "https://cd.example/deploy") -> None:
+        self.root = root
+        self.store = root / "flows.db"
+        self.catalog = root / "flowfsm.toml"
+        self.catalog.write_text(CATALOG.format(url=url, secret=SECRET))
+
+    def __call__(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "FLOWFSM_STORE": str(self.store), "FLOWFSM_CATALOG": str(self.catalog)}
+        env["COLUMNS"] = "200"
+        return subprocess.run(
+            [FLOWFSM, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=self.root,
+            timeout=60,
+            check=False,
+        )
+
+    def json(self, *args: str) -> Any:
+        done = self(*args, "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def stored(self) -> list[tuple[str, int, str]]:
+        with SQLiteRepository(self.store) as repository:
+            return [(f.id, f.version, f.state.value) for f in repository.list_flows(limit=1000)]
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path)
+
+
+def test_the_triggers_drive_a_flow_to_success(cli: Cli) -> None:
+    created = cli.json("artifact-created", "com.acme:api:1.4.0")
+    flow = created["flows"][0]
+    assert flow["state"] == "inProgress"
+    assert [r["event"] for r in created["hookRequests"]] == ["deployment-created"]
+    dev, prod = flow["deployments"]
+    assert cli.json("deployment-started", dev["id"])["flows"][0]["deployments"][0]["state"] == "started"
+    assert cli.json("deployment-started", dev["id"])["duplicate"] is True
+    cli.json("deployment-completed", dev["id"])
+    smoke = dev["promotions"][0]["id"]
+    passed = cli.json("promotion-completed", dev["id"], smoke, "--result", "passed", "--details", '{"p99": 120}')
+    assert [r["event"] for r in passed["hookRequests"]] == ["deployment-created"]  # prod, announced
+    cli.json("deployment-started", prod["id"])
+    done = cli.json("deployment-completed", prod["id"])
+    assert done["flows"][0]["state"] == "success"
+    assert cli.stored() == [(flow["id"], 6, "success")]  # six applied triggers; the repeat changed nothing
+    human = cli("flows")
+    assert human.returncode == 0
+    assert "com.acme:api:1.4.0" in human.stdout
+    assert "success" in human.stdout
+
+
+def test_a_failed_promotion_fails_the_flow(cli: Cli) -> None:
+    dev = cli.json("artifact-created", "com.acme:api:2.0.0")["flows"][0]["deployments"][0]
+    cli.json("deployment-started", dev["id"])
+    cli.json("deployment-completed", dev["id"])
+    failed = cli.json(
+        "promotion-completed", dev["id"], dev["promotions"][0]["id"], "--result", "failed", "--details", '{"x": 1}'
+    )
+    assert failed["flows"][0]["state"] == "failed"
+    assert cli.json("flows", "--state", "failed")[0]["id"] == failed["flows"][0]["id"]
+    assert cli.json("flows", "--state", "success") == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["deployment-started", "nope"], "error: unknown deployment 'nope'"),
+        (["artifact-created", "com.acme:api"], "expected GROUP:NAME:VERSION"),
+        (["promotion-completed", "d", "p", "--result", "passed", "--details", "{oops"], "--details: not JSON"),
+        (["show", "nope"], "error: unknown flow 'nope'"),
+        (["flows", "--state", "sideways"], "'sideways' is not one of"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_writes_nothing(cli: Cli, args: list[str], message: str) -> None:
+    cli.json("artifact-created", "com.acme:api:1.0.0")
+    before = cli.stored()
+    done = cli(*args)
+    assert done.returncode == 1
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert cli.stored() == before
+
+
+def test_a_refused_transition_names_what_and_why(cli: Cli) -> None:
+    prod = cli.json("artifact-created", "com.acme:api:1.0.0")["flows"][0]["deployments"][1]
+    before = cli.stored()
+    done = cli("deployment-completed", prod["id"])
+    assert done.returncode == 1
+    assert f"cannot complete deployment '{prod['id']}' in state 'notStarted'" in done.stderr
+    assert cli.stored() == before
+
+
+def test_a_broken_catalog_and_a_usage_mistake(cli: Cli) -> None:
+    cli.catalog.write_text(cli.catalog.read_text().replace('"deployment-created"', '"deployment-exploded"'))
+    broken = cli("artifact-created", "com.acme:api:1.0.0")
+    assert broken.returncode == 1
+    assert f"{cli.catalog}: $.services[0].webhooks[0].event" in broken.stderr
+    assert not cli.store.exists() or cli.stored() == []
+    checked = cli("catalog", "validate", str(cli.catalog))
+    assert checked.returncode == 1
+    assert "deployment-exploded" in checked.stderr
+    assert cli("deployment-started").returncode == 2  # the id is missing
+
+
+def test_catalog_validate(cli: Cli) -> None:
+    assert cli.json("catalog", "validate", str(cli.catalog)) == {"valid": True, "services": ["svc-api"]}
+    assert "ok:" in cli("catalog", "validate", str(cli.catalog)).stdout
+
+
+def test_handle_reads_json_lines_and_stops_at_the_first_bad_one(cli: Cli) -> None:
+    flow = cli.json("artifact-created", "com.acme:api:3.0.0")["flows"][0]
+    dev = flow["deployments"][0]
+    lines = [
+        {"type": "DeploymentStarted", "deploymentId": dev["id"]},
+        {"type": "DeploymentCompleted", "deploymentId": dev["id"]},
+        {"type": "DeploymentStarted", "deploymentId": "nope"},
+        {"type": "DeploymentStarted", "deploymentId": flow["deployments"][1]["id"]},
+    ]
+    done = cli("handle", "-", "--json", stdin="\n".join(json.dumps(line) for line in lines) + "\n")
+    assert done.returncode == 1
+    assert "error: line 3: unknown deployment 'nope'" in done.stderr
+    outcomes = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [o["flows"][0]["deployments"][0]["state"] for o in outcomes] == ["started", "completed"]
+    assert cli.stored() == [(flow["id"], 3, "inProgress")]
+
+
+def test_show_is_a_timeline(cli: Cli) -> None:
+    flow = cli.json("artifact-created", "com.acme:api:4.0.0")["flows"][0]
+    cli.json("deployment-started", flow["deployments"][0]["id"])
+    shown = cli.json("show", flow["id"])
+    assert shown["flow"]["id"] == flow["id"]
+    assert [r["state"] for r in shown["hookRequests"]] == ["pending"]
+    human = cli("show", flow["id"]).stdout
+    assert "com.acme:api:4.0.0" in human
+    assert "deployment-created" in human
+    assert re.search(r"dev\s+started", human)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.close()
+
+
+def test_dispatch_delivers_over_http(tmp_path: Path, receiver: Receiver) -> None:
+    cli = Cli(tmp_path, url=receiver.url("/deploy"))
+    created = cli.json("artifact-created", "com.acme:api:5.0.0")
+    done = cli("dispatch")
+    assert done.returncode == 0, done.stderr
+    assert "delivered 1; pending 0" in done.stdout
+    ((headers, _),) = receiver.bodies("/deploy")
+    assert headers["webhook-id"] == created["hookRequests"][0]["id"]
+
+
+def test_diagrams(cli: Cli) -> None:
+    done = cli("diagram", "deployment")
+    assert done.stdout == mermaid("deployment")
+    picture = cli("diagram", "deployment", "--format", "svg").stdout
+    texts = {t.text for t in ET.fromstring(picture).iter("{http://www.w3.org/2000/svg}text")}
+    assert {"notStarted", "started", "completed", "success", "failed"} <= texts
+    assert cli("diagram", "nothing").returncode == 2
+
+
+def test_the_demo_in_a_terminal(tmp_path: Path) -> None:
+    """``flowfsm demo`` in a pseudo-terminal: what a person sees."""
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+    env.pop("NO_COLOR", None)
+    process = subprocess.Popen(
+        [FLOWFSM, "demo", "--store", str(tmp_path / "demo.db")],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        env=env,
+        close_fds=True,
+    )
+    os.close(terminal)
+    screen = b""
+    while True:
+        ready, _, _ = select.select([controller], [], [], 60)
+        if not ready:
+            break
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closed: the demo has finished
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(controller)
+    assert process.wait(30) == 0
+    text = screen.decode(errors="replace")
+    assert "\x1b[" in text  # a terminal gets colour and emphasis
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    assert "(SQLite)" in plain
+    assert "prod: completed → success" in plain
+    assert "staging.perf: pending → failed" in plain
+    assert re.search(r"com\.acme:api:1\.4\.0\s*│\s*success", plain)
+    assert "HookRequests pending delivery: 0" in plain
+    assert "whsec_" not in plain
+    with SQLiteRepository(tmp_path / "demo.db") as repository:
+        assert sorted(f.state.value for f in repository.list_flows()) == ["failed", "success"]
