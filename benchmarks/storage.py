@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import multiprocessing
 import os
 import sqlite3
@@ -15,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from flowfsm import Artifact, ArtifactCreated, FlowEngine
-from flowfsm.converter import converter
 from flowfsm.repositories import InMemoryRepository, PostgresRepository, SQLiteRepository
+from flowfsm.repositories._common import flow_body
 from flowfsm.testing import TemporaryPostgres
 
 from .core import TRIGGERS_PER_FLOW, Versions, bench_catalog, full_flow, interleaved
@@ -101,8 +100,7 @@ def _template() -> tuple[str, str, list[tuple[str, list[str]]]]:
     """A stored flow's JSON with placeholder ids, its id, and its deployments' ids."""
     engine = FlowEngine(bench_catalog(), InMemoryRepository(), None, id_factory=_Placeholders())
     flow = engine.handle(ArtifactCreated(Artifact("com.acme", "api", "@V"))).flows[0]
-    body = json.dumps(converter.unstructure(flow))
-    return body, flow.id, [(d.id, [p.id for p in d.promotions]) for d in flow.deployments]
+    return flow_body(flow), flow.id, [(d.id, [p.id for p in d.promotions]) for d in flow.deployments]
 
 
 class _Placeholders:
@@ -225,8 +223,9 @@ def run(report: Report, quick: bool) -> None:
         engine, versions = FlowEngine(bench_catalog(), repository, None), Versions("eng")
         SQLiteRepository(Path(tmp) / "raw.db").close()
         raw = sqlite3.connect(Path(tmp) / "raw.db", isolation_level=None)
-        raw.execute("PRAGMA journal_mode=WAL")
+        raw.execute("PRAGMA journal_mode=WAL")  # the settings SQLiteRepository opens with
         raw.execute("PRAGMA synchronous=NORMAL")
+        raw.execute("PRAGMA foreign_keys=ON")
         size = flows_per_round * TRIGGERS_PER_FLOW
         batches = iter([recorded[i : i + size] for i in range(0, len(recorded), size)])
         ours, baseline = interleaved(

@@ -14,7 +14,6 @@ Enum values are the JSON spellings of the contract (``notStarted``,
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import enum
 from collections.abc import Iterable, Mapping
@@ -250,6 +249,8 @@ def _url(_: object, __: object, value: str | None) -> None:
 def _secret(_: object, __: object, value: str | None) -> None:
     if value is None:
         return
+    import base64  # only catalogs with secrets need it
+
     parts = value.split() if isinstance(value, str) else []
     for part in parts:
         try:

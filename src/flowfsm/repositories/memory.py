@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-from flowfsm.errors import ConcurrencyConflict, UnknownDeployment, UnknownFlow, ValidationError
+from flowfsm.errors import ConcurrencyConflict, UnknownDeployment, UnknownFlow
 from flowfsm.model import (
     DeliveryAttempt,
     DeliveryState,
@@ -26,6 +26,7 @@ from flowfsm.model import (
     HookRequest,
     Promotion,
 )
+from flowfsm.repositories._common import check_page
 
 __all__ = ["InMemoryRepository"]
 
@@ -72,7 +73,7 @@ class InMemoryRepository:
         limit: int = 50,
         offset: int = 0,
     ) -> list[Flow]:
-        _check_page(limit, offset)
+        check_page(limit, offset)
         with self._lock:
             matching = (
                 f
@@ -233,10 +234,3 @@ def _thaw(frozen: _Frozen) -> Flow:
         created,
         updated,
     )
-
-
-def _check_page(limit: int, offset: int) -> None:
-    if limit < 1:
-        raise ValidationError("limit", f"must be at least 1, got {limit}")
-    if offset < 0:
-        raise ValidationError("offset", f"must not be negative, got {offset}")

@@ -37,7 +37,7 @@ from flowfsm.errors import (
     ValidationError,
 )
 from flowfsm.model import DeliveryAttempt, DeliveryState, Flow, FlowState, HookRecord, HookRequest
-from flowfsm.repositories.memory import _check_page
+from flowfsm.repositories._common import flow_body, flow_from_body, page_query
 
 if TYPE_CHECKING:
     import psycopg
@@ -226,26 +226,13 @@ class PostgresRepository:
         limit: int = 50,
         offset: int = 0,
     ) -> list[Flow]:
-        _check_page(limit, offset)
-        where, args = [], []
-        if service_id is not None:
-            where.append("service_id = %s")
-            args.append(service_id)
-        if state is not None:
-            where.append("state = %s")
-            args.append(state.value)
-        sql = "SELECT body, version FROM flows"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq DESC LIMIT %s OFFSET %s"
+        sql, args = page_query(service_id, state, limit, offset, "%s")
         with self._connection("read failed") as conn:
-            rows = conn.execute(sql, (*args, limit, offset)).fetchall()
+            rows = conn.execute(sql, args).fetchall()
         return [_load(row) for row in rows]
 
     def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
-        from psycopg.types.json import Jsonb
-
-        bodies = [Jsonb(converter.unstructure(flow)) for flow in flows]
+        bodies = [flow_body(flow) for flow in flows]
         bodies_json = hook_requests_json(hook_requests)
         requests = [(r.id, r.flow_id, body, lease) for r, body in zip(hook_requests, bodies_json, strict=True)]
         # Pipelined: the flow statements go out at once, their row counts come back
@@ -254,12 +241,12 @@ class PostgresRepository:
             saves = [
                 conn.execute(
                     "INSERT INTO flows (id, artifact_id, service_id, state, version, body)"
-                    " VALUES (%s, %s, %s, %s, 1, %s) ON CONFLICT DO NOTHING",
+                    " VALUES (%s, %s, %s, %s, 1, %s::jsonb) ON CONFLICT DO NOTHING",
                     (flow.id, flow.artifact.id, flow.service_id, flow.state.value, body),
                 )
                 if flow.version == 1
                 else conn.execute(
-                    "UPDATE flows SET state = %s, version = %s, body = %s WHERE id = %s AND version = %s",
+                    "UPDATE flows SET state = %s, version = %s, body = %s::jsonb WHERE id = %s AND version = %s",
                     (flow.state.value, flow.version, body, flow.id, flow.version - 1),
                 )
                 for flow, body in zip(flows, bodies, strict=True)
@@ -413,9 +400,7 @@ _PENDING: Final = "delivered_at IS NULL AND dead_at IS NULL"
 
 
 def _load(row: tuple[Any, ...]) -> Flow:
-    flow = converter.structure(row[0], Flow)
-    flow.version = row[1]
-    return flow
+    return flow_from_body(row[0], row[1])
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from flowfsm.errors import (
     UnknownFlow,
 )
 from flowfsm.model import DeliveryAttempt, DeliveryState, Flow, FlowState, HookRecord, HookRequest
-from flowfsm.repositories.memory import _check_page
+from flowfsm.repositories._common import flow_body, flow_from_body, page_query
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteRepository"]
 
@@ -210,24 +210,13 @@ class SQLiteRepository:
         limit: int = 50,
         offset: int = 0,
     ) -> list[Flow]:
-        _check_page(limit, offset)
-        where, args = [], []
-        if service_id is not None:
-            where.append("service_id = ?")
-            args.append(service_id)
-        if state is not None:
-            where.append("state = ?")
-            args.append(state.value)
-        sql = "SELECT body, version FROM flows"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq DESC LIMIT ? OFFSET ?"
+        sql, args = page_query(service_id, state, limit, offset, "?")
         with self._lock, _driver_errors("read failed"):
-            rows = self._db.execute(sql, (*args, limit, offset)).fetchall()
+            rows = self._db.execute(sql, args).fetchall()
         return [_load(row) for row in rows]
 
     def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
-        bodies = [json.dumps(converter.unstructure(flow)) for flow in flows]
+        bodies = [flow_body(flow) for flow in flows]
         requests = [
             (r.id, r.flow_id, body) for r, body in zip(hook_requests, hook_requests_json(hook_requests), strict=True)
         ]
@@ -368,9 +357,7 @@ def _now() -> str:
 
 
 def _load(row: tuple[str, int]) -> Flow:
-    flow = converter.structure(json.loads(row[0]), Flow)
-    flow.version = row[1]
-    return flow
+    return flow_from_body(row[0], row[1])
 
 
 @contextlib.contextmanager
