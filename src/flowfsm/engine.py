@@ -255,16 +255,18 @@ class FlowEngine:
 
     def _hook_requests(self, step: Step, now: dt.datetime) -> list[HookRequest]:
         """One HookRequest per subscribed webhook action per event, in declared order."""
-        flow, service = step.flow, step.service
+        flow, service, new_id = step.flow, step.service, self._new_id
         requests: list[HookRequest] = []
+        append = requests.append
         for event, deployment, result in step.events:
             payload: DeploymentPayload | PromotionPayload
             if result is not None and (event is HookEvent.PROMOTION_COMPLETED or event is HookEvent.PROMOTION_FAILED):
                 payload = PromotionPayload(flow.artifact, deployment, service.ref, result)
             else:
-                payload = DeploymentPayload(flow.artifact, deployment, service.ref, _environment(service, deployment))
+                environment = service.pipeline.environment(deployment.environment) or _environment(deployment)
+                payload = DeploymentPayload(flow.artifact, deployment, service.ref, environment)
             for webhook_id, action in service.subscribers(event):
-                requests.append(HookRequest(self._new_id(), flow.id, webhook_id, action, event, payload, now))
+                append(HookRequest(new_id(), flow.id, webhook_id, action, event, payload, now))
         return requests
 
     def _deliver(self, requests: Sequence[HookRequest]) -> None:
@@ -289,9 +291,6 @@ class FlowEngine:
                 self.repository.mark_delivered(delivered)
 
 
-def _environment(service: Service, deployment: Deployment) -> Environment:
-    for env in service.pipeline.environments:
-        if env.name == deployment.environment:
-            return env
-    # The catalog changed since the flow began: describe the environment as the flow has it.
+def _environment(deployment: Deployment) -> Environment:
+    """The catalog changed since the flow began: describe the environment as the flow has it."""
     return Environment(deployment.environment, [p.name for p in deployment.promotions])

@@ -214,17 +214,17 @@ class Pipeline:
 
     name: str = attrs.field(validator=_nonblank)
     environments: tuple[Environment, ...] = attrs.field(converter=_tuple)
+    _by_name: Mapping[str, Environment] = attrs.field(init=False, repr=False, eq=False, alias="_by_name")
 
     def __attrs_post_init__(self) -> None:
         if not self.environments:
             raise ValidationError("environments", "a pipeline needs at least one environment")
         _unique("environments", (e.name for e in self.environments), "environment")
+        object.__setattr__(self, "_by_name", {e.name: e for e in self.environments})
 
-    def environment(self, name: str) -> Environment:
-        for env in self.environments:
-            if env.name == name:
-                return env
-        raise ValidationError("environment", f"pipeline {self.name!r} has no environment {name!r}")
+    def environment(self, name: str) -> Environment | None:
+        """The environment called ``name``, or None."""
+        return self._by_name.get(name)
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
