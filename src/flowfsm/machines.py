@@ -326,12 +326,14 @@ def svg(entity: str) -> str:
     columns: dict[int, list[str]] = {}
     for state, d in depth.items():
         columns.setdefault(d, []).append(state)
-    box_w, box_h, col_w, row_h, left, top = 110, 36, 230, 90, 60, 40
+    box_w, box_h, row_h, left, top = 110, 36, 90, 60, 40
+    # Leave each column's gap wide enough for the longest label crossing it (11 px text).
+    col_w = box_w + max(100, 7 * max(len(label) for _, _, label in edges) + 24)
     position = {
         state: (left + d * col_w, top + i * row_h) for d, states in columns.items() for i, state in enumerate(states)
     }
     finals = {s for s in depth if not any(src == s for src, _, _ in edges)}
-    width = left + len(columns) * col_w
+    width = left + (len(columns) - 1) * col_w + box_w + 20
     height = top + max(len(s) for s in columns.values()) * row_h
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif"'
