@@ -3,14 +3,32 @@ stored form of a flow."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+from collections.abc import Iterator
 from typing import Any, Final
 
-from flowfsm.errors import ValidationError
+from flowfsm.errors import FlowFSMError, RepositoryError, ValidationError
 from flowfsm.model import Artifact, Deployment, DeploymentState, Flow, FlowState, Promotion, PromotionState
 
-__all__ = ["check_page", "flow_body", "flow_from_body", "page_query"]
+__all__ = ["PENDING", "check_page", "driver_errors", "flow_body", "flow_from_body", "page_query"]
+
+PENDING: Final = "delivered_at IS NULL AND dead_at IS NULL"
+"""The SQL condition of an outbox row that still waits for delivery."""
+
+
+@contextlib.contextmanager
+def driver_errors(backend: str, what: str, errors: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """A driver's ``errors`` become ``RepositoryError`` (the driver's error as the
+    cause, its message on one line); flowfsm's own errors pass through."""
+    try:
+        yield
+    except FlowFSMError:
+        raise
+    except errors as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        raise RepositoryError(backend, f"{what}: {message}") from e
 
 
 def check_page(limit: int, offset: int) -> None:

@@ -30,14 +30,13 @@ from typing import TYPE_CHECKING, Any, Final
 from flowfsm.converter import converter, hook_requests_json
 from flowfsm.errors import (
     ConcurrencyConflict,
-    FlowFSMError,
     RepositoryError,
     UnknownDeployment,
     UnknownFlow,
     ValidationError,
 )
 from flowfsm.model import DeliveryAttempt, DeliveryState, Flow, FlowState, HookRecord, HookRequest
-from flowfsm.repositories._common import flow_body, flow_from_body, page_query
+from flowfsm.repositories._common import PENDING, driver_errors, flow_body, flow_from_body, page_query
 
 if TYPE_CHECKING:
     import psycopg
@@ -195,7 +194,7 @@ class PostgresRepository:
     def _flow(self, sql: str, args: Sequence[Any]) -> Flow | None:
         with self._connection("read failed") as conn:
             row = conn.execute(sql, args).fetchone()
-        return None if row is None else _load(row)
+        return None if row is None else flow_from_body(*row)
 
     def get(self, flow_id: str) -> Flow:
         flow = self._flow("SELECT body, version FROM flows WHERE id = %s", (flow_id,))
@@ -229,7 +228,7 @@ class PostgresRepository:
         sql, args = page_query(service_id, state, limit, offset, "%s")
         with self._connection("read failed") as conn:
             rows = conn.execute(sql, args).fetchall()
-        return [_load(row) for row in rows]
+        return [flow_from_body(*row) for row in rows]
 
     def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
         bodies = [flow_body(flow) for flow in flows]
@@ -293,7 +292,7 @@ class PostgresRepository:
             # A flow's requests go out in order: take only the leading run of its pending
             # requests that this claim holds; the rest wait for whoever holds the first.
             pending = conn.execute(
-                f"SELECT flow_id, seq FROM outbox WHERE {_PENDING} AND flow_id = ANY(%s) ORDER BY flow_id, seq",
+                f"SELECT flow_id, seq FROM outbox WHERE {PENDING} AND flow_id = ANY(%s) ORDER BY flow_id, seq",
                 (list({flow_id for _, flow_id in candidates}),),
             ).fetchall()
             chosen: list[int] = []
@@ -320,14 +319,14 @@ class PostgresRepository:
 
     def mark_delivered(self, ids: Sequence[str]) -> None:
         self._update(
-            f"UPDATE outbox SET delivered_at = now(), lease_until = 'epoch' WHERE id = ANY(%s) AND {_PENDING}",
+            f"UPDATE outbox SET delivered_at = now(), lease_until = 'epoch' WHERE id = ANY(%s) AND {PENDING}",
             ids,
         )
 
     def release(self, ids: Sequence[str], *, delay: float = 0.0) -> None:
         self._update(
             "UPDATE outbox SET lease_until = CASE WHEN %s > 0 THEN now() + make_interval(secs => %s)"
-            f" ELSE 'epoch' END WHERE id = ANY(%s) AND {_PENDING}",
+            f" ELSE 'epoch' END WHERE id = ANY(%s) AND {PENDING}",
             ids,
             delay,
             delay,
@@ -335,7 +334,7 @@ class PostgresRepository:
 
     def count_pending(self) -> int:
         with self._connection("read failed") as conn:
-            row = conn.execute(f"SELECT count(*) FROM outbox WHERE {_PENDING}").fetchone()
+            row = conn.execute(f"SELECT count(*) FROM outbox WHERE {PENDING}").fetchone()
         return int(row[0]) if row else 0
 
     def hook_requests(self, flow_id: str) -> list[HookRecord]:
@@ -378,7 +377,7 @@ class PostgresRepository:
         return int(row[0]) if row else 0
 
     def mark_dead(self, ids: Sequence[str]) -> None:
-        self._update(f"UPDATE outbox SET dead_at = now(), lease_until = 'epoch' WHERE id = ANY(%s) AND {_PENDING}", ids)
+        self._update(f"UPDATE outbox SET dead_at = now(), lease_until = 'epoch' WHERE id = ANY(%s) AND {PENDING}", ids)
 
     def requeue(self, ids: Sequence[str]) -> None:
         self._update("UPDATE outbox SET dead_at = NULL, lease_until = 'epoch' WHERE id = ANY(%s)", ids)
@@ -396,27 +395,9 @@ class PostgresRepository:
             return frozenset(url for (url,) in conn.execute("SELECT url FROM disabled_endpoints"))
 
 
-_PENDING: Final = "delivered_at IS NULL AND dead_at IS NULL"
-
-
-def _load(row: tuple[Any, ...]) -> Flow:
-    return flow_from_body(row[0], row[1])
-
-
-@contextlib.contextmanager
-def _driver_errors(what: str) -> Iterator[None]:
-    """psycopg's and the pool's errors become ``RepositoryError``; flowfsm's pass."""
+def _driver_errors(what: str) -> contextlib.AbstractContextManager[None]:
+    """psycopg's and the pool's errors become ``RepositoryError``."""
     import psycopg
     from psycopg_pool import PoolTimeout
 
-    try:
-        yield
-    except FlowFSMError:
-        raise
-    except (psycopg.Error, PoolTimeout) as e:
-        raise RepositoryError(_BACKEND, f"{what}: {_one_line(e)}") from e
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
+    return driver_errors(_BACKEND, what, (psycopg.Error, PoolTimeout))

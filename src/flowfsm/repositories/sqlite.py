@@ -25,13 +25,12 @@ from typing import Any, Final
 from flowfsm.converter import converter, hook_requests_json
 from flowfsm.errors import (
     ConcurrencyConflict,
-    FlowFSMError,
     RepositoryError,
     UnknownDeployment,
     UnknownFlow,
 )
 from flowfsm.model import DeliveryAttempt, DeliveryState, Flow, FlowState, HookRecord, HookRequest
-from flowfsm.repositories._common import flow_body, flow_from_body, page_query
+from flowfsm.repositories._common import PENDING, driver_errors, flow_body, flow_from_body, page_query
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteRepository"]
 
@@ -184,7 +183,7 @@ class SQLiteRepository:
         row = self._one("SELECT body, version FROM flows WHERE id = ?", (flow_id,))
         if row is None:
             raise UnknownFlow(flow_id)
-        return _load(row)
+        return flow_from_body(*row)
 
     def find_by_deployment(self, deployment_id: str) -> Flow:
         row = self._one(
@@ -193,14 +192,14 @@ class SQLiteRepository:
         )
         if row is None:
             raise UnknownDeployment(deployment_id)
-        return _load(row)
+        return flow_from_body(*row)
 
     def find_by_key(self, artifact_id: str, service_id: str) -> Flow | None:
         row = self._one(
             "SELECT body, version FROM flows WHERE artifact_id = ? AND service_id = ?",
             (artifact_id, service_id),
         )
-        return None if row is None else _load(row)
+        return None if row is None else flow_from_body(*row)
 
     def list_flows(
         self,
@@ -213,7 +212,7 @@ class SQLiteRepository:
         sql, args = page_query(service_id, state, limit, offset, "?")
         with self._lock, _driver_errors("read failed"):
             rows = self._db.execute(sql, args).fetchall()
-        return [_load(row) for row in rows]
+        return [flow_from_body(*row) for row in rows]
 
     def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
         bodies = [flow_body(flow) for flow in flows]
@@ -259,7 +258,7 @@ class SQLiteRepository:
         claimed: list[tuple[str, str]] = []
         blocked: set[str] = set()
         with self._write() as db:
-            cursor = db.execute(f"SELECT id, flow_id, lease_until, body FROM outbox WHERE {_PENDING} ORDER BY seq")
+            cursor = db.execute(f"SELECT id, flow_id, lease_until, body FROM outbox WHERE {PENDING} ORDER BY seq")
             for request_id, flow_id, lease_until, body in cursor:
                 if len(claimed) >= limit:
                     break
@@ -279,17 +278,17 @@ class SQLiteRepository:
 
     def mark_delivered(self, ids: Sequence[str]) -> None:
         self._update(
-            f"UPDATE outbox SET delivered_at = ?, lease_until = 0 WHERE id = ? AND {_PENDING}",
+            f"UPDATE outbox SET delivered_at = ?, lease_until = 0 WHERE id = ? AND {PENDING}",
             ids,
             _now(),
         )
 
     def release(self, ids: Sequence[str], *, delay: float = 0.0) -> None:
         until = time.time() + delay if delay > 0 else 0.0
-        self._update(f"UPDATE outbox SET lease_until = ? WHERE id = ? AND {_PENDING}", ids, until)
+        self._update(f"UPDATE outbox SET lease_until = ? WHERE id = ? AND {PENDING}", ids, until)
 
     def count_pending(self) -> int:
-        row = self._one(f"SELECT count(*) FROM outbox WHERE {_PENDING}", ())
+        row = self._one(f"SELECT count(*) FROM outbox WHERE {PENDING}", ())
         return int(row[0])
 
     def hook_requests(self, flow_id: str) -> list[HookRecord]:
@@ -331,7 +330,7 @@ class SQLiteRepository:
         return int(row[0])
 
     def mark_dead(self, ids: Sequence[str]) -> None:
-        self._update(f"UPDATE outbox SET dead_at = ?, lease_until = 0 WHERE id = ? AND {_PENDING}", ids, _now())
+        self._update(f"UPDATE outbox SET dead_at = ?, lease_until = 0 WHERE id = ? AND {PENDING}", ids, _now())
 
     def requeue(self, ids: Sequence[str]) -> None:
         self._update("UPDATE outbox SET dead_at = NULL, lease_until = 0 WHERE id = ? AND dead_at IS NOT NULL", ids)
@@ -349,23 +348,9 @@ class SQLiteRepository:
             return frozenset(url for (url,) in self._db.execute("SELECT url FROM disabled_endpoints"))
 
 
-_PENDING: Final = "delivered_at IS NULL AND dead_at IS NULL"
-
-
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat()
 
 
-def _load(row: tuple[str, int]) -> Flow:
-    return flow_from_body(row[0], row[1])
-
-
-@contextlib.contextmanager
-def _driver_errors(what: str) -> Iterator[None]:
-    """sqlite3's errors become ``RepositoryError``; flowfsm's own pass through."""
-    try:
-        yield
-    except FlowFSMError:
-        raise
-    except sqlite3.Error as e:
-        raise RepositoryError(_BACKEND, f"{what}: {e}") from e
+def _driver_errors(what: str) -> contextlib.AbstractContextManager[None]:
+    return driver_errors(_BACKEND, what, (sqlite3.Error,))
