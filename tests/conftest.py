@@ -3,6 +3,7 @@ deterministic clocks and ids so HookRequests can be compared exactly."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
@@ -35,6 +36,14 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 ALL_EVENTS = list(HookEvent)
+# The base64 part of every signing secret the tests use: none may reach a log line.
+SECRET_KEYS = (
+    "Zmxvd2ZzbS10ZXN0LXNlY3JldC0wMDAx",
+    "Zmxvd2ZzbS1jYXRhbG9nLXNlY3JldC0y",
+    "Zmxvd2ZzbS1kZW1vLXNlY3JldC0wMDAz",
+    "cmVjZWl2ZXItc2VjcmV0LTAxMjM0NTY3ODk=",
+    "cm90YXRlZC1zZWNyZXQtOTg3NjU0MzIxMGFi",
+)
 
 
 def two_actions(webhook_id: str, event: HookEvent) -> Webhook:
@@ -67,6 +76,35 @@ def api_service(service_id: str = "svc-api", **kwargs: object) -> Service:
     }
     defaults.update(kwargs)
     return Service(service_id, **defaults)  # type: ignore[arg-type]  # test helper: keywords as given
+
+
+class _Everything(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_secret_in_any_log_line() -> Iterator[None]:
+    """Every line flowfsm (and httpx, which it drives) logs in the whole run, at any
+    level, is checked for signing secrets when the run ends."""
+    handler = _Everything()
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    loggers = [logging.getLogger("flowfsm"), logging.getLogger("httpx")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert handler.lines, "nothing was logged: the check would be empty"
+    leaks = [line for line in handler.lines if "whsec_" in line or any(key in line for key in SECRET_KEYS)]
+    assert not leaks, leaks[:3]
 
 
 @pytest.fixture(scope="session")

@@ -140,3 +140,31 @@ def postgres_machine(postgres_dsn: str) -> type[PostgresAgainstReference]:
 
 def test_postgres_against_reference(postgres_machine: type[PostgresAgainstReference]) -> None:
     run_state_machine_as_test(postgres_machine, settings=settings(max_examples=max(10, settings().max_examples // 4)))
+
+
+def test_postgres_migrates_an_older_schema(postgres_dsn: str) -> None:
+    import psycopg
+
+    from flowfsm.repositories.postgres import MIGRATIONS
+    from flowfsm.repositories.postgres import SCHEMA_VERSION as PG_VERSION
+
+    schema = f"m_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"SET search_path TO {schema}")
+        conn.execute("CREATE TABLE flowfsm_meta (key text PRIMARY KEY, value text NOT NULL)")
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO flowfsm_meta VALUES ('schema_version', '1')")
+    try:
+        flow = sample_flow()
+        with PostgresRepository(postgres_dsn, schema=schema) as repo:
+            repo.commit([flow], [sample_hook_request(flow)])
+            repo.mark_dead([sample_hook_request(flow).id])
+            assert len(repo.dead_requests()) == 1
+        with psycopg.connect(postgres_dsn, options=f"-c search_path={schema}") as conn:
+            row = conn.execute("SELECT value FROM flowfsm_meta").fetchone()
+            assert row is not None
+            assert row[0] == str(PG_VERSION)
+    finally:
+        drop_schemas(postgres_dsn, [schema])
