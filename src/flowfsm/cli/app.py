@@ -1,0 +1,355 @@
+"""The ``flowfsm`` command: drive, inspect and picture flows from a terminal.
+
+Needs the ``cli`` extra (Typer and Rich). Every command takes ``--store`` (a
+SQLite file, or a ``postgresql://`` URL; default ``flowfsm.db`` here) and, where
+it needs services, ``--catalog`` (default ``flowfsm.toml``); both also come from
+``FLOWFSM_STORE`` and ``FLOWFSM_CATALOG``. ``--json`` prints what scripts parse.
+Bad input prints one line, ``error: ...``, on standard error, exits 1 and writes
+nothing; a usage mistake exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from flowfsm.catalog import Catalog
+from flowfsm.converter import structure, unstructure
+from flowfsm.engine import FlowEngine
+from flowfsm.errors import FlowFSMError
+from flowfsm.model import Artifact, FlowState, PromotionResult, ResultStatus
+from flowfsm.protocols import Repository
+from flowfsm.triggers import (
+    ArtifactCreated,
+    DeploymentCompleted,
+    DeploymentStarted,
+    Outcome,
+    PromotionCompleted,
+    Trigger,
+)
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="flowfsm",
+    help="Continuous-delivery flows as explicit state machines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+catalog_app = typer.Typer(help="Check catalog files.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+Store = Annotated[
+    str,
+    typer.Option("--store", envvar="FLOWFSM_STORE", help="SQLite file, or a postgresql:// URL."),
+]
+CatalogFile = Annotated[
+    Path,
+    typer.Option("--catalog", envvar="FLOWFSM_CATALOG", help="Catalog file (.toml, .json, .yaml)."),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """flowfsm's errors become one line on standard error and exit status 1."""
+    try:
+        yield
+    except FlowFSMError as e:
+        err.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def open_store(store: str) -> Repository:
+    """A repository for ``--store``: PostgreSQL for a postgres URL, else SQLite."""
+    if store.startswith(("postgresql://", "postgres://")):
+        from flowfsm.repositories import PostgresRepository
+
+        return PostgresRepository(store)
+    from flowfsm.repositories import SQLiteRepository
+
+    return SQLiteRepository(store)
+
+
+def _engine(store: str, catalog: Path) -> FlowEngine:
+    # The command line leaves delivery to `flowfsm dispatch`: HookRequests wait in the outbox.
+    return FlowEngine(Catalog.from_file(catalog), open_store(store), None)
+
+
+def _show_outcome(outcome: Outcome, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(unstructure(outcome)))
+        return
+    if outcome.duplicate:
+        out.print("[yellow]duplicate:[/] already recorded; nothing changed")
+    for flow in outcome.flows:
+        trail = " → ".join(f"{d.environment}:{_state(d.state.value)}" for d in flow.deployments)
+        out.print(f"flow [bold]{flow.id}[/] {flow.artifact.id} {flow.service_id} {_state(flow.state.value)}  {trail}")
+    for request in outcome.hook_requests:
+        out.print(f"  ↳ {request.event.value} → {request.webhook_id}/{request.action.name} ({request.id})")
+    if not outcome.flows:
+        out.print("no service consumes this artifact; nothing to do")
+
+
+def _state(value: str) -> str:
+    colour = {"success": "green", "failed": "red", "inProgress": "cyan", "started": "cyan", "completed": "blue"}
+    return f"[{colour.get(value, 'white')}]{value}[/]"
+
+
+def _handle(store: str, catalog: Path, trigger: Trigger, as_json: bool) -> None:
+    with _reported():
+        engine = _engine(store, catalog)
+        _show_outcome(engine.handle(trigger), as_json)
+
+
+@app.command("artifact-created")
+def artifact_created(
+    artifact: Annotated[str, typer.Argument(help="GROUP:NAME:VERSION")],
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """CI published an artifact: start a flow for each service that consumes it."""
+    with _reported():
+        trigger = ArtifactCreated(Artifact.parse(artifact))
+    _handle(store, catalog, trigger, as_json)
+
+
+@app.command("deployment-started")
+def deployment_started(
+    deployment_id: str,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """The CD system started a deployment."""
+    _handle(store, catalog, DeploymentStarted(deployment_id), as_json)
+
+
+@app.command("deployment-completed")
+def deployment_completed(
+    deployment_id: str,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """The CD system finished a deployment; its promotions may now report."""
+    _handle(store, catalog, DeploymentCompleted(deployment_id), as_json)
+
+
+class Result(StrEnum):
+    passed = "passed"
+    failed = "failed"
+
+
+@app.command("promotion-completed")
+def promotion_completed(
+    deployment_id: str,
+    promotion_id: str,
+    result: Annotated[Result, typer.Option("--result", help="The check's verdict.")],
+    details: Annotated[str | None, typer.Option("--details", help="A JSON object of details.")] = None,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """A promotion's check finished, passed or failed."""
+    with _reported():
+        extra = _details(details)
+        status = ResultStatus(result.value)
+        trigger = PromotionCompleted(deployment_id, promotion_id, [PromotionResult(promotion_id, status, extra)])
+    _handle(store, catalog, trigger, as_json)
+
+
+def _details(text: str | None) -> dict[str, Any]:
+    from flowfsm.errors import ValidationError
+
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValidationError("--details", f"not JSON: {e.msg}") from None
+    if not isinstance(value, dict):
+        raise ValidationError("--details", "expected a JSON object")
+    return value
+
+
+@app.command("handle")
+def handle(
+    source: Annotated[str, typer.Argument(help="'-' for standard input, or a file of JSON lines.")],
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """Apply triggers given as JSON lines ({"type": "DeploymentStarted", ...}), in order.
+
+    Stops at the first trigger that fails, naming its line; those before it stay applied.
+    """
+    with _reported():
+        engine = _engine(store, catalog)
+        lines = sys.stdin if source == "-" else Path(source).open()  # noqa: SIM115 - closed below
+        try:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    trigger = structure(json.loads(line), Trigger)
+                    outcome = engine.handle(trigger)
+                except (FlowFSMError, json.JSONDecodeError) as e:
+                    err.print(f"[bold red]error:[/] line {number}: {e}", soft_wrap=True)
+                    raise typer.Exit(1) from None
+                if as_json:
+                    print(json.dumps(unstructure(outcome)))
+                else:
+                    _show_outcome(outcome, False)
+        finally:
+            if lines is not sys.stdin:
+                lines.close()
+
+
+@app.command("flows")
+def flows(
+    service: Annotated[str | None, typer.Option("--service", help="Only this service's flows.")] = None,
+    state: Annotated[str | None, typer.Option("--state", help="inProgress, success or failed.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
+    store: Store = "flowfsm.db",
+    as_json: Json = False,
+) -> None:
+    """List flows, newest first."""
+    from rich.table import Table
+
+    with _reported():
+        wanted = structure(state, FlowState) if state is not None else None
+        found = open_store(store).list_flows(service_id=service, state=wanted, limit=limit)
+    if as_json:
+        out.print_json(json.dumps(unstructure(found)))
+        return
+    table = Table("flow", "artifact", "service", "state", "deployments", "updated")
+    for flow in found:
+        trail = " → ".join(f"{d.environment}:{_state(d.state.value)}" for d in flow.deployments)
+        updated = flow.updated_at.strftime("%Y-%m-%d %H:%M:%S") if flow.updated_at else ""
+        table.add_row(flow.id, flow.artifact.id, flow.service_id, _state(flow.state.value), trail, updated)
+    out.print(table)
+
+
+@app.command("show")
+def show(flow_id: str, store: Store = "flowfsm.db", as_json: Json = False) -> None:
+    """One flow's timeline: deployments, promotions, HookRequests and their delivery."""
+    from rich.table import Table
+
+    with _reported():
+        repository = open_store(store)
+        flow = repository.get(flow_id)
+        records = repository.hook_requests(flow_id)
+    if as_json:
+        out.print_json(json.dumps({"flow": unstructure(flow), "hookRequests": unstructure(records)}))
+        return
+    out.print(f"[bold]{flow.artifact.id}[/] → {flow.service_id}: {_state(flow.state.value)}  (flow {flow.id})")
+    for deployment in flow.deployments:
+        checks = ", ".join(f"{p.name} {_state(p.state.value)}" for p in deployment.promotions) or "no promotions"
+        out.print(f"  {deployment.environment:<10} {_state(deployment.state.value):<10}  {checks}  ({deployment.id})")
+    table = Table("time", "event", "environment", "webhook/action", "delivery", "attempts")
+    for record in records:
+        request = record.request
+        last = record.attempts[-1] if record.attempts else None
+        answer = f" (last: {last.status_code or last.error})" if last else ""
+        table.add_row(
+            request.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            request.event.value,
+            request.payload.deployment.environment,
+            f"{request.webhook_id}/{request.action.name}",
+            record.state.value,
+            f"{len(record.attempts)}{answer}",
+        )
+    out.print(table)
+
+
+@app.command("dispatch")
+def dispatch(
+    follow: Annotated[bool, typer.Option("--follow", help="Keep polling until interrupted.")] = False,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Flows delivered at once.")] = 4,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+) -> None:
+    """Deliver pending HookRequests over HTTP (needs the 'http' extra)."""
+    from flowfsm.dispatch import Dispatcher
+    from flowfsm.emitters import HttpEmitter
+
+    with _reported():
+        repository = open_store(store)
+        emitter = HttpEmitter(Catalog.from_file(catalog))
+        dispatcher = Dispatcher(repository, emitter, concurrency=concurrency)
+        try:
+            if follow:
+                out.print("delivering; Ctrl-C to stop")
+                dispatcher.run()
+            else:
+                delivered = dispatcher.run_once()
+                out.print(f"delivered {delivered}; pending {repository.count_pending()}")
+        except KeyboardInterrupt:
+            out.print("stopped")
+        finally:
+            dispatcher.close()
+            emitter.close()
+
+
+@catalog_app.command("validate")
+def catalog_validate(file: Path, as_json: Json = False) -> None:
+    """Load a catalog file and say what is wrong with it, if anything."""
+    with _reported():
+        catalog = Catalog.from_file(file)
+    services = list(catalog)
+    if as_json:
+        out.print_json(json.dumps({"valid": True, "services": [s.id for s in services]}))
+        return
+    out.print(f"[green]ok:[/] {file}: {len(services)} service(s)")
+    for service in services:
+        environments = " → ".join(e.name for e in service.pipeline.environments)
+        out.print(f"  {service.id}: {', '.join(service.artifacts)}; {environments}; {len(service.webhooks)} webhook(s)")
+
+
+class Machine(StrEnum):
+    flow = "flow"
+    deployment = "deployment"
+    promotion = "promotion"
+
+
+class Format(StrEnum):
+    mermaid = "mermaid"
+    svg = "svg"
+
+
+@app.command("diagram")
+def diagram(
+    machine: Machine,
+    fmt: Annotated[Format, typer.Option("--format", help="mermaid text or a standalone SVG.")] = Format.mermaid,
+) -> None:
+    """Print a state machine's diagram, drawn from its declaration."""
+    from flowfsm.machines import mermaid, svg
+
+    sys.stdout.write(mermaid(machine.value) if fmt is Format.mermaid else svg(machine.value))
+
+
+@app.command("demo")
+def demo(
+    store: Annotated[
+        Path | None, typer.Option("--store", help="SQLite file to keep (default: a temporary one).")
+    ] = None,
+) -> None:
+    """Run two releases through dev → staging → prod on SQLite, printing every step."""
+    from flowfsm.cli.demo import run
+
+    with _reported():
+        run(out, store)
