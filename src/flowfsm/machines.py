@@ -249,23 +249,13 @@ def _not_from_here(entity: str, model: _Stateful, trigger: str) -> InvalidTransi
 def mermaid(entity: str) -> str:
     """A Mermaid ``stateDiagram-v2`` drawn from the machine's declaration."""
     machine = MACHINES[entity]
+    edges = _edges(entity)
     lines = ["stateDiagram-v2", f"    [*] --> {_spelling(machine, machine.initial)}"]
-    sources: set[str] = set()
-    for name, event in machine.events.items():
-        for source, transitions in event.transitions.items():
-            sources.add(source)
-            for transition in transitions:
-                guards = [
-                    _LABELS[c.func]
-                    for c in transition.conditions
-                    if callable(c.func) and c.func is not _flow_in_progress
-                ]
-                label = name + (f" [{', '.join(guards)}]" if guards else "")
-                dest, src = _spelling(machine, transition.dest), _spelling(machine, source)
-                lines.append(f"    {src} --> {dest}: {label}")
+    lines += [f"    {source} --> {dest}: {label}" for source, dest, label in edges]
+    sources = {source for source, _, _ in edges}
     for state in machine.states.values():
-        if state.name not in sources:
-            lines.append(f"    {_spelling(machine, state.name)} --> [*]")
+        if (spelled := _spelling(machine, state.name)) not in sources:
+            lines.append(f"    {spelled} --> [*]")
     return "\n".join(lines) + "\n"
 
 
