@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 
 from flowfsm.catalog import Catalog
@@ -103,9 +104,21 @@ def _show_outcome(outcome: Outcome, as_json: bool) -> None:
         out.print("no service consumes this artifact; nothing to do")
 
 
+_COLOUR = {
+    "success": "green",
+    "delivered": "green",
+    "failed": "red",
+    "dead": "red",
+    "inProgress": "cyan",
+    "started": "cyan",
+    "completed": "blue",
+    "pending": "yellow",
+}
+_GLYPH = {"success": "✓", "failed": "✗", "started": "▶", "completed": "▶", "notStarted": "·"}
+
+
 def _state(value: str) -> str:
-    colour = {"success": "green", "failed": "red", "inProgress": "cyan", "started": "cyan", "completed": "blue"}
-    return f"[{colour.get(value, 'white')}]{value}[/]"
+    return f"[{_COLOUR.get(value, 'white')}]{value}[/]"
 
 
 def _handle(store: str, catalog: Path, trigger: Trigger, as_json: bool) -> None:
@@ -236,11 +249,18 @@ def flows(
     if as_json:
         out.print_json(json.dumps(unstructure(found)))
         return
-    table = Table("flow", "artifact", "service", "state", "deployments", "updated")
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("artifact / flow", no_wrap=True)
+    table.add_column("service", overflow="fold")
+    table.add_column("state", no_wrap=True)
+    table.add_column("deployments")
+    table.add_column("updated")
     for flow in found:
-        trail = " → ".join(f"{d.environment}:{_state(d.state.value)}" for d in flow.deployments)
-        updated = flow.updated_at.strftime("%Y-%m-%d %H:%M:%S") if flow.updated_at else ""
-        table.add_row(flow.id, flow.artifact.id, flow.service_id, _state(flow.state.value), trail, updated)
+        trail = " ".join(f"{_GLYPH[d.state.value]}{d.environment}" for d in flow.deployments)
+        updated = flow.updated_at.strftime("%m-%d %H:%M:%S") if flow.updated_at else ""
+        table.add_row(
+            f"{flow.artifact.id}\n[dim]{flow.id}[/]", flow.service_id, _state(flow.state.value), trail, updated
+        )
     out.print(table)
 
 
@@ -256,21 +276,25 @@ def show(flow_id: str, store: Store = "flowfsm.db", as_json: Json = False) -> No
     if as_json:
         out.print_json(json.dumps({"flow": unstructure(flow), "hookRequests": unstructure(records)}))
         return
-    out.print(f"[bold]{flow.artifact.id}[/] → {flow.service_id}: {_state(flow.state.value)}  (flow {flow.id})")
+    created = flow.created_at.strftime("%Y-%m-%d %H:%M:%S") if flow.created_at else "?"
+    out.print(f"[bold]{flow.artifact.id}[/] → {flow.service_id}: {_state(flow.state.value)}")
+    out.print(f"  flow {flow.id}, created {created}, version {flow.version}")
     for deployment in flow.deployments:
         checks = ", ".join(f"{p.name} {_state(p.state.value)}" for p in deployment.promotions) or "no promotions"
         out.print(f"  {deployment.environment:<10} {_state(deployment.state.value):<10}  {checks}  ({deployment.id})")
-    table = Table("time", "event", "environment", "webhook/action", "delivery", "attempts")
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("time", "event", "environment", "webhook/action", "delivery", "attempts"):
+        table.add_column(column, no_wrap=column in ("time", "event", "delivery"), overflow="fold")
     for record in records:
         request = record.request
         last = record.attempts[-1] if record.attempts else None
         answer = f" (last: {last.status_code or last.error})" if last else ""
         table.add_row(
-            request.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            request.created_at.strftime("%H:%M:%S"),
             request.event.value,
             request.payload.deployment.environment,
             f"{request.webhook_id}/{request.action.name}",
-            record.state.value,
+            _state(record.state.value),
             f"{len(record.attempts)}{answer}",
         )
     out.print(table)
