@@ -454,9 +454,9 @@ class RepositoryContract:
         request = sample_hook_request(flow)
         repo.commit([flow], [request])
         assert repo.claim(10) == [request]
-        repo.release([request.id], delay=0.3)
+        repo.release([request.id], delay=1.0)
         assert repo.claim(10) == []
-        time.sleep(0.4)
+        time.sleep(1.2)
         assert repo.claim(10) == [request]
 
     def test_endpoints_can_be_disabled_and_enabled(self, repo: Repository) -> None:
@@ -470,12 +470,12 @@ class RepositoryContract:
     def test_leases_expire(self, repo: Repository) -> None:
         flow = sample_flow()
         request = sample_hook_request(flow)
-        repo.commit([flow], [request], lease=0.2)
+        repo.commit([flow], [request], lease=1.0)
         assert repo.claim(10) == []  # the committer delivers it first
-        time.sleep(0.3)
-        assert repo.claim(10, lease=0.2) == [request]
+        time.sleep(1.2)
+        assert repo.claim(10, lease=1.0) == [request]
         assert repo.claim(10) == []
-        time.sleep(0.3)
+        time.sleep(1.2)
         assert repo.claim(10) == [request]  # never delivered: offered again
 
 
