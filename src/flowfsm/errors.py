@@ -10,7 +10,7 @@ messages::
     ├── NotFound                                        (also a LookupError)
     │   ├── UnknownFlow           flow_id
     │   ├── UnknownDeployment     deployment_id
-    │   ├── UnknownPromotion      deployment_id, promotion_id
+    │   ├── UnknownPromotion      deployment_id (or None), promotion_id
     │   └── UnknownService        service_id
     ├── InvalidTransition         entity, entity_id, state, trigger, reason
     ├── ConcurrencyConflict       flow_id, version      a lost compare-and-set
@@ -82,12 +82,13 @@ class UnknownDeployment(NotFound):
 
 
 class UnknownPromotion(NotFound):
-    """No promotion with this id belongs to the given deployment."""
+    """No promotion with this id (in the given deployment, when one is given)."""
 
-    def __init__(self, deployment_id: str, promotion_id: str) -> None:
+    def __init__(self, deployment_id: str | None, promotion_id: str) -> None:
         self.deployment_id = deployment_id
         self.promotion_id = promotion_id
-        super().__init__(f"unknown promotion {promotion_id!r} in deployment {deployment_id!r}")
+        where = f" in deployment {deployment_id!r}" if deployment_id else ""
+        super().__init__(f"unknown promotion {promotion_id!r}{where}")
 
 
 class UnknownService(NotFound):

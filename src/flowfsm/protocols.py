@@ -38,6 +38,10 @@ class Repository(Protocol):
         """The flow owning the deployment; ``UnknownDeployment`` if none does."""
         ...
 
+    def find_by_promotion(self, promotion_id: str) -> Flow:
+        """The flow owning the promotion; ``UnknownPromotion`` if none does."""
+        ...
+
     def find_by_key(self, artifact_id: str, service_id: str) -> Flow | None:
         """The flow of this (artifact id, service id), the flow's unique key."""
         ...

@@ -38,7 +38,14 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from flowfsm.catalog import Catalog
 from flowfsm.emitters import CallbackEmitter, RecordingEmitter
 from flowfsm.engine import FlowEngine
-from flowfsm.errors import ConcurrencyConflict, FlowFSMError, UnknownDeployment, UnknownFlow, ValidationError
+from flowfsm.errors import (
+    ConcurrencyConflict,
+    FlowFSMError,
+    UnknownDeployment,
+    UnknownFlow,
+    UnknownPromotion,
+    ValidationError,
+)
 from flowfsm.model import (
     Action,
     ActionRef,
@@ -290,11 +297,16 @@ class RepositoryContract:
         assert again.deployments[0].state is DeploymentState.NOT_STARTED
         assert len(again.deployments[0].promotions) == 1
 
-    def test_lookups_by_deployment_and_key(self, repo: Repository) -> None:
+    def test_lookups_by_deployment_promotion_and_key(self, repo: Repository) -> None:
         first, second = sample_flow(1), sample_flow(2)
         repo.commit([first, second])
         for deployment in second.deployments:
             assert repo.find_by_deployment(deployment.id) == second
+            for promotion in deployment.promotions:
+                assert repo.find_by_promotion(promotion.id) == second
+        with pytest.raises(UnknownPromotion) as unknown:
+            repo.find_by_promotion("nope")
+        assert unknown.value.promotion_id == "nope"
         assert repo.find_by_key(first.artifact.id, first.service_id) == first
         assert repo.find_by_key(first.artifact.id, "other") is None
 

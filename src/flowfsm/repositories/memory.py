@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-from flowfsm.errors import ConcurrencyConflict, UnknownDeployment, UnknownFlow
+from flowfsm.errors import ConcurrencyConflict, UnknownDeployment, UnknownFlow, UnknownPromotion
 from flowfsm.model import (
     DeliveryAttempt,
     DeliveryState,
@@ -37,6 +37,7 @@ class InMemoryRepository:
     def __init__(self) -> None:
         self._flows: dict[str, _Frozen] = {}
         self._by_deployment: dict[str, str] = {}
+        self._by_promotion: dict[str, str] = {}
         self._by_key: dict[tuple[str, str], str] = {}
         # Undelivered HookRequests in commit order, each with the end of its lease
         # (_DEAD for dead ones, which keep their place in case they are requeued).
@@ -58,6 +59,13 @@ class InMemoryRepository:
             flow_id = self._by_deployment.get(deployment_id)
             if flow_id is None:
                 raise UnknownDeployment(deployment_id)
+            return _thaw(self._flows[flow_id])
+
+    def find_by_promotion(self, promotion_id: str) -> Flow:
+        with self._lock:
+            flow_id = self._by_promotion.get(promotion_id)
+            if flow_id is None:
+                raise UnknownPromotion(None, promotion_id)
             return _thaw(self._flows[flow_id])
 
     def find_by_key(self, artifact_id: str, service_id: str) -> Flow | None:
@@ -102,6 +110,8 @@ class InMemoryRepository:
                     self._by_key[flow.key] = flow.id
                     for deployment in flow.deployments:
                         self._by_deployment[deployment.id] = flow.id
+                        for promotion in deployment.promotions:
+                            self._by_promotion[promotion.id] = flow.id
                 self._flows[flow.id] = _freeze(flow)
             until = time.monotonic() + lease if lease > 0 else 0.0
             for request in hook_requests:

@@ -33,6 +33,7 @@ from flowfsm.errors import (
     RepositoryError,
     UnknownDeployment,
     UnknownFlow,
+    UnknownPromotion,
     ValidationError,
 )
 from flowfsm.model import DeliveryAttempt, DeliveryState, Flow, FlowState, HookRecord, HookRequest
@@ -209,6 +210,16 @@ class PostgresRepository:
         )
         if flow is None:
             raise UnknownDeployment(deployment_id)
+        return flow
+
+    def find_by_promotion(self, promotion_id: str) -> Flow:
+        flow = self._flow(
+            "SELECT f.body, f.version FROM promotions p JOIN deployments d ON d.id = p.deployment_id"
+            " JOIN flows f ON f.id = d.flow_id WHERE p.id = %s",
+            (promotion_id,),
+        )
+        if flow is None:
+            raise UnknownPromotion(None, promotion_id)
         return flow
 
     def find_by_key(self, artifact_id: str, service_id: str) -> Flow | None:

@@ -28,6 +28,7 @@ from flowfsm.errors import (
     RepositoryError,
     UnknownDeployment,
     UnknownFlow,
+    UnknownPromotion,
 )
 from flowfsm.model import DeliveryAttempt, DeliveryState, Flow, FlowState, HookRecord, HookRequest
 from flowfsm.repositories._common import PENDING, driver_errors, flow_body, flow_from_body, page_query
@@ -192,6 +193,16 @@ class SQLiteRepository:
         )
         if row is None:
             raise UnknownDeployment(deployment_id)
+        return flow_from_body(*row)
+
+    def find_by_promotion(self, promotion_id: str) -> Flow:
+        row = self._one(
+            "SELECT f.body, f.version FROM promotions p JOIN deployments d ON d.id = p.deployment_id"
+            " JOIN flows f ON f.id = d.flow_id WHERE p.id = ?",
+            (promotion_id,),
+        )
+        if row is None:
+            raise UnknownPromotion(None, promotion_id)
         return flow_from_body(*row)
 
     def find_by_key(self, artifact_id: str, service_id: str) -> Flow | None:
