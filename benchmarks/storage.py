@@ -164,15 +164,14 @@ def fill_postgres(dsn: str, schema: str, count: int) -> None:
 
 
 def _copy(cur: Any, flows: list[Any], deployments: list[Any], promotions: list[Any]) -> None:
-    with cur.copy("COPY flows (id, artifact_id, service_id, state, version, body) FROM STDIN") as copy:
-        for row in flows:
-            copy.write_row(row)
-    with cur.copy("COPY deployments (id, flow_id) FROM STDIN") as copy:
-        for row in deployments:
-            copy.write_row(row)
-    with cur.copy("COPY promotions (id, deployment_id) FROM STDIN") as copy:
-        for row in promotions:
-            copy.write_row(row)
+    for sql, rows in (
+        ("COPY flows (id, artifact_id, service_id, state, version, body) FROM STDIN", flows),
+        ("COPY deployments (id, flow_id) FROM STDIN", deployments),
+        ("COPY promotions (id, deployment_id) FROM STDIN", promotions),
+    ):
+        with cur.copy(sql) as copy:
+            for row in rows:
+                copy.write_row(row)
 
 
 # --- PostgreSQL workers --------------------------------------------------------------------

@@ -43,12 +43,19 @@ def _states(flow: Flow) -> dict[str, str]:
 
 
 def _plan(catalog: Catalog) -> int:
-    """How many triggers the demo will send, for the progress bar."""
+    """How many triggers the demo will send, for the progress bar: each release's
+    artifact, then start, complete and checks per environment, up to its failing check."""
     (service,) = catalog.for_artifact("com.acme:api")
-    envs = service.pipeline.environments
-    full = 1 + sum(2 + len(e.promotions) for e in envs)
-    failing = 1 + 2 + 1 + 2 + 2  # created; dev; staging up to its failing perf check
-    return full + failing
+    total = 0
+    for _, failing in RELEASES:
+        total += 1
+        for env in service.pipeline.environments:
+            checks = [f"{env.name}.{name}" for name in env.promotions]
+            if failing in checks:
+                total += 2 + checks.index(failing) + 1
+                break
+            total += 2 + len(checks)
+    return total
 
 
 def run(console: Console, store: Path | None = None) -> None:
