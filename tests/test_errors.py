@@ -14,6 +14,7 @@ from flowfsm import (
     ConcurrencyConflict,
     DeploymentCompleted,
     DeploymentStarted,
+    DeploymentState,
     Environment,
     Flow,
     FlowEngine,
@@ -26,6 +27,7 @@ from flowfsm import (
     PromotionCompleted,
     PromotionFailure,
     PromotionResult,
+    PromotionState,
     ResultStatus,
     Trigger,
     UnknownDeployment,
@@ -296,11 +298,16 @@ def test_a_lost_race_is_retried_then_surfaced(catalog: Catalog) -> None:
 def test_a_custom_failure_strategy_plugs_in(catalog: Catalog, repository: InMemoryRepository) -> None:
     calls: list[PromotionFailure] = []
 
+    seen: list[tuple[object, ...]] = []
+
     class StopAndPage:
         def on_promotion_failed(self, failure: PromotionFailure) -> None:
             calls.append(failure)
+            seen.append((failure.promotion.state, failure.deployment.state, failure.flow.deployments[0].state))
             failure.fail_deployment()
+            seen.append((failure.deployment.state, failure.flow.deployments[0].state, failure.flow.state))
             failure.fail_flow()
+            seen.append((failure.flow.state,))
 
     service = api_service(failure_strategy="PAGE")
     engine = FlowEngine(Catalog([service]), repository, RecordingEmitter(), strategies={"PAGE": StopAndPage()})
@@ -314,6 +321,12 @@ def test_a_custom_failure_strategy_plugs_in(catalog: Catalog, repository: InMemo
     assert failure.result.result_status is ResultStatus.FAILED
     assert outcome.flows[0].state is FlowState.FAILED
     assert outcome.hook_requests[-1].event is HookEvent.FLOW_FAILED
+    # The strategy sees each move it makes: the latest versions, not the loaded ones.
+    assert seen == [
+        (PromotionState.FAILED, DeploymentState.COMPLETED, DeploymentState.COMPLETED),
+        (DeploymentState.FAILED, DeploymentState.FAILED, FlowState.IN_PROGRESS),
+        (FlowState.FAILED,),
+    ]
 
 
 def test_a_strategy_cannot_skip_the_machines(catalog: Catalog, repository: InMemoryRepository) -> None:

@@ -15,7 +15,7 @@ import itertools
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
 from flowfsm.errors import ConcurrencyConflict, InvalidTransition, UnknownPromotion, ValidationError
 from flowfsm.machines import Step, fire, may
@@ -57,9 +57,10 @@ _COMPLETED: Final = _STARTED - {DeploymentState.STARTED}
 class _Ids:
     """The default id factory: a random 64-bit prefix per process and a counter.
 
-    Ids are 28 hex digits, unique across processes and restarts (a fresh random
-    prefix each time, and after every fork) and cheap: the engine makes one per
-    HookRequest, several per trigger.
+    Ids look like ``3f9a0c2e7b1d4a65-17``: unique across processes and restarts (a
+    fresh random prefix each time, and after every fork) and cheap, since the
+    engine makes one per HookRequest, several per trigger: the counter is turned
+    into text by C code (``map``), with no formatting in Python.
     """
 
     def __init__(self) -> None:
@@ -67,11 +68,11 @@ class _Ids:
         os.register_at_fork(after_in_child=self.reset)
 
     def reset(self) -> None:
-        self._prefix = os.urandom(8).hex()
-        self._counter = itertools.count(1)
+        prefix = os.urandom(8).hex() + "-"
+        self._next = map(prefix.__add__, map(str, itertools.count(1))).__next__
 
     def __call__(self) -> str:
-        return f"{self._prefix}{next(self._counter):012x}"
+        return self._next()
 
 
 new_id: Final[Callable[[], str]] = _Ids()
@@ -115,11 +116,18 @@ class FlowEngine:
         self._lease = lease if emitter is not None else 0.0
         for service in catalog:  # fail now, not on the first failed promotion
             self._strategy(service)
+        self._appliers: dict[type, Callable[[Any], tuple[Outcome, list[Flow]]]] = {
+            ArtifactCreated: self._on_artifact_created,
+            DeploymentStarted: self._on_deployment_started,
+            DeploymentCompleted: self._on_deployment_completed,
+            PromotionCompleted: self._on_promotion_completed,
+        }
 
     def handle(self, trigger: Trigger) -> Outcome:
         """Apply one trigger atomically and return what it did."""
+        apply = self._appliers.get(type(trigger)) or self._applier(trigger)
         for attempt in range(1, self._max_attempts + 1):
-            outcome, changed = self._apply(trigger)
+            outcome, changed = apply(trigger)
             if not changed:
                 return outcome
             try:
@@ -129,35 +137,60 @@ class FlowEngine:
                     raise
                 log.debug("concurrent change, retrying %s (attempt %d)", type(trigger).__name__, attempt)
                 continue
-            self._deliver(outcome.hook_requests)
+            if outcome.hook_requests and self.emitter is not None:
+                self._deliver(self.emitter, outcome.hook_requests)
             return outcome
         raise AssertionError("unreachable")  # pragma: no cover
 
     # --- applying triggers: reads only; returns the outcome and the flows to save ---
 
-    def _apply(self, trigger: Trigger) -> tuple[Outcome, list[Flow]]:
-        if isinstance(trigger, ArtifactCreated):
-            return self._artifact_created(trigger.artifact)
-        if isinstance(trigger, DeploymentStarted | DeploymentCompleted | PromotionCompleted):
-            flow = self.repository.find_by_deployment(trigger.deployment_id)
-            service = self.catalog.get(flow.service_id)
-            deployment = flow.deployment(trigger.deployment_id)
-            if deployment is None:  # a repository that returned the wrong flow
-                raise ValidationError("deployment_id", f"flow {flow.id!r} has no {trigger.deployment_id!r}")
-            step = Step(flow, service, deployment)
-            if isinstance(trigger, DeploymentStarted):
-                applied = self._deployment_started(step)
-            elif isinstance(trigger, DeploymentCompleted):
-                applied = self._deployment_completed(step)
-            else:
-                applied = self._promotion_completed(step, trigger)
-            if not applied:
-                return Outcome((flow,), (), duplicate=True), []
-            now = self._clock()
-            flow.version += 1
-            flow.updated_at = now
-            return Outcome((flow,), tuple(self._hook_requests(step, now))), [flow]
+    def _applier(self, trigger: object) -> Callable[[Trigger], tuple[Outcome, list[Flow]]]:
+        """The applier of a trigger class's subclass, or a clear error for a non-trigger."""
+        for kind, apply in self._appliers.items():
+            if isinstance(trigger, kind):
+                return apply
         raise ValidationError("trigger", f"not a trigger: {trigger!r}")
+
+    def _on_artifact_created(self, trigger: ArtifactCreated) -> tuple[Outcome, list[Flow]]:
+        return self._artifact_created(trigger.artifact)
+
+    def _on_deployment_started(self, trigger: DeploymentStarted) -> tuple[Outcome, list[Flow]]:
+        step = self._step(trigger.deployment_id)
+        return self._outcome(step, self._deployment_started(step))
+
+    def _on_deployment_completed(self, trigger: DeploymentCompleted) -> tuple[Outcome, list[Flow]]:
+        step = self._step(trigger.deployment_id)
+        return self._outcome(step, self._deployment_completed(step))
+
+    def _on_promotion_completed(self, trigger: PromotionCompleted) -> tuple[Outcome, list[Flow]]:
+        step = self._step(trigger.deployment_id)
+        return self._outcome(step, self._promotion_completed(step, trigger))
+
+    def _step(self, deployment_id: str) -> Step:
+        flow = self.repository.find_by_deployment(deployment_id)
+        for i, deployment in enumerate(flow.deployments):
+            if deployment.id == deployment_id:
+                return Step(flow, self.catalog.get(flow.service_id), i)
+        # A repository that returned the wrong flow.
+        raise ValidationError("deployment_id", f"flow {flow.id!r} has no {deployment_id!r}")
+
+    def _outcome(self, step: Step, applied: bool) -> tuple[Outcome, list[Flow]]:
+        """The next version of the step's flow and its HookRequests, or a duplicate."""
+        flow = step.flow
+        if not applied:
+            return Outcome((flow,), (), duplicate=True), []
+        now = self._clock()
+        saved = Flow(
+            flow.id,
+            flow.artifact,
+            flow.service_id,
+            step.deployments(),
+            flow.state,
+            flow.version + 1,
+            flow.created_at,
+            now,
+        )
+        return Outcome((saved,), self._hook_requests(step, now)), [saved]
 
     def _artifact_created(self, artifact: Artifact) -> tuple[Outcome, list[Flow]]:
         if not isinstance(artifact, Artifact):
@@ -174,9 +207,9 @@ class FlowEngine:
                 continue
             self._strategy(service)
             flow = self._new_flow(artifact, service, now)
-            step = Step(flow, service, flow.deployments[0])
+            step = Step(flow, service, 0)
             step.record(HookEvent.DEPLOYMENT_CREATED)
-            requests.extend(self._hook_requests(step, now))
+            requests += self._hook_requests(step, now)
             flows.append(flow)
             created.append(flow)
         duplicate = bool(flows) and not created
@@ -235,7 +268,7 @@ class FlowEngine:
         if not may(step.deployment, "succeed", step):
             return
         fire(step.deployment, "succeed", step)
-        following = step.flow.current_deployment()
+        following = step.current_deployment()
         if following is None:
             fire(step.flow, "succeed", step)
         else:
@@ -253,42 +286,42 @@ class FlowEngine:
 
     # --- hook requests -------------------------------------------------------------
 
-    def _hook_requests(self, step: Step, now: dt.datetime) -> list[HookRequest]:
+    def _hook_requests(self, step: Step, now: dt.datetime) -> tuple[HookRequest, ...]:
         """One HookRequest per subscribed webhook action per event, in declared order."""
         flow, service, new_id = step.flow, step.service, self._new_id
+        flow_id, artifact, ref = flow.id, flow.artifact, service.ref
         requests: list[HookRequest] = []
-        append = requests.append
-        for event, deployment, result in step.events:
+        for event, deployment, result, subscribers in step.events:
             payload: DeploymentPayload | PromotionPayload
             if result is not None and (event is HookEvent.PROMOTION_COMPLETED or event is HookEvent.PROMOTION_FAILED):
-                payload = PromotionPayload(flow.artifact, deployment, service.ref, result)
+                payload = PromotionPayload(artifact, deployment, ref, result)
             else:
                 environment = service.pipeline.environment(deployment.environment) or _environment(deployment)
-                payload = DeploymentPayload(flow.artifact, deployment, service.ref, environment)
-            for webhook_id, action in service.subscribers(event):
-                append(HookRequest(new_id(), flow.id, webhook_id, action, event, payload, now))
-        return requests
+                payload = DeploymentPayload(artifact, deployment, ref, environment)
+            requests += [
+                HookRequest(new_id(), flow_id, webhook_id, action, event, payload, now)
+                for webhook_id, action in subscribers
+            ]
+        return tuple(requests)
 
-    def _deliver(self, requests: Sequence[HookRequest]) -> None:
+    def _deliver(self, emitter: HookEmitter, requests: Sequence[HookRequest]) -> None:
         """Hand committed HookRequests to the emitter; what fails stays pending."""
-        if self.emitter is None or not requests:
-            return
-        delivered: list[str] = []
+        emit, sent = emitter.emit, 0
         try:
             for request in requests:
-                self.emitter.emit(request)
-                delivered.append(request.id)
+                emit(request)
+                sent += 1
         except Exception:
             log.warning(
                 "emitter failed on hook request %s; %d left pending for the dispatcher",
-                request.id,
-                len(requests) - len(delivered),
+                requests[sent].id,
+                len(requests) - sent,
                 exc_info=True,
             )
-            self.repository.release([r.id for r in requests[len(delivered) :]])
+            self.repository.release([r.id for r in requests[sent:]])
         finally:
-            if delivered:
-                self.repository.mark_delivered(delivered)
+            if sent:
+                self.repository.mark_delivered([r.id for r in requests[:sent]])
 
 
 def _environment(deployment: Deployment) -> Environment:

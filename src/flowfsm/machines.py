@@ -1,16 +1,20 @@
 """The Flow, Deployment and Promotion state machines, declared with ``transitions``.
 
 Each machine is built once, at import, for its class, and holds no models:
-``fire`` applies one of its events to any entity by calling the shared
-``Event.trigger(model)``. A per-object ``Machine`` or ``add_model`` would cost far
-more per flow and leak models unless removed.
+``fire`` applies one of its events by calling the shared ``Event.trigger(model)``.
+A per-object ``Machine`` or ``add_model`` would cost far more per flow and leak
+models unless removed.
+
+Entities are immutable, so the model a machine moves is a ``Draft`` of one:
+``transitions`` sets the draft's ``state``, and the transition's callback
+publishes the draft as the entity's next version on the ``Step`` (the trigger's
+unit of work), then records the hook event it causes. Guards read the Step,
+which always holds the latest versions.
 
 Guards (``conditions``) and callbacks are plain functions, not strings, so type
 checkers and readers can follow them. A refused guard or an event the state does
 not allow raises ``InvalidTransition`` (``transitions`` itself would return
-``False`` or raise its own ``MachineError``). Callbacks record the hook events a
-transition causes on the ``Step`` they are given; the engine turns those into
-HookRequests.
+``False`` or raise its own ``MachineError``).
 
 ``mermaid(name)`` draws a machine from its declaration, so the diagrams in
 ``docs/machines.md`` cannot drift from the code.
@@ -26,6 +30,7 @@ from transitions import EventData, Machine, MachineError
 
 from flowfsm.errors import InvalidTransition
 from flowfsm.model import (
+    ActionRef,
     Deployment,
     DeploymentState,
     Flow,
@@ -37,69 +42,132 @@ from flowfsm.model import (
     Service,
 )
 
-__all__ = ["MACHINES", "Step", "fire", "may", "mermaid", "refusal", "render_into", "svg"]
+__all__ = ["MACHINES", "Draft", "Step", "fire", "may", "mermaid", "refusal", "render_into", "svg"]
+
+_SUCCESS: Final = DeploymentState.SUCCESS
 
 
 class Step:
-    """What one trigger is working on, and the hook events it has caused so far.
+    """One trigger's unit of work: the latest versions of the flow and of the
+    deployment it acts on, and the hook events caused so far.
 
-    Events are recorded with a snapshot of their deployment, taken at the moment
-    of the transition, and only when some webhook subscribes to them.
+    ``flow.deployments[index]`` is the deployment as loaded; ``deployment`` is its
+    latest version, which ``merged()`` puts in its place. Events are recorded with
+    the deployment version of their moment, and only when some webhook subscribes.
     """
 
-    __slots__ = ("deployment", "events", "flow", "result", "service")
+    __slots__ = ("deployment", "events", "flow", "index", "result", "service")
 
-    def __init__(
-        self, flow: Flow, service: Service, deployment: Deployment, result: PromotionResult | None = None
-    ) -> None:
+    def __init__(self, flow: Flow, service: Service, index: int, result: PromotionResult | None = None) -> None:
         self.flow = flow
         self.service = service
-        self.deployment = deployment
+        self.index = index
+        self.deployment = flow.deployments[index]
         self.result = result
-        self.events: list[tuple[HookEvent, Deployment, PromotionResult | None]] = []
+        # (event, deployment version, promotion result, its (webhook id, action) subscribers)
+        self.events: list[tuple[HookEvent, Deployment, PromotionResult | None, tuple[tuple[str, ActionRef], ...]]] = []
 
     def record(self, event: HookEvent, deployment: Deployment | None = None) -> None:
-        if self.service.subscribers(event):
-            snapshot = (deployment or self.deployment).copy()
-            self.events.append((event, snapshot, self.result))
+        if subscribers := self.service.subscribers(event):
+            self.events.append((event, deployment or self.deployment, self.result, subscribers))
+
+    def current_deployment(self) -> Deployment | None:
+        """The first deployment, in pipeline order, that has not succeeded."""
+        for i, loaded in enumerate(self.flow.deployments):
+            deployment = self.deployment if i == self.index else loaded
+            if deployment.state is not _SUCCESS:
+                return deployment
+        return None
+
+    def deployments(self) -> tuple[Deployment, ...]:
+        """The flow's deployments, the one this step acts on in its latest version."""
+        deployments, i = self.flow.deployments, self.index
+        return (*deployments[:i], self.deployment, *deployments[i + 1 :])
+
+    def merged(self) -> Flow:
+        """The flow as this step has changed it so far (same version)."""
+        flow = self.flow
+        return Flow(
+            flow.id,
+            flow.artifact,
+            flow.service_id,
+            self.deployments(),
+            flow.state,
+            flow.version,
+            flow.created_at,
+            flow.updated_at,
+        )
+
+    # --- publishing drafts: each makes the entity's next version --------------------
+
+    def publish_promotion(self, draft: Draft) -> None:
+        promotion: Promotion = draft.entity
+        published = Promotion(promotion.id, promotion.name, draft.state)
+        d = self.deployment
+        promotions = tuple(published if p.id == promotion.id else p for p in d.promotions)
+        self.deployment = Deployment(d.id, d.environment, promotions, d.state)
+
+    def publish_deployment(self, draft: Draft) -> None:
+        d: Deployment = draft.entity
+        self.deployment = Deployment(d.id, d.environment, d.promotions, draft.state)
+
+    def publish_flow(self, draft: Draft) -> None:
+        flow: Flow = draft.entity
+        self.flow = Flow(
+            flow.id,
+            flow.artifact,
+            flow.service_id,
+            flow.deployments,
+            draft.state,
+            flow.version,
+            flow.created_at,
+            flow.updated_at,
+        )
+
+
+class Draft:
+    """An entity while a machine moves it: ``transitions`` sets ``state`` here."""
+
+    __slots__ = ("entity", "state")
+
+    def __init__(self, entity: Flow | Deployment | Promotion) -> None:
+        self.entity: Any = entity
+        self.state: Any = entity.state
 
 
 class _Stateful(Protocol):
-    id: str
-    state: Any
+    @property
+    def id(self) -> str: ...
+    @property
+    def state(self) -> Any: ...
 
 
 Guard = Callable[..., Any]
 
 
-def _step(event: EventData) -> Step:
-    step: Step = event.kwargs["step"]
-    return step
-
-
 # --- guards: each returns False to refuse, and says why in _REASONS -----------------
+# Each reads the Step that ``fire`` passes as the ``step`` keyword of the trigger.
 
 
 def _flow_in_progress(event: EventData) -> bool:
-    return _step(event).flow.state is FlowState.IN_PROGRESS
+    return event.kwargs["step"].flow.state is FlowState.IN_PROGRESS
 
 
 def _is_current(event: EventData) -> bool:
-    return _step(event).flow.current_deployment() is event.model
+    step: Step = event.kwargs["step"]
+    return step.current_deployment() is step.deployment
 
 
 def _all_promotions_succeeded(event: EventData) -> bool:
-    deployment = cast(Deployment, event.model)
-    return all(p.state is PromotionState.SUCCESS for p in deployment.promotions)
+    return all(p.state is PromotionState.SUCCESS for p in event.kwargs["step"].deployment.promotions)
 
 
 def _deployment_completed(event: EventData) -> bool:
-    return _step(event).deployment.state is DeploymentState.COMPLETED
+    return event.kwargs["step"].deployment.state is DeploymentState.COMPLETED
 
 
 def _all_deployments_succeeded(event: EventData) -> bool:
-    flow = cast(Flow, event.model)
-    return all(d.state is DeploymentState.SUCCESS for d in flow.deployments)
+    return event.kwargs["step"].current_deployment() is None
 
 
 _REASONS: Final[dict[Guard, str]] = {
@@ -119,34 +187,39 @@ _LABELS: Final[dict[Guard, str]] = {
 }
 
 
-# --- callbacks: record the hook event a transition causes --------------------------
+# --- callbacks: publish the draft, record the hook event the transition causes -----
 
 
-def _records(hook_event: HookEvent) -> Callable[[EventData], None]:
+def _publishes(publish: Callable[[Step, Draft], None], hook_event: HookEvent) -> Callable[[EventData], None]:
     def after(event: EventData) -> None:
-        model = event.model
-        _step(event).record(hook_event, model if isinstance(model, Deployment) else None)
+        step: Step = event.kwargs["step"]
+        publish(step, event.model)  # type: ignore[arg-type]  # the models of flowfsm machines are Drafts
+        step.record(hook_event)
 
     after.__name__ = f"record_{hook_event.name.lower()}"
     return after
 
 
-def _transition(trigger: str, source: Any, dest: Any, guards: list[Guard], records: HookEvent) -> dict[str, Any]:
-    return {
-        "trigger": trigger,
-        "source": source,
-        "dest": dest,
-        "conditions": [_flow_in_progress, *guards],
-        "after": [_records(records)],
-    }
-
-
-def _machine(states: Any, initial: Any, transitions: list[dict[str, Any]]) -> Machine:
+def _machine(
+    states: Any,
+    initial: Any,
+    publish: Callable[[Step, Draft], None],
+    transitions: list[tuple[str, Any, Any, list[Guard], HookEvent]],
+) -> Machine:
     return Machine(
         model=None,
         states=states,
         initial=initial,
-        transitions=transitions,
+        transitions=[
+            {
+                "trigger": trigger,
+                "source": source,
+                "dest": dest,
+                "conditions": [_flow_in_progress, *guards],
+                "after": [_publishes(publish, records)],
+            }
+            for trigger, source, dest, guards, records in transitions
+        ],
         send_event=True,
         auto_transitions=False,
     )
@@ -157,29 +230,32 @@ _D, _P, _F, _E = DeploymentState, PromotionState, FlowState, HookEvent
 FLOW_MACHINE: Final = _machine(
     _F,
     _F.IN_PROGRESS,
+    Step.publish_flow,
     [
-        _transition("succeed", _F.IN_PROGRESS, _F.SUCCESS, [_all_deployments_succeeded], _E.FLOW_SUCCEEDED),
-        _transition("fail", _F.IN_PROGRESS, _F.FAILED, [], _E.FLOW_FAILED),
+        ("succeed", _F.IN_PROGRESS, _F.SUCCESS, [_all_deployments_succeeded], _E.FLOW_SUCCEEDED),
+        ("fail", _F.IN_PROGRESS, _F.FAILED, [], _E.FLOW_FAILED),
     ],
 )
 
 DEPLOYMENT_MACHINE: Final = _machine(
     _D,
     _D.NOT_STARTED,
+    Step.publish_deployment,
     [
-        _transition("start", _D.NOT_STARTED, _D.STARTED, [_is_current], _E.DEPLOYMENT_STARTED),
-        _transition("complete", _D.STARTED, _D.COMPLETED, [], _E.DEPLOYMENT_COMPLETED),
-        _transition("succeed", _D.COMPLETED, _D.SUCCESS, [_all_promotions_succeeded], _E.DEPLOYMENT_SUCCEEDED),
-        _transition("fail", _D.COMPLETED, _D.FAILED, [], _E.DEPLOYMENT_FAILED),
+        ("start", _D.NOT_STARTED, _D.STARTED, [_is_current], _E.DEPLOYMENT_STARTED),
+        ("complete", _D.STARTED, _D.COMPLETED, [], _E.DEPLOYMENT_COMPLETED),
+        ("succeed", _D.COMPLETED, _D.SUCCESS, [_all_promotions_succeeded], _E.DEPLOYMENT_SUCCEEDED),
+        ("fail", _D.COMPLETED, _D.FAILED, [], _E.DEPLOYMENT_FAILED),
     ],
 )
 
 PROMOTION_MACHINE: Final = _machine(
     _P,
     _P.PENDING,
+    Step.publish_promotion,
     [
-        _transition("succeed", _P.PENDING, _P.SUCCESS, [_deployment_completed], _E.PROMOTION_COMPLETED),
-        _transition("fail", _P.PENDING, _P.FAILED, [_deployment_completed], _E.PROMOTION_FAILED),
+        ("succeed", _P.PENDING, _P.SUCCESS, [_deployment_completed], _E.PROMOTION_COMPLETED),
+        ("fail", _P.PENDING, _P.FAILED, [_deployment_completed], _E.PROMOTION_FAILED),
     ],
 )
 
@@ -189,44 +265,45 @@ MACHINES: Final[dict[str, Machine]] = {
     "promotion": PROMOTION_MACHINE,
 }
 _ENTITY: Final = {Flow: "flow", Deployment: "deployment", Promotion: "promotion"}
+_EVENTS: Final = {cls: (kind, MACHINES[kind].events) for cls, kind in _ENTITY.items()}
 
 
-def fire(model: Flow | Deployment | Promotion, trigger: str, step: Step) -> None:
-    """Apply ``trigger`` or raise ``InvalidTransition`` saying why not."""
-    entity = _ENTITY[type(model)]
+def fire(entity: Flow | Deployment | Promotion, trigger: str, step: Step) -> None:
+    """Apply ``trigger`` to ``entity`` (the latest version ``step`` holds of it),
+    publishing its next version on ``step``, or raise ``InvalidTransition`` saying why not."""
+    kind, events = _EVENTS[type(entity)]
     try:
-        applied = MACHINES[entity].events[trigger].trigger(model, step=step)
+        applied = events[trigger].trigger(Draft(entity), step=step)
     except MachineError:
-        raise _not_from_here(entity, model, trigger) from None
+        raise _not_from_here(kind, entity, trigger) from None
     if not applied:
-        reason = refusal(model, trigger, step) or "refused"
-        raise InvalidTransition(entity, model.id, model.state.value, trigger, reason)
+        reason = refusal(entity, trigger, step) or "refused"
+        raise InvalidTransition(kind, entity.id, entity.state.value, trigger, reason)
 
 
-def may(model: Flow | Deployment | Promotion, trigger: str, step: Step) -> bool:
+def may(entity: Flow | Deployment | Promotion, trigger: str, step: Step) -> bool:
     """Whether ``fire`` would apply now: the machine's own guards, asked without firing.
 
     Cheaper than a refused trigger, for the engine's "succeed if you can" steps.
     """
-    return refusal(model, trigger, step) is None
+    return refusal(entity, trigger, step) is None
 
 
-def refusal(model: Flow | Deployment | Promotion, trigger: str, step: Step) -> str | None:
+def refusal(entity: Flow | Deployment | Promotion, trigger: str, step: Step) -> str | None:
     """The reason of the first guard that refuses ``trigger`` now, or None.
 
-    Asks the guards the machine declares for the model's state, without building
+    Asks the guards the machine declares for the entity's state, without building
     the machinery of a real trigger. Raises ``InvalidTransition`` if the trigger
-    does not apply in the model's state.
+    does not apply in the entity's state.
     """
-    entity = _ENTITY[type(model)]
-    transitions = MACHINES[entity].events[trigger].transitions.get(model.state.name)
-    if not transitions:
-        raise _not_from_here(entity, model, trigger)
-    probe = _Probe(model, {"step": step})
-    for transition in transitions:
-        for condition in transition.conditions:
-            if condition.func(probe) != condition.target:  # type: ignore[operator]  # flowfsm guards are callables
-                return _REASONS[condition.func]  # type: ignore[index]  # flowfsm guards are callables
+    kind = _ENTITY[type(entity)]
+    guards = _GUARDS[kind, trigger].get(entity.state)
+    if guards is None:
+        raise _not_from_here(kind, entity, trigger)
+    probe = _Probe(None, {"step": step})  # guards read only the step
+    for guard, target in guards:
+        if guard(probe) != target:
+            return _REASONS[guard]
     return None
 
 
@@ -238,6 +315,20 @@ class _Probe:
     def __init__(self, model: object, kwargs: dict[str, Any]) -> None:
         self.model = model
         self.kwargs = kwargs
+
+
+def _guards(machine: Machine, trigger: str) -> dict[Any, list[tuple[Guard, bool]]]:
+    """Source state → (guard, wanted answer) of ``trigger``'s transitions, read once
+    from the machine so that ``refusal`` asks exactly the guards ``transitions`` would."""
+    return {
+        machine.get_state(source).value: [(cast(Guard, c.func), c.target) for t in transitions for c in t.conditions]
+        for source, transitions in machine.events[trigger].transitions.items()
+    }
+
+
+_GUARDS: Final = {
+    (kind, trigger): _guards(machine, trigger) for kind, machine in MACHINES.items() for trigger in machine.events
+}
 
 
 def _not_from_here(entity: str, model: _Stateful, trigger: str) -> InvalidTransition:

@@ -1,12 +1,14 @@
 """The domain: what a CD flow is made of, as attrs classes and enums.
 
-Configuration (``Service`` and what it holds) and inputs (``Artifact``,
-``PromotionResult``) are frozen. The three stateful entities (``Flow``,
-``Deployment``, ``Promotion``) are mutable, because the state machines in
-``flowfsm.machines`` set their ``state``; the repository hands out copies, so
-changing one never changes what is stored. HookRequests and their payloads are
-values too, but built on every step, so they are plain slotted classes: a frozen
-attrs class costs three times as much to build.
+Everything here is frozen except what is built on every step and handed on at
+once. The three stateful entities (``Flow``, ``Deployment``, ``Promotion``) are
+immutable values: a trigger makes new versions of the parts it changes and shares
+the rest, so a repository can hand out what it stores, and a HookRequest's
+payload can hold the deployment exactly as it was at its event, without copying
+either. (The state machines in ``flowfsm.machines`` work on a draft of an entity
+and publish the result as its next version.) HookRequests and their payloads are
+built several times a trigger and never kept by the engine, so they are plain
+slotted attrs classes: a frozen one costs three times as much to build.
 
 Enum values are the JSON spellings of the contract (``notStarted``,
 ``deployment-created``), so the values *are* the wire format.
@@ -365,7 +367,15 @@ class Service:
 # --- the stateful entities ----------------------------------------------------------
 
 
-@attrs.define(weakref_slot=False, repr=False)
+def _promotions(value: Iterable[Promotion]) -> tuple[Promotion, ...]:
+    return tuple(value)
+
+
+def _deployments(value: Iterable[Deployment]) -> tuple[Deployment, ...]:
+    return tuple(value)
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
 class Promotion:
     __repr__ = attrs_repr
 
@@ -373,11 +383,8 @@ class Promotion:
     name: str
     state: PromotionState = PromotionState.PENDING
 
-    def copy(self) -> Promotion:
-        return Promotion(self.id, self.name, self.state)
 
-
-@attrs.define(weakref_slot=False, repr=False)
+@attrs.frozen(weakref_slot=False, repr=False)
 class Deployment:
     """One environment of one flow; ``environment`` is the environment's name."""
 
@@ -385,11 +392,8 @@ class Deployment:
 
     id: str
     environment: str
-    promotions: list[Promotion] = attrs.Factory(list)
+    promotions: tuple[Promotion, ...] = attrs.field(default=(), converter=_promotions)
     state: DeploymentState = DeploymentState.NOT_STARTED
-
-    def copy(self) -> Deployment:
-        return Deployment(self.id, self.environment, [p.copy() for p in self.promotions], self.state)
 
     def promotion(self, promotion_id: str) -> Promotion | None:
         for promotion in self.promotions:
@@ -398,12 +402,13 @@ class Deployment:
         return None
 
 
-@attrs.define(weakref_slot=False, repr=False)
+@attrs.frozen(weakref_slot=False, repr=False)
 class Flow:
     """One artifact travelling through one service's pipeline: the aggregate.
 
     ``version`` counts saves, for optimistic concurrency; a flow not yet stored
-    has version 0.
+    has version 0. Like its deployments and promotions, a flow never changes: the
+    engine stores a new version (``attrs.evolve`` makes one by hand).
     """
 
     __repr__ = attrs_repr
@@ -411,7 +416,7 @@ class Flow:
     id: str
     artifact: Artifact
     service_id: str
-    deployments: list[Deployment]
+    deployments: tuple[Deployment, ...] = attrs.field(converter=_deployments)
     state: FlowState = FlowState.IN_PROGRESS
     version: int = 0
     created_at: dt.datetime | None = None
@@ -435,19 +440,6 @@ class Flow:
                 return deployment
         return None
 
-    def copy(self) -> Flow:
-        """A deep copy, sharing only immutable parts (cheaper than copy.deepcopy)."""
-        return Flow(
-            self.id,
-            self.artifact,
-            self.service_id,
-            [d.copy() for d in self.deployments],
-            self.state,
-            self.version,
-            self.created_at,
-            self.updated_at,
-        )
-
 
 # --- results and hook requests ------------------------------------------------------
 
@@ -464,7 +456,7 @@ class PromotionResult:
 
     promotion_id: str = attrs.field(validator=_nonblank)
     result_status: ResultStatus = attrs.field(converter=_result_status)
-    details: Mapping[str, Any] = attrs.field(factory=dict, converter=_details_dict, hash=False)
+    details: Mapping[str, Any] = attrs.field(default=None, converter=_details_dict, hash=False)
 
 
 @attrs.define(weakref_slot=False, repr=False)

@@ -26,8 +26,9 @@ __all__ = ["FailureHandler", "HookEmitter", "Repository", "ServiceCatalog"]
 class Repository(Protocol):
     """Stores flows, versioned for optimistic concurrency, with a transactional outbox.
 
-    Every method that returns a flow returns a copy: changing it changes nothing
-    stored. Errors are ``FlowFSMError``s; a driver's error is their ``__cause__``.
+    Flows are immutable values, so a repository may hand out the very objects it
+    stores (the in-memory one does) or build new ones (the SQL ones do). Errors are
+    ``FlowFSMError``s; a driver's error is their ``__cause__``.
     """
 
     def get(self, flow_id: str) -> Flow:

@@ -21,18 +21,27 @@ __all__ = ["BUILTIN_STRATEGIES", "PromotionFailure", "Stop"]
 class PromotionFailure:
     """A promotion that just failed, and the moves a strategy may make."""
 
-    __slots__ = ("promotion", "step")
+    __slots__ = ("_promotion_id", "step")
 
     def __init__(self, step: Step, promotion: Promotion) -> None:
         self.step = step
-        self.promotion = promotion
+        self._promotion_id = promotion.id
+
+    @property
+    def promotion(self) -> Promotion:
+        """The failed promotion (its latest version: ``failed``)."""
+        promotion = self.step.deployment.promotion(self._promotion_id)
+        assert promotion is not None, "a deployment keeps its promotions"
+        return promotion
 
     @property
     def flow(self) -> Flow:
-        return self.step.flow
+        """The flow as this trigger has changed it so far."""
+        return self.step.merged()
 
     @property
     def deployment(self) -> Deployment:
+        """The promotion's deployment, as this trigger has changed it so far."""
         return self.step.deployment
 
     @property

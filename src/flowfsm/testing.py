@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 
+import attrs
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -235,7 +236,7 @@ def sample_hook_request(flow: Flow, n: int = 1) -> HookRequest:
         HookEvent.DEPLOYMENT_CREATED,
         DeploymentPayload(
             flow.artifact,
-            deployment.copy(),
+            deployment,
             ServiceRef(flow.service_id, "default", "STOP"),
             Environment(deployment.environment, [p.name for p in deployment.promotions]),
         ),
@@ -245,10 +246,20 @@ def sample_hook_request(flow: Flow, n: int = 1) -> HookRequest:
 
 def _advanced(flow: Flow) -> Flow:
     """The next version of ``flow``, with its first deployment started."""
-    changed = flow.copy()
-    changed.version += 1
-    changed.deployments[0].state = DeploymentState.STARTED
-    return changed
+    first, *rest = flow.deployments
+    started = attrs.evolve(first, state=DeploymentState.STARTED)
+    return attrs.evolve(flow, version=flow.version + 1, deployments=(started, *rest))
+
+
+def _renamed(flow: Flow, prefix: str) -> Flow:
+    """``flow`` with ``prefix`` before every deployment and promotion id."""
+    return attrs.evolve(
+        flow,
+        deployments=[
+            attrs.evolve(d, id=prefix + d.id, promotions=[attrs.evolve(p, id=prefix + p.id) for p in d.promotions])
+            for d in flow.deployments
+        ],
+    )
 
 
 class RepositoryContract:
@@ -285,17 +296,17 @@ class RepositoryContract:
         assert deployment_error.value.deployment_id == "nope"
         assert repo.find_by_key("com.acme:api:9", "svc") is None
 
-    def test_returned_flows_are_copies(self, repo: Repository) -> None:
+    def test_returned_flows_are_immutable(self, repo: Repository) -> None:
         flow = sample_flow()
         repo.commit([flow])
-        flow.state = FlowState.FAILED  # the caller's object after commit
         loaded = repo.get(flow.id)
-        loaded.deployments[0].state = DeploymentState.FAILED
-        loaded.deployments[0].promotions.clear()
-        again = repo.get(flow.id)
-        assert again.state is FlowState.IN_PROGRESS
-        assert again.deployments[0].state is DeploymentState.NOT_STARTED
-        assert len(again.deployments[0].promotions) == 1
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            loaded.state = FlowState.FAILED  # type: ignore[misc]  # what the test is about
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            loaded.deployments[0].state = DeploymentState.FAILED  # type: ignore[misc]  # what the test is about
+        assert isinstance(loaded.deployments, tuple)
+        assert isinstance(loaded.deployments[0].promotions, tuple)
+        assert repo.get(flow.id) == flow
 
     def test_lookups_by_deployment_promotion_and_key(self, repo: Repository) -> None:
         first, second = sample_flow(1), sample_flow(2)
@@ -316,14 +327,12 @@ class RepositoryContract:
         newer = _advanced(flow)
         repo.commit([newer])
         assert repo.get(flow.id) == newer
-        stale = _advanced(flow)  # built from version 1 again: version 2 is taken
-        stale.state = FlowState.FAILED
+        stale = attrs.evolve(_advanced(flow), state=FlowState.FAILED)  # from version 1 again: 2 is taken
         with pytest.raises(ConcurrencyConflict) as conflict:
             repo.commit([stale])
         assert conflict.value.flow_id == flow.id
         assert repo.get(flow.id) == newer
-        skipping = newer.copy()
-        skipping.version += 2
+        skipping = attrs.evolve(newer, version=newer.version + 2)
         with pytest.raises(ConcurrencyConflict):
             repo.commit([skipping])
         with pytest.raises(ConcurrencyConflict):
@@ -332,20 +341,10 @@ class RepositoryContract:
     def test_key_and_id_are_unique(self, repo: Repository) -> None:
         flow = sample_flow()
         repo.commit([flow])
-        same_key = sample_flow()
-        same_key.id = "another-id"
-        for deployment in same_key.deployments:
-            deployment.id = "x" + deployment.id
-            for promotion in deployment.promotions:
-                promotion.id = "x" + promotion.id
+        same_key = attrs.evolve(_renamed(sample_flow(), "x"), id="another-id")
         with pytest.raises(ConcurrencyConflict):
             repo.commit([same_key])
-        same_id = sample_flow()
-        same_id.artifact = Artifact("com.acme", "api", "9.9.9")
-        for deployment in same_id.deployments:
-            deployment.id = "y" + deployment.id
-            for promotion in deployment.promotions:
-                promotion.id = "y" + promotion.id
+        same_id = attrs.evolve(_renamed(sample_flow(), "y"), artifact=Artifact("com.acme", "api", "9.9.9"))
         with pytest.raises(ConcurrencyConflict):
             repo.commit([same_id])
         assert repo.list_flows() == [flow]
@@ -354,8 +353,7 @@ class RepositoryContract:
         flow = sample_flow(1)
         repo.commit([flow])
         fresh = sample_flow(2)
-        stale = _advanced(flow)
-        stale.version = 5
+        stale = attrs.evolve(_advanced(flow), version=5)
         with pytest.raises(ConcurrencyConflict):
             repo.commit([fresh, stale], [sample_hook_request(fresh)])
         with pytest.raises(UnknownFlow):
@@ -369,8 +367,7 @@ class RepositoryContract:
         flows = [sample_flow(n, service_id="a" if n % 2 else "b") for n in range(1, 8)]
         for flow in flows:
             repo.commit([flow])
-        failed = _advanced(flows[2])
-        failed.state = FlowState.FAILED
+        failed = attrs.evolve(_advanced(flows[2]), state=FlowState.FAILED)
         repo.commit([failed])
         ids = [f.id for f in repo.list_flows()]
         assert ids == [f.id for f in reversed(flows)]

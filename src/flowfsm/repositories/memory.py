@@ -1,30 +1,28 @@
 """``InMemoryRepository``: the reference backend, for tests and short-lived runs.
 
-It keeps flows as nested tuples, not as the caller's objects: what callers do to
-a flow they passed in or got back changes nothing stored, and a save costs less
-than a deep copy.
+Flows are immutable, so it keeps and hands out the flows it is given: a save and
+a load copy nothing.
 It holds only undelivered HookRequests: a delivered one is forgotten. One lock makes
 it safe to share between threads.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 
 from flowfsm.errors import ConcurrencyConflict, UnknownDeployment, UnknownFlow, UnknownPromotion
 from flowfsm.model import (
     DeliveryAttempt,
     DeliveryState,
-    Deployment,
     Flow,
     FlowState,
     HookRecord,
     HookRequest,
-    Promotion,
 )
 from flowfsm.repositories._common import check_page
 
@@ -35,7 +33,7 @@ class InMemoryRepository:
     """A ``Repository`` held in dicts."""
 
     def __init__(self) -> None:
-        self._flows: dict[str, _Frozen] = {}
+        self._flows: dict[str, Flow] = {}
         self._by_deployment: dict[str, str] = {}
         self._by_promotion: dict[str, str] = {}
         self._by_key: dict[tuple[str, str], str] = {}
@@ -49,29 +47,29 @@ class InMemoryRepository:
 
     def get(self, flow_id: str) -> Flow:
         with self._lock:
-            frozen = self._flows.get(flow_id)
-            if frozen is None:
+            flow = self._flows.get(flow_id)
+            if flow is None:
                 raise UnknownFlow(flow_id)
-            return _thaw(frozen)
+            return flow
 
     def find_by_deployment(self, deployment_id: str) -> Flow:
         with self._lock:
             flow_id = self._by_deployment.get(deployment_id)
             if flow_id is None:
                 raise UnknownDeployment(deployment_id)
-            return _thaw(self._flows[flow_id])
+            return self._flows[flow_id]
 
     def find_by_promotion(self, promotion_id: str) -> Flow:
         with self._lock:
             flow_id = self._by_promotion.get(promotion_id)
             if flow_id is None:
                 raise UnknownPromotion(None, promotion_id)
-            return _thaw(self._flows[flow_id])
+            return self._flows[flow_id]
 
     def find_by_key(self, artifact_id: str, service_id: str) -> Flow | None:
         with self._lock:
             flow_id = self._by_key.get((artifact_id, service_id))
-            return None if flow_id is None else _thaw(self._flows[flow_id])
+            return None if flow_id is None else self._flows[flow_id]
 
     def list_flows(
         self,
@@ -86,15 +84,9 @@ class InMemoryRepository:
             matching = (
                 f
                 for f in reversed(self._flows.values())
-                if (service_id is None or f[2] == service_id) and (state is None or f[3] is state)
+                if (service_id is None or f.service_id == service_id) and (state is None or f.state is state)
             )
-            page: list[Flow] = []
-            for i, frozen in enumerate(matching):
-                if i >= offset + limit:
-                    break
-                if i >= offset:
-                    page.append(_thaw(frozen))
-            return page
+            return list(itertools.islice(matching, offset, offset + limit))
 
     def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
         with self._lock:
@@ -103,7 +95,7 @@ class InMemoryRepository:
                 if flow.version == 1:
                     if stored is not None or flow.key in self._by_key:
                         raise ConcurrencyConflict(flow.id, flow.version)
-                elif stored is None or stored[4] != flow.version - 1:
+                elif stored is None or stored.version != flow.version - 1:
                     raise ConcurrencyConflict(flow.id, flow.version)
             for flow in flows:
                 if flow.version == 1:
@@ -112,7 +104,7 @@ class InMemoryRepository:
                         self._by_deployment[deployment.id] = flow.id
                         for promotion in deployment.promotions:
                             self._by_promotion[promotion.id] = flow.id
-                self._flows[flow.id] = _freeze(flow)
+                self._flows[flow.id] = flow
             until = time.monotonic() + lease if lease > 0 else 0.0
             for request in hook_requests:
                 self._outbox[request.id] = (request, until)
@@ -211,40 +203,4 @@ class InMemoryRepository:
         return len(self._flows)
 
 
-# (id, artifact, service id, state, version, created, updated,
-#  ((deployment id, environment, state, ((promotion id, name, state), ...)), ...))
-_Frozen = tuple[Any, ...]
 _DEAD: Final = math.inf
-
-
-def _freeze(flow: Flow) -> _Frozen:
-    return (
-        flow.id,
-        flow.artifact,
-        flow.service_id,
-        flow.state,
-        flow.version,
-        flow.created_at,
-        flow.updated_at,
-        tuple(
-            (d.id, d.environment, d.state, tuple((p.id, p.name, p.state) for p in d.promotions))
-            for d in flow.deployments
-        ),
-    )
-
-
-def _thaw(frozen: _Frozen) -> Flow:
-    flow_id, artifact, service_id, state, version, created, updated, deployments = frozen
-    return Flow(
-        flow_id,
-        artifact,
-        service_id,
-        [
-            Deployment(d_id, environment, [Promotion(*p) for p in promotions], d_state)
-            for d_id, environment, d_state, promotions in deployments
-        ],
-        state,
-        version,
-        created,
-        updated,
-    )
