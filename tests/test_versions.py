@@ -28,10 +28,12 @@ from flowfsm import (
 from flowfsm.converter import unstructure
 from flowfsm.emitters import RecordingEmitter
 from flowfsm.errors import FlowFSMError
+from flowfsm.model import make_deployment, make_flow, make_promotion
 from flowfsm.repositories import InMemoryRepository
 from flowfsm.testing import sample_flow
 
 from .conftest import api_service
+from .strategies import flows
 
 
 def test_entities_refuse_changes_and_hold_tuples() -> None:
@@ -100,3 +102,30 @@ def test_no_trigger_changes_a_version_already_handed_out(moves: list[tuple[int, 
             assert unstructure(earlier) == form
         stored = engine.repository.get(flow.id)
         assert stored.version == max(f.version for f, _ in handed_out)
+
+
+@given(flows)
+def test_trusted_constructors_build_equal_frozen_entities(flow: Flow) -> None:
+    """``make_flow`` and friends (the engine's and the SQL backends' fast path) build
+    what the attrs constructors build, frozen alike."""
+    rebuilt = make_flow(
+        flow.id,
+        flow.artifact,
+        flow.service_id,
+        tuple(
+            make_deployment(
+                d.id, d.environment, tuple(make_promotion(p.id, p.name, p.state) for p in d.promotions), d.state
+            )
+            for d in flow.deployments
+        ),
+        flow.state,
+        flow.version,
+        flow.created_at,
+        flow.updated_at,
+    )
+    assert type(rebuilt) is Flow
+    assert rebuilt == flow
+    assert hash(rebuilt) == hash(flow)
+    assert repr(rebuilt) == repr(flow)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        rebuilt.version = 0  # type: ignore[misc]  # what the test is about

@@ -33,6 +33,7 @@ from flowfsm.model import (
     PromotionState,
     ResultStatus,
     Service,
+    make_flow,
 )
 from flowfsm.protocols import FailureHandler, HookEmitter, Repository, ServiceCatalog
 from flowfsm.strategies import BUILTIN_STRATEGIES, PromotionFailure
@@ -180,7 +181,7 @@ class FlowEngine:
         if not applied:
             return Outcome((flow,), (), duplicate=True), []
         now = self._clock()
-        saved = Flow(
+        saved = make_flow(
             flow.id,
             flow.artifact,
             flow.service_id,

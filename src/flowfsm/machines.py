@@ -40,6 +40,9 @@ from flowfsm.model import (
     PromotionResult,
     PromotionState,
     Service,
+    make_deployment,
+    make_flow,
+    make_promotion,
 )
 
 __all__ = ["MACHINES", "Draft", "Step", "fire", "may", "mermaid", "refusal", "render_into", "svg"]
@@ -87,7 +90,7 @@ class Step:
     def merged(self) -> Flow:
         """The flow as this step has changed it so far (same version)."""
         flow = self.flow
-        return Flow(
+        return make_flow(
             flow.id,
             flow.artifact,
             flow.service_id,
@@ -102,18 +105,18 @@ class Step:
 
     def publish_promotion(self, draft: Draft) -> None:
         promotion: Promotion = draft.entity
-        published = Promotion(promotion.id, promotion.name, draft.state)
+        published = make_promotion(promotion.id, promotion.name, draft.state)
         d = self.deployment
-        promotions = tuple(published if p.id == promotion.id else p for p in d.promotions)
-        self.deployment = Deployment(d.id, d.environment, promotions, d.state)
+        promotions = tuple([published if p.id == promotion.id else p for p in d.promotions])
+        self.deployment = make_deployment(d.id, d.environment, promotions, d.state)
 
     def publish_deployment(self, draft: Draft) -> None:
         d: Deployment = draft.entity
-        self.deployment = Deployment(d.id, d.environment, d.promotions, draft.state)
+        self.deployment = make_deployment(d.id, d.environment, d.promotions, draft.state)
 
     def publish_flow(self, draft: Draft) -> None:
         flow: Flow = draft.entity
-        self.flow = Flow(
+        self.flow = make_flow(
             flow.id,
             flow.artifact,
             flow.service_id,

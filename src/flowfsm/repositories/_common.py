@@ -10,7 +10,16 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 from flowfsm.errors import FlowFSMError, RepositoryError, ValidationError
-from flowfsm.model import Artifact, Deployment, DeploymentState, Flow, FlowState, Promotion, PromotionState
+from flowfsm.model import (
+    Artifact,
+    DeploymentState,
+    Flow,
+    FlowState,
+    PromotionState,
+    make_deployment,
+    make_flow,
+    make_promotion,
+)
 
 __all__ = ["PENDING", "check_page", "driver_errors", "flow_body", "flow_from_body", "page_query"]
 
@@ -93,19 +102,21 @@ def flow_from_body(body: str | list[Any], version: int) -> Flow:
     data = json.loads(body) if isinstance(body, str) else body
     flow_id, group, name, artifact_version, service_id, state, created, updated, deployments = data
     promotion_states = _PROMOTION_STATES
-    return Flow(
+    return make_flow(
         flow_id,
         Artifact(group, name, artifact_version),
         service_id,
-        [
-            Deployment(
-                d_id,
-                environment,
-                [Promotion(p_id, p_name, promotion_states[p]) for p_id, p_name, p in promotions],
-                _DEPLOYMENT_STATES[d_state],
-            )
-            for d_id, environment, d_state, promotions in deployments
-        ],
+        tuple(
+            [
+                make_deployment(
+                    d_id,
+                    environment,
+                    tuple([make_promotion(p_id, p_name, promotion_states[p]) for p_id, p_name, p in promotions]),
+                    _DEPLOYMENT_STATES[d_state],
+                )
+                for d_id, environment, d_state, promotions in deployments
+            ]
+        ),
         _FLOW_STATES[state],
         version,
         dt.datetime.fromisoformat(created) if created else None,
