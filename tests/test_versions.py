@@ -3,6 +3,9 @@ change, and never alters a version anyone already holds."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import attrs
 import pytest
 from hypothesis import given
@@ -129,3 +132,20 @@ def test_trusted_constructors_build_equal_frozen_entities(flow: Flow) -> None:
     assert repr(rebuilt) == repr(flow)
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         rebuilt.version = 0  # type: ignore[misc]  # what the test is about
+
+
+def test_an_engine_goes_with_its_last_reference(catalog: Catalog) -> None:
+    """No reference cycle keeps an engine, and with it its repository's flows, alive
+    until the cyclic garbage collector happens to run."""
+    engine = FlowEngine(catalog, InMemoryRepository(), RecordingEmitter())
+    flow = engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1"))).flows[0]
+    engine.handle(DeploymentStarted(flow.deployments[0].id))
+    repository = weakref.ref(engine.repository)
+    gone = weakref.ref(engine)
+    gc.disable()
+    try:
+        del engine
+        assert gone() is None
+        assert repository() is None
+    finally:
+        gc.enable()

@@ -117,18 +117,12 @@ class FlowEngine:
         self._lease = lease if emitter is not None else 0.0
         for service in catalog:  # fail now, not on the first failed promotion
             self._strategy(service)
-        self._appliers: dict[type, Callable[[Any], tuple[Outcome, list[Flow]]]] = {
-            ArtifactCreated: self._on_artifact_created,
-            DeploymentStarted: self._on_deployment_started,
-            DeploymentCompleted: self._on_deployment_completed,
-            PromotionCompleted: self._on_promotion_completed,
-        }
 
     def handle(self, trigger: Trigger) -> Outcome:
         """Apply one trigger atomically and return what it did."""
-        apply = self._appliers.get(type(trigger)) or self._applier(trigger)
+        apply = _APPLIERS.get(type(trigger)) or _applier(trigger)
         for attempt in range(1, self._max_attempts + 1):
-            outcome, changed = apply(trigger)
+            outcome, changed = apply(self, trigger)
             if not changed:
                 return outcome
             try:
@@ -144,13 +138,6 @@ class FlowEngine:
         raise AssertionError("unreachable")  # pragma: no cover
 
     # --- applying triggers: reads only; returns the outcome and the flows to save ---
-
-    def _applier(self, trigger: object) -> Callable[[Trigger], tuple[Outcome, list[Flow]]]:
-        """The applier of a trigger class's subclass, or a clear error for a non-trigger."""
-        for kind, apply in self._appliers.items():
-            if isinstance(trigger, kind):
-                return apply
-        raise ValidationError("trigger", f"not a trigger: {trigger!r}")
 
     def _on_artifact_created(self, trigger: ArtifactCreated) -> tuple[Outcome, list[Flow]]:
         return self._artifact_created(trigger.artifact)
@@ -323,6 +310,26 @@ class FlowEngine:
         finally:
             if sent:
                 self.repository.mark_delivered([r.id for r in requests[:sent]])
+
+
+_Applier = Callable[[FlowEngine, Any], tuple[Outcome, list[Flow]]]
+# By class, not bound to an engine: bound methods kept on the engine would make a
+# reference cycle, and an engine (with its repository) would wait for the cyclic
+# garbage collector instead of going when its last reference does.
+_APPLIERS: Final[dict[type, _Applier]] = {
+    ArtifactCreated: FlowEngine._on_artifact_created,
+    DeploymentStarted: FlowEngine._on_deployment_started,
+    DeploymentCompleted: FlowEngine._on_deployment_completed,
+    PromotionCompleted: FlowEngine._on_promotion_completed,
+}
+
+
+def _applier(trigger: object) -> _Applier:
+    """The applier of a trigger class's subclass, or a clear error for a non-trigger."""
+    for kind, apply in _APPLIERS.items():
+        if isinstance(trigger, kind):
+            return apply
+    raise ValidationError("trigger", f"not a trigger: {trigger!r}")
 
 
 def _environment(deployment: Deployment) -> Environment:
