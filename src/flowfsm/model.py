@@ -50,6 +50,9 @@ __all__ = [
     "ResultStatus",
     "Service",
     "ServiceRef",
+    "make_deployment",
+    "make_flow",
+    "make_promotion",
 ]
 
 
