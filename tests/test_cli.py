@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 
+from flowfsm import Artifact, ArtifactCreated, FlowEngine
+from flowfsm.catalog import Catalog
+from flowfsm.emitters import RecordingEmitter
 from flowfsm.machines import mermaid
 from flowfsm.repositories import SQLiteRepository
 
@@ -181,6 +184,17 @@ def test_show_is_a_timeline(cli: Cli) -> None:
     assert "com.acme:api:4.0.0" in human
     assert "deployment-created" in human
     assert re.search(r"dev\s+started", human)
+
+
+def test_show_says_which_requests_the_engine_delivered_inline(cli: Cli) -> None:
+    """The library's engine with an emitter delivers at once and logs no attempt."""
+    with SQLiteRepository(cli.store) as repository:
+        engine = FlowEngine(Catalog.from_file(cli.catalog), repository, RecordingEmitter())
+        flow = engine.handle(ArtifactCreated(Artifact("com.acme", "api", "6.0.0"))).flows[0]
+    rows = [line for line in cli("show", flow.id).stdout.splitlines() if "deployer/deploy" in line]
+    assert len(rows) == 1
+    assert "delivered" in rows[0]
+    assert rows[0].rstrip().endswith("inline")
 
 
 @pytest.fixture

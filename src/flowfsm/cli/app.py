@@ -26,7 +26,7 @@ from flowfsm.catalog import Catalog
 from flowfsm.converter import structure, unstructure
 from flowfsm.engine import FlowEngine
 from flowfsm.errors import FlowFSMError
-from flowfsm.model import Artifact, FlowState, PromotionResult, ResultStatus
+from flowfsm.model import Artifact, DeliveryState, FlowState, PromotionResult, ResultStatus
 from flowfsm.protocols import Repository
 from flowfsm.triggers import (
     ArtifactCreated,
@@ -289,13 +289,15 @@ def show(flow_id: str, store: Store = "flowfsm.db", as_json: Json = False) -> No
         request = record.request
         last = record.attempts[-1] if record.attempts else None
         answer = f" (last: {last.status_code or last.error})" if last else ""
+        # Delivered with no attempt logged: the engine's own emitter took it at once.
+        tries = "inline" if record.state is DeliveryState.DELIVERED and not record.attempts else len(record.attempts)
         table.add_row(
             request.created_at.strftime("%H:%M:%S"),
             request.event.value,
             request.payload.deployment.environment,
             f"{request.webhook_id}/{request.action.name}",
             _state(record.state.value),
-            f"{len(record.attempts)}{answer}",
+            f"{tries}{answer}",
         )
     out.print(table)
 
