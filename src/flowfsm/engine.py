@@ -70,10 +70,12 @@ class _Ids:
 
     def reset(self) -> None:
         prefix = os.urandom(8).hex() + "-"
-        self._next = map(prefix.__add__, map(str, itertools.count(1))).__next__
+        self.next: Callable[[], str] = map(prefix.__add__, map(str, itertools.count(1))).__next__
+        """The id source itself, a C function: the engine takes it once a trigger,
+        rather than calling through ``__call__`` for every HookRequest."""
 
     def __call__(self) -> str:
-        return self._next()
+        return self.next()
 
 
 new_id: Final[Callable[[], str]] = _Ids()
@@ -277,6 +279,8 @@ class FlowEngine:
     def _hook_requests(self, step: Step, now: dt.datetime) -> tuple[HookRequest, ...]:
         """One HookRequest per subscribed webhook action per event, in declared order."""
         flow, service, new_id = step.flow, step.service, self._new_id
+        if type(new_id) is _Ids:  # the default: its C source, taken now (a fork replaces it)
+            new_id = new_id.next
         flow_id, artifact, ref = flow.id, flow.artifact, service.ref
         requests: list[HookRequest] = []
         for event, deployment, result, subscribers in step.events:
