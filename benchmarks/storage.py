@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flowfsm import Artifact, ArtifactCreated, FlowEngine
+from flowfsm.protocols import Repository
 from flowfsm.repositories import InMemoryRepository, PostgresRepository, SQLiteRepository
 from flowfsm.repositories._common import flow_body
 from flowfsm.testing import TemporaryPostgres
@@ -91,6 +92,37 @@ def engine_per_trigger(engine: FlowEngine, versions: Versions, flows: int) -> fl
     for _ in range(flows):
         full_flow(engine, versions())
     return (time.perf_counter() - start) / (flows * TRIGGERS_PER_FLOW)
+
+
+def size_ratio(
+    report: Report,
+    backend: str,
+    *,
+    big_n: int,
+    small: Repository,
+    big: Repository,
+    rounds: int,
+    flows: int,
+    unit: str,
+    scale: float,
+) -> None:
+    """Full flows of new artifacts against a big store and a store of 1,000, taking turns."""
+    on_small = FlowEngine(bench_catalog(), small, None), Versions("small")
+    on_big = FlowEngine(bench_catalog(), big, None), Versions("big")
+    at_small, at_big = interleaved(
+        rounds,
+        lambda: engine_per_trigger(*on_small, flows),
+        lambda: engine_per_trigger(*on_big, flows),
+    )
+    report.ratio(
+        f"{backend} trigger with {big_n:,} flows stored vs 1,000",
+        at_big,
+        at_small,
+        "≤ 1.3×",
+        at_big / at_small <= 1.3,
+        unit=unit,
+        scale=scale,
+    )
 
 
 # --- filling a store with many flows, fast -----------------------------------------------
@@ -252,19 +284,14 @@ def run(report: Report, quick: bool) -> None:
             SQLiteRepository(Path(tmp) / "small.db"),
             SQLiteRepository(Path(tmp) / "big.db"),
         )
-        small = FlowEngine(bench_catalog(), small_repo, None), Versions("small")
-        big = FlowEngine(bench_catalog(), big_repo, None), Versions("big")
-        at_small, at_big = interleaved(
-            rounds,
-            lambda: engine_per_trigger(*small, flows_per_round),
-            lambda: engine_per_trigger(*big, flows_per_round),
-        )
-        report.ratio(
-            f"SQLite trigger with {big_n:,} flows stored vs 1,000",
-            at_big,
-            at_small,
-            "≤ 1.3×",
-            at_big / at_small <= 1.3,
+        size_ratio(
+            report,
+            "SQLite",
+            big_n=big_n,
+            small=small_repo,
+            big=big_repo,
+            rounds=rounds,
+            flows=flows_per_round,
             unit="µs",
             scale=1e6,
         )
@@ -280,19 +307,14 @@ def run(report: Report, quick: bool) -> None:
         fill_postgres(server.dsn, "big", big_n)
         small_pg = PostgresRepository(server.dsn, schema="small", max_size=1)
         big_pg = PostgresRepository(server.dsn, schema="big", max_size=1)
-        pg_small = FlowEngine(bench_catalog(), small_pg, None), Versions("small")
-        pg_big = FlowEngine(bench_catalog(), big_pg, None), Versions("big")
-        at_small, at_big = interleaved(
-            rounds,
-            lambda: engine_per_trigger(*pg_small, max(2, flows_per_round // 2)),
-            lambda: engine_per_trigger(*pg_big, max(2, flows_per_round // 2)),
-        )
-        report.ratio(
-            f"PostgreSQL trigger with {big_n:,} flows stored vs 1,000",
-            at_big,
-            at_small,
-            "≤ 1.3×",
-            at_big / at_small <= 1.3,
+        size_ratio(
+            report,
+            "PostgreSQL",
+            big_n=big_n,
+            small=small_pg,
+            big=big_pg,
+            rounds=rounds,
+            flows=max(2, flows_per_round // 2),
             unit="ms",
             scale=1e3,
         )

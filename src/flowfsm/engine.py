@@ -33,7 +33,6 @@ from flowfsm.model import (
     PromotionState,
     ResultStatus,
     Service,
-    make_flow,
 )
 from flowfsm.protocols import FailureHandler, HookEmitter, Repository, ServiceCatalog
 from flowfsm.strategies import BUILTIN_STRATEGIES, PromotionFailure
@@ -170,16 +169,7 @@ class FlowEngine:
         if not applied:
             return Outcome((flow,), (), duplicate=True), []
         now = self._clock()
-        saved = make_flow(
-            flow.id,
-            flow.artifact,
-            flow.service_id,
-            step.deployments(),
-            flow.state,
-            flow.version + 1,
-            flow.created_at,
-            now,
-        )
+        saved = step.merged(version=flow.version + 1, updated_at=now)
         return Outcome((saved,), self._hook_requests(step, now)), [saved]
 
     def _artifact_created(self, artifact: Artifact) -> tuple[Outcome, list[Flow]]:

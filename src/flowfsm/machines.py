@@ -22,6 +22,7 @@ not allow raises ``InvalidTransition`` (``transitions`` itself would return
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from collections.abc import Callable
 from typing import Any, Final, Protocol, cast
@@ -87,18 +88,20 @@ class Step:
         deployments, i = self.flow.deployments, self.index
         return (*deployments[:i], self.deployment, *deployments[i + 1 :])
 
-    def merged(self) -> Flow:
-        """The flow as this step has changed it so far (same version)."""
+    def merged(
+        self, *, state: FlowState | None = None, version: int | None = None, updated_at: dt.datetime | None = None
+    ) -> Flow:
+        """The flow as this step has changed it so far, with what is given changed too."""
         flow = self.flow
         return make_flow(
             flow.id,
             flow.artifact,
             flow.service_id,
             self.deployments(),
-            flow.state,
-            flow.version,
+            flow.state if state is None else state,
+            flow.version if version is None else version,
             flow.created_at,
-            flow.updated_at,
+            flow.updated_at if updated_at is None else updated_at,
         )
 
     # --- publishing drafts: each makes the entity's next version --------------------
@@ -115,17 +118,7 @@ class Step:
         self.deployment = make_deployment(d.id, d.environment, d.promotions, draft.state)
 
     def publish_flow(self, draft: Draft) -> None:
-        flow: Flow = draft.entity
-        self.flow = make_flow(
-            flow.id,
-            flow.artifact,
-            flow.service_id,
-            flow.deployments,
-            draft.state,
-            flow.version,
-            flow.created_at,
-            flow.updated_at,
-        )
+        self.flow = self.merged(state=draft.state)
 
 
 class Draft:
