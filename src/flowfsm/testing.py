@@ -362,6 +362,18 @@ class RepositoryContract:
             repo.find_by_deployment(fresh.deployments[0].id)
         assert repo.count_pending() == 0
         assert repo.get(flow.id) == flow
+        # A lone flow's lost race takes its HookRequests with it too: an update...
+        with pytest.raises(ConcurrencyConflict):
+            repo.commit([stale], [sample_hook_request(stale)])
+        # ...and a new flow whose key is taken, with its deployments and promotions.
+        taken = attrs.evolve(_renamed(sample_flow(1), "taken"), id="another-id")
+        with pytest.raises(ConcurrencyConflict):
+            repo.commit([taken], [sample_hook_request(taken)])
+        with pytest.raises(UnknownDeployment):
+            repo.find_by_deployment(taken.deployments[0].id)
+        assert repo.count_pending() == 0
+        assert repo.hook_requests(flow.id) == []
+        assert repo.get(flow.id) == flow
 
     def test_list_flows_newest_first_filtered_and_paged(self, repo: Repository) -> None:
         flows = [sample_flow(n, service_id="a" if n % 2 else "b") for n in range(1, 8)]

@@ -11,6 +11,9 @@ several engines need on top:
   and a new flow is inserted ``ON CONFLICT DO NOTHING`` on its id and its unique
   (artifact id, service id) key, so a lost race is a ``ConcurrencyConflict`` that
   the engine retries, never a duplicate flow;
+- a commit is one SQL statement (the flows and their outbox rows as data-modifying
+  CTEs), so the engine's usual commit, one flow, is one round trip and its own
+  transaction;
 - ``claim`` locks outbox rows ``FOR UPDATE SKIP LOCKED`` and hands each flow's
   requests out in order, a prefix at a time, so dispatchers in several processes
   share the work without delivering a flow's requests out of order;
@@ -242,45 +245,15 @@ class PostgresRepository:
         return [flow_from_body(*row) for row in rows]
 
     def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
-        bodies = [flow_body(flow) for flow in flows]
-        bodies_json = hook_requests_json(hook_requests)
-        requests = [(r.id, r.flow_id, body, lease) for r, body in zip(hook_requests, bodies_json, strict=True)]
-        # Pipelined: the flow statements go out at once, their row counts come back
-        # in one round trip, and the rest follows with the COMMIT in a second.
-        with self._connection("write failed") as conn, conn.pipeline() as pipeline, conn.transaction():
-            saves = [
-                conn.execute(
-                    "INSERT INTO flows (id, artifact_id, service_id, state, version, body)"
-                    " VALUES (%s, %s, %s, %s, 1, %s::jsonb) ON CONFLICT DO NOTHING",
-                    (flow.id, flow.artifact.id, flow.service_id, flow.state.value, body),
-                )
-                if flow.version == 1
-                else conn.execute(
-                    "UPDATE flows SET state = %s, version = %s, body = %s::jsonb WHERE id = %s AND version = %s",
-                    (flow.state.value, flow.version, body, flow.id, flow.version - 1),
-                )
-                for flow, body in zip(flows, bodies, strict=True)
-            ]
-            pipeline.sync()
-            for flow, save in zip(flows, saves, strict=True):
-                if save.rowcount != 1:
+        sql, args = _commit_statement(flows, hook_requests, lease)
+        # One statement is one transaction, so a lone flow (the engine's usual
+        # commit) is saved in one round trip; several flows share a transaction,
+        # so that one lost compare-and-set rolls back the flows saved before it.
+        with self._connection("write failed", transaction=len(flows) > 1) as conn:
+            (saved,) = conn.execute(sql, args).fetchall()
+            for flow, count in zip(flows, saved, strict=True):
+                if count != 1:
                     raise ConcurrencyConflict(flow.id, flow.version)
-            new = [flow for flow in flows if flow.version == 1]
-            with conn.cursor() as cur:
-                if new:
-                    cur.executemany(
-                        "INSERT INTO deployments (id, flow_id) VALUES (%s, %s)",
-                        [(d.id, flow.id) for flow in new for d in flow.deployments],
-                    )
-                    promotions = [(p.id, d.id) for flow in new for d in flow.deployments for p in d.promotions]
-                    if promotions:
-                        cur.executemany("INSERT INTO promotions (id, deployment_id) VALUES (%s, %s)", promotions)
-                if requests:
-                    cur.executemany(
-                        "INSERT INTO outbox (id, flow_id, body, lease_until) VALUES (%s, %s, %s::jsonb,"
-                        " CASE WHEN %s > 0 THEN now() + make_interval(secs => %s) ELSE 'epoch' END)",
-                        [(i, f, b, s, s) for i, f, b, s in requests],
-                    )
 
     # --- outbox ----------------------------------------------------------------------
 
@@ -404,6 +377,60 @@ class PostgresRepository:
     def disabled_endpoints(self) -> frozenset[str]:
         with self._connection("read failed") as conn:
             return frozenset(url for (url,) in conn.execute("SELECT url FROM disabled_endpoints"))
+
+
+def _commit_statement(
+    flows: Sequence[Flow], hook_requests: Sequence[HookRequest], lease: float
+) -> tuple[str, dict[str, Any]]:
+    """One SQL statement that saves ``flows`` and queues ``hook_requests``, and
+    returns one row: for each flow, 1 if it was saved, 0 if its compare-and-set lost.
+
+    Each flow is a data-modifying CTE (``saved0``, ``saved1``, ...); the outbox rows
+    are inserted only if every flow was saved, so a lone flow's conflict leaves
+    nothing behind. A new flow's deployment and promotion ids go in beside it, from
+    arrays, so the statement's shape depends only on which flows are new.
+    """
+    ctes: list[str] = []
+    args: dict[str, Any] = {}
+    for i, flow in enumerate(flows):
+        args[f"id{i}"], args[f"state{i}"], args[f"version{i}"] = flow.id, flow.state.value, flow.version
+        args[f"body{i}"] = flow_body(flow)
+        if flow.version == 1:
+            args[f"artifact{i}"], args[f"service{i}"] = flow.artifact.id, flow.service_id
+            args[f"deployments{i}"] = [d.id for d in flow.deployments]
+            args[f"promotions{i}"] = [p.id for d in flow.deployments for p in d.promotions]
+            args[f"promoted{i}"] = [d.id for d in flow.deployments for _ in d.promotions]
+            ctes += [
+                f"saved{i} AS (INSERT INTO flows (id, artifact_id, service_id, state, version, body)"
+                f" VALUES (%(id{i})s, %(artifact{i})s, %(service{i})s, %(state{i})s, 1, %(body{i})s::jsonb)"
+                " ON CONFLICT DO NOTHING RETURNING id)",
+                f"deployments{i} AS (INSERT INTO deployments (id, flow_id)"
+                f" SELECT d.id, s.id FROM saved{i} s, unnest(%(deployments{i})b::text[]) AS d(id))",
+                f"promotions{i} AS (INSERT INTO promotions (id, deployment_id)"
+                f" SELECT p.id, p.deployment_id FROM saved{i},"
+                f" unnest(%(promotions{i})b::text[], %(promoted{i})b::text[]) AS p(id, deployment_id))",
+            ]
+        else:
+            ctes.append(
+                f"saved{i} AS (UPDATE flows"
+                f" SET state = %(state{i})s, version = %(version{i})s, body = %(body{i})s::jsonb"
+                f" WHERE id = %(id{i})s AND version = %(version{i})s - 1 RETURNING id)"
+            )
+    if hook_requests:
+        # One JSON array, parsed by the server: text arrays of JSON would need escaping.
+        args["requests"] = f"[{','.join(hook_requests_json(hook_requests))}]"
+        args["lease"] = lease
+        every_flow_saved = " AND ".join(f"EXISTS (SELECT FROM saved{i})" for i in range(len(flows))) or "true"
+        ctes.append(
+            "queued AS (INSERT INTO outbox (id, flow_id, body, lease_until)"
+            " SELECT r.body->>'id', r.body->>'flowId', r.body,"
+            " CASE WHEN %(lease)s > 0 THEN now() + make_interval(secs => %(lease)s) ELSE 'epoch' END"
+            " FROM jsonb_array_elements(%(requests)s::jsonb) WITH ORDINALITY AS r(body, n)"
+            f" WHERE {every_flow_saved} ORDER BY r.n)"
+        )
+    counts = ", ".join(f"(SELECT count(*) FROM saved{i})" for i in range(len(flows)))
+    with_ = f"WITH {', '.join(ctes)} " if ctes else ""
+    return f"{with_}SELECT {counts}", args
 
 
 def _driver_errors(what: str) -> contextlib.AbstractContextManager[None]:
