@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii as _quote  # C: a str as json.dumps writes it
 from typing import Any, TypeVar, overload
 
 import attrs
@@ -157,7 +158,8 @@ def to_json(value: Any, as_type: Any = None) -> str:
 
 def hook_requests_json(requests: Sequence[HookRequest]) -> list[str]:
     """``to_json(r)`` for each HookRequest, for the outbox: the HookRequests of one
-    event share one payload object, so each payload is converted and encoded once.
+    event share one payload object, so each payload is converted and encoded once,
+    and the rest, a few strings, is written around it with json's own C escaping.
     (The JSON is equal to ``to_json``'s; a property test holds them together.)"""
     payloads: dict[int, str] = {}  # every request is alive here, so ids are unique
     times: dict[dt.datetime, str] = {}  # a trigger's requests share one creation time
@@ -165,21 +167,17 @@ def hook_requests_json(requests: Sequence[HookRequest]) -> list[str]:
     for request in requests:
         created = times.get(request.created_at)
         if created is None:
-            created = times[request.created_at] = request.created_at.isoformat()
+            created = times[request.created_at] = _quote(request.created_at.isoformat())
         payload = payloads.get(id(request.payload))
         if payload is None:
             payload = payloads[id(request.payload)] = json.dumps(converter.unstructure(request.payload))
-        envelope = json.dumps(
-            {
-                "id": request.id,
-                "flowId": request.flow_id,
-                "webhookId": request.webhook_id,
-                "action": {"name": request.action.name, "url": request.action.url},
-                "event": request.event.value,
-                "createdAt": created,
-            }
+        action, url = request.action, request.action.url
+        texts.append(
+            f'{{"id": {_quote(request.id)}, "flowId": {_quote(request.flow_id)},'
+            f' "webhookId": {_quote(request.webhook_id)},'
+            f' "action": {{"name": {_quote(action.name)}, "url": {"null" if url is None else _quote(url)}}},'
+            f' "event": {_quote(request.event.value)}, "createdAt": {created}, "payload": {payload}}}'
         )
-        texts.append(f'{envelope[:-1]}, "payload": {payload}}}')
     return texts
 
 
