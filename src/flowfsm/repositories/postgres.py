@@ -351,13 +351,15 @@ class PostgresRepository:
     # --- the delivery log ------------------------------------------------------------
 
     def record_attempt(self, request_id: str, attempt: DeliveryAttempt) -> int:
-        with self._connection("write failed", transaction=True) as conn:
-            conn.execute(
-                "INSERT INTO delivery_attempts (request_id, at, status_code, error, duration)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (request_id, attempt.at, attempt.status_code, attempt.error, attempt.duration),
-            )
-            row = conn.execute("SELECT count(*) FROM delivery_attempts WHERE request_id = %s", (request_id,)).fetchone()
+        # One statement, one round trip: the count does not see the row its own
+        # statement adds (one snapshot), hence the + 1.
+        with self._connection("write failed") as conn:
+            row = conn.execute(
+                "WITH added AS (INSERT INTO delivery_attempts (request_id, at, status_code, error, duration)"
+                " VALUES (%s, %s, %s, %s, %s) RETURNING 1)"
+                " SELECT count(*) + (SELECT count(*) FROM added) FROM delivery_attempts WHERE request_id = %s",
+                (request_id, attempt.at, attempt.status_code, attempt.error, attempt.duration, request_id),
+            ).fetchone()
         return int(row[0]) if row else 0
 
     def mark_dead(self, ids: Sequence[str]) -> None:
