@@ -351,8 +351,8 @@ class PostgresRepository:
     # --- the delivery log ------------------------------------------------------------
 
     def record_attempt(self, request_id: str, attempt: DeliveryAttempt) -> int:
-        # One statement, one round trip: the count does not see the row its own
-        # statement adds (one snapshot), hence the + 1.
+        # One statement, one round trip. Its count does not see the row the statement
+        # itself adds (one snapshot), so that row is counted from what it returns.
         with self._connection("write failed") as conn:
             row = conn.execute(
                 "WITH added AS (INSERT INTO delivery_attempts (request_id, at, status_code, error, duration)"
