@@ -1,15 +1,22 @@
-"""What the repository backends share: page checks, the page query, and the
-stored form of a flow."""
+"""What the repository backends share: page checks, the flow reads of the SQL
+backends (``SQLFlowReads``), and the stored form of a flow."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
 import json
-from collections.abc import Iterator
-from typing import Any, Final
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar, Final
 
-from flowfsm.errors import FlowFSMError, RepositoryError, ValidationError
+from flowfsm.errors import (
+    FlowFSMError,
+    RepositoryError,
+    UnknownDeployment,
+    UnknownFlow,
+    UnknownPromotion,
+    ValidationError,
+)
 from flowfsm.model import (
     Artifact,
     DeploymentState,
@@ -21,7 +28,7 @@ from flowfsm.model import (
     make_promotion,
 )
 
-__all__ = ["PENDING", "check_page", "driver_errors", "flow_body", "flow_from_body", "page_query"]
+__all__ = ["PENDING", "SQLFlowReads", "check_page", "driver_errors", "flow_body", "flow_from_body"]
 
 PENDING: Final = "delivered_at IS NULL AND dead_at IS NULL"
 """The SQL condition of an outbox row that still waits for delivery."""
@@ -47,23 +54,75 @@ def check_page(limit: int, offset: int) -> None:
         raise ValidationError("offset", f"must not be negative, got {offset}")
 
 
-def page_query(
-    service_id: str | None, state: FlowState | None, limit: int, offset: int, mark: str
-) -> tuple[str, list[Any]]:
-    """The SQL and arguments of a ``list_flows`` page; ``mark`` is the driver's
-    placeholder (``?`` or ``%s``). Shared by the SQL backends."""
-    check_page(limit, offset)
-    where, args = [], []
-    if service_id is not None:
-        where.append(f"service_id = {mark}")
-        args.append(service_id)
-    if state is not None:
-        where.append(f"state = {mark}")
-        args.append(state.value)
-    sql = "SELECT body, version FROM flows"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    return sql + f" ORDER BY seq DESC LIMIT {mark} OFFSET {mark}", [*args, limit, offset]
+class SQLFlowReads:
+    """The flow reads of the SQL backends: one set of queries, written with the
+    driver's placeholder ``MARK`` (``?`` or ``%s``). Each backend runs them through
+    ``_rows``, with its own connections and its own error translation."""
+
+    MARK: ClassVar[str]
+
+    def _rows(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        """The rows of one read."""
+        raise NotImplementedError
+
+    def _flow(self, sql: str, *args: str) -> Flow | None:
+        rows = self._rows(sql, args)
+        return flow_from_body(*rows[0]) if rows else None
+
+    def get(self, flow_id: str) -> Flow:
+        flow = self._flow(f"SELECT body, version FROM flows WHERE id = {self.MARK}", flow_id)
+        if flow is None:
+            raise UnknownFlow(flow_id)
+        return flow
+
+    def find_by_deployment(self, deployment_id: str) -> Flow:
+        flow = self._flow(
+            f"SELECT f.body, f.version FROM deployments d JOIN flows f ON f.id = d.flow_id WHERE d.id = {self.MARK}",
+            deployment_id,
+        )
+        if flow is None:
+            raise UnknownDeployment(deployment_id)
+        return flow
+
+    def find_by_promotion(self, promotion_id: str) -> Flow:
+        flow = self._flow(
+            "SELECT f.body, f.version FROM promotions p JOIN deployments d ON d.id = p.deployment_id"
+            f" JOIN flows f ON f.id = d.flow_id WHERE p.id = {self.MARK}",
+            promotion_id,
+        )
+        if flow is None:
+            raise UnknownPromotion(None, promotion_id)
+        return flow
+
+    def find_by_key(self, artifact_id: str, service_id: str) -> Flow | None:
+        mark = self.MARK
+        return self._flow(
+            f"SELECT body, version FROM flows WHERE artifact_id = {mark} AND service_id = {mark}",
+            artifact_id,
+            service_id,
+        )
+
+    def list_flows(
+        self,
+        *,
+        service_id: str | None = None,
+        state: FlowState | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Flow]:
+        check_page(limit, offset)
+        mark, where, args = self.MARK, [], []
+        if service_id is not None:
+            where.append(f"service_id = {mark}")
+            args.append(service_id)
+        if state is not None:
+            where.append(f"state = {mark}")
+            args.append(state.value)
+        sql = "SELECT body, version FROM flows"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self._rows(sql + f" ORDER BY seq DESC LIMIT {mark} OFFSET {mark}", [*args, limit, offset])
+        return [flow_from_body(*row) for row in rows]
 
 
 # A stored flow's body: compact positional JSON rather than the converter's keyed

@@ -34,13 +34,10 @@ from flowfsm.converter import converter, hook_requests_json
 from flowfsm.errors import (
     ConcurrencyConflict,
     RepositoryError,
-    UnknownDeployment,
-    UnknownFlow,
-    UnknownPromotion,
     ValidationError,
 )
-from flowfsm.model import DeliveryAttempt, DeliveryState, Flow, FlowState, HookRecord, HookRequest
-from flowfsm.repositories._common import PENDING, driver_errors, flow_body, flow_from_body, page_query
+from flowfsm.model import DeliveryAttempt, DeliveryState, Flow, HookRecord, HookRequest
+from flowfsm.repositories._common import PENDING, SQLFlowReads, driver_errors, flow_body
 
 if TYPE_CHECKING:
     import psycopg
@@ -104,9 +101,11 @@ _MIGRATION_LOCK: Final = 0x666C6F77  # "flow": one advisory lock for every flowf
 _IDENTIFIER: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
-class PostgresRepository:
+class PostgresRepository(SQLFlowReads):
     """A ``Repository`` in PostgreSQL, shared by every engine that uses the same
     ``dsn`` and ``schema``."""
+
+    MARK = "%s"
 
     def __init__(
         self,
@@ -195,54 +194,9 @@ class PostgresRepository:
 
     # --- flows -----------------------------------------------------------------------
 
-    def _flow(self, sql: str, args: Sequence[Any]) -> Flow | None:
+    def _rows(self, sql: str, args: Sequence[Any]) -> list[Any]:
         with self._connection("read failed") as conn:
-            row = conn.execute(sql, args).fetchone()
-        return None if row is None else flow_from_body(*row)
-
-    def get(self, flow_id: str) -> Flow:
-        flow = self._flow("SELECT body, version FROM flows WHERE id = %s", (flow_id,))
-        if flow is None:
-            raise UnknownFlow(flow_id)
-        return flow
-
-    def find_by_deployment(self, deployment_id: str) -> Flow:
-        flow = self._flow(
-            "SELECT f.body, f.version FROM deployments d JOIN flows f ON f.id = d.flow_id WHERE d.id = %s",
-            (deployment_id,),
-        )
-        if flow is None:
-            raise UnknownDeployment(deployment_id)
-        return flow
-
-    def find_by_promotion(self, promotion_id: str) -> Flow:
-        flow = self._flow(
-            "SELECT f.body, f.version FROM promotions p JOIN deployments d ON d.id = p.deployment_id"
-            " JOIN flows f ON f.id = d.flow_id WHERE p.id = %s",
-            (promotion_id,),
-        )
-        if flow is None:
-            raise UnknownPromotion(None, promotion_id)
-        return flow
-
-    def find_by_key(self, artifact_id: str, service_id: str) -> Flow | None:
-        return self._flow(
-            "SELECT body, version FROM flows WHERE artifact_id = %s AND service_id = %s",
-            (artifact_id, service_id),
-        )
-
-    def list_flows(
-        self,
-        *,
-        service_id: str | None = None,
-        state: FlowState | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> list[Flow]:
-        sql, args = page_query(service_id, state, limit, offset, "%s")
-        with self._connection("read failed") as conn:
-            rows = conn.execute(sql, args).fetchall()
-        return [flow_from_body(*row) for row in rows]
+            return conn.execute(sql, args).fetchall()
 
     def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
         sql, args = _commit_statement(flows, hook_requests, lease)

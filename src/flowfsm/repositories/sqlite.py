@@ -26,12 +26,9 @@ from flowfsm.converter import converter, hook_requests_json
 from flowfsm.errors import (
     ConcurrencyConflict,
     RepositoryError,
-    UnknownDeployment,
-    UnknownFlow,
-    UnknownPromotion,
 )
-from flowfsm.model import DeliveryAttempt, DeliveryState, Flow, FlowState, HookRecord, HookRequest
-from flowfsm.repositories._common import PENDING, driver_errors, flow_body, flow_from_body, page_query
+from flowfsm.model import DeliveryAttempt, DeliveryState, Flow, HookRecord, HookRequest
+from flowfsm.repositories._common import PENDING, SQLFlowReads, driver_errors, flow_body
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteRepository"]
 
@@ -88,8 +85,10 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 _BACKEND: Final = "sqlite"
 
 
-class SQLiteRepository:
+class SQLiteRepository(SQLFlowReads):
     """A ``Repository`` in one SQLite file (or ``":memory:"``)."""
+
+    MARK = "?"
 
     def __init__(
         self,
@@ -178,52 +177,11 @@ class SQLiteRepository:
         with self._lock, _driver_errors("read failed"):
             return self._db.execute(sql, args).fetchone()
 
-    # --- flows -----------------------------------------------------------------------
-
-    def get(self, flow_id: str) -> Flow:
-        row = self._one("SELECT body, version FROM flows WHERE id = ?", (flow_id,))
-        if row is None:
-            raise UnknownFlow(flow_id)
-        return flow_from_body(*row)
-
-    def find_by_deployment(self, deployment_id: str) -> Flow:
-        row = self._one(
-            "SELECT f.body, f.version FROM deployments d JOIN flows f ON f.id = d.flow_id WHERE d.id = ?",
-            (deployment_id,),
-        )
-        if row is None:
-            raise UnknownDeployment(deployment_id)
-        return flow_from_body(*row)
-
-    def find_by_promotion(self, promotion_id: str) -> Flow:
-        row = self._one(
-            "SELECT f.body, f.version FROM promotions p JOIN deployments d ON d.id = p.deployment_id"
-            " JOIN flows f ON f.id = d.flow_id WHERE p.id = ?",
-            (promotion_id,),
-        )
-        if row is None:
-            raise UnknownPromotion(None, promotion_id)
-        return flow_from_body(*row)
-
-    def find_by_key(self, artifact_id: str, service_id: str) -> Flow | None:
-        row = self._one(
-            "SELECT body, version FROM flows WHERE artifact_id = ? AND service_id = ?",
-            (artifact_id, service_id),
-        )
-        return None if row is None else flow_from_body(*row)
-
-    def list_flows(
-        self,
-        *,
-        service_id: str | None = None,
-        state: FlowState | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> list[Flow]:
-        sql, args = page_query(service_id, state, limit, offset, "?")
+    def _rows(self, sql: str, args: Sequence[Any]) -> list[Any]:
         with self._lock, _driver_errors("read failed"):
-            rows = self._db.execute(sql, args).fetchall()
-        return [flow_from_body(*row) for row in rows]
+            return self._db.execute(sql, args).fetchall()
+
+    # --- flows -----------------------------------------------------------------------
 
     def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
         bodies = [flow_body(flow) for flow in flows]
