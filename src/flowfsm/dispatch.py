@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import attrs
 
+from flowfsm.engine import utc_now
 from flowfsm.errors import DeliveryError, ValidationError
 from flowfsm.model import DeliveryAttempt, HookRequest
 from flowfsm.protocols import HookEmitter, Repository
@@ -76,7 +77,7 @@ class Dispatcher:
         poll_interval: float = 1.0,
         retry: RetryPolicy | None = None,
         concurrency: int = 1,
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         """``batch``: HookRequests claimed at a time. ``lease``: seconds a claim is
         held before another dispatcher may take it over (longer than a batch takes

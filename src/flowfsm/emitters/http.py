@@ -119,9 +119,10 @@ class HttpEmitter:
         url = request.action.url
         if url is None:
             return None  # nothing to call: an action for other emitters
-        host = (urlsplit(url).hostname or "").lower()
-        if self.allowed_hosts is not None and host not in self.allowed_hosts:
-            raise DeliveryError(f"host {host!r} is not in allowed_hosts", retry=False)
+        if self.allowed_hosts is not None:
+            host = (urlsplit(url).hostname or "").lower()
+            if host not in self.allowed_hosts:
+                raise DeliveryError(f"host {host!r} is not in allowed_hosts", retry=False)
         try:
             action = self.catalog.get(request.payload.service.id).action(request.webhook_id, request.action.name)
         except UnknownService:
