@@ -26,13 +26,16 @@ from flowfsm.model import (
     DeploymentState,
     Environment,
     Flow,
+    FlowState,
     HookEvent,
     HookRequest,
-    Promotion,
     PromotionPayload,
     PromotionState,
     ResultStatus,
     Service,
+    make_deployment,
+    make_flow,
+    make_promotion,
 )
 from flowfsm.protocols import FailureHandler, HookEmitter, Repository, ServiceCatalog
 from flowfsm.strategies import BUILTIN_STRATEGIES, PromotionFailure
@@ -196,12 +199,13 @@ class FlowEngine:
         return Outcome(tuple(flows), tuple(requests), duplicate), created
 
     def _new_flow(self, artifact: Artifact, service: Service, now: dt.datetime) -> Flow:
-        new_id = self._new_id
-        deployments = [
-            Deployment(new_id(), env.name, [Promotion(new_id(), name) for name in env.promotions])
-            for env in service.pipeline.environments
-        ]
-        return Flow(new_id(), artifact, service.id, deployments, version=1, created_at=now, updated_at=now)
+        # Trusted constructors: the ids are fresh, the names come from the validated catalog.
+        new_id, deployments = self._new_id, []
+        for env in service.pipeline.environments:
+            deployment_id = new_id()
+            promotions = tuple([make_promotion(new_id(), name, PromotionState.PENDING) for name in env.promotions])
+            deployments.append(make_deployment(deployment_id, env.name, promotions, DeploymentState.NOT_STARTED))
+        return make_flow(new_id(), artifact, service.id, tuple(deployments), FlowState.IN_PROGRESS, 1, now, now)
 
     def _deployment_started(self, step: Step) -> bool:
         if step.deployment.state in _STARTED:

@@ -105,9 +105,11 @@ class InMemoryRepository:
                         for promotion in deployment.promotions:
                             self._by_promotion[promotion.id] = flow.id
                 self._flows[flow.id] = flow
-            until = time.monotonic() + lease if lease > 0 else 0.0
-            for request in hook_requests:
-                self._outbox[request.id] = (request, until)
+            if hook_requests:
+                until = time.monotonic() + lease if lease > 0 else 0.0
+                outbox = self._outbox
+                for request in hook_requests:
+                    outbox[request.id] = (request, until)
 
     def claim(self, limit: int = 100, *, lease: float = 30.0) -> list[HookRequest]:
         now = time.monotonic()
@@ -130,8 +132,9 @@ class InMemoryRepository:
     def mark_delivered(self, ids: Sequence[str]) -> None:
         with self._lock:
             if not self._dead and not self._attempts:  # the usual case, on every trigger
+                pop = self._outbox.pop
                 for request_id in ids:
-                    self._outbox.pop(request_id, None)
+                    pop(request_id, None)
                 return
             for request_id in ids:
                 if request_id not in self._dead:

@@ -1,0 +1,161 @@
+"""``CallablesMachine`` does what ``transitions.Machine`` does, callback for callback.
+
+Both machines are built from one declaration that uses every kind of callback
+and condition (``conditions`` and ``unless``); random trigger sequences, with
+conditions that pass or refuse at random, must give the same results, the same
+states and the same callbacks in the same order, and fail the same way.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any, cast
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from transitions import EventData, Machine, MachineError
+
+from flowfsm.machines import MACHINES, CallablesMachine
+
+
+class _S(enum.Enum):
+    A = "a"
+    B = "b"
+    C = "c"
+
+
+class _Model:
+    def __init__(self) -> None:
+        self.state = _S.A
+
+
+class _Recorder:
+    """Callbacks that log their calls; conditions that answer from a script."""
+
+    def __init__(self, answers: list[bool]) -> None:
+        self.log: list[str] = []
+        self.answers = answers
+
+    def callback(self, name: str) -> Callable[[EventData], None]:
+        def call(event: EventData) -> None:
+            self.log.append(f"{name}:{event.event.name if event.event else None}:{cast(_Model, event.model).state}")
+
+        return call
+
+    def condition(self, name: str) -> Callable[[EventData], bool]:
+        def check(event: EventData) -> bool:
+            answer = self.answers.pop() if self.answers else True
+            self.log.append(f"{name}={answer}")
+            return answer
+
+        return check
+
+
+def _declare(cls: type[Machine], recorder: _Recorder) -> Machine:
+    cb, cond = recorder.callback, recorder.condition
+    return cls(
+        model=None,
+        states=[
+            {"name": _S.A, "on_enter": [cb("enter A")], "on_exit": [cb("exit A")]},
+            {"name": _S.B, "on_enter": [cb("enter B")]},
+            {"name": _S.C, "on_exit": [cb("exit C")], "final": True},
+        ],
+        initial=_S.A,
+        transitions=[
+            {
+                "trigger": "go",
+                "source": _S.A,
+                "dest": _S.B,
+                "prepare": [cb("prepare go")],
+                "conditions": [cond("go ok")],
+                "unless": [cond("go blocked")],
+                "before": [cb("before go")],
+                "after": [cb("after go")],
+            },
+            {"trigger": "go", "source": _S.A, "dest": _S.C, "conditions": [cond("go to C")]},
+            {"trigger": "go", "source": _S.B, "dest": _S.C, "after": [cb("after B-C")]},
+            {"trigger": "back", "source": [_S.B, _S.C], "dest": _S.A, "conditions": [cond("back ok")]},
+            {"trigger": "stay", "source": _S.B, "dest": None, "after": [cb("after stay")]},
+        ],
+        prepare_event=[cb("prepare event")],
+        before_state_change=[cb("before change")],
+        after_state_change=[cb("after change")],
+        finalize_event=[cb("finalize")],
+        on_final=[cb("final")],
+        auto_transitions=False,
+        send_event=True,
+    )
+
+
+def _run(cls: type[Machine], triggers: list[str], answers: list[bool]) -> tuple[list[Any], list[str], _S]:
+    recorder = _Recorder(list(answers))
+    machine, model = _declare(cls, recorder), _Model()
+    results: list[Any] = []
+    for trigger in triggers:
+        try:
+            results.append(machine.events[trigger].trigger(model))
+        except MachineError as e:
+            results.append(f"MachineError: {e.value}")
+    return results, recorder.log, model.state
+
+
+@given(
+    st.lists(st.sampled_from(["go", "back", "stay"]), max_size=12),
+    st.lists(st.booleans(), max_size=30),
+)
+def test_callables_machine_behaves_as_transitions_machine(triggers: list[str], answers: list[bool]) -> None:
+    assert _run(CallablesMachine, triggers, answers) == _run(Machine, triggers, answers)
+
+
+def test_the_comparison_sees_callbacks_and_refusals() -> None:
+    """What the property compares, in transitions' documented order: a move with
+    every kind of callback, an internal transition, a final state, a refusal."""
+    results, log, state = _run(CallablesMachine, ["go", "stay", "go", "back", "stay"], [True, False, True])
+    assert results == [True, True, True, True, "MachineError: Can't trigger event stay from state A!"]
+    assert log == [
+        *("prepare event:go:_S.A", "prepare go:go:_S.A", "go ok=True", "go blocked=False"),
+        *("before change:go:_S.A", "before go:go:_S.A", "exit A:go:_S.A", "enter B:go:_S.B"),
+        *("after go:go:_S.B", "after change:go:_S.B", "finalize:go:_S.B"),
+        *("prepare event:stay:_S.B", "before change:stay:_S.B", "after stay:stay:_S.B"),
+        *("after change:stay:_S.B", "finalize:stay:_S.B"),
+        *("prepare event:go:_S.B", "before change:go:_S.B", "final:go:_S.C", "after B-C:go:_S.C"),
+        *("after change:go:_S.C", "finalize:go:_S.C"),
+        *("prepare event:back:_S.C", "back ok=True", "before change:back:_S.C", "exit C:back:_S.C"),
+        *("enter A:back:_S.A", "after change:back:_S.A", "finalize:back:_S.A"),
+        "finalize:stay:_S.A",
+    ]
+    assert state is _S.A
+    refused = _run(CallablesMachine, ["go"], [False, True, True])
+    assert refused[0] == [False]
+    assert refused[2] is _S.A
+
+
+def test_a_callables_machine_refuses_callbacks_named_by_string() -> None:
+    with pytest.raises(TypeError, match="callables only, not 'on_done'"):
+        CallablesMachine(
+            model=None,
+            states=["a", "b"],
+            initial="a",
+            transitions=[["go", "a", "b"]],
+            after_state_change="on_done",
+            send_event=True,
+        )
+    with pytest.raises(TypeError, match="callables only, not 'is_ready'"):
+        CallablesMachine(
+            model=None,
+            states=["a", "b"],
+            initial="a",
+            transitions=[{"trigger": "go", "source": "a", "dest": "b", "conditions": "is_ready"}],
+            send_event=True,
+        )
+
+
+def test_flowfsm_machines_are_callables_machines() -> None:
+    assert all(type(machine) is CallablesMachine for machine in MACHINES.values())
+
+
+def test_a_callables_machine_sends_the_event() -> None:
+    with pytest.raises(TypeError, match="send_event=True"):
+        CallablesMachine(model=None, states=["a"], initial="a")
