@@ -21,13 +21,14 @@ from flowfsm import (
     Environment,
     FlowEngine,
     HookEvent,
+    HookRequest,
     Pipeline,
     Service,
     Webhook,
 )
 from flowfsm.dispatch import Dispatcher
 from flowfsm.emitters import HttpEmitter
-from flowfsm.emitters.http import cloud_event
+from flowfsm.emitters.http import cloud_event, sign
 from flowfsm.repositories import InMemoryRepository
 
 from .core import interleaved
@@ -80,20 +81,36 @@ def ours(catalog: Catalog, emitter: HttpEmitter, count: int, concurrency: int, o
     return count / elapsed
 
 
-def bare(client: httpx.Client, url: str, bodies: list[bytes], concurrency: int) -> float:
-    """The same bodies posted by a plain httpx loop (no signing, no bookkeeping)."""
+def bare(
+    client: httpx.Client, url: str, bodies: list[bytes], concurrency: int, headers: list[dict[str, str]] | None = None
+) -> float:
+    """The same bodies posted by a plain httpx loop (no signing, no bookkeeping);
+    with ``headers``, each body's own headers too (made beforehand)."""
+    plain = {"content-type": "application/cloudevents+json"}
+    each = headers or [plain] * len(bodies)
 
-    def post(body: bytes) -> None:
-        client.post(url, content=body, headers={"content-type": "application/cloudevents+json"})
+    def post(body: bytes, headers: dict[str, str]) -> None:
+        client.post(url, content=body, headers=headers)
 
     start = time.perf_counter()
     if concurrency == 1:
-        for body in bodies:
-            post(body)
+        for body, header in zip(bodies, each, strict=True):
+            post(body, header)
     else:
         with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(post, bodies))
+            list(pool.map(post, bodies, each))
     return len(bodies) / (time.perf_counter() - start)
+
+
+def signed_headers(request: HookRequest, body: bytes) -> dict[str, str]:
+    """The headers HttpEmitter sends with ``body``: the Standard Webhooks three and the content type."""
+    timestamp = int(time.time())
+    return {
+        "content-type": "application/cloudevents+json",
+        "webhook-id": request.id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign([SECRET], request.id, timestamp, body),
+    }
 
 
 def run(report: Report, quick: bool) -> None:
@@ -113,6 +130,7 @@ def run(report: Report, quick: bool) -> None:
             for r in sample.handle(ArtifactCreated(Artifact("com.acme", "api", f"s.{n}"))).hook_requests
         ]
         bodies = [json.dumps(cloud_event(r, "urn:flowfsm")).encode() for r in requests]
+        headers = [signed_headers(r, body) for r, body in zip(requests, bodies, strict=True)]
         limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
         with httpx.Client(limits=limits) as client, HttpEmitter(catalog, client=client) as emitter:
             for concurrency in (1, 8):
@@ -124,7 +142,12 @@ def run(report: Report, quick: bool) -> None:
                 def theirs_once(c: int = concurrency) -> float:
                     return bare(client, url, bodies, c)
 
-                mine, theirs = interleaved(3 if quick else 7, mine_once, theirs_once)
+                def theirs_signed_once(c: int = concurrency) -> float:
+                    return bare(client, url, bodies, c, headers)
+
+                mine, theirs, theirs_signed = interleaved(
+                    3 if quick else 11, mine_once, theirs_once, theirs_signed_once
+                )
                 report.ratio(
                     f"HookRequests/s, {concurrency} concurrent: dispatcher + HttpEmitter vs bare httpx",
                     mine,
@@ -135,6 +158,15 @@ def run(report: Report, quick: bool) -> None:
                     note="ours signs, builds the CloudEvent and logs each attempt (in-memory outbox)"
                     if concurrency == 1
                     else "",
+                )
+                report.ratio(
+                    f"the same vs bare httpx sending the same headers too ({concurrency} concurrent)",
+                    mine,
+                    theirs_signed,
+                    "(context)",
+                    None,
+                    unit="/s",
+                    note="the receiver parses the three webhook-* headers in both" if concurrency == 1 else "",
                 )
     finally:
         server.terminate()
