@@ -164,8 +164,9 @@ class Step:
 
     def deployments(self) -> tuple[Deployment, ...]:
         """The flow's deployments, the one this step acts on in its latest version."""
-        deployments, i = self.flow.deployments, self.index
-        return (*deployments[:i], self.deployment, *deployments[i + 1 :])
+        deployments = list(self.flow.deployments)
+        deployments[self.index] = self.deployment
+        return tuple(deployments)
 
     def merged(
         self, *, state: FlowState | None = None, version: int | None = None, updated_at: dt.datetime | None = None
