@@ -73,8 +73,9 @@ class _Ids:
 
     def reset(self) -> None:
         prefix = os.urandom(8).hex() + "-"
-        # Builtin functions (operator.add, repr) rather than bound methods and the str
-        # type: a third cheaper an id, and no Python frame, so no thread can interleave.
+        # Builtin functions (repr, operator.add), which C calls faster than the str type
+        # or a bound __add__: about a quarter cheaper an id. All of it runs in C, with
+        # no Python frame, so threads sharing the source cannot interleave.
         numbers = map(repr, itertools.count(1))
         self.next: Callable[[], str] = map(operator.add, itertools.repeat(prefix), numbers).__next__
         """The id source itself, a C function: the engine takes it once a trigger,
