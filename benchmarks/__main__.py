@@ -24,10 +24,10 @@ def main() -> None:
     report = Report()
     if args.only in (None, "core"):
         core.run(report, args.quick)
-    if args.only in (None, "storage"):
-        storage.run(report, args.quick)
     if args.only in (None, "delivery"):
         delivery.run(report, args.quick)
+    if args.only in (None, "storage"):  # last: the heaviest group (stores of a million flows on disk)
+        storage.run(report, args.quick)
     if args.only == "instructions":
         instructions.run(report, args.quick)
     print()
