@@ -44,6 +44,13 @@ class _Recorder:
 
         return call
 
+    def fails(self, name: str) -> Callable[[EventData], None]:
+        def fail(event: EventData) -> None:
+            self.log.append(f"{name} raises")
+            raise ValueError(name)
+
+        return fail
+
     def condition(self, name: str) -> Callable[[EventData], bool]:
         def check(event: EventData) -> bool:
             answer = self.answers.pop() if self.answers else True
@@ -78,6 +85,7 @@ def _declare(cls: type[Machine], recorder: _Recorder) -> Machine:
             {"trigger": "go", "source": _S.B, "dest": _S.C, "after": [cb("after B-C")]},
             {"trigger": "back", "source": [_S.B, _S.C], "dest": _S.A, "conditions": [cond("back ok")]},
             {"trigger": "stay", "source": _S.B, "dest": None, "after": [cb("after stay")]},
+            {"trigger": "boom", "source": _S.B, "dest": _S.A, "before": [recorder.fails("before boom")]},
         ],
         prepare_event=[cb("prepare event")],
         before_state_change=[cb("before change")],
@@ -98,11 +106,13 @@ def _run(cls: type[Machine], triggers: list[str], answers: list[bool]) -> tuple[
             results.append(machine.events[trigger].trigger(model))
         except MachineError as e:
             results.append(f"MachineError: {e.value}")
+        except ValueError as e:
+            results.append(f"ValueError: {e}")
     return results, recorder.log, model.state
 
 
 @given(
-    st.lists(st.sampled_from(["go", "back", "stay"]), max_size=12),
+    st.lists(st.sampled_from(["go", "back", "stay", "boom"]), max_size=12),
     st.lists(st.booleans(), max_size=30),
 )
 def test_callables_machine_behaves_as_transitions_machine(triggers: list[str], answers: list[bool]) -> None:
@@ -111,7 +121,8 @@ def test_callables_machine_behaves_as_transitions_machine(triggers: list[str], a
 
 def test_the_comparison_sees_callbacks_and_refusals() -> None:
     """What the property compares, in transitions' documented order: a move with
-    every kind of callback, an internal transition, a final state, a refusal."""
+    every kind of callback, an internal transition, a final state, a callback that
+    raises, a refusal."""
     results, log, state = _run(CallablesMachine, ["go", "stay", "go", "back", "stay"], [True, False, True])
     assert results == [True, True, True, True, "MachineError: Can't trigger event stay from state A!"]
     assert log == [
@@ -127,6 +138,10 @@ def test_the_comparison_sees_callbacks_and_refusals() -> None:
         "finalize:stay:_S.A",
     ]
     assert state is _S.A
+    failed = _run(CallablesMachine, ["go", "boom"], [False, True])
+    assert failed[0] == [True, "ValueError: before boom"]
+    assert failed[1][-3:] == ["before change:boom:_S.B", "before boom raises", "finalize:boom:_S.B"]
+    assert failed[2] is _S.B
     refused = _run(CallablesMachine, ["go"], [False, True, True])
     assert refused[0] == [False]
     assert refused[2] is _S.A
