@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -232,6 +233,42 @@ def test_postgres_going_away_mid_stream_writes_nothing_half() -> None:
             raise AssertionError("the repository did not recover after the server came back")
         assert engine.handle(DeploymentStarted(flow.deployments[0].id)).flows[0].version == 2
         repository.close()
+
+
+_HOLD_A_SERVER = """
+import sys, time
+from flowfsm.testing import TemporaryPostgres
+server = TemporaryPostgres().__enter__()
+print(server.port, server._dir, flush=True)
+time.sleep(600)
+"""
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGKILL])
+def test_a_temporary_postgres_outlives_no_killed_process(signal_number: int) -> None:
+    """SIGTERM skips ``__exit__`` and SIGKILL skips everything: the watchdog still
+    stops the server and removes its files."""
+    if TemporaryPostgres.find_bin_dir() is None:
+        pytest.fail("PostgreSQL (initdb, pg_ctl) is needed for this test")
+    with subprocess.Popen([sys.executable, "-c", _HOLD_A_SERVER], stdout=subprocess.PIPE, text=True) as holder:
+        assert holder.stdout is not None
+        port_text, directory = holder.stdout.readline().split()
+        port = int(port_text)
+        assert _accepts(port)
+        assert os.path.isdir(directory)
+        holder.send_signal(signal_number)
+        holder.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while (_accepts(port) or os.path.exists(directory)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _accepts(port), "the server is still running"
+    assert not os.path.exists(directory), "the server's files are still there"
 
 
 def test_a_locked_sqlite_file_is_a_clear_error_and_changes_nothing(tmp_path: Path) -> None:
