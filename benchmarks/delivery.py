@@ -21,14 +21,13 @@ from flowfsm import (
     Environment,
     FlowEngine,
     HookEvent,
-    HookRequest,
     Pipeline,
     Service,
     Webhook,
 )
 from flowfsm.dispatch import Dispatcher
 from flowfsm.emitters import HttpEmitter
-from flowfsm.emitters.http import cloud_event, sign
+from flowfsm.emitters.http import cloud_event, webhook_headers
 from flowfsm.repositories import InMemoryRepository
 
 from .core import interleaved
@@ -102,17 +101,6 @@ def bare(
     return len(bodies) / (time.perf_counter() - start)
 
 
-def signed_headers(request: HookRequest, body: bytes) -> dict[str, str]:
-    """The headers HttpEmitter sends with ``body``: the Standard Webhooks three and the content type."""
-    timestamp = int(time.time())
-    return {
-        "content-type": "application/cloudevents+json",
-        "webhook-id": request.id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign([SECRET], request.id, timestamp, body),
-    }
-
-
 def run(report: Report, quick: bool) -> None:
     report.section("HTTP delivery (receiver in another process, on 127.0.0.1)")
     ctx = multiprocessing.get_context("spawn")
@@ -130,7 +118,8 @@ def run(report: Report, quick: bool) -> None:
             for r in sample.handle(ArtifactCreated(Artifact("com.acme", "api", f"s.{n}"))).hook_requests
         ]
         bodies = [json.dumps(cloud_event(r, "urn:flowfsm")).encode() for r in requests]
-        headers = [signed_headers(r, body) for r, body in zip(requests, bodies, strict=True)]
+        now = int(time.time())
+        headers = [webhook_headers(r.id, now, body, [SECRET]) for r, body in zip(requests, bodies, strict=True)]
         limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
         with httpx.Client(limits=limits) as client, HttpEmitter(catalog, client=client) as emitter:
             for concurrency in (1, 8):

@@ -42,7 +42,7 @@ from flowfsm.protocols import ServiceCatalog
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["HttpEmitter", "cloud_event", "sign"]
+__all__ = ["HttpEmitter", "cloud_event", "sign", "webhook_headers"]
 
 CONTENT_TYPE: Final = "application/cloudevents+json"
 
@@ -70,6 +70,15 @@ def sign(secrets: Collection[str], message_id: str, timestamp: int, body: bytes)
         digest = hmac.new(key, signed, hashlib.sha256).digest()
         signatures.append("v1," + base64.b64encode(digest).decode())
     return " ".join(signatures)
+
+
+def webhook_headers(message_id: str, timestamp: int, body: bytes, secrets: Collection[str]) -> dict[str, str]:
+    """The headers of one delivery: the content type and the Standard Webhooks
+    ``webhook-id`` and ``webhook-timestamp``, and ``webhook-signature`` if there are secrets."""
+    headers = {"content-type": CONTENT_TYPE, "webhook-id": message_id, "webhook-timestamp": str(timestamp)}
+    if secrets:
+        headers["webhook-signature"] = sign(secrets, message_id, timestamp, body)
+    return headers
 
 
 class HttpEmitter:
@@ -128,14 +137,8 @@ class HttpEmitter:
         except UnknownService:
             raise DeliveryError(f"service {request.payload.service.id!r} left the catalog", retry=False) from None
         body = json.dumps(cloud_event(request, self.source)).encode()
-        timestamp = int(self._clock())
-        headers = {
-            "content-type": CONTENT_TYPE,
-            "webhook-id": request.id,
-            "webhook-timestamp": str(timestamp),
-        }
-        if action is not None and action.secrets:
-            headers["webhook-signature"] = sign(action.secrets, request.id, timestamp, body)
+        secrets = action.secrets if action is not None else ()
+        headers = webhook_headers(request.id, int(self._clock()), body, secrets)
         httpx = self._httpx
         try:
             with self._client.stream(
