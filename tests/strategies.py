@@ -15,6 +15,7 @@ from flowfsm import (
     ArtifactCreated,
     Deployment,
     DeploymentCompleted,
+    DeploymentFailed,
     DeploymentPayload,
     DeploymentStarted,
     DeploymentState,
@@ -115,5 +116,6 @@ triggers: st.SearchStrategy[Trigger] = st.one_of(
     st.builds(ArtifactCreated, artifacts),
     st.builds(DeploymentStarted, ids),
     st.builds(DeploymentCompleted, ids),
+    st.builds(DeploymentFailed, ids, ids),
     promotion_completed(),
 )

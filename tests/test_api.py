@@ -6,7 +6,8 @@ import importlib
 from pathlib import Path
 
 import flowfsm
-from flowfsm.machines import MACHINES, render_into
+from flowfsm.diagrams import render_into
+from flowfsm.machines import MACHINES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,11 +27,14 @@ def test_public_names_are_pinned() -> None:
         "DeliveryState",
         "Deployment",
         "DeploymentCompleted",
+        "DeploymentFailed",
         "DeploymentPayload",
         "DeploymentStarted",
         "DeploymentState",
         "Environment",
+        "Failure",
         "FailureHandler",
+        "FailureKind",
         "FailureStrategy",
         "Flow",
         "FlowEngine",
@@ -46,7 +50,6 @@ def test_public_names_are_pinned() -> None:
         "Pipeline",
         "Promotion",
         "PromotionCompleted",
-        "PromotionFailure",
         "PromotionPayload",
         "PromotionResult",
         "PromotionState",

@@ -18,8 +18,8 @@ import pytest
 
 from flowfsm import Artifact, ArtifactCreated, FlowEngine
 from flowfsm.catalog import Catalog
+from flowfsm.diagrams import mermaid
 from flowfsm.emitters import RecordingEmitter
-from flowfsm.machines import mermaid
 from flowfsm.repositories import SQLiteRepository
 
 from .test_http import SECRET, Receiver
@@ -109,6 +109,19 @@ def test_a_failed_promotion_fails_the_flow(cli: Cli) -> None:
     assert failed["flows"][0]["state"] == "failed"
     assert cli.json("flows", "--state", "failed")[0]["id"] == failed["flows"][0]["id"]
     assert cli.json("flows", "--state", "success") == []
+
+
+def test_a_failed_deployment_fails_the_flow(cli: Cli) -> None:
+    dev = cli.json("artifact-created", "com.acme:api:2.1.0")["flows"][0]["deployments"][0]
+    cli.json("deployment-started", dev["id"])
+    failed = cli.json("deployment-failed", dev["id"], "image pull failed")
+    assert failed["flows"][0]["state"] == "failed"
+    assert failed["flows"][0]["deployments"][0]["state"] == "failed"
+    assert cli.json("deployment-failed", dev["id"], "image pull failed")["duplicate"] is True
+    refused = cli("deployment-completed", dev["id"])
+    assert refused.returncode == 1
+    assert "the CD system reported it failed" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,8 @@ from flowfsm import (
     DeploymentStarted,
     DeploymentState,
     Environment,
+    Failure,
+    FailureKind,
     Flow,
     FlowEngine,
     FlowFSMError,
@@ -25,7 +27,6 @@ from flowfsm import (
     InvalidTransition,
     Pipeline,
     PromotionCompleted,
-    PromotionFailure,
     PromotionResult,
     PromotionState,
     ResultStatus,
@@ -296,13 +297,14 @@ def test_a_lost_race_is_retried_then_surfaced(catalog: Catalog) -> None:
 
 
 def test_a_custom_failure_strategy_plugs_in(catalog: Catalog, repository: InMemoryRepository) -> None:
-    calls: list[PromotionFailure] = []
+    calls: list[Failure] = []
 
     seen: list[tuple[object, ...]] = []
 
     class StopAndPage:
-        def on_promotion_failed(self, failure: PromotionFailure) -> None:
+        def on_failure(self, failure: Failure) -> None:
             calls.append(failure)
+            assert failure.promotion is not None
             seen.append((failure.promotion.state, failure.deployment.state, failure.flow.deployments[0].state))
             failure.fail_deployment()
             seen.append((failure.deployment.state, failure.flow.deployments[0].state, failure.flow.state))
@@ -316,7 +318,14 @@ def test_a_custom_failure_strategy_plugs_in(catalog: Catalog, repository: InMemo
     outcome = engine.handle(failed(flow, 0, 0))
     (failure,) = calls
     assert failure.service is engine.catalog.get("svc-api")
-    assert failure.promotion.id == flow.deployments[0].promotions[0].id
+    assert failure.promotion is not None
+    assert failure.promotion.id == failure.failed_id == flow.deployments[0].promotions[0].id
+    assert (failure.kind, failure.flow_id, failure.deployment_id) == (
+        FailureKind.PROMOTION,
+        flow.id,
+        flow.deployments[0].id,
+    )
+    assert failure.reason == "promotion 'smoke' failed"
     assert failure.result is not None
     assert failure.result.result_status is ResultStatus.FAILED
     assert outcome.flows[0].state is FlowState.FAILED
@@ -331,7 +340,7 @@ def test_a_custom_failure_strategy_plugs_in(catalog: Catalog, repository: InMemo
 
 def test_a_strategy_cannot_skip_the_machines(catalog: Catalog, repository: InMemoryRepository) -> None:
     class Confused:
-        def on_promotion_failed(self, failure: PromotionFailure) -> None:
+        def on_failure(self, failure: Failure) -> None:
             failure.fail_deployment()
             failure.fail_deployment()  # twice: the machine refuses
 

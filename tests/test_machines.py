@@ -1,4 +1,5 @@
-"""``CallablesMachine`` does what ``transitions.Machine`` does, callback for callback.
+"""The machines: ``CallablesMachine`` does what ``transitions.Machine`` does, callback
+for callback, and ``may`` answers as firing does.
 
 Both machines are built from one declaration that uses every kind of callback
 and condition (``conditions`` and ``unless``); random trigger sequences, with
@@ -13,11 +14,25 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from transitions import EventData, Machine, MachineError
 
-from flowfsm.machines import MACHINES, CallablesMachine
+from flowfsm import (
+    Artifact,
+    Deployment,
+    DeploymentState,
+    Environment,
+    Flow,
+    FlowState,
+    InvalidTransition,
+    Pipeline,
+    Promotion,
+    PromotionState,
+    Service,
+)
+from flowfsm.machines import DECLARATIONS, MACHINES, CallablesMachine, fire, may
+from flowfsm.work import Draft, Work
 
 
 class _S(enum.Enum):
@@ -174,3 +189,73 @@ def test_flowfsm_machines_are_callables_machines() -> None:
 def test_a_callables_machine_sends_the_event() -> None:
     with pytest.raises(TypeError, match="send_event=True"):
         CallablesMachine(model=None, states=["a"], initial="a")
+
+
+# --- one way to ask: ``may`` agrees with firing ------------------------------------------
+
+
+@st.composite
+def _drafts(draw: st.DrawFn) -> tuple[Draft, str]:
+    """Any flow (states drawn freely, consistent or not), one of its entities, and
+    one trigger of that entity's machine."""
+    deployments = []
+    for i in range(draw(st.integers(1, 3))):
+        promotions = [
+            Promotion(f"p{i}{j}", f"check{j}", draw(st.sampled_from(PromotionState)))
+            for j in range(draw(st.integers(0, 2)))
+        ]
+        deployments.append(Deployment(f"d{i}", f"env{i}", promotions, draw(st.sampled_from(DeploymentState))))
+    flow = Flow("f", Artifact("g", "n", "1"), "svc", deployments, draw(st.sampled_from(FlowState)), 1)
+    service = Service("svc", ["g:n"], Pipeline("p", [Environment(d.environment) for d in deployments]))
+    opened = Work().open(flow, service)
+    kind = draw(st.sampled_from(sorted(MACHINES)))
+    index = draw(st.integers(0, len(deployments) - 1))
+    draft: Draft | None = opened.draft() if kind == "flow" else opened.deployment(index)
+    if kind == "promotion":
+        own = deployments[index].promotions
+        if not own:
+            draft = opened.deployment(index)
+            kind = "deployment"
+        else:
+            draft = opened.promotion(index, draw(st.sampled_from(own)).id)
+    assert draft is not None
+    return draft, draw(st.sampled_from(sorted(MACHINES[kind].events)))
+
+
+@given(_drafts())
+def test_may_agrees_with_firing(drafted: tuple[Draft, str]) -> None:
+    draft, trigger = drafted
+    answer = may(draft, trigger)
+    before = draft.flow.flow()
+    if answer:
+        fire(draft, trigger)
+        assert draft.flow.changed
+    else:
+        with pytest.raises(InvalidTransition):
+            fire(draft, trigger)
+        assert draft.flow.flow() == before  # a refusal changes nothing
+        assert not draft.flow.changed
+        assert draft.flow.work.events == []
+
+
+def test_the_property_sees_every_machine_state_and_trigger() -> None:
+    """The drafts above reach every (machine, state, trigger), both answers included."""
+    seen: set[tuple[str, object, str, bool]] = set()
+
+    @settings(max_examples=1500, derandomize=True, database=None)
+    @given(_drafts())
+    def collect(drafted: tuple[Draft, str]) -> None:
+        draft, trigger = drafted
+        seen.add((type(draft.entity).__name__, draft.state, trigger, may(draft, trigger)))
+
+    collect()
+    for name, declaration in DECLARATIONS.items():
+        for rule in declaration.rules:
+            assert (type_name(name), rule.source, rule.trigger, True) in seen, (name, rule.trigger)
+            for state in declaration.states:
+                if state is not rule.source or rule.guards:  # a refusal is possible
+                    assert (type_name(name), state, rule.trigger, False) in seen, (name, state, rule.trigger)
+
+
+def type_name(kind: str) -> str:
+    return kind.title()

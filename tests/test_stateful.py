@@ -1,6 +1,6 @@
 """Random trigger sequences against a small reference model of the contract.
 
-The reference below is written from SPEC §2-4 alone, as plain lists of state
+The reference below is written from SPEC §2-4 and §8 (``DeploymentFailed``) alone, as plain lists of state
 names; it shares no code with the engine. After every step the engine's outcome,
 the HookRequests it emitted and the stored flows must match it, and the
 invariants must hold.
@@ -22,6 +22,7 @@ from flowfsm import (
     ArtifactCreated,
     Catalog,
     DeploymentCompleted,
+    DeploymentFailed,
     DeploymentPayload,
     DeploymentStarted,
     Environment,
@@ -60,6 +61,8 @@ class RefFlow:
     deployments: list[str]
     promotions: list[list[str]]
     state: str = "inProgress"
+    reported_failed: set[int] = attrs.field(factory=set)
+    """Deployments the CD system reported failed (they never completed)."""
 
     def current(self) -> int | None:
         for i, state in enumerate(self.deployments):
@@ -138,7 +141,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
             else:
                 out.append((E.DEPLOYMENT_CREATED, flow, following, "notStarted"))
 
-    def expect(self, trigger: Trigger) -> Expected:  # noqa: PLR0911 - one branch per rule of SPEC §3-4
+    def expect(self, trigger: Trigger) -> Expected:  # noqa: PLR0911, PLR0912 - one branch per rule of SPEC §3-4, §8
         """Apply ``trigger`` to the reference; return what the engine must do."""
         out: list[tuple[HookEvent, RefFlow, int, str]] = []
         if isinstance(trigger, ArtifactCreated):
@@ -155,11 +158,20 @@ class EngineAgainstReference(RuleBasedStateMachine):
                 return InvalidTransition
             flow.deployments[d] = "started"
             return [(E.DEPLOYMENT_STARTED, flow, d, "started")]
-        if isinstance(trigger, DeploymentCompleted):
-            if state in ("completed", "success", "failed"):
+        if isinstance(trigger, DeploymentFailed):
+            if state == "failed" and d in flow.reported_failed:
                 return "duplicate"
-            if state == "notStarted":
-                return InvalidTransition
+            if state != "started" or flow.state != "inProgress":
+                return InvalidTransition  # not started, or it completed
+            flow.deployments[d] = "failed"
+            flow.reported_failed.add(d)
+            flow.state = "failed"  # STOP
+            return [(E.DEPLOYMENT_FAILED, flow, d, "failed"), (E.FLOW_FAILED, flow, d, "failed")]
+        if isinstance(trigger, DeploymentCompleted):
+            if state in ("completed", "success") or (state == "failed" and d not in flow.reported_failed):
+                return "duplicate"
+            if state in ("notStarted", "failed"):
+                return InvalidTransition  # not started, or reported failed
             flow.deployments[d] = "completed"
             out.append((E.DEPLOYMENT_COMPLETED, flow, d, "completed"))
             self._advance(flow, d, out)
@@ -287,6 +299,10 @@ class EngineAgainstReference(RuleBasedStateMachine):
     def deployment_completed(self, data: st.DataObject) -> None:
         self.run(DeploymentCompleted(self._deployment_id(data)))
 
+    @rule(data=st.data(), reason=st.sampled_from(["timeout", "image pull failed"]))
+    def deployment_failed(self, data: st.DataObject, reason: str) -> None:
+        self.run(DeploymentFailed(self._deployment_id(data), reason))
+
     @precondition(lambda self: any(any(f.promotion_ids) for f in self.flows.values()))
     @rule(data=st.data(), statuses=st.lists(st.sampled_from(ResultStatus), min_size=1, max_size=3))
     def promotion_completed(self, data: st.DataObject, statuses: list[ResultStatus]) -> None:
@@ -315,7 +331,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
         if state == "notStarted":
             self.run(DeploymentStarted(deployment_id))
         elif state == "started":
-            self.run(DeploymentCompleted(deployment_id))
+            self.run(DeploymentFailed(deployment_id, "boom") if fail == 0 else DeploymentCompleted(deployment_id))
         else:
             pending = [pid for pid, s in zip(flow.promotion_ids[d], flow.promotions[d], strict=True) if s == "pending"]
             pid = data.draw(st.sampled_from(pending))
@@ -352,7 +368,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
             assert sum(s in ("started", "completed") for s in states) <= 1
             assert (flow.state.value == "success") == all(s == "success" for s in states)
             any_failed = any(p.state.value == "failed" for d in flow.deployments for p in d.promotions)
-            assert (flow.state.value == "failed") == any_failed
+            assert (flow.state.value == "failed") == (any_failed or bool(ref.reported_failed))
         assert self.repository.count_pending() == 0
         assert len(self.repository.list_flows(limit=10_000)) == len(self.flows)
 

@@ -31,7 +31,7 @@ from flowfsm import (
 from flowfsm.converter import unstructure
 from flowfsm.emitters import RecordingEmitter
 from flowfsm.errors import FlowFSMError
-from flowfsm.model import make_deployment, make_flow, make_promotion
+from flowfsm.model import _make_deployment, _make_flow, _make_promotion
 from flowfsm.repositories import InMemoryRepository
 from flowfsm.testing import sample_flow
 
@@ -109,15 +109,15 @@ def test_no_trigger_changes_a_version_already_handed_out(moves: list[tuple[int, 
 
 @given(flows)
 def test_trusted_constructors_build_equal_frozen_entities(flow: Flow) -> None:
-    """``make_flow`` and friends (the engine's and the SQL backends' fast path) build
+    """``_make_flow`` and friends (the engine's and the SQL backends' fast path) build
     what the attrs constructors build, frozen alike."""
-    rebuilt = make_flow(
+    rebuilt = _make_flow(
         flow.id,
         flow.artifact,
         flow.service_id,
         tuple(
-            make_deployment(
-                d.id, d.environment, tuple(make_promotion(p.id, p.name, p.state) for p in d.promotions), d.state
+            _make_deployment(
+                d.id, d.environment, tuple(_make_promotion(p.id, p.name, p.state) for p in d.promotions), d.state
             )
             for d in flow.deployments
         ),

@@ -9,6 +9,7 @@ from flowfsm import (
     ArtifactCreated,
     Catalog,
     DeploymentCompleted,
+    DeploymentFailed,
     DeploymentPayload,
     DeploymentStarted,
     DeploymentState,
@@ -18,6 +19,7 @@ from flowfsm import (
     FlowState,
     HookEvent,
     HookRequest,
+    InvalidTransition,
     Pipeline,
     PromotionCompleted,
     PromotionPayload,
@@ -25,8 +27,9 @@ from flowfsm import (
     PromotionState,
     ResultStatus,
     Trigger,
+    ValidationError,
 )
-from flowfsm.converter import to_json
+from flowfsm.converter import from_json, to_json
 from flowfsm.emitters import RecordingEmitter
 from flowfsm.repositories import InMemoryRepository
 from flowfsm.testing import SequentialIds, StepClock
@@ -313,3 +316,90 @@ def test_secrets_never_reach_payloads_reprs_or_json(engine: FlowEngine, emitter:
         assert "whsec_" not in repr(request)
         assert "whsec_" not in to_json(request)
     assert "whsec_" not in repr(api_service())
+
+
+# --- DeploymentFailed (SPEC §8): the first trigger of Part II ------------------------
+
+
+def test_a_failed_deployment_fails_the_flow_with_stop(engine: FlowEngine, repository: InMemoryRepository) -> None:
+    flow = create(engine)
+    engine.handle(DeploymentStarted(flow.deployments[0].id))
+    outcome = engine.handle(DeploymentFailed(flow.deployments[0].id, "image pull failed"))
+    assert events(outcome.hook_requests) == fanout(HookEvent.DEPLOYMENT_FAILED) + fanout(HookEvent.FLOW_FAILED)
+    (saved,) = outcome.flows
+    assert saved.state is FlowState.FAILED
+    assert [d.state for d in saved.deployments] == [DeploymentState.FAILED] + [DeploymentState.NOT_STARTED] * 2
+    assert [p.state for p in saved.deployments[0].promotions] == [PromotionState.PENDING]
+    assert repository.get(flow.id) == saved
+    assert {r.payload.deployment.state for r in outcome.hook_requests} == {DeploymentState.FAILED}
+
+
+def test_a_failed_deployment_reported_again_is_a_duplicate(engine: FlowEngine, repository: InMemoryRepository) -> None:
+    flow = create(engine)
+    engine.handle(DeploymentStarted(flow.deployments[0].id))
+    engine.handle(DeploymentFailed(flow.deployments[0].id, "image pull failed"))
+    before = repository.get(flow.id)
+    for again in (DeploymentFailed(flow.deployments[0].id, "other words"), DeploymentStarted(flow.deployments[0].id)):
+        outcome = engine.handle(again)
+        assert outcome.duplicate
+        assert outcome.hook_requests == ()
+        assert repository.get(flow.id) == before
+
+
+@pytest.mark.parametrize("setup", ["none", "completed", "succeeded", "promotion-failed"])
+def test_a_deployment_failed_contradicting_the_record_is_refused(
+    engine: FlowEngine, repository: InMemoryRepository, setup: str
+) -> None:
+    flow = create(engine)
+    dev = flow.deployments[0]
+    if setup != "none":
+        through_completed(engine, flow, 0)
+    if setup == "succeeded":
+        engine.handle(passed(flow, 0, 0))
+    if setup == "promotion-failed":
+        engine.handle(failed(flow, 0, 0))
+    before = repository.get(flow.id)
+    with pytest.raises(InvalidTransition) as caught:
+        engine.handle(DeploymentFailed(dev.id, "too late"))
+    reasons = {
+        "none": "only a 'started' deployment can fail",
+        "completed": "it already completed",
+        "succeeded": "it already completed",
+        "promotion-failed": "it completed, then failed its promotions",
+    }
+    assert (caught.value.entity, caught.value.entity_id, caught.value.trigger) == ("deployment", dev.id, "fail")
+    assert caught.value.reason == reasons[setup]
+    assert repository.get(flow.id) == before
+
+
+def test_completed_after_a_reported_failure_contradicts_it(engine: FlowEngine, repository: InMemoryRepository) -> None:
+    flow = create(engine)
+    engine.handle(DeploymentStarted(flow.deployments[0].id))
+    engine.handle(DeploymentFailed(flow.deployments[0].id, "crashed"))
+    before = repository.get(flow.id)
+    with pytest.raises(InvalidTransition) as caught:
+        engine.handle(DeploymentCompleted(flow.deployments[0].id))
+    assert (caught.value.state, caught.value.trigger) == ("failed", "complete")
+    assert caught.value.reason == "the CD system reported it failed"
+    assert repository.get(flow.id) == before
+
+
+def test_completed_redelivered_after_a_stop_on_a_failed_promotion_is_a_duplicate(
+    engine: FlowEngine, repository: InMemoryRepository
+) -> None:
+    flow = create(engine)
+    through_completed(engine, flow, 0)
+    engine.handle(failed(flow, 0, 0))
+    before = repository.get(flow.id)
+    outcome = engine.handle(DeploymentCompleted(flow.deployments[0].id))
+    assert outcome.duplicate
+    assert repository.get(flow.id) == before
+
+
+def test_deployment_failed_has_a_json_form() -> None:
+    trigger = DeploymentFailed("d-1", "image pull failed")
+    text = to_json(trigger, Trigger)
+    assert text == '{"deploymentId": "d-1", "reason": "image pull failed", "type": "DeploymentFailed"}'
+    assert from_json(text, Trigger) == trigger
+    with pytest.raises(ValidationError, match="reason"):
+        DeploymentFailed("d-1", " ")

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from flowfsm.machines import render_into
+from flowfsm.diagrams import render_into
 
 doc = Path(__file__).resolve().parent.parent / "docs" / "machines.md"
 doc.write_text(render_into(doc.read_text()))

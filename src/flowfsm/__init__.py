@@ -46,10 +46,11 @@ from flowfsm.model import (
     Webhook,
 )
 from flowfsm.protocols import FailureHandler, HookEmitter, Repository, ServiceCatalog
-from flowfsm.strategies import PromotionFailure
+from flowfsm.strategies import Failure, FailureKind
 from flowfsm.triggers import (
     ArtifactCreated,
     DeploymentCompleted,
+    DeploymentFailed,
     DeploymentStarted,
     Outcome,
     PromotionCompleted,
@@ -71,11 +72,14 @@ __all__ = [
     "DeliveryState",
     "Deployment",
     "DeploymentCompleted",
+    "DeploymentFailed",
     "DeploymentPayload",
     "DeploymentStarted",
     "DeploymentState",
     "Environment",
+    "Failure",
     "FailureHandler",
+    "FailureKind",
     "FailureStrategy",
     "Flow",
     "FlowEngine",
@@ -91,7 +95,6 @@ __all__ = [
     "Pipeline",
     "Promotion",
     "PromotionCompleted",
-    "PromotionFailure",
     "PromotionPayload",
     "PromotionResult",
     "PromotionState",

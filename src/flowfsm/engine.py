@@ -1,11 +1,13 @@
 """``FlowEngine.handle``: one trigger in, one atomic change out.
 
-Data flows one way: the trigger names a flow; the engine loads a copy from the
-repository, fires the state machines on it (their callbacks record the hook
-events), turns those events into HookRequests, and commits the flow and its
-HookRequests together (the outbox). Only then does it hand the HookRequests to
-the emitter. Anything raised before the commit leaves the store as it was and
-emits nothing.
+Data flows one way: the trigger names a flow; the engine loads it into a unit of
+work (``flowfsm.work``), asks the machines (``flowfsm.machines``) to apply the
+trigger — they hold every rule: guards, hook events, duplicates, follow-ups — and
+hands each failure they declare to the service's failure strategy. It then turns
+the recorded hook events into HookRequests and commits the changed flows and their
+HookRequests together (the outbox). Only then does it hand the HookRequests to the
+emitter. Anything raised before the commit leaves the store as it was and emits
+nothing.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import logging
 import operator
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
-from flowfsm.errors import ConcurrencyConflict, InvalidTransition, UnknownPromotion, ValidationError
-from flowfsm.machines import Step, fire, may
+from flowfsm import machines
+from flowfsm.errors import ConcurrencyConflict, UnknownPromotion, ValidationError
 from flowfsm.model import (
     Artifact,
     Deployment,
@@ -30,32 +32,32 @@ from flowfsm.model import (
     FlowState,
     HookEvent,
     HookRequest,
+    Payload,
     PromotionPayload,
+    PromotionResult,
     PromotionState,
     ResultStatus,
     Service,
-    make_deployment,
-    make_flow,
-    make_promotion,
+    _make_deployment,
+    _make_flow,
+    _make_promotion,
 )
 from flowfsm.protocols import FailureHandler, HookEmitter, Repository, ServiceCatalog
-from flowfsm.strategies import BUILTIN_STRATEGIES, PromotionFailure
+from flowfsm.strategies import BUILTIN_STRATEGIES, Failure
 from flowfsm.triggers import (
     ArtifactCreated,
     DeploymentCompleted,
+    DeploymentFailed,
     DeploymentStarted,
     Outcome,
     PromotionCompleted,
     Trigger,
 )
+from flowfsm.work import Draft, FlowDraft, Work
 
-__all__ = ["FlowEngine", "new_id", "utc_now"]
+__all__ = ["Applier", "FlowEngine", "new_id", "utc_now"]
 
 log = logging.getLogger("flowfsm.engine")
-
-# A deployment in one of these states has been started (or completed) already.
-_STARTED: Final = frozenset(DeploymentState) - {DeploymentState.NOT_STARTED}
-_COMPLETED: Final = _STARTED - {DeploymentState.STARTED}
 
 
 class _Ids:
@@ -63,26 +65,24 @@ class _Ids:
 
     Ids look like ``3f9a0c2e7b1d4a65-17``: unique across processes and restarts (a
     fresh random prefix each time, and after every fork) and cheap, since the
-    engine makes one per HookRequest, several per trigger: the counter is turned
-    into text by C code (``map``), with no formatting in Python.
+    engine makes one per HookRequest, several per trigger: calling the factory runs
+    C code only (``map`` over a counter; no Python frame, so threads sharing it
+    cannot interleave).
     """
 
     def __init__(self) -> None:
         self.reset()
         os.register_at_fork(after_in_child=self.reset)
 
-    def reset(self) -> None:
+    @classmethod
+    def reset(cls) -> None:
         prefix = os.urandom(8).hex() + "-"
-        # Builtin functions (repr, operator.add), which C calls faster than the str type
-        # or a bound __add__: about a quarter cheaper an id. All of it runs in C, with
-        # no Python frame, so threads sharing the source cannot interleave.
         numbers = map(repr, itertools.count(1))
-        self.next: Callable[[], str] = map(operator.add, itertools.repeat(prefix), numbers).__next__
-        """The id source itself, a C function: the engine takes it once a trigger,
-        rather than calling through ``__call__`` for every HookRequest."""
+        # A static method of the class: ``new_id()`` calls the C iterator's __next__ directly.
+        cls.__call__ = staticmethod(map(operator.add, itertools.repeat(prefix), numbers).__next__)  # type: ignore[method-assign,assignment]  # replaced per process
 
-    def __call__(self) -> str:
-        return self.next()
+    def __call__(self) -> str:  # replaced by reset
+        raise NotImplementedError
 
 
 new_id: Final[Callable[[], str]] = _Ids()
@@ -90,8 +90,12 @@ new_id: Final[Callable[[], str]] = _Ids()
 
 
 def utc_now() -> dt.datetime:
-    """The default clock."""
+    """The default clock: aware, in UTC."""
     return dt.datetime.now(dt.UTC)
+
+
+Applier = Callable[[Any, Any], tuple[Outcome, list[Flow]]]
+"""How an engine applies one trigger class: ``(engine, trigger) -> (outcome, flows to save)``."""
 
 
 class FlowEngine:
@@ -99,8 +103,15 @@ class FlowEngine:
 
     ``emitter=None`` leaves every HookRequest in the outbox for a dispatcher
     (``flowfsm.dispatch``) to deliver; otherwise the engine delivers them right
-    after the commit, and any it could not deliver stay pending.
+    after the commit, leased to itself for ``lease`` seconds so that a dispatcher
+    does not deliver them too, and any it could not deliver stay pending.
     """
+
+    APPLIERS: ClassVar[Mapping[type, Applier]]
+    """Trigger class → its applier. Functions of the class, not bound to an engine:
+    bound methods kept on the engine would make a reference cycle, and an engine
+    (with its repository) would wait for the cyclic garbage collector instead of
+    going when its last reference does. A subclass adds its own triggers here."""
 
     def __init__(
         self,
@@ -124,12 +135,12 @@ class FlowEngine:
         self._new_id = id_factory
         self._max_attempts = max_attempts
         self._lease = lease if emitter is not None else 0.0
-        for service in catalog:  # fail now, not on the first failed promotion
+        for service in catalog:  # fail now, not on the first failure
             self._strategy(service)
 
     def handle(self, trigger: Trigger) -> Outcome:
         """Apply one trigger atomically and return what it did."""
-        apply = _APPLIERS.get(type(trigger)) or _applier(trigger)
+        apply = self.APPLIERS.get(type(trigger)) or self._applier(trigger)
         for attempt in range(1, self._max_attempts + 1):
             outcome, changed = apply(self, trigger)
             if not changed:
@@ -149,119 +160,94 @@ class FlowEngine:
     # --- applying triggers: reads only; returns the outcome and the flows to save ---
 
     def _on_artifact_created(self, trigger: ArtifactCreated) -> tuple[Outcome, list[Flow]]:
-        return self._artifact_created(trigger.artifact)
-
-    def _on_deployment_started(self, trigger: DeploymentStarted) -> tuple[Outcome, list[Flow]]:
-        step = self._step(trigger.deployment_id)
-        return self._outcome(step, self._deployment_started(step))
-
-    def _on_deployment_completed(self, trigger: DeploymentCompleted) -> tuple[Outcome, list[Flow]]:
-        step = self._step(trigger.deployment_id)
-        return self._outcome(step, self._deployment_completed(step))
-
-    def _on_promotion_completed(self, trigger: PromotionCompleted) -> tuple[Outcome, list[Flow]]:
-        step = self._step(trigger.deployment_id)
-        return self._outcome(step, self._promotion_completed(step, trigger))
-
-    def _step(self, deployment_id: str) -> Step:
-        flow = self.repository.find_by_deployment(deployment_id)
-        for i, deployment in enumerate(flow.deployments):
-            if deployment.id == deployment_id:
-                return Step(flow, self.catalog.get(flow.service_id), i)
-        # A repository that returned the wrong flow.
-        raise ValidationError("deployment_id", f"flow {flow.id!r} has no {deployment_id!r}")
-
-    def _outcome(self, step: Step, applied: bool) -> tuple[Outcome, list[Flow]]:
-        """The next version of the step's flow and its HookRequests, or a duplicate."""
-        flow = step.flow
-        if not applied:
-            return Outcome((flow,), (), duplicate=True), []
-        now = self._clock()
-        saved = step.merged(version=flow.version + 1, updated_at=now)
-        return Outcome((saved,), self._hook_requests(step, now)), [saved]
-
-    def _artifact_created(self, artifact: Artifact) -> tuple[Outcome, list[Flow]]:
+        artifact = trigger.artifact
         if not isinstance(artifact, Artifact):
             raise ValidationError("artifact", f"expected an Artifact, got {artifact!r}")
-        services = self.catalog.for_artifact(artifact.key)
+        work, now = Work(), self._clock()
         flows: list[Flow] = []
         created: list[Flow] = []
-        requests: list[HookRequest] = []
-        now = self._clock()
-        for service in services:
+        for service in self.catalog.for_artifact(artifact.key):
             existing = self.repository.find_by_key(artifact.id, service.id)
             if existing is not None:
                 flows.append(existing)
                 continue
             self._strategy(service)
             flow = self._new_flow(artifact, service, now)
-            step = Step(flow, service, 0)
-            step.record(HookEvent.DEPLOYMENT_CREATED)
-            requests += self._hook_requests(step, now)
+            machines.created(work.open(flow, service))
             flows.append(flow)
             created.append(flow)
         duplicate = bool(flows) and not created
-        return Outcome(tuple(flows), tuple(requests), duplicate), created
+        return Outcome(tuple(flows), self._hook_requests(work, now), duplicate), created
+
+    def _on_deployment_started(self, trigger: DeploymentStarted) -> tuple[Outcome, list[Flow]]:
+        work, draft = self.open_deployment(trigger.deployment_id)
+        return self.outcome(work, machines.apply(draft, "start"))
+
+    def _on_deployment_completed(self, trigger: DeploymentCompleted) -> tuple[Outcome, list[Flow]]:
+        work, draft = self.open_deployment(trigger.deployment_id)
+        return self.outcome(work, machines.apply(draft, "complete"))
+
+    def _on_deployment_failed(self, trigger: DeploymentFailed) -> tuple[Outcome, list[Flow]]:
+        work, draft = self.open_deployment(trigger.deployment_id, reason=trigger.reason)
+        return self.outcome(work, machines.apply(draft, "fail"))
+
+    def _on_promotion_completed(self, trigger: PromotionCompleted) -> tuple[Outcome, list[Flow]]:
+        failed = [r for r in trigger.results if r.result_status is ResultStatus.FAILED]
+        result = failed[0] if failed else trigger.results[0]
+        work, deployment = self.open_deployment(trigger.deployment_id, result=result)
+        draft = deployment.flow.promotion(deployment.index, trigger.promotion_id)
+        if draft is None:
+            raise UnknownPromotion(trigger.deployment_id, trigger.promotion_id)
+        return self.outcome(work, machines.apply(draft, "fail" if failed else "succeed"))
+
+    def open_deployment(
+        self, deployment_id: str, *, result: PromotionResult | None = None, reason: str | None = None
+    ) -> tuple[Work, Draft]:
+        """A unit of work holding the deployment's flow, and a draft of the deployment
+        to apply a trigger to (``flowfsm.machines.apply``); then ``outcome``."""
+        flow = self.repository.find_by_deployment(deployment_id)
+        work = Work(result=result, reason=reason)
+        draft = work.open(flow, self.catalog.get(flow.service_id))
+        index = draft.index(deployment_id)
+        if index is None:  # a repository that returned the wrong flow
+            raise ValidationError("deployment_id", f"flow {flow.id!r} has no {deployment_id!r}")
+        return work, draft.deployment(index)
+
+    def outcome(self, work: Work, applied: bool) -> tuple[Outcome, list[Flow]]:
+        """What a trigger applied to ``work`` did (``applied``: it was not a duplicate),
+        and the flows to save: the failure strategies decide the failures, then every
+        changed flow gets its next version, and the hook events their HookRequests."""
+        if not applied:
+            return Outcome(tuple(draft.loaded for draft in work.flows.values()), (), duplicate=True), []
+        self._decide(work)
+        now = self._clock()
+        saved = [draft.flow(version=draft.loaded.version + 1, updated_at=now) for draft in work.changed()]
+        return Outcome(tuple(saved), self._hook_requests(work, now)), saved
+
+    def _decide(self, work: Work) -> None:
+        """Hand each failure the machines declared to its service's strategy, in order
+        (a strategy's moves may declare more)."""
+        failures = work.failures
+        while failures:
+            kind, flow, index, failed_id = failures.pop(0)
+            reason = work.reason or _why(flow, index, failed_id)
+            self._strategy(flow.service).on_failure(Failure(kind, flow, index, failed_id, reason))
 
     def _new_flow(self, artifact: Artifact, service: Service, now: dt.datetime) -> Flow:
         # Trusted constructors: the ids are fresh, the names come from the validated catalog.
         new_id, deployments = self._new_id, []
         for env in service.pipeline.environments:
             deployment_id = new_id()
-            promotions = tuple([make_promotion(new_id(), name, PromotionState.PENDING) for name in env.promotions])
-            deployments.append(make_deployment(deployment_id, env.name, promotions, DeploymentState.NOT_STARTED))
-        return make_flow(new_id(), artifact, service.id, tuple(deployments), FlowState.IN_PROGRESS, 1, now, now)
+            promotions = tuple([_make_promotion(new_id(), name, PromotionState.PENDING) for name in env.promotions])
+            deployments.append(_make_deployment(deployment_id, env.name, promotions, DeploymentState.NOT_STARTED))
+        return _make_flow(new_id(), artifact, service.id, tuple(deployments), FlowState.IN_PROGRESS, 1, now, now)
 
-    def _deployment_started(self, step: Step) -> bool:
-        if step.deployment.state in _STARTED:
-            return False  # already recorded: a duplicate
-        fire(step.deployment, "start", step)
-        return True
-
-    def _deployment_completed(self, step: Step) -> bool:
-        if step.deployment.state in _COMPLETED:
-            return False
-        fire(step.deployment, "complete", step)
-        self._advance(step)
-        return True
-
-    def _promotion_completed(self, step: Step, trigger: PromotionCompleted) -> bool:
-        promotion = step.deployment.promotion(trigger.promotion_id)
-        if promotion is None:
-            raise UnknownPromotion(trigger.deployment_id, trigger.promotion_id)
-        failed = [r for r in trigger.results if r.result_status is ResultStatus.FAILED]
-        wanted = PromotionState.FAILED if failed else PromotionState.SUCCESS
-        if promotion.state is wanted:
-            return False  # the same verdict again
-        if promotion.state is not PromotionState.PENDING:
-            raise InvalidTransition(
-                "promotion",
-                promotion.id,
-                promotion.state.value,
-                "fail" if failed else "succeed",
-                f"it already {'passed' if promotion.state is PromotionState.SUCCESS else 'failed'}",
-            )
-        step.result = failed[0] if failed else trigger.results[0]
-        if failed:
-            fire(promotion, "fail", step)
-            strategy = self._strategy(step.service)
-            strategy.on_promotion_failed(PromotionFailure(step, promotion))
-        else:
-            fire(promotion, "succeed", step)
-            self._advance(step)
-        return True
-
-    def _advance(self, step: Step) -> None:
-        """After a completion or a passed promotion: succeed the deployment if its
-        guard allows, then create the next deployment or succeed the flow."""
-        if not may(step.deployment, "succeed", step):
-            return
-        fire(step.deployment, "succeed", step)
-        following = step.current_deployment()
-        if following is None:
-            fire(step.flow, "succeed", step)
-        else:
-            step.record(HookEvent.DEPLOYMENT_CREATED, following)
+    def _applier(self, trigger: object) -> Applier:
+        """The applier of a trigger class's subclass, or a clear error for a non-trigger."""
+        for kind, apply in self.APPLIERS.items():
+            if isinstance(trigger, kind):
+                return apply
+        raise ValidationError("trigger", f"not a trigger: {trigger!r}")
 
     def _strategy(self, service: Service) -> FailureHandler:
         try:
@@ -275,20 +261,19 @@ class FlowEngine:
 
     # --- hook requests -------------------------------------------------------------
 
-    def _hook_requests(self, step: Step, now: dt.datetime) -> tuple[HookRequest, ...]:
-        """One HookRequest per subscribed webhook action per event, in declared order."""
-        flow, service, new_id = step.flow, step.service, self._new_id
-        if type(new_id) is _Ids:  # the default: its C source, taken now (a fork replaces it)
-            new_id = new_id.next
-        flow_id, artifact, ref = flow.id, flow.artifact, service.ref
+    def _hook_requests(self, work: Work, now: dt.datetime) -> tuple[HookRequest, ...]:
+        """One HookRequest per subscribed webhook action per event, in recorded order."""
+        new_id = self._new_id
         requests: list[HookRequest] = []
-        for event, deployment, result, subscribers in step.events:
-            payload: DeploymentPayload | PromotionPayload
+        for event, flow, deployment, result, subscribers in work.events:
+            payload: Payload
+            service = flow.service
             if result is not None and (event is HookEvent.PROMOTION_COMPLETED or event is HookEvent.PROMOTION_FAILED):
-                payload = PromotionPayload(artifact, deployment, ref, result)
+                payload = PromotionPayload(flow.loaded.artifact, deployment, service.ref, result)
             else:
                 environment = service.pipeline.environment(deployment.environment) or _environment(deployment)
-                payload = DeploymentPayload(artifact, deployment, ref, environment)
+                payload = DeploymentPayload(flow.loaded.artifact, deployment, service.ref, environment)
+            flow_id = flow.id
             requests += [
                 HookRequest(new_id(), flow_id, webhook_id, action, event, payload, now)
                 for webhook_id, action in subscribers
@@ -315,24 +300,22 @@ class FlowEngine:
                 self.repository.mark_delivered([r.id for r in requests[:sent]])
 
 
-_Applier = Callable[[FlowEngine, Any], tuple[Outcome, list[Flow]]]
-# By class, not bound to an engine: bound methods kept on the engine would make a
-# reference cycle, and an engine (with its repository) would wait for the cyclic
-# garbage collector instead of going when its last reference does.
-_APPLIERS: Final[dict[type, _Applier]] = {
+FlowEngine.APPLIERS = {
     ArtifactCreated: FlowEngine._on_artifact_created,
     DeploymentStarted: FlowEngine._on_deployment_started,
     DeploymentCompleted: FlowEngine._on_deployment_completed,
+    DeploymentFailed: FlowEngine._on_deployment_failed,
     PromotionCompleted: FlowEngine._on_promotion_completed,
 }
 
 
-def _applier(trigger: object) -> _Applier:
-    """The applier of a trigger class's subclass, or a clear error for a non-trigger."""
-    for kind, apply in _APPLIERS.items():
-        if isinstance(trigger, kind):
-            return apply
-    raise ValidationError("trigger", f"not a trigger: {trigger!r}")
+def _why(flow: FlowDraft, index: int, failed_id: str) -> str:
+    """A failure's reason when the trigger gave none: what failed, by name."""
+    deployment = flow.deployments[index]
+    for promotion in deployment.promotions:
+        if promotion.id == failed_id:
+            return f"promotion {promotion.name!r} failed"
+    return f"deployment to {deployment.environment!r} failed"
 
 
 def _environment(deployment: Deployment) -> Environment:

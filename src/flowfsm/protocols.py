@@ -3,7 +3,7 @@
 - ``Repository``: stores flows and their outbox of HookRequests.
 - ``HookEmitter``: receives HookRequests.
 - ``ServiceCatalog``: finds services by artifact key.
-- ``FailureHandler``: decides what a failed promotion does.
+- ``FailureHandler``: decides what a failure does.
 
 Implement one by writing a class with these methods; no base class is needed.
 ``flowfsm.testing.RepositoryContract`` checks a repository against the contract.
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from flowfsm.model import DeliveryAttempt, Flow, FlowState, HookRecord, HookRequest, Service
 
 if TYPE_CHECKING:
-    from flowfsm.strategies import PromotionFailure
+    from flowfsm.strategies import Failure
 
 __all__ = ["FailureHandler", "HookEmitter", "Repository", "ServiceCatalog"]
 
@@ -152,7 +152,8 @@ class ServiceCatalog(Protocol):
 
 @runtime_checkable
 class FailureHandler(Protocol):
-    """What a failed promotion does; registered with the engine under a name that
-    services give as their ``failure_strategy``."""
+    """What a failure of any kind does (a promotion or a deployment failed, …);
+    registered with the engine under a name that services give as their
+    ``failure_strategy``. It acts through the ``Failure``'s moves."""
 
-    def on_promotion_failed(self, failure: PromotionFailure) -> None: ...
+    def on_failure(self, failure: Failure) -> None: ...

@@ -1,9 +1,13 @@
-"""Failure strategies: what a failed promotion does to its deployment and flow.
+"""Failure strategies: what a failure does to its deployment and flow.
 
-A strategy is a ``FailureHandler`` (see ``flowfsm.protocols``) registered with the
-engine under the name services use as ``failure_strategy``. It acts through
-``PromotionFailure``, whose methods fire the state machines, so a strategy
-cannot skip a guard or forget a hook event. ``STOP`` is built in.
+A failure of any kind — a promotion failed, a deployment failed, later an approval
+rejected or a timeout — reaches the strategy as one value, a ``Failure``: what
+failed (``kind``), where (the flow, deployment and failed item), and why
+(``reason``, and the promotion result when there is one). A strategy is a
+``FailureHandler`` (see ``flowfsm.protocols``) registered with the engine under the
+name services use as ``failure_strategy``. It acts only through the ``Failure``'s
+moves, which fire the state machines, so a strategy cannot skip a guard or forget a
+hook event. ``STOP`` is built in.
 """
 
 from __future__ import annotations
@@ -11,59 +15,87 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from flowfsm.machines import Step, fire
-from flowfsm.model import Deployment, FailureStrategy, Flow, Promotion, PromotionResult, Service
+from flowfsm.machines import FailureKind, fire
+from flowfsm.model import Deployment, DeploymentState, FailureStrategy, Flow, Promotion, PromotionResult, Service
 from flowfsm.protocols import FailureHandler
+from flowfsm.work import FlowDraft
 
-__all__ = ["BUILTIN_STRATEGIES", "PromotionFailure", "Stop"]
+__all__ = ["BUILTIN_STRATEGIES", "Failure", "FailureKind", "Stop"]
 
 
-class PromotionFailure:
-    """A promotion that just failed, and the moves a strategy may make."""
+class Failure:
+    """A failure, and the moves a strategy may make about it.
 
-    __slots__ = ("_promotion_id", "step")
+    ``kind``, ``flow_id``, ``deployment_id``, ``failed_id`` (the id of what failed:
+    the promotion or the deployment) and ``reason`` describe it; ``flow`` and
+    ``deployment`` show the latest versions, including the strategy's own moves.
+    """
 
-    def __init__(self, step: Step, promotion: Promotion) -> None:
-        self.step = step
-        self._promotion_id = promotion.id
+    __slots__ = ("_flow", "_index", "failed_id", "kind", "reason")
+
+    def __init__(self, kind: FailureKind, flow: FlowDraft, index: int, failed_id: str, reason: str) -> None:
+        self.kind = kind
+        self._flow = flow
+        self._index = index
+        self.failed_id = failed_id
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Failure({self.kind.value}, {self.failed_id!r} of flow {self.flow_id!r}: {self.reason!r})"
 
     @property
-    def promotion(self) -> Promotion:
-        """The failed promotion (its latest version: ``failed``)."""
-        promotion = self.step.deployment.promotion(self._promotion_id)
-        assert promotion is not None, "a deployment keeps its promotions"
-        return promotion
+    def flow_id(self) -> str:
+        return self._flow.id
+
+    @property
+    def deployment_id(self) -> str:
+        return self.deployment.id
 
     @property
     def flow(self) -> Flow:
         """The flow as this trigger has changed it so far."""
-        return self.step.merged()
+        return self._flow.flow()
 
     @property
     def deployment(self) -> Deployment:
-        """The promotion's deployment, as this trigger has changed it so far."""
-        return self.step.deployment
+        """The failed item's deployment, as this trigger has changed it so far."""
+        return self._flow.deployments[self._index]
+
+    @property
+    def promotion(self) -> Promotion | None:
+        """The failed promotion (a promotion's failure), in its latest version, else None."""
+        for promotion in self.deployment.promotions:
+            if promotion.id == self.failed_id:
+                return promotion
+        return None
 
     @property
     def service(self) -> Service:
-        return self.step.service
+        return self._flow.service
 
     @property
     def result(self) -> PromotionResult | None:
-        return self.step.result
+        """The promotion result that failed (a promotion's failure), else None."""
+        return self._flow.work.result if self.kind is FailureKind.PROMOTION else None
+
+    # --- moves: each fires a machine -------------------------------------------------
 
     def fail_deployment(self) -> None:
-        fire(self.step.deployment, "fail", self.step)
+        """A completed deployment fails (``deployment-failed``)."""
+        fire(self._flow.deployment(self._index), "reject")
 
     def fail_flow(self) -> None:
-        fire(self.step.flow, "fail", self.step)
+        """The flow fails (``flow-failed``)."""
+        fire(self._flow.draft(), "fail")
 
 
 class Stop:
-    """``STOP``: the failed promotion fails its deployment, then the flow."""
+    """``STOP``: the deployment fails (if the failure has not failed it already),
+    then the flow."""
 
-    def on_promotion_failed(self, failure: PromotionFailure) -> None:
-        failure.fail_deployment()
+    def on_failure(self, failure: Failure) -> None:
+        if failure.deployment.state is not DeploymentState.FAILED:
+            failure.fail_deployment()
         failure.fail_flow()
 
 

@@ -1,4 +1,4 @@
-"""The engine's four inputs, and what ``FlowEngine.handle`` returns.
+"""The engine's inputs, and what ``FlowEngine.handle`` returns.
 
 Triggers validate themselves when built, so malformed input fails where it is
 made (or where ``flowfsm.converter`` structures it), naming the bad field.
@@ -17,6 +17,7 @@ from flowfsm.model import Artifact, Flow, HookRequest, PromotionResult, _nonblan
 __all__ = [
     "ArtifactCreated",
     "DeploymentCompleted",
+    "DeploymentFailed",
     "DeploymentStarted",
     "Outcome",
     "PromotionCompleted",
@@ -43,6 +44,17 @@ class DeploymentCompleted:
     __repr__ = attrs_repr
 
     deployment_id: str = attrs.field(validator=_nonblank)
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class DeploymentFailed:
+    """The CD system reports that a started deployment failed, and why; the
+    service's failure strategy decides what follows (``STOP``: the flow fails)."""
+
+    __repr__ = attrs_repr
+
+    deployment_id: str = attrs.field(validator=_nonblank)
+    reason: str = attrs.field(validator=_nonblank)
 
 
 def _results(value: Iterable[PromotionResult]) -> tuple[PromotionResult, ...]:
@@ -72,7 +84,7 @@ class PromotionCompleted:
                 )
 
 
-Trigger: TypeAlias = ArtifactCreated | DeploymentStarted | DeploymentCompleted | PromotionCompleted
+Trigger: TypeAlias = ArtifactCreated | DeploymentStarted | DeploymentCompleted | PromotionCompleted | DeploymentFailed
 
 
 @attrs.define(weakref_slot=False, repr=False)

@@ -31,6 +31,7 @@ from flowfsm.protocols import Repository
 from flowfsm.triggers import (
     ArtifactCreated,
     DeploymentCompleted,
+    DeploymentFailed,
     DeploymentStarted,
     Outcome,
     PromotionCompleted,
@@ -160,6 +161,18 @@ def deployment_completed(
 ) -> None:
     """The CD system finished a deployment; its promotions may now report."""
     _handle(store, catalog, DeploymentCompleted(deployment_id), as_json)
+
+
+@app.command("deployment-failed")
+def deployment_failed(
+    deployment_id: str,
+    reason: str,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """The CD system reports that a started deployment failed, and why."""
+    _handle(store, catalog, DeploymentFailed(deployment_id, reason), as_json)
 
 
 class Result(StrEnum):
@@ -363,7 +376,7 @@ def diagram(
     fmt: Annotated[Format, typer.Option("--format", help="mermaid text or a standalone SVG.")] = Format.mermaid,
 ) -> None:
     """Print a state machine's diagram, drawn from its declaration."""
-    from flowfsm.machines import mermaid, svg
+    from flowfsm.diagrams import mermaid, svg
 
     sys.stdout.write(mermaid(machine.value) if fmt is Format.mermaid else svg(machine.value))
 

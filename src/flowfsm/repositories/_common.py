@@ -23,9 +23,9 @@ from flowfsm.model import (
     Flow,
     FlowState,
     PromotionState,
-    make_deployment,
-    make_flow,
-    make_promotion,
+    _make_deployment,
+    _make_flow,
+    _make_promotion,
 )
 
 __all__ = ["PENDING", "SQLFlowReads", "check_page", "driver_errors", "flow_body", "flow_from_body"]
@@ -161,16 +161,16 @@ def flow_from_body(body: str | list[Any], version: int) -> Flow:
     data = json.loads(body) if isinstance(body, str) else body
     flow_id, group, name, artifact_version, service_id, state, created, updated, deployments = data
     promotion_states = _PROMOTION_STATES
-    return make_flow(
+    return _make_flow(
         flow_id,
         Artifact(group, name, artifact_version),
         service_id,
         tuple(
             [
-                make_deployment(
+                _make_deployment(
                     d_id,
                     environment,
-                    tuple([make_promotion(p_id, p_name, promotion_states[p]) for p_id, p_name, p in promotions]),
+                    tuple([_make_promotion(p_id, p_name, promotion_states[p]) for p_id, p_name, p in promotions]),
                     _DEPLOYMENT_STATES[d_state],
                 )
                 for d_id, environment, d_state, promotions in deployments

@@ -1,0 +1,111 @@
+"""The machines as diagrams, drawn from their declarations (``flowfsm.machines``).
+
+``mermaid(name)`` gives a Mermaid ``stateDiagram-v2``, ``svg(name)`` a standalone
+SVG, and ``render_into(markdown)`` redraws the diagram blocks of a page, so the
+diagrams in ``docs/machines.md`` cannot drift from the code. A label reads
+``trigger [guard, ...]``; the guard every transition has (*flow inProgress*) is
+left out.
+"""
+
+from __future__ import annotations
+
+from flowfsm.machines import DECLARATIONS, FLOW_IN_PROGRESS
+
+__all__ = ["mermaid", "render_into", "svg"]
+
+
+def mermaid(entity: str) -> str:
+    """A Mermaid ``stateDiagram-v2`` drawn from the machine's declaration."""
+    declaration = DECLARATIONS[entity]
+    edges = _edges(entity)
+    lines = ["stateDiagram-v2", f"    [*] --> {declaration.initial.value}"]
+    lines += [f"    {source} --> {dest}: {label}" for source, dest, label in edges]
+    sources = {source for source, _, _ in edges}
+    lines += [f"    {state.value} --> [*]" for state in declaration.states if state.value not in sources]
+    return "\n".join(lines) + "\n"
+
+
+_BEGIN, _END = "<!-- diagram:{} -->", "<!-- /diagram -->"
+
+
+def render_into(markdown: str) -> str:
+    """``markdown`` with each ``<!-- diagram:NAME -->`` block redrawn from the code."""
+    for entity in DECLARATIONS:
+        begin = _BEGIN.format(entity)
+        start = markdown.find(begin)
+        if start < 0:
+            continue
+        end = markdown.index(_END, start)
+        block = f"{begin}\n```mermaid\n{mermaid(entity)}```\n"
+        markdown = markdown[:start] + block + markdown[end:]
+    return markdown
+
+
+def _edges(entity: str) -> list[tuple[str, str, str]]:
+    """(source, destination, label) for every transition, in declared order."""
+    edges = []
+    for rule in DECLARATIONS[entity].rules:
+        guards = [g.label for g in rule.guards if g is not FLOW_IN_PROGRESS]
+        label = rule.trigger + (f" [{', '.join(guards)}]" if guards else "")
+        edges.append((str(rule.source.value), str(rule.dest.value), label))
+    return edges
+
+
+def svg(entity: str) -> str:
+    """The machine as a standalone SVG: states left to right by distance from the
+    initial state, so the diagram needs no renderer beyond a browser."""
+    from html import escape
+
+    initial = str(DECLARATIONS[entity].initial.value)
+    edges = _edges(entity)
+    depth = {initial: 0}
+    frontier = [initial]
+    while frontier:
+        following = []
+        for state in frontier:
+            for source, dest, _ in edges:
+                if source == state and dest not in depth:
+                    depth[dest] = depth[state] + 1
+                    following.append(dest)
+        frontier = following
+    columns: dict[int, list[str]] = {}
+    for state, d in depth.items():
+        columns.setdefault(d, []).append(state)
+    box_w, box_h, row_h, left, top = 110, 36, 90, 60, 40
+    # Leave each column's gap wide enough for the longest label crossing it (11 px text).
+    col_w = box_w + max(100, 7 * max(len(label) for _, _, label in edges) + 24)
+    position = {
+        state: (left + d * col_w, top + i * row_h) for d, states in columns.items() for i, state in enumerate(states)
+    }
+    finals = {s for s in depth if not any(src == s for src, _, _ in edges)}
+    width = left + (len(columns) - 1) * col_w + box_w + 20
+    height = top + max(len(s) for s in columns.values()) * row_h
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif"'
+        ' font-size="13">',
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8"'
+        ' orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z"/></marker></defs>',
+    ]
+    x0, y0 = position[initial]
+    parts.append(f'<circle cx="{left - 35}" cy="{y0 + box_h / 2}" r="7"/>')
+    parts.append(
+        f'<line x1="{left - 28}" y1="{y0 + box_h / 2}" x2="{x0}" y2="{y0 + box_h / 2}" stroke="black"'
+        ' marker-end="url(#arrow)"/>'
+    )
+    for source, dest, label in edges:
+        (sx, sy), (dx, dy) = position[source], position[dest]
+        x1, y1, x2, y2 = sx + box_w, sy + box_h / 2, dx, dy + box_h / 2
+        parts.append(
+            f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="black" marker-end="url(#arrow)"/>'
+            f'<text x="{(x1 + x2) / 2}" y="{(y1 + y2) / 2 - 6}" text-anchor="middle" font-size="11">'
+            f"{escape(label)}</text>"
+        )
+    for state, (x, y) in position.items():
+        stroke = 3 if state in finals else 1
+        parts.append(
+            f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="10" fill="white" stroke="black"'
+            f' stroke-width="{stroke}"/><text x="{x + box_w / 2}" y="{y + box_h / 2 + 4}" text-anchor="middle">'
+            f"{escape(state)}</text>"
+        )
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"

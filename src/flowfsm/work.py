@@ -1,0 +1,186 @@
+"""One trigger's unit of work: every flow it touches, in their latest versions.
+
+Entities are immutable, so a trigger never changes what it loaded: the machines
+move a ``Draft`` of an entity and publish the result as the entity's next version
+on the ``FlowDraft`` of its flow. A ``Work`` holds the ``FlowDraft`` of every flow
+the trigger opened (a trigger may change any deployment and promotion of its flow,
+and more than one flow), the hook events caused so far, in order, and the failures
+waiting for their failure strategy. The engine saves every changed flow and the
+HookRequests of those events in one commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from flowfsm.model import (
+    ActionRef,
+    Deployment,
+    DeploymentState,
+    Flow,
+    HookEvent,
+    Promotion,
+    PromotionResult,
+    Service,
+    _make_deployment,
+    _make_flow,
+    _make_promotion,
+)
+
+if TYPE_CHECKING:
+    from flowfsm.machines import FailureKind
+
+__all__ = ["Draft", "FlowDraft", "PendingFailure", "RecordedEvent", "Work"]
+
+_SUCCESS = DeploymentState.SUCCESS
+
+RecordedEvent = tuple[HookEvent, "FlowDraft", Deployment, PromotionResult | None, tuple[tuple[str, ActionRef], ...]]
+"""(event, its flow, the deployment version of its moment, the promotion result it
+reports, its (webhook id, action) subscribers)."""
+
+PendingFailure = tuple["FailureKind", "FlowDraft", int, str]
+"""(what failed, its flow, the position of its deployment, the id of what failed)."""
+
+
+class Work:
+    """What one trigger has done so far; ``open`` adds a flow to it."""
+
+    __slots__ = ("events", "failures", "flows", "reason", "result")
+
+    def __init__(self, *, result: PromotionResult | None = None, reason: str | None = None) -> None:
+        self.flows: dict[str, FlowDraft] = {}
+        self.events: list[RecordedEvent] = []
+        self.failures: list[PendingFailure] = []
+        """Failures the machines declared, waiting for their failure strategy."""
+        self.result = result
+        """The promotion result the trigger reports, carried by promotion events."""
+        self.reason = reason
+        """Why, as the trigger says (a reported failure's reason)."""
+
+    def open(self, flow: Flow, service: Service) -> FlowDraft:
+        """The flow's draft in this unit of work (the same one if opened before)."""
+        draft = self.flows.get(flow.id)
+        if draft is None:
+            draft = self.flows[flow.id] = FlowDraft(self, flow, service)
+        return draft
+
+    def changed(self) -> list[FlowDraft]:
+        """The flows whose state, deployments or promotions this work changed."""
+        return [draft for draft in self.flows.values() if draft.changed]
+
+    def record(self, event: HookEvent, flow: FlowDraft, index: int) -> None:
+        """Record a hook event about the flow's deployment ``index`` as it is now,
+        if some webhook subscribes to it."""
+        if subscribers := flow.service.subscribers(event):
+            self.events.append((event, flow, flow.deployments[index], self.result, subscribers))
+
+
+class FlowDraft:
+    """One flow of a unit of work: its latest state and deployments.
+
+    ``focus`` is the deployment the work last acted on: flow events (``flow-failed``,
+    ``flow-succeeded``) describe it, as the deployment that ended the flow.
+    """
+
+    __slots__ = ("changed", "deployments", "focus", "loaded", "service", "state", "work")
+
+    def __init__(self, work: Work, flow: Flow, service: Service) -> None:
+        self.work = work
+        self.loaded = flow
+        self.service = service
+        self.state = flow.state
+        self.deployments = list(flow.deployments)
+        self.focus = 0
+        self.changed = False
+
+    @property
+    def id(self) -> str:
+        return self.loaded.id
+
+    def index(self, deployment_id: str) -> int | None:
+        """The position of the deployment ``deployment_id`` in the flow, or None."""
+        for i, deployment in enumerate(self.deployments):
+            if deployment.id == deployment_id:
+                return i
+        return None
+
+    def current(self) -> int | None:
+        """The position of the first deployment, in pipeline order, that has not succeeded."""
+        for i, deployment in enumerate(self.deployments):
+            if deployment.state is not _SUCCESS:
+                return i
+        return None
+
+    def flow(self, *, version: int | None = None, updated_at: dt.datetime | None = None) -> Flow:
+        """The flow as this work has changed it so far, with what is given changed too."""
+        flow = self.loaded
+        return _make_flow(
+            flow.id,
+            flow.artifact,
+            flow.service_id,
+            tuple(self.deployments),
+            self.state,
+            flow.version if version is None else version,
+            flow.created_at,
+            flow.updated_at if updated_at is None else updated_at,
+        )
+
+    # --- drafts of the flow and its parts -----------------------------------------
+
+    def draft(self) -> Draft:
+        """A draft of the flow itself, for its machine."""
+        return Draft(self.flow(), self, self.focus)
+
+    def deployment(self, index: int) -> Draft:
+        return Draft(self.deployments[index], self, index)
+
+    def promotion(self, index: int, promotion_id: str) -> Draft | None:
+        for promotion in self.deployments[index].promotions:
+            if promotion.id == promotion_id:
+                return Draft(promotion, self, index)
+        return None
+
+    # --- publishing drafts: each makes the entity's next version --------------------
+
+    def publish_flow(self, draft: Draft) -> None:
+        self.state = draft.state
+        self.changed = True
+
+    def publish_deployment(self, draft: Draft) -> None:
+        d: Deployment = draft.entity
+        self.deployments[draft.index] = _make_deployment(d.id, d.environment, d.promotions, draft.state)
+        self.focus = draft.index
+        self.changed = True
+
+    def publish_promotion(self, draft: Draft) -> None:
+        promotion: Promotion = draft.entity
+        published = _make_promotion(promotion.id, promotion.name, draft.state)
+        d = self.deployments[draft.index]
+        promotions = tuple([published if p.id == promotion.id else p for p in d.promotions])
+        self.deployments[draft.index] = _make_deployment(d.id, d.environment, promotions, d.state)
+        self.focus = draft.index
+        self.changed = True
+
+
+class Draft:
+    """An entity while a machine moves it: ``transitions`` sets ``state`` here.
+
+    ``flow`` is the entity's flow in the unit of work and ``index`` the position of
+    its deployment (for a flow: the deployment the work acts on); guards read them.
+    ``refused`` is the guard that refused the last trigger, for the error's reason.
+    """
+
+    __slots__ = ("entity", "flow", "index", "refused", "state")
+
+    def __init__(self, entity: Flow | Deployment | Promotion, flow: FlowDraft, index: int) -> None:
+        self.entity: Any = entity
+        self.state: Any = entity.state
+        self.flow = flow
+        self.index = index
+        self.refused: Any = None
+
+    @property
+    def deployment(self) -> Deployment:
+        """The latest version of the deployment the entity belongs to (or is)."""
+        return self.flow.deployments[self.index]
