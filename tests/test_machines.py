@@ -259,3 +259,94 @@ def test_the_property_sees_every_machine_state_and_trigger() -> None:
 
 def type_name(kind: str) -> str:
     return kind.title()
+
+
+# --- the pieces of ``transitions`` flowfsm reaches into -----------------------------------
+# Each fails if a release changes what flowfsm relies on; pyproject.toml pins
+# ``transitions`` to the releases these pass on.
+
+
+def test_transitions_calls_machine_callbacks_for_every_callback_list() -> None:
+    """``Machine.callbacks(funcs, event_data)`` runs each list: CallablesMachine overrides it."""
+    calls: list[int] = []
+
+    class Counting(CallablesMachine):
+        def callbacks(self, funcs: Any, event_data: EventData) -> None:
+            funcs = list(funcs)
+            calls.append(len(funcs))
+            super().callbacks(funcs, event_data)
+
+    ran: list[str] = []
+    machine = Counting(
+        model=None,
+        states=["a", "b"],
+        initial="a",
+        transitions=[{"trigger": "go", "source": "a", "dest": "b", "after": [lambda e: ran.append("after")]}],
+        send_event=True,
+    )
+    assert machine.events["go"].trigger(_Model2()) is True
+    assert ran == ["after"]
+    assert 1 in calls  # the override ran the transition's ``after`` list
+
+
+class _Model2:
+    state = "a"
+
+
+def test_transitions_event_transitions_maps_source_names_to_transitions() -> None:
+    """``event.transitions``: source state name → list of ``Transition`` with ``conditions``,
+    ``prepare``, ``before``, ``after`` and ``dest`` (read by the callables-only check)."""
+    machine = MACHINES["deployment"]
+    transitions = machine.events["start"].transitions
+    assert list(transitions) == ["NOT_STARTED"]
+    (transition,) = transitions["NOT_STARTED"]
+    assert transition.dest == "STARTED"
+    assert all(isinstance(getattr(transition, name), list) for name in ("prepare", "before", "after", "conditions"))
+
+
+def test_transitions_conditions_carry_func_and_target_and_use_condition_cls() -> None:
+    """``Condition.func``/``target`` and ``Transition.condition_cls``: _Condition.check reads them."""
+    (transition,) = MACHINES["deployment"].events["start"].transitions["NOT_STARTED"]
+    assert [type(c).__name__ for c in transition.conditions] == ["_Condition", "_Condition"]
+    assert all(callable(c.func) and c.target is True for c in transition.conditions)
+
+
+def test_transitions_uses_state_cls_and_enters_and_exits_through_it() -> None:
+    """``Machine.state_cls``: states are _State, and ``State.enter``/``exit`` run their callbacks."""
+    log: list[str] = []
+    machine = CallablesMachine(
+        model=None,
+        states=[
+            {"name": "a", "on_exit": [lambda e: log.append("exit a")]},
+            {"name": "b", "on_enter": [lambda e: log.append("enter b")]},
+        ],
+        initial="a",
+        transitions=[["go", "a", "b"]],
+        send_event=True,
+    )
+    assert all(type(s).__name__ == "_State" for s in machine.states.values())
+    assert machine.events["go"].trigger(_Model2()) is True
+    assert log == ["exit a", "enter b"]
+
+
+def test_transitions_event_trigger_returns_false_on_a_refusal_and_raises_machine_error_elsewhere() -> None:
+    """``Event.trigger(model)``: False when a condition refuses, ``MachineError`` from a wrong state."""
+    machine = CallablesMachine(
+        model=None,
+        states=["a", "b"],
+        initial="a",
+        transitions=[{"trigger": "go", "source": "a", "dest": "b", "conditions": [lambda e: False]}],
+        send_event=True,
+    )
+    model = _Model2()
+    assert machine.events["go"].trigger(model) is False
+    assert model.state == "a"
+    model.state = "b"
+    with pytest.raises(MachineError):
+        machine.events["go"].trigger(model)
+
+
+def test_transitions_version_is_one_the_suite_proves() -> None:
+    from importlib.metadata import version
+
+    assert version("transitions") in {"0.9.2", "0.9.3"}
