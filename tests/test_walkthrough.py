@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from flowfsm import (
@@ -403,3 +404,13 @@ def test_deployment_failed_has_a_json_form() -> None:
     assert from_json(text, Trigger) == trigger
     with pytest.raises(ValidationError, match="reason"):
         DeploymentFailed("d-1", " ")
+
+
+def test_an_emitter_cannot_change_the_payload_sibling_requests_share(engine: FlowEngine) -> None:
+    """The HookRequests of one event share one payload object, so it is frozen."""
+    first, second, *_ = engine.handle(ArtifactCreated(API)).hook_requests
+    assert first.payload is second.payload
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        first.payload.deployment = second.payload.deployment  # type: ignore[misc]  # what the test checks
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        first.payload.environment = first.payload.environment  # type: ignore[misc, union-attr]  # likewise

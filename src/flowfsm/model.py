@@ -6,9 +6,10 @@ immutable values: a trigger makes new versions of the parts it changes and share
 the rest, so a repository can hand out what it stores, and a HookRequest's
 payload can hold the deployment exactly as it was at its event, without copying
 either. (The state machines in ``flowfsm.machines`` work on a draft of an entity
-and publish the result as its next version.) HookRequests and their payloads are
-built several times a trigger and never kept by the engine, so they are plain
-slotted attrs classes: a frozen one costs three times as much to build.
+and publish the result as its next version.) Payloads are frozen too: the
+HookRequests of one event share one payload, so an emitter must not be able to
+change a sibling request's. HookRequests themselves are built several times a
+trigger and never kept by the engine, so they are plain slotted attrs classes.
 
 Enum values are the JSON spellings of the contract (``notStarted``,
 ``deployment-created``), so the values *are* the wire format.
@@ -529,7 +530,7 @@ class PromotionResult:
     details: Mapping[str, Any] = attrs.field(default=None, converter=_details_dict, hash=False)
 
 
-@attrs.define(weakref_slot=False, repr=False)
+@attrs.frozen(weakref_slot=False, repr=False)
 class DeploymentPayload:
     """Payload of deployment-* and flow-* events: A, D, S, E of the contract."""
 
@@ -541,7 +542,7 @@ class DeploymentPayload:
     environment: Environment
 
 
-@attrs.define(weakref_slot=False, repr=False)
+@attrs.frozen(weakref_slot=False, repr=False)
 class PromotionPayload:
     """Payload of promotion-* events: A, D, S, PR of the contract."""
 

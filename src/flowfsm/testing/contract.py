@@ -1,0 +1,284 @@
+"""``RepositoryContract``: what every ``Repository`` must do, as a pytest suite.
+
+Subclass it in a pytest module (the subclass's name starting with ``Test``)::
+
+    from flowfsm.testing import RepositoryContract
+
+    class TestMyRepository(RepositoryContract):
+        def make_repository(self):
+            return MyRepository(...)
+
+Needs pytest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Iterator
+
+import attrs
+import pytest
+
+from flowfsm.errors import ConcurrencyConflict, UnknownDeployment, UnknownFlow, UnknownPromotion, ValidationError
+from flowfsm.model import Artifact, DeliveryAttempt, DeliveryState, DeploymentState, Flow, FlowState
+from flowfsm.protocols import Repository
+from flowfsm.testing import sample_flow, sample_hook_request
+
+__all__ = ["RepositoryContract"]
+
+
+def _advanced(flow: Flow) -> Flow:
+    """The next version of ``flow``, with its first deployment started."""
+    first, *rest = flow.deployments
+    started = attrs.evolve(first, state=DeploymentState.STARTED)
+    return attrs.evolve(flow, version=flow.version + 1, deployments=(started, *rest))
+
+
+def _renamed(flow: Flow, prefix: str) -> Flow:
+    """``flow`` with ``prefix`` before every deployment and promotion id."""
+    return attrs.evolve(
+        flow,
+        deployments=[
+            attrs.evolve(d, id=prefix + d.id, promotions=[attrs.evolve(p, id=prefix + p.id) for p in d.promotions])
+            for d in flow.deployments
+        ],
+    )
+
+
+class RepositoryContract:
+    """What every ``Repository`` must do. Subclass and implement ``make_repository``;
+    the subclass's name must start with ``Test`` for pytest to collect it."""
+
+    keeps_delivered = True
+    """False for a backend that forgets delivered HookRequests (the in-memory one)."""
+
+    def make_repository(self) -> Repository:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def repo(self) -> Iterator[Repository]:
+        repository = self.make_repository()
+        yield repository
+        close: Callable[[], None] | None = getattr(repository, "close", None)
+        if close is not None:
+            close()
+
+    # --- flows -----------------------------------------------------------------------
+
+    def test_get_returns_the_committed_flow(self, repo: Repository) -> None:
+        flow = sample_flow()
+        repo.commit([flow])
+        assert repo.get(flow.id) == flow
+
+    def test_unknown_ids_raise_typed_errors(self, repo: Repository) -> None:
+        with pytest.raises(UnknownFlow) as flow_error:
+            repo.get("nope")
+        assert flow_error.value.flow_id == "nope"
+        with pytest.raises(UnknownDeployment) as deployment_error:
+            repo.find_by_deployment("nope")
+        assert deployment_error.value.deployment_id == "nope"
+        assert repo.find_by_key("com.acme:api:9", "svc") is None
+
+    def test_returned_flows_are_immutable(self, repo: Repository) -> None:
+        flow = sample_flow()
+        repo.commit([flow])
+        loaded = repo.get(flow.id)
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            loaded.state = FlowState.FAILED  # type: ignore[misc]  # what the test is about
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            loaded.deployments[0].state = DeploymentState.FAILED  # type: ignore[misc]  # what the test is about
+        assert isinstance(loaded.deployments, tuple)
+        assert isinstance(loaded.deployments[0].promotions, tuple)
+        assert repo.get(flow.id) == flow
+
+    def test_lookups_by_deployment_promotion_and_key(self, repo: Repository) -> None:
+        first, second = sample_flow(1), sample_flow(2)
+        repo.commit([first, second])
+        for deployment in second.deployments:
+            assert repo.find_by_deployment(deployment.id) == second
+            for promotion in deployment.promotions:
+                assert repo.find_by_promotion(promotion.id) == second
+        with pytest.raises(UnknownPromotion) as unknown:
+            repo.find_by_promotion("nope")
+        assert unknown.value.promotion_id == "nope"
+        assert repo.find_by_key(first.artifact.id, first.service_id) == first
+        assert repo.find_by_key(first.artifact.id, "other") is None
+
+    def test_update_is_compare_and_set_on_version(self, repo: Repository) -> None:
+        flow = sample_flow()
+        repo.commit([flow])
+        newer = _advanced(flow)
+        repo.commit([newer])
+        assert repo.get(flow.id) == newer
+        stale = attrs.evolve(_advanced(flow), state=FlowState.FAILED)  # from version 1 again: 2 is taken
+        with pytest.raises(ConcurrencyConflict) as conflict:
+            repo.commit([stale])
+        assert conflict.value.flow_id == flow.id
+        assert repo.get(flow.id) == newer
+        skipping = attrs.evolve(newer, version=newer.version + 2)
+        with pytest.raises(ConcurrencyConflict):
+            repo.commit([skipping])
+        with pytest.raises(ConcurrencyConflict):
+            repo.commit([_advanced(sample_flow(7))])  # an update of a flow never stored
+
+    def test_key_and_id_are_unique(self, repo: Repository) -> None:
+        flow = sample_flow()
+        repo.commit([flow])
+        same_key = attrs.evolve(_renamed(sample_flow(), "x"), id="another-id")
+        with pytest.raises(ConcurrencyConflict):
+            repo.commit([same_key])
+        same_id = attrs.evolve(_renamed(sample_flow(), "y"), artifact=Artifact("com.acme", "api", "9.9.9"))
+        with pytest.raises(ConcurrencyConflict):
+            repo.commit([same_id])
+        assert repo.list_flows() == [flow]
+
+    def test_commit_is_all_or_nothing(self, repo: Repository) -> None:
+        flow = sample_flow(1)
+        repo.commit([flow])
+        fresh = sample_flow(2)
+        stale = attrs.evolve(_advanced(flow), version=5)
+        with pytest.raises(ConcurrencyConflict):
+            repo.commit([fresh, stale], [sample_hook_request(fresh)])
+        with pytest.raises(UnknownFlow):
+            repo.get(fresh.id)
+        with pytest.raises(UnknownDeployment):
+            repo.find_by_deployment(fresh.deployments[0].id)
+        assert repo.count_pending() == 0
+        assert repo.get(flow.id) == flow
+        # A lone flow's lost race takes its HookRequests with it too: an update...
+        with pytest.raises(ConcurrencyConflict):
+            repo.commit([stale], [sample_hook_request(stale)])
+        # ...and a new flow whose key is taken, with its deployments and promotions.
+        taken = attrs.evolve(_renamed(sample_flow(1), "taken"), id="another-id")
+        with pytest.raises(ConcurrencyConflict):
+            repo.commit([taken], [sample_hook_request(taken)])
+        with pytest.raises(UnknownDeployment):
+            repo.find_by_deployment(taken.deployments[0].id)
+        assert repo.count_pending() == 0
+        assert repo.hook_requests(flow.id) == []
+        assert repo.get(flow.id) == flow
+
+    def test_list_flows_newest_first_filtered_and_paged(self, repo: Repository) -> None:
+        flows = [sample_flow(n, service_id="a" if n % 2 else "b") for n in range(1, 8)]
+        for flow in flows:
+            repo.commit([flow])
+        failed = attrs.evolve(_advanced(flows[2]), state=FlowState.FAILED)
+        repo.commit([failed])
+        ids = [f.id for f in repo.list_flows()]
+        assert ids == [f.id for f in reversed(flows)]
+        assert [f.id for f in repo.list_flows(service_id="a")] == [f.id for f in reversed(flows) if f.service_id == "a"]
+        assert [f.id for f in repo.list_flows(state=FlowState.FAILED)] == [failed.id]
+        assert [f.id for f in repo.list_flows(service_id="b", state=FlowState.FAILED)] == []
+        assert [f.id for f in repo.list_flows(limit=2, offset=1)] == ids[1:3]
+        assert repo.list_flows(offset=100) == []
+        with pytest.raises(ValidationError):
+            repo.list_flows(limit=0)
+
+    # --- outbox ----------------------------------------------------------------------
+
+    def test_outbox_claim_deliver_release(self, repo: Repository) -> None:
+        flow = sample_flow()
+        requests = [sample_hook_request(flow, n) for n in range(1, 4)]
+        repo.commit([flow], requests)
+        assert repo.count_pending() == 3
+        claimed = repo.claim(10)
+        assert claimed == requests
+        assert repo.claim(10) == []  # leased to the first claim
+        repo.release([requests[1].id, requests[2].id])
+        repo.mark_delivered([requests[0].id])
+        assert repo.count_pending() == 2
+        assert repo.claim(10) == requests[1:]
+        repo.mark_delivered([r.id for r in requests])
+        repo.mark_delivered([requests[0].id])  # again: harmless
+        assert repo.count_pending() == 0
+        assert repo.claim(10) == []
+
+    def test_claim_keeps_each_flows_order(self, repo: Repository) -> None:
+        first, second = sample_flow(1), sample_flow(2)
+        a = [sample_hook_request(first, n) for n in (1, 2)]
+        b = [sample_hook_request(second, n) for n in (1, 2)]
+        repo.commit([first], a[:1])
+        repo.commit([second], b)
+        repo.commit([_advanced(first)], a[1:])
+        assert repo.claim(1) == [a[0]]
+        # a[1] waits while a[0] is leased, so the second flow comes next.
+        assert repo.claim(10) == b
+        repo.mark_delivered([a[0].id])
+        assert repo.claim(10) == [a[1]]
+
+    def test_a_held_flow_does_not_block_the_others(self, repo: Repository) -> None:
+        first, second = sample_flow(1), sample_flow(2)
+        queue = [sample_hook_request(first, n) for n in range(1, 6)]
+        repo.commit([first], queue)
+        repo.commit([second], [sample_hook_request(second)])
+        assert repo.claim(1) == queue[:1]
+        # The next oldest requests wait behind the first; the other flow's goes ahead.
+        assert repo.claim(1) == [sample_hook_request(second)]
+
+    def test_hook_requests_keep_the_delivery_log(self, repo: Repository) -> None:
+        flow = sample_flow()
+        requests = [sample_hook_request(flow, n) for n in range(1, 4)]
+        repo.commit([flow], requests)
+        repo.mark_delivered([requests[0].id])
+        records = repo.hook_requests(flow.id)
+        if self.keeps_delivered:
+            assert [r.request for r in records] == requests
+            assert records[0].delivered_at is not None
+        else:
+            assert [r.request for r in records] == requests[1:]
+        assert [r.delivered_at for r in records[-2:]] == [None, None]
+        assert repo.hook_requests("another-flow") == []
+
+    def test_the_delivery_log_records_attempts_and_the_dead(self, repo: Repository) -> None:
+        flow = sample_flow()
+        first, second, third = (sample_hook_request(flow, n) for n in range(1, 4))
+        repo.commit([flow], [first, second, third])
+        now = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+        assert repo.record_attempt(first.id, DeliveryAttempt(now, 503, "unavailable", 0.25)) == 1
+        assert repo.record_attempt(first.id, DeliveryAttempt(now, None, "timed out", 15.0)) == 2
+        repo.mark_dead([first.id])
+        assert repo.count_pending() == 2
+        (dead,) = repo.dead_requests()
+        assert dead.request == first
+        assert dead.state is DeliveryState.DEAD
+        assert [(a.status_code, a.error) for a in dead.attempts] == [(503, "unavailable"), (None, "timed out")]
+        # A dead request does not hold its flow back.
+        assert repo.claim(10) == [second, third]
+        repo.mark_delivered([second.id, third.id])
+        repo.requeue([first.id])
+        assert repo.dead_requests() == []
+        assert repo.claim(10) == [first]
+        states = {r.request.id: r.state for r in repo.hook_requests(flow.id)}
+        assert states[first.id] is DeliveryState.PENDING
+        if self.keeps_delivered:
+            assert states[second.id] is DeliveryState.DELIVERED
+
+    def test_release_with_a_delay_is_a_backoff(self, repo: Repository) -> None:
+        flow = sample_flow()
+        request = sample_hook_request(flow)
+        repo.commit([flow], [request])
+        assert repo.claim(10) == [request]
+        repo.release([request.id], delay=1.0)
+        assert repo.claim(10) == []
+        time.sleep(1.2)
+        assert repo.claim(10) == [request]
+
+    def test_endpoints_can_be_disabled_and_enabled(self, repo: Repository) -> None:
+        assert repo.disabled_endpoints() == frozenset()
+        repo.disable_endpoint("https://gone.example/hook")
+        repo.disable_endpoint("https://gone.example/hook")
+        assert repo.disabled_endpoints() == {"https://gone.example/hook"}
+        repo.enable_endpoint("https://gone.example/hook")
+        assert repo.disabled_endpoints() == frozenset()
+
+    def test_leases_expire(self, repo: Repository) -> None:
+        flow = sample_flow()
+        request = sample_hook_request(flow)
+        repo.commit([flow], [request], lease=1.0)
+        assert repo.claim(10) == []  # the committer delivers it first
+        time.sleep(1.2)
+        assert repo.claim(10, lease=1.0) == [request]
+        assert repo.claim(10) == []
+        time.sleep(1.2)
+        assert repo.claim(10) == [request]  # never delivered: offered again
