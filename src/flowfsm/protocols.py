@@ -1,6 +1,10 @@
 """The pluggable parts, each a small ``typing.Protocol``, documented in one place.
 
-- ``Repository``: stores flows and their outbox of HookRequests.
+- ``Repository``: stores flows and their outbox of HookRequests. It is four roles,
+  each its own protocol: ``FlowStore`` (flows, saved with their HookRequests),
+  ``Outbox`` (HookRequests waiting for delivery), ``DeliveryLog`` (attempts and dead
+  requests) and ``EndpointSwitches`` (endpoints turned off); a part of flowfsm that
+  needs one role asks for that one.
 - ``HookEmitter``: receives HookRequests.
 - ``ServiceCatalog``: finds services by artifact key.
 - ``FailureHandler``: decides what a failure does.
@@ -19,12 +23,22 @@ from flowfsm.model import DeliveryAttempt, Flow, FlowState, HookRecord, HookRequ
 if TYPE_CHECKING:
     from flowfsm.strategies import Failure
 
-__all__ = ["FailureHandler", "HookEmitter", "Repository", "ServiceCatalog"]
+__all__ = [
+    "DeliveryLog",
+    "EndpointSwitches",
+    "FailureHandler",
+    "FlowStore",
+    "HookEmitter",
+    "Outbox",
+    "Repository",
+    "ServiceCatalog",
+]
 
 
 @runtime_checkable
-class Repository(Protocol):
-    """Stores flows, versioned for optimistic concurrency, with a transactional outbox.
+class FlowStore(Protocol):
+    """Stores flows, versioned for optimistic concurrency, and commits each save with
+    its HookRequests (the transactional outbox).
 
     Flows are immutable values, so a repository may hand out the very objects it
     stores (the in-memory one does) or build new ones (the SQL ones do). Errors are
@@ -69,6 +83,11 @@ class Repository(Protocol):
         """
         ...
 
+
+@runtime_checkable
+class Outbox(Protocol):
+    """The HookRequests committed with the flows, until they are delivered."""
+
     def claim(self, limit: int = 100, *, lease: float = 30.0) -> list[HookRequest]:
         """Up to ``limit`` pending HookRequests, leased to the caller for ``lease`` s.
 
@@ -96,7 +115,10 @@ class Repository(Protocol):
         attempts (a backend may forget delivered ones; the in-memory one does)."""
         ...
 
-    # --- the delivery log ------------------------------------------------------------
+
+@runtime_checkable
+class DeliveryLog(Protocol):
+    """Each delivery attempt, and the HookRequests given up on."""
 
     def record_attempt(self, request_id: str, attempt: DeliveryAttempt) -> int:
         """Log one delivery attempt; returns how many the HookRequest has had."""
@@ -114,6 +136,11 @@ class Repository(Protocol):
         """Dead HookRequests, oldest first."""
         ...
 
+
+@runtime_checkable
+class EndpointSwitches(Protocol):
+    """Endpoints turned off (they answered 410 Gone), by URL."""
+
     def disable_endpoint(self, url: str) -> None:
         """Stop delivering to ``url`` (it answered 410 Gone) until enabled again."""
         ...
@@ -121,6 +148,13 @@ class Repository(Protocol):
     def enable_endpoint(self, url: str) -> None: ...
 
     def disabled_endpoints(self) -> frozenset[str]: ...
+
+
+@runtime_checkable
+class Repository(FlowStore, Outbox, DeliveryLog, EndpointSwitches, Protocol):
+    """Everything the engine and the dispatcher store: the four roles, in one backend
+    (one database), so a flow's save and its HookRequests share a transaction.
+    ``flowfsm.testing.RepositoryContract`` checks a backend against all of them."""
 
 
 @runtime_checkable

@@ -1,14 +1,16 @@
 """What the repository backends share: page checks, the flow reads of the SQL
-backends (``SQLFlowReads``), and the stored form of a flow."""
+backends (``SQLFlowReads``), their migrations runner (``migrate``), the outbox
+row → ``HookRecord`` step (``hook_record``), and the stored form of a flow."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Final
 
+from flowfsm.converter import converter
 from flowfsm.errors import (
     FlowFSMError,
     RepositoryError,
@@ -19,16 +21,30 @@ from flowfsm.errors import (
 )
 from flowfsm.model import (
     Artifact,
+    DeliveryAttempt,
+    DeliveryState,
     DeploymentState,
     Flow,
     FlowState,
+    HookRecord,
+    HookRequest,
     PromotionState,
     _make_deployment,
     _make_flow,
     _make_promotion,
 )
 
-__all__ = ["PENDING", "SQLFlowReads", "check_page", "driver_errors", "flow_body", "flow_from_body"]
+__all__ = [
+    "BODY_FORMAT",
+    "PENDING",
+    "SQLFlowReads",
+    "check_page",
+    "driver_errors",
+    "flow_body",
+    "flow_from_body",
+    "hook_record",
+    "migrate",
+]
 
 PENDING: Final = "delivered_at IS NULL AND dead_at IS NULL"
 """The SQL condition of an outbox row that still waits for delivery."""
@@ -45,6 +61,56 @@ def driver_errors(backend: str, what: str, errors: tuple[type[BaseException], ..
     except errors as e:
         message = " ".join(str(e).split()) or type(e).__name__
         raise RepositoryError(backend, f"{what}: {message}") from e
+
+
+def migrate(
+    execute: Callable[..., Any],
+    migrations: Sequence[Sequence[str]],
+    *,
+    backend: str,
+    where: str,
+    save_version: str,
+) -> None:
+    """Bring a SQL store's schema to ``len(migrations)``, in the caller's transaction.
+
+    ``execute(sql, args)`` runs one statement and returns a cursor; the schema
+    version is kept in ``flowfsm_meta``; ``save_version`` stores it (the driver's
+    upsert, with one placeholder). A store newer than this flowfsm is refused,
+    naming ``where`` it is.
+    """
+    latest = len(migrations)
+    execute("CREATE TABLE IF NOT EXISTS flowfsm_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)", ())
+    row = execute("SELECT value FROM flowfsm_meta WHERE key = 'schema_version'", ()).fetchone()
+    current = int(row[0]) if row else 0
+    if current > latest:
+        raise RepositoryError(backend, f"{where} has schema version {current}; this flowfsm knows up to {latest}")
+    for statements in migrations[current:]:
+        for statement in statements:
+            execute(statement, ())
+    if current != latest:
+        execute(save_version, (str(latest),))
+
+
+def hook_record(
+    request: HookRequest | str | dict[str, Any],
+    delivered_at: dt.datetime | str | None,
+    dead: object,
+    attempts: Iterable[Sequence[Any]],
+) -> HookRecord:
+    """An outbox row as a ``HookRecord``: its stored request (JSON text, or already
+    parsed), when it was delivered, whether it is dead, and its attempts as rows of
+    (at, status code, error, duration)."""
+    if not isinstance(request, HookRequest):
+        request = converter.structure(json.loads(request) if isinstance(request, str) else request, HookRequest)
+    if isinstance(delivered_at, str):
+        delivered_at = dt.datetime.fromisoformat(delivered_at)
+    state = DeliveryState.DELIVERED if delivered_at else DeliveryState.DEAD if dead else DeliveryState.PENDING
+    return HookRecord(
+        request,
+        state,
+        delivered_at,
+        tuple(DeliveryAttempt(dt.datetime.fromisoformat(a[0]), a[1], a[2], a[3]) for a in attempts),
+    )
 
 
 def check_page(limit: int, offset: int) -> None:
@@ -127,8 +193,11 @@ class SQLFlowReads:
 
 # A stored flow's body: compact positional JSON rather than the converter's keyed
 # form, since loading and saving the aggregate is most of a trigger's own work:
-# [id, group, name, version, service id, state, created, updated,
+# [format, id, group, name, version, service id, state, created, updated,
 #  [[deployment id, environment, state, [[promotion id, name, state], ...]], ...]]
+# Format 1 (the first) had no leading number; format 2 added it and nothing else.
+BODY_FORMAT: Final = 2
+"""The format of the flow bodies this flowfsm writes; it reads every earlier one."""
 _FLOW_STATES: Final = {s.value: s for s in FlowState}
 _DEPLOYMENT_STATES: Final = {s.value: s for s in DeploymentState}
 _PROMOTION_STATES: Final = {s.value: s for s in PromotionState}
@@ -140,6 +209,7 @@ def flow_body(flow: Flow) -> str:
     artifact, created, updated = flow.artifact, flow.created_at, flow.updated_at
     return _dumps(
         [
+            BODY_FORMAT,
             flow.id,
             artifact.group,
             artifact.name,
@@ -159,6 +229,10 @@ def flow_body(flow: Flow) -> str:
 def flow_from_body(body: str | list[Any], version: int) -> Flow:
     """The flow ``flow_body`` stored (PostgreSQL hands back ``jsonb`` already parsed)."""
     data = json.loads(body) if isinstance(body, str) else body
+    if type(data[0]) is int:  # format 2 on: the format first
+        if data[0] > BODY_FORMAT:
+            raise RepositoryError("sql", f"flow body format {data[0]}; this flowfsm reads up to {BODY_FORMAT}")
+        data = data[1:]
     flow_id, group, name, artifact_version, service_id, state, created, updated, deployments = data
     promotion_states = _PROMOTION_STATES
     return _make_flow(

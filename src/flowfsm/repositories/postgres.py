@@ -25,7 +25,6 @@ several engines need on top:
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import re
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -36,8 +35,8 @@ from flowfsm.errors import (
     RepositoryError,
     ValidationError,
 )
-from flowfsm.model import DeliveryAttempt, DeliveryState, Flow, HookRecord, HookRequest
-from flowfsm.repositories._common import PENDING, SQLFlowReads, driver_errors, flow_body
+from flowfsm.model import DeliveryAttempt, Flow, HookRecord, HookRequest
+from flowfsm.repositories._common import PENDING, SQLFlowReads, driver_errors, flow_body, hook_record, migrate
 
 if TYPE_CHECKING:
     import psycopg
@@ -174,23 +173,14 @@ class PostgresRepository(SQLFlowReads):
         with self._connection("migration failed", transaction=True) as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
-            conn.execute("CREATE TABLE IF NOT EXISTS flowfsm_meta (key text PRIMARY KEY, value text NOT NULL)")
-            row = conn.execute("SELECT value FROM flowfsm_meta WHERE key = 'schema_version'").fetchone()
-            current = int(row[0]) if row else 0
-            if current > SCHEMA_VERSION:
-                raise RepositoryError(
-                    _BACKEND,
-                    f"schema {self.schema!r} has version {current}; this flowfsm knows {SCHEMA_VERSION}",
-                )
-            for statements in MIGRATIONS[current:]:
-                for statement in statements:
-                    conn.execute(statement)
-            if current != SCHEMA_VERSION:
-                conn.execute(
-                    "INSERT INTO flowfsm_meta VALUES ('schema_version', %s)"
-                    " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                    (str(SCHEMA_VERSION),),
-                )
+            migrate(
+                conn.execute,
+                MIGRATIONS,
+                backend=_BACKEND,
+                where=f"schema {self.schema!r}",
+                save_version="INSERT INTO flowfsm_meta VALUES ('schema_version', %s)"
+                " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            )
 
     # --- flows -----------------------------------------------------------------------
 
@@ -292,15 +282,7 @@ class PostgresRepository(SQLFlowReads):
                 " GROUP BY o.seq, o.body, o.delivered_at, o.dead_at ORDER BY o.seq",
                 args,
             ).fetchall()
-        return [
-            HookRecord(
-                converter.structure(body, HookRequest),
-                DeliveryState.DELIVERED if delivered else DeliveryState.DEAD if dead else DeliveryState.PENDING,
-                delivered,
-                tuple(DeliveryAttempt(dt.datetime.fromisoformat(a[0]), a[1], a[2], a[3]) for a in attempts),
-            )
-            for body, delivered, dead, attempts in rows
-        ]
+        return [hook_record(body, delivered, dead, attempts) for body, delivered, dead, attempts in rows]
 
     # --- the delivery log ------------------------------------------------------------
 

@@ -27,8 +27,8 @@ from flowfsm.errors import (
     ConcurrencyConflict,
     RepositoryError,
 )
-from flowfsm.model import DeliveryAttempt, DeliveryState, Flow, HookRecord, HookRequest
-from flowfsm.repositories._common import PENDING, SQLFlowReads, driver_errors, flow_body
+from flowfsm.model import DeliveryAttempt, Flow, HookRecord, HookRequest
+from flowfsm.repositories._common import PENDING, SQLFlowReads, driver_errors, flow_body, hook_record, migrate
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteRepository"]
 
@@ -143,22 +143,14 @@ class SQLiteRepository(SQLFlowReads):
     # --- schema ----------------------------------------------------------------------
 
     def _migrate(self) -> None:
-        with self._write():
-            self._db.execute("CREATE TABLE IF NOT EXISTS flowfsm_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            row = self._db.execute("SELECT value FROM flowfsm_meta WHERE key = 'schema_version'").fetchone()
-            current = int(row[0]) if row else 0
-            if current > SCHEMA_VERSION:
-                raise RepositoryError(
-                    _BACKEND,
-                    f"{self.path!r} has schema version {current}; this flowfsm knows up to {SCHEMA_VERSION}",
-                )
-            for statements in MIGRATIONS[current:]:
-                for statement in statements:
-                    self._db.execute(statement)
-            if current != SCHEMA_VERSION:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO flowfsm_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                )
+        with self._write() as db:
+            migrate(
+                db.execute,
+                MIGRATIONS,
+                backend=_BACKEND,
+                where=repr(self.path),
+                save_version="INSERT OR REPLACE INTO flowfsm_meta VALUES ('schema_version', ?)",
+            )
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -269,21 +261,15 @@ class SQLiteRepository(SQLFlowReads):
     def _records(self, where: str, args: Sequence[Any]) -> list[HookRecord]:
         with self._lock, _driver_errors("read failed"):
             rows = self._db.execute(f"SELECT id, body, delivered_at, dead_at FROM outbox {where}", args).fetchall()
-            attempts: dict[str, list[DeliveryAttempt]] = {}
-            for request_id, at, status, error, duration in self._db.execute(
+            attempts: dict[str, list[tuple[Any, ...]]] = {}
+            for request_id, *attempt in self._db.execute(
                 "SELECT request_id, at, status_code, error, duration FROM delivery_attempts"
                 f" WHERE request_id IN (SELECT id FROM outbox {where}) ORDER BY rowid",
                 args,
             ):
-                attempt = DeliveryAttempt(dt.datetime.fromisoformat(at), status, error, duration)
-                attempts.setdefault(request_id, []).append(attempt)
+                attempts.setdefault(request_id, []).append(tuple(attempt))
         return [
-            HookRecord(
-                converter.structure(json.loads(body), HookRequest),
-                DeliveryState.DELIVERED if delivered else DeliveryState.DEAD if dead else DeliveryState.PENDING,
-                None if delivered is None else dt.datetime.fromisoformat(delivered),
-                tuple(attempts.get(request_id, ())),
-            )
+            hook_record(body, delivered, dead, attempts.get(request_id, ()))
             for request_id, body, delivered, dead in rows
         ]
 
