@@ -1,4 +1,4 @@
-"""Redraw the Mermaid diagrams in docs/machines.md from the machines in the code."""
+"""Redraw the rule tables and Mermaid diagrams in docs/machines.md from the machines in the code."""
 
 from pathlib import Path
 

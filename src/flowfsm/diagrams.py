@@ -4,14 +4,17 @@
 SVG, and ``render_into(markdown)`` redraws the diagram blocks of a page, so the
 diagrams in ``docs/machines.md`` cannot drift from the code. A label reads
 ``trigger [guard, ...]``; the guard every transition has (*flow inProgress*) is
-left out.
+left out. ``rules(name)`` gives the declaration as a Markdown table.
 """
 
 from __future__ import annotations
 
-from flowfsm.machines import DECLARATIONS, FLOW_IN_PROGRESS
+from collections.abc import Callable
+from typing import Final
 
-__all__ = ["mermaid", "render_into", "svg"]
+from flowfsm.machines import DECLARATIONS, FLOW_IN_PROGRESS, Next, always
+
+__all__ = ["mermaid", "render_into", "rules", "svg"]
 
 
 def mermaid(entity: str) -> str:
@@ -25,19 +28,59 @@ def mermaid(entity: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-_BEGIN, _END = "<!-- diagram:{} -->", "<!-- /diagram -->"
+def rules(entity: str) -> str:
+    """The machine's declaration as a Markdown table, one row per rule."""
+    declaration = DECLARATIONS[entity]
+    rows = [
+        "| trigger | from → to | guards | hook events | then | failure | a repeat (duplicate) when | contradicts |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for rule in declaration.rules:
+        events = [f"next: `{e.event.value}`" if isinstance(e, Next) else f"`{e.value}`" for e in rule.events]
+        repeats = [
+            f"`{state.value}`" + ("" if test is always else f" ({_doc(test)})") for state, test in rule.repeats.items()
+        ]
+        contradicts = [f"`{state.value}`: {reason}" for state, reason in rule.contradicts.items()]
+        cells = [
+            f"`{rule.trigger}`",
+            f"`{rule.source.value}` → `{rule.dest.value}`",
+            ", ".join(g.label for g in rule.guards),
+            ", ".join(events),
+            ", ".join(f"{kind} `{trigger}`" for kind, trigger in rule.then),
+            rule.failure.value if rule.failure else "",
+            ", ".join(repeats),
+            "; ".join(contradicts),
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def _doc(test: Callable[..., bool]) -> str:
+    """A repeat test's name, as words."""
+    return test.__name__.strip("_").replace("_", " ")
+
+
+def _fenced(entity: str) -> str:
+    return f"```mermaid\n{mermaid(entity)}```\n"
+
+
+_BLOCKS: Final[dict[str, tuple[str, Callable[[str], str]]]] = {  # marker -> (end marker, how to draw)
+    "diagram": ("<!-- /diagram -->", _fenced),
+    "rules": ("<!-- /rules -->", rules),
+}
 
 
 def render_into(markdown: str) -> str:
-    """``markdown`` with each ``<!-- diagram:NAME -->`` block redrawn from the code."""
-    for entity in DECLARATIONS:
-        begin = _BEGIN.format(entity)
-        start = markdown.find(begin)
-        if start < 0:
-            continue
-        end = markdown.index(_END, start)
-        block = f"{begin}\n```mermaid\n{mermaid(entity)}```\n"
-        markdown = markdown[:start] + block + markdown[end:]
+    """``markdown`` with each ``<!-- diagram:NAME -->`` and ``<!-- rules:NAME -->``
+    block redrawn from the code."""
+    for kind, (end_marker, draw) in _BLOCKS.items():
+        for entity in DECLARATIONS:
+            begin = f"<!-- {kind}:{entity} -->"
+            start = markdown.find(begin)
+            if start < 0:
+                continue
+            end = markdown.index(end_marker, start)
+            markdown = markdown[:start] + f"{begin}\n{draw(entity)}" + markdown[end:]
     return markdown
 
 

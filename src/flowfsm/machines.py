@@ -33,6 +33,7 @@ from __future__ import annotations
 import enum
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import partial
 from typing import Any, Final
 
 import attrs
@@ -363,38 +364,27 @@ def _declared_callbacks(machine: Machine) -> Iterator[object]:
 # --- building the machines from the declarations ------------------------------------------
 
 
-def _condition(guard: Guard) -> Callable[[EventData], bool]:
-    """The guard as a ``transitions`` condition; a refusal names itself on the draft."""
-    test = guard.test
-
-    def condition(event: EventData) -> bool:
-        draft: Draft = event.model  # type: ignore[assignment]  # the models of flowfsm machines are Drafts
-        if test(draft):
-            return True
-        draft.refused = guard
-        return False
-
-    condition.__name__ = test.__name__
-    return condition
+def _check(guard: Guard, event: EventData) -> bool:
+    """A guard as a ``transitions`` condition (bound with ``partial``); a refusal
+    names itself on the draft."""
+    draft: Draft = event.model  # type: ignore[assignment]  # the models of flowfsm machines are Drafts
+    if guard.test(draft):
+        return True
+    draft.refused = guard
+    return False
 
 
-def _effects(rule: Rule, publish: Callable[[FlowDraft, Draft], None]) -> Callable[[EventData], None]:
-    """The rule's ``after`` callback: publish, record its events, hand on its failure,
-    try its follow-ups."""
-    events, then, failure = rule.events, rule.then, rule.failure
-
-    def after(event: EventData) -> None:
-        draft: Draft = event.model  # type: ignore[assignment]  # the models of flowfsm machines are Drafts
-        flow = draft.flow
-        publish(flow, draft)
-        _record(events, flow, draft.index)
-        if failure is not None:
-            flow.work.failures.append((failure, flow, draft.index, draft.entity.id))
-        for kind, trigger in then:
-            attempt(flow.deployment(draft.index) if kind == "deployment" else flow.draft(), trigger)
-
-    after.__name__ = f"after_{rule.trigger}_{rule.dest.name.lower()}"
-    return after
+def _after(rule: Rule, publish: Callable[[FlowDraft, Draft], None], event: EventData) -> None:
+    """A rule's ``after`` callback (bound with ``partial``): publish the draft, record
+    the rule's events, hand on its failure, try its follow-ups."""
+    draft: Draft = event.model  # type: ignore[assignment]  # the models of flowfsm machines are Drafts
+    flow = draft.flow
+    publish(flow, draft)
+    _record(rule.events, flow, draft.index)
+    if rule.failure is not None:
+        flow.work.failures.append((rule.failure, flow, draft.index, draft.entity.id))
+    for kind, trigger in rule.then:
+        attempt(flow.deployment(draft.index) if kind == "deployment" else flow.draft(), trigger)
 
 
 def _record(effects: tuple[Effect, ...], flow: FlowDraft, index: int) -> None:
@@ -408,7 +398,9 @@ def _record(effects: tuple[Effect, ...], flow: FlowDraft, index: int) -> None:
             record(effect, flow, index)
 
 
-def _build(declaration: Declaration) -> Machine:
+def _build(
+    declaration: Declaration,
+) -> Machine:  # pragma: no mutate block - runs at import, before mutants
     return CallablesMachine(
         model=None,
         states=declaration.states,
@@ -418,8 +410,8 @@ def _build(declaration: Declaration) -> Machine:
                 "trigger": rule.trigger,
                 "source": rule.source,
                 "dest": rule.dest,
-                "conditions": [_condition(g) for g in (FLOW_IN_PROGRESS, *rule.guards)],
-                "after": [_effects(rule, declaration.publish)],
+                "conditions": [partial(_check, g) for g in (FLOW_IN_PROGRESS, *rule.guards)],
+                "after": [partial(_after, rule, declaration.publish)],
             }
             for rule in declaration.rules
         ],
