@@ -373,3 +373,50 @@ def test_sqlite_endpoint_switches_round_trip(tmp_path: Path) -> None:
         assert repository.disabled_endpoints() == {"https://a.example/", "https://b.example/"}
         repository.enable_endpoint("https://a.example/")
         assert repository.disabled_endpoints() == {"https://b.example/"}
+
+
+def test_a_retry_after_a_lost_race_is_logged(catalog: Catalog, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("DEBUG", logger="flowfsm.engine"):
+        FlowEngine(catalog, _Losing(losses=2), None, max_attempts=3).handle(ArtifactCreated(API))
+    assert [r.getMessage() for r in caplog.records if r.name == "flowfsm.engine"] == [
+        "concurrent change, retrying ArtifactCreated (attempt 1)",
+        "concurrent change, retrying ArtifactCreated (attempt 2)",
+    ]
+
+
+def test_artifact_created_needs_an_artifact(engine: FlowEngine) -> None:
+    with pytest.raises(ValidationError) as caught:
+        engine.handle(ArtifactCreated("com.acme:api:1"))  # type: ignore[arg-type]  # what the test checks
+    assert caught.value.field == "artifact"
+    assert caught.value.message == "expected an Artifact, got 'com.acme:api:1'"
+
+
+def test_a_repository_returning_the_wrong_flow_is_caught(catalog: Catalog) -> None:
+    class Confused(InMemoryRepository):
+        def find_by_deployment(self, deployment_id: str) -> Flow:
+            return super().find_by_deployment(deployment_id.removesuffix("-typo"))
+
+    repository = Confused()
+    engine = FlowEngine(catalog, repository, None)
+    flow = create(engine)
+    with pytest.raises(ValidationError) as caught:
+        engine.handle(DeploymentStarted(flow.deployments[0].id + "-typo"))
+    assert caught.value.field == "deployment_id"
+    assert caught.value.message == f"flow {flow.id!r} has no {flow.deployments[0].id + '-typo'!r}"
+
+
+def test_payloads_describe_an_environment_as_the_catalog_has_it_now(repository: InMemoryRepository) -> None:
+    old = FlowEngine(Catalog([api_service()]), repository, None, clock=StepClock(), id_factory=SequentialIds())
+    flow = create(old)
+    through_completed(old, flow, 0)
+    changed = api_service(
+        pipeline=Pipeline(
+            "default",
+            [Environment("dev", ["smoke"]), Environment("staging", ["smoke", "load"]), Environment("prod")],
+        )
+    )
+    engine = FlowEngine(Catalog([changed]), repository, None, clock=StepClock(), id_factory=SequentialIds("n"))
+    outcome = engine.handle(passed(flow, 0, 0))
+    created = next(r.payload for r in outcome.hook_requests if r.event is HookEvent.DEPLOYMENT_CREATED)
+    assert isinstance(created, DeploymentPayload)
+    assert created.environment == Environment("staging", ["smoke", "load"])

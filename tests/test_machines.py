@@ -210,7 +210,7 @@ def _drafts(draw: st.DrawFn) -> tuple[Draft, str]:
     opened = Work().open(flow, service)
     kind = draw(st.sampled_from(sorted(MACHINES)))
     index = draw(st.integers(0, len(deployments) - 1))
-    draft: Draft | None = opened.draft() if kind == "flow" else opened.deployment(index)
+    draft: Draft | None = opened.draft(index) if kind == "flow" else opened.deployment(index)
     if kind == "promotion":
         own = deployments[index].promotions
         if not own:

@@ -51,7 +51,7 @@ class EndingEngine(FlowEngine):
         work = Work()
         for flow_id in trigger.flow_ids:
             flow = self.repository.get(flow_id)
-            fire(work.open(flow, self.catalog.get(flow.service_id)).draft(), "fail")
+            fire(work.open(flow, self.catalog.get(flow.service_id)).draft(0), "fail")
         return self.outcome(work, applied=True)
 
     APPLIERS: ClassVar[Mapping[type, Applier]] = {**FlowEngine.APPLIERS, EndFlows: _on_end_flows}

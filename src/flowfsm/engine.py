@@ -140,22 +140,22 @@ class FlowEngine:
 
     def handle(self, trigger: Trigger) -> Outcome:
         """Apply one trigger atomically and return what it did."""
-        apply = self.APPLIERS.get(type(trigger)) or self._applier(trigger)
-        for attempt in range(1, self._max_attempts + 1):
+        apply, attempt = self._applier(trigger), 1
+        while True:
             outcome, changed = apply(self, trigger)
             if not changed:
                 return outcome
             try:
                 self.repository.commit(changed, outcome.hook_requests, lease=self._lease)
+                break
             except ConcurrencyConflict:
-                if attempt == self._max_attempts:
+                if attempt >= self._max_attempts:
                     raise
                 log.debug("concurrent change, retrying %s (attempt %d)", type(trigger).__name__, attempt)
-                continue
-            if outcome.hook_requests and self.emitter is not None:
-                self._deliver(self.emitter, outcome.hook_requests)
-            return outcome
-        raise AssertionError("unreachable")  # pragma: no cover
+                attempt += 1
+        if outcome.hook_requests and self.emitter is not None:
+            self._deliver(self.emitter, outcome.hook_requests)
+        return outcome
 
     # --- applying triggers: reads only; returns the outcome and the flows to save ---
 
@@ -218,7 +218,7 @@ class FlowEngine:
         and the flows to save: the failure strategies decide the failures, then every
         changed flow gets its next version, and the hook events their HookRequests."""
         if not applied:
-            return Outcome(tuple(draft.loaded for draft in work.flows.values()), (), duplicate=True), []
+            return Outcome(tuple(draft.loaded for draft in work.flows.values()), duplicate=True), []
         self._decide(work)
         now = self._clock()
         saved = [draft.flow(version=draft.loaded.version + 1, updated_at=now) for draft in work.changed()]
@@ -243,7 +243,8 @@ class FlowEngine:
         return _make_flow(new_id(), artifact, service.id, tuple(deployments), FlowState.IN_PROGRESS, 1, now, now)
 
     def _applier(self, trigger: object) -> Applier:
-        """The applier of a trigger class's subclass, or a clear error for a non-trigger."""
+        """The applier of the trigger's class (or of the class it subclasses), or a
+        clear error for a non-trigger."""
         for kind, apply in self.APPLIERS.items():
             if isinstance(trigger, kind):
                 return apply

@@ -384,7 +384,7 @@ def _after(rule: Rule, publish: Callable[[FlowDraft, Draft], None], event: Event
     if rule.failure is not None:
         flow.work.failures.append((rule.failure, flow, draft.index, draft.entity.id))
     for kind, trigger in rule.then:
-        attempt(flow.deployment(draft.index) if kind == "deployment" else flow.draft(), trigger)
+        attempt(flow.deployment(draft.index) if kind == "deployment" else flow.draft(draft.index), trigger)
 
 
 def _record(effects: tuple[Effect, ...], flow: FlowDraft, index: int) -> None:
@@ -458,14 +458,12 @@ def fire(draft: Draft, trigger: str) -> None:
         raise _invalid(draft, trigger, reason)
 
 
-def attempt(draft: Draft, trigger: str) -> bool:
-    """Fire ``trigger`` if ``may`` says it would apply; whether it did. For follow-ups,
-    which are refused more often than not: asking the guards costs far less than a
-    refused ``transitions`` event."""
+def attempt(draft: Draft, trigger: str) -> None:
+    """Fire ``trigger`` if ``may`` says it would apply. For follow-ups, which are
+    refused more often than not: asking the guards costs far less than a refused
+    ``transitions`` event."""
     if may(draft, trigger):
         fire(draft, trigger)
-        return True
-    return False
 
 
 def may(draft: Draft, trigger: str) -> bool:
@@ -505,9 +503,8 @@ def apply(draft: Draft, trigger: str) -> bool:
 
 
 def created(flow: FlowDraft) -> None:
-    """Record the hook events a new flow's creation causes."""
-    flow.changed = True
-    _record(FLOW.created, flow, flow.focus)
+    """Record the hook events a new flow's creation causes (about its first deployment)."""
+    _record(FLOW.created, flow, 0)
 
 
 def _invalid(draft: Draft, trigger: str, reason: str) -> InvalidTransition:

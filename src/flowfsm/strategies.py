@@ -86,7 +86,7 @@ class Failure:
 
     def fail_flow(self) -> None:
         """The flow fails (``flow-failed``)."""
-        fire(self._flow.draft(), "fail")
+        fire(self._flow.draft(self._index), "fail")
 
 
 class Stop:

@@ -77,13 +77,9 @@ class Work:
 
 
 class FlowDraft:
-    """One flow of a unit of work: its latest state and deployments.
+    """One flow of a unit of work: its latest state and deployments."""
 
-    ``focus`` is the deployment the work last acted on: flow events (``flow-failed``,
-    ``flow-succeeded``) describe it, as the deployment that ended the flow.
-    """
-
-    __slots__ = ("changed", "deployments", "focus", "loaded", "service", "state", "work")
+    __slots__ = ("changed", "deployments", "loaded", "service", "state", "work")
 
     def __init__(self, work: Work, flow: Flow, service: Service) -> None:
         self.work = work
@@ -91,7 +87,6 @@ class FlowDraft:
         self.service = service
         self.state = flow.state
         self.deployments = list(flow.deployments)
-        self.focus = 0
         self.changed = False
 
     @property
@@ -128,9 +123,11 @@ class FlowDraft:
 
     # --- drafts of the flow and its parts -----------------------------------------
 
-    def draft(self) -> Draft:
-        """A draft of the flow itself, for its machine."""
-        return Draft(self.flow(), self, self.focus)
+    def draft(self, index: int) -> Draft:
+        """A draft of the flow itself, for its machine, acting for its deployment
+        ``index``: flow events (``flow-failed``, ``flow-succeeded``) describe that
+        deployment, as the one that ended the flow."""
+        return Draft(self.flow(), self, index)
 
     def deployment(self, index: int) -> Draft:
         return Draft(self.deployments[index], self, index)
@@ -150,7 +147,6 @@ class FlowDraft:
     def publish_deployment(self, draft: Draft) -> None:
         d: Deployment = draft.entity
         self.deployments[draft.index] = _make_deployment(d.id, d.environment, d.promotions, draft.state)
-        self.focus = draft.index
         self.changed = True
 
     def publish_promotion(self, draft: Draft) -> None:
@@ -159,7 +155,6 @@ class FlowDraft:
         d = self.deployments[draft.index]
         promotions = tuple([published if p.id == promotion.id else p for p in d.promotions])
         self.deployments[draft.index] = _make_deployment(d.id, d.environment, promotions, d.state)
-        self.focus = draft.index
         self.changed = True
 
 
