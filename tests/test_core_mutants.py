@@ -355,7 +355,8 @@ def test_sqlite_lists_a_hundred_dead_requests_by_default(tmp_path: Path) -> None
 def test_sqlite_reads_of_a_closed_store_are_repository_errors(tmp_path: Path) -> None:
     repository = SQLiteRepository(tmp_path / "flows.db")
     repository.close()
-    for read in (repository.count_pending, repository.disabled_endpoints, lambda: repository.get("x")):
+    reads = (repository.count_pending, repository.disabled_endpoints, lambda: repository.get("x"))
+    for read in (*reads, lambda: repository.hook_requests("x"), repository.dead_requests):
         with pytest.raises(RepositoryError) as caught:
             read()
         assert str(caught.value).startswith("sqlite: read failed: ")
@@ -420,3 +421,23 @@ def test_payloads_describe_an_environment_as_the_catalog_has_it_now(repository: 
     created = next(r.payload for r in outcome.hook_requests if r.event is HookEvent.DEPLOYMENT_CREATED)
     assert isinstance(created, DeploymentPayload)
     assert created.environment == Environment("staging", ["smoke", "load"])
+
+
+def test_sqlite_delivery_times_are_aware_utc(tmp_path: Path) -> None:
+    with SQLiteRepository(tmp_path / "flows.db") as repository:
+        engine = FlowEngine(Catalog([api_service()]), repository, None, clock=StepClock(), id_factory=SequentialIds())
+        request = engine.handle(ArtifactCreated(API)).hook_requests[0]
+        before = dt.datetime.now(dt.UTC)
+        repository.mark_delivered([request.id])
+        (record,) = [r for r in repository.hook_requests(request.flow_id) if r.request.id == request.id]
+        assert record.delivered_at is not None
+        assert record.delivered_at.utcoffset() == dt.timedelta(0)
+        assert before <= record.delivered_at <= dt.datetime.now(dt.UTC)
+
+
+def test_an_unknown_strategy_names_the_known_ones(catalog: Catalog) -> None:
+    service = api_service("svc-x", failure_strategy="NOPE")
+    with pytest.raises(ValidationError) as caught:
+        FlowEngine(Catalog([service]), InMemoryRepository(), None, strategies={"PAGE": object()})  # type: ignore[dict-item]  # never called
+    assert caught.value.field == "failure_strategy"
+    assert caught.value.message == "service 'svc-x' names unknown strategy 'NOPE' (known: PAGE, STOP)"
