@@ -144,7 +144,27 @@ class _Losing(InMemoryRepository):
 def test_max_attempts_must_be_at_least_one(catalog: Catalog, bad: int) -> None:
     with pytest.raises(ValidationError) as caught:
         FlowEngine(catalog, InMemoryRepository(), None, max_attempts=bad)
-    assert caught.value.field == "max_attempts"
+    assert (caught.value.field, caught.value.message) == ("max_attempts", "must be at least 1")
+
+
+def test_an_engine_tries_five_times_by_default(catalog: Catalog) -> None:
+    FlowEngine(catalog, _Losing(losses=4), None).handle(ArtifactCreated(API))
+    with pytest.raises(ConcurrencyConflict):
+        FlowEngine(catalog, _Losing(losses=5), None).handle(ArtifactCreated(API))
+
+
+def test_inline_delivery_is_leased_for_thirty_seconds_by_default(catalog: Catalog) -> None:
+    leases: list[float] = []
+
+    class Leases(InMemoryRepository):
+        def commit(self, flows: object, hook_requests: object = (), *, lease: float = 0.0) -> None:
+            leases.append(lease)
+            super().commit(flows, hook_requests, lease=lease)  # type: ignore[arg-type]  # passed through
+
+    FlowEngine(catalog, Leases(), RecordingEmitter()).handle(ArtifactCreated(API))
+    FlowEngine(catalog, Leases(), RecordingEmitter(), lease=2.5).handle(ArtifactCreated(API))
+    FlowEngine(catalog, Leases(), None, lease=2.5).handle(ArtifactCreated(API))
+    assert leases == [30.0, 2.5, 0.0]
 
 
 def test_max_attempts_counts_every_try(catalog: Catalog) -> None:

@@ -90,6 +90,14 @@ def test_a_trigger_may_change_any_deployment_of_its_flow() -> None:
     assert [d.state.value for d in draft.flow().deployments] == ["completed", "notStarted", "notStarted"]
     assert draft.index(flow.deployments[2].id) == 2
     assert draft.index("nope") is None
+    later = draft.flow()
+    assert (later.id, later.version, later.created_at, later.updated_at) == (
+        flow.id,
+        flow.version,
+        flow.created_at,
+        flow.updated_at,
+    )
+    assert draft.work.open(flow, api_service()) is draft  # one draft per flow in a unit of work
 
 
 def test_the_trusted_constructors_check_their_fields_for_real() -> None:

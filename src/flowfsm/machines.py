@@ -34,7 +34,7 @@ import enum
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import attrs
 from transitions import EventData, Machine, MachineError
@@ -453,9 +453,8 @@ def fire(draft: Draft, trigger: str) -> None:
         applied = _EVENTS[type(draft.entity), trigger](draft)
     except MachineError:
         raise _not_from_here(draft, trigger) from None
-    if not applied:
-        reason = draft.refused.reason if draft.refused is not None else "refused"
-        raise _invalid(draft, trigger, reason)
+    if not applied:  # transitions refuses only when a condition does, which names itself
+        raise _invalid(draft, trigger, cast(Guard, draft.refused).reason)
 
 
 def attempt(draft: Draft, trigger: str) -> None:

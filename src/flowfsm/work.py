@@ -29,7 +29,7 @@ from flowfsm.model import (
 )
 
 if TYPE_CHECKING:
-    from flowfsm.machines import FailureKind
+    from flowfsm.machines import FailureKind, Guard
 
 __all__ = ["Draft", "FlowDraft", "PendingFailure", "RecordedEvent", "Work"]
 
@@ -173,7 +173,7 @@ class Draft:
         self.state: Any = entity.state
         self.flow = flow
         self.index = index
-        self.refused: Any = None
+        self.refused: Guard | None = None
 
     @property
     def deployment(self) -> Deployment:
