@@ -121,7 +121,7 @@ def run(report: Report, quick: bool) -> None:
         now = int(time.time())
         headers = [webhook_headers(r.id, now, body, [SECRET]) for r, body in zip(requests, bodies, strict=True)]
         limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
-        with httpx.Client(limits=limits) as client, HttpEmitter(catalog, client=client) as emitter:
+        with httpx.Client(limits=limits) as client, HttpEmitter(catalog) as emitter:
             for concurrency in (1, 8):
                 batches = itertools.count()
 

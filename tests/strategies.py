@@ -96,7 +96,7 @@ hook_requests = st.builds(
     ids,
     ids,
     names,
-    st.builds(ActionRef, names, st.none() | st.just("https://hooks.example/y")),
+    st.builds(ActionRef, names, st.none() | st.just("https://hooks.example/y"), st.booleans()),
     st.sampled_from(HookEvent),
     payloads,
     times,

@@ -175,7 +175,8 @@ def hook_requests_json(requests: Sequence[HookRequest]) -> list[str]:
         texts.append(
             f'{{"id": {_quote(request.id)}, "flowId": {_quote(request.flow_id)},'
             f' "webhookId": {_quote(request.webhook_id)},'
-            f' "action": {{"name": {_quote(action.name)}, "url": {"null" if url is None else _quote(url)}}},'
+            f' "action": {{"name": {_quote(action.name)}, "url": {"null" if url is None else _quote(url)},'
+            f' "signed": {"true" if action.signed else "false"}}},'
             f' "event": {_quote(request.event.value)}, "createdAt": {created}, "payload": {payload}}}'
         )
     return texts

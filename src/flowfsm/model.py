@@ -234,12 +234,14 @@ class Pipeline:
 
 @attrs.frozen(weakref_slot=False, repr=False)
 class ActionRef:
-    """An action as a HookRequest names it: everything but the secret."""
+    """An action as a HookRequest names it: everything but the secret, and whether it
+    had one (``signed``), so a request made signed is never sent unsigned."""
 
     __repr__ = attrs_repr
 
     name: str
     url: str | None = None
+    signed: bool = False
 
 
 def _url(_: object, __: object, value: str | None) -> None:
@@ -281,7 +283,7 @@ class Action:
 
     @property
     def ref(self) -> ActionRef:
-        return ActionRef(self.name, self.url)
+        return ActionRef(self.name, self.url, self.secret is not None)
 
     @property
     def secrets(self) -> tuple[str, ...]:
