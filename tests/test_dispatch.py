@@ -55,10 +55,10 @@ def test_run_once_delivers_everything_pending_in_order(shared: tuple[Repository,
     repository, _ = shared
     made = fill(repository)
     emitter = RecordingEmitter()
-    assert Dispatcher(repository, emitter, batch=5).run_once() == len(made)
+    assert Dispatcher(repository, emitter, batch=5).run_once().delivered == len(made)
     assert emitter.requests == made
     assert repository.count_pending() == 0
-    assert Dispatcher(repository, emitter).run_once() == 0
+    assert Dispatcher(repository, emitter).run_once().delivered == 0
 
 
 def test_a_failing_flow_waits_and_the_others_go_on(shared: tuple[Repository, Repository]) -> None:
@@ -73,14 +73,14 @@ def test_a_failing_flow_waits_and_the_others_go_on(shared: tuple[Repository, Rep
         delivered.append(request)
 
     no_wait = RetryPolicy(delays=(0.0,))
-    assert Dispatcher(repository, CallbackEmitter(flaky), batch=2, retry=no_wait).run_once() == len(delivered)
+    assert Dispatcher(repository, CallbackEmitter(flaky), batch=2, retry=no_wait).run_once().delivered == len(delivered)
     assert delivered == [r for r in made if r.flow_id != broken]
     waiting = [r for r in made if r.flow_id == broken]
     assert repository.count_pending() == len(waiting)
     first = repository.hook_requests(broken)[0]
     assert [(a.status_code, a.error) for a in first.attempts] == [(None, "ConnectionError: receiver down")]
     recovered = RecordingEmitter()
-    assert Dispatcher(repository, recovered).run_once() == len(waiting)
+    assert Dispatcher(repository, recovered).run_once().delivered == len(waiting)
     assert recovered.requests == waiting  # still in creation order
 
 
@@ -142,6 +142,6 @@ def test_the_engine_hands_over_what_its_emitter_could_not_deliver(tmp_path: Path
     pending = repository.count_pending()
     assert pending > len(outcome.hook_requests)
     emitter = RecordingEmitter()
-    assert Dispatcher(repository, emitter).run_once() == pending
+    assert Dispatcher(repository, emitter).run_once().delivered == pending
     assert emitter.requests[-len(outcome.hook_requests) :] == list(outcome.hook_requests)
     repository.close()
