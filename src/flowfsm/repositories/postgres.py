@@ -217,37 +217,14 @@ class PostgresRepository(SQLFlowReads):
     def claim(self, limit: int = 100, *, lease: float = 30.0) -> list[HookRequest]:
         lease = wait_seconds("lease", lease)
         with self._connection("claim failed", transaction=True) as conn:
-            # The plan below is right whatever the statistics say, but its cost is
-            # estimated as a scan of every pending row, which would set JIT
+            # The plans are right whatever the statistics say, but the first one's
+            # cost is estimated as a scan of every pending row, which would set JIT
             # compiling for longer than the claim itself takes.
             conn.execute("SET LOCAL jit = off")
-            # Oldest first, skipping rows another claim holds (locked now, or leased
-            # earlier) and rows queued behind a leased request of their flow. The
-            # check is a scalar subquery, not NOT EXISTS, so that it is always an
-            # index probe per row (outbox_pending_by_flow): as an anti-join, a table
-            # not yet analyzed was planned as a scan of the whole index per row.
-            candidates = conn.execute(
-                "SELECT o.seq FROM outbox o"
-                " WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.lease_until < now()"
-                " AND (SELECT true FROM outbox p WHERE p.flow_id = o.flow_id AND p.seq < o.seq"
-                "   AND p.delivered_at IS NULL AND p.dead_at IS NULL AND p.lease_until >= now() LIMIT 1) IS NULL"
-                " ORDER BY o.seq LIMIT %s FOR UPDATE SKIP LOCKED",
-                (limit,),
-            ).fetchall()
+            candidates = conn.execute(_CLAIM_CANDIDATES, {"limit": limit}).fetchall()
             if not candidates:
                 return []
-            # A flow's requests go out in order: take only the leading run of its pending
-            # requests that this claim holds (a request before it may be locked by a
-            # concurrent claim); the rest wait for whoever holds the first. PENDING's
-            # bare columns are the inner query's own (p's).
-            rows = conn.execute(
-                "UPDATE outbox o SET lease_until = now() + make_interval(secs => %(lease)s)"
-                " WHERE o.seq = ANY(%(mine)s)"
-                " AND (SELECT true FROM outbox p WHERE p.flow_id = o.flow_id AND p.seq < o.seq"
-                f"   AND {PENDING} AND p.seq <> ALL(%(mine)s) LIMIT 1) IS NULL"
-                " RETURNING o.seq, o.body",
-                {"lease": lease, "mine": [seq for (seq,) in candidates]},
-            ).fetchall()
+            rows = conn.execute(_CLAIM_TAKE, {"lease": lease, "mine": [seq for (seq,) in candidates]}).fetchall()
         return [converter.structure(body, HookRequest) for _, body in sorted(rows, key=lambda r: r[0])]
 
     def _update(self, sql: str, ids: Sequence[str], *args: Any) -> None:
@@ -353,6 +330,31 @@ class PostgresRepository(SQLFlowReads):
     def disabled_endpoints(self) -> frozenset[str]:
         with self._connection("read failed") as conn:
             return frozenset(url for (url,) in conn.execute("SELECT url FROM disabled_endpoints"))
+
+
+# Claiming is two statements. Each checks a row's flow with a scalar subquery, not
+# NOT EXISTS: that is always one probe of outbox_pending_by_flow per row, where an
+# anti-join on a table not yet analyzed was planned as a scan of the whole index per
+# row (0.2 s for a claim of 100 among 10,000 pending, against 5 ms now). Inside the
+# subqueries, PENDING's bare columns are p's.
+
+_CLAIM_CANDIDATES: Final = (
+    # Oldest first, skipping rows another claim holds (locked now, or leased
+    # earlier) and rows queued behind a leased request of their flow.
+    "SELECT o.seq FROM outbox o WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.lease_until < now()"
+    " AND (SELECT true FROM outbox p WHERE p.flow_id = o.flow_id AND p.seq < o.seq"
+    f" AND {PENDING} AND p.lease_until >= now() LIMIT 1) IS NULL"
+    " ORDER BY o.seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
+)
+_CLAIM_TAKE: Final = (
+    # A flow's requests go out in order: take only the leading run of its pending
+    # requests that this claim holds (one before them may be locked by a concurrent
+    # claim); the rest wait for whoever holds the first.
+    "UPDATE outbox o SET lease_until = now() + make_interval(secs => %(lease)s) WHERE o.seq = ANY(%(mine)s)"
+    " AND (SELECT true FROM outbox p WHERE p.flow_id = o.flow_id AND p.seq < o.seq"
+    f" AND {PENDING} AND p.seq <> ALL(%(mine)s) LIMIT 1) IS NULL"
+    " RETURNING o.seq, o.body"
+)
 
 
 def _commit_statement(
