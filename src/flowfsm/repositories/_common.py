@@ -53,9 +53,11 @@ def wait_seconds(name: str, value: float) -> float:
     """``value`` (a lease or a delay, in seconds) as a backend stores it: below
     zero counts as zero, above ``MAX_WAIT`` (infinity included) as ``MAX_WAIT``;
     NaN, which orders against nothing, is refused."""
+    if 0.0 <= value <= MAX_WAIT:  # the usual case, first: a lease or a delay in range
+        return value
     if math.isnan(value):
         raise ValidationError(name, "must be a number of seconds, not NaN")
-    return min(max(float(value), 0.0), MAX_WAIT)
+    return 0.0 if value < 0 else MAX_WAIT
 
 
 @contextlib.contextmanager

@@ -140,12 +140,17 @@ class InMemoryRepository:
                     self._outbox[request_id] = (entry[0], until)
 
     def waiting_flows(self, ids: Sequence[str]) -> frozenset[str]:
-        wanted = set(ids)
-        waiting: set[str] = set()
-        reached: set[str] = set()  # flows whose first wanted request the scan has passed
         with self._lock:
-            # The outbox is in commit order, and ``ids`` are usually its newest entries
-            # with nothing pending before them: then this stops at the first entry.
+            outbox = self._outbox
+            # The usual case, on every trigger of an engine with an emitter: the outbox
+            # holds just these (compared in C, as the engine passes a list).
+            if len(outbox) == len(ids) and list(outbox) == ids:
+                return _NOTHING
+            wanted = set(ids)
+            waiting: set[str] = set()
+            reached: set[str] = set()  # flows whose first wanted request the scan has passed
+            # The outbox is in commit order: what precedes a flow's first wanted
+            # request, and is not dead, is earlier and pending.
             left = len(wanted)
             for request_id, (request, until) in self._outbox.items():
                 if request_id in wanted:
@@ -236,3 +241,4 @@ class InMemoryRepository:
 
 
 _DEAD: Final = math.inf
+_NOTHING: Final[frozenset[str]] = frozenset()
