@@ -196,7 +196,14 @@ def spy(inner: Repository, **before: Callable[..., None]) -> Repository:
 
 @pytest.mark.parametrize(
     ("retry_after", "waits"),
-    [(99_999_999_999.0, 3600.0), (float("9" * 400), 3600.0), (float("nan"), 30.0), (-1.0, 30.0), (90.0, 90.0)],
+    [
+        (99_999_999_999.0, 3600.0),
+        (float("9" * 400), 3600.0),
+        (10**400, 3600.0),
+        (float("nan"), 30.0),
+        (-1.0, 30.0),
+        (90.0, 90.0),
+    ],
 )
 def test_a_receivers_retry_after_never_parks_a_request(
     shared: tuple[Repository, Repository], retry_after: float, waits: float

@@ -125,16 +125,18 @@ class _Held:
         self._thread = threading.Thread(target=self._renew, name="flowfsm-lease", daemon=True)
 
     def __enter__(self) -> _Held:
-        self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:
+            self._thread.join()
 
     def hold(self, ids: Iterable[str]) -> None:
         with self._lock:
             self._ids.update(ids)
+            if self._thread.ident is None:  # the first claim: an idle poll starts no thread
+                self._thread.start()
 
     def let_go(self, ids: Iterable[str]) -> None:
         with self._lock:
@@ -348,9 +350,9 @@ class Dispatcher:
         """The receiver's ``Retry-After`` (at most ``max_retry_after``), if it gave a
         usable one; else the retry policy's delay."""
         after = error.retry_after
-        if after is None or math.isnan(after) or after < 0:
+        if after is None or (isinstance(after, float) and math.isnan(after)) or after < 0:
             return self.retry.delay(attempts)
-        return min(after, self.max_retry_after)
+        return float(min(after, self.max_retry_after))
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Deliver until ``stop`` is set, polling every ``poll_interval`` seconds

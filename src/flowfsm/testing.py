@@ -571,7 +571,7 @@ class RepositoryContract:
         request = sample_hook_request(flow)
         repo.commit([flow], [request], lease=float("inf"))
         assert repo.claim(10) == []
-        for delay in (99_999_999_999.0, float("9" * 400), float("inf")):  # a receiver's Retry-After, unchecked
+        for delay in (99_999_999_999.0, float("9" * 400), float("inf"), 10**400):  # any Retry-After, unchecked
             repo.release([request.id], delay=delay)
             assert repo.claim(10) == []
             assert repo.count_pending() == 1

@@ -55,7 +55,7 @@ def wait_seconds(name: str, value: float) -> float:
     NaN, which orders against nothing, is refused."""
     if 0.0 <= value <= MAX_WAIT:  # the usual case, first: a lease or a delay in range
         return value
-    if math.isnan(value):
+    if isinstance(value, float) and math.isnan(value):  # an int is never NaN (and may not fit a float)
         raise ValidationError(name, "must be a number of seconds, not NaN")
     return 0.0 if value < 0 else MAX_WAIT
 
