@@ -419,3 +419,19 @@ def test_the_dispatcher_checks_its_settings() -> None:
     with pytest.raises(ValidationError) as policy_error:
         RetryPolicy(delays=(5.0, math.inf))
     assert policy_error.value.field == "delays"
+
+
+def test_a_failed_outbox_check_leaves_the_committed_trigger_to_the_dispatcher() -> None:
+    repository = InMemoryRepository()
+
+    def unreachable(*_: object) -> None:
+        raise RepositoryError("test", "connection lost")
+
+    emitter = RecordingEmitter()
+    engine = FlowEngine(Catalog([api_service()]), spy(repository, waiting_flows=unreachable), emitter, lease=0.0)
+    outcome = engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1.0")))  # returns: the trigger is saved
+    assert repository.get(outcome.flows[0].id) == outcome.flows[0]
+    assert emitter.requests == []
+    later = RecordingEmitter()
+    assert Dispatcher(repository, later).run_once().delivered == len(outcome.hook_requests)
+    assert later.requests == list(outcome.hook_requests)

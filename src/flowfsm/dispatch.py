@@ -334,7 +334,7 @@ class Dispatcher:
             return _Result.DEAD, None
         delay = self._delay(error, attempts)
         repository.release([request.id], delay=delay)
-        next_at = at + dt.timedelta(seconds=delay)
+        next_at = self._clock() + dt.timedelta(seconds=delay)  # the backoff starts now, after the attempt
         log.warning(
             "hook request %s (%s) failed: %s (status %s); attempt %d, next at %s",
             request.id,

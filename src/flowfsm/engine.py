@@ -303,12 +303,18 @@ class FlowEngine:
         with an earlier one still pending (waiting for a retry, or held by a
         dispatcher) are released at once and wait behind it for a dispatcher.
         """
-        waiting = self.repository.waiting_flows([r.id for r in requests])
-        if waiting:
-            self.repository.release([r.id for r in requests if r.flow_id in waiting])
-            requests = [r for r in requests if r.flow_id not in waiting]
-            if not requests:
-                return
+        try:
+            waiting = self.repository.waiting_flows([r.id for r in requests])
+            if waiting:
+                self.repository.release([r.id for r in requests if r.flow_id in waiting])
+                requests = [r for r in requests if r.flow_id not in waiting]
+        except Exception:  # the trigger is committed: its requests wait for a dispatcher
+            log.warning(
+                "could not check the outbox; %d hook request(s) left for the dispatcher", len(requests), exc_info=True
+            )
+            return
+        if not requests:
+            return
         emit, sent = emitter.emit, 0
         try:
             for request in requests:
