@@ -374,7 +374,7 @@ def test_a_slow_receiver_and_a_second_dispatcher_deliver_each_request_once(
     def slow(request: HookRequest) -> None:
         if request.id == made[0].id:
             stalled.set()
-            time.sleep(1.5)  # a receiver that answers after three leases
+            time.sleep(2.5)  # a receiver that answers after two and a half leases
         with lock:
             deliveries.append(request.id)
 
@@ -382,8 +382,8 @@ def test_a_slow_receiver_and_a_second_dispatcher_deliver_each_request_once(
         with lock:
             deliveries.append(request.id)
 
-    holder = Dispatcher(first, CallbackEmitter(slow), lease=0.5)
-    poller = Dispatcher(second, CallbackEmitter(fast), lease=0.5, poll_interval=0.02)
+    holder = Dispatcher(first, CallbackEmitter(slow), lease=1.0)
+    poller = Dispatcher(second, CallbackEmitter(fast), lease=1.0, poll_interval=0.02)
     result: list[DispatchReport] = []
     holding = threading.Thread(target=lambda: result.append(holder.run_once()))
     stop = threading.Event()
