@@ -73,7 +73,7 @@ def ours(catalog: Catalog, emitter: HttpEmitter, count: int, concurrency: int, o
         engine.handle(ArtifactCreated(Artifact("com.acme", "api", f"{offset}.{n}")))
     dispatcher = Dispatcher(repository, emitter, concurrency=concurrency, batch=100)
     start = time.perf_counter()
-    delivered = dispatcher.run_once()
+    delivered = dispatcher.run_once().delivered
     elapsed = time.perf_counter() - start
     dispatcher.close()
     assert delivered == count, delivered

@@ -209,9 +209,39 @@ def test_dispatch_delivers_over_http(tmp_path: Path, receiver: Receiver) -> None
     created = cli.json("artifact-created", "com.acme:api:5.0.0")
     done = cli("dispatch")
     assert done.returncode == 0, done.stderr
-    assert "delivered 1; pending 0" in done.stdout
+    assert "delivered 1; retried 0; dead 0; pending 0" in done.stdout
     ((headers, _),) = receiver.bodies("/deploy")
     assert headers["webhook-id"] == created["hookRequests"][0]["id"]
+
+
+def test_dispatch_counts_the_dead_apart_and_logs_why(tmp_path: Path, receiver: Receiver) -> None:
+    cli = Cli(tmp_path, url=receiver.url("/deploy"))
+    created = cli.json("artifact-created", "com.acme:api:5.0.0")
+    receiver.answer("/deploy", (410, {}, 0.0, b"gone"))
+    done = cli("dispatch")
+    assert done.returncode == 0, done.stderr
+    assert "delivered 0; retried 0; dead 1; pending 0" in done.stdout
+    request_id = created["hookRequests"][0]["id"]
+    assert f"WARNING hook request {request_id} (deployment-created) is dead after 1 attempt(s)" in done.stderr
+    assert "(status 410)" in done.stderr
+
+
+def test_dispatch_reports_a_retry_with_its_time_and_logs_it(tmp_path: Path, receiver: Receiver) -> None:
+    cli = Cli(tmp_path, url=receiver.url("/deploy"))
+    created = cli.json("artifact-created", "com.acme:api:5.0.0")
+    receiver.answer("/deploy", (503, {"retry-after": "120"}, 0.0, b"busy"))
+    done = cli("dispatch")
+    assert done.returncode == 0, done.stderr
+    line = re.search(r"delivered 0; retried 1 \(next attempt at (\S+)\); dead 0; pending 1", done.stdout)
+    assert line is not None, done.stdout
+    request_id = created["hookRequests"][0]["id"]
+    logged = re.search(
+        rf"WARNING hook request {re.escape(request_id)} \(deployment-created\) failed: HTTP 503 Service Unavailable"
+        r" \(status 503\); attempt 1, next at (\S+)",
+        done.stderr,
+    )
+    assert logged is not None, done.stderr
+    assert logged[1] == line[1]
 
 
 def test_diagrams(cli: Cli) -> None:

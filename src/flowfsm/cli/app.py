@@ -11,6 +11,7 @@ nothing; a usage mistake exits 2.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -309,10 +310,13 @@ def dispatch(
     store: Store = "flowfsm.db",
     catalog: CatalogFile = Path("flowfsm.toml"),
 ) -> None:
-    """Deliver pending HookRequests over HTTP (needs the 'http' extra)."""
+    """Deliver pending HookRequests over HTTP (needs the 'http' extra).
+
+    Each failed attempt is logged on standard error (status, next attempt time)."""
     from flowfsm.dispatch import Dispatcher
     from flowfsm.emitters import HttpEmitter
 
+    _log_delivery_to_stderr()
     with _reported():
         repository = open_store(store)
         emitter = HttpEmitter(Catalog.from_file(catalog))
@@ -322,13 +326,28 @@ def dispatch(
                 out.print("delivering; Ctrl-C to stop")
                 dispatcher.run()
             else:
-                delivered = dispatcher.run_once()
-                out.print(f"delivered {delivered}; pending {repository.count_pending()}")
+                report = dispatcher.run_once()
+                line = f"delivered {report.delivered}; retried {report.retried}"
+                if report.next_attempt_at is not None:
+                    line += f" (next attempt at {report.next_attempt_at.isoformat(timespec='seconds')})"
+                out.print(f"{line}; dead {report.dead}; pending {repository.count_pending()}")
         except KeyboardInterrupt:
             out.print("stopped")
         finally:
             dispatcher.close()
             emitter.close()
+
+
+def _log_delivery_to_stderr() -> None:
+    """Show the dispatcher's warnings (failed attempts, dead requests) on standard
+    error, one line each, unless the embedding program configured logging itself."""
+    logger = logging.getLogger("flowfsm")
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
 
 
 @catalog_app.command("validate")

@@ -28,7 +28,7 @@ from flowfsm.errors import (
     RepositoryError,
 )
 from flowfsm.model import DeliveryAttempt, DeliveryState, Flow, HookRecord, HookRequest
-from flowfsm.repositories._common import PENDING, SQLFlowReads, driver_errors, flow_body
+from flowfsm.repositories._common import PENDING, SQLFlowReads, driver_errors, flow_body, wait_seconds
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteRepository"]
 
@@ -78,6 +78,9 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
         "CREATE INDEX delivery_attempts_by_request ON delivery_attempts (request_id)",
         "CREATE TABLE disabled_endpoints (url TEXT PRIMARY KEY, disabled_at TEXT NOT NULL) WITHOUT ROWID",
+    ),
+    (  # version 3: each flow's pending requests, for the engine's check before it delivers
+        f"CREATE INDEX outbox_pending_by_flow ON outbox (flow_id, seq) WHERE {PENDING}",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -188,6 +191,7 @@ class SQLiteRepository(SQLFlowReads):
         requests = [
             (r.id, r.flow_id, body) for r, body in zip(hook_requests, hook_requests_json(hook_requests), strict=True)
         ]
+        lease = wait_seconds("lease", lease)
         until = time.time() + lease if lease > 0 else 0.0
         with self._write() as db:
             for flow, body in zip(flows, bodies, strict=True):
@@ -223,6 +227,7 @@ class SQLiteRepository(SQLFlowReads):
     # --- outbox ----------------------------------------------------------------------
 
     def claim(self, limit: int = 100, *, lease: float = 30.0) -> list[HookRequest]:
+        lease = wait_seconds("lease", lease)
         now = time.time()
         claimed: list[tuple[str, str]] = []
         blocked: set[str] = set()
@@ -253,8 +258,24 @@ class SQLiteRepository(SQLFlowReads):
         )
 
     def release(self, ids: Sequence[str], *, delay: float = 0.0) -> None:
+        delay = wait_seconds("delay", delay)
         until = time.time() + delay if delay > 0 else 0.0
         self._update(f"UPDATE outbox SET lease_until = ? WHERE id = ? AND {PENDING}", ids, until)
+
+    def renew(self, ids: Sequence[str], *, lease: float = 30.0) -> None:
+        until = time.time() + wait_seconds("lease", lease)
+        self._update(f"UPDATE outbox SET lease_until = max(lease_until, ?) WHERE id = ? AND {PENDING}", ids, until)
+
+    def waiting_flows(self, ids: Sequence[str]) -> frozenset[str]:
+        wanted = json.dumps(list(ids))
+        rows = self._rows(
+            "SELECT DISTINCT o.flow_id FROM outbox o WHERE o.id IN (SELECT value FROM json_each(?))"
+            # PENDING's bare columns are the inner query's own (p's).
+            f" AND EXISTS (SELECT 1 FROM outbox p WHERE p.flow_id = o.flow_id AND p.seq < o.seq AND {PENDING}"
+            " AND p.id NOT IN (SELECT value FROM json_each(?)))",
+            (wanted, wanted),
+        )
+        return frozenset(flow_id for (flow_id,) in rows)
 
     def count_pending(self) -> int:
         row = self._one(f"SELECT count(*) FROM outbox WHERE {PENDING}", ())
