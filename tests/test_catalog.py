@@ -313,7 +313,7 @@ def test_a_secret_file_is_relative_to_the_catalog(tmp_path: Path, monkeypatch: p
     ],
 )
 def test_a_missing_secret_reference_names_the_file_and_the_key(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reference: dict[str, object], problem: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reference: dict[str, Any], problem: str
 ) -> None:
     monkeypatch.delenv("FLOWFSM_TEST_UNSET", raising=False)
     monkeypatch.setenv("FLOWFSM_TEST_EMPTY", " \n")
@@ -401,13 +401,13 @@ def test_a_string_or_a_mapping_is_not_a_list(tmp_path: Path, change: dict[str, o
 
 def test_the_python_api_refuses_a_string_for_a_list_as_files_do(tmp_path: Path) -> None:
     with pytest.raises(ValidationError) as python:
-        Environment("dev", promotions="smoke")  # type: ignore[arg-type]  # what the check is for
+        Environment("dev", promotions="smoke")  # a str is an Iterable[str]: only the check refuses it
     assert python.value.field == "promotions"
     data = catalog_data()
     data["services"][0]["pipeline"]["environments"][0]["promotions"] = "smoke"
     assert refused(write(tmp_path, "c.json", json.dumps(data))).message == python.value.message
     with pytest.raises(ValidationError) as items:
-        Pipeline("p", ["dev"])  # type: ignore[list-item]
+        Pipeline("p", ["dev"])  # type: ignore[list-item]  # what the check is for
     assert items.value.field == "environments[0]"
     with pytest.raises(ValidationError) as pipeline:
         api_service(pipeline="default")
