@@ -330,19 +330,20 @@ def test_a_missing_secret_reference_names_the_file_and_the_key(
 
 # Alias bombs and sizes -----------------------------------------------------------------
 
-LAUGHS = "\n".join(
+LAUGHS = ", ".join(  # nine levels of nine: 9**9 strings once expanded
     [
-        'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
-        *(f"{b}: &{b} [{','.join(['*' + a] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi", strict=True)),
+        '&a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]',
+        *(f"&{b} [{', '.join(['*' + a] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi", strict=True)),
     ]
 )
 
 
 def test_yaml_anchors_and_aliases_are_refused(tmp_path: Path) -> None:
     pytest.importorskip("yaml", reason="YAML catalogs need the 'yaml' extra")
-    bomb = refused(write(tmp_path, "bomb.yaml", f"services:\n  - {{}}\n{LAUGHS}\n"))  # 9**9 strings if expanded
-    assert "anchors and aliases" in bomb.message
-    assert "(line 3, column 4)" in bomb.message
+    bomb = refused(write(tmp_path, "bomb.yaml", f"services:\n  - id: [{LAUGHS}]\n"))
+    assert (
+        bomb.message == "not valid YAML: anchors and aliases (& and *) are not allowed in a catalog (line 2, column 10)"
+    )
     reuse = """services:
   - {id: a, artifacts: ["com.acme:a"], pipeline: &p {name: default, environments: [{name: dev}]}}
   - {id: b, artifacts: ["com.acme:b"], pipeline: *p}

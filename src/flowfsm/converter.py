@@ -72,7 +72,7 @@ def _make_converter() -> cattrs.Converter:
         structure_fields: Any = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **overrides)
 
         def structure_mapping(value: Any, as_type: Any) -> Any:
-            if not isinstance(value, Mapping):  # cattrs would fail on it with a Python error
+            if not isinstance(value, dict) and not isinstance(value, Mapping):  # dict first: the ABC check is slow
                 raise ValidationError("$", f"expected an object, got {shown(value)}")
             return structure_fields(value, as_type)
 
@@ -88,7 +88,7 @@ def _make_converter() -> cattrs.Converter:
         )
 
         def structure_array(value: Any, as_type: Any) -> Any:
-            if not isinstance(value, list | tuple):  # cattrs would take a string's letters, a mapping's keys
+            if not isinstance(value, (list, tuple)):  # cattrs would take a string's letters, a mapping's keys
                 raise ValidationError("$", f"expected a list, got {shown(value)}")
             return items(value, as_type)
 
