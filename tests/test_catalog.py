@@ -519,6 +519,10 @@ def test_any_input_is_a_catalog_error(tmp_path: Path, name: str, content: bytes,
         ("? [a]\n: b\n", "found unhashable key (line 1, column 3)"),
         ("services: [\x07]\n", "not valid YAML: character U+0007 is not allowed (line 1, column 12)"),
         ("- 1\n", "got a list"),
+        (
+            "services:\n  - {id: a, artifacts: ['a:b'], pipeline: {name: p, environments: [{name: d}]}, 1: x, b: y}\n",
+            "$.services[0]: unknown key(s) 1, 'b'",
+        ),
         ("", "got nothing"),
     ],
 )

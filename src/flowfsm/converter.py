@@ -167,7 +167,8 @@ def structure(data: Any, as_type: Any) -> Any:
 def _first_error(exc: BaseException, path: str) -> tuple[str, str]:  # noqa: PLR0911 - one return per error kind
     """The JSON path and message of the first leaf error in a cattrs error group."""
     if isinstance(exc, ForbiddenExtraKeysError):
-        return path, f"unknown key(s) {shown(sorted(map(str, exc.extra_fields)))[1:-1]}"
+        keys = sorted(exc.extra_fields, key=str)  # YAML keys need not be strings
+        return path, f"unknown key(s) {', '.join(shown(k, 40) for k in keys[:5])}{', …' if len(keys) > 5 else ''}"
     if isinstance(exc, ClassValidationError | IterableValidationError):
         with_notes, without = exc.group_exceptions()
         if with_notes:
