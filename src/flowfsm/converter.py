@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from json.encoder import encode_basestring_ascii as _quote  # C: a str as json.dumps writes it
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, get_args, get_origin, overload
 
 import attrs
 import cattrs
+from cattrs.cols import homogenous_tuple_structure_factory, list_structure_factory
 from cattrs.errors import (
     ClassValidationError,
     ForbiddenExtraKeysError,
@@ -29,8 +30,9 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.strategies import configure_tagged_union
 
-from flowfsm.errors import ValidationError
+from flowfsm.errors import ValidationError, shown
 from flowfsm.model import (
+    Action,
     DeploymentPayload,
     DeploymentState,
     FlowState,
@@ -62,14 +64,41 @@ def _make_converter() -> cattrs.Converter:
         }
 
     conv.register_unstructure_hook_factory(attrs.has, lambda cls: make_dict_unstructure_fn(cls, conv, **renames(cls)))
-    conv.register_structure_hook_factory(
-        attrs.has,
-        lambda cls: make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **renames(cls)),
-    )
+
+    def structure_object(cls: type) -> Any:
+        overrides = renames(cls)
+        if cls is Action:  # the class takes a secret or a reference to one, and never shows it
+            overrides["secret"] = override(struct_hook=lambda value, _: value)
+        structure_fields: Any = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **overrides)
+
+        def structure_mapping(value: Any, as_type: Any) -> Any:
+            if not isinstance(value, dict) and not isinstance(value, Mapping):  # dict first: the ABC check is slow
+                raise ValidationError("$", f"expected an object, got {shown(value)}")
+            return structure_fields(value, as_type)
+
+        return structure_mapping
+
+    conv.register_structure_hook_factory(attrs.has, structure_object)
+
+    def structure_list(as_type: Any) -> Any:
+        items = (
+            homogenous_tuple_structure_factory(as_type, conv)
+            if get_origin(as_type) is tuple
+            else list_structure_factory(as_type, conv)
+        )
+
+        def structure_array(value: Any, as_type: Any) -> Any:
+            if not isinstance(value, (list, tuple)):  # cattrs would take a string's letters, a mapping's keys
+                raise ValidationError("$", f"expected a list, got {shown(value)}")
+            return items(value, as_type)
+
+        return structure_array
+
+    conv.register_structure_hook_factory(_is_list, structure_list)
 
     def structure_str(value: Any, _: Any) -> str:
         if not isinstance(value, str):  # cattrs would turn 7 into "7" silently
-            raise ValidationError("$", f"expected a string, got {value!r}")
+            raise ValidationError("$", f"expected a string, got {shown(value)}")
         return value
 
     conv.register_structure_hook(str, structure_str)
@@ -84,7 +113,7 @@ def _make_converter() -> cattrs.Converter:
                 return by_value[value]
             except (KeyError, TypeError):
                 allowed = ", ".join(repr(v) for v in by_value)
-                raise ValidationError("$", f"{value!r} is not one of {allowed}") from None
+                raise ValidationError("$", f"{shown(value)} is not one of {allowed}") from None
 
         conv.register_structure_hook(enum_cls, structure_enum)
         conv.register_unstructure_hook(enum_cls, to_value.__getitem__)
@@ -99,6 +128,12 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(Payload, structure_payload)
     configure_tagged_union(Trigger, conv, tag_name="type")
     return conv
+
+
+def _is_list(as_type: Any) -> bool:
+    """``list[X]`` or ``tuple[X, ...]``: what JSON spells as an array."""
+    origin, args = get_origin(as_type), get_args(as_type)
+    return origin is list or (origin is tuple and len(args) == 2 and args[1] is Ellipsis)
 
 
 converter: cattrs.Converter = _make_converter()
@@ -132,7 +167,8 @@ def structure(data: Any, as_type: Any) -> Any:
 def _first_error(exc: BaseException, path: str) -> tuple[str, str]:  # noqa: PLR0911 - one return per error kind
     """The JSON path and message of the first leaf error in a cattrs error group."""
     if isinstance(exc, ForbiddenExtraKeysError):
-        return path, f"unknown key(s) {', '.join(sorted(exc.extra_fields))}"
+        keys = sorted(exc.extra_fields, key=str)  # YAML keys need not be strings
+        return path, f"unknown key(s) {', '.join(shown(k, 40) for k in keys[:5])}{', …' if len(keys) > 5 else ''}"
     if isinstance(exc, ClassValidationError | IterableValidationError):
         with_notes, without = exc.group_exceptions()
         if with_notes:

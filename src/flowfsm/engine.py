@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
+from flowfsm.catalog import unknown_strategy
 from flowfsm.errors import ConcurrencyConflict, InvalidTransition, UnknownPromotion, ValidationError
 from flowfsm.machines import Step, fire, may
 from flowfsm.model import (
@@ -267,11 +268,7 @@ class FlowEngine:
         try:
             return self._strategies[service.failure_strategy]
         except KeyError:
-            known = ", ".join(sorted(self._strategies))
-            raise ValidationError(
-                "failure_strategy",
-                f"service {service.id!r} names unknown strategy {service.failure_strategy!r} (known: {known})",
-            ) from None
+            raise unknown_strategy(service, self._strategies, self.catalog) from None
 
     # --- hook requests -------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 
 from flowfsm.catalog import Catalog
 from flowfsm.converter import structure, unstructure
@@ -70,7 +71,7 @@ def _reported() -> Iterator[None]:
     try:
         yield
     except FlowFSMError as e:
-        err.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, soft_wrap=True)  # the data is no markup
         raise typer.Exit(1) from None
 
 
@@ -352,17 +353,21 @@ def _log_delivery_to_stderr() -> None:
 
 @catalog_app.command("validate")
 def catalog_validate(file: Path, as_json: Json = False) -> None:
-    """Load a catalog file and say what is wrong with it, if anything."""
+    """Load a catalog file and say what is wrong with it, if anything: what the
+    engine would refuse, with the built-in failure strategies."""
+    from flowfsm.strategies import BUILTIN_STRATEGIES
+
     with _reported():
-        catalog = Catalog.from_file(file)
+        catalog = Catalog.from_file(file, strategies=BUILTIN_STRATEGIES)
     services = list(catalog)
     if as_json:
         out.print_json(json.dumps({"valid": True, "services": [s.id for s in services]}))
         return
-    out.print(f"[green]ok:[/] {file}: {len(services)} service(s)")
+    out.print(f"[green]ok:[/] {escape(str(file))}: {len(services)} service(s)")
     for service in services:
         environments = " → ".join(e.name for e in service.pipeline.environments)
-        out.print(f"  {service.id}: {', '.join(service.artifacts)}; {environments}; {len(service.webhooks)} webhook(s)")
+        line = f"  {service.id}: {', '.join(service.artifacts)}; {environments}; {len(service.webhooks)} webhook(s)"
+        out.print(line, markup=False)
 
 
 class Machine(StrEnum):
