@@ -436,6 +436,10 @@ def test_the_python_api_refuses_a_string_for_a_list_as_files_do(tmp_path: Path) 
         ("https://300.1.1.1/", "is not a host name or an IP address"),
         ("https://[fe80::zz]/", "is not a host name or an IP address"),
         ("https://cd.example\\@evil.example/", "must not contain credentials"),
+        ("http://2130706433/x", "is not a host name or an IP address"),  # 127.0.0.1 as one number
+        ("http://0x7f.1/x", "is not a host name or an IP address"),
+        ("http://0177.0.0.1/x", "is not a host name or an IP address"),
+        ("http://169.254.0xa9fe/x", "is not a host name or an IP address"),
     ],
 )
 def test_urls_are_validated_in_files_and_in_python(tmp_path: Path, url: str, problem: str) -> None:

@@ -334,7 +334,11 @@ def _is_host(host: str) -> bool:
         except UnicodeError:
             return False
     labels = name.split(".")
-    if labels[-1].isdigit():  # all-numeric: an IPv4 address, or nothing
+    last = labels[-1]
+    if last.isdigit() or (last.startswith("0x") and all(c in "0123456789abcdef" for c in last[2:])):
+        # URL parsers read such a host as an IPv4 address in one of its odd forms
+        # (2130706433, 0x7f.1, 127.1, 0177.0.0.1), which filters miss: only the plain
+        # dotted quad is accepted.
         try:
             ipaddress.IPv4Address(name)
         except ValueError:
