@@ -205,6 +205,15 @@ def test_a_request_goes_to_its_actions_new_url_signed_with_the_new_secret(receiv
         Verifier(SECRET).verify(body, headers)
 
 
+def test_a_410_from_an_actions_new_url_disables_that_url(receiver: Receiver, tmp_path: Path) -> None:
+    engine, repository = outbox_engine(tmp_path, Catalog([service(receiver.url("/old"), secret=SECRET)]))
+    created(engine)
+    receiver.answer("/new", (410, {}, 0.0, b"gone"))
+    with HttpEmitter(Catalog([service(receiver.url("/new"), secret=SECRET)])) as emitter:
+        assert Dispatcher(repository, emitter, retry=NO_WAIT).run_once().dead == 1
+    assert repository.disabled_endpoints() == frozenset({receiver.url("/new")})
+
+
 def without_the_action(url: str) -> Service:
     return Service(
         "svc-api",

@@ -318,7 +318,7 @@ class Dispatcher:
         repository = self.repository
         held.let_go([request.id])
         attempts = repository.record_attempt(request.id, DeliveryAttempt(at, error.status_code, str(error), duration))
-        url = request.action.url
+        url = error.url or request.action.url  # the endpoint that answered 410, where the catalog moved it
         if error.gone and url is not None:
             repository.disable_endpoint(url)
         if error.gone or not error.retry or attempts >= self.retry.max_attempts:

@@ -221,7 +221,9 @@ class DeliveryError(FlowFSMError):
 
     ``retry``: worth trying again later (timeouts, 5xx, 429); ``retry_after``: the
     receiver's ``Retry-After``, in seconds; ``gone``: the endpoint answered
-    410 Gone and should be disabled. Messages never carry secrets.
+    410 Gone and should be disabled; ``url``: the endpoint that answered, where it
+    may differ from the one the HookRequest names (the catalog moved the action).
+    Messages never carry secrets.
     """
 
     def __init__(
@@ -232,9 +234,11 @@ class DeliveryError(FlowFSMError):
         retry: bool = True,
         retry_after: float | None = None,
         gone: bool = False,
+        url: str | None = None,
     ) -> None:
         self.status_code = status_code
         self.retry = retry
         self.retry_after = retry_after
         self.gone = gone
+        self.url = url
         super().__init__(message)

@@ -173,7 +173,7 @@ class HttpEmitter:
             raise DeliveryError(f"{type(e).__name__}: {_one_line(e)}") from None
         except httpx.InvalidURL as e:  # the message names the part at fault, not the whole url
             raise DeliveryError(f"invalid url of action {action.name!r}: {_one_line(e)}", retry=False) from None
-        return self._verdict(response)
+        return self._verdict(response, url)
 
     def _current_action(self, request: HookRequest) -> Action:
         """The request's action as the catalog has it now: where and how to deliver.
@@ -233,13 +233,13 @@ class HttpEmitter:
             if read >= self.max_response_bytes:
                 break
 
-    def _verdict(self, response: httpx.Response) -> int:
+    def _verdict(self, response: httpx.Response, url: str) -> int:
         status = response.status_code
         if 200 <= status < 300:
             return status
         reason = f"HTTP {status} {response.reason_phrase}".strip()
         if status == 410:
-            raise DeliveryError(reason, status_code=status, retry=False, gone=True)
+            raise DeliveryError(reason, status_code=status, retry=False, gone=True, url=url)
         if status in (429, 503):
             retry_after = _retry_after(response.headers.get("retry-after"), self._clock())
             raise DeliveryError(reason, status_code=status, retry=True, retry_after=retry_after)
