@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeAlias, TypeVar
 
@@ -122,9 +123,88 @@ def attrs_repr(self: Any) -> str:
     return f"{type(self).__name__}({shown})"
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: error messages stay small, whatever
+    the input (a huge string, a 100k-deep list, an integer too long to print)."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - any repr may fail (recursion, digit limits, user code)
+        text = f"<a {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def text_problem(value: str) -> str | None:
+    """What makes ``value`` unfit to store, or None: every backend must take it alike.
+
+    PostgreSQL refuses NUL in text and JSON, and no backend can encode a lone
+    surrogate (what undecodable bytes become in Python) as UTF-8; refusing both
+    where input enters keeps the backends in agreement."""
+    if "\x00" in value:
+        return "contains NUL (\\u0000)"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "contains a lone surrogate (not UTF-8, e.g. undecodable bytes)"
+    return None
+
+
 def _nonblank(_: object, attribute: attrs.Attribute[str], value: object) -> None:
     if not isinstance(value, str) or not value.strip():
-        raise ValidationError(attribute.name, f"must be a non-blank string, got {value!r}")
+        raise ValidationError(attribute.name, f"must be a non-blank string, got {shown(value)}")
+    problem = text_problem(value)
+    if problem:
+        raise ValidationError(attribute.name, problem)
+
+
+MAX_JSON_DEPTH = 100
+"""How deep result details may nest: deeper data is refused when a result is made,
+not when its JSON is written after the trigger has been applied."""
+
+
+def check_json(field: str, value: object) -> None:  # noqa: PLR0912 - one branch per JSON kind
+    """Refuse ``value`` unless it is JSON every backend stores alike: objects with
+    string keys, lists, strings (see ``text_problem``), finite numbers, booleans and
+    null, nested at most ``MAX_JSON_DEPTH`` deep. Iterative, so depth cannot crash it."""
+    stack: list[tuple[object, str, int]] = [(value, "", 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        problem: str | None = None
+        if isinstance(item, str):
+            problem = text_problem(item)
+            if problem:
+                problem = f"has a string that {problem}"
+        elif item is None or isinstance(item, bool):
+            continue
+        elif isinstance(item, int):
+            if item.bit_length() > 10_000:  # past ~3000 digits: can JSON still write it?
+                try:
+                    int.__repr__(item)
+                except ValueError:
+                    problem = "has an integer with too many digits to write as JSON"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                problem = f"has {item!r}, which is not a JSON number"
+        elif isinstance(item, dict | list | tuple):
+            if depth >= MAX_JSON_DEPTH:
+                problem = f"is nested more than {MAX_JSON_DEPTH} deep"
+            elif isinstance(item, dict):
+                for key, inner in item.items():
+                    if not isinstance(key, str):
+                        problem = f"has the key {shown(key)}; JSON keys are strings"
+                        break
+                    problem = text_problem(key)
+                    if problem:
+                        problem = f"has a key that {problem}"
+                        break
+                    stack.append((inner, f"{where}[{shown(key, 30)}]", depth + 1))
+            else:
+                stack.extend((inner, f"{where}[{i}]", depth + 1) for i, inner in enumerate(item))
+        else:
+            problem = f"has a value of type {type(item).__name__}, which is not JSON"
+        if problem:
+            at = f" (at {where if len(where) <= 120 else where[:119] + '…'})" if where else ""
+            raise ValidationError(field, problem + at)
 
 
 E = TypeVar("E", bound=enum.Enum)
@@ -193,8 +273,11 @@ class Artifact:
         """``"group:name:version"`` → Artifact (for command lines and logs)."""
         parts = text.split(":")
         if len(parts) != 3:
-            raise ValidationError("artifact", f"expected GROUP:NAME:VERSION, got {text!r}")
-        return cls(*parts)
+            raise ValidationError("artifact", f"expected GROUP:NAME:VERSION, got {shown(text)}")
+        try:
+            return cls(*parts)
+        except ValidationError as e:
+            raise ValidationError(f"artifact.{e.field}", e.message) from None
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
@@ -209,7 +292,10 @@ class Environment:
     def __attrs_post_init__(self) -> None:
         for i, promotion in enumerate(self.promotions):
             if not isinstance(promotion, str) or not promotion.strip():
-                raise ValidationError(f"promotions[{i}]", f"must be a non-blank string, got {promotion!r}")
+                raise ValidationError(f"promotions[{i}]", f"must be a non-blank string, got {shown(promotion)}")
+            problem = text_problem(promotion)
+            if problem:
+                raise ValidationError(f"promotions[{i}]", problem)
         _unique("promotions", self.promotions, "promotion")
 
 
@@ -514,7 +600,13 @@ def make_flow(  # noqa: PLR0917 - positional, one a field, like the class's own 
 
 
 def _details_dict(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return {} if value is None else dict(value)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValidationError("details", f"expected a mapping (a JSON object), got {shown(value)}")
+    details = dict(value)
+    check_json("details", details)
+    return details
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
