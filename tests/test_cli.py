@@ -337,9 +337,9 @@ def test_an_empty_store_option_is_refused(cli: Cli, command: list[str]) -> None:
         (("", ""), ["artifact-created", "com.acme:api"], "error: artifact: expected GROUP:NAME:VERSION"),
         (("", ""), ["artifact-created", "com.acme: :1.0"], "error: artifact.name: must be a non-blank string"),
         (
-            ('id = "svc-api"', 'id = "svc-api"\nfailure_strategy = "RETRY"'),
+            ('id = "svc-api"', 'id = "svc-api"\nfailureStrategy = "RETRY"'),
             ["artifact-created", "com.acme:api:1.0"],
-            "",
+            "error: failure_strategy: service 'svc-api' names unknown strategy 'RETRY'",
         ),
         (('event = "deployment-created"', 'event = "nope"'), ["artifact-created", "com.acme:api:1.0"], ""),
         (("", ""), ["handle", "-"], ""),  # an empty input: nothing to store
