@@ -4,7 +4,7 @@ for what is busy, and the WAL switch that several openers race for."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,7 +40,7 @@ class FakeTime:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.now = 1000.0
         self.pauses = 0
-        self.on_pause = lambda: None
+        self.on_pause: Callable[[], object] = lambda: None
         monkeypatch.setattr(sqlite_module, "_clock", lambda: self.now)
         monkeypatch.setattr(sqlite_module, "_pause", self.pause)
 
