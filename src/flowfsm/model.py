@@ -152,9 +152,10 @@ def text_problem(value: str) -> str | None:
 def _nonblank(_: object, attribute: attrs.Attribute[str], value: object) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(attribute.name, f"must be a non-blank string, got {shown(value)}")
-    problem = text_problem(value)
-    if problem:
-        raise ValidationError(attribute.name, problem)
+    if "\x00" in value or not value.isascii():  # the common case, ASCII without NUL, needs no more
+        problem = text_problem(value)
+        if problem:
+            raise ValidationError(attribute.name, problem)
 
 
 MAX_JSON_DEPTH = 100
@@ -162,19 +163,60 @@ MAX_JSON_DEPTH = 100
 not when its JSON is written after the trigger has been applied."""
 
 
+_Where = tuple[object, "_Where"] | None
+"""A place in nested JSON, built only as deep as it is walked: (key or index, parent)."""
+
+
+def _where(place: _Where) -> str:
+    keys: list[str] = []
+    while place is not None:
+        key, place = place
+        keys.append(f"[{key}]" if isinstance(key, int) else f"[{shown(key, 30)}]")
+    text = "".join(reversed(keys))
+    return text if len(text) <= 120 else text[:119] + "…"
+
+
+_INFINITY = float("inf")
+
+
+def _flat(value: dict[object, object]) -> bool:
+    """True for the usual details, one object of plain strings and numbers, with no
+    problem to find: ``check_json`` walks only what is nested or suspect."""
+    for key, inner in value.items():
+        if not isinstance(key, str) or "\x00" in key or not key.isascii():
+            return False
+        if isinstance(inner, str):
+            if "\x00" in inner or not inner.isascii():
+                return False
+        elif isinstance(inner, int):  # and bool
+            if inner.bit_length() > 10_000:
+                return False
+        elif isinstance(inner, float):
+            if not -_INFINITY < inner < _INFINITY:  # false for NaN too
+                return False
+        elif inner is not None:
+            return False
+    return True
+
+
 def check_json(field: str, value: object) -> None:  # noqa: PLR0912 - one branch per JSON kind
     """Refuse ``value`` unless it is JSON every backend stores alike: objects with
     string keys, lists, strings (see ``text_problem``), finite numbers, booleans and
-    null, nested at most ``MAX_JSON_DEPTH`` deep. Iterative, so depth cannot crash it."""
-    stack: list[tuple[object, str, int]] = [(value, "", 0)]
+    null, nested at most ``MAX_JSON_DEPTH`` deep. Iterative, so depth cannot crash it;
+    where a problem is, is worked out only when there is one (details come with every
+    result, so the walk must stay cheap)."""
+    if type(value) is dict and _flat(value):
+        return
+    stack: list[tuple[object, int, _Where]] = [(value, 0, None)]
+    pop, push = stack.pop, stack.append
     while stack:
-        item, where, depth = stack.pop()
+        item, depth, place = pop()
         problem: str | None = None
         if isinstance(item, str):
-            problem = text_problem(item)
-            if problem:
-                problem = f"has a string that {problem}"
-        elif item is None or isinstance(item, bool):
+            if "\x00" in item or not item.isascii():
+                problem = text_problem(item)
+                problem = problem and f"has a string that {problem}"
+        elif item is None or (isinstance(item, (bool, float)) and math.isfinite(item)):
             continue
         elif isinstance(item, int):
             if item.bit_length() > 10_000:  # past ~3000 digits: can JSON still write it?
@@ -183,9 +225,8 @@ def check_json(field: str, value: object) -> None:  # noqa: PLR0912 - one branch
                 except ValueError:
                     problem = "has an integer with too many digits to write as JSON"
         elif isinstance(item, float):
-            if not math.isfinite(item):
-                problem = f"has {item!r}, which is not a JSON number"
-        elif isinstance(item, dict | list | tuple):
+            problem = f"has {item!r}, which is not a JSON number"
+        elif isinstance(item, (dict, list, tuple)):
             if depth >= MAX_JSON_DEPTH:
                 problem = f"is nested more than {MAX_JSON_DEPTH} deep"
             elif isinstance(item, dict):
@@ -193,17 +234,19 @@ def check_json(field: str, value: object) -> None:  # noqa: PLR0912 - one branch
                     if not isinstance(key, str):
                         problem = f"has the key {shown(key)}; JSON keys are strings"
                         break
-                    problem = text_problem(key)
-                    if problem:
-                        problem = f"has a key that {problem}"
-                        break
-                    stack.append((inner, f"{where}[{shown(key, 30)}]", depth + 1))
+                    if "\x00" in key or not key.isascii():
+                        problem = text_problem(key)
+                        if problem:
+                            problem = f"has a key that {problem}"
+                            break
+                    push((inner, depth + 1, (key, place)))
             else:
-                stack.extend((inner, f"{where}[{i}]", depth + 1) for i, inner in enumerate(item))
+                for index, inner in enumerate(item):
+                    push((inner, depth + 1, (index, place)))
         else:
             problem = f"has a value of type {type(item).__name__}, which is not JSON"
         if problem:
-            at = f" (at {where if len(where) <= 120 else where[:119] + '…'})" if where else ""
+            at = f" (at {_where(place)})" if place is not None else ""
             raise ValidationError(field, problem + at)
 
 
@@ -602,7 +645,7 @@ def make_flow(  # noqa: PLR0917 - positional, one a field, like the class's own 
 def _details_dict(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     if value is None:
         return {}
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):
         raise ValidationError("details", f"expected a mapping (a JSON object), got {shown(value)}")
     details = dict(value)
     check_json("details", details)
