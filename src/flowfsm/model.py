@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -124,9 +125,121 @@ def attrs_repr(self: Any) -> str:
     return f"{type(self).__name__}({shown})"
 
 
+def text_problem(value: str) -> str | None:
+    """What makes ``value`` unfit to store, or None: every backend must take it alike.
+
+    PostgreSQL refuses NUL in text and JSON, and no backend can encode a lone
+    surrogate (what undecodable bytes become in Python) as UTF-8; refusing both
+    where input enters keeps the backends in agreement."""
+    if "\x00" in value:
+        return "contains NUL (\\u0000)"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "contains a lone surrogate (not UTF-8, e.g. undecodable bytes)"
+    return None
+
+
 def _nonblank(_: object, attribute: attrs.Attribute[str], value: object) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(attribute.name, f"must be a non-blank string, got {shown(value)}")
+    if "\x00" in value or not value.isascii():  # the common case, ASCII without NUL, needs no more
+        problem = text_problem(value)
+        if problem:
+            raise ValidationError(attribute.name, problem)
+
+
+MAX_JSON_DEPTH = 100
+"""How deep result details may nest: deeper data is refused when a result is made,
+not when its JSON is written after the trigger has been applied."""
+
+
+_Where = tuple[object, "_Where"] | None
+"""A place in nested JSON, built only as deep as it is walked: (key or index, parent)."""
+
+
+def _where(place: _Where) -> str:
+    keys: list[str] = []
+    while place is not None:
+        key, place = place
+        keys.append(f"[{key}]" if isinstance(key, int) else f"[{shown(key, 30)}]")
+    text = "".join(reversed(keys))
+    return text if len(text) <= 120 else text[:119] + "…"
+
+
+_INFINITY = float("inf")
+
+
+def _flat(value: dict[object, object]) -> bool:
+    """True for the usual details, one object of plain strings and numbers, with no
+    problem to find: ``check_json`` walks only what is nested or suspect."""
+    for key, inner in value.items():
+        if not isinstance(key, str) or "\x00" in key or not key.isascii():
+            return False
+        if isinstance(inner, str):
+            if "\x00" in inner or not inner.isascii():
+                return False
+        elif isinstance(inner, int):  # and bool
+            if inner.bit_length() > 10_000:
+                return False
+        elif isinstance(inner, float):
+            if not -_INFINITY < inner < _INFINITY:  # false for NaN too
+                return False
+        elif inner is not None:
+            return False
+    return True
+
+
+def check_json(field: str, value: object) -> None:  # noqa: PLR0912 - one branch per JSON kind
+    """Refuse ``value`` unless it is JSON every backend stores alike: objects with
+    string keys, lists, strings (see ``text_problem``), finite numbers, booleans and
+    null, nested at most ``MAX_JSON_DEPTH`` deep. Iterative, so depth cannot crash it;
+    where a problem is, is worked out only when there is one (details come with every
+    result, so the walk must stay cheap)."""
+    if type(value) is dict and _flat(value):
+        return
+    stack: list[tuple[object, int, _Where]] = [(value, 0, None)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        item, depth, place = pop()
+        problem: str | None = None
+        if isinstance(item, str):
+            if "\x00" in item or not item.isascii():
+                problem = text_problem(item)
+                problem = problem and f"has a string that {problem}"
+        elif item is None or (isinstance(item, (bool, float)) and math.isfinite(item)):
+            continue
+        elif isinstance(item, int):
+            if item.bit_length() > 10_000:  # past ~3000 digits: can JSON still write it?
+                try:
+                    int.__repr__(item)
+                except ValueError:
+                    problem = "has an integer with too many digits to write as JSON"
+        elif isinstance(item, float):
+            problem = f"has {item!r}, which is not a JSON number"
+        elif isinstance(item, (dict, list, tuple)):
+            if depth >= MAX_JSON_DEPTH:
+                problem = f"is nested more than {MAX_JSON_DEPTH} deep"
+            elif isinstance(item, dict):
+                for key, inner in item.items():
+                    if not isinstance(key, str):
+                        problem = f"has the key {shown(key)}; JSON keys are strings"
+                        break
+                    if "\x00" in key or not key.isascii():
+                        problem = text_problem(key)
+                        if problem:
+                            problem = f"has a key that {problem}"
+                            break
+                    push((inner, depth + 1, (key, place)))
+            else:
+                for index, inner in enumerate(item):
+                    push((inner, depth + 1, (index, place)))
+        else:
+            problem = f"has a value of type {type(item).__name__}, which is not JSON"
+        if problem:
+            at = f" (at {_where(place)})" if place is not None else ""
+            raise ValidationError(field, problem + at)
 
 
 E = TypeVar("E", bound=enum.Enum)
@@ -233,7 +346,10 @@ class Artifact:
         parts = text.split(":")
         if len(parts) != 3:
             raise ValidationError("artifact", f"expected GROUP:NAME:VERSION, got {shown(text)}")
-        return cls(*parts)
+        try:
+            return cls(*parts)
+        except ValidationError as e:
+            raise ValidationError(f"artifact.{e.field}", e.message) from None
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
@@ -247,8 +363,11 @@ class Environment:
 
     def __attrs_post_init__(self) -> None:
         for i, promotion in enumerate(self.promotions):
-            if not promotion.strip():
+            if not isinstance(promotion, str) or not promotion.strip():
                 raise ValidationError(f"promotions[{i}]", f"must be a non-blank string, got {shown(promotion)}")
+            problem = text_problem(promotion)
+            if problem:
+                raise ValidationError(f"promotions[{i}]", problem)
         _unique("promotions", self.promotions, "promotion")
 
 
@@ -663,7 +782,13 @@ def make_flow(  # noqa: PLR0917 - positional, one a field, like the class's own 
 
 
 def _details_dict(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return {} if value is None else dict(value)
+    if value is None:
+        return {}
+    if type(value) is not dict and not isinstance(value, Mapping):
+        raise ValidationError("details", f"expected a mapping (a JSON object), got {shown(value)}")
+    details = dict(value)
+    check_json("details", details)
+    return details
 
 
 @attrs.frozen(weakref_slot=False, repr=False)

@@ -26,6 +26,7 @@ from flowfsm.converter import converter, hook_requests_json
 from flowfsm.errors import (
     ConcurrencyConflict,
     RepositoryError,
+    ValidationError,
 )
 from flowfsm.model import DeliveryAttempt, DeliveryState, Flow, HookRecord, HookRequest
 from flowfsm.repositories._common import PENDING, SQLFlowReads, driver_errors, flow_body, wait_seconds
@@ -86,6 +87,10 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _BACKEND: Final = "sqlite"
+_BUSY: Final = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+# The WAL switch waits on these; tests replace them to move time without sleeping.
+_clock = time.monotonic
+_pause = time.sleep
 
 
 class SQLiteRepository(SQLFlowReads):
@@ -106,29 +111,49 @@ class SQLiteRepository(SQLFlowReads):
         if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
             raise RepositoryError(_BACKEND, f"synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.path = os.fspath(path)
+        if not self.path:  # sqlite3 would open a private temporary database, which has no WAL
+            raise ValidationError("path", "must name a SQLite file (or ':memory:'), not be empty")
         self._lock = threading.RLock()
         with _driver_errors(f"cannot open {self.path!r}"):
             self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
-            if self.path != ":memory:":
-                self._enable_wal(timeout)
-            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
+            try:
+                if self.path != ":memory:":
+                    self._enable_wal(timeout)
+                self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                self._migrate()
+            except BaseException:
+                self._db.close()  # a repository that failed to open holds nothing open
+                raise
 
     def _enable_wal(self, timeout: float) -> None:
-        """Switch the file to WAL. The switch needs the file to itself, and SQLite
-        does not wait for that, so several processes opening a new file at once
-        retry here until one of them has done it."""
-        deadline = time.monotonic() + timeout
+        """Switch the file to WAL. The switch needs the file to itself, and SQLite does
+        not always wait for that (two openers would deadlock), so several processes
+        opening a new file at once retry here, for up to ``timeout`` seconds, until one
+        of them has done it. SQLite's own wait is off meanwhile: this loop is the one
+        that waits, so the bound is ``timeout`` and no more."""
+        deadline = _clock() + timeout
+        self._db.execute("PRAGMA busy_timeout = 0")
         while True:
             try:
-                if self._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
-                    return
-                self._db.execute("PRAGMA journal_mode=WAL")
-            except sqlite3.OperationalError:
-                if time.monotonic() > deadline:
+                mode = self._db.execute("PRAGMA journal_mode").fetchone()[0]
+                if mode != "wal":
+                    mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError as e:
+                if e.sqlite_errorcode & 0xFF not in _BUSY:
                     raise
-                time.sleep(0.01)
+                if _clock() >= deadline:
+                    raise RepositoryError(
+                        _BACKEND,
+                        f"cannot open {self.path!r}: another connection kept it busy for more than"
+                        f" {timeout:g} s while it was switched to WAL",
+                    ) from e
+                _pause(0.01)
+                continue
+            if mode != "wal":  # a database that cannot use WAL: stop, rather than ask again forever
+                raise RepositoryError(_BACKEND, f"cannot open {self.path!r} in WAL mode (journal mode {mode!r})")
+            self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            return
 
     def close(self) -> None:
         with self._lock:
