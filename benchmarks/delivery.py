@@ -73,7 +73,7 @@ def ours(catalog: Catalog, emitter: HttpEmitter, count: int, concurrency: int, o
         engine.handle(ArtifactCreated(Artifact("com.acme", "api", f"{offset}.{n}")))
     dispatcher = Dispatcher(repository, emitter, concurrency=concurrency, batch=100)
     start = time.perf_counter()
-    delivered = dispatcher.run_once()
+    delivered = dispatcher.run_once().delivered
     elapsed = time.perf_counter() - start
     dispatcher.close()
     assert delivered == count, delivered
@@ -121,7 +121,7 @@ def run(report: Report, quick: bool) -> None:
         now = int(time.time())
         headers = [webhook_headers(r.id, now, body, [SECRET]) for r, body in zip(requests, bodies, strict=True)]
         limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
-        with httpx.Client(limits=limits) as client, HttpEmitter(catalog, client=client) as emitter:
+        with httpx.Client(limits=limits) as client, HttpEmitter(catalog) as emitter:
             for concurrency in (1, 8):
                 batches = itertools.count()
 

@@ -210,6 +210,69 @@ def _copy(cur: Any, flows: list[Any], deployments: list[Any], promotions: list[A
                 copy.write_row(row)
 
 
+# --- PostgreSQL claim latency ------------------------------------------------------------
+
+
+def fill_outbox_postgres(dsn: str, schema: str, pending: int, per_flow: int = 5) -> None:
+    """``pending`` HookRequests waiting, ``per_flow`` a flow, the flows interleaved as
+    triggers make them; the tables left as loaded, never analyzed."""
+    import psycopg
+
+    from flowfsm.converter import hook_requests_json
+    from flowfsm.testing import sample_flow, sample_hook_request
+
+    PostgresRepository(dsn, schema=schema).close()  # the schema
+    body = hook_requests_json([sample_hook_request(sample_flow())])[0]
+    flows = pending // per_flow
+    with psycopg.connect(dsn, options=f"-c search_path={schema}") as conn:
+        conn.execute(
+            "INSERT INTO flows (id, artifact_id, service_id, state, version, body)"
+            " SELECT 'f' || g, 'a' || g, 's', 'inProgress', 1, '[]' FROM generate_series(1, %s) g",
+            (flows,),
+        )
+        conn.execute(
+            "INSERT INTO outbox (id, flow_id, body) SELECT 'r' || k || '-' || g, 'f' || g, %s::jsonb"
+            " FROM generate_series(1, %s) k, generate_series(1, %s) g ORDER BY k, g",
+            (body, per_flow, flows),
+        )
+
+
+def claim_seconds(repository: Repository, rounds: int) -> float:
+    """Median seconds of ``claim(100)``; each claim is released again, untimed."""
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        claimed = repository.claim(100, lease=60.0)
+        samples.append(time.perf_counter() - start)
+        repository.release([r.id for r in claimed])
+    return sorted(samples)[len(samples) // 2]
+
+
+def pg_claim_latency(report: Report, dsn: str, pending: int, rounds: int) -> None:
+    """``claim(100)`` among ``pending`` on a table never analyzed, against the same
+    once analyzed: the claim must not wait for statistics to be fast."""
+    import psycopg
+
+    fill_outbox_postgres(dsn, "claims", pending)
+    repository = PostgresRepository(dsn, schema="claims", max_size=1)
+    repository.claim(1, lease=0.0)  # a connection, and the catalog cached
+    fresh = claim_seconds(repository, rounds)
+    with psycopg.connect(dsn, options="-c search_path=claims", autocommit=True) as conn:
+        conn.execute("ANALYZE outbox")
+    analyzed = claim_seconds(repository, rounds)
+    repository.close()
+    report.ratio(
+        f"PostgreSQL claim(100) with {pending:,} pending, never analyzed vs analyzed",
+        fresh,
+        analyzed,
+        "≤ 20 ms and ≤ 2×",
+        fresh <= 0.020 and fresh / analyzed <= 2,
+        unit="ms",
+        scale=1e3,
+        note="5 requests a flow; each claim released again; median of the rounds",
+    )
+
+
 # --- PostgreSQL workers --------------------------------------------------------------------
 
 
@@ -306,6 +369,8 @@ def run(report: Report, quick: bool) -> None:
         report.section("PostgreSQL: not found, skipped (install PostgreSQL 15+)")
         return
     report.section("PostgreSQL (loopback, fsync on)")
+    with TemporaryPostgres(durable=True) as server:
+        pg_claim_latency(report, server.dsn, 100_000, 11 if quick else 31)
     # Each measurement on its own server: loading a million flows leaves a server
     # (and the host's page cache) busy for a while, which is no part of how workers scale.
     with TemporaryPostgres(durable=True) as server:

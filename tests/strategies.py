@@ -37,14 +37,14 @@ from flowfsm import (
     Webhook,
 )
 
-names = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=12).filter(
-    lambda s: bool(s.strip()) and ":" not in s
-)
+# Text every backend stores alike: no NUL and no lone surrogate (flowfsm refuses both).
+storable = st.characters(codec="utf-8", exclude_categories=["Cs"], exclude_characters="\x00")
+names = st.text(storable, min_size=1, max_size=12).filter(lambda s: bool(s.strip()) and ":" not in s)
 ids = st.uuids().map(lambda u: u.hex)
 times = st.datetimes(min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2100, 1, 1), timezones=st.just(dt.UTC))
 json_values: st.SearchStrategy[Any] = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(storable, max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(storable, max_size=5), inner, max_size=3),
     max_leaves=6,
 )
 
@@ -86,7 +86,7 @@ results = st.builds(
     PromotionResult,
     ids,
     st.sampled_from(ResultStatus),
-    st.dictionaries(st.text(max_size=5), json_values, max_size=3),
+    st.dictionaries(st.text(storable, max_size=5), json_values, max_size=3),
 )
 service_refs = st.builds(ServiceRef, names, names, names)
 payloads = st.builds(DeploymentPayload, artifacts, deployments, service_refs, environments) | st.builds(
@@ -97,7 +97,7 @@ hook_requests = st.builds(
     ids,
     ids,
     names,
-    st.builds(ActionRef, names, st.none() | st.just("https://hooks.example/y")),
+    st.builds(ActionRef, names, st.none() | st.just("https://hooks.example/y"), st.booleans()),
     st.sampled_from(HookEvent),
     payloads,
     times,
@@ -108,7 +108,7 @@ hook_requests = st.builds(
 def promotion_completed(draw: st.DrawFn) -> PromotionCompleted:
     promotion_id = draw(ids)
     statuses = draw(st.lists(st.sampled_from(ResultStatus), min_size=1, max_size=3))
-    details = draw(st.dictionaries(st.text(max_size=5), json_values, max_size=2))
+    details = draw(st.dictionaries(st.text(storable, max_size=5), json_values, max_size=2))
     return PromotionCompleted(draw(ids), promotion_id, [PromotionResult(promotion_id, s, details) for s in statuses])
 
 

@@ -222,9 +222,39 @@ def test_dispatch_delivers_over_http(tmp_path: Path, receiver: Receiver) -> None
     created = cli.json("artifact-created", "com.acme:api:5.0.0")
     done = cli("dispatch")
     assert done.returncode == 0, done.stderr
-    assert "delivered 1; pending 0" in done.stdout
+    assert "delivered 1; retried 0; dead 0; pending 0" in done.stdout
     ((headers, _),) = receiver.bodies("/deploy")
     assert headers["webhook-id"] == created["hookRequests"][0]["id"]
+
+
+def test_dispatch_counts_the_dead_apart_and_logs_why(tmp_path: Path, receiver: Receiver) -> None:
+    cli = Cli(tmp_path, url=receiver.url("/deploy"))
+    created = cli.json("artifact-created", "com.acme:api:5.0.0")
+    receiver.answer("/deploy", (410, {}, 0.0, b"gone"))
+    done = cli("dispatch")
+    assert done.returncode == 0, done.stderr
+    assert "delivered 0; retried 0; dead 1; pending 0" in done.stdout
+    request_id = created["hookRequests"][0]["id"]
+    assert f"WARNING hook request {request_id} (deployment-created) is dead after 1 attempt(s)" in done.stderr
+    assert "(status 410)" in done.stderr
+
+
+def test_dispatch_reports_a_retry_with_its_time_and_logs_it(tmp_path: Path, receiver: Receiver) -> None:
+    cli = Cli(tmp_path, url=receiver.url("/deploy"))
+    created = cli.json("artifact-created", "com.acme:api:5.0.0")
+    receiver.answer("/deploy", (503, {"retry-after": "120"}, 0.0, b"busy"))
+    done = cli("dispatch")
+    assert done.returncode == 0, done.stderr
+    line = re.search(r"delivered 0; retried 1 \(next attempt at (\S+)\); dead 0; pending 1", done.stdout)
+    assert line is not None, done.stdout
+    request_id = created["hookRequests"][0]["id"]
+    logged = re.search(
+        rf"WARNING hook request {re.escape(request_id)} \(deployment-created\) failed: HTTP 503 Service Unavailable"
+        r" \(status 503\); attempt 1, next at (\S+)",
+        done.stderr,
+    )
+    assert logged is not None, done.stderr
+    assert logged[1] == line[1]
 
 
 def test_diagrams(cli: Cli) -> None:
@@ -275,3 +305,180 @@ def test_the_demo_in_a_terminal(tmp_path: Path) -> None:
     assert "whsec_" not in plain
     with SQLiteRepository(tmp_path / "demo.db") as repository:
         assert sorted(f.state.value for f in repository.list_flows()) == ["failed", "success"]
+
+
+# --- what users type is data: printed as it is, refused in one line, never a traceback ---
+
+
+def run_raw(cli: Cli, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    """``flowfsm`` with bytes in and out: for input that is not UTF-8 (argv too: an
+    argument may hold surrogate-escaped bytes, written back to argv as those bytes)."""
+    env = {**os.environ, "FLOWFSM_STORE": str(cli.store), "FLOWFSM_CATALOG": str(cli.catalog), "COLUMNS": "200"}
+    return subprocess.run(
+        [FLOWFSM, *args], input=stdin, capture_output=True, env=env, cwd=cli.root, timeout=60, check=False
+    )
+
+
+def one_error_line(stderr: str | bytes) -> str:
+    text = stderr.decode("utf-8", "backslashreplace") if isinstance(stderr, bytes) else stderr
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    assert lines[0].startswith("error: "), text
+    assert "Traceback" not in text
+    return lines[0]
+
+
+MARKUP_VERSIONS = ["1.0[rc1]", "1.0[/x]", "[bold]2.0[/bold]", "3.0[link=x]", "4.0\\"]
+
+
+def test_ids_and_versions_print_exactly_as_given(cli: Cli) -> None:
+    """Square brackets and :codes: are text: Rich must not read them as markup or emoji."""
+    cli.catalog.write_text(cli.catalog.read_text().replace('["com.acme:api"]', '["com.acme:api", "com.acme:package"]'))
+    ids = ["com.acme:package:1.0", *(f"com.acme:api:{v}" for v in MARKUP_VERSIONS)]
+    flow_ids = {}
+    for artifact_id in ids:
+        done = cli("artifact-created", artifact_id)
+        assert done.returncode == 0, done.stderr
+        assert f" {artifact_id} svc-api " in done.stdout
+        flow_ids[artifact_id] = cli.json("flows", "--limit", "1")[0]["id"]
+    listed = cli("flows")
+    assert listed.returncode == 0, listed.stderr
+    for artifact_id, flow_id in flow_ids.items():
+        assert re.search(rf"^\s*{re.escape(artifact_id)}\s+svc-api\s+inProgress", listed.stdout, re.M), artifact_id
+        shown = cli("show", flow_id)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.startswith(f"{artifact_id} → svc-api: inProgress\n")
+    assert "📦" not in listed.stdout
+
+
+def test_error_messages_print_user_data_exactly(cli: Cli) -> None:
+    cli.json("artifact-created", "com.acme:api:1.0.0")
+    for bad in ["[/x]", "a[bold]b", ":package:"]:
+        done = cli("deployment-started", bad)
+        assert done.returncode == 1
+        assert one_error_line(done.stderr) == f"error: unknown deployment {bad!r}"
+
+
+def test_reading_a_store_that_does_not_exist_creates_nothing(cli: Cli) -> None:
+    for args in (["flows"], ["show", "f1"], ["deployment-started", "d1"], ["deployment-completed", "d1"]):
+        done = cli(*args)
+        assert done.returncode == 1
+        assert one_error_line(done.stderr) == f"error: --store: no store at {str(cli.store)!r}"
+    assert list(cli.root.iterdir()) == [cli.catalog]
+
+
+@pytest.mark.parametrize("command", [["flows"], ["show", "f1"], ["artifact-created", "com.acme:api:1.0"]])
+def test_an_empty_store_option_is_refused(cli: Cli, command: list[str]) -> None:
+    done = cli(*command, "--store", "")
+    assert done.returncode == 1
+    assert one_error_line(done.stderr) == "error: --store: is empty: give a SQLite file or a postgresql:// URL"
+
+
+@pytest.mark.parametrize(
+    ("change", "args", "message"),
+    [
+        (("", ""), ["artifact-created", "com.acme:api"], "error: artifact: expected GROUP:NAME:VERSION"),
+        (("", ""), ["artifact-created", "com.acme: :1.0"], "error: artifact.name: must be a non-blank string"),
+        (
+            ('id = "svc-api"', 'id = "svc-api"\nfailureStrategy = "RETRY"'),
+            ["artifact-created", "com.acme:api:1.0"],
+            "failureStrategy: service 'svc-api' names unknown failure strategy 'RETRY'",
+        ),
+        (('event = "deployment-created"', 'event = "nope"'), ["artifact-created", "com.acme:api:1.0"], ""),
+        (("", ""), ["handle", "-"], ""),  # an empty input: nothing to store
+    ],
+)
+def test_a_failed_artifact_created_creates_no_store(
+    cli: Cli, change: tuple[str, str], args: list[str], message: str
+) -> None:
+    cli.catalog.write_text(cli.catalog.read_text().replace(*change))
+    done = cli(*args, stdin="")
+    if args[0] == "handle":
+        assert done.returncode == 0, done.stderr
+    else:
+        assert done.returncode == 1
+        line = one_error_line(done.stderr)
+        assert line.startswith("error: ")
+        assert message.removeprefix("error: ") in line
+    assert not cli.store.exists()
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b"{}", "error: line 1: $.type: required key missing"),
+        (b'{"type": "Nope"}', "error: line 1: $.type: 'Nope' is not one of 'ArtifactCreated'"),
+        (b"[1, 2]", "error: line 1: $: expected a JSON object, got [1, 2]"),
+        (b'{"type": "ArtifactCreated", "artifact": "g:n:v"}', "error: line 1: $.artifact: expected a JSON object"),
+        (b'{"type": "DeploymentStarted", "deploymentId": 7}', "error: line 1: $.deploymentId: expected a string"),
+        (b'{"type": "DeploymentStarted", "deploymentId": "\\ud800"}', "error: line 1: $.deploymentId: contains a lone"),
+        (b'{"type": "DeploymentStarted", "deploymentId": "a\\u0000"}', "error: line 1: $.deploymentId: contains NUL"),
+        (
+            b'{"type": "PromotionCompleted", "deploymentId": "d", "promotionId": "p", "results": 5}',
+            "$.results: expected a list",
+        ),
+        (DEEP, "error: line 1: $: nested too deeply to read"),
+        (b"1" * 5000, "error: line 1: $: a number has too many digits to read"),
+        (b'{"type": "DeploymentStarted", "deploymentId": "\xff"}', "error: line 1: $: not UTF-8 (byte 48)"),
+        (b"{", "error: line 1: $: not JSON: Expecting property name"),
+    ],
+)
+def test_handle_refuses_malformed_lines_in_one_line(cli: Cli, line: bytes, message: str) -> None:
+    cli.json("artifact-created", "com.acme:api:1.0.0")
+    before = cli.stored()
+    done = run_raw(cli, "handle", "-", stdin=line + b"\n")
+    assert done.returncode == 1
+    assert message in one_error_line(done.stderr)
+    assert cli.stored() == before
+
+
+def test_handle_on_a_file_that_is_not_there(cli: Cli) -> None:
+    done = cli("handle", "missing.jsonl")
+    assert done.returncode == 1
+    assert one_error_line(done.stderr) == "error: SOURCE: cannot read 'missing.jsonl': No such file or directory"
+    assert not cli.store.exists()
+
+
+def test_results_details_that_are_not_storable_json(cli: Cli) -> None:
+    dev = cli.json("artifact-created", "com.acme:api:1.0.0")["flows"][0]["deployments"][0]
+    cli.json("deployment-started", dev["id"])
+    cli.json("deployment-completed", dev["id"])
+    smoke = dev["promotions"][0]["id"]
+    before = cli.stored()
+    for details, message in [
+        ("[1, 2]", "error: --details: expected a JSON object, got [1, 2]"),
+        ('{"x": NaN}', "error: --details: not JSON: NaN is not a JSON number"),
+        ('{"x": -Infinity}', "error: --details: not JSON: -Infinity is not a JSON number"),
+        ('{"x": 1e999}', "error: --details: has inf, which is not a JSON number (at ['x'])"),
+        ('{"x": "\\u0000"}', "error: --details: has a string that contains NUL (\\u0000) (at ['x'])"),
+        ('{"x": ' + "1" * 5000 + "}", "error: --details: a number has too many digits to read"),
+        ('{"x": ' + "[" * 100_000, "error: --details: nested too deeply to read"),
+        ('{"x": ' + "[" * 150 + "]" * 150 + "}", "error: --details: is nested more than 100 deep"),
+    ]:
+        done = cli("promotion-completed", dev["id"], smoke, "--result", "passed", "--details", details)
+        assert done.returncode == 1, details
+        assert one_error_line(done.stderr).startswith(message), details
+    assert cli.stored() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["deployment-started", "\udcff"], "error: deployment_id: contains a lone surrogate"),
+        (["promotion-completed", "d", "\udcff", "--result", "passed"], "error: promotion_id: contains a lone"),
+        (["artifact-created", "com.acme:api:1.\udcff"], "error: artifact.version: contains a lone surrogate"),
+        (["show", "\udcff"], "error: FLOW_ID: contains a lone surrogate"),
+        (["flows", "--service", "svc-\udcff"], "error: --service: contains a lone surrogate"),
+        (["flows", "--state", "\udcff"], "error: $: '\\udcff' is not one of"),
+    ],
+)
+def test_arguments_that_are_not_utf8(cli: Cli, args: list[str], message: str) -> None:
+    cli.json("artifact-created", "com.acme:api:1.0.0")
+    before = cli.stored()
+    done = run_raw(cli, *args)  # "\udcff" reaches argv as the byte 0xff
+    assert done.returncode == 1
+    assert one_error_line(done.stderr).startswith(message)
+    assert cli.stored() == before

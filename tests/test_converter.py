@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, get_args
 
 import pytest
 from hypothesis import given
@@ -16,6 +17,7 @@ from flowfsm import (
     DeploymentStarted,
     DeploymentState,
     Flow,
+    FlowFSMError,
     HookRequest,
     PromotionCompleted,
     PromotionResult,
@@ -113,3 +115,100 @@ def test_structuring_validates_like_constructing() -> None:
     assert structure({"artifact": {"group": "g", "name": "n", "version": "1"}}, ArtifactCreated) == ArtifactCreated(
         Artifact("g", "n", "1")
     )
+
+
+# --- any input: a trigger, or a FlowFSMError naming where; never anything else ---
+
+odd_text = st.text(max_size=6) | st.sampled_from(["\x00", "a\ud800", "\udcff", "[/x]", ":package:", ""])
+scalars = st.none() | st.booleans() | st.integers() | st.floats() | odd_text  # floats: NaN and infinities too
+huge = st.builds(pow, st.just(10), st.just(5000))  # more digits than Python writes by default
+
+
+def nested(leaves: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.recursive(
+        leaves, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(odd_text, inner, max_size=4), max_leaves=12
+    )
+
+
+json_ish = nested(scalars | huge)
+trigger_keys = st.sampled_from(
+    [
+        "type",
+        "artifact",
+        "group",
+        "name",
+        "version",
+        "deploymentId",
+        "promotionId",
+        "results",
+        "resultStatus",
+        "details",
+    ]
+)
+trigger_tags = st.sampled_from(["ArtifactCreated", "DeploymentStarted", "DeploymentCompleted", "PromotionCompleted"])
+# Nearly-triggers: the right keys and tags, with anything as values, at any depth.
+
+
+def trigger_like(values: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.recursive(
+        values | trigger_tags | st.just("passed"),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(trigger_keys, inner, max_size=5),
+        max_leaves=16,
+    )
+
+
+PYTHON_INTERNALS = ("Error(", "object has no attribute", "object is not", "KeyError", "TypeError", "sys.")
+
+
+def outcome(make: Callable[[], Any]) -> Any:
+    """What ``make`` returns, or the FlowFSMError it raises (anything else fails the test)."""
+    try:
+        return make()
+    except FlowFSMError as e:
+        return e
+
+
+@given(st.one_of(json_ish, trigger_like(json_ish), s.triggers.map(lambda t: unstructure(t, Trigger))))
+def test_structuring_any_json_gives_a_trigger_or_a_validation_error(data: Any) -> None:
+    result = outcome(lambda: structure(data, Trigger))
+    if isinstance(result, FlowFSMError):
+        assert isinstance(result, ValidationError)
+        assert result.field.startswith("$")
+        assert len(str(result)) < 500
+        assert not any(internal in result.message for internal in PYTHON_INTERNALS), result.message
+    else:
+        assert isinstance(result, get_args(Trigger))  # one of the triggers, whichever the data named
+        text = to_json(result, Trigger)  # what parses can be written back, as UTF-8 every backend stores
+        assert "\\u0000" not in text
+        text.encode("utf-8")
+        assert from_json(text, Trigger) == result
+
+
+@given(st.text() | st.binary() | st.just("1" * 5000) | st.builds(json.dumps, trigger_like(nested(scalars))))
+def test_parsing_any_text_gives_a_trigger_or_a_validation_error(text: str | bytes) -> None:
+    result = outcome(lambda: from_json(text, Trigger))
+    assert isinstance(result, ValidationError | Trigger)
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "message"),
+    [
+        ("{", "$", "not JSON: Expecting property name enclosed in double quotes (line 1, column 2)"),
+        (b"\xff", "$", "not UTF-8 (byte 1)"),
+        ("[" * 100_000, "$", "nested too deeply to read"),
+        ("1" * 5000, "$", "a number has too many digits to read"),
+        ('{"type": "DeploymentStarted", "deploymentId": NaN}', "$", "not JSON: NaN is not a JSON number"),
+        ("{}", "$.type", "required key missing: one of 'ArtifactCreated', 'DeploymentStarted',"),
+        ('{"type": "Nope"}', "$.type", "'Nope' is not one of 'ArtifactCreated', 'DeploymentStarted',"),
+        ("[1, 2]", "$", "expected a JSON object, got [1, 2]"),
+        ('{"type": "ArtifactCreated", "artifact": "g:n:v"}', "$.artifact", "expected a JSON object, got 'g:n:v'"),
+        ('{"type": "PromotionCompleted", "deploymentId": "d", "promotionId": "p", "results": "r"}', "$.results", ""),
+    ],
+)
+def test_bad_json_names_the_field_and_no_python_internals(text: str | bytes, field: str, message: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        from_json(text, Trigger)
+    assert caught.value.field == field
+    assert caught.value.message.startswith(message)
+    for internal in PYTHON_INTERNALS:
+        assert internal not in str(caught.value)

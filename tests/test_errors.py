@@ -356,3 +356,72 @@ def test_a_strategy_cannot_skip_the_machines(catalog: Catalog, repository: InMem
 def test_every_error_has_one_root() -> None:
     for error in (ValidationError, UnknownDeployment, InvalidTransition, ConcurrencyConflict, UnknownService):
         assert issubclass(error, FlowFSMError)
+
+
+class Opaque:
+    """Not JSON."""
+
+
+@pytest.mark.parametrize(
+    ("details", "message"),
+    [
+        ({"seen": {1, 2}}, "has a value of type set, which is not JSON (at ['seen'])"),
+        ({"raw": b"\x00"}, "has a value of type bytes, which is not JSON (at ['raw'])"),
+        ({"who": Opaque()}, "has a value of type Opaque, which is not JSON (at ['who'])"),
+        ({"p99": float("nan")}, "has nan, which is not a JSON number (at ['p99'])"),
+        ({"runs": [1.0, float("-inf")]}, "has -inf, which is not a JSON number (at ['runs'][1])"),
+        ({"big": 10**5000}, "has an integer with too many digits to write as JSON (at ['big'])"),
+        ({7: "x"}, "has the key 7; JSON keys are strings"),
+        ({"log": "a\x00b"}, "has a string that contains NUL (\\u0000) (at ['log'])"),
+        ({"k\ud800": 1}, "has a key that contains a lone surrogate (not UTF-8, e.g. undecodable bytes)"),
+        ("passed", "expected a mapping (a JSON object), got 'passed'"),
+    ],
+)
+def test_result_details_must_be_json_every_backend_stores(details: object, message: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        PromotionResult("p", ResultStatus.PASSED, details)  # type: ignore[arg-type]  # wrong on purpose
+    assert caught.value.field == "details"
+    assert caught.value.message == message
+
+
+def test_result_details_nested_too_deep_are_refused_without_recursion() -> None:
+    deep: dict[str, object] = {}
+    inner = deep
+    for _ in range(100_000):
+        inner["a"] = inner = {}
+    with pytest.raises(ValidationError) as caught:
+        PromotionResult("p", ResultStatus.PASSED, deep)
+    assert caught.value.field == "details"
+    assert caught.value.message.startswith("is nested more than 100 deep (at ['a']['a']")
+    assert len(str(caught.value)) < 200
+    fine: dict[str, object] = {"list": [[["x", 1, 2.5, None, True]]], "tuple": (1, 2)}
+    assert PromotionResult("p", ResultStatus.PASSED, fine).details == fine
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda: Artifact("com.acme", "api", "1.0\x00"), "version"),
+        (lambda: Artifact("com.acme\udcff", "api", "1.0"), "group"),
+        (lambda: Artifact.parse("com.acme:a\x00pi:1.0"), "artifact.name"),
+        (lambda: DeploymentStarted("d\x00"), "deployment_id"),
+        (lambda: DeploymentCompleted("\ud800"), "deployment_id"),
+        (lambda: PromotionCompleted("d", "p\x00", []), "promotion_id"),
+        (lambda: PromotionResult("p\udfff", ResultStatus.PASSED), "promotion_id"),
+        (lambda: Environment("dev", promotions=["smo\x00ke"]), "promotions[0]"),
+    ],
+)
+def test_nul_and_lone_surrogates_are_refused_where_text_enters(make: Callable[[], object], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        make()
+    assert caught.value.field == field
+    assert caught.value.message.startswith(("contains NUL", "contains a lone surrogate"))
+
+
+def test_error_messages_stay_small_whatever_the_input() -> None:
+    with pytest.raises(ValidationError) as long:
+        Artifact.parse("x" * 1_000_000)
+    assert len(str(long.value)) < 150
+    with pytest.raises(ValidationError) as blank:
+        DeploymentStarted(" " * 1_000_000)
+    assert len(str(blank.value)) < 150

@@ -7,6 +7,7 @@ the first v applied triggers of its plan produce — no more, no fewer, none twi
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -14,6 +15,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,7 +35,7 @@ from flowfsm import (
     RepositoryError,
 )
 from flowfsm.dispatch import Dispatcher
-from flowfsm.emitters import RecordingEmitter
+from flowfsm.emitters import CallbackEmitter, RecordingEmitter
 from flowfsm.protocols import Repository
 from flowfsm.repositories import InMemoryRepository, PostgresRepository, SQLiteRepository
 from flowfsm.testing import TemporaryPostgres
@@ -233,6 +235,57 @@ def test_postgres_going_away_mid_stream_writes_nothing_half() -> None:
             raise AssertionError("the repository did not recover after the server came back")
         assert engine.handle(DeploymentStarted(flow.deployments[0].id)).flows[0].version == 2
         repository.close()
+
+
+class _Seen(logging.Handler):
+    """Sets ``event`` on the first ERROR record."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.event.set()
+
+
+def test_a_dispatcher_outlives_postgres_going_away() -> None:
+    """``run`` (what ``flowfsm dispatch --follow`` runs) logs a failed poll, backs off
+    and goes on: once the server is back, everything is delivered."""
+    if TemporaryPostgres.find_bin_dir() is None:
+        pytest.fail("PostgreSQL (initdb, pg_ctl) is needed for this test")
+    with TemporaryPostgres() as server:
+        repository = PostgresRepository(server.dsn, timeout=2)
+        engine = FlowEngine(workers.CATALOG, repository, None)
+        made = list(engine.handle(ArtifactCreated(workers.artifact(1))).hook_requests)
+        made += engine.handle(ArtifactCreated(workers.artifact(2))).hook_requests
+        received: list[HookRequest] = []
+        everything = threading.Event()
+
+        def receive(request: HookRequest) -> None:
+            received.append(request)
+            if len(received) == len(made):
+                everything.set()
+
+        dispatcher = Dispatcher(repository, CallbackEmitter(receive), poll_interval=0.05)
+        seen = _Seen()
+        logger = logging.getLogger("flowfsm.dispatch")
+        logger.addHandler(seen)
+        stop = threading.Event()
+        thread = threading.Thread(target=dispatcher.run, args=(stop,))
+        try:
+            server.stop()
+            thread.start()
+            assert seen.event.wait(30)  # a poll failed, and was logged
+            server.start()
+            assert everything.wait(60)
+            assert thread.is_alive()
+        finally:
+            stop.set()
+            thread.join(30)
+            logger.removeHandler(seen)
+            repository.close()
+        assert not thread.is_alive()
+        assert received == made
 
 
 _HOLD_A_SERVER = """

@@ -166,9 +166,9 @@ def test_a_failed_delivery_is_retried_with_the_same_id(receiver: Receiver, tmp_p
     receiver.answer("/hooks", (503, {"retry-after": "0"}, 0.0, b"busy"), (500, {}, 0.0, b"oops"))
     with HttpEmitter(catalog) as emitter:
         dispatcher = Dispatcher(repository, emitter, retry=NO_WAIT)
-        assert dispatcher.run_once() == 0
-        assert dispatcher.run_once() == 0
-        assert dispatcher.run_once() == 1
+        assert dispatcher.run_once().delivered == 0
+        assert dispatcher.run_once().delivered == 0
+        assert dispatcher.run_once().delivered == 1
     sent = receiver.bodies("/hooks")
     assert [h["webhook-id"] for h, _ in sent] == [request.id] * 3
     (record,) = repository.hook_requests(request.flow_id)
@@ -184,10 +184,10 @@ def test_retry_after_is_honoured(receiver: Receiver, tmp_path: Path) -> None:
     receiver.answer("/hooks", (429, {"retry-after": "1"}, 0.0, b"slow down"))
     with HttpEmitter(catalog) as emitter:
         dispatcher = Dispatcher(repository, emitter, retry=NO_WAIT)
-        assert dispatcher.run_once() == 0
-        assert dispatcher.run_once() == 0  # still waiting, though the policy says 0 s
+        assert dispatcher.run_once().delivered == 0
+        assert dispatcher.run_once().delivered == 0  # still waiting, though the policy says 0 s
         time.sleep(1.2)
-        assert dispatcher.run_once() == 1
+        assert dispatcher.run_once().delivered == 1
 
 
 def test_410_gone_disables_the_endpoint_until_enabled(receiver: Receiver, tmp_path: Path) -> None:
@@ -208,7 +208,7 @@ def test_410_gone_disables_the_endpoint_until_enabled(receiver: Receiver, tmp_pa
         assert dead[1].attempts[0].error == "endpoint disabled (it answered 410 Gone)"
         repository.enable_endpoint(url)
         repository.requeue([first.id, second.id])
-        assert dispatcher.run_once() == 2
+        assert dispatcher.run_once().delivered == 2
     assert [h["webhook-id"] for h, _ in receiver.bodies("/gone")] == [first.id, first.id, second.id]
 
 
@@ -236,12 +236,12 @@ def test_a_receiver_down_then_up_gets_everything(tmp_path: Path) -> None:
     made = [r for f in flows for r in engine.handle(DeploymentStarted(f.deployments[0].id)).hook_requests]
     with HttpEmitter(catalog, timeout=2) as emitter:
         dispatcher = Dispatcher(repository, emitter, retry=NO_WAIT)
-        assert dispatcher.run_once() == 0
+        assert dispatcher.run_once().delivered == 0
         assert repository.count_pending() == 3
         reserved.close()
         receiver = Receiver(port)
         try:
-            assert dispatcher.run_once() == 3
+            assert dispatcher.run_once().delivered == 3
         finally:
             receiver.close()
     assert [h["webhook-id"] for h, _ in receiver.bodies("/hooks")] == [r.id for r in made]
@@ -257,7 +257,7 @@ def test_a_slow_receiver_times_out_and_stays_pending(receiver: Receiver, tmp_pat
     created(engine)
     receiver.answer("/slow", (200, {}, 1.0, b"late"))
     with HttpEmitter(catalog, timeout=0.2) as emitter:
-        assert Dispatcher(repository, emitter, retry=RetryPolicy(delays=(60.0,))).run_once() == 0
+        assert Dispatcher(repository, emitter, retry=RetryPolicy(delays=(60.0,))).run_once().delivered == 0
     assert repository.count_pending() == 1
     (record,) = repository.hook_requests(repository.list_flows()[0].id)
     assert record.attempts[0].error == "timed out after 0.2 s"
@@ -269,7 +269,7 @@ def test_a_huge_answer_is_read_only_so_far(receiver: Receiver, tmp_path: Path) -
     created(engine)
     receiver.answer("/big", (200, {}, 0.0, b"x" * 4_000_000))
     with HttpEmitter(catalog, max_response_bytes=1024) as emitter:
-        assert Dispatcher(repository, emitter).run_once() == 1
+        assert Dispatcher(repository, emitter).run_once().delivered == 1
 
 
 def test_hosts_outside_the_allowlist_are_refused(receiver: Receiver, tmp_path: Path) -> None:
@@ -305,7 +305,7 @@ def test_concurrent_delivery_keeps_each_flows_order(receiver: Receiver, tmp_path
     expected = {f.id: [r.request.id for r in repository.hook_requests(f.id)] for f in repository.list_flows(limit=100)}
     with HttpEmitter(catalog) as emitter:
         dispatcher = Dispatcher(repository, emitter, concurrency=8, batch=10)
-        assert dispatcher.run_once() == sum(len(ids) for ids in expected.values())
+        assert dispatcher.run_once().delivered == sum(len(ids) for ids in expected.values())
         dispatcher.close()
     order = [h["webhook-id"] for _, h, _ in receiver.received]
     for ids in expected.values():

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -13,7 +15,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from flowfsm import RepositoryError
 from flowfsm.protocols import Repository
-from flowfsm.repositories import InMemoryRepository, PostgresRepository, SQLiteRepository
+from flowfsm.repositories import MAX_WAIT, InMemoryRepository, PostgresRepository, SQLiteRepository
 from flowfsm.repositories.sqlite import SCHEMA_VERSION
 from flowfsm.testing import RepositoryContract, RepositoryStateMachine, sample_flow, sample_hook_request
 
@@ -95,6 +97,7 @@ def test_sqlite_migrates_an_older_schema(tmp_path: Path) -> None:
         assert len(repo.dead_requests()) == 1
     db = sqlite3.connect(path)
     assert db.execute("SELECT value FROM flowfsm_meta").fetchone()[0] == str(SCHEMA_VERSION)
+    assert db.execute("SELECT 1 FROM sqlite_master WHERE name = 'outbox_pending_by_flow'").fetchone() == (1,)
     db.close()
 
 
@@ -166,5 +169,82 @@ def test_postgres_migrates_an_older_schema(postgres_dsn: str) -> None:
             row = conn.execute("SELECT value FROM flowfsm_meta").fetchone()
             assert row is not None
             assert row[0] == str(PG_VERSION)
+            index = "SELECT 1 FROM pg_indexes WHERE schemaname = %s AND indexname = 'outbox_pending_by_flow'"
+            assert conn.execute(index, (schema,)).fetchone() == (1,)
+    finally:
+        drop_schemas(postgres_dsn, [schema])
+
+
+@pytest.mark.parametrize("delay", [99_999_999_999.0, float("9" * 400)])
+def test_a_huge_delay_parks_a_request_for_at_most_a_day(
+    delay: float, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """What each backend stores, read behind its back: no later than ``MAX_WAIT`` from now."""
+    flow = sample_flow()
+    hook = sample_hook_request(flow)
+    memory = InMemoryRepository()
+    sqlite = SQLiteRepository(tmp_path / "flows.db")
+    dsn: str = request.getfixturevalue("postgres_dsn")
+    schema = f"w_{uuid.uuid4().hex[:12]}"
+    postgres = PostgresRepository(dsn, schema=schema)
+    try:
+        for repo in (memory, sqlite, postgres):
+            repo.commit([flow], [hook])
+            repo.release([hook.id], delay=delay)
+        assert memory._outbox[hook.id][1] <= time.monotonic() + MAX_WAIT
+        (until,) = sqlite._db.execute("SELECT lease_until FROM outbox").fetchone()
+        assert time.time() + MAX_WAIT - 60 <= until <= time.time() + MAX_WAIT
+        (late,) = postgres._rows("SELECT lease_until - now() <= make_interval(secs => %s) FROM outbox", [MAX_WAIT])
+        assert late == (True,)
+    finally:
+        sqlite.close()
+        postgres.close()
+        drop_schemas(dsn, [schema])
+
+
+def _rows_examined(plan: dict[str, Any]) -> float:
+    """Rows that a plan node and those below it produced or filtered out, every loop counted."""
+    own: float = plan.get("Actual Rows", 0) + plan.get("Rows Removed by Filter", 0)
+    own += plan.get("Rows Removed by Index Recheck", 0)
+    loops: float = plan.get("Actual Loops", 1)
+    return own * loops + sum(_rows_examined(p) for p in plan.get("Plans", ()))
+
+
+def test_postgres_claim_probes_each_flow_on_a_table_never_analyzed(postgres_dsn: str) -> None:
+    """Claiming 100 of 10,000 pending reads a few rows per claimed row, with or
+    without statistics (as an anti-join, a fresh table was read whole per row)."""
+    import psycopg
+
+    from flowfsm.converter import hook_requests_json
+    from flowfsm.repositories.postgres import _CLAIM_CANDIDATES, _CLAIM_TAKE
+
+    schema = f"c_{uuid.uuid4().hex[:12]}"
+    PostgresRepository(postgres_dsn, schema=schema).close()
+    body = hook_requests_json([sample_hook_request(sample_flow())])[0]
+    try:
+        with psycopg.connect(postgres_dsn, options=f"-c search_path={schema}") as conn:
+            conn.execute(
+                "INSERT INTO flows (id, artifact_id, service_id, state, version, body)"
+                " SELECT 'f' || g, 'a' || g, 's', 'inProgress', 1, '[]' FROM generate_series(1, 2000) g"
+            )
+            conn.execute(  # five requests a flow, the flows interleaved, as triggers make them
+                "INSERT INTO outbox (id, flow_id, body) SELECT 'r' || k || '-' || g, 'f' || g, %s::jsonb"
+                " FROM generate_series(1, 5) k, generate_series(1, 2000) g ORDER BY k, g",
+                (body,),
+            )
+            conn.commit()
+            examined = []
+            for analyzed in (False, True):
+                if analyzed:
+                    conn.execute("ANALYZE outbox")
+                ((plan,),) = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + _CLAIM_CANDIDATES, {"limit": 100})
+                mine = list(range(1, 101))  # what the first claim takes: the oldest 100
+                ((take,),) = conn.execute(
+                    "EXPLAIN (ANALYZE, FORMAT JSON) " + _CLAIM_TAKE, {"lease": 30.0, "mine": mine}
+                )
+                conn.rollback()
+                assert plan[0]["Plan"]["Actual Rows"] == 100
+                examined.append(_rows_examined(plan[0]["Plan"]) + _rows_examined(take[0]["Plan"]))
+        assert max(examined) < 20 * 100, examined
     finally:
         drop_schemas(postgres_dsn, [schema])

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from json.encoder import encode_basestring_ascii as _quote  # C: a str as json.dumps writes it
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, get_args, get_origin, overload
 
 import attrs
 import cattrs
+from cattrs.cols import homogenous_tuple_structure_factory, list_structure_factory
 from cattrs.errors import (
     ClassValidationError,
     ForbiddenExtraKeysError,
@@ -29,8 +30,9 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.strategies import configure_tagged_union
 
-from flowfsm.errors import ValidationError
+from flowfsm.errors import ValidationError, shown
 from flowfsm.model import (
+    Action,
     DeploymentPayload,
     DeploymentState,
     FlowState,
@@ -40,10 +42,11 @@ from flowfsm.model import (
     PromotionPayload,
     PromotionState,
     ResultStatus,
+    text_problem,
 )
 from flowfsm.triggers import Trigger
 
-__all__ = ["converter", "from_json", "hook_requests_json", "structure", "to_json", "unstructure"]
+__all__ = ["converter", "from_json", "hook_requests_json", "parse_json", "structure", "to_json", "unstructure"]
 
 T = TypeVar("T")
 
@@ -62,14 +65,44 @@ def _make_converter() -> cattrs.Converter:
         }
 
     conv.register_unstructure_hook_factory(attrs.has, lambda cls: make_dict_unstructure_fn(cls, conv, **renames(cls)))
-    conv.register_structure_hook_factory(
-        attrs.has,
-        lambda cls: make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **renames(cls)),
-    )
+
+    def structure_object(cls: type) -> Any:
+        overrides = renames(cls)
+        if cls is Action:  # the class takes a secret or a reference to one, and never shows it
+            overrides["secret"] = override(struct_hook=lambda value, _: value)
+        structure_fields: Any = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **overrides)
+
+        def structure_mapping(value: Any, as_type: Any) -> Any:
+            if not isinstance(value, dict) and not isinstance(value, Mapping):  # dict first: the ABC check is slow
+                raise ValidationError("$", f"expected a JSON object, got {shown(value)}")
+            return structure_fields(value, as_type)
+
+        return structure_mapping
+
+    conv.register_structure_hook_factory(attrs.has, structure_object)
+
+    def structure_list(as_type: Any) -> Any:
+        items = (
+            homogenous_tuple_structure_factory(as_type, conv)
+            if get_origin(as_type) is tuple
+            else list_structure_factory(as_type, conv)
+        )
+
+        def structure_array(value: Any, as_type: Any) -> Any:
+            if not isinstance(value, (list, tuple)):  # cattrs would take a string's letters, a mapping's keys
+                raise ValidationError("$", f"expected a list, got {shown(value)}")
+            return items(value, as_type)
+
+        return structure_array
+
+    conv.register_structure_hook_factory(_is_list, structure_list)
 
     def structure_str(value: Any, _: Any) -> str:
         if not isinstance(value, str):  # cattrs would turn 7 into "7" silently
-            raise ValidationError("$", f"expected a string, got {value!r}")
+            raise ValidationError("$", f"expected a string, got {shown(value)}")
+        problem = text_problem(value)
+        if problem:
+            raise ValidationError("$", problem)
         return value
 
     conv.register_structure_hook(str, structure_str)
@@ -84,12 +117,19 @@ def _make_converter() -> cattrs.Converter:
                 return by_value[value]
             except (KeyError, TypeError):
                 allowed = ", ".join(repr(v) for v in by_value)
-                raise ValidationError("$", f"{value!r} is not one of {allowed}") from None
+                raise ValidationError("$", f"{shown(value)} is not one of {allowed}") from None
 
         conv.register_structure_hook(enum_cls, structure_enum)
         conv.register_unstructure_hook(enum_cls, to_value.__getitem__)
     conv.register_unstructure_hook(dt.datetime, dt.datetime.isoformat)
-    conv.register_structure_hook(dt.datetime, lambda v, _: dt.datetime.fromisoformat(v))
+
+    def structure_datetime(value: Any, _: Any) -> dt.datetime:
+        try:
+            return dt.datetime.fromisoformat(value)
+        except (TypeError, ValueError):
+            raise ValidationError("$", f"expected an ISO 8601 time, got {shown(value)}") from None
+
+    conv.register_structure_hook(dt.datetime, structure_datetime)
 
     def structure_payload(value: Any, _: Any) -> Payload:
         if isinstance(value, dict) and "promotionResult" in value:
@@ -97,8 +137,43 @@ def _make_converter() -> cattrs.Converter:
         return conv.structure(value, DeploymentPayload)
 
     conv.register_structure_hook(Payload, structure_payload)
-    configure_tagged_union(Trigger, conv, tag_name="type")
+    _configure_triggers(conv)
     return conv
+
+
+def _is_list(as_type: Any) -> bool:
+    """``list[X]`` or ``tuple[X, ...]``: what JSON spells as an array."""
+    origin, args = get_origin(as_type), get_args(as_type)
+    return origin is list or (origin is tuple and len(args) == 2 and args[1] is Ellipsis)
+
+
+def _configure_triggers(conv: cattrs.Converter) -> None:
+    """Triggers as JSON: a ``type`` tag, and every malformed part named by its path."""
+
+    def structure_details(value: Any, _: Any) -> Mapping[str, Any]:
+        if not isinstance(value, dict):  # PromotionResult checks the rest (flowfsm.model.check_json)
+            raise ValidationError("$", f"expected a JSON object, got {shown(value)}")
+        return value
+
+    details_type = Mapping[str, Any]
+    conv.register_structure_hook_func(lambda t: t == details_type, structure_details)
+    configure_tagged_union(Trigger, conv, tag_name="type")
+    triggers = {cls.__name__: cls for cls in get_args(Trigger)}
+    kinds = ", ".join(repr(name) for name in triggers)
+
+    def structure_trigger(value: Any, _: Any) -> Trigger:
+        """cattrs' tagged union, with errors that name the tag rather than a KeyError."""
+        if not isinstance(value, dict):
+            raise ValidationError("$", f"expected a JSON object, got {shown(value)}")
+        if "type" not in value:
+            raise ValidationError("$.type", f"required key missing: one of {kinds}")
+        tag = value["type"]
+        cls = triggers.get(tag) if isinstance(tag, str) else None
+        if cls is None:
+            raise ValidationError("$.type", f"{shown(tag)} is not one of {kinds}")
+        return conv.structure({k: v for k, v in value.items() if k != "type"}, cls)  # type: ignore[no-any-return]
+
+    conv.register_structure_hook(Trigger, structure_trigger)
 
 
 converter: cattrs.Converter = _make_converter()
@@ -125,14 +200,15 @@ def structure(data: Any, as_type: Any) -> Any:
     except (ValidationError, ClassValidationError, IterableValidationError, ForbiddenExtraKeysError) as e:
         path, message = _first_error(e, "$")
         raise ValidationError(path, message) from e
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ValidationError("$", f"malformed {getattr(as_type, '__name__', 'value')}: {e!r}") from e
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
+        raise ValidationError("$", f"malformed {getattr(as_type, '__name__', 'value')}") from e
 
 
 def _first_error(exc: BaseException, path: str) -> tuple[str, str]:  # noqa: PLR0911 - one return per error kind
     """The JSON path and message of the first leaf error in a cattrs error group."""
     if isinstance(exc, ForbiddenExtraKeysError):
-        return path, f"unknown key(s) {', '.join(sorted(exc.extra_fields))}"
+        keys = sorted(exc.extra_fields, key=str)  # YAML keys need not be strings
+        return path, f"unknown key(s) {', '.join(shown(k, 40) for k in keys[:5])}{', …' if len(keys) > 5 else ''}"
     if isinstance(exc, ClassValidationError | IterableValidationError):
         with_notes, without = exc.group_exceptions()
         if with_notes:
@@ -149,7 +225,7 @@ def _first_error(exc: BaseException, path: str) -> tuple[str, str]:  # noqa: PLR
         return (exc.field if exc.field.startswith("$") else f"{path}.{_camel(exc.field)}"), exc.message
     if isinstance(exc, KeyError):
         return path, "required key missing"
-    return path, str(exc) or type(exc).__name__
+    return path, f"malformed value ({type(exc).__name__})"  # the text would be Python's, not the data's
 
 
 def to_json(value: Any, as_type: Any = None) -> str:
@@ -175,7 +251,8 @@ def hook_requests_json(requests: Sequence[HookRequest]) -> list[str]:
         texts.append(
             f'{{"id": {_quote(request.id)}, "flowId": {_quote(request.flow_id)},'
             f' "webhookId": {_quote(request.webhook_id)},'
-            f' "action": {{"name": {_quote(action.name)}, "url": {"null" if url is None else _quote(url)}}},'
+            f' "action": {{"name": {_quote(action.name)}, "url": {"null" if url is None else _quote(url)},'
+            f' "signed": {"true" if action.signed else "false"}}},'
             f' "event": {_quote(request.event.value)}, "createdAt": {created}, "payload": {payload}}}'
         )
     return texts
@@ -186,4 +263,33 @@ def from_json(text: str | bytes, as_type: type[T]) -> T: ...
 @overload
 def from_json(text: str | bytes, as_type: Any) -> Any: ...
 def from_json(text: str | bytes, as_type: Any) -> Any:
-    return structure(json.loads(text), as_type)
+    """``structure(parse_json(text), as_type)``: any bad text raises ``ValidationError``."""
+    return structure(parse_json(text), as_type)
+
+
+class _Constant(ValueError):
+    """``NaN``, ``Infinity`` or ``-Infinity`` in JSON text."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _Constant(name)
+
+
+def parse_json(text: str | bytes, field: str = "$") -> Any:
+    """JSON text (bytes must be UTF-8) as Python data, or a ``ValidationError`` naming
+    ``field``: never ``json``'s own errors, and not ``NaN`` or ``Infinity``, which
+    ``json`` accepts but JSON has not."""
+    try:
+        if isinstance(text, bytes | bytearray):
+            text = bytes(text).decode("utf-8")
+        return json.loads(text, parse_constant=_refuse_constant)
+    except UnicodeDecodeError as e:
+        raise ValidationError(field, f"not UTF-8 (byte {e.start + 1})") from None
+    except json.JSONDecodeError as e:
+        raise ValidationError(field, f"not JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
+    except _Constant as e:
+        raise ValidationError(field, f"not JSON: {e} is not a JSON number") from None
+    except RecursionError:
+        raise ValidationError(field, "nested too deeply to read") from None
+    except ValueError:  # an integer past Python's digit limit (int_max_str_digits)
+        raise ValidationError(field, "a number has too many digits to read") from None

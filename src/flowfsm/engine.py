@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 from flowfsm import machines
+from flowfsm.catalog import unknown_strategy
 from flowfsm.errors import ConcurrencyConflict, UnknownPromotion, ValidationError
 from flowfsm.model import (
     Artifact,
@@ -254,11 +255,7 @@ class FlowEngine:
         try:
             return self._strategies[service.failure_strategy]
         except KeyError:
-            known = ", ".join(sorted(self._strategies))
-            raise ValidationError(
-                "failure_strategy",
-                f"service {service.id!r} names unknown strategy {service.failure_strategy!r} (known: {known})",
-            ) from None
+            raise unknown_strategy(service, self._strategies, self.catalog) from None
 
     # --- hook requests -------------------------------------------------------------
 
@@ -282,7 +279,25 @@ class FlowEngine:
         return tuple(requests)
 
     def _deliver(self, emitter: HookEmitter, requests: Sequence[HookRequest]) -> None:
-        """Hand committed HookRequests to the emitter; what fails stays pending."""
+        """Hand committed HookRequests to the emitter, in order; what fails stays pending.
+
+        They are leased to this engine (the commit's ``lease``), so no dispatcher
+        sends them meanwhile. Only what may go now goes: the new requests of a flow
+        with an earlier one still pending (waiting for a retry, or held by a
+        dispatcher) are released at once and wait behind it for a dispatcher.
+        """
+        try:
+            waiting = self.repository.waiting_flows([r.id for r in requests])
+            if waiting:
+                self.repository.release([r.id for r in requests if r.flow_id in waiting])
+                requests = [r for r in requests if r.flow_id not in waiting]
+        except Exception:  # the trigger is committed: its requests wait for a dispatcher
+            log.warning(
+                "could not check the outbox; %d hook request(s) left for the dispatcher", len(requests), exc_info=True
+            )
+            return
+        if not requests:
+            return
         emit, sent = emitter.emit, 0
         try:
             for request in requests:

@@ -19,9 +19,14 @@ messages::
                                                         a HookRequest not delivered
 
 A trigger that raises leaves the repository exactly as it was and emits nothing.
+Messages show values through ``shown``: bounded, and never a secret.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping
+from typing import Final
 
 __all__ = [
     "CatalogError",
@@ -36,7 +41,89 @@ __all__ = [
     "UnknownPromotion",
     "UnknownService",
     "ValidationError",
+    "bounded",
+    "shown",
 ]
+
+SHOWN_LIMIT: Final = 80
+"""The most characters ``shown`` gives a value."""
+
+_REDACTED: Final = "<redacted>"
+_DEPTH: Final = 3  # levels of nested containers shown
+_SECRET_KEYS: Final = frozenset({"secret", "secrets"})
+_SECRET_SHAPE: Final = "whsec_"  # a Standard Webhooks signing secret
+_URL_USERINFO: Final = re.compile(r"(://)[^/?#@\s]*@")
+_SECRET_TOKEN: Final = re.compile(r"whsec_\S*")
+
+
+def shown(value: object, limit: int = SHOWN_LIMIT) -> str:
+    """``value`` as an error message may show it: a repr of at most ``limit``
+    characters (cut short with ``…``), where a string holding a signing secret
+    (``whsec_...``), anything under a ``secret``/``secrets`` key and the credentials
+    of a URL read ``<redacted>``. Bounded whatever the value: a huge number, a deep
+    or long container, an object whose ``repr`` fails."""
+    text = _shown(value, limit + 1, 0)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def bounded(text: str, limit: int = 2 * SHOWN_LIMIT) -> str:
+    """A message flowfsm did not write (a parser's, a driver's), as its own would be:
+    one line of at most ``limit`` characters, secrets and URL credentials redacted."""
+    text = " ".join(text[: limit + 1].split())
+    text = _URL_USERINFO.sub(rf"\1{_REDACTED}@", _SECRET_TOKEN.sub(_REDACTED, text))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _shown(value: object, room: int, depth: int) -> str:
+    """At least ``room`` characters of ``value``'s repr, when it has them (the caller cuts to size)."""
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):  # the repr of a 5000-digit int raises, and 80 digits say enough
+        if value.bit_length() < 256:
+            return repr(value)
+        kind = "a negative number" if value < 0 else "a number"
+        return f"<{kind} of about {int(value.bit_length() * 0.30103) + 1} digits>"
+    if isinstance(value, Mapping | list | tuple | set | frozenset):
+        return _shown_container(value, room, depth)
+    if isinstance(value, str):
+        secret = _SECRET_SHAPE in value
+        value = _URL_USERINFO.sub(rf"\1{_REDACTED}@", value)
+        text = repr(value[:room]) + ("…" if len(value) > room else "")
+    elif isinstance(value, bytes | bytearray):
+        text = repr(bytes(value[:room]))
+        secret = _SECRET_SHAPE.encode() in value
+    else:
+        try:
+            text = repr(value)
+        except Exception:  # noqa: BLE001 - whatever a __repr__ raises, name the type instead
+            return f"<{type(value).__name__}>"
+        secret = _SECRET_SHAPE in text
+    return _REDACTED if secret else _URL_USERINFO.sub(rf"\1{_REDACTED}@", text)
+
+
+def _shown_container(value: Collection[object], room: int, depth: int) -> str:
+    """A container's first items, each shown as ``_shown`` shows it, three levels deep at most."""
+    if isinstance(value, list):
+        opening, closing = "[", "]"
+    elif isinstance(value, tuple):
+        opening, closing = "(", ")"
+    else:
+        opening, closing = "{", "}"
+    if depth >= _DEPTH and value:
+        return f"{opening}…{closing}"
+    parts: list[str] = []
+    used = len(opening)
+    for item in value:
+        if used >= room:
+            parts.append("…")
+            break
+        text = _shown(item, room - used, depth + 1)
+        if isinstance(value, Mapping):
+            secret = isinstance(item, str) and item.lower() in _SECRET_KEYS
+            text += ": " + (_REDACTED if secret else _shown(value[item], room - used - len(text), depth + 1))
+        parts.append(text)
+        used += len(text) + 2
+    return opening + ", ".join(parts) + closing
 
 
 class FlowFSMError(Exception):
@@ -134,7 +221,9 @@ class DeliveryError(FlowFSMError):
 
     ``retry``: worth trying again later (timeouts, 5xx, 429); ``retry_after``: the
     receiver's ``Retry-After``, in seconds; ``gone``: the endpoint answered
-    410 Gone and should be disabled. Messages never carry secrets.
+    410 Gone and should be disabled; ``url``: the endpoint that answered, where it
+    may differ from the one the HookRequest names (the catalog moved the action).
+    Messages never carry secrets.
     """
 
     def __init__(
@@ -145,9 +234,11 @@ class DeliveryError(FlowFSMError):
         retry: bool = True,
         retry_after: float | None = None,
         gone: bool = False,
+        url: str | None = None,
     ) -> None:
         self.status_code = status_code
         self.retry = retry
         self.retry_after = retry_after
         self.gone = gone
+        self.url = url
         super().__init__(message)

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import math
+import os
+import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Final, TypeAlias, TypeVar
 
 import attrs
 
-from flowfsm.errors import ValidationError
+from flowfsm.errors import ValidationError, shown
 
 __all__ = [
     "Action",
@@ -120,9 +123,121 @@ def attrs_repr(self: Any) -> str:
     return f"{type(self).__name__}({shown})"
 
 
+def text_problem(value: str) -> str | None:
+    """What makes ``value`` unfit to store, or None: every backend must take it alike.
+
+    PostgreSQL refuses NUL in text and JSON, and no backend can encode a lone
+    surrogate (what undecodable bytes become in Python) as UTF-8; refusing both
+    where input enters keeps the backends in agreement."""
+    if "\x00" in value:
+        return "contains NUL (\\u0000)"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "contains a lone surrogate (not UTF-8, e.g. undecodable bytes)"
+    return None
+
+
 def _nonblank(_: object, attribute: attrs.Attribute[str], value: object) -> None:
     if not isinstance(value, str) or not value.strip():
-        raise ValidationError(attribute.name, f"must be a non-blank string, got {value!r}")
+        raise ValidationError(attribute.name, f"must be a non-blank string, got {shown(value)}")
+    if "\x00" in value or not value.isascii():  # the common case, ASCII without NUL, needs no more
+        problem = text_problem(value)
+        if problem:
+            raise ValidationError(attribute.name, problem)
+
+
+MAX_JSON_DEPTH = 100
+"""How deep result details may nest: deeper data is refused when a result is made,
+not when its JSON is written after the trigger has been applied."""
+
+
+_Where = tuple[object, "_Where"] | None
+"""A place in nested JSON, built only as deep as it is walked: (key or index, parent)."""
+
+
+def _where(place: _Where) -> str:
+    keys: list[str] = []
+    while place is not None:
+        key, place = place
+        keys.append(f"[{key}]" if isinstance(key, int) else f"[{shown(key, 30)}]")
+    text = "".join(reversed(keys))
+    return text if len(text) <= 120 else text[:119] + "…"
+
+
+_INFINITY = float("inf")
+
+
+def _flat(value: dict[object, object]) -> bool:
+    """True for the usual details, one object of plain strings and numbers, with no
+    problem to find: ``check_json`` walks only what is nested or suspect."""
+    for key, inner in value.items():
+        if not isinstance(key, str) or "\x00" in key or not key.isascii():
+            return False
+        if isinstance(inner, str):
+            if "\x00" in inner or not inner.isascii():
+                return False
+        elif isinstance(inner, int):  # and bool
+            if inner.bit_length() > 10_000:
+                return False
+        elif isinstance(inner, float):
+            if not -_INFINITY < inner < _INFINITY:  # false for NaN too
+                return False
+        elif inner is not None:
+            return False
+    return True
+
+
+def check_json(field: str, value: object) -> None:  # noqa: PLR0912 - one branch per JSON kind
+    """Refuse ``value`` unless it is JSON every backend stores alike: objects with
+    string keys, lists, strings (see ``text_problem``), finite numbers, booleans and
+    null, nested at most ``MAX_JSON_DEPTH`` deep. Iterative, so depth cannot crash it;
+    where a problem is, is worked out only when there is one (details come with every
+    result, so the walk must stay cheap)."""
+    if type(value) is dict and _flat(value):
+        return
+    stack: list[tuple[object, int, _Where]] = [(value, 0, None)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        item, depth, place = pop()
+        problem: str | None = None
+        if isinstance(item, str):
+            if "\x00" in item or not item.isascii():
+                problem = text_problem(item)
+                problem = problem and f"has a string that {problem}"
+        elif item is None or (isinstance(item, (bool, float)) and math.isfinite(item)):
+            continue
+        elif isinstance(item, int):
+            if item.bit_length() > 10_000:  # past ~3000 digits: can JSON still write it?
+                try:
+                    int.__repr__(item)
+                except ValueError:
+                    problem = "has an integer with too many digits to write as JSON"
+        elif isinstance(item, float):
+            problem = f"has {item!r}, which is not a JSON number"
+        elif isinstance(item, (dict, list, tuple)):
+            if depth >= MAX_JSON_DEPTH:
+                problem = f"is nested more than {MAX_JSON_DEPTH} deep"
+            elif isinstance(item, dict):
+                for key, inner in item.items():
+                    if not isinstance(key, str):
+                        problem = f"has the key {shown(key)}; JSON keys are strings"
+                        break
+                    if "\x00" in key or not key.isascii():
+                        problem = text_problem(key)
+                        if problem:
+                            problem = f"has a key that {problem}"
+                            break
+                    push((inner, depth + 1, (key, place)))
+            else:
+                for index, inner in enumerate(item):
+                    push((inner, depth + 1, (index, place)))
+        else:
+            problem = f"has a value of type {type(item).__name__}, which is not JSON"
+        if problem:
+            at = f" (at {_where(place)})" if place is not None else ""
+            raise ValidationError(field, problem + at)
 
 
 E = TypeVar("E", bound=enum.Enum)
@@ -135,7 +250,7 @@ def _member(enum_cls: type[E], field: str, value: object) -> E:
         return enum_cls(value)
     except ValueError:
         allowed = ", ".join(repr(m.value) for m in enum_cls)
-        raise ValidationError(field, f"{value!r} is not one of {allowed}") from None
+        raise ValidationError(field, f"{shown(value)} is not one of {allowed}") from None
 
 
 def _hook_event(value: object) -> HookEvent:
@@ -147,21 +262,58 @@ def _result_status(value: object) -> ResultStatus:
 
 
 def _strategy_name(value: str) -> str:
-    return str(value)  # a FailureStrategy member becomes its plain name
+    return value.value if isinstance(value, FailureStrategy) else value  # a member becomes its plain name
 
 
 def _unique(field: str, names: Iterable[str], what: str) -> None:
     seen: set[str] = set()
     for name in names:
         if name in seen:
-            raise ValidationError(field, f"duplicate {what} {name!r}")
+            raise ValidationError(field, f"duplicate {what} {shown(name)}")
         seen.add(name)
 
 
-def _tuple(value: Iterable[Any]) -> tuple[Any, ...]:
-    if isinstance(value, str):  # a lone string is never meant as a list of letters
-        return (value,)
-    return tuple(value)
+_ARTICLE: Final = {str: "a string"}
+
+
+def _tuple_of(field: str, item: type[Any], value: object) -> tuple[Any, ...]:
+    """``value``, a list (any iterable) of ``item``, as a tuple. A string, bytes or a
+    mapping is refused, as the file loader refuses them: neither a string's letters
+    nor a mapping's keys are what anyone means by a list."""
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        raise ValidationError(field, f"expected a list, got {shown(value)}")
+    items = tuple(value)
+    for i, element in enumerate(items):
+        if not isinstance(element, item):
+            expected = _ARTICLE.get(item) or f"{'an' if item.__name__[0] in 'AEIOU' else 'a'} {item.__name__}"
+            raise ValidationError(f"{field}[{i}]", f"expected {expected}, got {shown(element)}")
+    return items
+
+
+# One converter per list field: attrs' converters do not know their field's name.
+def _promotion_names(value: Iterable[str]) -> tuple[str, ...]:
+    return _tuple_of("promotions", str, value)
+
+
+def _environments(value: Iterable[Environment]) -> tuple[Environment, ...]:
+    return _tuple_of("environments", Environment, value)
+
+
+def _actions(value: Iterable[Action]) -> tuple[Action, ...]:
+    return _tuple_of("actions", Action, value)
+
+
+def _artifacts(value: Iterable[str]) -> tuple[str, ...]:
+    return _tuple_of("artifacts", str, value)
+
+
+def _webhooks(value: Iterable[Webhook]) -> tuple[Webhook, ...]:
+    return _tuple_of("webhooks", Webhook, value)
+
+
+def _pipeline(_: object, __: object, value: Pipeline) -> None:
+    if not isinstance(value, Pipeline):
+        raise ValidationError("pipeline", f"expected a Pipeline, got {shown(value)}")
 
 
 # --- configuration ------------------------------------------------------------------
@@ -191,8 +343,11 @@ class Artifact:
         """``"group:name:version"`` → Artifact (for command lines and logs)."""
         parts = text.split(":")
         if len(parts) != 3:
-            raise ValidationError("artifact", f"expected GROUP:NAME:VERSION, got {text!r}")
-        return cls(*parts)
+            raise ValidationError("artifact", f"expected GROUP:NAME:VERSION, got {shown(text)}")
+        try:
+            return cls(*parts)
+        except ValidationError as e:
+            raise ValidationError(f"artifact.{e.field}", e.message) from None
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
@@ -202,12 +357,15 @@ class Environment:
     __repr__ = attrs_repr
 
     name: str = attrs.field(validator=_nonblank)
-    promotions: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    promotions: tuple[str, ...] = attrs.field(default=(), converter=_promotion_names)
 
     def __attrs_post_init__(self) -> None:
         for i, promotion in enumerate(self.promotions):
             if not isinstance(promotion, str) or not promotion.strip():
-                raise ValidationError(f"promotions[{i}]", f"must be a non-blank string, got {promotion!r}")
+                raise ValidationError(f"promotions[{i}]", f"must be a non-blank string, got {shown(promotion)}")
+            problem = text_problem(promotion)
+            if problem:
+                raise ValidationError(f"promotions[{i}]", problem)
         _unique("promotions", self.promotions, "promotion")
 
 
@@ -216,7 +374,7 @@ class Pipeline:
     __repr__ = attrs_repr
 
     name: str = attrs.field(validator=_nonblank)
-    environments: tuple[Environment, ...] = attrs.field(converter=_tuple)
+    environments: tuple[Environment, ...] = attrs.field(converter=_environments)
     _by_name: Mapping[str, Environment] = attrs.field(init=False, repr=False, eq=False, alias="_by_name")
 
     def __attrs_post_init__(self) -> None:
@@ -232,38 +390,148 @@ class Pipeline:
 
 @attrs.frozen(weakref_slot=False, repr=False)
 class ActionRef:
-    """An action as a HookRequest names it: everything but the secret."""
+    """An action as a HookRequest names it: everything but the secret, and whether it
+    had one (``signed``), so a request made signed is never sent unsigned."""
 
     __repr__ = attrs_repr
 
     name: str
     url: str | None = None
+    signed: bool = False
+
+
+_URL_EXPECTED: Final = "expected an http:// or https:// URL with a host"
+_DNS_LABEL: Final = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
 def _url(_: object, __: object, value: str | None) -> None:
+    """A URL the HTTP emitter can call as it is: http(s), a well-formed host (a DNS
+    name, an IPv4 address or a bracketed IPv6 one), a port in 1-65535, no
+    credentials (they would show wherever the URL does: the action's secret signs
+    instead), no whitespace or control characters."""
     if value is None:
         return
-    scheme, sep, rest = value.partition("://") if isinstance(value, str) else ("", "", "")
-    host = rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
-    if not sep or scheme.lower() not in ("http", "https") or not host or any(c.isspace() for c in value):
-        raise ValidationError("url", f"expected an http:// or https:// URL with a host, got {value!r}")
+    if not isinstance(value, str):
+        raise ValidationError("url", f"{_URL_EXPECTED}, got {shown(value)}")
+    if not value.isprintable() or any(c.isspace() for c in value):
+        raise ValidationError("url", f"must not contain whitespace or control characters, got {shown(value)}")
+    scheme, sep, rest = value.partition("://")
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if not sep or scheme.lower() not in ("http", "https") or not netloc:
+        raise ValidationError("url", f"{_URL_EXPECTED}, got {shown(value)}")
+    if "@" in netloc:  # the value is not shown: it holds a password
+        raise ValidationError("url", "must not contain credentials (user:password@); the action's secret signs")
+    if netloc.startswith("["):  # an IPv6 address, then perhaps a port
+        host, bracket, port = netloc.partition("]")
+        host += bracket
+        if not bracket or (port and not port.startswith(":")):
+            raise ValidationError("url", f"expected [IPv6 address] or [IPv6 address]:port, got {shown(netloc)}")
+        port = port[1:]
+    else:
+        host, _, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "")
+    if port and not (port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
+        raise ValidationError("url", f"port must be a number from 1 to 65535, got {shown(port)}")
+    if not _is_host(host):
+        raise ValidationError("url", f"{shown(host)} is not a host name or an IP address (IPv6 in brackets)")
 
 
-def _secret(_: object, __: object, value: str | None) -> None:
-    if value is None:
-        return
+def _is_host(host: str) -> bool:
+    import ipaddress  # only catalogs with URLs need it
+
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return False
+        return True
+    name = host.lower().removesuffix(".")
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return False
+    labels = name.split(".")
+    last = labels[-1]
+    if last.isdigit() or (last.startswith("0x") and all(c in "0123456789abcdef" for c in last[2:])):
+        # URL parsers read such a host as an IPv4 address in one of its odd forms
+        # (2130706433, 0x7f.1, 127.1, 0177.0.0.1), which filters miss: only the plain
+        # dotted quad is accepted.
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            return False
+        return True
+    return len(name) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in labels)
+
+
+_SECRET_FORMAT: Final = "expected whsec_ and base64 of at least 16 bytes, space-separated"
+_SECRET_FILE_LIMIT: Final = 64 * 1024
+
+
+def _secret_problem(value: str) -> str | None:
+    """What is wrong with a secret's text, never showing it; None if nothing."""
     import base64  # only catalogs with secrets need it
 
-    parts = value.split() if isinstance(value, str) else []
+    parts = value.split()
     for part in parts:
         try:
             ok = part.startswith("whsec_") and len(base64.b64decode(part[6:], validate=True)) >= 16
         except ValueError:
             ok = False
-        if not ok:  # never echo a secret, even a malformed one
-            raise ValidationError("secret", "expected whsec_ and base64 of at least 16 bytes, space-separated")
-    if not parts:
-        raise ValidationError("secret", "expected whsec_ and base64 of at least 16 bytes, space-separated")
+        if not ok:
+            return _SECRET_FORMAT
+    return None if parts else _SECRET_FORMAT
+
+
+def _resolve_secret(value: str | Mapping[str, str] | None) -> str | None:
+    """A secret as written, or the one a reference names: ``{"env": "NAME"}`` (an
+    environment variable) or ``{"file": "PATH"}`` (a file's text, outer whitespace
+    removed), read now. Errors name the reference, never a secret."""
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, Mapping):  # the value is not shown: it may be the secret itself
+        raise ValidationError(
+            "secret", f"expected a string or a reference (env: NAME or file: PATH), got a {type(value).__name__}"
+        )
+    if len(value) != 1 or next(iter(value)) not in ("env", "file"):
+        keys = ", ".join(shown(key) for key in list(value)[:5])
+        raise ValidationError("secret", f"a reference has one key, 'env' or 'file', got {keys or 'none'}")
+    ((kind, name),) = value.items()
+    if not isinstance(name, str) or not name.strip() or "\0" in name:
+        raise ValidationError("secret", f"{kind!r} must name a {'variable' if kind == 'env' else 'file'}")
+    where = f"environment variable {shown(name)}" if kind == "env" else f"secret file {shown(name)}"
+    text = os.environ.get(name) if kind == "env" else _read_secret_file(name, where)
+    if text is None:
+        raise ValidationError("secret", f"{where} is not set")
+    text = text.strip()
+    if not text:
+        raise ValidationError("secret", f"{where} is empty")
+    problem = _secret_problem(text)
+    if problem:
+        raise ValidationError("secret", f"{where}: {problem}")
+    return text
+
+
+def _read_secret_file(path: str, where: str) -> str:
+    try:
+        with open(path, "rb") as file:
+            data = file.read(_SECRET_FILE_LIMIT + 1)
+    except OSError as e:
+        raise ValidationError("secret", f"cannot read {where}: {e.strerror or type(e).__name__}") from None
+    if len(data) > _SECRET_FILE_LIMIT:
+        raise ValidationError("secret", f"{where} is larger than {_SECRET_FILE_LIMIT // 1024} KiB")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise ValidationError("secret", f"{where} is not UTF-8 text") from None
+
+
+def _secret(_: object, __: object, value: str | None) -> None:
+    if value is None:
+        return
+    problem = _secret_problem(value) if isinstance(value, str) else _SECRET_FORMAT
+    if problem:  # never echo a secret, even a malformed one
+        raise ValidationError("secret", problem)
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
@@ -275,11 +543,11 @@ class Action:
 
     name: str = attrs.field(validator=_nonblank)
     url: str | None = attrs.field(default=None, validator=_url)
-    secret: str | None = attrs.field(default=None, repr=False, validator=_secret)
+    secret: str | None = attrs.field(default=None, repr=False, converter=_resolve_secret, validator=_secret)
 
     @property
     def ref(self) -> ActionRef:
-        return ActionRef(self.name, self.url)
+        return ActionRef(self.name, self.url, self.secret is not None)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -293,11 +561,11 @@ class Webhook:
 
     id: str = attrs.field(validator=_nonblank)
     event: HookEvent = attrs.field(converter=_hook_event)
-    actions: tuple[Action, ...] = attrs.field(converter=_tuple)
+    actions: tuple[Action, ...] = attrs.field(converter=_actions)
 
     def __attrs_post_init__(self) -> None:
         if not self.actions:
-            raise ValidationError("actions", f"webhook {self.id!r} needs at least one action")
+            raise ValidationError("actions", f"webhook {shown(self.id)} needs at least one action")
         _unique("actions", (a.name for a in self.actions), "action")
 
 
@@ -316,7 +584,7 @@ def _artifact_keys(_: object, __: object, value: tuple[str, ...]) -> None:
     for i, key in enumerate(value):
         group, sep, name = key.partition(":") if isinstance(key, str) else ("", "", "")
         if not (sep and group.strip() and name.strip()) or ":" in name:
-            raise ValidationError(f"artifacts[{i}]", f"expected GROUP:NAME, got {key!r}")
+            raise ValidationError(f"artifacts[{i}]", f"expected GROUP:NAME, got {shown(key)}")
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
@@ -326,12 +594,12 @@ class Service:
     __repr__ = attrs_repr
 
     id: str = attrs.field(validator=_nonblank)
-    artifacts: tuple[str, ...] = attrs.field(converter=_tuple, validator=_artifact_keys)
-    pipeline: Pipeline
+    artifacts: tuple[str, ...] = attrs.field(converter=_artifacts, validator=_artifact_keys)
+    pipeline: Pipeline = attrs.field(validator=_pipeline)
     failure_strategy: str = attrs.field(
         default=FailureStrategy.STOP.value, converter=_strategy_name, validator=_nonblank
     )
-    webhooks: tuple[Webhook, ...] = attrs.field(default=(), converter=_tuple)
+    webhooks: tuple[Webhook, ...] = attrs.field(default=(), converter=_webhooks)
     # Derived once: the engine asks "who subscribes to this event?" on every step.
     _subscribers: Mapping[HookEvent, tuple[tuple[str, ActionRef], ...]] = attrs.field(
         init=False, repr=False, eq=False, alias="_subscribers"
@@ -516,7 +784,13 @@ def _make_flow(  # noqa: PLR0917 - positional, one a field, like the class's own
 
 
 def _details_dict(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return {} if value is None else dict(value)
+    if value is None:
+        return {}
+    if type(value) is not dict and not isinstance(value, Mapping):
+        raise ValidationError("details", f"expected a mapping (a JSON object), got {shown(value)}")
+    details = dict(value)
+    check_json("details", details)
+    return details
 
 
 @attrs.frozen(weakref_slot=False, repr=False)

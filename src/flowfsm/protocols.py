@@ -97,13 +97,27 @@ class Outbox(Protocol):
         """
         ...
 
+    def renew(self, ids: Sequence[str], *, lease: float = 30.0) -> None:
+        """Extend the lease of these pending HookRequests to ``lease`` s from now
+        (never shortening it), so that a claim outlasts a slow delivery."""
+        ...
+
+    def waiting_flows(self, ids: Sequence[str]) -> frozenset[str]:
+        """The flows of these HookRequests that have an earlier one still pending
+        (waiting, leased or backing off): these must not be delivered before it."""
+        ...
+
     def mark_delivered(self, ids: Sequence[str]) -> None:
         """These HookRequests reached their emitter; they are no longer pending."""
         ...
 
     def release(self, ids: Sequence[str], *, delay: float = 0.0) -> None:
         """End the lease of these pending HookRequests; ``claim`` may return them
-        again after ``delay`` seconds (a retry's backoff)."""
+        again after ``delay`` seconds (a retry's backoff).
+
+        Leases and delays are seconds: below zero counts as zero, more than a day
+        (``flowfsm.repositories.MAX_WAIT``, infinity included) as a day; NaN is a
+        ``ValidationError``."""
         ...
 
     def count_pending(self) -> int:
@@ -129,7 +143,8 @@ class DeliveryLog(Protocol):
         ...
 
     def requeue(self, ids: Sequence[str]) -> None:
-        """Make dead HookRequests pending again, in their original place."""
+        """Make dead HookRequests pending again, in their original place; any
+        other HookRequest (pending, leased, delivered) is left as it is."""
         ...
 
     def dead_requests(self, limit: int = 100) -> list[HookRecord]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 
 __all__ = ["main"]
@@ -14,4 +15,7 @@ def main() -> None:
     except ImportError as e:
         sys.stderr.write(f"error: the flowfsm command needs the 'cli' extra: pip install 'flowfsm[cli]' ({e})\n")
         raise SystemExit(1) from None
+    for stream in (sys.stdout, sys.stderr):  # text that cannot be encoded is shown escaped, never a crash
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     app()

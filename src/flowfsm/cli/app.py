@@ -11,22 +11,34 @@ nothing; a usage mistake exits 2.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO, NoReturn
 
 import typer
 from rich import box
 from rich.console import Console
+from rich.errors import ConsoleError
+from rich.text import Text
 
 from flowfsm.catalog import Catalog
-from flowfsm.converter import structure, unstructure
+from flowfsm.converter import parse_json, structure, unstructure
 from flowfsm.engine import FlowEngine
-from flowfsm.errors import FlowFSMError
-from flowfsm.model import Artifact, DeliveryState, FlowState, PromotionResult, ResultStatus
+from flowfsm.errors import FlowFSMError, ValidationError, shown
+from flowfsm.model import (
+    Artifact,
+    DeliveryState,
+    FlowState,
+    PromotionResult,
+    ResultStatus,
+    check_json,
+    text_problem,
+)
 from flowfsm.protocols import Repository
 from flowfsm.triggers import (
     ArtifactCreated,
@@ -50,8 +62,10 @@ app = typer.Typer(
 catalog_app = typer.Typer(help="Check catalog files.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# No emoji codes: ":package:" in an artifact id is text. User data is printed as
+# rich.text.Text (see _line), never as markup, where "[rc1]" would be a style.
+out = Console(highlight=False, emoji=False)
+err = Console(stderr=True, highlight=False, emoji=False)
 
 Store = Annotated[
     str,
@@ -64,45 +78,94 @@ CatalogFile = Annotated[
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
+def _line(*parts: str | Text | tuple[str, str]) -> Text:
+    """One line of output from plain strings and (string, style) pairs. Nothing in it
+    is read as markup, so ids, versions and messages print exactly as they are."""
+    return Text.assemble(*parts)
+
+
+def _fail(message: str) -> NoReturn:
+    """``error: message`` on standard error, one line, and exit status 1."""
+    err.print(_line(("error:", "bold red"), " ", " ".join(message.splitlines())), soft_wrap=True)
+    raise typer.Exit(1)
+
+
 @contextmanager
 def _reported() -> Iterator[None]:
     """flowfsm's errors become one line on standard error and exit status 1."""
     try:
         yield
     except FlowFSMError as e:
-        err.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
-        raise typer.Exit(1) from None
+        _fail(str(e))
+    except ConsoleError as e:  # Rich refused to print: a clear line, never a traceback
+        _fail(f"cannot print the result: {e}")
 
 
-def open_store(store: str) -> Repository:
-    """A repository for ``--store``: PostgreSQL for a postgres URL, else SQLite."""
+def _checked_text(field: str, value: str) -> str:
+    """An argument that is not stored but looked up: refused as stored text would be."""
+    problem = text_problem(value)
+    if problem:
+        raise ValidationError(field, problem)
+    return value
+
+
+def open_store(store: str, *, create: bool = True) -> Repository:
+    """A repository for ``--store``: PostgreSQL for a postgres URL, else SQLite.
+
+    ``create=False``, for commands that only find things, refuses a SQLite file that
+    does not exist rather than leaving an empty store behind.
+    """
+    if not store:
+        raise ValidationError("--store", "is empty: give a SQLite file or a postgresql:// URL")
     if store.startswith(("postgresql://", "postgres://")):
         from flowfsm.repositories import PostgresRepository
 
         return PostgresRepository(store)
     from flowfsm.repositories import SQLiteRepository
 
+    if not create and store != ":memory:" and not os.path.exists(store):
+        raise ValidationError("--store", f"no store at {shown(store, 300)}")
     return SQLiteRepository(store)
 
 
-def _engine(store: str, catalog: Path) -> FlowEngine:
+def _checked_engine(catalog: Path) -> FlowEngine:
+    """An engine on the catalog with an in-memory stand-in for its store, so that a
+    catalog the engine refuses (e.g. an unknown failure strategy) leaves no store file."""
+    from flowfsm.repositories import InMemoryRepository
+
     # The command line leaves delivery to `flowfsm dispatch`: HookRequests wait in the outbox.
-    return FlowEngine(Catalog.from_file(catalog), open_store(store), None)
+    return FlowEngine(Catalog.from_file(catalog), InMemoryRepository(), None)
+
+
+def _engine(store: str, catalog: Path, *, create: bool) -> FlowEngine:
+    engine = _checked_engine(catalog)
+    engine.repository = open_store(store, create=create)
+    return engine
+
+
+def _print_json(data: Any) -> None:
+    out.print_json(json.dumps(data))
 
 
 def _show_outcome(outcome: Outcome, as_json: bool) -> None:
     if as_json:
-        out.print_json(json.dumps(unstructure(outcome)))
+        _print_json(unstructure(outcome))
         return
+    lines: list[Text] = []
     if outcome.duplicate:
-        out.print("[yellow]duplicate:[/] already recorded; nothing changed")
+        lines.append(_line(("duplicate:", "yellow"), " already recorded; nothing changed"))
     for flow in outcome.flows:
-        trail = " → ".join(f"{d.environment}:{_state(d.state.value)}" for d in flow.deployments)
-        out.print(f"flow [bold]{flow.id}[/] {flow.artifact.id} {flow.service_id} {_state(flow.state.value)}  {trail}")
+        line = _line("flow ", (flow.id, "bold"), f" {flow.artifact.id} {flow.service_id} ", _state(flow.state.value))
+        line.append("  ")
+        for i, d in enumerate(flow.deployments):
+            line.append_text(_line(" → " if i else "", f"{d.environment}:", _state(d.state.value)))
+        lines.append(line)
     for request in outcome.hook_requests:
-        out.print(f"  ↳ {request.event.value} → {request.webhook_id}/{request.action.name} ({request.id})")
+        lines.append(_line(f"  ↳ {request.event.value} → {request.webhook_id}/{request.action.name} ({request.id})"))
     if not outcome.flows:
-        out.print("no service consumes this artifact; nothing to do")
+        lines.append(_line("no service consumes this artifact; nothing to do"))
+    for line in lines:
+        out.print(line)
 
 
 _COLOUR = {
@@ -118,13 +181,13 @@ _COLOUR = {
 _GLYPH = {"success": "✓", "failed": "✗", "started": "▶", "completed": "▶", "notStarted": "·"}
 
 
-def _state(value: str) -> str:
-    return f"[{_COLOUR.get(value, 'white')}]{value}[/]"
+def _state(value: str, width: int = 0) -> tuple[str, str]:
+    """A state name in its colour (padded to ``width``)."""
+    return value.ljust(width), _COLOUR.get(value, "white")
 
 
-def _handle(store: str, catalog: Path, trigger: Trigger, as_json: bool) -> None:
+def _handle(engine: FlowEngine, trigger: Trigger, as_json: bool) -> None:
     with _reported():
-        engine = _engine(store, catalog)
         _show_outcome(engine.handle(trigger), as_json)
 
 
@@ -138,7 +201,8 @@ def artifact_created(
     """CI published an artifact: start a flow for each service that consumes it."""
     with _reported():
         trigger = ArtifactCreated(Artifact.parse(artifact))
-    _handle(store, catalog, trigger, as_json)
+        engine = _engine(store, catalog, create=True)
+    _handle(engine, trigger, as_json)
 
 
 @app.command("deployment-started")
@@ -149,7 +213,10 @@ def deployment_started(
     as_json: Json = False,
 ) -> None:
     """The CD system started a deployment."""
-    _handle(store, catalog, DeploymentStarted(deployment_id), as_json)
+    with _reported():
+        trigger = DeploymentStarted(deployment_id)
+        engine = _engine(store, catalog, create=False)
+    _handle(engine, trigger, as_json)
 
 
 @app.command("deployment-completed")
@@ -160,7 +227,10 @@ def deployment_completed(
     as_json: Json = False,
 ) -> None:
     """The CD system finished a deployment; its promotions may now report."""
-    _handle(store, catalog, DeploymentCompleted(deployment_id), as_json)
+    with _reported():
+        trigger = DeploymentCompleted(deployment_id)
+        engine = _engine(store, catalog, create=False)
+    _handle(engine, trigger, as_json)
 
 
 @app.command("deployment-failed")
@@ -172,7 +242,10 @@ def deployment_failed(
     as_json: Json = False,
 ) -> None:
     """The CD system reports that a started deployment failed, and why."""
-    _handle(store, catalog, DeploymentFailed(deployment_id, reason), as_json)
+    with _reported():
+        trigger = DeploymentFailed(deployment_id, reason)
+        engine = _engine(store, catalog, create=False)
+    _handle(engine, trigger, as_json)
 
 
 class Result(StrEnum):
@@ -195,21 +268,28 @@ def promotion_completed(
         extra = _details(details)
         status = ResultStatus(result.value)
         trigger = PromotionCompleted(deployment_id, promotion_id, [PromotionResult(promotion_id, status, extra)])
-    _handle(store, catalog, trigger, as_json)
+        engine = _engine(store, catalog, create=False)
+    _handle(engine, trigger, as_json)
 
 
 def _details(text: str | None) -> dict[str, Any]:
-    from flowfsm.errors import ValidationError
-
     if text is None:
         return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValidationError("--details", f"not JSON: {e.msg}") from None
+    value = parse_json(text, "--details")
     if not isinstance(value, dict):
-        raise ValidationError("--details", "expected a JSON object")
+        raise ValidationError("--details", f"expected a JSON object, got {shown(value)}")
+    check_json("--details", value)
     return value
+
+
+def _open_source(source: str) -> BinaryIO:
+    """The JSON lines to read, as bytes: each line is decoded (strictly, as UTF-8) on its own."""
+    if source == "-":
+        return sys.stdin.buffer
+    try:
+        return Path(source).open("rb")
+    except OSError as e:
+        raise ValidationError("SOURCE", f"cannot read {shown(source, 300)}: {e.strerror or type(e).__name__}") from None
 
 
 @app.command("handle")
@@ -224,24 +304,26 @@ def handle(
     Stops at the first trigger that fails, naming its line; those before it stay applied.
     """
     with _reported():
-        engine = _engine(store, catalog)
-        lines = sys.stdin if source == "-" else Path(source).open()  # noqa: SIM115 - closed below
+        engine = _checked_engine(catalog)
+        lines = _open_source(source)
+        opened = False  # the store is opened at the first well-formed trigger
         try:
             for number, line in enumerate(lines, 1):
                 if not line.strip():
                     continue
                 try:
-                    trigger = structure(json.loads(line), Trigger)
+                    trigger = structure(parse_json(line), Trigger)
+                    if not opened:
+                        engine.repository, opened = open_store(store), True
                     outcome = engine.handle(trigger)
-                except (FlowFSMError, json.JSONDecodeError) as e:
-                    err.print(f"[bold red]error:[/] line {number}: {e}", soft_wrap=True)
-                    raise typer.Exit(1) from None
+                except FlowFSMError as e:
+                    _fail(f"line {number}: {e}")
                 if as_json:
-                    print(json.dumps(unstructure(outcome)))
+                    sys.stdout.write(json.dumps(unstructure(outcome)) + "\n")
                 else:
                     _show_outcome(outcome, False)
         finally:
-            if lines is not sys.stdin:
+            if lines is not sys.stdin.buffer:
                 lines.close()
 
 
@@ -258,23 +340,28 @@ def flows(
 
     with _reported():
         wanted = structure(state, FlowState) if state is not None else None
-        found = open_store(store).list_flows(service_id=service, state=wanted, limit=limit)
-    if as_json:
-        out.print_json(json.dumps(unstructure(found)))
-        return
-    table = Table(box=box.SIMPLE_HEAD)
-    table.add_column("artifact / flow", no_wrap=True)
-    table.add_column("service", overflow="fold")
-    table.add_column("state", no_wrap=True)
-    table.add_column("deployments")
-    table.add_column("updated")
-    for flow in found:
-        trail = " ".join(f"{_GLYPH[d.state.value]}{d.environment}" for d in flow.deployments)
-        updated = flow.updated_at.strftime("%m-%d %H:%M:%S") if flow.updated_at else ""
-        table.add_row(
-            f"{flow.artifact.id}\n[dim]{flow.id}[/]", flow.service_id, _state(flow.state.value), trail, updated
-        )
-    out.print(table)
+        service_id = _checked_text("--service", service) if service is not None else None
+        found = open_store(store, create=False).list_flows(service_id=service_id, state=wanted, limit=limit)
+        if as_json:
+            _print_json(unstructure(found))
+            return
+        table = Table(box=box.SIMPLE_HEAD)
+        table.add_column("artifact / flow", no_wrap=True)
+        table.add_column("service", overflow="fold")
+        table.add_column("state", no_wrap=True)
+        table.add_column("deployments")
+        table.add_column("updated")
+        for flow in found:
+            trail = " ".join(f"{_GLYPH[d.state.value]}{d.environment}" for d in flow.deployments)
+            updated = flow.updated_at.strftime("%m-%d %H:%M:%S") if flow.updated_at else ""
+            table.add_row(
+                _line(flow.artifact.id, "\n", (flow.id, "dim")),
+                Text(flow.service_id),
+                _line(_state(flow.state.value)),
+                Text(trail),
+                Text(updated),
+            )
+        out.print(table)
 
 
 @app.command("show")
@@ -283,36 +370,50 @@ def show(flow_id: str, store: Store = "flowfsm.db", as_json: Json = False) -> No
     from rich.table import Table
 
     with _reported():
-        repository = open_store(store)
+        _checked_text("FLOW_ID", flow_id)
+        repository = open_store(store, create=False)
         flow = repository.get(flow_id)
         records = repository.hook_requests(flow_id)
-    if as_json:
-        out.print_json(json.dumps({"flow": unstructure(flow), "hookRequests": unstructure(records)}))
-        return
-    created = flow.created_at.strftime("%Y-%m-%d %H:%M:%S") if flow.created_at else "?"
-    out.print(f"[bold]{flow.artifact.id}[/] → {flow.service_id}: {_state(flow.state.value)}")
-    out.print(f"  flow {flow.id}, created {created}, version {flow.version}")
-    for deployment in flow.deployments:
-        checks = ", ".join(f"{p.name} {_state(p.state.value)}" for p in deployment.promotions) or "no promotions"
-        out.print(f"  {deployment.environment:<10} {_state(deployment.state.value):<10}  {checks}  ({deployment.id})")
-    table = Table(box=box.SIMPLE_HEAD)
-    for column in ("time", "event", "environment", "webhook/action", "delivery", "attempts"):
-        table.add_column(column, no_wrap=column in ("time", "event", "delivery"), overflow="fold")
-    for record in records:
-        request = record.request
-        last = record.attempts[-1] if record.attempts else None
-        answer = f" (last: {last.status_code or last.error})" if last else ""
-        # Delivered with no attempt logged: the engine's own emitter took it at once.
-        tries = "inline" if record.state is DeliveryState.DELIVERED and not record.attempts else len(record.attempts)
-        table.add_row(
-            request.created_at.strftime("%H:%M:%S"),
-            request.event.value,
-            request.payload.deployment.environment,
-            f"{request.webhook_id}/{request.action.name}",
-            _state(record.state.value),
-            f"{tries}{answer}",
-        )
-    out.print(table)
+        if as_json:
+            _print_json({"flow": unstructure(flow), "hookRequests": unstructure(records)})
+            return
+        created = flow.created_at.strftime("%Y-%m-%d %H:%M:%S") if flow.created_at else "?"
+        head = [
+            _line((flow.artifact.id, "bold"), f" → {flow.service_id}: ", _state(flow.state.value)),
+            _line(f"  flow {flow.id}, created {created}, version {flow.version}"),
+        ]
+        for deployment in flow.deployments:
+            checks = Text(", ").join(_line(f"{p.name} ", _state(p.state.value)) for p in deployment.promotions)
+            head.append(
+                _line(
+                    f"  {deployment.environment:<10} ",
+                    _state(deployment.state.value, 10),
+                    "  ",
+                    checks if deployment.promotions else "no promotions",
+                    f"  ({deployment.id})",
+                )
+            )
+        table = Table(box=box.SIMPLE_HEAD)
+        for column in ("time", "event", "environment", "webhook/action", "delivery", "attempts"):
+            table.add_column(column, no_wrap=column in ("time", "event", "delivery"), overflow="fold")
+        for record in records:
+            request = record.request
+            last = record.attempts[-1] if record.attempts else None
+            answer = f" (last: {last.status_code or last.error})" if last else ""
+            # Delivered with no attempt logged: the engine's own emitter took it at once.
+            inline = record.state is DeliveryState.DELIVERED and not record.attempts
+            tries = "inline" if inline else len(record.attempts)
+            table.add_row(
+                Text(request.created_at.strftime("%H:%M:%S")),
+                Text(request.event.value),
+                Text(request.payload.deployment.environment),
+                Text(f"{request.webhook_id}/{request.action.name}"),
+                _line(_state(record.state.value)),
+                Text(f"{tries}{answer}"),
+            )
+        for line in head:
+            out.print(line)
+        out.print(table)
 
 
 @app.command("dispatch")
@@ -322,10 +423,13 @@ def dispatch(
     store: Store = "flowfsm.db",
     catalog: CatalogFile = Path("flowfsm.toml"),
 ) -> None:
-    """Deliver pending HookRequests over HTTP (needs the 'http' extra)."""
+    """Deliver pending HookRequests over HTTP (needs the 'http' extra).
+
+    Each failed attempt is logged on standard error (status, next attempt time)."""
     from flowfsm.dispatch import Dispatcher
     from flowfsm.emitters import HttpEmitter
 
+    _log_delivery_to_stderr()
     with _reported():
         repository = open_store(store)
         emitter = HttpEmitter(Catalog.from_file(catalog))
@@ -335,8 +439,11 @@ def dispatch(
                 out.print("delivering; Ctrl-C to stop")
                 dispatcher.run()
             else:
-                delivered = dispatcher.run_once()
-                out.print(f"delivered {delivered}; pending {repository.count_pending()}")
+                report = dispatcher.run_once()
+                line = f"delivered {report.delivered}; retried {report.retried}"
+                if report.next_attempt_at is not None:
+                    line += f" (next attempt at {report.next_attempt_at.isoformat(timespec='seconds')})"
+                out.print(f"{line}; dead {report.dead}; pending {repository.count_pending()}", markup=False)
         except KeyboardInterrupt:
             out.print("stopped")
         finally:
@@ -344,19 +451,35 @@ def dispatch(
             emitter.close()
 
 
+def _log_delivery_to_stderr() -> None:
+    """Show the dispatcher's warnings (failed attempts, dead requests) on standard
+    error, one line each, unless the embedding program configured logging itself."""
+    logger = logging.getLogger("flowfsm")
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+
+
 @catalog_app.command("validate")
 def catalog_validate(file: Path, as_json: Json = False) -> None:
-    """Load a catalog file and say what is wrong with it, if anything."""
+    """Load a catalog file and say what is wrong with it, if anything: what the
+    engine would refuse, with the built-in failure strategies."""
+    from flowfsm.strategies import BUILTIN_STRATEGIES
+
     with _reported():
-        catalog = Catalog.from_file(file)
+        catalog = Catalog.from_file(file, strategies=BUILTIN_STRATEGIES)
     services = list(catalog)
     if as_json:
         out.print_json(json.dumps({"valid": True, "services": [s.id for s in services]}))
         return
-    out.print(f"[green]ok:[/] {file}: {len(services)} service(s)")
+    out.print(Text.assemble(("ok:", "green"), f" {file}: {len(services)} service(s)"))
     for service in services:
         environments = " → ".join(e.name for e in service.pipeline.environments)
-        out.print(f"  {service.id}: {', '.join(service.artifacts)}; {environments}; {len(service.webhooks)} webhook(s)")
+        line = f"  {service.id}: {', '.join(service.artifacts)}; {environments}; {len(service.webhooks)} webhook(s)"
+        out.print(line, markup=False)
 
 
 class Machine(StrEnum):

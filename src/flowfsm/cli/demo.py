@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from flowfsm.catalog import Catalog
 from flowfsm.emitters import CallbackEmitter
@@ -61,7 +62,7 @@ def _plan(catalog: Catalog) -> int:
 def run(console: Console, store: Path | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = store or Path(tmp) / "flowfsm-demo.db"
-        console.print(f"store: {path} (SQLite)")
+        console.print(Text(f"store: {path} (SQLite)"))  # a path is text, not markup
         catalog = _catalog()
         sent: list[HookRequest] = []
         repository = SQLiteRepository(path)

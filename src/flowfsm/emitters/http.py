@@ -12,10 +12,14 @@ Each HookRequest whose action has a ``url`` becomes one POST:
   and ``webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">``, one
   signature per active secret of the action (rotation), space-separated.
 
-Secrets come from the catalog when signing; a HookRequest never carries one, and
-none appears in a log line, a repr or an error. Redirects are not followed, a
-response body is read up to ``max_response_bytes``, and ``allowed_hosts`` can
-restrict where requests go. Failures raise ``DeliveryError`` saying whether a
+Where and how to deliver is read from the catalog when a request is sent: the
+action's current ``url``, signed with its current secrets (a HookRequest never
+carries one, and none appears in a log line, a repr or an error). A request whose
+action left the catalog, or that was signed when made and whose action has no
+secret now, is not sent. ``timeout`` bounds a whole attempt; redirects are not
+followed; a response body is read up to ``max_response_bytes``; ``allowed_hosts``
+restricts names, and ``address_policy``/``allowed_networks`` the addresses actually
+connected to (``_transport``). Failures raise ``DeliveryError`` saying whether a
 retry is worthwhile; the ``Dispatcher`` turns that into backoff, dead HookRequests
 and disabled endpoints.
 
@@ -32,15 +36,18 @@ import json
 import time
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
 
 from flowfsm.converter import converter
 from flowfsm.errors import DeliveryError, UnknownService
-from flowfsm.model import HookRequest
+from flowfsm.model import Action, HookRequest
 from flowfsm.protocols import ServiceCatalog
 
 if TYPE_CHECKING:
+    import ssl
+
     import httpx
+
+    from flowfsm.emitters._transport import AddressPolicy, Resolver
 
 __all__ = ["HttpEmitter", "cloud_event", "sign", "webhook_headers"]
 
@@ -91,31 +98,46 @@ class HttpEmitter:
         source: str = "urn:flowfsm",
         timeout: float = 15.0,
         allowed_hosts: Collection[str] | None = None,
+        address_policy: AddressPolicy = "default",
+        allowed_networks: Collection[str] = (),
         max_response_bytes: int = 64 * 1024,
-        client: httpx.Client | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        resolver: Resolver | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``source``: the CloudEvents ``source`` of every event. ``timeout``:
-        seconds per attempt. ``allowed_hosts``: if given, the only hosts requests
-        may go to. ``client``: an ``httpx.Client`` to share (its redirect setting
-        is overridden per request)."""
+        """``source``: the CloudEvents ``source`` of every event. ``timeout``: seconds
+        an attempt may take in all (connecting, sending, the answer). ``allowed_hosts``:
+        if given, the only hosts (``host`` or ``host:port``) requests may go to.
+        ``address_policy``: ``"default"`` refuses link-local, cloud-metadata and
+        unspecified addresses; ``"strict"`` refuses every address that is not
+        globally routable (loopback, private, ...). ``allowed_networks``: networks
+        (``"10.1.0.0/16"``) reachable even so. ``ssl_context``: for private CAs or
+        client certificates. ``resolver(host, port)``: IP addresses of a host, the
+        system's by default."""
         try:
             import httpx
+
+            from flowfsm.emitters import _transport
         except ImportError as e:  # pragma: no cover - the extra is installed for the tests
             raise ImportError("HttpEmitter needs the 'http' extra: pip install flowfsm[http]") from e
         self.catalog = catalog
         self.source = source
         self.timeout = timeout
-        self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts) if allowed_hosts is not None else None
+        self.allowed_hosts = None if allowed_hosts is None else _transport.host_entries(allowed_hosts)
         self.max_response_bytes = max_response_bytes
-        self._client = client or httpx.Client(headers={"user-agent": "flowfsm"})
-        self._owns_client = client is None
+        backend = _transport.GuardedBackend(_transport.AddressRules(address_policy, allowed_networks), resolver)
+        self._client = httpx.Client(
+            transport=_transport.GuardedTransport(backend, ssl_context),
+            headers={"user-agent": "flowfsm"},
+            trust_env=False,  # no proxies from the environment: they would connect for us, unchecked
+        )
         self._clock = clock
         self._httpx = httpx
+        self._transport = _transport
+        self._hosts_seen: dict[str, str | None] = {}  # url -> why allowed_hosts refuses it, or None
 
     def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
+        self._client.close()
 
     def __enter__(self) -> HttpEmitter:
         return self
@@ -124,32 +146,83 @@ class HttpEmitter:
         self.close()
 
     def emit(self, request: HookRequest) -> int | None:
-        """POST ``request``; return the 2xx status, or raise ``DeliveryError``."""
-        url = request.action.url
-        if url is None:
+        """POST ``request`` to its action's current url; return the 2xx status, or
+        raise ``DeliveryError``."""
+        if request.action.url is None:
             return None  # nothing to call: an action for other emitters
-        if self.allowed_hosts is not None:
-            host = (urlsplit(url).hostname or "").lower()
-            if host not in self.allowed_hosts:
-                raise DeliveryError(f"host {host!r} is not in allowed_hosts", retry=False)
-        try:
-            action = self.catalog.get(request.payload.service.id).action(request.webhook_id, request.action.name)
-        except UnknownService:
-            raise DeliveryError(f"service {request.payload.service.id!r} left the catalog", retry=False) from None
+        action = self._current_action(request)
+        url = action.url
+        assert url is not None  # _current_action refuses actions without one
+        refusal = self._host_refusal(url)
+        if refusal is not None:
+            raise DeliveryError(refusal, retry=False)
         body = json.dumps(cloud_event(request, self.source)).encode()
-        secrets = action.secrets if action is not None else ()
-        headers = webhook_headers(request.id, int(self._clock()), body, secrets)
+        headers = webhook_headers(request.id, int(self._clock()), body, action.secrets)
         httpx = self._httpx
         try:
-            with self._client.stream(
-                "POST", url, content=body, headers=headers, timeout=self.timeout, follow_redirects=False
-            ) as response:
+            with (
+                self._transport.deadline(self.timeout),
+                self._client.stream(
+                    "POST", url, content=body, headers=headers, timeout=self.timeout, follow_redirects=False
+                ) as response,
+            ):
                 self._drain(response)
         except httpx.TimeoutException:
             raise DeliveryError(f"timed out after {self.timeout:g} s") from None
         except httpx.HTTPError as e:
             raise DeliveryError(f"{type(e).__name__}: {_one_line(e)}") from None
-        return self._verdict(response)
+        except httpx.InvalidURL as e:  # the message names the part at fault, not the whole url
+            raise DeliveryError(f"invalid url of action {action.name!r}: {_one_line(e)}", retry=False) from None
+        return self._verdict(response, url)
+
+    def _current_action(self, request: HookRequest) -> Action:
+        """The request's action as the catalog has it now: where and how to deliver.
+
+        Refused (non-retryable, so the request is dead and can be requeued once the
+        catalog is fixed): a webhook or action no longer there, an action without a
+        url, and one whose request was signed when made but that has no secret now.
+        """
+        ref, service_id = request.action, request.payload.service.id
+        what = f"action {ref.name!r} of webhook {request.webhook_id!r}"
+        try:
+            service = self.catalog.get(service_id)
+        except UnknownService:
+            raise DeliveryError(f"service {service_id!r} left the catalog", retry=False) from None
+        action = None
+        for webhook in service.webhooks:
+            if webhook.id == request.webhook_id and webhook.event is request.event:
+                action = next((a for a in webhook.actions if a.name == ref.name), None)
+        if action is None:
+            message = f"{what} on {request.event.value} is no longer in the catalog of service {service_id!r}"
+            raise DeliveryError(message, retry=False)
+        if action.url is None:
+            raise DeliveryError(f"{what} no longer has a url", retry=False)
+        if ref.signed and not action.secret:
+            raise DeliveryError(f"{what} has no secret any more; a signed request is not sent unsigned", retry=False)
+        return action
+
+    def _host_refusal(self, url: str) -> str | None:
+        """Why ``allowed_hosts`` refuses ``url``, or None."""
+        if self.allowed_hosts is None:
+            return None
+        try:
+            return self._hosts_seen[url]
+        except KeyError:
+            pass
+        try:
+            host, port = self._transport.url_host_port(self._httpx.URL(url))
+        except self._httpx.InvalidURL as e:
+            refusal: str | None = f"invalid url: {_one_line(e)}"
+        else:
+            ports = self.allowed_hosts.get(host)
+            if ports is None:
+                refusal = f"host {host!r} is not in allowed_hosts"
+            elif ports and port not in ports:
+                refusal = f"port {port} of host {host!r} is not in allowed_hosts"
+            else:
+                refusal = None
+        self._hosts_seen[url] = refusal
+        return refusal
 
     def _drain(self, response: httpx.Response) -> None:
         """Read at most ``max_response_bytes`` of the body: enough to reuse the
@@ -160,13 +233,13 @@ class HttpEmitter:
             if read >= self.max_response_bytes:
                 break
 
-    def _verdict(self, response: httpx.Response) -> int:
+    def _verdict(self, response: httpx.Response, url: str) -> int:
         status = response.status_code
         if 200 <= status < 300:
             return status
         reason = f"HTTP {status} {response.reason_phrase}".strip()
         if status == 410:
-            raise DeliveryError(reason, status_code=status, retry=False, gone=True)
+            raise DeliveryError(reason, status_code=status, retry=False, gone=True, url=url)
         if status in (429, 503):
             retry_after = _retry_after(response.headers.get("retry-after"), self._clock())
             raise DeliveryError(reason, status_code=status, retry=True, retry_after=retry_after)

@@ -5,8 +5,10 @@
 one is created).
 """
 
+from flowfsm.repositories._common import MAX_WAIT
 from flowfsm.repositories.memory import InMemoryRepository
 from flowfsm.repositories.postgres import PostgresRepository
 from flowfsm.repositories.sqlite import SQLiteRepository
 
-__all__ = ["InMemoryRepository", "PostgresRepository", "SQLiteRepository"]
+# Plain sorted order, which tests/test_api.py asks of every subpackage.
+__all__ = ["InMemoryRepository", "MAX_WAIT", "PostgresRepository", "SQLiteRepository"]  # noqa: RUF022

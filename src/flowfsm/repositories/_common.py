@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Final
 
@@ -36,6 +37,7 @@ from flowfsm.model import (
 
 __all__ = [
     "BODY_FORMAT",
+    "MAX_WAIT",
     "PENDING",
     "SQLFlowReads",
     "check_page",
@@ -44,10 +46,27 @@ __all__ = [
     "flow_from_body",
     "hook_record",
     "migrate",
+    "wait_seconds",
 ]
 
 PENDING: Final = "delivered_at IS NULL AND dead_at IS NULL"
 """The SQL condition of an outbox row that still waits for delivery."""
+
+MAX_WAIT: Final = 86_400.0
+"""The longest any backend keeps a HookRequest from ``claim`` at a time (a lease,
+a renewal or a retry's delay): one day. Longer asks are cut to it, so no value
+can park a request for good or overflow a database's time arithmetic."""
+
+
+def wait_seconds(name: str, value: float) -> float:
+    """``value`` (a lease or a delay, in seconds) as a backend stores it: below
+    zero counts as zero, above ``MAX_WAIT`` (infinity included) as ``MAX_WAIT``;
+    NaN, which orders against nothing, is refused."""
+    if 0.0 <= value <= MAX_WAIT:  # the usual case, first: a lease or a delay in range
+        return value
+    if isinstance(value, float) and math.isnan(value):  # an int is never NaN (and may not fit a float)
+        raise ValidationError(name, "must be a number of seconds, not NaN")
+    return 0.0 if value < 0 else MAX_WAIT
 
 
 @contextlib.contextmanager

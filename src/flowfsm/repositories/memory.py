@@ -24,7 +24,7 @@ from flowfsm.model import (
     HookRecord,
     HookRequest,
 )
-from flowfsm.repositories._common import check_page
+from flowfsm.repositories._common import check_page, wait_seconds
 
 __all__ = ["InMemoryRepository"]
 
@@ -106,12 +106,14 @@ class InMemoryRepository:
                             self._by_promotion[promotion.id] = flow.id
                 self._flows[flow.id] = flow
             if hook_requests:
+                lease = wait_seconds("lease", lease)
                 until = time.monotonic() + lease if lease > 0 else 0.0
                 outbox = self._outbox
                 for request in hook_requests:
                     outbox[request.id] = (request, until)
 
     def claim(self, limit: int = 100, *, lease: float = 30.0) -> list[HookRequest]:
+        lease = wait_seconds("lease", lease)
         now = time.monotonic()
         claimed: list[HookRequest] = []
         blocked: set[str] = set()  # flows whose next request is leased elsewhere
@@ -129,6 +131,37 @@ class InMemoryRepository:
                 self._outbox[request.id] = (request, now + lease)
         return claimed
 
+    def renew(self, ids: Sequence[str], *, lease: float = 30.0) -> None:
+        until = time.monotonic() + wait_seconds("lease", lease)
+        with self._lock:
+            for request_id in ids:
+                entry = self._outbox.get(request_id)
+                if entry is not None and request_id not in self._dead and entry[1] < until:
+                    self._outbox[request_id] = (entry[0], until)
+
+    def waiting_flows(self, ids: Sequence[str]) -> frozenset[str]:
+        with self._lock:
+            outbox = self._outbox
+            # The usual case, on every trigger of an engine with an emitter: the outbox
+            # holds just these (compared in C, as the engine passes a list).
+            if len(outbox) == len(ids) and list(outbox) == ids:
+                return _NOTHING
+            wanted = set(ids)
+            waiting: set[str] = set()
+            reached: set[str] = set()  # flows whose first wanted request the scan has passed
+            # The outbox is in commit order: what precedes a flow's first wanted
+            # request, and is not dead, is earlier and pending.
+            left = len(wanted)
+            for request_id, (request, until) in self._outbox.items():
+                if request_id in wanted:
+                    reached.add(request.flow_id)
+                    left -= 1
+                    if not left:
+                        break
+                elif until != _DEAD and request.flow_id not in reached:
+                    waiting.add(request.flow_id)
+        return frozenset(waiting & reached)
+
     def mark_delivered(self, ids: Sequence[str]) -> None:
         with self._lock:
             if not self._dead and not self._attempts:  # the usual case, on every trigger
@@ -142,6 +175,7 @@ class InMemoryRepository:
                     self._attempts.pop(request_id, None)
 
     def release(self, ids: Sequence[str], *, delay: float = 0.0) -> None:
+        delay = wait_seconds("delay", delay)
         until = time.monotonic() + delay if delay > 0 else 0.0
         with self._lock:
             for request_id in ids:
@@ -207,3 +241,4 @@ class InMemoryRepository:
 
 
 _DEAD: Final = math.inf
+_NOTHING: Final[frozenset[str]] = frozenset()

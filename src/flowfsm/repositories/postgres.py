@@ -36,7 +36,15 @@ from flowfsm.errors import (
     ValidationError,
 )
 from flowfsm.model import DeliveryAttempt, Flow, HookRecord, HookRequest
-from flowfsm.repositories._common import PENDING, SQLFlowReads, driver_errors, flow_body, hook_record, migrate
+from flowfsm.repositories._common import (
+    PENDING,
+    SQLFlowReads,
+    driver_errors,
+    flow_body,
+    hook_record,
+    migrate,
+    wait_seconds,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -91,6 +99,9 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             url text PRIMARY KEY,
             disabled_at timestamptz NOT NULL DEFAULT now()
         )""",
+    ),
+    (  # version 3: each flow's pending requests, for claim and the engine's check
+        f"CREATE INDEX outbox_pending_by_flow ON outbox (flow_id, seq) WHERE {PENDING}",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -189,7 +200,7 @@ class PostgresRepository(SQLFlowReads):
             return conn.execute(sql, args).fetchall()
 
     def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
-        sql, args = _commit_statement(flows, hook_requests, lease)
+        sql, args = _commit_statement(flows, hook_requests, wait_seconds("lease", lease))
         # One statement is one transaction, so a lone flow (the engine's usual
         # commit) is saved in one round trip; several flows share a transaction,
         # so that one lost compare-and-set rolls back the flows saved before it.
@@ -202,43 +213,16 @@ class PostgresRepository(SQLFlowReads):
     # --- outbox ----------------------------------------------------------------------
 
     def claim(self, limit: int = 100, *, lease: float = 30.0) -> list[HookRequest]:
+        lease = wait_seconds("lease", lease)
         with self._connection("claim failed", transaction=True) as conn:
-            # Oldest first, skipping rows another claim holds (locked now, or leased
-            # earlier) and rows queued behind a leased request of their flow.
-            candidates = conn.execute(
-                "SELECT o.seq, o.flow_id FROM outbox o"
-                " WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.lease_until < now()"
-                " AND NOT EXISTS ("
-                "   SELECT 1 FROM outbox p WHERE p.flow_id = o.flow_id AND p.seq < o.seq"
-                "   AND p.delivered_at IS NULL AND p.dead_at IS NULL AND p.lease_until >= now())"
-                " ORDER BY o.seq LIMIT %s FOR UPDATE SKIP LOCKED",
-                (limit,),
-            ).fetchall()
+            # The plans are right whatever the statistics say, but the first one's
+            # cost is estimated as a scan of every pending row, which would set JIT
+            # compiling for longer than the claim itself takes.
+            conn.execute("SET LOCAL jit = off")
+            candidates = conn.execute(_CLAIM_CANDIDATES, {"limit": limit}).fetchall()
             if not candidates:
                 return []
-            mine = {seq for seq, _ in candidates}
-            # A flow's requests go out in order: take only the leading run of its pending
-            # requests that this claim holds; the rest wait for whoever holds the first.
-            pending = conn.execute(
-                f"SELECT flow_id, seq FROM outbox WHERE {PENDING} AND flow_id = ANY(%s) ORDER BY flow_id, seq",
-                (list({flow_id for _, flow_id in candidates}),),
-            ).fetchall()
-            chosen: list[int] = []
-            blocked: set[str] = set()
-            for flow_id, seq in pending:
-                if flow_id in blocked:
-                    continue
-                if seq in mine:
-                    chosen.append(seq)
-                else:
-                    blocked.add(flow_id)
-            if not chosen:
-                return []
-            rows = conn.execute(
-                "UPDATE outbox SET lease_until = now() + make_interval(secs => %s)"
-                " WHERE seq = ANY(%s) RETURNING seq, body",
-                (lease, chosen),
-            ).fetchall()
+            rows = conn.execute(_CLAIM_TAKE, {"lease": lease, "mine": [seq for (seq,) in candidates]}).fetchall()
         return [converter.structure(body, HookRequest) for _, body in sorted(rows, key=lambda r: r[0])]
 
     def _update(self, sql: str, ids: Sequence[str], *args: Any) -> None:
@@ -252,6 +236,7 @@ class PostgresRepository(SQLFlowReads):
         )
 
     def release(self, ids: Sequence[str], *, delay: float = 0.0) -> None:
+        delay = wait_seconds("delay", delay)
         self._update(
             "UPDATE outbox SET lease_until = CASE WHEN %s > 0 THEN now() + make_interval(secs => %s)"
             f" ELSE 'epoch' END WHERE id = ANY(%s) AND {PENDING}",
@@ -259,6 +244,24 @@ class PostgresRepository(SQLFlowReads):
             delay,
             delay,
         )
+
+    def renew(self, ids: Sequence[str], *, lease: float = 30.0) -> None:
+        self._update(
+            "UPDATE outbox SET lease_until = greatest(lease_until, now() + make_interval(secs => %s))"
+            f" WHERE id = ANY(%s) AND {PENDING}",
+            ids,
+            wait_seconds("lease", lease),
+        )
+
+    def waiting_flows(self, ids: Sequence[str]) -> frozenset[str]:
+        rows = self._rows(
+            "SELECT DISTINCT o.flow_id FROM outbox o WHERE o.id = ANY(%s)"
+            # PENDING's bare columns are the inner query's own (p's).
+            f" AND EXISTS (SELECT 1 FROM outbox p WHERE p.flow_id = o.flow_id AND p.seq < o.seq AND {PENDING}"
+            " AND p.id <> ALL(%s))",
+            (list(ids), list(ids)),
+        )
+        return frozenset(flow_id for (flow_id,) in rows)
 
     def count_pending(self) -> int:
         with self._connection("read failed") as conn:
@@ -302,7 +305,9 @@ class PostgresRepository(SQLFlowReads):
         self._update(f"UPDATE outbox SET dead_at = now(), lease_until = 'epoch' WHERE id = ANY(%s) AND {PENDING}", ids)
 
     def requeue(self, ids: Sequence[str]) -> None:
-        self._update("UPDATE outbox SET dead_at = NULL, lease_until = 'epoch' WHERE id = ANY(%s)", ids)
+        self._update(
+            "UPDATE outbox SET dead_at = NULL, lease_until = 'epoch' WHERE id = ANY(%s) AND dead_at IS NOT NULL", ids
+        )
 
     def disable_endpoint(self, url: str) -> None:
         with self._connection("write failed") as conn:
@@ -315,6 +320,31 @@ class PostgresRepository(SQLFlowReads):
     def disabled_endpoints(self) -> frozenset[str]:
         with self._connection("read failed") as conn:
             return frozenset(url for (url,) in conn.execute("SELECT url FROM disabled_endpoints"))
+
+
+# Claiming is two statements. Each checks a row's flow with a scalar subquery, not
+# NOT EXISTS: that is always one probe of outbox_pending_by_flow per row, where an
+# anti-join on a table not yet analyzed was planned as a scan of the whole index per
+# row (0.2 s for a claim of 100 among 10,000 pending, against 5 ms now). Inside the
+# subqueries, PENDING's bare columns are p's.
+
+_CLAIM_CANDIDATES: Final = (
+    # Oldest first, skipping rows another claim holds (locked now, or leased
+    # earlier) and rows queued behind a leased request of their flow.
+    "SELECT o.seq FROM outbox o WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.lease_until < now()"
+    " AND (SELECT true FROM outbox p WHERE p.flow_id = o.flow_id AND p.seq < o.seq"
+    f" AND {PENDING} AND p.lease_until >= now() LIMIT 1) IS NULL"
+    " ORDER BY o.seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
+)
+_CLAIM_TAKE: Final = (
+    # A flow's requests go out in order: take only the leading run of its pending
+    # requests that this claim holds (one before them may be locked by a concurrent
+    # claim); the rest wait for whoever holds the first.
+    "UPDATE outbox o SET lease_until = now() + make_interval(secs => %(lease)s) WHERE o.seq = ANY(%(mine)s)"
+    " AND (SELECT true FROM outbox p WHERE p.flow_id = o.flow_id AND p.seq < o.seq"
+    f" AND {PENDING} AND p.seq <> ALL(%(mine)s) LIMIT 1) IS NULL"
+    " RETURNING o.seq, o.body"
+)
 
 
 def _commit_statement(

@@ -26,9 +26,18 @@ from flowfsm.converter import converter, hook_requests_json
 from flowfsm.errors import (
     ConcurrencyConflict,
     RepositoryError,
+    ValidationError,
 )
 from flowfsm.model import DeliveryAttempt, Flow, HookRecord, HookRequest
-from flowfsm.repositories._common import PENDING, SQLFlowReads, driver_errors, flow_body, hook_record, migrate
+from flowfsm.repositories._common import (
+    PENDING,
+    SQLFlowReads,
+    driver_errors,
+    flow_body,
+    hook_record,
+    migrate,
+    wait_seconds,
+)
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteRepository"]
 
@@ -79,10 +88,17 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX delivery_attempts_by_request ON delivery_attempts (request_id)",
         "CREATE TABLE disabled_endpoints (url TEXT PRIMARY KEY, disabled_at TEXT NOT NULL) WITHOUT ROWID",
     ),
+    (  # version 3: each flow's pending requests, for the engine's check before it delivers
+        f"CREATE INDEX outbox_pending_by_flow ON outbox (flow_id, seq) WHERE {PENDING}",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _BACKEND: Final = "sqlite"
+_BUSY: Final = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+# The WAL switch waits on these; tests replace them to move time without sleeping.
+_clock = time.monotonic
+_pause = time.sleep
 
 
 class SQLiteRepository(SQLFlowReads):
@@ -103,29 +119,49 @@ class SQLiteRepository(SQLFlowReads):
         if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
             raise RepositoryError(_BACKEND, f"synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.path = os.fspath(path)
+        if not self.path:  # sqlite3 would open a private temporary database, which has no WAL
+            raise ValidationError("path", "must name a SQLite file (or ':memory:'), not be empty")
         self._lock = threading.RLock()
         with _driver_errors(f"cannot open {self.path!r}"):
             self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
-            if self.path != ":memory:":
-                self._enable_wal(timeout)
-            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
+            try:
+                if self.path != ":memory:":
+                    self._enable_wal(timeout)
+                self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                self._migrate()
+            except BaseException:
+                self._db.close()  # a repository that failed to open holds nothing open
+                raise
 
     def _enable_wal(self, timeout: float) -> None:
-        """Switch the file to WAL. The switch needs the file to itself, and SQLite
-        does not wait for that, so several processes opening a new file at once
-        retry here until one of them has done it."""
-        deadline = time.monotonic() + timeout
+        """Switch the file to WAL. The switch needs the file to itself, and SQLite does
+        not always wait for that (two openers would deadlock), so several processes
+        opening a new file at once retry here, for up to ``timeout`` seconds, until one
+        of them has done it. SQLite's own wait is off meanwhile: this loop is the one
+        that waits, so the bound is ``timeout`` and no more."""
+        deadline = _clock() + timeout
+        self._db.execute("PRAGMA busy_timeout = 0")
         while True:
             try:
-                if self._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
-                    return
-                self._db.execute("PRAGMA journal_mode=WAL")
-            except sqlite3.OperationalError:
-                if time.monotonic() > deadline:
+                mode = self._db.execute("PRAGMA journal_mode").fetchone()[0]
+                if mode != "wal":
+                    mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError as e:
+                if e.sqlite_errorcode & 0xFF not in _BUSY:
                     raise
-                time.sleep(0.01)
+                if _clock() >= deadline:
+                    raise RepositoryError(
+                        _BACKEND,
+                        f"cannot open {self.path!r}: another connection kept it busy for more than"
+                        f" {timeout:g} s while it was switched to WAL",
+                    ) from e
+                _pause(0.01)
+                continue
+            if mode != "wal":  # a database that cannot use WAL: stop, rather than ask again forever
+                raise RepositoryError(_BACKEND, f"cannot open {self.path!r} in WAL mode (journal mode {mode!r})")
+            self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            return
 
     def close(self) -> None:
         with self._lock:
@@ -180,6 +216,7 @@ class SQLiteRepository(SQLFlowReads):
         requests = [
             (r.id, r.flow_id, body) for r, body in zip(hook_requests, hook_requests_json(hook_requests), strict=True)
         ]
+        lease = wait_seconds("lease", lease)
         until = time.time() + lease if lease > 0 else 0.0
         with self._write() as db:
             for flow, body in zip(flows, bodies, strict=True):
@@ -215,6 +252,7 @@ class SQLiteRepository(SQLFlowReads):
     # --- outbox ----------------------------------------------------------------------
 
     def claim(self, limit: int = 100, *, lease: float = 30.0) -> list[HookRequest]:
+        lease = wait_seconds("lease", lease)
         now = time.time()
         claimed: list[tuple[str, str]] = []
         blocked: set[str] = set()
@@ -245,8 +283,24 @@ class SQLiteRepository(SQLFlowReads):
         )
 
     def release(self, ids: Sequence[str], *, delay: float = 0.0) -> None:
+        delay = wait_seconds("delay", delay)
         until = time.time() + delay if delay > 0 else 0.0
         self._update(f"UPDATE outbox SET lease_until = ? WHERE id = ? AND {PENDING}", ids, until)
+
+    def renew(self, ids: Sequence[str], *, lease: float = 30.0) -> None:
+        until = time.time() + wait_seconds("lease", lease)
+        self._update(f"UPDATE outbox SET lease_until = max(lease_until, ?) WHERE id = ? AND {PENDING}", ids, until)
+
+    def waiting_flows(self, ids: Sequence[str]) -> frozenset[str]:
+        wanted = json.dumps(list(ids))
+        rows = self._rows(
+            "SELECT DISTINCT o.flow_id FROM outbox o WHERE o.id IN (SELECT value FROM json_each(?))"
+            # PENDING's bare columns are the inner query's own (p's).
+            f" AND EXISTS (SELECT 1 FROM outbox p WHERE p.flow_id = o.flow_id AND p.seq < o.seq AND {PENDING}"
+            " AND p.id NOT IN (SELECT value FROM json_each(?)))",
+            (wanted, wanted),
+        )
+        return frozenset(flow_id for (flow_id,) in rows)
 
     def count_pending(self) -> int:
         row = self._one(f"SELECT count(*) FROM outbox WHERE {PENDING}", ())

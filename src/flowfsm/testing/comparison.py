@@ -143,6 +143,8 @@ class RepositoryStateMachine(RuleBasedStateMachine):
         claimed = self.repository.claim(limit, lease=60)
         assert claimed == self.reference.claim(limit, lease=60)
         ids = [r.id for r in claimed]
+        # A claim hands out the leading run of each flow's pending requests: none waits.
+        assert self.repository.waiting_flows(ids) == self.reference.waiting_flows(ids) == frozenset()
         for repository in (self.repository, self.reference):
             if deliver:
                 repository.mark_delivered(ids)

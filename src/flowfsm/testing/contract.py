@@ -272,6 +272,81 @@ class RepositoryContract:
         repo.enable_endpoint("https://gone.example/hook")
         assert repo.disabled_endpoints() == frozenset()
 
+    def test_requeue_leaves_what_is_not_dead_alone(self, repo: Repository) -> None:
+        flow = sample_flow()
+        leased, delivered = sample_hook_request(flow, 1), sample_hook_request(flow, 2)
+        repo.commit([flow], [leased, delivered])
+        assert repo.claim(10) == [leased, delivered]
+        repo.mark_delivered([delivered.id])
+        repo.requeue([leased.id, delivered.id])
+        # Still leased to the first claim: a second one would deliver the flow twice at once.
+        assert repo.claim(10) == []
+        assert repo.count_pending() == 1
+        states = {r.request.id: r.state for r in repo.hook_requests(flow.id)}
+        assert states[leased.id] is DeliveryState.PENDING
+        if self.keeps_delivered:
+            assert states[delivered.id] is DeliveryState.DELIVERED
+
+    def test_renew_extends_a_lease_and_never_shortens_it(self, repo: Repository) -> None:
+        flow, other = sample_flow(1), sample_flow(2)
+        request, backing_off = sample_hook_request(flow), sample_hook_request(other)
+        repo.commit([flow], [request])
+        repo.commit([other], [backing_off])
+        assert repo.claim(10, lease=0.0) == [request, backing_off]  # a lease that has already ended
+        repo.release([backing_off.id], delay=3600.0)
+        repo.renew([request.id], lease=3600.0)
+        assert repo.claim(10) == []  # held again, with no time passing
+        repo.renew([request.id, backing_off.id], lease=0.0)
+        assert repo.claim(10) == []  # a renewal never shortens a lease or a backoff
+        repo.mark_dead([request.id])
+        repo.renew([request.id], lease=3600.0)  # only pending requests are renewed
+        repo.requeue([request.id])
+        assert repo.claim(10) == [request]
+        repo.renew(["no-such-request"], lease=60.0)
+
+    def test_leases_and_delays_are_bounded(self, repo: Repository) -> None:
+        flow = sample_flow()
+        request = sample_hook_request(flow)
+        repo.commit([flow], [request], lease=float("inf"))
+        assert repo.claim(10) == []
+        for delay in (99_999_999_999.0, float("9" * 400), float("inf"), 10**400):  # any Retry-After, unchecked
+            repo.release([request.id], delay=delay)
+            assert repo.claim(10) == []
+            assert repo.count_pending() == 1
+        repo.release([request.id], delay=-5.0)  # no wait
+        assert repo.claim(10, lease=float("inf")) == [request]
+        repo.renew([request.id], lease=float("inf"))
+        with pytest.raises(ValidationError) as error:
+            repo.release([request.id], delay=float("nan"))
+        assert error.value.field == "delay"
+        with pytest.raises(ValidationError):
+            repo.claim(10, lease=float("nan"))
+        assert repo.claim(10) == []  # the refused calls changed nothing
+        assert repo.count_pending() == 1
+
+    def test_waiting_flows_are_those_with_an_earlier_pending_request(self, repo: Repository) -> None:
+        first, second = sample_flow(1), sample_flow(2)
+        a1, a2, a3 = (sample_hook_request(first, n) for n in (1, 2, 3))
+        b1 = sample_hook_request(second)
+        repo.commit([first], [a1])
+        assert repo.waiting_flows([a1.id]) == frozenset()
+        assert repo.claim(10) == [a1]  # leased: a dispatcher is on it
+        repo.commit([_advanced(first)], [a2, a3], lease=30.0)
+        repo.commit([second], [b1], lease=30.0)
+        assert repo.waiting_flows([a2.id, a3.id]) == {first.id}
+        assert repo.waiting_flows([b1.id, a3.id]) == {first.id}
+        assert repo.waiting_flows([b1.id]) == frozenset()
+        repo.release([a1.id], delay=3600.0)  # backing off: still ahead of a2
+        assert repo.waiting_flows([a2.id]) == {first.id}
+        repo.mark_dead([a1.id])  # dead requests hold nothing back
+        assert repo.waiting_flows([a2.id, a3.id]) == frozenset()
+        repo.requeue([a1.id])
+        assert repo.waiting_flows([a3.id]) == {first.id}
+        repo.mark_delivered([a1.id])
+        assert repo.waiting_flows([a2.id, a3.id]) == frozenset()
+        assert repo.waiting_flows([a3.id]) == {first.id}  # a2 is pending before it
+        assert repo.waiting_flows(["no-such-request"]) == frozenset()
+
     def test_leases_expire(self, repo: Repository) -> None:
         flow = sample_flow()
         request = sample_hook_request(flow)

@@ -1,0 +1,122 @@
+"""Input every backend would store differently is refused before any of them sees it:
+NUL (PostgreSQL refuses it, SQLite and memory keep it), lone surrogates (no backend
+can encode them), NaN and infinities in result details (not JSON)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowfsm import (
+    Artifact,
+    ArtifactCreated,
+    Catalog,
+    DeploymentCompleted,
+    DeploymentStarted,
+    Flow,
+    FlowEngine,
+    PromotionCompleted,
+    PromotionPayload,
+    PromotionResult,
+    ResultStatus,
+    Trigger,
+    ValidationError,
+)
+from flowfsm.converter import from_json, structure
+from flowfsm.protocols import Repository
+from flowfsm.repositories import InMemoryRepository, PostgresRepository, SQLiteRepository
+from flowfsm.testing import SequentialIds, StepClock
+
+from .conftest import api_service
+from .test_repositories import drop_schemas
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
+    if request.param == "memory":
+        yield InMemoryRepository()
+    elif request.param == "sqlite":
+        with SQLiteRepository(tmp_path / "flows.db") as sqlite:
+            yield sqlite
+    else:
+        dsn = request.getfixturevalue("postgres_dsn")
+        schema = f"b_{uuid.uuid4().hex[:12]}"
+        with PostgresRepository(dsn, schema=schema) as postgres:
+            yield postgres
+        drop_schemas(dsn, [schema])
+
+
+def result(promotion_id: str, details: dict[str, Any]) -> dict[str, Any]:
+    return {"promotionId": promotion_id, "resultStatus": "passed", "details": details}
+
+
+def refused(flow: Flow) -> list[tuple[Callable[[], Trigger], str, str]]:
+    """Triggers whose effect would be stored (a flow, HookRequests with their payloads),
+    each with unstorable input: how to make it, and the field and message refusing it."""
+    d, p = flow.deployments[0].id, flow.deployments[0].promotions[0].id
+    nul, surrogate = "contains NUL (\\u0000)", "contains a lone surrogate (not UTF-8, e.g. undecodable bytes)"
+
+    def completed(details: dict[str, Any]) -> Callable[[], Trigger]:
+        return lambda: PromotionCompleted(d, p, [PromotionResult(p, ResultStatus.PASSED, details)])
+
+    def parsed(data: dict[str, Any]) -> Callable[[], Trigger]:
+        return lambda: structure(data, Trigger)
+
+    artifact = {"group": "com.acme", "name": "api", "version": "2.0\x00"}
+    completed_json = {"type": "PromotionCompleted", "deploymentId": d, "promotionId": p}
+    return [
+        (lambda: ArtifactCreated(Artifact("com.acme", "api", "2.0\x00")), "version", nul),
+        (lambda: ArtifactCreated(Artifact("com.acme", "api\udcff", "2.0")), "name", surrogate),
+        (completed({"p99": float("nan")}), "details", "has nan, which is not a JSON number (at ['p99'])"),
+        (completed({"runs": [float("inf")]}), "details", "has inf, which is not a JSON number (at ['runs'][0])"),
+        (completed({"log": "a\x00b"}), "details", f"has a string that {nul} (at ['log'])"),
+        (completed({"\ud800": 1}), "details", f"has a key that {surrogate}"),
+        (parsed({"type": "ArtifactCreated", "artifact": artifact}), "$.artifact.version", nul),
+        (parsed({"type": "DeploymentStarted", "deploymentId": d + "\x00"}), "$.deploymentId", nul),
+        (
+            parsed(
+                {
+                    "type": "PromotionCompleted",
+                    "deploymentId": d,
+                    "promotionId": p,
+                    "results": [result(p, {"x": float("-inf")})],
+                }
+            ),
+            "$.results[0].details",
+            "has -inf, which is not a JSON number (at ['x'])",
+        ),
+        (
+            lambda: from_json(json.dumps({**completed_json, "results": [result(p, {"log": "\x00"})]}), Trigger),
+            "$.results[0].details",
+            f"has a string that {nul} (at ['log'])",
+        ),
+    ]
+
+
+def test_every_backend_refuses_unstorable_input_alike_and_keeps_its_store(backend: Repository) -> None:
+    engine = FlowEngine(Catalog([api_service()]), backend, None, clock=StepClock(), id_factory=SequentialIds())
+    flow = engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1.0"))).flows[0]
+    engine.handle(DeploymentStarted(flow.deployments[0].id))
+    engine.handle(DeploymentCompleted(flow.deployments[0].id))
+
+    def stored() -> tuple[object, ...]:
+        return backend.list_flows(limit=100), backend.count_pending(), backend.hook_requests(flow.id)
+
+    before = stored()
+    for make, field, message in refused(flow):
+        with pytest.raises(ValidationError) as caught:
+            engine.handle(make())
+        assert (caught.value.field, caught.value.message) == (field, message)
+        assert stored() == before
+    d, p = flow.deployments[0].id, flow.deployments[0].promotions[0].id
+    fine = {"p99": 120.5, "note": "ünïcödé ✓", "nested": [[{"ok": None}]]}
+    passed = engine.handle(PromotionCompleted(d, p, [PromotionResult(p, ResultStatus.PASSED, fine)]))
+    (event,) = [r for r in passed.hook_requests if isinstance(r.payload, PromotionPayload)][:1]
+    (record,) = [r for r in backend.hook_requests(flow.id) if r.request.id == event.id]
+    assert isinstance(record.request.payload, PromotionPayload)
+    assert record.request.payload.promotion_result.details == fine  # what is accepted is stored as it was
