@@ -9,7 +9,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -435,3 +435,66 @@ def test_a_failed_outbox_check_leaves_the_committed_trigger_to_the_dispatcher() 
     later = RecordingEmitter()
     assert Dispatcher(repository, later).run_once().delivered == len(outcome.hook_requests)
     assert later.requests == list(outcome.hook_requests)
+
+
+def test_a_slow_inline_delivery_renews_the_engines_lease(shared: tuple[Repository, Repository]) -> None:
+    """The engine's emitter takes longer over a trigger's requests than the commit's
+    lease: the engine renews it, and a dispatcher polling all along takes nothing."""
+    repository, other = shared
+    deliveries: list[str] = []
+    lock = threading.Lock()
+
+    def slow(request: HookRequest) -> None:
+        time.sleep(0.6)  # three requests: well past the engine's one-second lease
+        with lock:
+            deliveries.append(request.id)
+
+    def fast(request: HookRequest) -> None:
+        with lock:
+            deliveries.append(request.id)
+
+    engine = FlowEngine(Catalog([api_service()]), repository, CallbackEmitter(slow), lease=1.0)
+    poller = Dispatcher(other, CallbackEmitter(fast), lease=1.0, poll_interval=0.02)
+    stop = threading.Event()
+    polling = threading.Thread(target=poller.run, args=(stop,))
+    polling.start()
+    try:
+        outcome = engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1.0")))
+    finally:
+        stop.set()
+        polling.join()
+    assert len(outcome.hook_requests) >= 3
+    assert deliveries == [r.id for r in outcome.hook_requests]  # each once, by the engine, in order
+    assert repository.count_pending() == 0
+
+
+class _Unrecorded(InMemoryRepository):
+    """A store that fails to record what the engine delivered inline."""
+
+    def mark_delivered(self, ids: Sequence[str]) -> None:
+        raise RepositoryError("memory", "the disk is full")
+
+    def release(self, ids: Sequence[str], *, delay: float = 0.0) -> None:
+        raise RepositoryError("memory", "the disk is full")
+
+
+@pytest.mark.parametrize("emitter_fails", [False, True])
+def test_handle_does_not_raise_once_its_trigger_is_committed(
+    emitter_fails: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Recording inline delivery comes after the commit: a store failing then is
+    logged, and ``handle`` reports the trigger it applied."""
+    repository = _Unrecorded()
+
+    def emit(request: HookRequest) -> None:
+        if emitter_fails:
+            raise ConnectionError("receiver down")
+
+    engine = FlowEngine(Catalog([api_service()]), repository, CallbackEmitter(emit))
+    with caplog.at_level(logging.WARNING, logger="flowfsm.engine"):
+        outcome = engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1.0")))
+    (flow,) = outcome.flows
+    assert repository.get(flow.id) == flow
+    assert repository.count_pending() == len(outcome.hook_requests)  # left for a dispatcher
+    assert "could not record inline delivery" in caplog.text
+    assert ("was not delivered inline" in caplog.text) is emitter_fails

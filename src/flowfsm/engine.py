@@ -282,14 +282,19 @@ class FlowEngine:
         """Hand committed HookRequests to the emitter, in order; what fails stays pending.
 
         They are leased to this engine (the commit's ``lease``), so no dispatcher
-        sends them meanwhile. Only what may go now goes: the new requests of a flow
-        with an earlier one still pending (waiting for a retry, or held by a
-        dispatcher) are released at once and wait behind it for a dispatcher.
+        sends them meanwhile; with a slow emitter, the engine renews the lease
+        between two requests once a third of it has passed (by the engine's clock),
+        so the lease must outlast one request's delivery. Only what may go now
+        goes: the new requests of a flow with an earlier one still pending (waiting
+        for a retry, or held by a dispatcher) are released at once and wait behind
+        it for a dispatcher. The trigger is committed already, so nothing here
+        raises: trouble is logged, and what is left is the dispatcher's.
         """
+        repository = self.repository
         try:
-            waiting = self.repository.waiting_flows([r.id for r in requests])
+            waiting = repository.waiting_flows([r.id for r in requests])
             if waiting:
-                self.repository.release([r.id for r in requests if r.flow_id in waiting])
+                repository.release([r.id for r in requests if r.flow_id in waiting])
                 requests = [r for r in requests if r.flow_id not in waiting]
         except Exception:  # the trigger is committed: its requests wait for a dispatcher
             log.warning(
@@ -298,22 +303,34 @@ class FlowEngine:
             return
         if not requests:
             return
-        emit, sent = emitter.emit, 0
+        clock, lease, emit, sent = self._clock, self._lease, emitter.emit, 0
+        renew_at = clock() + dt.timedelta(seconds=lease / 3)
         try:
             for request in requests:
+                if clock() >= renew_at:  # a slow emitter: keep them all leased until they are recorded
+                    repository.renew([r.id for r in requests], lease=lease)
+                    renew_at = clock() + dt.timedelta(seconds=lease / 3)
                 emit(request)
                 sent += 1
-        except Exception:
+        except Exception:  # any emitter failure leaves the rest to the dispatcher
             log.warning(
-                "emitter failed on hook request %s; %d left pending for the dispatcher",
+                "hook request %s was not delivered inline; %d left pending for the dispatcher",
                 requests[sent].id,
                 len(requests) - sent,
                 exc_info=True,
             )
-            self.repository.release([r.id for r in requests[sent:]])
-        finally:
-            if sent:
-                self.repository.mark_delivered([r.id for r in requests[:sent]])
+            _logged(repository.release, [r.id for r in requests[sent:]])
+        if sent:
+            _logged(repository.mark_delivered, [r.id for r in requests[:sent]])
+
+
+def _logged(record: Callable[[list[str]], object], ids: list[str]) -> None:
+    """Record what inline delivery did; a failure only costs a second delivery by a
+    dispatcher once the lease ends (receivers deduplicate by id), so it is logged."""
+    try:
+        record(ids)
+    except Exception:  # see the docstring
+        log.warning("could not record inline delivery of %d hook request(s)", len(ids), exc_info=True)
 
 
 FlowEngine.APPLIERS = {
