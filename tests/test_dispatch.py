@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import sqlite3
 import threading
 import time
 import uuid
@@ -498,3 +499,37 @@ def test_handle_does_not_raise_once_its_trigger_is_committed(
     assert repository.count_pending() == len(outcome.hook_requests)  # left for a dispatcher
     assert "could not record inline delivery" in caplog.text
     assert ("was not delivered inline" in caplog.text) is emitter_fails
+
+
+@pytest.mark.parametrize("shared", ["sqlite", "postgres"], indirect=True)
+def test_an_unreadable_request_holds_only_its_own_flow(
+    shared: tuple[Repository, Repository], request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stored request this version cannot read (a newer flowfsm wrote it, or it is
+    damaged) waits with its flow; the dispatcher delivers every other flow."""
+    repository, _ = shared
+    made = fill(repository, flows=3)
+    unreadable = made[1]
+    if isinstance(repository, SQLiteRepository):
+        with sqlite3.connect(repository.path) as db:
+            db.execute(
+                "UPDATE outbox SET body = json_set(body, '$.event', 'flow-paused') WHERE id = ?", [unreadable.id]
+            )
+    else:
+        import psycopg
+
+        assert isinstance(repository, PostgresRepository)
+        with psycopg.connect(request.getfixturevalue("postgres_dsn"), autocommit=True) as conn:
+            conn.execute(
+                f"UPDATE {repository.schema}.outbox SET body = jsonb_set(body, '{{event}}', '\"flow-paused\"')"
+                " WHERE id = %s",
+                [unreadable.id],
+            )
+    emitter = RecordingEmitter()
+    with caplog.at_level(logging.WARNING, logger="flowfsm.repositories"):
+        report = Dispatcher(repository, emitter).run_once()
+    waiting = [r for r in made[1:] if r.flow_id == unreadable.flow_id]  # the unreadable one and what follows it
+    assert [r.id for r in emitter.requests] == [r.id for r in made if r not in waiting]
+    assert report.delivered == len(made) - len(waiting)
+    assert repository.count_pending() == len(waiting)
+    assert f"flow {unreadable.flow_id} cannot be read" in caplog.text

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Final
@@ -46,8 +47,11 @@ __all__ = [
     "flow_from_body",
     "hook_record",
     "migrate",
+    "readable_claim",
     "wait_seconds",
 ]
+
+log = logging.getLogger("flowfsm.repositories")
 
 PENDING: Final = "delivered_at IS NULL AND dead_at IS NULL"
 """The SQL condition of an outbox row that still waits for delivery."""
@@ -130,6 +134,30 @@ def hook_record(
         delivered_at,
         tuple(DeliveryAttempt(dt.datetime.fromisoformat(a[0]), a[1], a[2], a[3]) for a in attempts),
     )
+
+
+def readable_claim(backend: str, rows: Sequence[tuple[str, str | dict[str, Any]]]) -> list[HookRequest]:
+    """The claimed outbox rows (flow id, stored request) that this version can read,
+    in order. A row it cannot read (written by a newer flowfsm, or damaged) holds
+    its flow as a failing delivery does — it and the flow's later requests stay
+    leased, to be offered again when the lease ends — and is logged, while the
+    other flows go on."""
+    requests: list[HookRequest] = []
+    held: set[str] = set()
+    for flow_id, body in rows:
+        if flow_id in held:
+            continue
+        try:
+            requests.append(converter.structure(json.loads(body) if isinstance(body, str) else body, HookRequest))
+        except Exception as e:  # noqa: BLE001 - any reading error: this version cannot deliver the row
+            held.add(flow_id)
+            log.warning(
+                "%s: a pending hook request of flow %s cannot be read (%s); the flow's requests wait",
+                backend,
+                flow_id,
+                type(e).__name__,
+            )
+    return requests
 
 
 def check_page(limit: int, offset: int) -> None:

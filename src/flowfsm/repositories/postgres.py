@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from flowfsm.converter import converter, hook_requests_json
+from flowfsm.converter import hook_requests_json
 from flowfsm.errors import (
     ConcurrencyConflict,
     RepositoryError,
@@ -43,6 +43,7 @@ from flowfsm.repositories._common import (
     flow_body,
     hook_record,
     migrate,
+    readable_claim,
     wait_seconds,
 )
 
@@ -223,7 +224,7 @@ class PostgresRepository(SQLFlowReads):
             if not candidates:
                 return []
             rows = conn.execute(_CLAIM_TAKE, {"lease": lease, "mine": [seq for (seq,) in candidates]}).fetchall()
-        return [converter.structure(body, HookRequest) for _, body in sorted(rows, key=lambda r: r[0])]
+        return readable_claim(_BACKEND, [(flow_id, body) for _, flow_id, body in sorted(rows, key=lambda r: r[0])])
 
     def _update(self, sql: str, ids: Sequence[str], *args: Any) -> None:
         with self._connection("write failed") as conn:
@@ -343,7 +344,7 @@ _CLAIM_TAKE: Final = (
     "UPDATE outbox o SET lease_until = now() + make_interval(secs => %(lease)s) WHERE o.seq = ANY(%(mine)s)"
     " AND (SELECT true FROM outbox p WHERE p.flow_id = o.flow_id AND p.seq < o.seq"
     f" AND {PENDING} AND p.seq <> ALL(%(mine)s) LIMIT 1) IS NULL"
-    " RETURNING o.seq, o.body"
+    " RETURNING o.seq, o.flow_id, o.body"
 )
 
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
-from flowfsm.converter import converter, hook_requests_json
+from flowfsm.converter import hook_requests_json
 from flowfsm.errors import (
     ConcurrencyConflict,
     RepositoryError,
@@ -36,6 +36,7 @@ from flowfsm.repositories._common import (
     flow_body,
     hook_record,
     migrate,
+    readable_claim,
     wait_seconds,
 )
 
@@ -254,7 +255,7 @@ class SQLiteRepository(SQLFlowReads):
     def claim(self, limit: int = 100, *, lease: float = 30.0) -> list[HookRequest]:
         lease = wait_seconds("lease", lease)
         now = time.time()
-        claimed: list[tuple[str, str]] = []
+        claimed: list[tuple[str, str, str]] = []
         blocked: set[str] = set()
         with self._write() as db:
             cursor = db.execute(f"SELECT id, flow_id, lease_until, body FROM outbox WHERE {PENDING} ORDER BY seq")
@@ -266,10 +267,10 @@ class SQLiteRepository(SQLFlowReads):
                 if lease_until > now:
                     blocked.add(flow_id)
                     continue
-                claimed.append((request_id, body))
+                claimed.append((request_id, flow_id, body))
             cursor.close()
-            db.executemany("UPDATE outbox SET lease_until = ? WHERE id = ?", [(now + lease, i) for i, _ in claimed])
-        return [converter.structure(json.loads(body), HookRequest) for _, body in claimed]
+            db.executemany("UPDATE outbox SET lease_until = ? WHERE id = ?", [(now + lease, i) for i, _, _ in claimed])
+        return readable_claim(_BACKEND, [(flow_id, body) for _, flow_id, body in claimed])
 
     def _update(self, sql: str, ids: Sequence[str], *args: Any) -> None:
         with self._write() as db:
