@@ -314,7 +314,7 @@ class FlowEngine:
                 sent += 1
         except Exception:  # any emitter failure leaves the rest to the dispatcher
             log.warning(
-                "hook request %s was not delivered inline; %d left pending for the dispatcher",
+                "emitter failed on hook request %s; %d left pending for the dispatcher",
                 requests[sent].id,
                 len(requests) - sent,
                 exc_info=True,
