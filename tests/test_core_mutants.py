@@ -33,6 +33,7 @@ from flowfsm.emitters import CallbackEmitter, RecordingEmitter
 from flowfsm.engine import new_id, utc_now
 from flowfsm.machines import CallablesMachine
 from flowfsm.repositories import InMemoryRepository, SQLiteRepository
+from flowfsm.repositories.sqlite import SCHEMA_VERSION
 from flowfsm.testing import SequentialIds, StepClock
 
 from .conftest import api_service
@@ -294,6 +295,15 @@ def test_default_ids_restart_with_a_fresh_prefix() -> None:
     assert first[:16] != before[:16]
 
 
+def test_an_id_source_registers_its_reset_for_forks() -> None:
+    from flowfsm.engine import _Ids
+
+    ids = _Ids()  # registers a second reset; both give the same fresh source
+    first = ids()
+    assert first.endswith("-1")
+    assert new_id() == first[:-1] + "2"  # one source per process, shared
+
+
 def test_default_ids_differ_in_a_forked_child() -> None:
     import os
 
@@ -461,3 +471,66 @@ def test_an_unknown_strategy_names_the_known_ones(catalog: Catalog) -> None:
         FlowEngine(Catalog([service]), InMemoryRepository(), None, strategies={"PAGE": object()})  # type: ignore[dict-item]  # never called
     assert caught.value.field == "failure_strategy"
     assert caught.value.message == "service 'svc-x' names unknown failure strategy 'NOPE' (known: PAGE, STOP)"
+
+
+def test_sqlite_opens_flowfsm_db_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with SQLiteRepository() as repository:
+        assert repository.path == "flowfsm.db"
+    assert (tmp_path / "flowfsm.db").exists()
+
+
+@pytest.mark.parametrize(("given", "level"), [("normal", 1), ("FULL", 2), ("extra", 3)])
+def test_sqlite_takes_each_synchronous_level(tmp_path: Path, given: str, level: int) -> None:
+    with SQLiteRepository(tmp_path / "flows.db", synchronous=given) as repository:
+        assert repository._db.execute("PRAGMA synchronous").fetchone()[0] == level
+
+
+def test_sqlite_refuses_an_unknown_synchronous_level(tmp_path: Path) -> None:
+    with pytest.raises(RepositoryError) as caught:
+        SQLiteRepository(tmp_path / "flows.db", synchronous="off")
+    assert caught.value.backend == "sqlite"
+    assert str(caught.value) == "sqlite: synchronous must be NORMAL, FULL or EXTRA, not 'off'"
+    assert not (tmp_path / "flows.db").exists()
+
+
+def test_sqlite_is_usable_from_another_thread(tmp_path: Path) -> None:
+    with SQLiteRepository(tmp_path / "flows.db") as repository:
+        counted: list[int] = []
+        worker = threading.Thread(target=lambda: counted.append(repository.count_pending()))
+        worker.start()
+        worker.join()
+        assert counted == [0]
+
+
+def test_sqlite_writers_wait_for_a_lock_only_their_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "flows.db"
+    impatient, patient = SQLiteRepository(path, timeout=0.05), SQLiteRepository(path, timeout=5.0)
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    released = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
+    released.start()
+    try:
+        with pytest.raises(RepositoryError, match="locked"):
+            impatient.disable_endpoint("https://a.example/")
+        patient.disable_endpoint("https://a.example/")  # waits for the holder
+        assert patient.disabled_endpoints() == {"https://a.example/"}
+    finally:
+        released.join()
+        holder.close()
+        impatient.close()
+        patient.close()
+
+
+def test_sqlite_names_the_file_with_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "flows.db"
+    SQLiteRepository(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE flowfsm_meta SET value = '7' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    with pytest.raises(RepositoryError) as caught:
+        SQLiteRepository(path)
+    assert caught.value.backend == "sqlite"
+    assert str(path) in str(caught.value)
+    assert f"has schema version 7; this flowfsm knows up to {SCHEMA_VERSION}" in str(caught.value)

@@ -111,3 +111,23 @@ def test_the_trusted_constructors_check_their_fields_for_real() -> None:
     with pytest.raises(TypeError, match=r"Two has the fields \('a', 'b'\), not \('a',\)"):
         _slots(Two, "a")
     assert len(_slots(Two, "a", "b")) == 2
+
+
+def test_a_trigger_leaves_no_reference_cycle_behind() -> None:
+    """Each FlowDraft refers to its Work: the engine closes the unit of work, so the
+    garbage collector has nothing of a trigger's to collect."""
+    import gc
+
+    engine = FlowEngine(Catalog([api_service()]), InMemoryRepository(), None)
+    flow = engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1"))).flows[0]
+    gc.collect()
+    gc.disable()
+    try:
+        from flowfsm import DeploymentStarted
+
+        engine.handle(DeploymentStarted(flow.deployments[0].id))
+        engine.handle(DeploymentStarted(flow.deployments[0].id))  # a duplicate too
+        engine.handle(ArtifactCreated(Artifact("com.acme", "api", "2")))
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

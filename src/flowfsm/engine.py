@@ -178,7 +178,9 @@ class FlowEngine:
             flows.append(flow)
             created.append(flow)
         duplicate = bool(flows) and not created
-        return Outcome(tuple(flows), self._hook_requests(work, now), duplicate), created
+        requests = self._hook_requests(work, now)
+        work.close()
+        return Outcome(tuple(flows), requests, duplicate), created
 
     def _on_deployment_started(self, trigger: DeploymentStarted) -> tuple[Outcome, list[Flow]]:
         work, draft = self.open_deployment(trigger.deployment_id)
@@ -219,11 +221,15 @@ class FlowEngine:
         and the flows to save: the failure strategies decide the failures, then every
         changed flow gets its next version, and the hook events their HookRequests."""
         if not applied:
-            return Outcome(tuple(draft.loaded for draft in work.flows.values()), duplicate=True), []
+            outcome = Outcome(tuple(draft.loaded for draft in work.flows.values()), duplicate=True)
+            work.close()
+            return outcome, []
         self._decide(work)
         now = self._clock()
         saved = [draft.flow(version=draft.loaded.version + 1, updated_at=now) for draft in work.changed()]
-        return Outcome(tuple(saved), self._hook_requests(work, now)), saved
+        outcome = Outcome(tuple(saved), self._hook_requests(work, now))
+        work.close()
+        return outcome, saved
 
     def _decide(self, work: Work) -> None:
         """Hand each failure the machines declared to its service's strategy, in order

@@ -65,6 +65,13 @@ class Work:
             draft = self.flows[flow.id] = FlowDraft(self, flow, service)
         return draft
 
+    def close(self) -> None:
+        """Let go of the flows and events: each ``FlowDraft`` refers to its ``Work``,
+        so an open one is a reference cycle, left to the garbage collector. The engine
+        closes a unit of work once it has its outcome."""
+        self.flows = {}
+        self.events = []
+
     def changed(self) -> list[FlowDraft]:
         """The flows whose state, deployments or promotions this work changed."""
         return [draft for draft in self.flows.values() if draft.changed]
