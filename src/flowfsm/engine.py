@@ -17,6 +17,7 @@ import itertools
 import logging
 import operator
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
@@ -88,6 +89,9 @@ class _Ids:
 
 new_id: Final[Callable[[], str]] = _Ids()
 """The default id factory (see ``FlowEngine(id_factory=...)``)."""
+
+
+_monotonic: Final = time.monotonic
 
 
 def utc_now() -> dt.datetime:
@@ -289,8 +293,9 @@ class FlowEngine:
 
         They are leased to this engine (the commit's ``lease``), so no dispatcher
         sends them meanwhile; with a slow emitter, the engine renews the lease
-        between two requests once a third of it has passed (by the engine's clock),
-        so the lease must outlast one request's delivery. Only what may go now
+        between two requests once a third of it has passed, so the lease must
+        outlast one request's delivery. A lease is real time, as the repository
+        measures it, not the engine's (injectable) clock of record. Only what may go now
         goes: the new requests of a flow with an earlier one still pending (waiting
         for a retry, or held by a dispatcher) are released at once and wait behind
         it for a dispatcher. The trigger is committed already, so nothing here
@@ -309,13 +314,13 @@ class FlowEngine:
             return
         if not requests:
             return
-        clock, lease, emit, sent = self._clock, self._lease, emitter.emit, 0
-        renew_at = clock() + dt.timedelta(seconds=lease / 3)
+        lease, emit, sent = self._lease, emitter.emit, 0
+        renew_at = _monotonic() + lease / 3
         try:
             for request in requests:
-                if clock() >= renew_at:  # a slow emitter: keep them all leased until they are recorded
+                if _monotonic() >= renew_at:  # a slow emitter: keep them all leased until they are recorded
                     repository.renew([r.id for r in requests], lease=lease)
-                    renew_at = clock() + dt.timedelta(seconds=lease / 3)
+                    renew_at = _monotonic() + lease / 3
                 emit(request)
                 sent += 1
         except Exception:  # any emitter failure leaves the rest to the dispatcher
