@@ -516,8 +516,8 @@ def test_any_input_is_a_catalog_error(tmp_path: Path, name: str, content: bytes,
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
-        ("services: !!python/object/apply:os.system ['true']\n", "tags (!...) other than the plain types are not allowed"),
-        ("services: !!binary aGVsbG8=\n", "tags (!...) other than the plain types are not allowed"),
+        ("services: !!python/object/apply:os.system ['true']\n", "tags (!...) other than the plain types"),
+        ("services: !!binary aGVsbG8=\n", "tags (!...) other than the plain types"),
         ("x: " + "9" * 5000 + "\n", "expected exactly one key"),
         ("services:\n  - id: " + "9" * 5000 + "\n", "expected a string, got <a number of 5000 digits>"),
         ("[" * 100_000 + "]" * 100_000, "not valid YAML: nested too deeply"),
