@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -526,3 +527,60 @@ def test_a_retry_after_of_other_digits_than_ascii_is_ignored(value: str) -> None
     assert error.retry
     assert error.retry_after is None
     assert str(error) == "HTTP 503 Busy"
+
+
+# --- 5. what the catalog accepts, the client can send ------------------------------------------
+
+ODD_URLS = [
+    "http://\uff21\uff22\uff23.com/",  # full-width ABC
+    "http://\uff41.com/",
+    "http://b\u00fccher.example/",
+    "http://B\u00fccher.example/",
+    "http://\u00df.de/",
+    "http://\u2603.example/",
+    "http://h/" + "x" * 100_000,
+    "http://h/" + "x" * 3000,
+    "http://h:/",
+    "http://[::1]:/",
+    "http://h:080/",
+    "http://h:\uff18\uff10/",
+    "http://[fe80::1%25eth0]/",
+    "http://h_x.example/",
+    "http://h.example./",
+    "http://xn--zz.example/",
+    "http://a..b/",
+    "http://" + "a" * 64 + ".example/",
+]
+
+
+@pytest.mark.parametrize("url", ODD_URLS, ids=range(len(ODD_URLS)))
+def test_a_url_the_catalog_accepts_is_one_httpx_can_send(url: str) -> None:
+    try:
+        Action("hook", url=url)
+    except ValidationError as e:
+        refused: ValidationError | None = e
+    else:
+        refused = None
+    if refused is None:
+        sent = httpx.URL(url)  # raises if the client could not send it
+        assert sent.host  # decodes an IDNA name: raises if it is not a valid one
+    else:
+        assert refused.field == "url"
+        assert len(str(refused)) < 300
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://\uff21\uff22\uff23.com/", "is not a host name"),
+        ("http://h/" + "x" * 100_000, "is longer than 2048 characters"),
+        ("http://h:/", "got nothing after ':'"),
+        ("http://[::1]:/", "got nothing after ':'"),
+    ],
+)
+def test_urls_httpx_refuses_or_that_are_odd_are_refused_at_load(url: str, problem: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        Action("hook", url=url)
+    assert refused.value.field == "url"
+    assert problem in str(refused.value)
+    assert len(str(refused.value)) < 300

@@ -24,6 +24,7 @@ import math
 import os
 import re
 import stat
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeAlias, TypeVar
 
@@ -406,6 +407,8 @@ class ActionRef:
 
 
 _URL_EXPECTED: Final = "expected an http:// or https:// URL with a host"
+MAX_URL_LENGTH: Final = 2048
+"""The longest action URL accepted (a webhook URL is far shorter; many servers refuse longer)."""
 _DNS_LABEL: Final = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
@@ -418,6 +421,8 @@ def _url(_: object, __: object, value: str | None) -> None:
         return
     if not isinstance(value, str):
         raise ValidationError("url", f"{_URL_EXPECTED}, got {shown(value)}")
+    if len(value) > MAX_URL_LENGTH:
+        raise ValidationError("url", f"is longer than {MAX_URL_LENGTH} characters")
     odd = next((i for i, c in enumerate(value) if not c.isprintable() or c.isspace()), None)
     if odd is not None:  # the value is not shown: what follows a space may be anything, a secret too
         raise ValidationError("url", f"must not contain whitespace or control characters (one at character {odd + 1})")
@@ -432,9 +437,11 @@ def _url(_: object, __: object, value: str | None) -> None:
         host += bracket
         if not bracket or (port and not port.startswith(":")):
             raise ValidationError("url", f"expected [IPv6 address] or [IPv6 address]:port, got {shown(netloc)}")
-        port = port[1:]
+        sep_port, port = port[:1], port[1:]
     else:
-        host, _, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "")
+        host, sep_port, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "")
+    if sep_port and not port:
+        raise ValidationError("url", "port must be a number from 1 to 65535, got nothing after ':'")
     if port and not (port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
         raise ValidationError("url", f"port must be a number from 1 to 65535, got {shown(port)}")
     if not _is_host(host):
@@ -451,10 +458,9 @@ def _is_host(host: str) -> bool:
             return False
         return True
     name = host.lower().removesuffix(".")
-    if not name.isascii():
-        try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError:
+    if not name.isascii() or any(label.startswith("xn--") for label in name.split(".")):
+        name = _idna(name)
+        if name is None:
             return False
     labels = name.split(".")
     last = labels[-1]
@@ -468,6 +474,26 @@ def _is_host(host: str) -> bool:
             return False
         return True
     return len(name) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in labels)
+
+
+def _idna(name: str) -> str | None:
+    """``name`` in ASCII as the HTTP client will send it, or None if it cannot be.
+    The ``idna`` package (IDNA 2008, which httpx uses) when installed; else Python's
+    codec, refusing a name it would silently change (full-width letters), as httpx does.
+    An ASCII name with an ``xn--`` label is checked too: it must be a valid A-label."""
+    try:
+        import idna
+    except ImportError:  # pragma: no cover - installed with the http extra, as in the tests
+        if unicodedata.normalize("NFKC", name) != name:
+            return None
+        try:
+            return name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    try:
+        return str(idna.encode(name).decode("ascii"))
+    except idna.IDNAError:
+        return None
 
 
 _SECRET_FORMAT: Final = "expected whsec_ and base64 of at least 16 bytes, space-separated"
