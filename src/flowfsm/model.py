@@ -459,9 +459,10 @@ def _is_host(host: str) -> bool:
         return True
     name = host.lower().removesuffix(".")
     if not name.isascii() or any(label.startswith("xn--") for label in name.split(".")):
-        name = _idna(name)
-        if name is None:
+        ascii_name = _idna(name)
+        if ascii_name is None:
             return False
+        name = ascii_name
     labels = name.split(".")
     last = labels[-1]
     if last.isdigit() or (last.startswith("0x") and all(c in "0123456789abcdef" for c in last[2:])):
