@@ -207,6 +207,26 @@ def test_a_request_goes_to_its_actions_new_url_signed_with_the_new_secret(receiv
         Verifier(SECRET).verify(body, headers)
 
 
+def test_the_disabled_endpoint_check_uses_the_url_the_request_goes_to_now(receiver: Receiver, tmp_path: Path) -> None:
+    old, new = receiver.url("/old"), receiver.url("/new")
+    engine, repository = outbox_engine(tmp_path, Catalog([service(old)]))
+    created(engine, "1.0")
+    repository.disable_endpoint(old)
+    with HttpEmitter(Catalog([service(new)])) as emitter:  # moved away from the disabled url
+        assert Dispatcher(repository, emitter, retry=NO_WAIT).run_once().delivered == 1
+    assert len(receiver.bodies("/new")) == 1
+    (tmp_path / "back").mkdir()
+    engine, repository = outbox_engine(tmp_path / "back", Catalog([service(new)]))
+    created(engine, "2.0")
+    repository.disable_endpoint(old)
+    with HttpEmitter(Catalog([service(old)])) as emitter:  # moved onto the disabled url
+        assert Dispatcher(repository, emitter, retry=NO_WAIT).run_once().dead == 1
+    assert receiver.bodies("/old") == []
+    (dead,) = repository.dead_requests()
+    assert dead.attempts[-1].error == "endpoint disabled (it answered 410 Gone)"
+    assert emitter.target_url(dead.request) == old
+
+
 def test_a_410_from_an_actions_new_url_disables_that_url(receiver: Receiver, tmp_path: Path) -> None:
     engine, repository = outbox_engine(tmp_path, Catalog([service(receiver.url("/old"), secret=SECRET)]))
     created(engine)

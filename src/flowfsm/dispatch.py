@@ -303,7 +303,8 @@ class Dispatcher:
     ) -> tuple[_Result, dt.datetime | None]:
         repository = self.repository
         at = self._clock()
-        if request.action.url is not None and request.action.url in disabled:
+        url = self._target(request)
+        if url is not None and url in disabled:
             attempt = DeliveryAttempt(at, None, "endpoint disabled (it answered 410 Gone)", 0.0)
             held.let_go([request.id])
             repository.record_attempt(request.id, attempt)
@@ -322,6 +323,19 @@ class Dispatcher:
         repository.record_attempt(request.id, DeliveryAttempt(at, status, None, time.perf_counter() - start))
         repository.mark_delivered([request.id])
         return _Result.DELIVERED, None
+
+    def _target(self, request: HookRequest) -> str | None:
+        """Where ``request`` would go now: the emitter's answer if it can tell (an
+        optional ``target_url(request)``, as ``HttpEmitter`` has: the catalog may have
+        moved the action), else the URL the request was made for."""
+        target = getattr(self.emitter, "target_url", None)
+        if not callable(target):
+            return request.action.url
+        try:
+            url = target(request)
+        except Exception:  # noqa: BLE001 - an emitter's failure here is left to emit() to report
+            return request.action.url
+        return url if isinstance(url, str) else None
 
     def _failed(
         self, request: HookRequest, at: dt.datetime, duration: float, error: DeliveryError, held: _Held

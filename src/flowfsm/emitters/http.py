@@ -189,6 +189,17 @@ class HttpEmitter:
             raise DeliveryError(f"invalid url of action {action.name!r}: {_one_line(e)}", retry=False) from None
         return self._verdict(response, url)
 
+    def target_url(self, request: HookRequest) -> str | None:
+        """The URL ``request`` would be sent to now (its action's current ``url``), or
+        None if it would not be sent. The ``Dispatcher`` checks it against disabled
+        endpoints before a call, rather than the URL the request was made for."""
+        if request.action.url is None:
+            return None
+        try:
+            return self._current_action(request).url
+        except DeliveryError:
+            return None
+
     def _current_action(self, request: HookRequest) -> Action:
         """The request's action as the catalog has it now: where and how to deliver.
 
