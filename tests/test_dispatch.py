@@ -203,6 +203,8 @@ def spy(inner: Repository, **before: Callable[..., None]) -> Repository:
         (10**400, 3600.0),
         (float("nan"), 30.0),
         (-1.0, 30.0),
+        (0.0, 30.0),  # Retry-After: 0 (or a date past) never shortens the policy's backoff
+        (5.0, 30.0),
         (90.0, 90.0),
     ],
 )
@@ -413,13 +415,35 @@ def test_the_dispatcher_checks_its_settings() -> None:
         ("poll_interval", {"poll_interval": 0.0}),
         ("max_retry_after", {"max_retry_after": math.inf}),
         ("max_retry_after", {"max_retry_after": -1.0}),
+        ("lease", {"lease": "5"}),
+        ("lease", {"lease": True}),
+        ("batch", {"batch": math.nan}),
+        ("batch", {"batch": 2.5}),
+        ("batch", {"batch": True}),
+        ("concurrency", {"concurrency": math.nan}),
+        ("concurrency", {"concurrency": "2"}),
+        ("poll_interval", {"poll_interval": None}),
+        ("max_retry_after", {"max_retry_after": "60"}),
     ]:
         with pytest.raises(ValidationError) as error:
             Dispatcher(repository, emitter, **kwargs)  # type: ignore[arg-type]  # each a float or an int
         assert error.value.field == field
-    with pytest.raises(ValidationError) as policy_error:
-        RetryPolicy(delays=(5.0, math.inf))
-    assert policy_error.value.field == "delays"
+    for field, settings in [
+        ("delays", {"delays": (5.0, math.inf)}),
+        ("delays", {"delays": "5"}),
+        ("delays", {"delays": (5.0, "30")}),
+        ("delays", {"delays": (math.nan,)}),
+        ("delays", {"delays": (True,)}),
+        ("max_attempts", {"max_attempts": math.nan}),
+        ("max_attempts", {"max_attempts": 1.5}),
+        ("max_attempts", {"max_attempts": True}),
+        ("max_attempts", {"max_attempts": "3"}),
+        ("jitter", {"jitter": math.nan}),
+        ("jitter", {"jitter": "0.1"}),
+    ]:
+        with pytest.raises(ValidationError) as policy_error:
+            RetryPolicy(**settings)  # type: ignore[arg-type]  # each of the wrong type or range
+        assert policy_error.value.field == field
 
 
 def test_a_failed_outbox_check_leaves_the_committed_trigger_to_the_dispatcher() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import math
 import socket
 import threading
 import time
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -205,6 +207,26 @@ def test_a_request_goes_to_its_actions_new_url_signed_with_the_new_secret(receiv
         Verifier(SECRET).verify(body, headers)
 
 
+def test_the_disabled_endpoint_check_uses_the_url_the_request_goes_to_now(receiver: Receiver, tmp_path: Path) -> None:
+    old, new = receiver.url("/old"), receiver.url("/new")
+    engine, repository = outbox_engine(tmp_path, Catalog([service(old)]))
+    created(engine, "1.0")
+    repository.disable_endpoint(old)
+    with HttpEmitter(Catalog([service(new)])) as emitter:  # moved away from the disabled url
+        assert Dispatcher(repository, emitter, retry=NO_WAIT).run_once().delivered == 1
+    assert len(receiver.bodies("/new")) == 1
+    (tmp_path / "back").mkdir()
+    engine, repository = outbox_engine(tmp_path / "back", Catalog([service(new)]))
+    created(engine, "2.0")
+    repository.disable_endpoint(old)
+    with HttpEmitter(Catalog([service(old)])) as emitter:  # moved onto the disabled url
+        assert Dispatcher(repository, emitter, retry=NO_WAIT).run_once().dead == 1
+    assert receiver.bodies("/old") == []
+    (dead,) = repository.dead_requests()
+    assert dead.attempts[-1].error == "endpoint disabled (it answered 410 Gone)"
+    assert emitter.target_url(dead.request) == old
+
+
 def test_a_410_from_an_actions_new_url_disables_that_url(receiver: Receiver, tmp_path: Path) -> None:
     engine, repository = outbox_engine(tmp_path, Catalog([service(receiver.url("/old"), secret=SECRET)]))
     created(engine)
@@ -300,6 +322,12 @@ def test_an_unsigned_action_stays_unsigned_until_it_gains_a_secret(receiver: Rec
         ("[::ffff:169.254.169.254]", "is link-local"),
         ("[::ffff:0.0.0.0]", "is unspecified"),
         ("100.100.100.200", "100.100.100.200 is cloud metadata"),
+        ("[64:ff9b::a9fe:a9fe]", "is link-local"),  # NAT64, well-known prefix
+        ("[64:ff9b:1::a9fe:a9fe]", "is link-local"),  # NAT64, local-use prefix (/96 layout)
+        ("[::a9fe:a9fe]", "is link-local"),  # IPv4-compatible
+        ("[2002:a9fe:a9fe::1]", "is link-local"),  # 6to4
+        ("[2001:0:a9fe:a9fe::5601:5601]", "is link-local"),  # Teredo server
+        ("[2001:0:4136:e378:8000:63bf:5601:5601]", "is link-local"),  # Teredo client
     ],
 )
 def test_metadata_link_local_and_unspecified_addresses_are_refused_before_connecting(
@@ -315,6 +343,29 @@ def test_metadata_link_local_and_unspecified_addresses_are_refused_before_connec
     assert SECRET.removeprefix("whsec_") not in str(error)
     assert connections == []
     assert receiver.received == []
+
+
+@pytest.mark.parametrize("host", ["[::1]", "[::]"])
+def test_the_ipv4_compatible_form_leaves_loopback_and_unspecified_to_their_own_rules(
+    connections: list[Any], host: str
+) -> None:
+    """``::1`` and ``::`` are not IPv4-compatible addresses of 0.0.0.1 and 0.0.0.0."""
+    rules = AddressRules()
+    address = ipaddress.ip_address(host.strip("[]"))
+    assert rules.refusal(address) == (None if host == "[::1]" else "unspecified")
+    assert AddressRules("strict").refusal(address) == ("loopback" if host == "[::1]" else "unspecified")
+    assert connections == []
+
+
+def test_strict_mode_refuses_deprecated_site_local_ipv6(connections: list[Any]) -> None:
+    catalog = Catalog([service("http://[fec0::1]/hooks")])
+    with HttpEmitter(catalog, address_policy="strict") as emitter:
+        error = failure(emitter, one_request(catalog))
+    assert str(error).startswith("host 'fec0::1' is refused: ")
+    assert "site-local" in str(error)
+    assert not error.retry
+    assert connections == []
+    assert AddressRules().refusal(ipaddress.ip_address("fec0::1")) is None  # the default policy admits it
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]"])
@@ -438,9 +489,118 @@ def test_allowed_hosts_may_name_ports(receiver: Receiver) -> None:
         ({"allowed_hosts": "hooks.example"}, "allowed_hosts"),
         ({"address_policy": "paranoid"}, "address_policy"),
         ({"allowed_networks": ["10.0.0.0/33"]}, "allowed_networks[0]"),
+        ({"allowed_hosts": [b"localhost"]}, "allowed_hosts[0]"),
+        ({"allowed_hosts": [None]}, "allowed_hosts[0]"),
+        ({"allowed_hosts": ["local host"]}, "allowed_hosts[0]"),
+        ({"allowed_hosts": ["*.example.com"]}, "allowed_hosts[0]"),
+        ({"allowed_hosts": ["localhost:\uff18\uff10"]}, "allowed_hosts[0]"),
+        ({"allowed_hosts": ["localhost:"]}, "allowed_hosts[0]"),
+        ({"allowed_hosts": ["hooks.example", "x/y"]}, "allowed_hosts[1]"),
+        ({"timeout": math.nan}, "timeout"),
+        ({"timeout": math.inf}, "timeout"),
+        ({"timeout": 1e308}, "timeout"),
+        ({"timeout": None}, "timeout"),
+        ({"timeout": "5"}, "timeout"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": -1}, "timeout"),
+        ({"timeout": True}, "timeout"),
+        ({"max_response_bytes": 0}, "max_response_bytes"),
+        ({"max_response_bytes": 1.5}, "max_response_bytes"),
+        ({"max_response_bytes": "65536"}, "max_response_bytes"),
+        ({"max_response_bytes": math.nan}, "max_response_bytes"),
     ],
 )
 def test_bad_options_are_refused_when_the_emitter_is_made(options: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as bad:
         HttpEmitter(Catalog(), **options)
     assert bad.value.field == field
+
+
+# --- 4. what a receiver answers ----------------------------------------------------------------
+
+
+def answered(head: bytes) -> DeliveryError:
+    """The error of one delivery to a receiver on 127.0.0.1 answering ``head`` (no body)."""
+    receiver = Dripper(head + b"\r\ncontent-length: 0\r\n\r\n", b"")
+    try:
+        catalog = Catalog([service(receiver.url("/hooks"))])
+        with HttpEmitter(catalog) as emitter:
+            return failure(emitter, one_request(catalog))
+    finally:
+        receiver.close()
+
+
+def test_a_receivers_reason_phrase_is_bounded_and_free_of_control_characters() -> None:
+    error = answered(b"HTTP/1.1 503 [bold]X\x1b[31m\xe2\x80\xae" + b"A" * 60_000)
+    assert error.retry
+    assert error.status_code == 503
+    assert str(error).startswith("HTTP 503 [bold]X?[31m")
+    assert len(str(error)) <= 120
+    assert str(error).endswith("…")
+    assert "\x1b" not in str(error)
+    assert str(error).isprintable()
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u00b9\u00b2\u00b3", "1\u00b2"])
+def test_a_retry_after_of_other_digits_than_ascii_is_ignored(value: str) -> None:
+    error = answered(b"HTTP/1.1 503 Busy\r\nretry-after: " + value.encode("latin-1"))
+    assert error.retry
+    assert error.retry_after is None
+    assert str(error) == "HTTP 503 Busy"
+
+
+# --- 5. what the catalog accepts, the client can send ------------------------------------------
+
+ODD_URLS = [
+    "http://\uff21\uff22\uff23.com/",  # full-width ABC
+    "http://\uff41.com/",
+    "http://b\u00fccher.example/",
+    "http://B\u00fccher.example/",
+    "http://\u00df.de/",
+    "http://\u2603.example/",
+    "http://h/" + "x" * 100_000,
+    "http://h/" + "x" * 3000,
+    "http://h:/",
+    "http://[::1]:/",
+    "http://h:080/",
+    "http://h:\uff18\uff10/",
+    "http://[fe80::1%25eth0]/",
+    "http://h_x.example/",
+    "http://h.example./",
+    "http://xn--zz.example/",
+    "http://a..b/",
+    "http://" + "a" * 64 + ".example/",
+]
+
+
+@pytest.mark.parametrize("url", ODD_URLS, ids=range(len(ODD_URLS)))
+def test_a_url_the_catalog_accepts_is_one_httpx_can_send(url: str) -> None:
+    try:
+        Action("hook", url=url)
+    except ValidationError as e:
+        refused: ValidationError | None = e
+    else:
+        refused = None
+    if refused is None:
+        sent = httpx.URL(url)  # raises if the client could not send it
+        assert sent.host  # decodes an IDNA name: raises if it is not a valid one
+    else:
+        assert refused.field == "url"
+        assert len(str(refused)) < 300
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://\uff21\uff22\uff23.com/", "is not a host name"),
+        ("http://h/" + "x" * 100_000, "is longer than 2048 characters"),
+        ("http://h:/", "got nothing after ':'"),
+        ("http://[::1]:/", "got nothing after ':'"),
+    ],
+)
+def test_urls_httpx_refuses_or_that_are_odd_are_refused_at_load(url: str, problem: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        Action("hook", url=url)
+    assert refused.value.field == "url"
+    assert problem in str(refused.value)
+    assert len(str(refused.value)) < 300

@@ -11,11 +11,12 @@ No message shows a secret, and none quotes the file's text.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any, Final
 
 from flowfsm.errors import CatalogError, UnknownService, ValidationError, bounded, shown
-from flowfsm.model import Action, Service
+from flowfsm.model import Action, Service, read_regular_file
 
 __all__ = ["MAX_CATALOG_BYTES", "Catalog", "unknown_strategy"]
 
@@ -93,7 +94,7 @@ class Catalog:
             services = structure(data["services"], list[Service])
         except ValidationError as e:
             path = "$.services" + e.field.removeprefix("$")
-            raise CatalogError(source, path, e.message) from e
+            raise CatalogError(source, path, _redacted_in_actions(path, e.message)) from e
         try:
             catalog = cls(services, source=source)
         except ValidationError as e:
@@ -123,6 +124,18 @@ class Catalog:
         return cls.from_dict(data, source=source, strategies=strategies)
 
 
+_ACTION_LEVEL: Final = re.compile(r"\.actions(\[\d+\])?$")
+_QUOTED: Final = re.compile(r"""'(?:[^'\\]|\\.)*'?|"(?:[^"\\]|\\.)*"?""")
+
+
+def _redacted_in_actions(path: str, message: str) -> str:
+    """``message`` about ``actions`` or one action as a whole (an unknown key, a
+    value of the wrong type) with every quoted value redacted: whatever is there may
+    be a secret put in the wrong place. Messages about an action's fields (``url``,
+    ``secret``) are written not to show one, and stay as they are."""
+    return _QUOTED.sub("<redacted>", message) if _ACTION_LEVEL.search(path) else message
+
+
 def unknown_strategy(service: Service, known: Collection[str], catalog: object = None) -> ValidationError:
     """The error for ``service`` naming a failure strategy not in ``known``: one rule
     for ``Catalog.from_file(strategies=...)``, ``flowfsm catalog validate`` (which
@@ -144,11 +157,11 @@ def unknown_strategy(service: Service, known: Collection[str], catalog: object =
 
 
 def _read(source: str) -> str:
-    """The file's text: at most ``MAX_CATALOG_BYTES`` are read, so a huge or endless
-    file (``/dev/zero``) is refused rather than exhausting memory."""
+    """The file's text: a regular file only (a FIFO would block, ``/dev/zero`` never
+    end), at most ``MAX_CATALOG_BYTES``; a leading byte order mark is dropped, in
+    every format."""
     try:
-        with open(source, "rb") as file:
-            raw = file.read(MAX_CATALOG_BYTES + 1)
+        raw = read_regular_file(source, MAX_CATALOG_BYTES)
     except OSError as e:
         raise CatalogError(source, "$", f"cannot read: {e.strerror or type(e).__name__}") from e
     if len(raw) > MAX_CATALOG_BYTES:
@@ -200,7 +213,7 @@ def _parse_json(source: str, text: str) -> Any:
     duplicate = _JsonObject.first_duplicate(data)
     if duplicate:
         path, key = duplicate
-        raise CatalogError(source, path, f"duplicate key {shown(key)}")
+        raise CatalogError(source, path, f"duplicate key {_key_shown(key)}")
     return data
 
 
@@ -297,6 +310,19 @@ def _parse_yaml(source: str, text: str) -> Any:
 
 
 _LOADER: type[Any] | None = None
+# Explicit tags a catalog may use (None: no tag; "!": the non-specific one, a string).
+_YAML_TAGS: Final = frozenset(
+    {None, "!"} | {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map")}
+)
+# Keys a catalog has: a duplicate one is named; another (a secret put as a key?) is not.
+_CATALOG_KEYS: Final = frozenset(
+    {"services", "id", "artifacts", "pipeline", "name", "environments", "promotions", "failureStrategy"}
+    | {"webhooks", "event", "actions", "url", "secret", "env", "file"}
+)
+
+
+def _key_shown(key: object) -> str:
+    return shown(key) if isinstance(key, str) and key in _CATALOG_KEYS else "(one that is not a catalog key)"
 
 
 def _yaml_loader() -> type[Any]:
@@ -316,11 +342,24 @@ def _yaml_loader() -> type[Any]:
     class CatalogLoader(yaml.SafeLoader):
         def compose_node(self, parent: Node | None, index: int) -> Node | None:
             event: Event = self.peek_event()  # type: ignore[no-untyped-call]  # the stubs leave it untyped
+            mark = event.start_mark if isinstance(event.start_mark, Mark) else None  # always, in Python
             if isinstance(event, AliasEvent) or getattr(event, "anchor", None) is not None:
                 problem = "anchors and aliases (& and *) are not allowed in a catalog"
-                mark = event.start_mark if isinstance(event.start_mark, Mark) else None  # always, in Python
                 raise ComposerError(None, None, problem, mark)
+            if getattr(event, "tag", None) not in _YAML_TAGS:  # the tag is not shown: it may be a secret
+                raise ComposerError(None, None, "tags (!...) other than the plain types are not allowed", mark)
             return super().compose_node(parent, index)
+
+        def construct_object(self, node: Node, deep: bool = False) -> Any:
+            """Any failure to construct a value (``!!int`` on a word: ValueError
+            quoting it) becomes a YAML error saying where, never what."""
+            try:
+                return super().construct_object(node, deep)
+            except (yaml.YAMLError, RecursionError):
+                raise
+            except Exception:  # noqa: BLE001 - whatever a constructor raises, its message may quote the value
+                problem = "a value does not match its tag"
+                raise ConstructorError(None, None, problem, node.start_mark) from None
 
         def flatten_mapping(self, node: MappingNode) -> None:
             for key_node, _ in node.value:
@@ -335,7 +374,8 @@ def _yaml_loader() -> type[Any]:
                 for key_node, _ in node.value:
                     key = self.construct_object(key_node, deep)
                     if key in seen:
-                        raise ConstructorError(None, None, f"duplicate key {shown(key)}", key_node.start_mark)
+                        problem = f"duplicate key {_key_shown(key)}"
+                        raise ConstructorError(None, None, problem, key_node.start_mark)
                     seen.append(key)
             return mapping
 

@@ -62,17 +62,28 @@ class RetryPolicy:
     jitter: float = 0.2
 
     def __attrs_post_init__(self) -> None:
-        if not self.delays or not all(0 <= d <= MAX_WAIT for d in self.delays):
+        delays_ok = isinstance(self.delays, tuple | list) and all(_is_number(d) for d in self.delays)
+        if not delays_ok or not self.delays or not all(0 <= d <= MAX_WAIT for d in self.delays):
             raise ValidationError("delays", f"needs at least one delay, each from 0 to {MAX_WAIT:g} s")
-        if self.max_attempts < 1:
-            raise ValidationError("max_attempts", "must be at least 1")
-        if not 0 <= self.jitter < 1:
+        if not _is_whole(self.max_attempts) or self.max_attempts < 1:
+            raise ValidationError("max_attempts", "must be a whole number, at least 1")
+        if not _is_number(self.jitter) or not 0 <= self.jitter < 1:
             raise ValidationError("jitter", "must be in [0, 1)")
 
     def delay(self, attempts: int, rng: Callable[[], float] = random.random) -> float:
         """Seconds to wait after the ``attempts``-th failed attempt."""
         base = self.delays[min(attempts, len(self.delays)) - 1]
         return base * (1 + self.jitter * (2 * rng() - 1))
+
+
+def _is_number(value: object) -> bool:
+    """A real number (an int or a float; a bool is not one), NaN excluded."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _is_whole(value: object) -> bool:
+    """A count: an int (a bool, a float or NaN is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @attrs.frozen
@@ -176,15 +187,15 @@ class Dispatcher:
         policy. ``concurrency``: flows delivered at once (each flow's requests still
         go one after another, in order). ``max_retry_after``: the longest a
         receiver's ``Retry-After`` is honoured (one hour); a longer one waits that."""
-        if concurrency < 1:
-            raise ValidationError("concurrency", "must be at least 1")
-        if batch < 1:
-            raise ValidationError("batch", "must be at least 1")
-        if not 0 < lease <= MAX_WAIT:
+        if not _is_whole(concurrency) or concurrency < 1:
+            raise ValidationError("concurrency", "must be a whole number, at least 1")
+        if not _is_whole(batch) or batch < 1:
+            raise ValidationError("batch", "must be a whole number, at least 1")
+        if not _is_number(lease) or not 0 < lease <= MAX_WAIT:
             raise ValidationError("lease", f"must be more than 0 and at most {MAX_WAIT:g} s")
-        if not 0 < poll_interval <= MAX_WAIT:
+        if not _is_number(poll_interval) or not 0 < poll_interval <= MAX_WAIT:
             raise ValidationError("poll_interval", f"must be more than 0 and at most {MAX_WAIT:g} s")
-        if not 0 <= max_retry_after <= MAX_WAIT:
+        if not _is_number(max_retry_after) or not 0 <= max_retry_after <= MAX_WAIT:
             raise ValidationError("max_retry_after", f"must be from 0 to {MAX_WAIT:g} s")
         self.repository = repository
         self.emitter = emitter
@@ -292,7 +303,8 @@ class Dispatcher:
     ) -> tuple[_Result, dt.datetime | None]:
         repository = self.repository
         at = self._clock()
-        if request.action.url is not None and request.action.url in disabled:
+        url = self._target(request)
+        if url is not None and url in disabled:
             attempt = DeliveryAttempt(at, None, "endpoint disabled (it answered 410 Gone)", 0.0)
             held.let_go([request.id])
             repository.record_attempt(request.id, attempt)
@@ -311,6 +323,19 @@ class Dispatcher:
         repository.record_attempt(request.id, DeliveryAttempt(at, status, None, time.perf_counter() - start))
         repository.mark_delivered([request.id])
         return _Result.DELIVERED, None
+
+    def _target(self, request: HookRequest) -> str | None:
+        """Where ``request`` would go now: the emitter's answer if it can tell (an
+        optional ``target_url(request)``, as ``HttpEmitter`` has: the catalog may have
+        moved the action), else the URL the request was made for."""
+        target = getattr(self.emitter, "target_url", None)
+        if not callable(target):
+            return request.action.url
+        try:
+            url = target(request)
+        except Exception:  # noqa: BLE001 - an emitter's failure here is left to emit() to report
+            return request.action.url
+        return url if isinstance(url, str) else None
 
     def _failed(
         self, request: HookRequest, at: dt.datetime, duration: float, error: DeliveryError, held: _Held
@@ -348,11 +373,14 @@ class Dispatcher:
 
     def _delay(self, error: DeliveryError, attempts: int) -> float:
         """The receiver's ``Retry-After`` (at most ``max_retry_after``), if it gave a
-        usable one; else the retry policy's delay."""
+        usable one, but never less than the retry policy's delay: a ``Retry-After: 0``
+        (or a date in the past) may lengthen the backoff, never skip it, so a receiver
+        cannot burn every attempt of a request at once."""
+        policy = self.retry.delay(attempts)
         after = error.retry_after
         if after is None or (isinstance(after, float) and math.isnan(after)) or after < 0:
-            return self.retry.delay(attempts)
-        return float(min(after, self.max_retry_after))
+            return policy
+        return max(policy, float(min(after, self.max_retry_after)))
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Deliver until ``stop`` is set, polling every ``poll_interval`` seconds

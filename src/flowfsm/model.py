@@ -17,11 +17,15 @@ Enum values are the JSON spellings of the contract (``notStarted``,
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import enum
+import errno
 import math
 import os
 import re
+import stat
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeAlias, TypeVar
 
@@ -401,6 +405,8 @@ class ActionRef:
 
 
 _URL_EXPECTED: Final = "expected an http:// or https:// URL with a host"
+MAX_URL_LENGTH: Final = 2048
+"""The longest action URL accepted (a webhook URL is far shorter; many servers refuse longer)."""
 _DNS_LABEL: Final = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
@@ -413,8 +419,11 @@ def _url(_: object, __: object, value: str | None) -> None:
         return
     if not isinstance(value, str):
         raise ValidationError("url", f"{_URL_EXPECTED}, got {shown(value)}")
-    if not value.isprintable() or any(c.isspace() for c in value):
-        raise ValidationError("url", f"must not contain whitespace or control characters, got {shown(value)}")
+    if len(value) > MAX_URL_LENGTH:
+        raise ValidationError("url", f"is longer than {MAX_URL_LENGTH} characters")
+    odd = next((i for i, c in enumerate(value) if not c.isprintable() or c.isspace()), None)
+    if odd is not None:  # the value is not shown: what follows a space may be anything, a secret too
+        raise ValidationError("url", f"must not contain whitespace or control characters (one at character {odd + 1})")
     scheme, sep, rest = value.partition("://")
     netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
     if not sep or scheme.lower() not in ("http", "https") or not netloc:
@@ -426,9 +435,11 @@ def _url(_: object, __: object, value: str | None) -> None:
         host += bracket
         if not bracket or (port and not port.startswith(":")):
             raise ValidationError("url", f"expected [IPv6 address] or [IPv6 address]:port, got {shown(netloc)}")
-        port = port[1:]
+        sep_port, port = port[:1], port[1:]
     else:
-        host, _, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "")
+        host, sep_port, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "")
+    if sep_port and not port:
+        raise ValidationError("url", "port must be a number from 1 to 65535, got nothing after ':'")
     if port and not (port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
         raise ValidationError("url", f"port must be a number from 1 to 65535, got {shown(port)}")
     if not _is_host(host):
@@ -445,11 +456,11 @@ def _is_host(host: str) -> bool:
             return False
         return True
     name = host.lower().removesuffix(".")
-    if not name.isascii():
-        try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError:
+    if not name.isascii() or any(label.startswith("xn--") for label in name.split(".")):
+        ascii_name = _idna(name)
+        if ascii_name is None:
             return False
+        name = ascii_name
     labels = name.split(".")
     last = labels[-1]
     if last.isdigit() or (last.startswith("0x") and all(c in "0123456789abcdef" for c in last[2:])):
@@ -464,8 +475,29 @@ def _is_host(host: str) -> bool:
     return len(name) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in labels)
 
 
+def _idna(name: str) -> str | None:
+    """``name`` in ASCII as the HTTP client will send it, or None if it cannot be.
+    The ``idna`` package (IDNA 2008, which httpx uses) when installed; else Python's
+    codec, refusing a name it would silently change (full-width letters), as httpx does.
+    An ASCII name with an ``xn--`` label is checked too: it must be a valid A-label."""
+    try:
+        import idna
+    except ImportError:  # pragma: no cover - installed with the http extra, as in the tests
+        if unicodedata.normalize("NFKC", name) != name:
+            return None
+        try:
+            return name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    try:
+        return str(idna.encode(name).decode("ascii"))
+    except idna.IDNAError:
+        return None
+
+
 _SECRET_FORMAT: Final = "expected whsec_ and base64 of at least 16 bytes, space-separated"
 _SECRET_FILE_LIMIT: Final = 64 * 1024
+_ENV_NAME: Final = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 
 
 def _secret_problem(value: str) -> str | None:
@@ -494,12 +526,18 @@ def _resolve_secret(value: str | Mapping[str, str] | None) -> str | None:
             "secret", f"expected a string or a reference (env: NAME or file: PATH), got a {type(value).__name__}"
         )
     if len(value) != 1 or next(iter(value)) not in ("env", "file"):
-        keys = ", ".join(shown(key) for key in list(value)[:5])
-        raise ValidationError("secret", f"a reference has one key, 'env' or 'file', got {keys or 'none'}")
+        # other keys are counted, not shown: `secret: {hunter2}` in YAML is a key
+        known = [repr(key) for key in value if key in ("env", "file")]
+        others = len(value) - len(known)
+        got = ", ".join(known + ([f"{others} other key{'s' * (others > 1)}"] if others else [])) or "none"
+        raise ValidationError("secret", f"a reference has one key, 'env' or 'file', got {got}")
     ((kind, name),) = value.items()
     if not isinstance(name, str) or not name.strip() or "\0" in name:
         raise ValidationError("secret", f"{kind!r} must name a {'variable' if kind == 'env' else 'file'}")
-    where = f"environment variable {shown(name)}" if kind == "env" else f"secret file {shown(name)}"
+    if kind == "env":  # a name in the usual shape is shown; anything else may be a secret put there
+        where = f"environment variable {shown(name) if _ENV_NAME.fullmatch(name) else '<redacted>'}"
+    else:
+        where = f"secret file {shown(name)}"
     text = os.environ.get(name) if kind == "env" else _read_secret_file(name, where)
     if text is None:
         raise ValidationError("secret", f"{where} is not set")
@@ -512,10 +550,33 @@ def _resolve_secret(value: str | Mapping[str, str] | None) -> str | None:
     return text
 
 
+def read_regular_file(path: str, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of the regular file at ``path`` (so a caller can
+    tell a file over ``limit``), a leading UTF-8 byte order mark removed. Anything
+    else (a FIFO, a device such as ``/dev/zero``, a socket, a folder) raises
+    ``OSError`` before a byte is read; the open itself never blocks (``O_NONBLOCK``:
+    a FIFO without a writer would wait forever). One rule for catalog and secret files."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory")
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+            raise OSError(errno.EINVAL, f"not a regular file ({kind})")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as file:
+            fd = -1  # the file object owns it now
+            data = file.read(limit + 1)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return data.removeprefix(codecs.BOM_UTF8)
+
+
 def _read_secret_file(path: str, where: str) -> str:
     try:
-        with open(path, "rb") as file:
-            data = file.read(_SECRET_FILE_LIMIT + 1)
+        data = read_regular_file(path, _SECRET_FILE_LIMIT)
     except OSError as e:
         raise ValidationError("secret", f"cannot read {where}: {e.strerror or type(e).__name__}") from None
     if len(data) > _SECRET_FILE_LIMIT:

@@ -19,6 +19,7 @@ Imported when an ``HttpEmitter`` is made: it needs httpx (the ``http`` extra).
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import threading
 import time
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Final, Literal
 import httpcore
 import httpx
 
-from flowfsm.errors import DeliveryError, ValidationError
+from flowfsm.errors import DeliveryError, ValidationError, shown
 
 if TYPE_CHECKING:
     import ssl
@@ -53,17 +54,32 @@ ALWAYS_REFUSED: Final = tuple(
         ("fd00:ec2::254/128", "cloud metadata"),  # AWS over IPv6
     )
 )
-# IPv6 forms that carry an IPv4 address the connection ends up at.
-_NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
+# IPv6 forms that carry an IPv4 address the connection may end up at.
+# NAT64 (RFC 6052) well-known prefix, and the local-use ones (RFC 8215), judged by their
+# last 32 bits: the /96 layout. (Reading every RFC 6052 layout would misjudge ordinary
+# /96 addresses: 64:ff9b:1::8.8.8.8 read as a /48 one carries 0.0.0.0.)
+_NAT64: Final = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 
 
-def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return address.ipv4_mapped
-        if address in _NAT64:
-            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return None
+def _embedded_ipv4(address: IPAddress) -> tuple[ipaddress.IPv4Address, ...]:
+    """Every IPv4 address ``address`` may carry: IPv4-mapped, IPv4-compatible
+    (``::a.b.c.d``, not ``::`` or ``::1``), NAT64 (well-known and local-use prefixes),
+    6to4, and Teredo (server and client). Each is judged as the address itself would be."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return ()
+    value = int(address)
+    found: list[ipaddress.IPv4Address] = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if value >> 32 == 0 and value > 1:
+        found.append(ipaddress.IPv4Address(value))
+    if any(address in prefix for prefix in _NAT64):
+        found.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    return tuple(dict.fromkeys(found))
 
 
 class AddressRules:
@@ -73,8 +89,9 @@ class AddressRules:
     private networks are normal); ``"strict"`` also refuses every address that is not
     globally routable: loopback, private, shared (CGNAT), multicast, reserved,
     documentation ranges. ``allowed_networks`` admits addresses either would refuse.
-    An IPv6 address carrying an IPv4 one (``::ffff:a.b.c.d``, NAT64) is judged as both,
-    the IPv4 one first.
+    An IPv6 address carrying an IPv4 one (``::ffff:a.b.c.d``, ``::a.b.c.d``, NAT64,
+    6to4, Teredo) is judged as each, the IPv4 ones first. ``"strict"`` also refuses
+    deprecated site-local IPv6 (``fec0::/10``).
     """
 
     __slots__ = ("allowed", "policy")
@@ -94,21 +111,29 @@ class AddressRules:
 
     def refusal(self, address: IPAddress) -> str | None:
         """Why ``address`` is refused (``"link-local"``, ``"loopback"``, ...), or None."""
-        embedded = _embedded_ipv4(address)
-        forms = (address,) if embedded is None else (embedded, address)  # the IPv4 one is where it goes
+        forms = (*_embedded_ipv4(address), address)  # an embedded IPv4 one is where it goes
         if any(form in network for form in forms for network in self.allowed):
             return None
         for form in forms:
-            for network, why in ALWAYS_REFUSED:
-                if form in network:
-                    return why
-            if self.policy == "strict" and (form.is_multicast or not form.is_global):
-                if form.is_loopback:
-                    return "loopback"
-                if form.is_multicast:
-                    return "multicast"
-                return "private" if form.is_private else "not globally routable"
+            why = next((why for network, why in ALWAYS_REFUSED if form in network), None)
+            if why is None and self.policy == "strict":
+                why = _not_global(form)
+            if why is not None:
+                return why
         return None
+
+
+def _not_global(address: IPAddress) -> str | None:
+    """Why strict refuses ``address``: not globally routable (or deprecated site-local)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
+        return "site-local"
+    if address.is_global and not address.is_multicast:
+        return None
+    if address.is_loopback:
+        return "loopback"
+    if address.is_multicast:
+        return "multicast"
+    return "private" if address.is_private else "not globally routable"
 
 
 def system_resolver(host: str, port: int) -> list[str]:
@@ -372,9 +397,26 @@ def parse_host_entry(entry: str) -> tuple[str, int | None]:
         host = entry
     if not host:
         raise ValueError("no host")
-    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+    if port is not None and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         raise ValueError("bad port")
-    return _normal_host(host), int(port) if port is not None else None
+    try:
+        normal = _normal_host(host)
+    except httpx.InvalidURL:
+        normal = ""
+    if not _HOST_NAME.fullmatch(normal) and not _is_ip(normal):  # it could never match a URL's host
+        raise ValueError("not a host name or an IP address")
+    return normal, int(port) if port is not None else None
+
+
+_HOST_NAME: Final = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def host_entries(entries: Iterable[str]) -> dict[str, frozenset[int]]:
@@ -384,10 +426,12 @@ def host_entries(entries: Iterable[str]) -> dict[str, frozenset[int]]:
     ports: dict[str, set[int]] = {}
     any_port: set[str] = set()
     for i, entry in enumerate(entries):
+        if not isinstance(entry, str):
+            raise ValidationError(f"allowed_hosts[{i}]", f"expected a string, got a {type(entry).__name__}")
         try:
             host, port = parse_host_entry(entry)
-        except (AttributeError, ValueError) as e:  # AttributeError: not a string
-            message = f"expected host, host:port or [v6]:port, got {entry!r} ({e})"
+        except ValueError as e:
+            message = f"expected host, host:port or [v6]:port, got {shown(entry)} ({e})"
             raise ValidationError(f"allowed_hosts[{i}]", message) from None
         ports.setdefault(host, set())
         if port is None:

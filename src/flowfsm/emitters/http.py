@@ -33,12 +33,14 @@ import email.utils
 import hashlib
 import hmac
 import json
+import math
 import time
+import unicodedata
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Final
 
 from flowfsm.converter import converter
-from flowfsm.errors import DeliveryError, UnknownService
+from flowfsm.errors import DeliveryError, UnknownService, ValidationError
 from flowfsm.model import Action, HookRequest
 from flowfsm.protocols import ServiceCatalog
 
@@ -52,6 +54,12 @@ if TYPE_CHECKING:
 __all__ = ["HttpEmitter", "cloud_event", "sign", "webhook_headers"]
 
 CONTENT_TYPE: Final = "application/cloudevents+json"
+MAX_TIMEOUT: Final = 86_400.0
+"""The longest ``timeout`` accepted: one day."""
+MAX_RESPONSE_BYTES: Final = 1024 * 1024 * 1024
+"""The largest ``max_response_bytes`` accepted."""
+REASON_LIMIT: Final = 100
+"""The longest reason phrase (or other receiver text) kept in an error."""
 
 
 def cloud_event(request: HookRequest, source: str) -> dict[str, Any]:
@@ -120,9 +128,15 @@ class HttpEmitter:
             from flowfsm.emitters import _transport
         except ImportError as e:  # pragma: no cover - the extra is installed for the tests
             raise ImportError("HttpEmitter needs the 'http' extra: pip install flowfsm[http]") from e
+        if not _is_number(timeout) or not 0 < timeout <= MAX_TIMEOUT:
+            raise ValidationError("timeout", f"must be a number of seconds, more than 0 and at most {MAX_TIMEOUT:g}")
+        if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int):
+            raise ValidationError("max_response_bytes", "must be a whole number of bytes")
+        if not 1 <= max_response_bytes <= MAX_RESPONSE_BYTES:
+            raise ValidationError("max_response_bytes", f"must be from 1 to {MAX_RESPONSE_BYTES}")
         self.catalog = catalog
         self.source = source
-        self.timeout = timeout
+        self.timeout = float(timeout)
         self.allowed_hosts = None if allowed_hosts is None else _transport.host_entries(allowed_hosts)
         self.max_response_bytes = max_response_bytes
         backend = _transport.GuardedBackend(_transport.AddressRules(address_policy, allowed_networks), resolver)
@@ -169,11 +183,22 @@ class HttpEmitter:
                 self._drain(response)
         except httpx.TimeoutException:
             raise DeliveryError(f"timed out after {self.timeout:g} s") from None
-        except httpx.HTTPError as e:
-            raise DeliveryError(f"{type(e).__name__}: {_one_line(e)}") from None
+        except httpx.HTTPError as e:  # its message may quote what the receiver sent
+            raise DeliveryError(f"{type(e).__name__}: {_receiver_text(_one_line(e), 2 * REASON_LIMIT)}") from None
         except httpx.InvalidURL as e:  # the message names the part at fault, not the whole url
             raise DeliveryError(f"invalid url of action {action.name!r}: {_one_line(e)}", retry=False) from None
         return self._verdict(response, url)
+
+    def target_url(self, request: HookRequest) -> str | None:
+        """The URL ``request`` would be sent to now (its action's current ``url``), or
+        None if it would not be sent. The ``Dispatcher`` checks it against disabled
+        endpoints before a call, rather than the URL the request was made for."""
+        if request.action.url is None:
+            return None
+        try:
+            return self._current_action(request).url
+        except DeliveryError:
+            return None
 
     def _current_action(self, request: HookRequest) -> Action:
         """The request's action as the catalog has it now: where and how to deliver.
@@ -237,7 +262,7 @@ class HttpEmitter:
         status = response.status_code
         if 200 <= status < 300:
             return status
-        reason = f"HTTP {status} {response.reason_phrase}".strip()
+        reason = f"HTTP {status} {_receiver_text(response.reason_phrase)}".strip()
         if status == 410:
             raise DeliveryError(reason, status_code=status, retry=False, gone=True, url=url)
         if status in (429, 503):
@@ -253,13 +278,27 @@ def _retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() alone admits "²", which float() refuses
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - now)
+
+
+def _receiver_text(text: str, limit: int = REASON_LIMIT) -> str:
+    """Text a receiver chose (a reason phrase), as flowfsm records and logs it: at
+    most ``limit`` characters, each control or format character (ESC, bidi
+    overrides) shown as ``?``."""
+    cut = text[: limit + 1]
+    cut = "".join("?" if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in cut)
+    return cut if len(cut) <= limit else cut[: limit - 1] + "…"
+
+
+def _is_number(value: object) -> bool:
+    """A real number (an int or a float; a bool is not one), NaN excluded."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def _one_line(error: BaseException) -> str:
