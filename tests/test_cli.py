@@ -472,7 +472,7 @@ def test_results_details_that_are_not_storable_json(cli: Cli) -> None:
         (["artifact-created", "com.acme:api:1.\udcff"], "error: artifact.version: contains a lone surrogate"),
         (["show", "\udcff"], "error: FLOW_ID: contains a lone surrogate"),
         (["flows", "--service", "svc-\udcff"], "error: --service: contains a lone surrogate"),
-        (["flows", "--state", "\udcff"], "error: $: '\\udcff' is not one of"),
+        (["flows", "--state", "\udcff"], "error: --state: '\\udcff' is not one of"),
     ],
 )
 def test_arguments_that_are_not_utf8(cli: Cli, args: list[str], message: str) -> None:

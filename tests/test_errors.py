@@ -6,6 +6,8 @@ import logging
 from collections.abc import Callable, Sequence
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flowfsm import (
     Artifact,
@@ -32,6 +34,7 @@ from flowfsm import (
     ResultStatus,
     Trigger,
     UnknownDeployment,
+    UnknownFlow,
     UnknownPromotion,
     UnknownService,
     ValidationError,
@@ -425,3 +428,32 @@ def test_error_messages_stay_small_whatever_the_input() -> None:
     with pytest.raises(ValidationError) as blank:
         DeploymentStarted(" " * 1_000_000)
     assert len(str(blank.value)) < 150
+
+
+def _errors_naming(text: str) -> list[FlowFSMError]:
+    return [
+        UnknownFlow(text),
+        UnknownDeployment(text),
+        UnknownPromotion(text, text),
+        UnknownService(text),
+        InvalidTransition(text, text, text, text, text),
+        ConcurrencyConflict(text, 2**80),
+    ]
+
+
+@given(st.text(max_size=20) | st.builds(lambda c, n: c * n, st.characters(), st.integers(0, 300_000)))
+def test_an_error_message_is_bounded_whatever_the_ids(text: str) -> None:
+    for error in _errors_naming(text):
+        assert len(str(error)) <= 500, type(error).__name__
+
+
+def test_an_error_message_names_a_normal_id_as_before() -> None:
+    assert [str(e) for e in _errors_naming("d-1")] == [
+        "unknown flow 'd-1'",
+        "unknown deployment 'd-1'",
+        "unknown promotion 'd-1' in deployment 'd-1'",
+        "unknown service 'd-1'",
+        "cannot d-1 d-1 'd-1' in state 'd-1': d-1",
+        "flow 'd-1' changed concurrently (saving version 1208925819614629174706176)",
+    ]
+    assert str(ConcurrencyConflict("f", 3)) == "flow 'f' changed concurrently (saving version 3)"

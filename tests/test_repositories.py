@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 import uuid
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from flowfsm import RepositoryError
+from flowfsm import RepositoryError, ValidationError
 from flowfsm.protocols import Repository
 from flowfsm.repositories import MAX_WAIT, InMemoryRepository, PostgresRepository, SQLiteRepository
 from flowfsm.repositories.sqlite import SCHEMA_VERSION
@@ -248,3 +249,81 @@ def test_postgres_claim_probes_each_flow_on_a_table_never_analyzed(postgres_dsn:
         assert max(examined) < 20 * 100, examined
     finally:
         drop_schemas(postgres_dsn, [schema])
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def any_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
+    """Each backend, empty but for one flow."""
+    if request.param == "memory":
+        yield InMemoryRepository()
+        return
+    if request.param == "sqlite":
+        with SQLiteRepository(tmp_path / "flows.db") as sqlite:
+            yield sqlite
+        return
+    dsn: str = request.getfixturevalue("postgres_dsn")
+    schema = f"p_{uuid.uuid4().hex[:12]}"
+    try:
+        with PostgresRepository(dsn, schema=schema) as postgres:
+            yield postgres
+    finally:
+        drop_schemas(dsn, [schema])
+
+
+@pytest.mark.parametrize(
+    ("limit", "offset", "field"),
+    [(0, 0, "limit"), (10_001, 0, "limit"), (2**70, 0, "limit"), (1, -1, "offset"), (1, 2**63, "offset")],
+)
+def test_every_backend_refuses_the_same_pages(any_backend: Repository, limit: int, offset: int, field: str) -> None:
+    """One rule for every backend: a limit of 1 to 10,000, an offset a 64-bit integer holds."""
+    any_backend.commit([sample_flow()])
+    with pytest.raises(ValidationError) as caught:
+        any_backend.list_flows(limit=limit, offset=offset)
+    assert caught.value.field == field
+    assert len(str(caught.value)) < 200
+
+
+MAX_PAGE = 10_000  # the documented bounds (docs/decisions.md), written out
+MAX_OFFSET = 2**63 - 1
+
+
+def test_every_backend_reads_the_largest_page(any_backend: Repository) -> None:
+    flow = sample_flow()
+    any_backend.commit([flow])
+    assert [f.id for f in any_backend.list_flows(limit=MAX_PAGE)] == [flow.id]
+    assert any_backend.list_flows(limit=MAX_PAGE, offset=MAX_OFFSET) == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://alice:S3cretPass@[::1/db", "postgresql://u:S3cretPass@127.0.0.1:1/x", "host=127.0.0.1 port=1"],
+)
+def test_a_postgres_url_that_cannot_be_used_fails_at_once_without_its_password(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One connection attempt, then one error; the pool never starts retrying (and logging)."""
+    started = time.monotonic()
+    with caplog.at_level(logging.DEBUG), pytest.raises((ValidationError, RepositoryError)) as caught:
+        PostgresRepository(url, timeout=1)
+    assert time.monotonic() - started < 8
+    assert [r for r in caplog.records if r.name.startswith("psycopg")] == []
+    assert "S3cretPass" not in caplog.text
+    chain: list[BaseException] = []
+    error: BaseException | None = caught.value
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    assert not any("S3cretPass" in str(e) for e in chain), chain
+    assert len(str(caught.value)) < 500
+
+
+def test_the_pool_log_never_shows_a_password(caplog: pytest.LogCaptureFixture) -> None:
+    """psycopg's pool logs a failed (re)connection with libpq's message, which may quote the URL."""
+    with pytest.raises(ValidationError):
+        PostgresRepository("postgresql://alice:S3cretPass@[::1/db", timeout=1)
+    with caplog.at_level(logging.WARNING, logger="psycopg.pool"):
+        logging.getLogger("psycopg.pool").warning(
+            "error connecting in %r: %s", "flowfsm-flowfsm", 'invalid URI: "postgresql://alice:S3cretPass@[::1/db"'
+        )
+    assert "S3cretPass" not in caplog.text
+    assert "postgresql://<redacted>@[::1/db" in caplog.text

@@ -48,6 +48,11 @@ __all__ = [
 SHOWN_LIMIT: Final = 80
 """The most characters ``shown`` gives a value."""
 
+ID_LIMIT: Final = 100
+"""The most characters an error message gives one id (or one name, or a reason):
+whatever the input, an error naming a few ids stays a few hundred characters."""
+_NAME_LIMIT: Final = 40  # a state, a trigger, an entity's kind: flowfsm's own short names
+
 _REDACTED: Final = "<redacted>"
 _DEPTH: Final = 3  # levels of nested containers shown
 _SECRET_KEYS: Final = frozenset({"secret", "secrets"})
@@ -71,6 +76,11 @@ def bounded(text: str, limit: int = 2 * SHOWN_LIMIT) -> str:
     one line of at most ``limit`` characters, secrets and URL credentials redacted."""
     text = " ".join(text[: limit + 1].split())
     text = _URL_USERINFO.sub(rf"\1{_REDACTED}@", _SECRET_TOKEN.sub(_REDACTED, text))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` (flowfsm's own words: a state, a trigger, a reason) cut to ``limit`` characters."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -159,13 +169,13 @@ class NotFound(FlowFSMError, LookupError):
 class UnknownFlow(NotFound):
     def __init__(self, flow_id: str) -> None:
         self.flow_id = flow_id
-        super().__init__(f"unknown flow {flow_id!r}")
+        super().__init__(f"unknown flow {shown(flow_id, ID_LIMIT)}")
 
 
 class UnknownDeployment(NotFound):
     def __init__(self, deployment_id: str) -> None:
         self.deployment_id = deployment_id
-        super().__init__(f"unknown deployment {deployment_id!r}")
+        super().__init__(f"unknown deployment {shown(deployment_id, ID_LIMIT)}")
 
 
 class UnknownPromotion(NotFound):
@@ -174,8 +184,8 @@ class UnknownPromotion(NotFound):
     def __init__(self, deployment_id: str | None, promotion_id: str) -> None:
         self.deployment_id = deployment_id
         self.promotion_id = promotion_id
-        where = f" in deployment {deployment_id!r}" if deployment_id else ""
-        super().__init__(f"unknown promotion {promotion_id!r}{where}")
+        where = f" in deployment {shown(deployment_id, ID_LIMIT)}" if deployment_id else ""
+        super().__init__(f"unknown promotion {shown(promotion_id, ID_LIMIT)}{where}")
 
 
 class UnknownService(NotFound):
@@ -183,7 +193,7 @@ class UnknownService(NotFound):
 
     def __init__(self, service_id: str) -> None:
         self.service_id = service_id
-        super().__init__(f"unknown service {service_id!r}")
+        super().__init__(f"unknown service {shown(service_id, ID_LIMIT)}")
 
 
 class InvalidTransition(FlowFSMError):
@@ -195,8 +205,9 @@ class InvalidTransition(FlowFSMError):
         self.state = state
         self.trigger = trigger
         self.reason = reason
-        because = f": {reason}" if reason else ""
-        super().__init__(f"cannot {trigger} {entity} {entity_id!r} in state {state!r}{because}")
+        because = f": {_cut(reason, ID_LIMIT)}" if reason else ""
+        what = f"{_cut(trigger, _NAME_LIMIT)} {_cut(entity, _NAME_LIMIT)} {shown(entity_id, ID_LIMIT)}"
+        super().__init__(f"cannot {what} in state {shown(state, _NAME_LIMIT)}{because}")
 
 
 class ConcurrencyConflict(FlowFSMError):
@@ -205,7 +216,7 @@ class ConcurrencyConflict(FlowFSMError):
     def __init__(self, flow_id: str, version: int) -> None:
         self.flow_id = flow_id
         self.version = version
-        super().__init__(f"flow {flow_id!r} changed concurrently (saving version {version})")
+        super().__init__(f"flow {shown(flow_id, ID_LIMIT)} changed concurrently (saving version {shown(version)})")
 
 
 class RepositoryError(FlowFSMError):

@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, NoReturn
+from typing import Annotated, Any, BinaryIO, Final, NoReturn
 
 import typer
 from rich import box
@@ -29,7 +30,7 @@ from rich.text import Text
 from flowfsm.catalog import Catalog
 from flowfsm.converter import parse_json, structure, unstructure
 from flowfsm.engine import FlowEngine
-from flowfsm.errors import FlowFSMError, ValidationError, shown
+from flowfsm.errors import FlowFSMError, RepositoryError, ValidationError, shown
 from flowfsm.model import (
     Artifact,
     DeliveryState,
@@ -40,6 +41,7 @@ from flowfsm.model import (
     text_problem,
 )
 from flowfsm.protocols import Repository
+from flowfsm.repositories._common import MAX_PAGE
 from flowfsm.triggers import (
     ArtifactCreated,
     DeploymentCompleted,
@@ -109,6 +111,16 @@ def _checked_text(field: str, value: str) -> str:
     return value
 
 
+def _shown_path(path: str) -> str:
+    """A path from the command line as a message shows it: bytes that are not UTF-8
+    (which Python keeps as lone surrogates) read ``\\xff``, as the shell would write them."""
+    return _SURROGATE.sub(lambda m: f"{m[1]}\\x{m[2]}", shown(path, 300))
+
+
+# "\udcff" in a repr, not preceded by an escaped backslash: the byte 0xff, undecodable.
+_SURROGATE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
+
+
 def open_store(store: str, *, create: bool = True) -> Repository:
     """A repository for ``--store``: PostgreSQL for a postgres URL, else SQLite.
 
@@ -120,11 +132,16 @@ def open_store(store: str, *, create: bool = True) -> Repository:
     if store.startswith(("postgresql://", "postgres://")):
         from flowfsm.repositories import PostgresRepository
 
-        return PostgresRepository(store)
+        try:
+            return PostgresRepository(store)
+        except ValidationError as e:  # the URL itself: say which option holds it
+            raise ValidationError("--store", e.message) from None
+        except RepositoryError as e:
+            raise ValidationError("--store", str(e)) from e
     from flowfsm.repositories import SQLiteRepository
 
     if not create and store != ":memory:" and not os.path.exists(store):
-        raise ValidationError("--store", f"no store at {shown(store, 300)}")
+        raise ValidationError("--store", f"no store at {_shown_path(store)}")
     return SQLiteRepository(store)
 
 
@@ -289,7 +306,13 @@ def _open_source(source: str) -> BinaryIO:
     try:
         return Path(source).open("rb")
     except OSError as e:
-        raise ValidationError("SOURCE", f"cannot read {shown(source, 300)}: {e.strerror or type(e).__name__}") from None
+        why = e.strerror or type(e).__name__
+        raise ValidationError("SOURCE", f"cannot read {_shown_path(source)}: {why}") from None
+
+
+MAX_LINE: Final = 2**20
+"""The longest trigger ``handle`` reads, in bytes (1 MiB): a longer line (or an endless
+one, like /dev/zero) is refused as soon as it is this long, never read whole."""
 
 
 @app.command("handle")
@@ -308,7 +331,9 @@ def handle(
         lines = _open_source(source)
         opened = False  # the store is opened at the first well-formed trigger
         try:
-            for number, line in enumerate(lines, 1):
+            for number, line in enumerate(iter(lambda: lines.readline(MAX_LINE + 1), b""), 1):
+                if len(line.rstrip(b"\r\n")) > MAX_LINE:
+                    _fail(f"line {number}: longer than {MAX_LINE // 2**20} MiB")
                 if not line.strip():
                     continue
                 try:
@@ -331,7 +356,7 @@ def handle(
 def flows(
     service: Annotated[str | None, typer.Option("--service", help="Only this service's flows.")] = None,
     state: Annotated[str | None, typer.Option("--state", help="inProgress, success or failed.")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=MAX_PAGE)] = 50,
     store: Store = "flowfsm.db",
     as_json: Json = False,
 ) -> None:
@@ -339,7 +364,7 @@ def flows(
     from rich.table import Table
 
     with _reported():
-        wanted = structure(state, FlowState) if state is not None else None
+        wanted = _flow_state(state) if state is not None else None
         service_id = _checked_text("--service", service) if service is not None else None
         found = open_store(store, create=False).list_flows(service_id=service_id, state=wanted, limit=limit)
         if as_json:
@@ -362,6 +387,14 @@ def flows(
                 Text(updated),
             )
         out.print(table)
+
+
+def _flow_state(value: str) -> FlowState:
+    try:
+        return FlowState(value)
+    except ValueError:
+        allowed = ", ".join(repr(s.value) for s in FlowState)
+        raise ValidationError("--state", f"{shown(value)} is not one of {allowed}") from None
 
 
 @app.command("show")

@@ -20,6 +20,7 @@ from flowfsm.errors import (
     UnknownFlow,
     UnknownPromotion,
     ValidationError,
+    shown,
 )
 from flowfsm.model import (
     Artifact,
@@ -38,6 +39,8 @@ from flowfsm.model import (
 
 __all__ = [
     "BODY_FORMAT",
+    "MAX_OFFSET",
+    "MAX_PAGE",
     "MAX_WAIT",
     "PENDING",
     "SQLFlowReads",
@@ -160,11 +163,20 @@ def readable_claim(backend: str, rows: Sequence[tuple[str, str | dict[str, Any]]
     return requests
 
 
+MAX_PAGE: Final = 10_000
+"""The most flows one ``list_flows`` call returns: page through more with ``offset``."""
+
+MAX_OFFSET: Final = 2**63 - 1
+"""The largest ``offset``: what a database's 64-bit integer holds."""
+
+
 def check_page(limit: int, offset: int) -> None:
-    if limit < 1:
-        raise ValidationError("limit", f"must be at least 1, got {limit}")
-    if offset < 0:
-        raise ValidationError("offset", f"must not be negative, got {offset}")
+    """Refuse a page every backend could not read alike: ``limit`` in
+    1..``MAX_PAGE``, ``offset`` in 0..``MAX_OFFSET``."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValidationError("limit", f"must be from 1 to {MAX_PAGE}, got {shown(limit)}")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise ValidationError("offset", f"must be from 0 to 2**63 - 1, got {shown(offset)}")
 
 
 class SQLFlowReads:

@@ -86,7 +86,8 @@ class InMemoryRepository:
                 for f in reversed(self._flows.values())
                 if (service_id is None or f.service_id == service_id) and (state is None or f.state is state)
             )
-            return list(itertools.islice(matching, offset, offset + limit))
+            # Two slices: offset + limit may pass sys.maxsize, islice's bound.
+            return list(itertools.islice(itertools.islice(matching, offset, None), limit))
 
     def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
         with self._lock:

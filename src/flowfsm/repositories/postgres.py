@@ -25,6 +25,7 @@ several engines need on top:
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -34,6 +35,7 @@ from flowfsm.errors import (
     ConcurrencyConflict,
     RepositoryError,
     ValidationError,
+    bounded,
 )
 from flowfsm.model import DeliveryAttempt, Flow, HookRecord, HookRequest
 from flowfsm.repositories._common import (
@@ -137,13 +139,18 @@ class PostgresRepository(SQLFlowReads):
         except ImportError as e:  # pragma: no cover - the extra is installed for the tests
             raise RepositoryError(_BACKEND, "needs the 'postgres' extra: pip install flowfsm[postgres]") from e
         self.schema = schema
+        _redact_pool_log()
+        _check_dsn(dsn)
+        # libpq waits at most connect_timeout (whole seconds, 2 at least) per attempt.
+        kwargs = {"options": f"-c search_path={schema}", "autocommit": True, "connect_timeout": max(2, round(timeout))}
+        _first_connection(dsn, kwargs)
         self._pool: ConnectionPool[Any] = ConnectionPool(
             dsn,
             min_size=min_size,
             max_size=max_size,
             timeout=timeout,
             open=False,
-            kwargs={"options": f"-c search_path={schema}", "autocommit": True},
+            kwargs=kwargs,
             name=f"flowfsm-{schema}",
         )
         with _driver_errors("cannot connect"):
@@ -400,6 +407,56 @@ def _commit_statement(
     counts = ", ".join(f"(SELECT count(*) FROM saved{i})" for i in range(len(flows)))
     with_ = f"WITH {', '.join(ctes)} " if ctes else ""
     return f"{with_}SELECT {counts}", args
+
+
+def _check_dsn(dsn: str) -> None:
+    """Refuse a connection string libpq cannot parse, at once. psycopg's message
+    quotes the whole string, password included, so it is neither shown nor chained."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(dsn)
+    except Exception:  # noqa: BLE001 - any parse failure is the same mistake; its text holds the password
+        problem = "is not a valid PostgreSQL URL or connection string"
+    else:
+        return
+    raise ValidationError("dsn", problem)
+
+
+def _first_connection(dsn: str, kwargs: dict[str, Any]) -> None:
+    """One connection attempt before the pool opens, so that a server that cannot be
+    reached fails once, within ``connect_timeout``, rather than after the pool's
+    retries. libpq's message names the host, never the password; it is bounded and
+    redacted all the same."""
+    import psycopg
+
+    try:
+        psycopg.connect(dsn, **kwargs).close()
+    except psycopg.Error as e:
+        raise RepositoryError(_BACKEND, f"cannot connect: {bounded(str(e), 300)}") from None
+
+
+class _RedactedURLs(logging.Filter):
+    """Redacts the credentials of any URL in a record of psycopg's pool logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _USERINFO.sub(r"\1<redacted>@", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+_USERINFO: Final = re.compile(r"(://)[^/?#@\s]*@")
+_POOL_FILTER: Final = _RedactedURLs()
+
+
+def _redact_pool_log() -> None:
+    """Install ``_RedactedURLs`` on the ``psycopg.pool`` logger, once: its warnings
+    (a failed reconnection) quote the connection string when libpq cannot parse it."""
+    logger = logging.getLogger("psycopg.pool")
+    if _POOL_FILTER not in logger.filters:
+        logger.addFilter(_POOL_FILTER)
 
 
 def _driver_errors(what: str) -> contextlib.AbstractContextManager[None]:

@@ -1,0 +1,150 @@
+"""The ``flowfsm`` command on hostile ground: stores it cannot reach, output it cannot
+write, input without end, values of any size. Always one line, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from flowfsm import Artifact, ArtifactCreated, FlowEngine
+from flowfsm.catalog import Catalog
+from flowfsm.repositories import SQLiteRepository
+
+from .test_cli import FLOWFSM, Cli, one_error_line, run_raw
+
+PASSWORD = "S3cretPass"
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://alice:{PASSWORD}@[::1/db",  # malformed: libpq's message quotes it whole
+        f"postgresql://u:{PASSWORD}@127.0.0.1:1/x",  # nothing listens on port 1
+        f"postgresql://u:{PASSWORD}@127.0.0.1:99999/x",
+        "postgresql://",
+    ],
+)
+def test_a_store_url_that_cannot_be_used_fails_at_once_in_one_line(cli: Cli, url: str) -> None:
+    started = time.monotonic()
+    done = cli("flows", "--store", url)
+    took = time.monotonic() - started
+    assert done.returncode == 1
+    line = one_error_line(done.stderr)
+    assert line.startswith("error: --store: ")
+    assert PASSWORD not in done.stdout + done.stderr
+    assert took < 8, took  # one attempt, not the pool's retries for 10 s
+
+
+def _with_a_flow(cli: Cli) -> str:
+    with SQLiteRepository(cli.store) as repository:
+        engine = FlowEngine(Catalog.from_file(cli.catalog), repository, None)
+        return engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1.0.0"))).flows[0].id
+
+
+def _commands(flow_id: str) -> list[list[str]]:
+    return [["flows"], ["flows", "--json"], ["show", flow_id], ["show", flow_id, "--json"], ["diagram", "flow"]]
+
+
+def _run_into(cli: Cli, args: list[str], stdout: int) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "FLOWFSM_STORE": str(cli.store), "FLOWFSM_CATALOG": str(cli.catalog), "COLUMNS": "200"}
+    return subprocess.run(
+        [FLOWFSM, *args], stdout=stdout, stderr=subprocess.PIPE, env=env, cwd=cli.root, timeout=60, check=False
+    )
+
+
+def test_output_that_cannot_be_written_is_one_error_line(cli: Cli) -> None:
+    flow_id = _with_a_flow(cli)
+    for args in _commands(flow_id):
+        with open("/dev/full", "wb") as full:
+            done = _run_into(cli, args, full.fileno())
+        assert done.returncode == 1, (args, done.stderr)
+        assert one_error_line(done.stderr) == "error: cannot write the output: No space left on device"
+
+
+def test_a_reader_that_went_away_ends_every_command_quietly(cli: Cli) -> None:
+    """`flowfsm ... | head -1`, made certain: the reader is gone before the first write."""
+    flow_id = _with_a_flow(cli)
+    for args in _commands(flow_id):
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            done = _run_into(cli, args, write)
+        finally:
+            os.close(write)
+        assert (done.returncode, done.stderr) == (0, b""), args
+
+
+def test_handle_refuses_a_line_longer_than_a_mebibyte(cli: Cli) -> None:
+    cli.json("artifact-created", "com.acme:api:1.0.0")
+    before = cli.stored()
+    long = b'{"type": "DeploymentStarted", "deploymentId": "' + b"x" * 2**20 + b'"}'
+    done = run_raw(cli, "handle", "-", stdin=b"\n" + long + b"\n")
+    assert done.returncode == 1
+    assert one_error_line(done.stderr) == "error: line 2: longer than 1 MiB"
+    assert cli.stored() == before
+
+
+def _limit_memory() -> None:  # so that reading /dev/zero whole fails fast rather than swapping
+    resource.setrlimit(resource.RLIMIT_AS, (1_500_000_000, 1_500_000_000))
+
+
+def test_handle_on_an_endless_line_stops_at_the_bound(cli: Cli) -> None:
+    env = {**os.environ, "FLOWFSM_STORE": str(cli.store), "FLOWFSM_CATALOG": str(cli.catalog)}
+    done = subprocess.run(
+        [FLOWFSM, "handle", "/dev/zero"],
+        capture_output=True,
+        env=env,
+        cwd=cli.root,
+        timeout=30,
+        check=False,
+        preexec_fn=_limit_memory,  # the test process starts no threads that could deadlock it
+    )
+    assert done.returncode == 1
+    assert one_error_line(done.stderr) == "error: line 1: longer than 1 MiB"
+    assert not cli.store.exists()
+
+
+def test_a_huge_limit_is_a_usage_mistake(cli: Cli) -> None:
+    _with_a_flow(cli)
+    done = cli("flows", "--limit", "99999999999999999999999")
+    assert done.returncode == 2
+    assert "--limit" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert cli("flows", "--limit", "10000").returncode == 0
+
+
+def test_error_lines_stay_short_whatever_the_ids(cli: Cli) -> None:
+    cli.json("artifact-created", "com.acme:api:1.0.0")
+    shown = cli("show", "f" * 100_000)
+    assert shown.returncode == 1
+    assert len(one_error_line(shown.stderr)) < 500
+    handled = cli("handle", "-", stdin='{"type": "DeploymentStarted", "deploymentId": "' + "d" * 200_000 + '"}\n')
+    assert handled.returncode == 1
+    line = one_error_line(handled.stderr)
+    assert line.startswith("error: line 1: unknown deployment 'ddd")
+    assert len(line) < 500
+
+
+def test_a_bad_state_names_the_option(cli: Cli) -> None:
+    _with_a_flow(cli)
+    done = cli("flows", "--state", ":smile:[b]")
+    assert done.returncode == 1
+    assert one_error_line(done.stderr) == "error: --state: ':smile:[b]' is not one of 'inProgress', 'success', 'failed'"
+
+
+def test_a_path_that_is_not_utf8_shows_its_bytes(cli: Cli) -> None:
+    done = run_raw(cli, "flows", "--store", os.fsdecode(b"\xff.db"))
+    assert done.returncode == 1
+    assert one_error_line(done.stderr) == "error: --store: no store at '\\xff.db'"
+    source = run_raw(cli, "handle", os.fsdecode(b"\xfe.jsonl"))
+    assert one_error_line(source.stderr) == "error: SOURCE: cannot read '\\xfe.jsonl': No such file or directory"
