@@ -37,6 +37,14 @@ def test_the_contract_says_it_needs_pytest() -> None:
     done = _run("from flowfsm.testing import RepositoryContract\n")
     assert done.returncode == 1
     assert "No module named 'pytest'" in done.stderr
+    assert "flowfsm.testing.RepositoryContract needs pytest and Hypothesis (pip install 'flowfsm[dev]')" in done.stderr
+
+
+def test_star_import_works_without_pytest_or_hypothesis() -> None:
+    done = _run("from flowfsm.testing import *\nprint(sorted(n for n in dir() if not n.startswith('_')))\n")
+    assert done.returncode == 0, done.stderr
+    assert "SequentialIds" in done.stdout
+    assert "RepositoryContract" not in done.stdout
 
 
 def test_an_unknown_name_is_an_attribute_error() -> None:

@@ -27,7 +27,7 @@ import re
 import stat
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, TypeAlias, TypeVar
+from typing import Any, Final, NoReturn, TypeAlias, TypeVar
 
 import attrs
 
@@ -844,14 +844,58 @@ def _make_flow(  # noqa: PLR0917 - positional, one a field, like the class's own
 # --- results and hook requests ------------------------------------------------------
 
 
+class FrozenDict(dict[str, Any]):
+    """A read-only ``dict``: a result's details, which every HookRequest of its event
+    shares, so that no emitter can change what its siblings send. A ``dict`` still,
+    so it equals one, and ``json`` and ``cattrs`` write it as one."""
+
+    __slots__ = ()
+
+    def _refuse(self, *_: object, **__: object) -> NoReturn:
+        raise TypeError("details are read-only: make a new PromotionResult to change them")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse
+
+    def __reduce__(self) -> tuple[type[FrozenDict], tuple[dict[str, Any]]]:
+        return FrozenDict, (dict(self),)
+
+
+class FrozenList(list[Any]):
+    """A read-only ``list``, the arrays inside a result's details (see ``FrozenDict``)."""
+
+    __slots__ = ()
+
+    def _refuse(self, *_: object, **__: object) -> NoReturn:
+        raise TypeError("details are read-only: make a new PromotionResult to change them")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = remove = pop = clear = sort = reverse = _refuse
+
+    def __reduce__(self) -> tuple[type[FrozenList], tuple[list[Any]]]:
+        return FrozenList, (list(self),)
+
+
+_NO_DETAILS: Final = FrozenDict()
+
+
+def _frozen(value: Any) -> Any:
+    """``value`` (checked JSON, so at most ``MAX_JSON_DEPTH`` deep) with every object
+    and array read-only; strings, numbers, booleans and null are already."""
+    if isinstance(value, dict):
+        return FrozenDict({key: _frozen(inner) for key, inner in value.items()})
+    if isinstance(value, list | tuple):
+        return FrozenList([_frozen(inner) for inner in value])
+    return value
+
+
 def _details_dict(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     if value is None:
-        return {}
+        return _NO_DETAILS
     if type(value) is not dict and not isinstance(value, Mapping):
         raise ValidationError("details", f"expected a mapping (a JSON object), got {shown(value)}")
-    details = dict(value)
+    details = dict(value)  # a copy: what the caller does to its own dict later changes nothing here
     check_json("details", details)
-    return details
+    return _frozen(details)  # type: ignore[no-any-return]
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
@@ -892,7 +936,7 @@ class PromotionPayload:
 Payload: TypeAlias = DeploymentPayload | PromotionPayload
 
 
-@attrs.define(weakref_slot=False, repr=False)
+@attrs.frozen(weakref_slot=False, repr=False)
 class HookRequest:
     """One call of one webhook action about one event, as handed to the emitter."""
 
@@ -905,6 +949,32 @@ class HookRequest:
     event: HookEvent
     payload: Payload
     created_at: dt.datetime
+
+
+_h_fields: Final = _slots(HookRequest, "id", "flow_id", "webhook_id", "action", "event", "payload", "created_at")
+
+
+def _make_hook_request(  # noqa: PLR0917 - positional, one a field, like the class's own __init__
+    id: str,
+    flow_id: str,
+    webhook_id: str,
+    action: ActionRef,
+    event: HookEvent,
+    payload: Payload,
+    created_at: dt.datetime,
+) -> HookRequest:
+    """A HookRequest from trusted parts (the engine's), without the frozen class's
+    slower ``__init__``: the engine makes one per subscribed action per event."""
+    request = _new(HookRequest)
+    set_id, set_flow_id, set_webhook_id, set_action, set_event, set_payload, set_created_at = _h_fields
+    set_id(request, id)
+    set_flow_id(request, flow_id)
+    set_webhook_id(request, webhook_id)
+    set_action(request, action)
+    set_event(request, event)
+    set_payload(request, payload)
+    set_created_at(request, created_at)
+    return request
 
 
 class DeliveryState(enum.Enum):

@@ -34,15 +34,16 @@ from flowfsm.model import (
 )
 
 if TYPE_CHECKING:  # for type checkers; at run time, __getattr__ imports them on first use
-    from flowfsm.testing.comparison import RepositoryStateMachine
-    from flowfsm.testing.contract import RepositoryContract
+    from flowfsm.testing.comparison import RepositoryStateMachine as RepositoryStateMachine
+    from flowfsm.testing.contract import RepositoryContract as RepositoryContract
     from flowfsm.testing.postgres import TemporaryPostgres
 
+# Only what imports without pytest or Hypothesis, so that ``from flowfsm.testing
+# import *`` works everywhere; RepositoryContract and RepositoryStateMachine are
+# imported by name (below) where the test extra is installed.
 __all__ = [
     "CallbackEmitter",
     "RecordingEmitter",
-    "RepositoryContract",
-    "RepositoryStateMachine",
     "SequentialIds",
     "StepClock",
     "TemporaryPostgres",
@@ -62,7 +63,11 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'flowfsm.testing' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as e:
+        message = f"flowfsm.testing.{name} needs pytest and Hypothesis (pip install 'flowfsm[dev]'): {e}"
+        raise ModuleNotFoundError(message, name=e.name) from e
 
 
 class SequentialIds:
