@@ -102,12 +102,13 @@ def test_an_emitter_cannot_change_what_waits_in_the_outbox(change: Any) -> None:
     assert [details_of(r) for r in pending] == [DETAILS, DETAILS]
 
 
-def test_a_hook_request_cannot_be_changed() -> None:
+def test_a_payload_cannot_be_changed() -> None:
     _, (request, sibling), _ = promotion_requests(lambda request: None)
+    assert request.payload is sibling.payload  # one event, one payload object
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
-        request.payload = sibling.payload  # type: ignore[misc]  # the point: it is frozen
+        request.payload.promotion_result = None  # type: ignore[misc, union-attr]  # the point: it is frozen
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
-        request.payload.promotion_result = None  # type: ignore[misc, union-attr]
+        request.payload.deployment = None  # type: ignore[misc]
 
 
 def test_the_callers_dict_is_copied_not_kept() -> None:

@@ -42,7 +42,6 @@ from flowfsm.model import (
     Service,
     _make_deployment,
     _make_flow,
-    _make_hook_request,
     _make_promotion,
 )
 from flowfsm.protocols import FailureHandler, HookEmitter, Repository, ServiceCatalog
@@ -284,7 +283,7 @@ class FlowEngine:
                 payload = DeploymentPayload(flow.loaded.artifact, deployment, service.ref, environment)
             flow_id = flow.id
             requests += [
-                _make_hook_request(new_id(), flow_id, webhook_id, action, event, payload, now)
+                HookRequest(new_id(), flow_id, webhook_id, action, event, payload, now)
                 for webhook_id, action in subscribers
             ]
         return tuple(requests)

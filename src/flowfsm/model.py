@@ -936,7 +936,7 @@ class PromotionPayload:
 Payload: TypeAlias = DeploymentPayload | PromotionPayload
 
 
-@attrs.frozen(weakref_slot=False, repr=False)
+@attrs.define(weakref_slot=False, repr=False)
 class HookRequest:
     """One call of one webhook action about one event, as handed to the emitter."""
 
@@ -949,32 +949,6 @@ class HookRequest:
     event: HookEvent
     payload: Payload
     created_at: dt.datetime
-
-
-_h_fields: Final = _slots(HookRequest, "id", "flow_id", "webhook_id", "action", "event", "payload", "created_at")
-
-
-def _make_hook_request(  # noqa: PLR0917 - positional, one a field, like the class's own __init__
-    id: str,
-    flow_id: str,
-    webhook_id: str,
-    action: ActionRef,
-    event: HookEvent,
-    payload: Payload,
-    created_at: dt.datetime,
-) -> HookRequest:
-    """A HookRequest from trusted parts (the engine's), without the frozen class's
-    slower ``__init__``: the engine makes one per subscribed action per event."""
-    request = _new(HookRequest)
-    set_id, set_flow_id, set_webhook_id, set_action, set_event, set_payload, set_created_at = _h_fields
-    set_id(request, id)
-    set_flow_id(request, flow_id)
-    set_webhook_id(request, webhook_id)
-    set_action(request, action)
-    set_event(request, event)
-    set_payload(request, payload)
-    set_created_at(request, created_at)
-    return request
 
 
 class DeliveryState(enum.Enum):
