@@ -7,6 +7,7 @@ import datetime as dt
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,12 +134,12 @@ class _Losing(InMemoryRepository):
         self.losses = losses
         self.tries = 0
 
-    def commit(self, flows: object, hook_requests: object = (), *, lease: float = 0.0) -> None:
+    def commit(self, flows: Any, hook_requests: Any = (), *, lease: float = 0.0, **timing: Any) -> None:
         self.tries += 1
         if self.losses:
             self.losses -= 1
             raise ConcurrencyConflict("flow", 1)
-        super().commit(flows, hook_requests, lease=lease)  # type: ignore[arg-type]  # passed through
+        super().commit(flows, hook_requests, lease=lease, **timing)
 
 
 @pytest.mark.parametrize("bad", [0, -1])
@@ -158,9 +159,9 @@ def test_inline_delivery_is_leased_for_thirty_seconds_by_default(catalog: Catalo
     leases: list[float] = []
 
     class Leases(InMemoryRepository):
-        def commit(self, flows: object, hook_requests: object = (), *, lease: float = 0.0) -> None:
+        def commit(self, flows: Any, hook_requests: Any = (), *, lease: float = 0.0, **timing: Any) -> None:
             leases.append(lease)
-            super().commit(flows, hook_requests, lease=lease)  # type: ignore[arg-type]  # passed through
+            super().commit(flows, hook_requests, lease=lease, **timing)
 
     FlowEngine(catalog, Leases(), RecordingEmitter()).handle(ArtifactCreated(API))
     FlowEngine(catalog, Leases(), RecordingEmitter(), lease=2.5).handle(ArtifactCreated(API))

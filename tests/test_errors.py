@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -277,11 +278,11 @@ class Conflicting(InMemoryRepository):
         super().__init__()
         self.losses = losses
 
-    def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
+    def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), **kwargs: Any) -> None:
         if self.losses:
             self.losses -= 1
             raise ConcurrencyConflict(flows[0].id, flows[0].version)
-        super().commit(flows, hook_requests, lease=lease)
+        super().commit(flows, hook_requests, **kwargs)
 
 
 def test_a_lost_race_is_retried_then_surfaced(catalog: Catalog) -> None:

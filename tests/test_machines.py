@@ -9,6 +9,7 @@ states and the same callbacks in the same order, and fail the same way.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from collections.abc import Callable
 from typing import Any, cast
@@ -32,6 +33,7 @@ from flowfsm import (
     Service,
 )
 from flowfsm.machines import DECLARATIONS, MACHINES, CallablesMachine, fire, may
+from flowfsm.model import Timer, TimerKind
 from flowfsm.work import Draft, Work
 
 
@@ -207,7 +209,18 @@ def _drafts(draw: st.DrawFn) -> tuple[Draft, str]:
         deployments.append(Deployment(f"d{i}", f"env{i}", promotions, draw(st.sampled_from(DeploymentState))))
     flow = Flow("f", Artifact("g", "n", "1"), "svc", deployments, draw(st.sampled_from(FlowState)), 1)
     service = Service("svc", ["g:n"], Pipeline("p", [Environment(d.environment) for d in deployments]))
-    opened = Work().open(flow, service)
+    work = Work()
+    opened = work.open(flow, service)
+    if draw(st.booleans()):  # a pipeline with timers: the soak guard reads the time
+        now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+        soaking = draw(st.lists(st.sampled_from(deployments), unique=True))
+        work.watch(
+            now,
+            [
+                Timer("f", d.id, TimerKind.SOAK, now + dt.timedelta(minutes=draw(st.sampled_from((-1, 1)))))
+                for d in soaking
+            ],
+        )
     kind = draw(st.sampled_from(sorted(MACHINES)))
     index = draw(st.integers(0, len(deployments) - 1))
     draft: Draft | None = opened.draft(index) if kind == "flow" else opened.deployment(index)
@@ -242,7 +255,7 @@ def test_the_property_sees_every_machine_state_and_trigger() -> None:
     """The drafts above reach every (machine, state, trigger), both answers included."""
     seen: set[tuple[str, object, str, bool]] = set()
 
-    @settings(max_examples=1500, derandomize=True, database=None)
+    @settings(max_examples=3000, derandomize=True, database=None)
     @given(_drafts())
     def collect(drafted: tuple[Draft, str]) -> None:
         draft, trigger = drafted

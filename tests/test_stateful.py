@@ -1,13 +1,16 @@
 """Random trigger sequences against a small reference model of the contract.
 
-The reference below is written from SPEC §2-4 and §8 (``DeploymentFailed``) alone, as plain lists of state
-names; it shares no code with the engine. After every step the engine's outcome,
+The reference below is written from SPEC §2-4, §8 (``DeploymentFailed``) and §10
+(timeouts and soak under ``STOP``) alone, as plain lists of state names and times;
+it shares no code with the engine. Time moves only when a rule moves the fake
+clock, and then a scheduler fires what is due. After every step the engine's outcome,
 the HookRequests it emitted and the stored flows must match it, and the
 invariants must hold.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -43,9 +46,11 @@ from flowfsm import (
     Webhook,
 )
 from flowfsm.emitters import RecordingEmitter
+from flowfsm.model import Timeouts, TimerKind
 from flowfsm.protocols import Repository
 from flowfsm.repositories import InMemoryRepository
-from flowfsm.testing import SequentialIds, StepClock
+from flowfsm.scheduling import Scheduler
+from flowfsm.testing import FakeClock, SequentialIds
 
 E = HookEvent
 
@@ -62,7 +67,13 @@ class RefFlow:
     promotions: list[list[str]]
     state: str = "inProgress"
     reported_failed: set[int] = attrs.field(factory=set)
-    """Deployments the CD system reported failed (they never completed)."""
+    """Deployments the CD system reported failed, or that timed out before they
+    completed (they never completed)."""
+    started_at: dict[int, dt.datetime] = attrs.field(factory=dict)
+    completed_at: dict[int, dt.datetime] = attrs.field(factory=dict)
+    succeeded_at: dict[int, dt.datetime] = attrs.field(factory=dict)
+    timed_out: bool = False
+    """A deploy or verify timeout failed the flow."""
 
     def current(self) -> int | None:
         for i, state in enumerate(self.deployments):
@@ -76,22 +87,43 @@ class RefFlow:
 Expected = type[FlowFSMError] | str | list[tuple[HookEvent, RefFlow, int, str]]
 
 
+Minutes = int | None
+
+
+def minutes(n: Minutes) -> dt.timedelta | None:
+    return None if n is None else dt.timedelta(minutes=n)
+
+
 def catalogs() -> st.SearchStrategy[Catalog]:
     promotions = st.lists(st.sampled_from(["smoke", "perf", "sec"]), max_size=2, unique=True)
+    durations = st.sampled_from([None, None, 10, 30])  # minutes, or none
     environments = st.lists(
-        st.tuples(st.sampled_from(["dev", "qa", "staging", "prod"]), promotions),
+        st.tuples(st.sampled_from(["dev", "qa", "staging", "prod"]), promotions, durations, durations, durations),
         min_size=1,
         max_size=3,
         unique_by=lambda e: e[0],
     )
     webhook_plan = st.lists(st.tuples(st.sampled_from(list(E)), st.integers(1, 2)), max_size=6)
 
-    def service(i: int, envs: list[tuple[str, list[str]]], plan: list[tuple[HookEvent, int]]) -> Service:
+    def service(
+        i: int, envs: list[tuple[str, list[str], Minutes, Minutes, Minutes]], plan: list[tuple[HookEvent, int]]
+    ) -> Service:
         webhooks = [
             Webhook(f"wh{j}", event, [Action(f"act{k}", url=f"https://h.example/{j}/{k}") for k in range(n)])
             for j, (event, n) in enumerate(plan)
         ]
-        pipeline = Pipeline("p", [Environment(name, proms) for name, proms in envs])
+        pipeline = Pipeline(
+            "p",
+            [
+                Environment(
+                    name,
+                    proms,
+                    timeouts=Timeouts(minutes(deploy), minutes(verify)) if deploy or verify else None,
+                    soak=minutes(soak),
+                )
+                for name, proms, deploy, verify, soak in envs
+            ],
+        )
         return Service(f"svc{i}", artifacts=["com.acme:api"], pipeline=pipeline, webhooks=webhooks)
 
     one = st.builds(service, st.just(0), environments, webhook_plan)
@@ -115,7 +147,9 @@ class EngineAgainstReference(RuleBasedStateMachine):
         self.catalog = catalog
         self.emitter = RecordingEmitter()
         self.repository = self.make_repository()
-        self.engine = FlowEngine(catalog, self.repository, self.emitter, clock=StepClock(), id_factory=SequentialIds())
+        self.clock = FakeClock()
+        self.engine = FlowEngine(catalog, self.repository, self.emitter, clock=self.clock, id_factory=SequentialIds())
+        self.scheduler = Scheduler(self.repository, self.engine, batch=3)
 
     def teardown(self) -> None:
         close: Callable[[], None] | None = getattr(getattr(self, "repository", None), "close", None)
@@ -130,9 +164,15 @@ class EngineAgainstReference(RuleBasedStateMachine):
                 return flow, flow.deployment_ids.index(deployment_id)
         return None
 
+    def _environment(self, flow: RefFlow, d: int) -> Environment:
+        return flow.service.pipeline.environments[d]
+
     def _advance(self, flow: RefFlow, d: int, out: list[tuple[HookEvent, RefFlow, int, str]]) -> None:
-        if all(p == "success" for p in flow.promotions[d]):
+        soak = self._environment(flow, d).soak
+        soaked = soak is None or self.clock.now >= flow.completed_at[d] + soak
+        if all(p == "success" for p in flow.promotions[d]) and soaked:
             flow.deployments[d] = "success"
+            flow.succeeded_at[d] = self.clock.now
             out.append((E.DEPLOYMENT_SUCCEEDED, flow, d, "success"))
             following = flow.current()
             if following is None:
@@ -157,6 +197,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
             if flow.state != "inProgress" or flow.current() != d:
                 return InvalidTransition
             flow.deployments[d] = "started"
+            flow.started_at[d] = self.clock.now
             return [(E.DEPLOYMENT_STARTED, flow, d, "started")]
         if isinstance(trigger, DeploymentFailed):
             if state == "failed" and d in flow.reported_failed:
@@ -173,9 +214,11 @@ class EngineAgainstReference(RuleBasedStateMachine):
             if state in ("notStarted", "failed"):
                 return InvalidTransition  # not started, or reported failed
             flow.deployments[d] = "completed"
+            flow.completed_at[d] = self.clock.now
             out.append((E.DEPLOYMENT_COMPLETED, flow, d, "completed"))
             self._advance(flow, d, out)
             return out
+        assert isinstance(trigger, PromotionCompleted)  # the scheduler's triggers are checked in time_passes
         if trigger.promotion_id not in flow.promotion_ids[d]:
             return UnknownPromotion
         p = flow.promotion_ids[d].index(trigger.promotion_id)
@@ -197,6 +240,37 @@ class EngineAgainstReference(RuleBasedStateMachine):
         out.append((E.PROMOTION_COMPLETED, flow, d, "completed"))
         self._advance(flow, d, out)
         return out
+
+    def expire(self) -> dict[str, list[tuple[HookEvent, RefFlow, int, str]]]:
+        """What the timers due now do to each flow (SPEC §10, under ``STOP``): a
+        deploy timeout fails a started deployment; a verify timeout fails each
+        pending promotion of a completed one; a soak over lets a deployment whose
+        promotions all passed succeed."""
+        now, expected = self.clock.now, {}
+        for flow in self.flows.values():
+            d = flow.current()
+            if flow.state != "inProgress" or d is None:
+                continue
+            timeouts, state = self._environment(flow, d).timeouts or Timeouts(), flow.deployments[d]
+            out: list[tuple[HookEvent, RefFlow, int, str]] = []
+            pending = [i for i, p in enumerate(flow.promotions[d]) if p == "pending"]
+            if state == "started" and timeouts.deploy and now >= flow.started_at[d] + timeouts.deploy:
+                out += [(E.DEPLOYMENT_FAILED, flow, d, "failed")]
+                flow.reported_failed.add(d)  # failed before completing, as if reported
+            elif state == "completed" and pending and timeouts.verify and now >= flow.completed_at[d] + timeouts.verify:
+                for i in pending:
+                    flow.promotions[d][i] = "failed"
+                out += [(E.PROMOTION_FAILED, flow, d, "completed")] * len(pending)
+                out += [(E.DEPLOYMENT_FAILED, flow, d, "failed")]
+            elif state == "completed":
+                self._advance(flow, d, out)
+            if out and out[-1][0] is E.DEPLOYMENT_FAILED:
+                flow.deployments[d] = flow.state = "failed"
+                flow.timed_out = True
+                out.append((E.FLOW_FAILED, flow, d, "failed"))
+            if out:
+                expected[flow.id] = out
+        return expected
 
     def fanout(self, expected: list[tuple[HookEvent, RefFlow, int, str]]) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = []
@@ -334,9 +408,47 @@ class EngineAgainstReference(RuleBasedStateMachine):
             self.run(DeploymentFailed(deployment_id, "boom") if fail == 0 else DeploymentCompleted(deployment_id))
         else:
             pending = [pid for pid, s in zip(flow.promotion_ids[d], flow.promotions[d], strict=True) if s == "pending"]
+            if not pending:  # it soaks: let the soak pass
+                self.time_passes(30, schedule=True)
+                return
             pid = data.draw(st.sampled_from(pending))
             status = ResultStatus.FAILED if fail == 0 else ResultStatus.PASSED
             self.run(PromotionCompleted(deployment_id, pid, [PromotionResult(pid, status)]))
+
+    @precondition(lambda self: hasattr(self, "clock"))
+    @rule(by=st.sampled_from([1, 9, 10, 29, 30, 45, 120]), schedule=st.booleans())
+    def time_passes(self, by: int, schedule: bool) -> None:
+        """The clock moves ``by`` minutes; then (or later) a scheduler fires what is due."""
+        self.clock.advance(minutes=by)
+        if not schedule:
+            return
+        sent = len(self.emitter.requests)
+        expected = self.expire()
+        assert self.scheduler.run_once() == len(expected)
+        emitted = self.emitter.requests[sent:]
+        for flow_id, events in expected.items():
+            rows = [
+                (
+                    r.event,
+                    r.webhook_id,
+                    r.action.name,
+                    r.flow_id,
+                    r.payload.deployment.id,
+                    r.payload.deployment.state.value,
+                )
+                for r in emitted
+                if r.flow_id == flow_id
+            ]
+            assert rows == self.fanout(events)
+        assert {r.flow_id for r in emitted} <= set(expected)
+        for request in emitted:  # a timeout says so; a soak is no timeout
+            timed_out = request.event is not E.DEPLOYMENT_SUCCEEDED and request.event is not E.DEPLOYMENT_CREATED
+            timed_out = timed_out and request.event is not E.FLOW_SUCCEEDED
+            if isinstance(request.payload, DeploymentPayload):
+                assert request.payload.reason == ("timeout" if timed_out else None)
+            else:
+                assert request.payload.promotion_result.details == {"reason": "timeout"}
+        self.last = None
 
     @precondition(lambda self: self.last is not None)
     @rule()
@@ -368,9 +480,41 @@ class EngineAgainstReference(RuleBasedStateMachine):
             assert sum(s in ("started", "completed") for s in states) <= 1
             assert (flow.state.value == "success") == all(s == "success" for s in states)
             any_failed = any(p.state.value == "failed" for d in flow.deployments for p in d.promotions)
-            assert (flow.state.value == "failed") == (any_failed or bool(ref.reported_failed))
+            assert (flow.state.value == "failed") == (any_failed or bool(ref.reported_failed) or ref.timed_out)
         assert self.repository.count_pending() == 0
         assert len(self.repository.list_flows(limit=10_000)) == len(self.flows)
+
+    @invariant()
+    def timers_are_those_the_flows_wait_for(self) -> None:
+        """Each stored timer is of a flow in progress, about its current deployment,
+        of a kind its state waits for, due when its environment says; and a
+        deployment that waits for a timeout or a soak has its timer."""
+        if not hasattr(self, "repository"):
+            return
+        for ref in self.flows.values():
+            stored = {(t.deployment_id, t.kind): t.due for t in self.repository.timers(ref.id)}
+            d = ref.current()
+            if ref.state != "inProgress" or d is None:
+                assert stored == {}
+                continue
+            environment, state, deployment_id = self._environment(ref, d), ref.deployments[d], ref.deployment_ids[d]
+            timeouts = environment.timeouts or Timeouts()
+            assert {i for i, _ in stored} <= {deployment_id}
+            wanted: dict[TimerKind, dt.datetime] = {}
+            if state == "started" and timeouts.deploy:
+                wanted[TimerKind.DEPLOY] = ref.started_at[d] + timeouts.deploy
+            if state == "completed":
+                if timeouts.verify:
+                    wanted[TimerKind.VERIFY] = ref.completed_at[d] + timeouts.verify
+                if environment.soak:
+                    wanted[TimerKind.SOAK] = ref.completed_at[d] + environment.soak
+            for (_, kind), due in stored.items():
+                assert wanted.get(kind) == due, (kind, due, wanted)
+            pending = "pending" in ref.promotions[d]
+            for kind, due in wanted.items():
+                # Until it fires: a verify timer only matters while a promotion is pending.
+                if due > self.clock.now and (kind is not TimerKind.VERIFY or pending):
+                    assert (deployment_id, kind) in stored, kind
 
 
 TestEngineAgainstReference = EngineAgainstReference.TestCase

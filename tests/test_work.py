@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import attrs
 import pytest
@@ -41,9 +41,9 @@ class Counting(InMemoryRepository):
         super().__init__()
         self.commits: list[list[str]] = []
 
-    def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
+    def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), **kwargs: Any) -> None:
         self.commits.append([f.id for f in flows])
-        super().commit(flows, hook_requests, lease=lease)
+        super().commit(flows, hook_requests, **kwargs)
 
 
 class EndingEngine(FlowEngine):

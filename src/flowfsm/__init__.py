@@ -43,6 +43,9 @@ from flowfsm.model import (
     ResultStatus,
     Service,
     ServiceRef,
+    Timeouts,
+    Timer,
+    TimerKind,
     Webhook,
 )
 from flowfsm.protocols import FailureHandler, HookEmitter, Repository, ServiceCatalog
@@ -54,6 +57,7 @@ from flowfsm.triggers import (
     DeploymentStarted,
     Outcome,
     PromotionCompleted,
+    TimerFired,
     Trigger,
 )
 
@@ -104,6 +108,10 @@ __all__ = [
     "Service",
     "ServiceCatalog",
     "ServiceRef",
+    "Timeouts",
+    "Timer",
+    "TimerFired",
+    "TimerKind",
     "Trigger",
     "UnknownDeployment",
     "UnknownFlow",

@@ -317,6 +317,7 @@ _YAML_TAGS: Final = frozenset(
 # Keys a catalog has: a duplicate one is named; another (a secret put as a key?) is not.
 _CATALOG_KEYS: Final = frozenset(
     {"services", "id", "artifacts", "pipeline", "name", "environments", "promotions", "failureStrategy"}
+    | {"timeouts", "deploy", "verify", "soak"}
     | {"webhooks", "event", "actions", "url", "secret", "env", "file"}
 )
 

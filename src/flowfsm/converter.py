@@ -16,7 +16,7 @@ import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
 from json.encoder import encode_basestring_ascii as _quote  # C: a str as json.dumps writes it
-from typing import Any, TypeVar, get_args, get_origin, overload
+from typing import Any, Final, TypeVar, get_args, get_origin, overload
 
 import attrs
 import cattrs
@@ -30,11 +30,13 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.strategies import configure_tagged_union
 
+from flowfsm.durations import format_duration, parse_duration
 from flowfsm.errors import ValidationError, shown
 from flowfsm.model import (
     Action,
     DeploymentPayload,
     DeploymentState,
+    Environment,
     FlowState,
     HookEvent,
     HookRequest,
@@ -42,6 +44,8 @@ from flowfsm.model import (
     PromotionPayload,
     PromotionState,
     ResultStatus,
+    Timeouts,
+    TimerKind,
     text_problem,
 )
 from flowfsm.triggers import Trigger
@@ -56,18 +60,36 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
+def _renames(cls: type) -> dict[str, Any]:
+    return {a.name: override(rename=_camel(a.name)) for a in attrs.fields(cls) if a.init and _camel(a.name) != a.name}
+
+
+_OMITTED_IF_UNSET: Final[dict[type, tuple[str, ...]]] = {
+    Environment: ("timeouts", "soak"),
+    Timeouts: ("deploy", "verify"),
+    DeploymentPayload: ("reason",),
+}
+"""Fields left out of the JSON when unset, so that what does not use them reads
+exactly as before they existed (payloads included)."""
+
+
+def _unstructure_renames(cls: type) -> dict[str, Any]:
+    overrides = _renames(cls)
+    for name in _OMITTED_IF_UNSET.get(cls, ()):
+        overrides[name] = override(omit_if_default=True)
+    return overrides
+
+
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
 
-    def renames(cls: type) -> dict[str, Any]:
-        return {
-            a.name: override(rename=_camel(a.name)) for a in attrs.fields(cls) if a.init and _camel(a.name) != a.name
-        }
+    def unstructure_object(cls: type) -> Any:
+        return make_dict_unstructure_fn(cls, conv, **_unstructure_renames(cls))
 
-    conv.register_unstructure_hook_factory(attrs.has, lambda cls: make_dict_unstructure_fn(cls, conv, **renames(cls)))
+    conv.register_unstructure_hook_factory(attrs.has, unstructure_object)
 
     def structure_object(cls: type) -> Any:
-        overrides = renames(cls)
+        overrides = _renames(cls)
         if cls is Action:  # the class takes a secret or a reference to one, and never shows it
             overrides["secret"] = override(struct_hook=lambda value, _: value)
         structure_fields: Any = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **overrides)
@@ -108,7 +130,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(str, structure_str)
 
     # Enums by table lookup: Enum(value) and member.value are slow paths in Python.
-    for enum_cls in (FlowState, DeploymentState, PromotionState, ResultStatus, HookEvent):
+    for enum_cls in (FlowState, DeploymentState, PromotionState, ResultStatus, HookEvent, TimerKind):
         by_value = {m.value: m for m in enum_cls}
         to_value = {m: m.value for m in enum_cls}
 
@@ -130,6 +152,9 @@ def _make_converter() -> cattrs.Converter:
             raise ValidationError("$", f"expected an ISO 8601 time, got {shown(value)}") from None
 
     conv.register_structure_hook(dt.datetime, structure_datetime)
+    # Durations: the attrs converters of the classes holding them parse the text.
+    conv.register_structure_hook(dt.timedelta, lambda value, _: parse_duration(value, "$"))
+    conv.register_unstructure_hook(dt.timedelta, format_duration)
 
     def structure_payload(value: Any, _: Any) -> Payload:
         if isinstance(value, dict) and "promotionResult" in value:

@@ -40,6 +40,7 @@ from flowfsm.model import (
     PromotionState,
     ResultStatus,
     Service,
+    TimerKind,
     _make_deployment,
     _make_flow,
     _make_promotion,
@@ -53,6 +54,7 @@ from flowfsm.triggers import (
     DeploymentStarted,
     Outcome,
     PromotionCompleted,
+    TimerFired,
     Trigger,
 )
 from flowfsm.work import Draft, FlowDraft, Work
@@ -143,6 +145,11 @@ class FlowEngine:
         for service in catalog:  # fail now, not on the first failure
             self._strategy(service)
 
+    @property
+    def clock(self) -> Callable[[], dt.datetime]:
+        """The engine's clock: the time of record of its triggers (and of timers)."""
+        return self._clock
+
     def handle(self, trigger: Trigger) -> Outcome:
         """Apply one trigger atomically and return what it did."""
         apply, attempt = self._applier(trigger), 1
@@ -151,7 +158,11 @@ class FlowEngine:
             if not changed:
                 return outcome
             try:
-                self.repository.commit(changed, outcome.hook_requests, lease=self._lease)
+                requests, timers, cancel = outcome.hook_requests, outcome.timers, outcome.cancelled
+                if timers or cancel:  # keyword arguments a repository without timers has never seen
+                    self.repository.commit(changed, requests, lease=self._lease, timers=timers, cancel=cancel)
+                else:
+                    self.repository.commit(changed, requests, lease=self._lease)
                 break
             except ConcurrencyConflict:
                 if attempt >= self._max_attempts:
@@ -207,14 +218,54 @@ class FlowEngine:
             raise UnknownPromotion(trigger.deployment_id, trigger.promotion_id)
         return self.outcome(work, machines.apply(draft, "fail" if failed else "succeed"))
 
+    def _on_timer_fired(self, trigger: TimerFired) -> tuple[Outcome, list[Flow]]:
+        """A due timer: a duplicate unless it is still set as claimed and due, and its
+        deployment still waits for it — the machines' rules say (``time_out`` of a
+        started deployment, of each pending promotion of a completed one; the soak
+        guard of ``succeed``). Its own cancellation is committed with what it did."""
+        work, draft = self.open_deployment(trigger.deployment_id, timed=True)
+        timer, now = work.pending.get(trigger.timer_id), work.now
+        if timer is None or now is None or timer.due > now:
+            return self.outcome(work, False)
+        work.timers[timer.id] = None
+        flow, index, kind = draft.flow, draft.index, trigger.kind
+        if kind is TimerKind.SOAK:
+            applied = machines.may(draft, "succeed")
+            if applied:
+                machines.fire(draft, "succeed")
+            return self.outcome(work, applied)
+        work.timed_out = True
+        if kind is TimerKind.DEPLOY:
+            work.reason = "timeout"
+            return self.outcome(work, machines.apply(draft, "time_out"))
+        applied = False
+        for promotion in draft.deployment.promotions:
+            pending = flow.promotion(index, promotion.id)
+            if pending is not None and machines.may(pending, "time_out"):
+                work.result = PromotionResult(promotion.id, ResultStatus.FAILED, {"reason": "timeout"})
+                machines.fire(pending, "time_out")
+                applied = True
+        work.reason = "timeout"
+        return self.outcome(work, applied)
+
     def open_deployment(
-        self, deployment_id: str, *, result: PromotionResult | None = None, reason: str | None = None
+        self,
+        deployment_id: str,
+        *,
+        result: PromotionResult | None = None,
+        reason: str | None = None,
+        timed: bool = False,
     ) -> tuple[Work, Draft]:
         """A unit of work holding the deployment's flow, and a draft of the deployment
-        to apply a trigger to (``flowfsm.machines.apply``); then ``outcome``."""
+        to apply a trigger to (``flowfsm.machines.apply``); then ``outcome``. When
+        the flow's pipeline has timers (or ``timed``), the work also gets the time
+        and the flow's stored timers."""
         flow = self.repository.find_by_deployment(deployment_id)
         work = Work(result=result, reason=reason)
-        draft = work.open(flow, self.catalog.get(flow.service_id))
+        service = self.catalog.get(flow.service_id)
+        draft = work.open(flow, service)
+        if timed or service.pipeline.timed:
+            work.watch(self._clock(), self.repository.timers(flow.id))
         index = draft.index(deployment_id)
         if index is None:  # a repository that returned the wrong flow
             raise ValidationError("deployment_id", f"flow {flow.id!r} has no {deployment_id!r}")
@@ -232,6 +283,8 @@ class FlowEngine:
         now = self._clock()
         saved = [draft.flow(version=draft.loaded.version + 1, updated_at=now) for draft in work.changed()]
         outcome = Outcome(tuple(saved), self._hook_requests(work, now))
+        if work.timers:
+            outcome.timers, outcome.cancelled = work.timer_changes()
         work.close()
         return outcome, saved
 
@@ -273,6 +326,7 @@ class FlowEngine:
         """One HookRequest per subscribed webhook action per event, in recorded order."""
         new_id = self._new_id
         requests: list[HookRequest] = []
+        reason = "timeout" if work.timed_out else None
         for event, flow, deployment, result, subscribers in work.events:
             payload: Payload
             service = flow.service
@@ -280,7 +334,7 @@ class FlowEngine:
                 payload = PromotionPayload(flow.loaded.artifact, deployment, service.ref, result)
             else:
                 environment = service.pipeline.environment(deployment.environment) or _environment(deployment)
-                payload = DeploymentPayload(flow.loaded.artifact, deployment, service.ref, environment)
+                payload = DeploymentPayload(flow.loaded.artifact, deployment, service.ref, environment, reason)
             flow_id = flow.id
             requests += [
                 HookRequest(new_id(), flow_id, webhook_id, action, event, payload, now)
@@ -350,6 +404,7 @@ FlowEngine.APPLIERS = {
     DeploymentCompleted: FlowEngine._on_deployment_completed,
     DeploymentFailed: FlowEngine._on_deployment_failed,
     PromotionCompleted: FlowEngine._on_promotion_completed,
+    TimerFired: FlowEngine._on_timer_fired,
 }
 
 

@@ -41,7 +41,17 @@ from transitions import EventData, Machine, MachineError
 from transitions.core import Condition, State, Transition
 
 from flowfsm.errors import InvalidTransition
-from flowfsm.model import Deployment, DeploymentState, Flow, FlowState, HookEvent, Promotion, PromotionState
+from flowfsm.model import (
+    Deployment,
+    DeploymentState,
+    Flow,
+    FlowState,
+    HookEvent,
+    Promotion,
+    PromotionState,
+    TimerKind,
+    timer_id,
+)
 from flowfsm.work import Draft, FlowDraft
 
 __all__ = [
@@ -123,6 +133,11 @@ class Rule:
     these states and the test holds (``always``: the state says it)."""
     contradicts: Mapping[enum.Enum, str] = attrs.field(factory=dict)
     """States where the trigger contradicts what is recorded, and the reason given."""
+    cancels: tuple[TimerKind, ...] = ()
+    """Timers of the deployment the transition cancels (before it sets ``timers``)."""
+    timers: tuple[TimerKind, ...] = ()
+    """Timers of the deployment the transition sets, each if its environment gives
+    the duration (``Environment.timer``); a due timer sends ``TimerFired``."""
 
 
 @attrs.frozen
@@ -164,6 +179,17 @@ def _all_deployments_succeeded(draft: Draft) -> bool:
     return draft.flow.current() is None
 
 
+def _soaked(draft: Draft) -> bool:
+    """The deployment's soak is over: its soak timer is not set, or is due (the time
+    is read only for a pipeline with timers; see ``Work.watch``)."""
+    work = draft.flow.work
+    now = work.now
+    if now is None:
+        return True
+    timer = work.timer(timer_id(draft.entity.id, TimerKind.SOAK))
+    return timer is None or timer.due <= now
+
+
 FLOW_IN_PROGRESS: Final = Guard(_flow_in_progress, "the flow is finished", "flow inProgress")
 """Every transition's first guard: nothing moves a finished flow."""
 IS_CURRENT: Final = Guard(_is_current, "it is not the flow's current deployment", "current deployment")
@@ -174,6 +200,7 @@ DEPLOYMENT_COMPLETED: Final = Guard(_deployment_completed, "its deployment has n
 ALL_DEPLOYMENTS_SUCCEEDED: Final = Guard(
     _all_deployments_succeeded, "not every deployment has succeeded", "all deployments success"
 )
+SOAKED: Final = Guard(_soaked, "its soak time has not passed", "soaked")
 
 
 # --- tests of repeats -------------------------------------------------------------------
@@ -193,6 +220,8 @@ def _failed_before_completing(draft: Draft) -> bool:
 # --- the declarations -------------------------------------------------------------------
 
 _F, _D, _P, _E = FlowState, DeploymentState, PromotionState, HookEvent
+_T = TimerKind
+_EVERY_TIMER: Final = (_T.DEPLOY, _T.VERIFY, _T.SOAK)
 
 FLOW: Final = Declaration(
     "flow",
@@ -219,6 +248,7 @@ DEPLOYMENT: Final = Declaration(
             (_E.DEPLOYMENT_STARTED,),
             # Duplicates reach back: a late "started" after any later state says nothing new.
             repeats={_D.STARTED: always, _D.COMPLETED: always, _D.SUCCESS: always, _D.FAILED: always},
+            timers=(_T.DEPLOY,),
         ),
         Rule(
             "complete",
@@ -229,6 +259,8 @@ DEPLOYMENT: Final = Declaration(
             then=(("deployment", "succeed"),),
             repeats={_D.COMPLETED: always, _D.SUCCESS: always, _D.FAILED: _completed_before_failing},
             contradicts={_D.FAILED: "the CD system reported it failed"},
+            cancels=(_T.DEPLOY,),
+            timers=(_T.VERIFY, _T.SOAK),
         ),
         Rule(
             "fail",  # the CD system reports the deployment failed
@@ -243,16 +275,29 @@ DEPLOYMENT: Final = Declaration(
                 _D.SUCCESS: "it already completed",
                 _D.FAILED: "it completed, then failed its promotions",
             },
+            cancels=_EVERY_TIMER,
+        ),
+        Rule(
+            "time_out",  # its deploy timeout passed before it completed
+            _D.STARTED,
+            _D.FAILED,
+            (),
+            (_E.DEPLOYMENT_FAILED,),
+            failure=FailureKind.TIMEOUT,
+            repeats={_D.COMPLETED: always, _D.SUCCESS: always, _D.FAILED: always},
+            cancels=_EVERY_TIMER,
         ),
         Rule(
             "succeed",
             _D.COMPLETED,
             _D.SUCCESS,
-            (ALL_PROMOTIONS_SUCCEEDED,),
+            (ALL_PROMOTIONS_SUCCEEDED, SOAKED),
             (_E.DEPLOYMENT_SUCCEEDED, Next(_E.DEPLOYMENT_CREATED)),
             then=(("flow", "succeed"),),
+            cancels=(_T.VERIFY, _T.SOAK),
         ),
-        Rule("reject", _D.COMPLETED, _D.FAILED, (), (_E.DEPLOYMENT_FAILED,)),  # a failure strategy's move
+        # A failure strategy's move:
+        Rule("reject", _D.COMPLETED, _D.FAILED, (), (_E.DEPLOYMENT_FAILED,), cancels=_EVERY_TIMER),
     ),
     FlowDraft.publish_deployment,
 )
@@ -281,6 +326,15 @@ PROMOTION: Final = Declaration(
             failure=FailureKind.PROMOTION,
             repeats={_P.FAILED: always},
             contradicts={_P.SUCCESS: "it already passed"},
+        ),
+        Rule(
+            "time_out",  # its deployment's verify timeout passed while it was pending
+            _P.PENDING,
+            _P.FAILED,
+            (DEPLOYMENT_COMPLETED,),
+            (_E.PROMOTION_FAILED,),
+            failure=FailureKind.TIMEOUT,
+            repeats={_P.SUCCESS: always, _P.FAILED: always},
         ),
     ),
     FlowDraft.publish_promotion,
@@ -374,15 +428,19 @@ def _check(guard: Guard, event: EventData) -> bool:
     return False
 
 
-def _after(rule: Rule, publish: Callable[[FlowDraft, Draft], None], event: EventData) -> None:
+def _after(rule: Rule, publish: Callable[[FlowDraft, Draft], None], clocked: bool, event: EventData) -> None:
     """A rule's ``after`` callback (bound with ``partial``): publish the draft, record
-    the rule's events, hand on its failure, try its follow-ups."""
+    the rule's events, hand on its failure, set and cancel its timers (``clocked``:
+    it has some; only a pipeline with timers gives the work a time), try its
+    follow-ups."""
     draft: Draft = event.model  # type: ignore[assignment]  # the models of flowfsm machines are Drafts
     flow = draft.flow
     publish(flow, draft)
     _record(rule.events, flow, draft.index)
     if rule.failure is not None:
         flow.work.failures.append((rule.failure, flow, draft.index, draft.entity.id))
+    if clocked and flow.work.now is not None:
+        flow.work.clock(rule, flow, draft.index)
     for kind, trigger in rule.then:
         attempt(flow.deployment(draft.index) if kind == "deployment" else flow.draft(draft.index), trigger)
 
@@ -411,7 +469,7 @@ def _build(
                 "source": rule.source,
                 "dest": rule.dest,
                 "conditions": [partial(_check, g) for g in (FLOW_IN_PROGRESS, *rule.guards)],
-                "after": [partial(_after, rule, declaration.publish)],
+                "after": [partial(_after, rule, declaration.publish, bool(rule.timers or rule.cancels))],
             }
             for rule in declaration.rules
         ],

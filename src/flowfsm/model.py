@@ -31,6 +31,7 @@ from typing import Any, Final, NoReturn, TypeAlias, TypeVar
 
 import attrs
 
+from flowfsm.durations import parse_duration
 from flowfsm.errors import ValidationError, shown
 
 __all__ = [
@@ -58,6 +59,9 @@ __all__ = [
     "ResultStatus",
     "Service",
     "ServiceRef",
+    "Timeouts",
+    "Timer",
+    "TimerKind",
 ]
 
 
@@ -354,14 +358,57 @@ class Artifact:
             raise ValidationError(f"artifact.{e.field}", e.message) from None
 
 
+def _deploy(value: object) -> dt.timedelta | None:
+    return None if value is None else parse_duration(value, "deploy")
+
+
+def _verify(value: object) -> dt.timedelta | None:
+    return None if value is None else parse_duration(value, "verify")
+
+
+def _soak(value: object) -> dt.timedelta | None:
+    return None if value is None else parse_duration(value, "soak")
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class Timeouts:
+    """How long an environment's deployment may take (see ``docs/time.md``):
+    ``deploy`` from started to completed, ``verify`` from completed until every
+    promotion is decided. Each is a duration (``"30m"``, ``"PT1H"``) or None (no limit)."""
+
+    __repr__ = attrs_repr
+
+    deploy: dt.timedelta | None = attrs.field(default=None, converter=_deploy)
+    verify: dt.timedelta | None = attrs.field(default=None, converter=_verify)
+
+
+def _timeouts(value: Timeouts | None) -> Timeouts | None:
+    if value is None or isinstance(value, Timeouts):
+        return value
+    raise ValidationError("timeouts", f"expected Timeouts, got {shown(value)}")
+
+
 @attrs.frozen(weakref_slot=False, repr=False)
 class Environment:
-    """One stage of a pipeline and the promotion checks it must pass."""
+    """One stage of a pipeline and the promotion checks it must pass; optionally
+    its ``timeouts`` and its ``soak`` (how long a completed deployment waits before
+    it succeeds, however soon its promotions pass)."""
 
     __repr__ = attrs_repr
 
     name: str = attrs.field(validator=_nonblank)
     promotions: tuple[str, ...] = attrs.field(default=(), converter=_promotion_names)
+    timeouts: Timeouts | None = attrs.field(default=None, converter=_timeouts)
+    soak: dt.timedelta | None = attrs.field(default=None, converter=_soak)
+
+    def timer(self, kind: TimerKind) -> dt.timedelta | None:
+        """The duration of the environment's timer of ``kind``, or None (not set)."""
+        if kind is TimerKind.SOAK:
+            return self.soak
+        timeouts = self.timeouts
+        if timeouts is None:
+            return None
+        return timeouts.deploy if kind is TimerKind.DEPLOY else timeouts.verify
 
     def __attrs_post_init__(self) -> None:
         for i, promotion in enumerate(self.promotions):
@@ -380,12 +427,16 @@ class Pipeline:
     name: str = attrs.field(validator=_nonblank)
     environments: tuple[Environment, ...] = attrs.field(converter=_environments)
     _by_name: Mapping[str, Environment] = attrs.field(init=False, repr=False, eq=False, alias="_by_name")
+    timed: bool = attrs.field(init=False, repr=False, eq=False)
+    """Whether any environment has a timeout or a soak: only then do triggers read
+    and set timers."""
 
     def __attrs_post_init__(self) -> None:
         if not self.environments:
             raise ValidationError("environments", "a pipeline needs at least one environment")
         _unique("environments", (e.name for e in self.environments), "environment")
         object.__setattr__(self, "_by_name", {e.name: e for e in self.environments})
+        object.__setattr__(self, "timed", any(e.timeouts or e.soak for e in self.environments))
 
     def environment(self, name: str) -> Environment | None:
         """The environment called ``name``, or None."""
@@ -919,6 +970,8 @@ class DeploymentPayload:
     deployment: Deployment
     service: ServiceRef
     environment: Environment
+    reason: str | None = None
+    """``"timeout"`` when a timer caused the event; otherwise None, and left out of the JSON."""
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
@@ -983,3 +1036,34 @@ class HookRecord:
     state: DeliveryState = DeliveryState.PENDING
     delivered_at: dt.datetime | None = None
     attempts: tuple[DeliveryAttempt, ...] = ()
+
+
+class TimerKind(enum.Enum):
+    """What a timer is for: an environment's ``deploy`` or ``verify`` timeout, or its ``soak``."""
+
+    DEPLOY = "deploy"
+    VERIFY = "verify"
+    SOAK = "soak"
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class Timer:
+    """A durable timer: stored with its flow, in the same transaction, it fires once
+    ``due`` has passed (``flowfsm.scheduling``). It is about one deployment; its
+    id says which and what for, so setting it again replaces it."""
+
+    __repr__ = attrs_repr
+
+    flow_id: str
+    deployment_id: str
+    kind: TimerKind
+    due: dt.datetime
+
+    @property
+    def id(self) -> str:
+        return timer_id(self.deployment_id, self.kind)
+
+
+def timer_id(deployment_id: str, kind: TimerKind) -> str:
+    """The id of the deployment's timer of ``kind``."""
+    return f"{deployment_id}/{kind.value}"

@@ -1,10 +1,11 @@
 """The pluggable parts, each a small ``typing.Protocol``, documented in one place.
 
-- ``Repository``: stores flows and their outbox of HookRequests. It is four roles,
-  each its own protocol: ``FlowStore`` (flows, saved with their HookRequests),
-  ``Outbox`` (HookRequests waiting for delivery), ``DeliveryLog`` (attempts and dead
-  requests) and ``EndpointSwitches`` (endpoints turned off); a part of flowfsm that
-  needs one role asks for that one.
+- ``Repository``: stores flows and their outbox of HookRequests. It is five roles,
+  each its own protocol: ``FlowStore`` (flows, saved with their HookRequests and
+  timers), ``Outbox`` (HookRequests waiting for delivery), ``DeliveryLog`` (attempts
+  and dead requests), ``EndpointSwitches`` (endpoints turned off) and ``Timers``
+  (durable timers, for the scheduler); a part of flowfsm that needs one role asks
+  for that one.
 - ``HookEmitter``: receives HookRequests.
 - ``ServiceCatalog``: finds services by artifact key.
 - ``FailureHandler``: decides what a failure does.
@@ -15,10 +16,11 @@ Implement one by writing a class with these methods; no base class is needed.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from flowfsm.model import DeliveryAttempt, Flow, FlowState, HookRecord, HookRequest, Service
+from flowfsm.model import DeliveryAttempt, Flow, FlowState, HookRecord, HookRequest, Service, Timer
 
 if TYPE_CHECKING:
     from flowfsm.strategies import Failure
@@ -32,6 +34,7 @@ __all__ = [
     "Outbox",
     "Repository",
     "ServiceCatalog",
+    "Timers",
 ]
 
 
@@ -72,8 +75,19 @@ class FlowStore(Protocol):
         """Flows, newest first, optionally of one service and/or in one state."""
         ...
 
-    def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
-        """Save ``flows`` and add ``hook_requests`` to the outbox, all or nothing.
+    def commit(
+        self,
+        flows: Sequence[Flow],
+        hook_requests: Sequence[HookRequest] = (),
+        *,
+        lease: float = 0.0,
+        timers: Sequence[Timer] = (),
+        cancel: Sequence[str] = (),
+    ) -> None:
+        """Save ``flows``, add ``hook_requests`` to the outbox, set ``timers`` (each
+        replacing a pending one of its id) and cancel the timers ``cancel`` names,
+        all or nothing; a flow saved finished (not ``inProgress``) loses every
+        timer it had.
 
         Each flow carries the version it is saved as: 1 inserts it (and conflicts
         if its id or its key is taken); n > 1 replaces version n - 1. Anything else
@@ -166,9 +180,36 @@ class EndpointSwitches(Protocol):
 
 
 @runtime_checkable
-class Repository(FlowStore, Outbox, DeliveryLog, EndpointSwitches, Protocol):
-    """Everything the engine and the dispatcher store: the four roles, in one backend
-    (one database), so a flow's save and its HookRequests share a transaction.
+class Timers(Protocol):
+    """Durable timers, set and cancelled by ``FlowStore.commit`` with their flows,
+    handed to schedulers (``flowfsm.scheduling``) once due."""
+
+    def claim_due(self, now: dt.datetime, limit: int = 100, *, lease: float = 30.0) -> list[Timer]:
+        """Up to ``limit`` timers due at ``now`` (``due <= now``), soonest first,
+        leased to the caller for ``lease`` seconds of real time (bounded as the
+        outbox's leases): no other claim returns them meanwhile."""
+        ...
+
+    def complete_timers(self, timers: Sequence[Timer]) -> None:
+        """These timers have fired (or found their flow moved on): remove each one
+        still pending as it was claimed (a timer set again since, with another due
+        time, stays)."""
+        ...
+
+    def release_timers(self, ids: Sequence[str]) -> None:
+        """End the lease of these timers: the next claim may return them again."""
+        ...
+
+    def timers(self, flow_id: str) -> list[Timer]:
+        """The flow's pending timers, soonest first."""
+        ...
+
+
+@runtime_checkable
+class Repository(FlowStore, Outbox, DeliveryLog, EndpointSwitches, Timers, Protocol):
+    """Everything the engine, the dispatcher and the scheduler store: the five roles,
+    in one backend (one database), so a flow's save, its HookRequests and its timers
+    share a transaction.
     ``flowfsm.testing.RepositoryContract`` checks a backend against all of them."""
 
 

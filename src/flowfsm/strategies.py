@@ -16,7 +16,16 @@ from collections.abc import Mapping
 from typing import Final
 
 from flowfsm.machines import FailureKind, fire
-from flowfsm.model import Deployment, DeploymentState, FailureStrategy, Flow, Promotion, PromotionResult, Service
+from flowfsm.model import (
+    Deployment,
+    DeploymentState,
+    FailureStrategy,
+    Flow,
+    FlowState,
+    Promotion,
+    PromotionResult,
+    Service,
+)
 from flowfsm.protocols import FailureHandler
 from flowfsm.work import FlowDraft
 
@@ -57,6 +66,11 @@ class Failure:
         return self._flow.flow()
 
     @property
+    def flow_state(self) -> FlowState:
+        """The flow's state as this trigger has changed it so far."""
+        return self._flow.state
+
+    @property
     def deployment(self) -> Deployment:
         """The failed item's deployment, as this trigger has changed it so far."""
         return self._flow.deployments[self._index]
@@ -91,12 +105,14 @@ class Failure:
 
 class Stop:
     """``STOP``: the deployment fails (if the failure has not failed it already),
-    then the flow."""
+    then the flow (if an earlier failure of the same trigger has not: a verify
+    timeout fails every pending promotion at once)."""
 
     def on_failure(self, failure: Failure) -> None:
         if failure.deployment.state is not DeploymentState.FAILED:
             failure.fail_deployment()
-        failure.fail_flow()
+        if failure.flow_state is FlowState.IN_PROGRESS:
+            failure.fail_flow()
 
 
 BUILTIN_STRATEGIES: Final[Mapping[str, FailureHandler]] = {FailureStrategy.STOP.value: Stop()}

@@ -12,7 +12,17 @@ from typing import TypeAlias
 import attrs
 
 from flowfsm.errors import ValidationError
-from flowfsm.model import Artifact, Flow, HookRequest, PromotionResult, _nonblank, attrs_repr
+from flowfsm.model import (
+    Artifact,
+    Flow,
+    HookRequest,
+    PromotionResult,
+    Timer,
+    TimerKind,
+    _nonblank,
+    attrs_repr,
+    timer_id,
+)
 
 __all__ = [
     "ArtifactCreated",
@@ -21,6 +31,7 @@ __all__ = [
     "DeploymentStarted",
     "Outcome",
     "PromotionCompleted",
+    "TimerFired",
     "Trigger",
 ]
 
@@ -84,7 +95,35 @@ class PromotionCompleted:
                 )
 
 
-Trigger: TypeAlias = ArtifactCreated | DeploymentStarted | DeploymentCompleted | PromotionCompleted | DeploymentFailed
+def _timer_kind(value: object) -> TimerKind:
+    if isinstance(value, TimerKind):
+        return value
+    try:
+        return TimerKind(value)
+    except ValueError:
+        allowed = ", ".join(repr(k.value) for k in TimerKind)
+        raise ValidationError("kind", f"{value!r} is not one of {allowed}") from None
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class TimerFired:
+    """A deployment's timer of ``kind`` is due (``flowfsm.scheduling.Scheduler``
+    sends it; flowfsm itself is its actor). It does nothing (a duplicate) unless the
+    timer is still set, due, and the deployment still waits for it."""
+
+    __repr__ = attrs_repr
+
+    deployment_id: str = attrs.field(validator=_nonblank)
+    kind: TimerKind = attrs.field(converter=_timer_kind)
+
+    @property
+    def timer_id(self) -> str:
+        return timer_id(self.deployment_id, self.kind)
+
+
+Trigger: TypeAlias = (
+    ArtifactCreated | DeploymentStarted | DeploymentCompleted | PromotionCompleted | DeploymentFailed | TimerFired
+)
 
 
 @attrs.define(weakref_slot=False, repr=False)
@@ -98,3 +137,7 @@ class Outcome:
     flows: tuple[Flow, ...] = ()
     hook_requests: tuple[HookRequest, ...] = ()
     duplicate: bool = False
+    timers: tuple[Timer, ...] = ()
+    """Timers the trigger set (committed with its flows)."""
+    cancelled: tuple[str, ...] = ()
+    """Ids of the timers the trigger cancelled."""

@@ -12,6 +12,7 @@ HookRequests of those events in one commit.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from flowfsm.model import (
@@ -19,21 +20,25 @@ from flowfsm.model import (
     Deployment,
     DeploymentState,
     Flow,
+    FlowState,
     HookEvent,
     Promotion,
     PromotionResult,
     Service,
+    Timer,
     _make_deployment,
     _make_flow,
     _make_promotion,
+    timer_id,
 )
 
 if TYPE_CHECKING:
-    from flowfsm.machines import FailureKind, Guard
+    from flowfsm.machines import FailureKind, Guard, Rule
 
 __all__ = ["Draft", "FlowDraft", "PendingFailure", "RecordedEvent", "Work"]
 
 _SUCCESS = DeploymentState.SUCCESS
+_IN_PROGRESS = FlowState.IN_PROGRESS
 
 RecordedEvent = tuple[HookEvent, "FlowDraft", Deployment, PromotionResult | None, tuple[tuple[str, ActionRef], ...]]
 """(event, its flow, the deployment version of its moment, the promotion result it
@@ -46,7 +51,7 @@ PendingFailure = tuple["FailureKind", "FlowDraft", int, str]
 class Work:
     """What one trigger has done so far; ``open`` adds a flow to it."""
 
-    __slots__ = ("events", "failures", "flows", "reason", "result")
+    __slots__ = ("events", "failures", "flows", "now", "pending", "reason", "result", "timed_out", "timers")
 
     def __init__(self, *, result: PromotionResult | None = None, reason: str | None = None) -> None:
         self.flows: dict[str, FlowDraft] = {}
@@ -57,6 +62,51 @@ class Work:
         """The promotion result the trigger reports, carried by promotion events."""
         self.reason = reason
         """Why, as the trigger says (a reported failure's reason)."""
+        self.timed_out = False
+        """A timer's timeout caused this work: its events say ``timeout``."""
+        # Time, read only by flows whose pipeline has timeouts or a soak (``watch``):
+        self.now: dt.datetime | None = None
+        """The time of the trigger."""
+        self.pending: dict[str, Timer] = {}
+        """The timers of the watched flows as stored, by id."""
+        self.timers: dict[str, Timer | None] = {}
+        """The timers this work sets (a ``Timer``) or cancels (None), by id."""
+
+    def watch(self, now: dt.datetime, timers: Iterable[Timer]) -> None:
+        """Give the work the time and the stored timers of its flows, for the
+        machines' timed rules and guards."""
+        self.now = now
+        self.pending.update((t.id, t) for t in timers)
+
+    def timer(self, timer_id: str) -> Timer | None:
+        """The timer ``timer_id`` as this work leaves it (set, cancelled: None, or as stored)."""
+        timers = self.timers
+        return timers[timer_id] if timer_id in timers else self.pending.get(timer_id)
+
+    def clock(self, rule: Rule, flow: FlowDraft, index: int) -> None:
+        """Cancel, then set, the timers ``rule`` names for the flow's deployment
+        ``index`` (each set only if its environment gives its duration)."""
+        now = self.now
+        if now is None:  # an untimed pipeline
+            return
+        deployment = flow.deployments[index]
+        for kind in rule.cancels:
+            self.timers[timer_id(deployment.id, kind)] = None
+        environment = flow.service.pipeline.environment(deployment.environment)
+        if environment is None:  # the catalog changed since the flow began
+            return
+        for kind in rule.timers:
+            duration = environment.timer(kind)
+            if duration is not None:
+                timer = Timer(flow.id, deployment.id, kind, now + duration)
+                self.timers[timer.id] = timer
+
+    def timer_changes(self) -> tuple[tuple[Timer, ...], tuple[str, ...]]:
+        """(the timers to set, the ids of those to cancel), for the commit; nothing
+        is set for a flow this work finished (its timers all go)."""
+        finished = {draft.id for draft in self.flows.values() if draft.state is not _IN_PROGRESS}
+        timers = tuple(t for t in self.timers.values() if t is not None and t.flow_id not in finished)
+        return timers, tuple(i for i, t in self.timers.items() if t is None)
 
     def open(self, flow: Flow, service: Service) -> FlowDraft:
         """The flow's draft in this unit of work (the same one if opened before)."""
@@ -71,6 +121,8 @@ class Work:
         closes a unit of work once it has its outcome."""
         self.flows = {}
         self.events = []
+        self.pending = {}
+        self.timers = {}
 
     def changed(self) -> list[FlowDraft]:
         """The flows whose state, deployments or promotions this work changed."""

@@ -32,6 +32,8 @@ from flowfsm.model import (
     HookRecord,
     HookRequest,
     PromotionState,
+    Timer,
+    TimerKind,
     _make_deployment,
     _make_flow,
     _make_promotion,
@@ -46,11 +48,13 @@ __all__ = [
     "SQLFlowReads",
     "check_page",
     "driver_errors",
+    "due_text",
     "flow_body",
     "flow_from_body",
     "hook_record",
     "migrate",
     "readable_claim",
+    "timer_from_row",
     "wait_seconds",
 ]
 
@@ -115,6 +119,18 @@ def migrate(
             execute(statement, ())
     if current != latest:
         execute(save_version, (str(latest),))
+
+
+def due_text(when: dt.datetime) -> str:
+    """A timer's due time as SQLite stores it: UTC, in one fixed format (microseconds
+    always written), so that comparing the text compares the times."""
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def timer_from_row(flow_id: str, deployment_id: str, kind: str, due: dt.datetime | str) -> Timer:
+    """A stored timer (SQLite's due is text, PostgreSQL's a ``timestamptz``)."""
+    when = dt.datetime.fromisoformat(due) if isinstance(due, str) else due
+    return Timer(flow_id, deployment_id, TimerKind(kind), when.astimezone(dt.UTC))
 
 
 def hook_record(

@@ -8,6 +8,7 @@ it safe to share between threads.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import math
 import threading
@@ -23,6 +24,7 @@ from flowfsm.model import (
     FlowState,
     HookRecord,
     HookRequest,
+    Timer,
 )
 from flowfsm.repositories._common import check_page, wait_seconds
 
@@ -43,6 +45,8 @@ class InMemoryRepository:
         self._dead: set[str] = set()
         self._attempts: dict[str, list[DeliveryAttempt]] = {}
         self._disabled: set[str] = set()
+        # Pending timers by id, each with the end of its lease (monotonic; 0: none).
+        self._timers: dict[str, tuple[Timer, float]] = {}
         self._lock = threading.Lock()
 
     def get(self, flow_id: str) -> Flow:
@@ -89,7 +93,15 @@ class InMemoryRepository:
             # Two slices: offset + limit may pass sys.maxsize, islice's bound.
             return list(itertools.islice(itertools.islice(matching, offset, None), limit))
 
-    def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
+    def commit(
+        self,
+        flows: Sequence[Flow],
+        hook_requests: Sequence[HookRequest] = (),
+        *,
+        lease: float = 0.0,
+        timers: Sequence[Timer] = (),
+        cancel: Sequence[str] = (),
+    ) -> None:
         with self._lock:
             for flow in flows:  # check everything before changing anything
                 stored = self._flows.get(flow.id)
@@ -106,6 +118,8 @@ class InMemoryRepository:
                         for promotion in deployment.promotions:
                             self._by_promotion[promotion.id] = flow.id
                 self._flows[flow.id] = flow
+            if timers or cancel or self._timers:
+                self._set_timers(flows, timers, cancel)
             if hook_requests:
                 lease = wait_seconds("lease", lease)
                 until = time.monotonic() + lease if lease > 0 else 0.0
@@ -237,8 +251,51 @@ class InMemoryRepository:
         with self._lock:
             return frozenset(self._disabled)
 
+    def _set_timers(self, flows: Sequence[Flow], timers: Sequence[Timer], cancel: Sequence[str]) -> None:
+        pending = self._timers
+        for timer_id in cancel:
+            pending.pop(timer_id, None)
+        for timer in timers:
+            pending[timer.id] = (timer, 0.0)
+        finished = {f.id for f in flows if f.state is not FlowState.IN_PROGRESS}
+        if finished:
+            for timer_id in [i for i, (t, _) in pending.items() if t.flow_id in finished]:
+                del pending[timer_id]
+
+    def claim_due(self, now: dt.datetime, limit: int = 100, *, lease: float = 30.0) -> list[Timer]:
+        until = time.monotonic() + wait_seconds("lease", lease)
+        with self._lock:
+            leased_now = time.monotonic()
+            due = sorted((t for t, held in self._timers.values() if t.due <= now and held <= leased_now), key=_due)
+            claimed = due[:limit]
+            for timer in claimed:
+                self._timers[timer.id] = (timer, until)
+        return claimed
+
+    def complete_timers(self, timers: Sequence[Timer]) -> None:
+        with self._lock:
+            for timer in timers:
+                entry = self._timers.get(timer.id)
+                if entry is not None and entry[0] == timer:
+                    del self._timers[timer.id]
+
+    def release_timers(self, ids: Sequence[str]) -> None:
+        with self._lock:
+            for timer_id in ids:
+                entry = self._timers.get(timer_id)
+                if entry is not None:
+                    self._timers[timer_id] = (entry[0], 0.0)
+
+    def timers(self, flow_id: str) -> list[Timer]:
+        with self._lock:
+            return sorted((t for t, _ in self._timers.values() if t.flow_id == flow_id), key=_due)
+
     def __len__(self) -> int:
         return len(self._flows)
+
+
+def _due(timer: Timer) -> tuple[dt.datetime, str]:
+    return (timer.due, timer.id)
 
 
 _DEAD: Final = math.inf

@@ -25,6 +25,7 @@ several engines need on top:
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import re
 from collections.abc import Iterator, Sequence
@@ -37,7 +38,7 @@ from flowfsm.errors import (
     ValidationError,
     bounded,
 )
-from flowfsm.model import DeliveryAttempt, Flow, HookRecord, HookRequest
+from flowfsm.model import DeliveryAttempt, Flow, FlowState, HookRecord, HookRequest, Timer
 from flowfsm.repositories._common import (
     PENDING,
     SQLFlowReads,
@@ -46,6 +47,7 @@ from flowfsm.repositories._common import (
     hook_record,
     migrate,
     readable_claim,
+    timer_from_row,
     wait_seconds,
 )
 
@@ -105,6 +107,18 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ),
     (  # version 3: each flow's pending requests, for claim and the engine's check
         f"CREATE INDEX outbox_pending_by_flow ON outbox (flow_id, seq) WHERE {PENDING}",
+    ),
+    (  # version 4: durable timers
+        """CREATE TABLE timers (
+            id text PRIMARY KEY,
+            flow_id text NOT NULL REFERENCES flows (id),
+            deployment_id text NOT NULL,
+            kind text NOT NULL,
+            due timestamptz NOT NULL,
+            lease_until timestamptz NOT NULL DEFAULT 'epoch'
+        )""",
+        "CREATE INDEX timers_by_due ON timers (due)",
+        "CREATE INDEX timers_by_flow ON timers (flow_id)",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -207,16 +221,72 @@ class PostgresRepository(SQLFlowReads):
         with self._connection("read failed") as conn:
             return conn.execute(sql, args).fetchall()
 
-    def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
+    def commit(
+        self,
+        flows: Sequence[Flow],
+        hook_requests: Sequence[HookRequest] = (),
+        *,
+        lease: float = 0.0,
+        timers: Sequence[Timer] = (),
+        cancel: Sequence[str] = (),
+    ) -> None:
         sql, args = _commit_statement(flows, hook_requests, wait_seconds("lease", lease))
+        finished = [f.id for f in flows if f.state is not FlowState.IN_PROGRESS]
+        timed = bool(timers or cancel or finished)
         # One statement is one transaction, so a lone flow (the engine's usual
-        # commit) is saved in one round trip; several flows share a transaction,
-        # so that one lost compare-and-set rolls back the flows saved before it.
-        with self._connection("write failed", transaction=len(flows) > 1) as conn:
+        # commit) is saved in one round trip; several flows, or timers, share a
+        # transaction, so that one lost compare-and-set rolls back all of it.
+        with self._connection("write failed", transaction=len(flows) > 1 or timed) as conn:
             (saved,) = conn.execute(sql, args).fetchall()
             for flow, count in zip(flows, saved, strict=True):
                 if count != 1:
                     raise ConcurrencyConflict(flow.id, flow.version)
+            if timed:
+                conn.execute("DELETE FROM timers WHERE id = ANY(%s) OR flow_id = ANY(%s)", (list(cancel), finished))
+                if timers:
+                    conn.execute(
+                        "INSERT INTO timers (id, flow_id, deployment_id, kind, due)"
+                        " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[])"
+                        " ON CONFLICT (id) DO UPDATE SET flow_id = EXCLUDED.flow_id, deployment_id ="
+                        " EXCLUDED.deployment_id, kind = EXCLUDED.kind, due = EXCLUDED.due, lease_until = 'epoch'",
+                        (
+                            [t.id for t in timers],
+                            [t.flow_id for t in timers],
+                            [t.deployment_id for t in timers],
+                            [t.kind.value for t in timers],
+                            [t.due for t in timers],
+                        ),
+                    )
+
+    # --- timers ----------------------------------------------------------------------
+
+    def claim_due(self, now: dt.datetime, limit: int = 100, *, lease: float = 30.0) -> list[Timer]:
+        lease = wait_seconds("lease", lease)
+        with self._connection("claim failed", transaction=True) as conn:
+            rows = conn.execute(
+                "UPDATE timers SET lease_until = now() + make_interval(secs => %s) WHERE id IN"
+                " (SELECT id FROM timers WHERE due <= %s AND lease_until <= now() ORDER BY due, id LIMIT %s"
+                " FOR UPDATE SKIP LOCKED) RETURNING flow_id, deployment_id, kind, due",
+                (lease, now, limit),
+            ).fetchall()
+        return sorted((timer_from_row(*row) for row in rows), key=lambda t: (t.due, t.id))
+
+    def complete_timers(self, timers: Sequence[Timer]) -> None:
+        with self._connection("write failed") as conn:
+            conn.execute(
+                "DELETE FROM timers t USING unnest(%s::text[], %s::timestamptz[]) AS c(id, due)"
+                " WHERE t.id = c.id AND t.due = c.due",
+                ([t.id for t in timers], [t.due for t in timers]),
+            )
+
+    def release_timers(self, ids: Sequence[str]) -> None:
+        self._update("UPDATE timers SET lease_until = 'epoch' WHERE id = ANY(%s)", ids)
+
+    def timers(self, flow_id: str) -> list[Timer]:
+        rows = self._rows(
+            "SELECT flow_id, deployment_id, kind, due FROM timers WHERE flow_id = %s ORDER BY due, id", (flow_id,)
+        )
+        return [timer_from_row(*row) for row in rows]
 
     # --- outbox ----------------------------------------------------------------------
 

@@ -28,15 +28,17 @@ from flowfsm.errors import (
     RepositoryError,
     ValidationError,
 )
-from flowfsm.model import DeliveryAttempt, Flow, HookRecord, HookRequest
+from flowfsm.model import DeliveryAttempt, Flow, FlowState, HookRecord, HookRequest, Timer
 from flowfsm.repositories._common import (
     PENDING,
     SQLFlowReads,
     driver_errors,
+    due_text,
     flow_body,
     hook_record,
     migrate,
     readable_claim,
+    timer_from_row,
     wait_seconds,
 )
 
@@ -91,6 +93,18 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ),
     (  # version 3: each flow's pending requests, for the engine's check before it delivers
         f"CREATE INDEX outbox_pending_by_flow ON outbox (flow_id, seq) WHERE {PENDING}",
+    ),
+    (  # version 4: durable timers (due: UTC, in one fixed ISO format, so text order is time order)
+        """CREATE TABLE timers (
+            id TEXT PRIMARY KEY,
+            flow_id TEXT NOT NULL REFERENCES flows (id),
+            deployment_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            due TEXT NOT NULL,
+            lease_until REAL NOT NULL DEFAULT 0
+        ) WITHOUT ROWID""",
+        "CREATE INDEX timers_by_due ON timers (due)",
+        "CREATE INDEX timers_by_flow ON timers (flow_id)",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -212,7 +226,15 @@ class SQLiteRepository(SQLFlowReads):
 
     # --- flows -----------------------------------------------------------------------
 
-    def commit(self, flows: Sequence[Flow], hook_requests: Sequence[HookRequest] = (), *, lease: float = 0.0) -> None:
+    def commit(
+        self,
+        flows: Sequence[Flow],
+        hook_requests: Sequence[HookRequest] = (),
+        *,
+        lease: float = 0.0,
+        timers: Sequence[Timer] = (),
+        cancel: Sequence[str] = (),
+    ) -> None:
         bodies = [flow_body(flow) for flow in flows]
         requests = [
             (r.id, r.flow_id, body) for r, body in zip(hook_requests, hook_requests_json(hook_requests), strict=True)
@@ -249,6 +271,45 @@ class SQLiteRepository(SQLFlowReads):
                 "INSERT INTO outbox (id, flow_id, body, lease_until) VALUES (?, ?, ?, ?)",
                 [(*r, until) for r in requests],
             )
+            if cancel:
+                db.executemany("DELETE FROM timers WHERE id = ?", [(i,) for i in cancel])
+            if timers:
+                db.executemany(
+                    "INSERT OR REPLACE INTO timers (id, flow_id, deployment_id, kind, due) VALUES (?, ?, ?, ?, ?)",
+                    [(t.id, t.flow_id, t.deployment_id, t.kind.value, due_text(t.due)) for t in timers],
+                )
+            finished = [(f.id,) for f in flows if f.state is not FlowState.IN_PROGRESS]
+            if finished:
+                db.executemany("DELETE FROM timers WHERE flow_id = ?", finished)
+
+    # --- timers ----------------------------------------------------------------------
+
+    def claim_due(self, now: dt.datetime, limit: int = 100, *, lease: float = 30.0) -> list[Timer]:
+        lease = wait_seconds("lease", lease)
+        with self._write() as db:
+            held = time.time()
+            rows = db.execute(
+                "SELECT flow_id, deployment_id, kind, due FROM timers WHERE due <= ? AND lease_until <= ?"
+                " ORDER BY due, id LIMIT ?",
+                (due_text(now), held, limit),
+            ).fetchall()
+            db.executemany(
+                "UPDATE timers SET lease_until = ? WHERE id = ?", [(held + lease, f"{r[1]}/{r[2]}") for r in rows]
+            )
+        return [timer_from_row(*row) for row in rows]
+
+    def complete_timers(self, timers: Sequence[Timer]) -> None:
+        with self._write() as db:
+            db.executemany("DELETE FROM timers WHERE id = ? AND due = ?", [(t.id, due_text(t.due)) for t in timers])
+
+    def release_timers(self, ids: Sequence[str]) -> None:
+        self._update("UPDATE timers SET lease_until = 0 WHERE id = ?", ids)
+
+    def timers(self, flow_id: str) -> list[Timer]:
+        rows = self._rows(
+            "SELECT flow_id, deployment_id, kind, due FROM timers WHERE flow_id = ? ORDER BY due, id", (flow_id,)
+        )
+        return [timer_from_row(*row) for row in rows]
 
     # --- outbox ----------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # for type checkers; at run time, __getattr__ imports them on
 # imported by name (below) where the test extra is installed.
 __all__ = [
     "CallbackEmitter",
+    "FakeClock",
     "RecordingEmitter",
     "SequentialIds",
     "StepClock",
@@ -96,6 +97,22 @@ class StepClock:
         now = self._now
         self._now += self._step
         return now
+
+
+class FakeClock:
+    """A clock that stands still until moved: ``advance(minutes=30)`` (or a
+    ``timedelta``). For timers, timeouts and soak in tests, which never sleep."""
+
+    def __init__(self, start: dt.datetime = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)) -> None:
+        self.now = start
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, by: dt.timedelta | None = None, **units: float) -> dt.datetime:
+        """Move the clock forward by ``by`` or by ``timedelta(**units)``; returns the new time."""
+        self.now += by if by is not None else dt.timedelta(**units)
+        return self.now
 
 
 def sample_flow(

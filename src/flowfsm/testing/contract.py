@@ -21,7 +21,7 @@ import attrs
 import pytest
 
 from flowfsm.errors import ConcurrencyConflict, UnknownDeployment, UnknownFlow, UnknownPromotion, ValidationError
-from flowfsm.model import Artifact, DeliveryAttempt, DeliveryState, DeploymentState, Flow, FlowState
+from flowfsm.model import Artifact, DeliveryAttempt, DeliveryState, DeploymentState, Flow, FlowState, Timer, TimerKind
 from flowfsm.protocols import Repository
 from flowfsm.testing import sample_flow, sample_hook_request
 
@@ -44,6 +44,14 @@ def _renamed(flow: Flow, prefix: str) -> Flow:
             for d in flow.deployments
         ],
     )
+
+
+_T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def _timer(flow: Flow, index: int, kind: TimerKind, minutes: float) -> Timer:
+    """A timer of ``flow``'s deployment ``index``, due ``minutes`` after ``_T0``."""
+    return Timer(flow.id, flow.deployments[index].id, kind, _T0 + dt.timedelta(minutes=minutes))
 
 
 class RepositoryContract:
@@ -357,3 +365,56 @@ class RepositoryContract:
         assert repo.claim(10) == []
         time.sleep(1.2)
         assert repo.claim(10) == [request]  # never delivered: offered again
+
+    # --- timers ----------------------------------------------------------------------
+
+    def test_timers_are_committed_with_their_flow(self, repo: Repository) -> None:
+        flow = sample_flow()
+        deploy, soak = _timer(flow, 0, TimerKind.DEPLOY, 30), _timer(flow, 0, TimerKind.SOAK, 10)
+        repo.commit([flow], timers=[deploy, soak])
+        assert repo.timers(flow.id) == [soak, deploy]  # soonest first
+        # A lost race saves none of its timers, nor its cancellations.
+        later = _timer(flow, 1, TimerKind.VERIFY, 5)
+        with pytest.raises(ConcurrencyConflict):
+            repo.commit([attrs.evolve(_advanced(flow), version=7)], timers=[later], cancel=[deploy.id])
+        assert repo.timers(flow.id) == [soak, deploy]
+        # Setting a timer of the same id replaces it; cancelling one removes it.
+        moved = _timer(flow, 0, TimerKind.DEPLOY, 60)
+        repo.commit([_advanced(flow)], timers=[moved], cancel=[soak.id, "no-such-timer"])
+        assert repo.timers(flow.id) == [moved]
+        assert repo.timers("no-such-flow") == []
+
+    def test_a_finished_flow_loses_its_timers(self, repo: Repository) -> None:
+        flow, other = sample_flow(1), sample_flow(2)
+        repo.commit([flow, other], timers=[_timer(flow, 0, TimerKind.DEPLOY, 1), _timer(other, 0, TimerKind.DEPLOY, 1)])
+        repo.commit([attrs.evolve(_advanced(flow), state=FlowState.FAILED)])
+        assert repo.timers(flow.id) == []
+        assert repo.claim_due(_T0 + dt.timedelta(hours=1)) == [_timer(other, 0, TimerKind.DEPLOY, 1)]
+
+    def test_claim_due_leases_due_timers_soonest_first(self, repo: Repository) -> None:
+        flow = sample_flow()
+        timers = [_timer(flow, 0, TimerKind.DEPLOY, 3), _timer(flow, 1, TimerKind.DEPLOY, 1)]
+        late = _timer(flow, 0, TimerKind.SOAK, 60)
+        repo.commit([flow], timers=[*timers, late])
+        now = _T0 + dt.timedelta(minutes=5)
+        assert repo.claim_due(now - dt.timedelta(minutes=5)) == []  # nothing due yet
+        assert repo.claim_due(now, limit=1) == [timers[1]]
+        assert repo.claim_due(now) == [timers[0]]  # the first is leased
+        assert repo.claim_due(now) == []
+        repo.release_timers([timers[1].id])
+        assert repo.claim_due(now) == [timers[1]]
+        repo.complete_timers([timers[1], timers[0]])
+        assert repo.timers(flow.id) == [late]
+        assert repo.claim_due(now + dt.timedelta(hours=1), lease=0.05) == [late]
+        time.sleep(0.1)  # a real-time lease (not a timeout of flowfsm's clock): it ends
+        assert repo.claim_due(now + dt.timedelta(hours=1)) == [late]
+
+    def test_completing_a_timer_set_again_since_keeps_it(self, repo: Repository) -> None:
+        flow = sample_flow()
+        first = _timer(flow, 0, TimerKind.DEPLOY, 1)
+        repo.commit([flow], timers=[first])
+        (claimed,) = repo.claim_due(_T0 + dt.timedelta(minutes=1))
+        again = _timer(flow, 0, TimerKind.DEPLOY, 90)
+        repo.commit([_advanced(flow)], timers=[again])
+        repo.complete_timers([claimed])
+        assert repo.timers(flow.id) == [again]

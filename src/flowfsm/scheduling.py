@@ -1,0 +1,103 @@
+"""``Scheduler``: fires due timers through the engine.
+
+Timers are set and cancelled by the engine's commits, with their flows (see
+``flowfsm.protocols.Timers``). A scheduler claims the due ones with a lease, as a
+dispatcher claims HookRequests, so any number of schedulers can share one store:
+while one holds a timer, no other claims it. Each is sent to the engine as a
+``TimerFired`` trigger, which does what the machines' rules say (or nothing, if
+the flow moved on) and cancels the timer in the same commit; a timer that did
+nothing is completed here. A timer whose trigger raised is released for the next
+round. The clock is injectable: tests move a fake one and call ``run_once``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from flowfsm.engine import FlowEngine
+from flowfsm.errors import ValidationError
+from flowfsm.protocols import Timers
+from flowfsm.triggers import TimerFired
+
+__all__ = ["Scheduler"]
+
+log = logging.getLogger("flowfsm.scheduling")
+
+
+class Scheduler:
+    """Fires the due timers of ``repository`` through ``engine``: up to ``batch``
+    a round, each leased for ``lease`` seconds while it is fired, a round every
+    ``interval`` seconds in ``run``. ``clock`` says when a timer is due: the
+    engine's by default (the engine, which judges each firing, must agree)."""
+
+    def __init__(
+        self,
+        repository: Timers,
+        engine: FlowEngine,
+        *,
+        clock: Callable[[], dt.datetime] | None = None,
+        batch: int = 100,
+        lease: float = 30.0,
+        interval: float = 1.0,
+    ) -> None:
+        if batch < 1:
+            raise ValidationError("batch", f"must be at least 1, got {batch}")
+        if not lease > 0:
+            raise ValidationError("lease", f"must be more than zero seconds, got {lease}")
+        if not interval > 0:
+            raise ValidationError("interval", f"must be more than zero seconds, got {interval}")
+        self.repository = repository
+        self.engine = engine
+        self._clock = engine.clock if clock is None else clock
+        self._batch = batch
+        self._lease = lease
+        self._interval = interval
+
+    def run_once(self) -> int:
+        """Fire the timers due now (one claim); returns how many changed a flow."""
+        return self._round()[1]
+
+    def _round(self) -> tuple[int, int]:
+        """One claim: (timers claimed, timers that changed a flow)."""
+        repository = self.repository
+        timers = repository.claim_due(self._clock(), self._batch, lease=self._lease)
+        fired = 0
+        for timer in timers:
+            try:
+                outcome = self.engine.handle(TimerFired(timer.deployment_id, timer.kind))
+            except Exception:  # this timer waits for the next round; the others go on
+                log.warning("timer %s could not fire; it is released for the next round", timer.id, exc_info=True)
+                _logged(repository.release_timers, [timer.id])
+                continue
+            if not outcome.duplicate:  # its commit cancelled it
+                fired += 1
+            elif timer.due <= self.engine.clock():  # its flow moved on: done with it
+                _logged(repository.complete_timers, [timer])
+            else:  # not due yet by the engine's clock (behind this one): kept for later
+                _logged(repository.release_timers, [timer.id])
+        return len(timers), fired
+
+    def run(self, stop: threading.Event) -> None:
+        """Run rounds until ``stop`` is set, waiting ``interval`` seconds after a
+        round that claimed less than a batch (a full one goes on at once)."""
+        while not stop.is_set():
+            try:
+                claimed, _ = self._round()
+            except Exception:  # a store that is down: try again after the interval
+                log.warning("scheduler round failed", exc_info=True)
+                claimed = 0
+            if claimed < self._batch:
+                stop.wait(self._interval)
+
+
+def _logged(record: Callable[[list[Any]], object], items: list[Any]) -> None:
+    """A release or completion that fails costs only a later, harmless retry (the
+    lease ends; a stale timer is a duplicate), so it is logged."""
+    try:
+        record(items)
+    except Exception:  # see the docstring
+        log.warning("could not record %d timer(s)", len(items), exc_info=True)
