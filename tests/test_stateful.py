@@ -45,8 +45,9 @@ from flowfsm import (
     UnknownPromotion,
     Webhook,
 )
+from flowfsm.converter import unstructure
 from flowfsm.emitters import RecordingEmitter
-from flowfsm.model import Timeouts, TimerKind
+from flowfsm.model import TimeoutPayload, Timeouts, TimerKind
 from flowfsm.protocols import Repository
 from flowfsm.repositories import InMemoryRepository
 from flowfsm.scheduling import Scheduler
@@ -445,7 +446,8 @@ class EngineAgainstReference(RuleBasedStateMachine):
             timed_out = request.event is not E.DEPLOYMENT_SUCCEEDED and request.event is not E.DEPLOYMENT_CREATED
             timed_out = timed_out and request.event is not E.FLOW_SUCCEEDED
             if isinstance(request.payload, DeploymentPayload):
-                assert request.payload.reason == ("timeout" if timed_out else None)
+                assert isinstance(request.payload, TimeoutPayload) == timed_out
+                assert unstructure(request.payload).get("reason") == ("timeout" if timed_out else None)
             else:
                 assert request.payload.promotion_result.details == {"reason": "timeout"}
         self.last = None

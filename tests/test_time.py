@@ -35,7 +35,7 @@ from flowfsm import (
 from flowfsm.converter import structure, unstructure
 from flowfsm.durations import parse_duration
 from flowfsm.emitters import RecordingEmitter
-from flowfsm.model import Flow, Timeouts, Timer, TimerKind
+from flowfsm.model import DeploymentPayload, Flow, TimeoutPayload, Timeouts, Timer, TimerKind
 from flowfsm.protocols import Repository
 from flowfsm.repositories import InMemoryRepository, PostgresRepository, SQLiteRepository
 from flowfsm.repositories._common import flow_body
@@ -589,3 +589,21 @@ def test_a_scheduler_ahead_of_its_engine_keeps_the_timer(make_repository: Callab
     world.clock.advance(hours=1)
     assert world.scheduler.run_once() == 1
     assert world.flow(flow).state is FlowState.FAILED
+
+
+def test_a_timeout_payload_round_trips_through_the_outbox(tmp_path: Path) -> None:
+    repository = SQLiteRepository(tmp_path / "flows.db")
+    clock = FakeClock()
+    engine = FlowEngine(Catalog([timed_service()]), repository, None, clock=clock)  # all left in the outbox
+    (flow,) = engine.handle(ArtifactCreated(ARTIFACT)).flows
+    engine.handle(DeploymentStarted(flow.deployments[0].id))
+    clock.advance(hours=1)
+    assert Scheduler(repository, engine).run_once() == 1
+    claimed = {r.event: r.payload for r in repository.claim(100)}
+    assert type(claimed[HookEvent.DEPLOYMENT_CREATED]) is DeploymentPayload
+    assert type(claimed[HookEvent.DEPLOYMENT_STARTED]) is DeploymentPayload
+    for event in (HookEvent.DEPLOYMENT_FAILED, HookEvent.FLOW_FAILED):
+        payload = claimed[event]
+        assert isinstance(payload, TimeoutPayload)
+        assert payload.reason == "timeout"
+    repository.close()

@@ -44,6 +44,7 @@ from flowfsm.model import (
     PromotionPayload,
     PromotionState,
     ResultStatus,
+    TimeoutPayload,
     Timeouts,
     TimerKind,
     text_problem,
@@ -67,7 +68,6 @@ def _renames(cls: type) -> dict[str, Any]:
 _OMITTED_IF_UNSET: Final[dict[type, tuple[str, ...]]] = {
     Environment: ("timeouts", "soak"),
     Timeouts: ("deploy", "verify"),
-    DeploymentPayload: ("reason",),
 }
 """Fields left out of the JSON when unset, so that what does not use them reads
 exactly as before they existed (payloads included)."""
@@ -159,6 +159,8 @@ def _make_converter() -> cattrs.Converter:
     def structure_payload(value: Any, _: Any) -> Payload:
         if isinstance(value, dict) and "promotionResult" in value:
             return conv.structure(value, PromotionPayload)
+        if isinstance(value, dict) and "reason" in value:
+            return conv.structure(value, TimeoutPayload)
         return conv.structure(value, DeploymentPayload)
 
     conv.register_structure_hook(Payload, structure_payload)

@@ -40,6 +40,7 @@ from flowfsm.model import (
     PromotionState,
     ResultStatus,
     Service,
+    TimeoutPayload,
     TimerKind,
     _make_deployment,
     _make_flow,
@@ -158,11 +159,10 @@ class FlowEngine:
             if not changed:
                 return outcome
             try:
-                requests, timers, cancel = outcome.hook_requests, outcome.timers, outcome.cancelled
-                if timers or cancel:  # keyword arguments a repository without timers has never seen
-                    self.repository.commit(changed, requests, lease=self._lease, timers=timers, cancel=cancel)
+                if outcome.timers or outcome.cancelled:  # keywords a repository without timers never sees
+                    self._commit_timed(changed, outcome)
                 else:
-                    self.repository.commit(changed, requests, lease=self._lease)
+                    self.repository.commit(changed, outcome.hook_requests, lease=self._lease)
                 break
             except ConcurrencyConflict:
                 if attempt >= self._max_attempts:
@@ -172,6 +172,11 @@ class FlowEngine:
         if outcome.hook_requests and self.emitter is not None:
             self._deliver(self.emitter, outcome.hook_requests)
         return outcome
+
+    def _commit_timed(self, changed: list[Flow], outcome: Outcome) -> None:
+        self.repository.commit(
+            changed, outcome.hook_requests, lease=self._lease, timers=outcome.timers, cancel=outcome.cancelled
+        )
 
     # --- applying triggers: reads only; returns the outcome and the flows to save ---
 
@@ -326,7 +331,7 @@ class FlowEngine:
         """One HookRequest per subscribed webhook action per event, in recorded order."""
         new_id = self._new_id
         requests: list[HookRequest] = []
-        reason = "timeout" if work.timed_out else None
+        make = TimeoutPayload if work.timed_out else DeploymentPayload
         for event, flow, deployment, result, subscribers in work.events:
             payload: Payload
             service = flow.service
@@ -334,7 +339,7 @@ class FlowEngine:
                 payload = PromotionPayload(flow.loaded.artifact, deployment, service.ref, result)
             else:
                 environment = service.pipeline.environment(deployment.environment) or _environment(deployment)
-                payload = DeploymentPayload(flow.loaded.artifact, deployment, service.ref, environment, reason)
+                payload = make(flow.loaded.artifact, deployment, service.ref, environment)
             flow_id = flow.id
             requests += [
                 HookRequest(new_id(), flow_id, webhook_id, action, event, payload, now)

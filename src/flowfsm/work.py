@@ -39,6 +39,10 @@ __all__ = ["Draft", "FlowDraft", "PendingFailure", "RecordedEvent", "Work"]
 
 _SUCCESS = DeploymentState.SUCCESS
 _IN_PROGRESS = FlowState.IN_PROGRESS
+_NO_TIMERS: dict[str, Timer] = {}
+_NO_CHANGES: dict[str, Timer | None] = {}
+# Shared by every unwatched Work, and never written: timers are set and cancelled
+# only in a watched one (``Work.clock`` runs only once ``now`` is set).
 
 RecordedEvent = tuple[HookEvent, "FlowDraft", Deployment, PromotionResult | None, tuple[tuple[str, ActionRef], ...]]
 """(event, its flow, the deployment version of its moment, the promotion result it
@@ -64,18 +68,21 @@ class Work:
         """Why, as the trigger says (a reported failure's reason)."""
         self.timed_out = False
         """A timer's timeout caused this work: its events say ``timeout``."""
-        # Time, read only by flows whose pipeline has timeouts or a soak (``watch``):
+        # Time, given only to the work of a flow whose pipeline has timeouts or a soak
+        # (``watch``): the others share the empty mappings below and never write them.
         self.now: dt.datetime | None = None
         """The time of the trigger."""
-        self.pending: dict[str, Timer] = {}
+        self.pending: dict[str, Timer] = _NO_TIMERS
         """The timers of the watched flows as stored, by id."""
-        self.timers: dict[str, Timer | None] = {}
+        self.timers: dict[str, Timer | None] = _NO_CHANGES
         """The timers this work sets (a ``Timer``) or cancels (None), by id."""
 
     def watch(self, now: dt.datetime, timers: Iterable[Timer]) -> None:
         """Give the work the time and the stored timers of its flows, for the
         machines' timed rules and guards."""
         self.now = now
+        if self.pending is _NO_TIMERS:
+            self.pending, self.timers = {}, {}
         self.pending.update((t.id, t) for t in timers)
 
     def timer(self, timer_id: str) -> Timer | None:
@@ -121,8 +128,6 @@ class Work:
         closes a unit of work once it has its outcome."""
         self.flows = {}
         self.events = []
-        self.pending = {}
-        self.timers = {}
 
     def changed(self) -> list[FlowDraft]:
         """The flows whose state, deployments or promotions this work changed."""
