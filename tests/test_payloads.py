@@ -108,7 +108,7 @@ def test_a_payload_cannot_be_changed() -> None:
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         request.payload.promotion_result = None  # type: ignore[misc, union-attr]  # the point: it is frozen
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
-        request.payload.deployment = None  # type: ignore[misc]
+        request.payload.deployment = None  # type: ignore[misc, assignment]  # the point: it is frozen
 
 
 def test_the_callers_dict_is_copied_not_kept() -> None:
