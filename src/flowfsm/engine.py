@@ -239,9 +239,8 @@ class FlowEngine:
             if applied:
                 machines.fire(draft, "succeed")
             return self.outcome(work, applied)
-        work.timed_out = True
+        work.timed_out, work.reason = True, "timeout"
         if kind is TimerKind.DEPLOY:
-            work.reason = "timeout"
             return self.outcome(work, machines.apply(draft, "time_out"))
         applied = False
         for promotion in draft.deployment.promotions:
@@ -250,7 +249,6 @@ class FlowEngine:
                 work.result = PromotionResult(promotion.id, ResultStatus.FAILED, {"reason": "timeout"})
                 machines.fire(pending, "time_out")
                 applied = True
-        work.reason = "timeout"
         return self.outcome(work, applied)
 
     def open_deployment(
