@@ -33,6 +33,8 @@ from flowfsm import (
     ResultStatus,
     Service,
     ServiceRef,
+    TimerFired,
+    TimerKind,
     Trigger,
     Webhook,
 )
@@ -104,18 +106,24 @@ hook_requests = st.builds(
 )
 
 
+said = st.none() | ids
+"""An optional ``actor`` or ``reason``."""
+
+
 @st.composite
 def promotion_completed(draw: st.DrawFn) -> PromotionCompleted:
     promotion_id = draw(ids)
     statuses = draw(st.lists(st.sampled_from(ResultStatus), min_size=1, max_size=3))
     details = draw(st.dictionaries(st.text(storable, max_size=5), json_values, max_size=2))
-    return PromotionCompleted(draw(ids), promotion_id, [PromotionResult(promotion_id, s, details) for s in statuses])
+    results = [PromotionResult(promotion_id, s, details) for s in statuses]
+    return PromotionCompleted(draw(ids), promotion_id, results, actor=draw(said), reason=draw(said))
 
 
 triggers: st.SearchStrategy[Trigger] = st.one_of(
-    st.builds(ArtifactCreated, artifacts),
-    st.builds(DeploymentStarted, ids),
-    st.builds(DeploymentCompleted, ids),
-    st.builds(DeploymentFailed, ids, ids),
+    st.builds(ArtifactCreated, artifacts, actor=said, reason=said),
+    st.builds(DeploymentStarted, ids, actor=said, reason=said),
+    st.builds(DeploymentCompleted, ids, actor=said, reason=said),
+    st.builds(DeploymentFailed, ids, ids, actor=said),
     promotion_completed(),
+    st.builds(TimerFired, ids, st.sampled_from(TimerKind), actor=said, reason=said),
 )

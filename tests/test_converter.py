@@ -15,6 +15,7 @@ from flowfsm import (
     Artifact,
     ArtifactCreated,
     Deployment,
+    DeploymentFailed,
     DeploymentStarted,
     DeploymentState,
     Flow,
@@ -24,10 +25,12 @@ from flowfsm import (
     PromotionResult,
     ResultStatus,
     Service,
+    TimerFired,
     Trigger,
     ValidationError,
 )
 from flowfsm.converter import from_json, hook_requests_json, structure, to_json, unstructure
+from flowfsm.triggers import MAX_ACTOR, MAX_REASON
 
 from . import strategies as s
 
@@ -213,3 +216,37 @@ def test_bad_json_names_the_field_and_no_python_internals(text: str | bytes, fie
     assert caught.value.message.startswith(message)
     for internal in PYTHON_INTERNALS:
         assert internal not in str(caught.value)
+
+
+def test_actor_and_reason_are_optional_keys_of_every_trigger() -> None:
+    """Unset, they are left out of the JSON (a trigger reads as before they existed);
+    set, they round-trip under their own names. A timer's actor is flowfsm."""
+    plain = DeploymentStarted("d1")
+    assert json.loads(to_json(plain, Trigger)) == {"type": "DeploymentStarted", "deploymentId": "d1"}
+    steered = DeploymentStarted("d1", actor="alice", reason="hotfix window")
+    data = unstructure(steered, Trigger)
+    assert data == {"type": "DeploymentStarted", "deploymentId": "d1", "actor": "alice", "reason": "hotfix window"}
+    assert structure(data, Trigger) == steered
+    timer = structure({"type": "TimerFired", "deploymentId": "d1", "kind": "soak"}, Trigger)
+    assert isinstance(timer, TimerFired)
+    assert timer.actor == "flowfsm"
+    failed = from_json('{"type": "DeploymentFailed", "deploymentId": "d1", "reason": "oom", "actor": "ci"}', Trigger)
+    assert failed == DeploymentFailed("d1", "oom", actor="ci")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("actor", "   ", "non-blank"),
+        ("actor", 7, "string"),
+        ("actor", "a" * (MAX_ACTOR + 1), f"at most {MAX_ACTOR}"),
+        ("reason", "r" * (MAX_REASON + 1), f"at most {MAX_REASON}"),
+        ("reason", "nul\x00", "NUL"),
+    ],
+)
+def test_a_bad_actor_or_reason_is_refused_naming_the_field(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        structure({"type": "DeploymentCompleted", "deploymentId": "d1", field: value}, Trigger)
+    assert caught.value.field.endswith(field)
+    assert message in str(caught.value)
+    assert "r" * 100 not in str(caught.value)  # a long value is not echoed whole

@@ -49,7 +49,7 @@ from flowfsm.model import (
     TimerKind,
     text_problem,
 )
-from flowfsm.triggers import Trigger
+from flowfsm.triggers import DeploymentFailed, Trigger
 
 __all__ = ["converter", "from_json", "hook_requests_json", "parse_json", "structure", "to_json", "unstructure"]
 
@@ -68,6 +68,8 @@ def _renames(cls: type) -> dict[str, Any]:
 _OMITTED_IF_UNSET: Final[dict[type, tuple[str, ...]]] = {
     Environment: ("timeouts", "soak"),
     Timeouts: ("deploy", "verify"),
+    **{cls: ("actor", "reason") for cls in get_args(Trigger) if cls is not DeploymentFailed},
+    DeploymentFailed: ("actor",),
 }
 """Fields left out of the JSON when unset, so that what does not use them reads
 exactly as before they existed (payloads included)."""

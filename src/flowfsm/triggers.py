@@ -6,12 +6,12 @@ made (or where ``flowfsm.converter`` structures it), naming the bad field.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TypeAlias
+from collections.abc import Callable, Iterable
+from typing import Any, Final, TypeAlias
 
 import attrs
 
-from flowfsm.errors import ValidationError
+from flowfsm.errors import ValidationError, shown
 from flowfsm.model import (
     Artifact,
     Flow,
@@ -21,6 +21,7 @@ from flowfsm.model import (
     TimerKind,
     _nonblank,
     attrs_repr,
+    text_problem,
     timer_id,
 )
 
@@ -36,36 +37,64 @@ __all__ = [
 ]
 
 
+MAX_ACTOR: Final = 256
+"""The longest ``actor`` a trigger takes, in characters."""
+MAX_REASON: Final = 10_000
+"""The longest ``reason`` a trigger takes, in characters: room for a short log excerpt."""
+
+
+def _optional_text(limit: int) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is None:
+            return
+        if not isinstance(value, str) or not value.strip():
+            raise ValidationError(attribute.name, f"must be a non-blank string or None, got {shown(value)}")
+        if len(value) > limit:
+            raise ValidationError(attribute.name, f"is {len(value)} characters long; at most {limit} are allowed")
+        problem = text_problem(value)
+        if problem:
+            raise ValidationError(attribute.name, problem)
+
+    return check
+
+
 @attrs.frozen(weakref_slot=False, repr=False)
-class ArtifactCreated:
+class _Attributed:
+    """What every trigger may carry (SPEC §8): who caused it and why. The embedding
+    service vouches for ``actor``; flowfsm records both with the change (history)
+    and names them in the payloads of what a person did."""
+
     __repr__ = attrs_repr
+
+    actor: str | None = attrs.field(default=None, kw_only=True, validator=_optional_text(MAX_ACTOR))
+    reason: str | None = attrs.field(default=None, kw_only=True, validator=_optional_text(MAX_REASON))
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class ArtifactCreated(_Attributed):
+    """CI published ``artifact``: a flow starts for each service consuming it.
+    ``actor`` is the artifact's author, where known."""
 
     artifact: Artifact
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
-class DeploymentStarted:
-    __repr__ = attrs_repr
-
+class DeploymentStarted(_Attributed):
     deployment_id: str = attrs.field(validator=_nonblank)
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
-class DeploymentCompleted:
-    __repr__ = attrs_repr
-
+class DeploymentCompleted(_Attributed):
     deployment_id: str = attrs.field(validator=_nonblank)
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
-class DeploymentFailed:
+class DeploymentFailed(_Attributed):
     """The CD system reports that a started deployment failed, and why; the
     service's failure strategy decides what follows (``STOP``: the flow fails)."""
 
-    __repr__ = attrs_repr
-
     deployment_id: str = attrs.field(validator=_nonblank)
-    reason: str = attrs.field(validator=_nonblank)
+    reason: str = attrs.field(validator=_nonblank)  # required here: the CD system says why  # type: ignore[assignment]
 
 
 def _results(value: Iterable[PromotionResult]) -> tuple[PromotionResult, ...]:
@@ -73,10 +102,8 @@ def _results(value: Iterable[PromotionResult]) -> tuple[PromotionResult, ...]:
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
-class PromotionCompleted:
+class PromotionCompleted(_Attributed):
     """The results of one promotion's checks; the promotion failed if any failed."""
-
-    __repr__ = attrs_repr
 
     deployment_id: str = attrs.field(validator=_nonblank)
     promotion_id: str = attrs.field(validator=_nonblank)
@@ -106,15 +133,14 @@ def _timer_kind(value: object) -> TimerKind:
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
-class TimerFired:
+class TimerFired(_Attributed):
     """A deployment's timer of ``kind`` is due (``flowfsm.scheduling.Scheduler``
     sends it; flowfsm itself is its actor). It does nothing (a duplicate) unless the
     timer is still set, due, and the deployment still waits for it."""
 
-    __repr__ = attrs_repr
-
     deployment_id: str = attrs.field(validator=_nonblank)
     kind: TimerKind = attrs.field(converter=_timer_kind)
+    actor: str | None = attrs.field(default="flowfsm", kw_only=True, validator=_optional_text(MAX_ACTOR))
 
     @property
     def timer_id(self) -> str:
