@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
-from flowfsm import machines
+from flowfsm import history, machines
 from flowfsm.catalog import unknown_strategy
 from flowfsm.errors import ConcurrencyConflict, UnknownPromotion, ValidationError
 from flowfsm.model import (
@@ -158,11 +158,12 @@ class FlowEngine:
             outcome, changed = apply(self, trigger)
             if not changed:
                 return outcome
+            history.attribute(outcome.history, trigger)
             try:
                 if outcome.timers or outcome.cancelled:  # keywords a repository without timers never sees
                     self._commit_timed(changed, outcome)
                 else:
-                    self.repository.commit(changed, outcome.hook_requests, lease=self._lease)
+                    self.repository.commit(changed, outcome.hook_requests, lease=self._lease, history=outcome.history)
                 break
             except ConcurrencyConflict:
                 if attempt >= self._max_attempts:
@@ -175,7 +176,12 @@ class FlowEngine:
 
     def _commit_timed(self, changed: list[Flow], outcome: Outcome) -> None:
         self.repository.commit(
-            changed, outcome.hook_requests, lease=self._lease, timers=outcome.timers, cancel=outcome.cancelled
+            changed,
+            outcome.hook_requests,
+            lease=self._lease,
+            timers=outcome.timers,
+            cancel=outcome.cancelled,
+            history=outcome.history,
         )
 
     # --- applying triggers: reads only; returns the outcome and the flows to save ---
@@ -200,7 +206,10 @@ class FlowEngine:
         duplicate = bool(flows) and not created
         requests = self._hook_requests(work, now)
         work.close()
-        return Outcome(tuple(flows), requests, duplicate), created
+        outcome = Outcome(tuple(flows), requests, duplicate)
+        if created:
+            outcome.history = history.draft([(None, flow) for flow in created], requests, now)
+        return outcome, created
 
     def _on_deployment_started(self, trigger: DeploymentStarted) -> tuple[Outcome, list[Flow]]:
         work, draft = self.open_deployment(trigger.deployment_id)
@@ -284,8 +293,12 @@ class FlowEngine:
             return outcome, []
         self._decide(work)
         now = self._clock()
-        saved = [draft.flow(version=draft.loaded.version + 1, updated_at=now) for draft in work.changed()]
+        drafts = work.changed()
+        saved = [draft.flow(version=draft.loaded.version + 1, updated_at=now) for draft in drafts]
         outcome = Outcome(tuple(saved), self._hook_requests(work, now))
+        outcome.history = history.draft(
+            [(draft.loaded, flow) for draft, flow in zip(drafts, saved, strict=True)], outcome.hook_requests, now
+        )
         if work.timers:
             outcome.timers, outcome.cancelled = work.timer_changes()
         work.close()

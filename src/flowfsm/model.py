@@ -47,6 +47,7 @@ __all__ = [
     "FailureStrategy",
     "Flow",
     "FlowState",
+    "HistoryEntry",
     "HookEvent",
     "HookRecord",
     "HookRequest",
@@ -59,6 +60,7 @@ __all__ = [
     "ResultStatus",
     "Service",
     "ServiceRef",
+    "StateChange",
     "TimeoutPayload",
     "Timeouts",
     "Timer",
@@ -1078,3 +1080,86 @@ class Timer:
 def timer_id(deployment_id: str, kind: TimerKind) -> str:
     """The id of the deployment's timer of ``kind``."""
     return f"{deployment_id}/{kind.value}"
+
+
+# --- history ------------------------------------------------------------------------
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class StateChange:
+    """One state change a trigger made: which entity (``"flow"``, ``"deployment"``
+    or ``"promotion"``), its id, and its state before and after, in the contract's
+    spellings (``from_`` is None when the trigger created the entity; JSON ``from``)."""
+
+    __repr__ = attrs_repr
+
+    entity: str
+    id: str
+    from_: str | None
+    to: str
+
+
+def _frozen_json(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return value if type(value) is FrozenDict else _frozen(dict(value))
+
+
+def _strings(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+def _changes(value: Iterable[StateChange]) -> tuple[StateChange, ...]:
+    return tuple(value)
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class HistoryEntry:
+    """What one trigger did to one flow (SPEC §9), appended in the commit of the change.
+
+    ``seq`` counts the flow's entries from 1; it is the flow's version after the
+    change (a flow is created at version 1, and every change saves the next one).
+    ``trigger`` is the trigger's JSON form (``flowfsm.converter.unstructure(trigger,
+    Trigger)``, read-only); ``actor`` and ``reason`` are the trigger's (``flowfsm``
+    for a timer); ``changes`` lists each state change, every promotion before its
+    deployment and the deployments before the flow, the order in which a change
+    spreads; ``hook_request_ids`` names the HookRequests the change emitted.
+    """
+
+    __repr__ = attrs_repr
+
+    flow_id: str
+    seq: int
+    at: dt.datetime
+    trigger: Mapping[str, Any] = attrs.field(converter=_frozen_json, hash=False)
+    actor: str | None
+    reason: str | None
+    changes: tuple[StateChange, ...] = attrs.field(converter=_changes)
+    hook_request_ids: tuple[str, ...] = attrs.field(converter=_strings)
+
+
+_h_fields = _slots(HistoryEntry, "flow_id", "seq", "at", "trigger", "actor", "reason", "changes", "hook_request_ids")
+_NO_TRIGGER: Final = FrozenDict()
+
+
+def _make_history_entry(
+    flow_id: str, seq: int, at: dt.datetime, changes: tuple[StateChange, ...], hook_request_ids: tuple[str, ...]
+) -> HistoryEntry:
+    """A trusted constructor (see ``_make_flow``) for the engine's draft of an entry:
+    the trigger's part comes from ``_attribute_history_entry`` before anyone sees it."""
+    entry = _new(HistoryEntry)
+    values = (flow_id, seq, at, _NO_TRIGGER, None, None, changes, hook_request_ids)
+    for set_field, value in zip(_h_fields, values, strict=True):
+        set_field(entry, value)
+    return entry
+
+
+_, _, _, _h_trigger, _h_actor, _h_reason, _, _ = _h_fields
+
+
+def _attribute_history_entry(
+    entry: HistoryEntry, trigger: Mapping[str, Any], actor: str | None, reason: str | None
+) -> None:
+    """Give an entry ``_make_history_entry`` drafted its trigger's JSON (read-only,
+    shared by the entries of one trigger), actor and reason."""
+    _h_trigger(entry, trigger)
+    _h_actor(entry, actor)
+    _h_reason(entry, reason)

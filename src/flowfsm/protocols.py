@@ -1,11 +1,12 @@
 """The pluggable parts, each a small ``typing.Protocol``, documented in one place.
 
-- ``Repository``: stores flows and their outbox of HookRequests. It is five roles,
-  each its own protocol: ``FlowStore`` (flows, saved with their HookRequests and
-  timers), ``Outbox`` (HookRequests waiting for delivery), ``DeliveryLog`` (attempts
-  and dead requests), ``EndpointSwitches`` (endpoints turned off) and ``Timers``
-  (durable timers, for the scheduler); a part of flowfsm that needs one role asks
-  for that one.
+- ``Repository``: stores flows and their outbox of HookRequests. It is six roles,
+  each its own protocol: ``FlowStore`` (flows, saved with their HookRequests,
+  timers and history), ``Outbox`` (HookRequests waiting for delivery),
+  ``DeliveryLog`` (attempts and dead requests), ``EndpointSwitches`` (endpoints
+  turned off), ``Timers`` (durable timers, for the scheduler) and ``FlowHistory``
+  (what each trigger did, and the successes a rollback returns to); a part of
+  flowfsm that needs one role asks for that one.
 - ``HookEmitter``: receives HookRequests.
 - ``ServiceCatalog``: finds services by artifact key.
 - ``FailureHandler``: decides what a failure does.
@@ -20,7 +21,16 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from flowfsm.model import DeliveryAttempt, Flow, FlowState, HookRecord, HookRequest, Service, Timer
+from flowfsm.model import (
+    DeliveryAttempt,
+    Flow,
+    FlowState,
+    HistoryEntry,
+    HookRecord,
+    HookRequest,
+    Service,
+    Timer,
+)
 
 if TYPE_CHECKING:
     from flowfsm.strategies import Failure
@@ -29,6 +39,7 @@ __all__ = [
     "DeliveryLog",
     "EndpointSwitches",
     "FailureHandler",
+    "FlowHistory",
     "FlowStore",
     "HookEmitter",
     "Outbox",
@@ -83,11 +94,12 @@ class FlowStore(Protocol):
         lease: float = 0.0,
         timers: Sequence[Timer] = (),
         cancel: Sequence[str] = (),
+        history: Sequence[HistoryEntry] = (),
     ) -> None:
         """Save ``flows``, add ``hook_requests`` to the outbox, set ``timers`` (each
-        replacing a pending one of its id) and cancel the timers ``cancel`` names,
-        all or nothing; a flow saved finished (not ``inProgress``) loses every
-        timer it had.
+        replacing a pending one of its id), cancel the timers ``cancel`` names and
+        append the ``history`` entries (see ``FlowHistory``), all or nothing; a flow
+        saved finished (not ``inProgress``) loses every timer it had.
 
         Each flow carries the version it is saved as: 1 inserts it (and conflicts
         if its id or its key is taken); n > 1 replaces version n - 1. Anything else
@@ -206,8 +218,19 @@ class Timers(Protocol):
 
 
 @runtime_checkable
-class Repository(FlowStore, Outbox, DeliveryLog, EndpointSwitches, Timers, Protocol):
-    """Everything the engine, the dispatcher and the scheduler store: the five roles,
+class FlowHistory(Protocol):
+    """What each trigger did to each flow (SPEC §9), appended by ``FlowStore.commit``
+    with the change it records."""
+
+    def history(self, flow_id: str) -> list[HistoryEntry]:
+        """The flow's history entries, in order (``seq`` 1, 2, ...); ``[]`` for a
+        flow without any (or none at all)."""
+        ...
+
+
+@runtime_checkable
+class Repository(FlowStore, Outbox, DeliveryLog, EndpointSwitches, Timers, FlowHistory, Protocol):
+    """Everything the engine, the dispatcher and the scheduler store: the six roles,
     in one backend (one database), so a flow's save, its HookRequests and its timers
     share a transaction.
     ``flowfsm.testing.RepositoryContract`` checks a backend against all of them."""

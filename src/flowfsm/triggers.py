@@ -15,6 +15,7 @@ from flowfsm.errors import ValidationError, shown
 from flowfsm.model import (
     Artifact,
     Flow,
+    HistoryEntry,
     HookRequest,
     PromotionResult,
     Timer,
@@ -167,3 +168,5 @@ class Outcome:
     """Timers the trigger set (committed with its flows)."""
     cancelled: tuple[str, ...] = ()
     """Ids of the timers the trigger cancelled."""
+    history: tuple[HistoryEntry, ...] = ()
+    """The history entries the trigger added, one per flow it changed (committed with them)."""

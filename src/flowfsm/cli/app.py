@@ -30,11 +30,13 @@ from rich.text import Text
 from flowfsm.catalog import Catalog
 from flowfsm.converter import parse_json, structure, unstructure
 from flowfsm.engine import FlowEngine
-from flowfsm.errors import FlowFSMError, RepositoryError, ValidationError, shown
+from flowfsm.errors import FlowFSMError, RepositoryError, ValidationError, bounded, shown
 from flowfsm.model import (
     Artifact,
     DeliveryState,
+    Flow,
     FlowState,
+    HistoryEntry,
     PromotionResult,
     ResultStatus,
     check_json,
@@ -397,9 +399,60 @@ def _flow_state(value: str) -> FlowState:
         raise ValidationError("--state", f"{shown(value)} is not one of {allowed}") from None
 
 
+def _names(flow: Flow) -> dict[str, str]:
+    """What history lines call each part of ``flow``: a deployment by its
+    environment, a promotion as ``environment/name`` (the flow needs no name)."""
+    names = {flow.id: ""}
+    for deployment in flow.deployments:
+        names[deployment.id] = deployment.environment
+        for promotion in deployment.promotions:
+            names[promotion.id] = f"{deployment.environment}/{promotion.name}"
+    return names
+
+
+def _history_lines(flow: Flow, entries: list[HistoryEntry]) -> list[Text]:
+    """Each entry: its number, time, trigger, actor and reason, then one line per
+    state change and the HookRequests it made."""
+    names, lines = _names(flow), []
+    for entry in entries:
+        line = _line(
+            f"  {entry.seq:>3}  {entry.at.strftime('%Y-%m-%d %H:%M:%S')}  ", (str(entry.trigger["type"]), "bold")
+        )
+        if entry.actor:
+            line.append_text(_line(f" by {entry.actor}"))
+        if entry.reason:
+            line.append_text(_line(f": {bounded(entry.reason, 200)}"))
+        lines.append(line)
+        for change in entry.changes:
+            was = [_state(change.from_), " → "] if change.from_ else ["new, "]
+            name = names.get(change.id, change.id)
+            lines.append(_line(f"         {change.entity}{' ' if name else ''}{name}: ", *was, _state(change.to)))
+        if entry.hook_request_ids:
+            lines.append(_line(f"         ↳ {len(entry.hook_request_ids)} hook request(s)"))
+    return lines
+
+
+@app.command("history")
+def history(flow_id: str, store: Store = "flowfsm.db", as_json: Json = False) -> None:
+    """What happened to a flow: each trigger that changed it, in order, with who,
+    why, each state change and the HookRequests it made."""
+    with _reported():
+        _checked_text("FLOW_ID", flow_id)
+        repository = open_store(store, create=False)
+        flow = repository.get(flow_id)
+        entries = repository.history(flow_id)
+        if as_json:
+            _print_json(unstructure(entries))
+            return
+        out.print(_line((flow.artifact.id, "bold"), f" → {flow.service_id}: ", _state(flow.state.value)))
+        for line in _history_lines(flow, entries) or [_line("  no history recorded")]:
+            out.print(line)
+
+
 @app.command("show")
 def show(flow_id: str, store: Store = "flowfsm.db", as_json: Json = False) -> None:
-    """One flow's timeline: deployments, promotions, HookRequests and their delivery."""
+    """One flow's timeline: deployments, promotions, HookRequests and their delivery,
+    and its history."""
     from rich.table import Table
 
     with _reported():
@@ -407,8 +460,11 @@ def show(flow_id: str, store: Store = "flowfsm.db", as_json: Json = False) -> No
         repository = open_store(store, create=False)
         flow = repository.get(flow_id)
         records = repository.hook_requests(flow_id)
+        entries = repository.history(flow_id)
         if as_json:
-            _print_json({"flow": unstructure(flow), "hookRequests": unstructure(records)})
+            _print_json(
+                {"flow": unstructure(flow), "hookRequests": unstructure(records), "history": unstructure(entries)}
+            )
             return
         created = flow.created_at.strftime("%Y-%m-%d %H:%M:%S") if flow.created_at else "?"
         head = [
@@ -447,6 +503,10 @@ def show(flow_id: str, store: Store = "flowfsm.db", as_json: Json = False) -> No
         for line in head:
             out.print(line)
         out.print(table)
+        if entries:
+            out.print(_line(("history", "bold")))
+            for line in _history_lines(flow, entries):
+                out.print(line)
 
 
 @app.command("dispatch")

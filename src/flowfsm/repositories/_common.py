@@ -29,6 +29,7 @@ from flowfsm.model import (
     DeploymentState,
     Flow,
     FlowState,
+    HistoryEntry,
     HookRecord,
     HookRequest,
     PromotionState,
@@ -51,6 +52,8 @@ __all__ = [
     "due_text",
     "flow_body",
     "flow_from_body",
+    "history_entry",
+    "history_rows",
     "hook_record",
     "migrate",
     "readable_claim",
@@ -195,6 +198,17 @@ def check_page(limit: int, offset: int) -> None:
         raise ValidationError("offset", f"must be from 0 to 2**63 - 1, got {shown(offset)}")
 
 
+def history_rows(entries: Sequence[HistoryEntry]) -> list[tuple[str, int, str]]:
+    """The rows (flow id, seq, JSON body) a SQL backend stores for history ``entries``."""
+    unstructure = converter.unstructure
+    return [(entry.flow_id, entry.seq, _dumps(unstructure(entry))) for entry in entries]
+
+
+def history_entry(body: str | dict[str, Any]) -> HistoryEntry:
+    """A stored history entry (PostgreSQL hands back ``jsonb`` already parsed)."""
+    return converter.structure(json.loads(body) if isinstance(body, str) else body, HistoryEntry)
+
+
 class SQLFlowReads:
     """The flow reads of the SQL backends: one set of queries, written with the
     driver's placeholder ``MARK`` (``?`` or ``%s``). Each backend runs them through
@@ -264,6 +278,10 @@ class SQLFlowReads:
             sql += " WHERE " + " AND ".join(where)
         rows = self._rows(sql + f" ORDER BY seq DESC LIMIT {mark} OFFSET {mark}", [*args, limit, offset])
         return [flow_from_body(*row) for row in rows]
+
+    def history(self, flow_id: str) -> list[HistoryEntry]:
+        rows = self._rows(f"SELECT body FROM history WHERE flow_id = {self.MARK} ORDER BY seq", (flow_id,))
+        return [history_entry(body) for (body,) in rows]
 
 
 # A stored flow's body: compact positional JSON rather than the converter's keyed

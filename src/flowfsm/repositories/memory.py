@@ -22,6 +22,7 @@ from flowfsm.model import (
     DeliveryState,
     Flow,
     FlowState,
+    HistoryEntry,
     HookRecord,
     HookRequest,
     Timer,
@@ -47,6 +48,7 @@ class InMemoryRepository:
         self._disabled: set[str] = set()
         # Pending timers by id, each with the end of its lease (monotonic; 0: none).
         self._timers: dict[str, tuple[Timer, float]] = {}
+        self._history: dict[str, list[HistoryEntry]] = {}
         self._lock = threading.Lock()
 
     def get(self, flow_id: str) -> Flow:
@@ -101,6 +103,7 @@ class InMemoryRepository:
         lease: float = 0.0,
         timers: Sequence[Timer] = (),
         cancel: Sequence[str] = (),
+        history: Sequence[HistoryEntry] = (),
     ) -> None:
         with self._lock:
             for flow in flows:  # check everything before changing anything
@@ -120,6 +123,8 @@ class InMemoryRepository:
                 self._flows[flow.id] = flow
             if timers or cancel or self._timers:
                 self._set_timers(flows, timers, cancel)
+            if history:
+                self._append_history(history)
             if hook_requests:
                 lease = wait_seconds("lease", lease)
                 until = time.monotonic() + lease if lease > 0 else 0.0
@@ -289,6 +294,18 @@ class InMemoryRepository:
     def timers(self, flow_id: str) -> list[Timer]:
         with self._lock:
             return sorted((t for t, _ in self._timers.values() if t.flow_id == flow_id), key=_due)
+
+    def _append_history(self, entries: Sequence[HistoryEntry]) -> None:
+        kept = self._history
+        for entry in entries:
+            if entry.flow_id in kept:
+                kept[entry.flow_id].append(entry)
+            else:
+                kept[entry.flow_id] = [entry]
+
+    def history(self, flow_id: str) -> list[HistoryEntry]:
+        with self._lock:
+            return list(self._history.get(flow_id, ()))
 
     def __len__(self) -> int:
         return len(self._flows)

@@ -38,12 +38,13 @@ from flowfsm.errors import (
     ValidationError,
     bounded,
 )
-from flowfsm.model import DeliveryAttempt, Flow, FlowState, HookRecord, HookRequest, Timer
+from flowfsm.model import DeliveryAttempt, Flow, FlowState, HistoryEntry, HookRecord, HookRequest, Timer
 from flowfsm.repositories._common import (
     PENDING,
     SQLFlowReads,
     driver_errors,
     flow_body,
+    history_rows,
     hook_record,
     migrate,
     readable_claim,
@@ -119,6 +120,27 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
         "CREATE INDEX timers_by_due ON timers (due)",
         "CREATE INDEX timers_by_flow ON timers (flow_id)",
+    ),
+    (  # version 5: each flow's history, and the successes a rollback returns to (newest: highest n)
+        """CREATE TABLE history (
+            flow_id text NOT NULL REFERENCES flows (id),
+            seq integer NOT NULL,
+            body jsonb NOT NULL,
+            PRIMARY KEY (flow_id, seq)
+        )""",
+        """CREATE TABLE successes (
+            n bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            service_id text NOT NULL,
+            environment text NOT NULL,
+            artifact_group text NOT NULL,
+            artifact_name text NOT NULL,
+            artifact_version text NOT NULL,
+            artifact_id text NOT NULL,
+            flow_id text NOT NULL REFERENCES flows (id),
+            at timestamptz,
+            UNIQUE (flow_id, environment)
+        )""",
+        "CREATE INDEX successes_by_environment ON successes (service_id, environment, n)",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -229,8 +251,9 @@ class PostgresRepository(SQLFlowReads):
         lease: float = 0.0,
         timers: Sequence[Timer] = (),
         cancel: Sequence[str] = (),
+        history: Sequence[HistoryEntry] = (),
     ) -> None:
-        sql, args = _commit_statement(flows, hook_requests, wait_seconds("lease", lease))
+        sql, args = _commit_statement(flows, hook_requests, wait_seconds("lease", lease), history)
         finished = [f.id for f in flows if f.state is not FlowState.IN_PROGRESS]
         timed = bool(timers or cancel or finished)
         # One statement is one transaction, so a lone flow (the engine's usual
@@ -426,14 +449,15 @@ _CLAIM_TAKE: Final = (
 
 
 def _commit_statement(
-    flows: Sequence[Flow], hook_requests: Sequence[HookRequest], lease: float
+    flows: Sequence[Flow], hook_requests: Sequence[HookRequest], lease: float, history: Sequence[HistoryEntry] = ()
 ) -> tuple[str, dict[str, Any]]:
-    """One SQL statement that saves ``flows`` and queues ``hook_requests``, and
-    returns one row: for each flow, 1 if it was saved, 0 if its compare-and-set lost.
+    """One SQL statement that saves ``flows``, queues ``hook_requests`` and appends
+    the ``history`` entries, and returns one row: for each flow, 1 if it was saved,
+    0 if its compare-and-set lost.
 
-    Each flow is a data-modifying CTE (``saved0``, ``saved1``, ...); the outbox rows
-    are inserted only if every flow was saved, so a lone flow's conflict leaves
-    nothing behind. A new flow's deployment and promotion ids go in beside it, from
+    Each flow is a data-modifying CTE (``saved0``, ``saved1``, ...); the outbox and
+    history rows are inserted only if every flow was saved, so a lone flow's
+    conflict leaves nothing behind. A new flow's deployment and promotion ids go in beside it, from
     arrays, so the statement's shape depends only on which flows are new.
     """
     ctes: list[str] = []
@@ -462,11 +486,21 @@ def _commit_statement(
                 f" SET state = %(state{i})s, version = %(version{i})s, body = %(body{i})s::jsonb"
                 f" WHERE id = %(id{i})s AND version = %(version{i})s - 1 RETURNING id)"
             )
+    every_flow_saved = " AND ".join(f"EXISTS (SELECT FROM saved{i})" for i in range(len(flows))) or "true"
+    if history:
+        rows = history_rows(history)
+        args["h_flows"], args["h_seqs"] = [r[0] for r in rows], [r[1] for r in rows]
+        args["h_bodies"] = [r[2] for r in rows]
+        ctes.append(
+            "history AS (INSERT INTO history (flow_id, seq, body)"
+            " SELECT h.flow_id, h.seq, h.body::jsonb"
+            " FROM unnest(%(h_flows)s::text[], %(h_seqs)s::integer[], %(h_bodies)s::text[]) AS h(flow_id, seq, body)"
+            f" WHERE {every_flow_saved})"
+        )
     if hook_requests:
         # One JSON array, parsed by the server: text arrays of JSON would need escaping.
         args["requests"] = f"[{','.join(hook_requests_json(hook_requests))}]"
         args["lease"] = lease
-        every_flow_saved = " AND ".join(f"EXISTS (SELECT FROM saved{i})" for i in range(len(flows))) or "true"
         ctes.append(
             "queued AS (INSERT INTO outbox (id, flow_id, body, lease_until)"
             " SELECT r.body->>'id', r.body->>'flowId', r.body,"

@@ -28,13 +28,14 @@ from flowfsm.errors import (
     RepositoryError,
     ValidationError,
 )
-from flowfsm.model import DeliveryAttempt, Flow, FlowState, HookRecord, HookRequest, Timer
+from flowfsm.model import DeliveryAttempt, Flow, FlowState, HistoryEntry, HookRecord, HookRequest, Timer
 from flowfsm.repositories._common import (
     PENDING,
     SQLFlowReads,
     driver_errors,
     due_text,
     flow_body,
+    history_rows,
     hook_record,
     migrate,
     readable_claim,
@@ -105,6 +106,27 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX timers_by_due ON timers (due)",
         "CREATE INDEX timers_by_flow ON timers (flow_id)",
+    ),
+    (  # version 5: each flow's history, and the successes a rollback returns to (newest: highest n)
+        """CREATE TABLE history (
+            flow_id TEXT NOT NULL REFERENCES flows (id),
+            seq INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (flow_id, seq)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE successes (
+            n INTEGER PRIMARY KEY AUTOINCREMENT,
+            service_id TEXT NOT NULL,
+            environment TEXT NOT NULL,
+            artifact_group TEXT NOT NULL,
+            artifact_name TEXT NOT NULL,
+            artifact_version TEXT NOT NULL,
+            artifact_id TEXT NOT NULL,
+            flow_id TEXT NOT NULL REFERENCES flows (id),
+            at TEXT,
+            UNIQUE (flow_id, environment)
+        )""",
+        "CREATE INDEX successes_by_environment ON successes (service_id, environment, n)",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -234,8 +256,10 @@ class SQLiteRepository(SQLFlowReads):
         lease: float = 0.0,
         timers: Sequence[Timer] = (),
         cancel: Sequence[str] = (),
+        history: Sequence[HistoryEntry] = (),
     ) -> None:
         bodies = [flow_body(flow) for flow in flows]
+        entries = history_rows(history)
         requests = [
             (r.id, r.flow_id, body) for r, body in zip(hook_requests, hook_requests_json(hook_requests), strict=True)
         ]
@@ -271,6 +295,8 @@ class SQLiteRepository(SQLFlowReads):
                 "INSERT INTO outbox (id, flow_id, body, lease_until) VALUES (?, ?, ?, ?)",
                 [(*r, until) for r in requests],
             )
+            if entries:
+                db.executemany("INSERT INTO history (flow_id, seq, body) VALUES (?, ?, ?)", entries)
             if cancel:
                 db.executemany("DELETE FROM timers WHERE id = ?", [(i,) for i in cancel])
             if timers:

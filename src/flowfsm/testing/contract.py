@@ -20,10 +20,39 @@ from collections.abc import Callable, Iterator
 import attrs
 import pytest
 
-from flowfsm.errors import ConcurrencyConflict, UnknownDeployment, UnknownFlow, UnknownPromotion, ValidationError
-from flowfsm.model import Artifact, DeliveryAttempt, DeliveryState, DeploymentState, Flow, FlowState, Timer, TimerKind
+from flowfsm.catalog import Catalog
+from flowfsm.engine import FlowEngine
+from flowfsm.errors import (
+    ConcurrencyConflict,
+    InvalidTransition,
+    UnknownDeployment,
+    UnknownFlow,
+    UnknownPromotion,
+    ValidationError,
+)
+from flowfsm.model import (
+    Action,
+    Artifact,
+    DeliveryAttempt,
+    DeliveryState,
+    DeploymentState,
+    Environment,
+    Flow,
+    FlowState,
+    HistoryEntry,
+    HookEvent,
+    Pipeline,
+    PromotionResult,
+    ResultStatus,
+    Service,
+    StateChange,
+    Timer,
+    TimerKind,
+    Webhook,
+)
 from flowfsm.protocols import Repository
-from flowfsm.testing import sample_flow, sample_hook_request
+from flowfsm.testing import FakeClock, sample_flow, sample_hook_request
+from flowfsm.triggers import ArtifactCreated, DeploymentCompleted, DeploymentStarted, PromotionCompleted
 
 __all__ = ["RepositoryContract"]
 
@@ -52,6 +81,21 @@ _T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 def _timer(flow: Flow, index: int, kind: TimerKind, minutes: float) -> Timer:
     """A timer of ``flow``'s deployment ``index``, due ``minutes`` after ``_T0``."""
     return Timer(flow.id, flow.deployments[index].id, kind, _T0 + dt.timedelta(minutes=minutes))
+
+
+def _entry(flow: Flow, seq: int, *changes: StateChange, requests: tuple[str, ...] = ()) -> HistoryEntry:
+    """A history entry of ``flow``: a trigger's JSON with nested, non-ASCII data."""
+    trigger = {"type": "DeploymentStarted", "deploymentId": flow.deployments[0].id, "reason": "déjà vu"}
+    return HistoryEntry(
+        flow.id,
+        seq,
+        _T0 + dt.timedelta(minutes=seq),
+        {**trigger, "n": [seq, {"x": None}]},
+        "ci",
+        None,
+        changes,
+        requests,
+    )
 
 
 class RepositoryContract:
@@ -418,3 +462,75 @@ class RepositoryContract:
         repo.commit([_advanced(flow)], timers=[again])
         repo.complete_timers([claimed])
         assert repo.timers(flow.id) == [again]
+
+    # --- history ---------------------------------------------------------------------
+
+    def test_history_is_committed_with_its_flow_and_returned_in_order(self, repo: Repository) -> None:
+        flow, other = sample_flow(1), sample_flow(2)
+        created = _entry(flow, 1, StateChange("flow", flow.id, None, "inProgress"))
+        repo.commit([flow, other], history=[created, _entry(other, 1)])
+        started = _advanced(flow)
+        change = StateChange("deployment", flow.deployments[0].id, "notStarted", "started")
+        second = _entry(flow, 2, change, requests=(f"{flow.id}.hr-1",))
+        repo.commit([started], [sample_hook_request(started)], history=[second])
+        assert repo.history(flow.id) == [created, second]
+        assert repo.history(flow.id)[1].changes[0].from_ == "notStarted"
+        assert repo.history(other.id) == [_entry(other, 1)]
+        assert repo.history("no-such-flow") == []
+
+    def test_a_failed_commit_writes_no_history(self, repo: Repository) -> None:
+        flow = sample_flow(1)
+        repo.commit([flow], history=[_entry(flow, 1)])
+        fresh = sample_flow(2)
+        stale = attrs.evolve(_advanced(flow), version=5)
+        with pytest.raises(ConcurrencyConflict):  # one flow of two lost its race
+            repo.commit([fresh, stale], history=[_entry(fresh, 1), _entry(stale, 5)])
+        with pytest.raises(ConcurrencyConflict):  # a lone flow's lost race
+            repo.commit([stale], history=[_entry(stale, 5)])
+        assert repo.history(flow.id) == [_entry(flow, 1)]
+        assert repo.history(fresh.id) == []
+
+    def test_the_engine_records_one_entry_per_accepted_change(self, repo: Repository) -> None:
+        """End to end: creation is entry 1; a duplicate and a refused trigger add
+        nothing; each entry holds the trigger, its state changes and HookRequests."""
+        hook = Webhook("wh", HookEvent.DEPLOYMENT_CREATED, [Action("notify", url="http://127.0.0.1/hook")])
+        service = Service("svc", ["g:a"], Pipeline("p", [Environment("dev", ["smoke"])]), webhooks=[hook])
+        clock = FakeClock()
+        engine = FlowEngine(Catalog([service]), repo, None, clock=clock)
+        (flow,) = engine.handle(ArtifactCreated(Artifact("g", "a", "1"), actor="alice")).flows
+        dev = flow.deployments[0]
+        (smoke,) = dev.promotions
+        clock.advance(minutes=1)
+        engine.handle(DeploymentStarted(dev.id, actor="cd", reason="rollout"))
+        assert engine.handle(DeploymentStarted(dev.id)).duplicate
+        passed = PromotionResult(smoke.id, ResultStatus.PASSED)
+        with pytest.raises(InvalidTransition):  # before the deployment completed
+            engine.handle(PromotionCompleted(dev.id, smoke.id, [passed]))
+        engine.handle(DeploymentCompleted(dev.id))
+        engine.handle(PromotionCompleted(dev.id, smoke.id, [passed]))
+        entries = repo.history(flow.id)
+        assert [e.seq for e in entries] == [1, 2, 3, 4] == list(range(1, repo.get(flow.id).version + 1))
+        assert [e.trigger["type"] for e in entries] == [
+            "ArtifactCreated",
+            "DeploymentStarted",
+            "DeploymentCompleted",
+            "PromotionCompleted",
+        ]
+        created, started, _, promoted = entries
+        assert (created.actor, created.reason, started.actor, started.reason) == ("alice", None, "cd", "rollout")
+        assert started.at - created.at == dt.timedelta(minutes=1)
+        assert created.changes == (
+            StateChange("promotion", smoke.id, None, "pending"),
+            StateChange("deployment", dev.id, None, "notStarted"),
+            StateChange("flow", flow.id, None, "inProgress"),
+        )
+        assert len(created.hook_request_ids) == 1
+        assert created.hook_request_ids == tuple(r.request.id for r in repo.hook_requests(flow.id))
+        assert started.changes == (StateChange("deployment", dev.id, "notStarted", "started"),)
+        assert started.hook_request_ids == ()
+        assert promoted.changes == (
+            StateChange("promotion", smoke.id, "pending", "success"),
+            StateChange("deployment", dev.id, "completed", "success"),
+            StateChange("flow", flow.id, "inProgress", "success"),
+        )
+        assert promoted.trigger["results"][0]["resultStatus"] == "passed"
