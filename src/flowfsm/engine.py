@@ -23,7 +23,9 @@ from typing import Any, ClassVar, Final
 
 from flowfsm import history, machines
 from flowfsm.catalog import unknown_strategy
-from flowfsm.errors import ConcurrencyConflict, UnknownPromotion, ValidationError
+from flowfsm.errors import ConcurrencyConflict, UnknownPromotion, UnknownService, ValidationError
+from flowfsm.explain import Waiting
+from flowfsm.explain import explain as explain_flow
 from flowfsm.model import (
     Artifact,
     Deployment,
@@ -173,6 +175,17 @@ class FlowEngine:
         if outcome.hook_requests and self.emitter is not None:
             self._deliver(self.emitter, outcome.hook_requests)
         return outcome
+
+    def explain(self, flow_id: str) -> tuple[Waiting, ...]:
+        """What the flow waits for, or how it finished (``flowfsm.explain``): a reading,
+        from the flow, its timers and its history as stored; ``UnknownFlow`` if none."""
+        repository = self.repository
+        flow = repository.get(flow_id)
+        try:
+            service: Service | None = self.catalog.get(flow.service_id)
+        except UnknownService:  # the catalog no longer has it: the flow still explains itself
+            service = None
+        return explain_flow(flow, service, repository.timers(flow_id), repository.history(flow_id))
 
     def _commit_timed(self, changed: list[Flow], outcome: Outcome) -> None:
         self.repository.commit(

@@ -22,6 +22,7 @@ from flowfsm.model import (
     _attribute_history_entry,
     _frozen_json,
     _make_history_entry,
+    _make_state_change,
     check_json,
 )
 from flowfsm.triggers import Trigger
@@ -46,17 +47,17 @@ def state_changes(before: Flow | None, after: Flow) -> tuple[StateChange, ...]:
             for j, promotion in enumerate(deployment.promotions):
                 was = old_promotions[j] if j < len(old_promotions) else None
                 if was is None:
-                    add(StateChange("promotion", promotion.id, None, promotion.state.value))
+                    add(_make_state_change("promotion", promotion.id, None, promotion.state.value))
                 elif was.state is not promotion.state:
-                    add(StateChange("promotion", promotion.id, was.state.value, promotion.state.value))
+                    add(_make_state_change("promotion", promotion.id, was.state.value, promotion.state.value))
         if old is None:
-            add(StateChange("deployment", deployment.id, None, deployment.state.value))
+            add(_make_state_change("deployment", deployment.id, None, deployment.state.value))
         elif old.state is not deployment.state:
-            add(StateChange("deployment", deployment.id, old.state.value, deployment.state.value))
+            add(_make_state_change("deployment", deployment.id, old.state.value, deployment.state.value))
     if before is None:
-        add(StateChange("flow", after.id, None, after.state.value))
+        add(_make_state_change("flow", after.id, None, after.state.value))
     elif before.state is not after.state:
-        add(StateChange("flow", after.id, before.state.value, after.state.value))
+        add(_make_state_change("flow", after.id, before.state.value, after.state.value))
     return tuple(changes)
 
 
@@ -65,6 +66,10 @@ def draft(
 ) -> tuple[HistoryEntry, ...]:
     """One entry per (loaded or None, saved) flow, its ``seq`` the saved version, with
     the ids of the flow's ``requests``; ``attribute`` gives it its trigger."""
+    if len(changed) == 1:  # the usual trigger: one flow, whose are all the requests
+        ((before, after),) = changed
+        ids = tuple([r.id for r in requests])
+        return (_make_history_entry(after.id, after.version, now, state_changes(before, after), ids),)
     return tuple(
         [
             _make_history_entry(
@@ -80,6 +85,7 @@ def draft(
 
 
 _TRIGGERS: Final = frozenset(get_args(Trigger))
+_unstructure_trigger: Final = converter.get_unstructure_hook(Trigger)  # what unstructure(t, Trigger) calls
 
 
 def trigger_json(trigger: object) -> dict[str, Any]:
@@ -88,7 +94,7 @@ def trigger_json(trigger: object) -> dict[str, Any]:
     subclass's own applier) its fields, tagged with its class name, and checked to
     be JSON every backend stores."""
     if type(trigger) in _TRIGGERS:
-        return converter.unstructure(trigger, Trigger)  # type: ignore[no-any-return]
+        return _unstructure_trigger(trigger)  # type: ignore[no-any-return]
     data = converter.unstructure(trigger)
     form = {**data, "type": type(trigger).__name__} if isinstance(data, dict) else {"type": type(trigger).__name__}
     check_json("trigger", form)

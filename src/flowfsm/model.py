@@ -1100,7 +1100,19 @@ class StateChange:
 
 
 def _frozen_json(value: Mapping[str, Any]) -> Mapping[str, Any]:
-    return value if type(value) is FrozenDict else _frozen(dict(value))
+    """``value``, JSON, read-only all the way down: ``_frozen``, with the strings that
+    make up most of a trigger's JSON passed over without a call (once per trigger)."""
+    if type(value) is FrozenDict:
+        return value
+    return FrozenDict({k: v if type(v) is str else _frozen_value(v) for k, v in value.items()})
+
+
+def _frozen_value(value: Any) -> Any:
+    if type(value) is dict:
+        return FrozenDict({k: v if type(v) is str else _frozen_value(v) for k, v in value.items()})
+    if type(value) is list:
+        return FrozenList([v if type(v) is str else _frozen_value(v) for v in value])
+    return _frozen(value)  # anything else: numbers, None, tuples, subclasses
 
 
 def _strings(value: Iterable[str]) -> tuple[str, ...]:
@@ -1136,8 +1148,20 @@ class HistoryEntry:
     hook_request_ids: tuple[str, ...] = attrs.field(converter=_strings)
 
 
-_h_fields = _slots(HistoryEntry, "flow_id", "seq", "at", "trigger", "actor", "reason", "changes", "hook_request_ids")
+_c_entity, _c_id, _c_from, _c_to = _slots(StateChange, "entity", "id", "from_", "to")
+(_h_flow_id, _h_seq, _h_at, _h_trigger, _h_actor, _h_reason, _h_changes, _h_hook_request_ids) = _slots(
+    HistoryEntry, "flow_id", "seq", "at", "trigger", "actor", "reason", "changes", "hook_request_ids"
+)
 _NO_TRIGGER: Final = FrozenDict()
+
+
+def _make_state_change(entity: str, id: str, from_: str | None, to: str) -> StateChange:
+    change = _new(StateChange)
+    _c_entity(change, entity)
+    _c_id(change, id)
+    _c_from(change, from_)
+    _c_to(change, to)
+    return change
 
 
 def _make_history_entry(
@@ -1146,13 +1170,15 @@ def _make_history_entry(
     """A trusted constructor (see ``_make_flow``) for the engine's draft of an entry:
     the trigger's part comes from ``_attribute_history_entry`` before anyone sees it."""
     entry = _new(HistoryEntry)
-    values = (flow_id, seq, at, _NO_TRIGGER, None, None, changes, hook_request_ids)
-    for set_field, value in zip(_h_fields, values, strict=True):
-        set_field(entry, value)
+    _h_flow_id(entry, flow_id)
+    _h_seq(entry, seq)
+    _h_at(entry, at)
+    _h_trigger(entry, _NO_TRIGGER)
+    _h_actor(entry, None)
+    _h_reason(entry, None)
+    _h_changes(entry, changes)
+    _h_hook_request_ids(entry, hook_request_ids)
     return entry
-
-
-_, _, _, _h_trigger, _h_actor, _h_reason, _, _ = _h_fields
 
 
 def _attribute_history_entry(

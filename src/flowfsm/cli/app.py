@@ -449,6 +449,25 @@ def history(flow_id: str, store: Store = "flowfsm.db", as_json: Json = False) ->
             out.print(line)
 
 
+@app.command("explain")
+def explain(
+    flow_id: str,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """What a flow waits for (or how it finished): one line per reason, its kind first."""
+    with _reported():
+        _checked_text("FLOW_ID", flow_id)
+        items = _engine(store, catalog, create=False).explain(flow_id)
+        if as_json:
+            _print_json(unstructure(items))
+            return
+        width = max((len(i.kind) for i in items), default=0)
+        for item in items:
+            out.print(_line((item.kind.ljust(width), "bold"), "  ", item.text))
+
+
 @app.command("show")
 def show(flow_id: str, store: Store = "flowfsm.db", as_json: Json = False) -> None:
     """One flow's timeline: deployments, promotions, HookRequests and their delivery,
