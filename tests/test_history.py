@@ -3,6 +3,7 @@ the schema migration that adds it; the command line that shows it."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sqlite3
@@ -19,6 +20,7 @@ from flowfsm import (
     Catalog,
     DeploymentCompleted,
     DeploymentStarted,
+    DeploymentState,
     Environment,
     FlowEngine,
     HistoryEntry,
@@ -32,6 +34,7 @@ from flowfsm import (
     Timeouts,
     TimerFired,
     TimerKind,
+    Trigger,
     Webhook,
 )
 from flowfsm.converter import structure, unstructure
@@ -118,6 +121,11 @@ def test_a_sqlite_store_written_by_schema_4_opens_and_records_history(tmp_path: 
         assert [t.kind for t in repository.timers(waiting.id)] == [TimerKind.DEPLOY]
         assert repository.count_pending() == 4
         assert repository.history(waiting.id) == []
+        # The rollback index is filled from the stored flows, the newer flow last.
+        assert repository.last_success("svc", "dev") == Artifact("g", "a", "2")
+        assert repository.last_success("svc", "dev", excluding="g:a:2") == Artifact("g", "a", "1")
+        assert repository.last_success("svc", "prod") == Artifact("g", "a", "1")
+        assert repository.last_success("svc", "prod", excluding="g:a:1") is None
         engine = FlowEngine(Catalog([v4_service()]), repository, None)
         prod = waiting.deployments[1]
         engine.handle(DeploymentCompleted(prod.id))
@@ -127,6 +135,7 @@ def test_a_sqlite_store_written_by_schema_4_opens_and_records_history(tmp_path: 
         (smoke,) = prod.promotions
         engine.handle(PromotionCompleted(prod.id, smoke.id, [PromotionResult(smoke.id, ResultStatus.PASSED)]))
         assert [e.seq for e in repository.history(waiting.id)] == [waiting.version + 1, waiting.version + 2]
+        assert repository.last_success("svc", "prod") == Artifact("g", "a", "2")
     db = sqlite3.connect(path)
     assert db.execute("SELECT value FROM flowfsm_meta").fetchone()[0] == "5"
     db.close()
@@ -139,6 +148,8 @@ def test_a_postgres_store_of_schema_4_opens_and_records_history(postgres_dsn: st
 
     schema = f"m_{uuid.uuid4().hex[:12]}"
     flow = sample_flow()
+    dev, prod = flow.deployments
+    flow = attrs.evolve(flow, deployments=[attrs.evolve(dev, state=DeploymentState.SUCCESS), prod])
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
         conn.execute(f"SET search_path TO {schema}")
@@ -157,6 +168,8 @@ def test_a_postgres_store_of_schema_4_opens_and_records_history(postgres_dsn: st
         with PostgresRepository(postgres_dsn, schema=schema) as repository:
             assert repository.get(flow.id) == flow
             assert repository.history(flow.id) == []
+            assert repository.last_success(flow.service_id, "dev") == flow.artifact  # filled from the stored flows
+            assert repository.last_success(flow.service_id, "prod") is None
             entry = HistoryEntry(flow.id, 2, FakeClock()(), {"type": "DeploymentStarted"}, None, None, [], [])
             repository.commit([attrs.evolve(flow, version=2)], history=[entry])
             assert repository.history(flow.id) == [entry]
@@ -208,3 +221,58 @@ def test_a_trigger_subclass_is_recorded_under_its_own_name() -> None:
     expected = {"type": "Started", "deploymentId": flow.deployments[0].id, "actor": "ops", "reason": None}
     assert dict(entry.trigger) == expected
     assert entry.actor == "ops"
+
+
+def test_the_rollback_index_is_filled_from_flow_bodies_of_every_format(tmp_path: Path) -> None:
+    """Bodies of format 1 (no leading format number) and 2 are both read by the
+    migration that fills the index."""
+    from flowfsm.repositories.sqlite import MIGRATIONS
+
+    path = tmp_path / "v4.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE flowfsm_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    for step in MIGRATIONS[:4]:
+        for statement in step:
+            db.execute(statement)
+    db.execute("INSERT INTO flowfsm_meta VALUES ('schema_version', '4')")
+    old, new = sample_flow(1), sample_flow(2)
+    for flow, drop_format in ((old, True), (new, False)):
+        dev, prod = flow.deployments
+        done = attrs.evolve(flow, deployments=[attrs.evolve(dev, state=DeploymentState.SUCCESS), prod])
+        body = json.loads(flow_body(done))
+        db.execute(
+            "INSERT INTO flows (id, artifact_id, service_id, state, version, body) VALUES (?, ?, ?, ?, 1, ?)",
+            (
+                flow.id,
+                flow.artifact.id,
+                flow.service_id,
+                flow.state.value,
+                json.dumps(body[1:] if drop_format else body),
+            ),
+        )
+    db.commit()
+    db.close()
+    with SQLiteRepository(path) as repository:
+        assert repository.get(old.id).deployments[0].state is DeploymentState.SUCCESS
+        assert repository.last_success("svc", "dev") == new.artifact
+        assert repository.last_success("svc", "dev", excluding=new.artifact.id) == old.artifact
+
+
+def test_the_engines_entries_hold_the_triggers_json_read_only() -> None:
+    repository = InMemoryRepository()
+    engine = FlowEngine(Catalog([v4_service()]), repository, None)
+    (flow,) = engine.handle(ArtifactCreated(Artifact("g", "a", "1"))).flows
+    dev = flow.deployments[0]
+    engine.handle(DeploymentStarted(dev.id))
+    engine.handle(DeploymentCompleted(dev.id))
+    (smoke,) = dev.promotions
+    trigger = PromotionCompleted(dev.id, smoke.id, [PromotionResult(smoke.id, ResultStatus.PASSED, {"p99": [1, 2]})])
+    entry = engine.handle(trigger).history[0]
+    assert entry.trigger == unstructure(trigger, Trigger)
+    assert unstructure(entry)["trigger"] == unstructure(trigger, Trigger)
+    assert repository.history(flow.id)[-1] == entry
+    with pytest.raises(TypeError):
+        entry.trigger["type"] = "Other"  # type: ignore[index]  # what the test is about
+    with pytest.raises(TypeError):
+        entry.trigger["results"][0]["details"]["p99"].append(3)
+    assert repository.history(flow.id)[-1].trigger["results"][0]["details"] == {"p99": [1, 2]}

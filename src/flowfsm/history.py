@@ -10,8 +10,8 @@ them with the flows. A duplicate changes nothing and costs nothing here.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from typing import Any, Final, get_args
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Final, get_args, overload
 
 from flowfsm.converter import converter
 from flowfsm.model import (
@@ -27,7 +27,7 @@ from flowfsm.model import (
 )
 from flowfsm.triggers import Trigger
 
-__all__ = ["attribute", "draft", "state_changes", "trigger_json"]
+__all__ = ["StateChanges", "TriggerJSON", "attribute", "draft", "state_changes", "trigger_json"]
 
 
 def state_changes(before: Flow | None, after: Flow) -> tuple[StateChange, ...]:
@@ -61,6 +61,48 @@ def state_changes(before: Flow | None, after: Flow) -> tuple[StateChange, ...]:
     return tuple(changes)
 
 
+class StateChanges(Sequence[StateChange]):
+    """An entry's ``changes`` as the engine makes them: ``state_changes(before,
+    after)``, worked out when first read (history is written on every trigger and
+    seldom read, and both versions are immutable). It equals the tuple it stands
+    for, and lets go of the two versions once it has it."""
+
+    __slots__ = ("_changes", "_flows")
+
+    def __init__(self, before: Flow | None, after: Flow) -> None:
+        self._flows: tuple[Flow | None, Flow] | None = (before, after)
+        self._changes: tuple[StateChange, ...] | None = None
+
+    def _tuple(self) -> tuple[StateChange, ...]:
+        changes = self._changes
+        if changes is None:
+            flows = self._flows
+            if flows is None:  # another thread has just worked them out
+                return self._changes or ()
+            changes = self._changes = state_changes(*flows)
+            self._flows = None
+        return changes
+
+    @overload
+    def __getitem__(self, index: int) -> StateChange: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[StateChange, ...]: ...
+    def __getitem__(self, index: int | slice) -> StateChange | tuple[StateChange, ...]:
+        return self._tuple()[index]
+
+    def __len__(self) -> int:
+        return len(self._tuple())
+
+    def __eq__(self, other: object) -> bool:
+        return self._tuple() == (tuple(other) if isinstance(other, StateChanges) else other)
+
+    def __hash__(self) -> int:
+        return hash(self._tuple())
+
+    def __repr__(self) -> str:
+        return repr(self._tuple())
+
+
 def draft(
     changed: Sequence[tuple[Flow | None, Flow]], requests: Sequence[HookRequest], now: dt.datetime
 ) -> tuple[HistoryEntry, ...]:
@@ -69,14 +111,14 @@ def draft(
     if len(changed) == 1:  # the usual trigger: one flow, whose are all the requests
         ((before, after),) = changed
         ids = tuple([r.id for r in requests])
-        return (_make_history_entry(after.id, after.version, now, state_changes(before, after), ids),)
+        return (_make_history_entry(after.id, after.version, now, StateChanges(before, after), ids),)
     return tuple(
         [
             _make_history_entry(
                 after.id,
                 after.version,
                 now,
-                state_changes(before, after),
+                StateChanges(before, after),
                 tuple([r.id for r in requests if r.flow_id == after.id]),
             )
             for before, after in changed
@@ -101,10 +143,48 @@ def trigger_json(trigger: object) -> dict[str, Any]:
     return form
 
 
+class TriggerJSON(Mapping[str, Any]):
+    """A trigger's JSON form (``trigger_json``), read-only all the way down, built
+    when it is first read: history is written on every trigger and seldom read, and
+    a trigger is immutable, so its form can wait. It equals the dict it stands for."""
+
+    __slots__ = ("_form", "_source")
+
+    def __init__(self, trigger: object) -> None:
+        self._source = trigger
+        self._form: Mapping[str, Any] | None = None
+
+    def _json(self) -> Mapping[str, Any]:
+        form = self._form
+        if form is None:  # two threads may both build it: the same value, either kept
+            form = self._form = _frozen_json(trigger_json(self._source))
+        return form
+
+    def __getitem__(self, key: str) -> Any:
+        return self._json()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._json())
+
+    def __len__(self) -> int:
+        return len(self._json())
+
+    def __eq__(self, other: object) -> bool:
+        return self._json() == other
+
+    __hash__ = None  # type: ignore[assignment]  # a mapping, like dict
+
+    def __repr__(self) -> str:
+        return repr(dict(self._json()))
+
+
 def attribute(entries: Sequence[HistoryEntry], trigger: object) -> None:
-    """Give the drafted ``entries`` the trigger: its JSON form (built once, shared
-    read-only), its actor and its reason."""
-    form = _frozen_json(trigger_json(trigger))
+    """Give the drafted ``entries`` the trigger: its JSON form (one ``TriggerJSON``
+    for them all; checked now for a trigger class flowfsm does not know, whose
+    fields may not be JSON), its actor and its reason."""
+    form = TriggerJSON(trigger)
+    if type(trigger) not in _TRIGGERS:
+        form._json()  # its own check of what it holds, before the commit
     actor, reason = getattr(trigger, "actor", None), getattr(trigger, "reason", None)
     for entry in entries:
         _attribute_history_entry(entry, form, actor, reason)

@@ -26,7 +26,7 @@ import os
 import re
 import stat
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, NoReturn, TypeAlias, TypeVar
 
 import attrs
@@ -1144,7 +1144,7 @@ class HistoryEntry:
     trigger: Mapping[str, Any] = attrs.field(converter=_frozen_json, hash=False)
     actor: str | None
     reason: str | None
-    changes: tuple[StateChange, ...] = attrs.field(converter=_changes)
+    changes: Sequence[StateChange] = attrs.field(converter=_changes)
     hook_request_ids: tuple[str, ...] = attrs.field(converter=_strings)
 
 
@@ -1165,7 +1165,7 @@ def _make_state_change(entity: str, id: str, from_: str | None, to: str) -> Stat
 
 
 def _make_history_entry(
-    flow_id: str, seq: int, at: dt.datetime, changes: tuple[StateChange, ...], hook_request_ids: tuple[str, ...]
+    flow_id: str, seq: int, at: dt.datetime, changes: Sequence[StateChange], hook_request_ids: tuple[str, ...]
 ) -> HistoryEntry:
     """A trusted constructor (see ``_make_flow``) for the engine's draft of an entry:
     the trigger's part comes from ``_attribute_history_entry`` before anyone sees it."""

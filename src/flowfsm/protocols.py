@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from flowfsm.model import (
+    Artifact,
     DeliveryAttempt,
     Flow,
     FlowState,
@@ -220,11 +221,19 @@ class Timers(Protocol):
 @runtime_checkable
 class FlowHistory(Protocol):
     """What each trigger did to each flow (SPEC §9), appended by ``FlowStore.commit``
-    with the change it records."""
+    with the change it records; and the index of successes a rollback returns to,
+    kept by ``commit`` from the flows it saves."""
 
     def history(self, flow_id: str) -> list[HistoryEntry]:
         """The flow's history entries, in order (``seq`` 1, 2, ...); ``[]`` for a
         flow without any (or none at all)."""
+        ...
+
+    def last_success(self, service_id: str, environment: str, *, excluding: str | None = None) -> Artifact | None:
+        """The artifact of the service's flow whose deployment to ``environment`` was
+        saved ``success`` most recently, other than the artifact id ``excluding``;
+        None if there is none. Read from an index ``commit`` keeps (a deployment is
+        recorded the first time it is saved ``success``), never a scan of the flows."""
         ...
 
 

@@ -57,6 +57,7 @@ __all__ = [
     "hook_record",
     "migrate",
     "readable_claim",
+    "success_rows",
     "timer_from_row",
     "wait_seconds",
 ]
@@ -204,6 +205,21 @@ def history_rows(entries: Sequence[HistoryEntry]) -> list[tuple[str, int, str]]:
     return [(entry.flow_id, entry.seq, _dumps(unstructure(entry))) for entry in entries]
 
 
+def success_rows(flows: Sequence[Flow]) -> list[tuple[str, str, str, str, str, str, str, str | None]]:
+    """The rollback index rows (service id, environment, artifact group, name,
+    version and id, flow id, time) of the deployments ``flows`` are saved with in
+    state ``success``; a SQL backend inserts each unless its (flow id, environment)
+    is already there."""
+    rows = []
+    for flow in flows:
+        for deployment in flow.deployments:
+            if deployment.state is _SUCCESS:
+                a, updated = flow.artifact, flow.updated_at
+                at = updated.isoformat() if updated else None
+                rows.append((flow.service_id, deployment.environment, a.group, a.name, a.version, a.id, flow.id, at))
+    return rows
+
+
 def history_entry(body: str | dict[str, Any]) -> HistoryEntry:
     """A stored history entry (PostgreSQL hands back ``jsonb`` already parsed)."""
     return converter.structure(json.loads(body) if isinstance(body, str) else body, HistoryEntry)
@@ -283,6 +299,15 @@ class SQLFlowReads:
         rows = self._rows(f"SELECT body FROM history WHERE flow_id = {self.MARK} ORDER BY seq", (flow_id,))
         return [history_entry(body) for (body,) in rows]
 
+    def last_success(self, service_id: str, environment: str, *, excluding: str | None = None) -> Artifact | None:
+        mark = self.MARK
+        rows = self._rows(
+            "SELECT artifact_group, artifact_name, artifact_version FROM successes"
+            f" WHERE service_id = {mark} AND environment = {mark} AND artifact_id <> {mark} ORDER BY n DESC LIMIT 1",
+            (service_id, environment, "" if excluding is None else excluding),  # no artifact id is empty
+        )
+        return Artifact(*rows[0]) if rows else None
+
 
 # A stored flow's body: compact positional JSON rather than the converter's keyed
 # form, since loading and saving the aggregate is most of a trigger's own work:
@@ -294,6 +319,7 @@ BODY_FORMAT: Final = 2
 _FLOW_STATES: Final = {s.value: s for s in FlowState}
 _DEPLOYMENT_STATES: Final = {s.value: s for s in DeploymentState}
 _PROMOTION_STATES: Final = {s.value: s for s in PromotionState}
+_SUCCESS: Final = DeploymentState.SUCCESS
 _dumps: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 

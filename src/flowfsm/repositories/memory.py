@@ -18,8 +18,10 @@ from typing import Final
 
 from flowfsm.errors import ConcurrencyConflict, UnknownDeployment, UnknownFlow, UnknownPromotion
 from flowfsm.model import (
+    Artifact,
     DeliveryAttempt,
     DeliveryState,
+    DeploymentState,
     Flow,
     FlowState,
     HistoryEntry,
@@ -49,6 +51,10 @@ class InMemoryRepository:
         # Pending timers by id, each with the end of its lease (monotonic; 0: none).
         self._timers: dict[str, tuple[Timer, float]] = {}
         self._history: dict[str, list[HistoryEntry]] = {}
+        # The rollback index: per (service id, environment), the (artifact, flow id) of
+        # each deployment saved ``success``, in the order they were; and what it holds.
+        self._successes: dict[tuple[str, str], list[tuple[Artifact, str]]] = {}
+        self._succeeded: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
     def get(self, flow_id: str) -> Flow:
@@ -120,6 +126,7 @@ class InMemoryRepository:
                         self._by_deployment[deployment.id] = flow.id
                         for promotion in deployment.promotions:
                             self._by_promotion[promotion.id] = flow.id
+                self._index_successes(flow, self._flows.get(flow.id))
                 self._flows[flow.id] = flow
             if timers or cancel or self._timers:
                 self._set_timers(flows, timers, cancel)
@@ -295,6 +302,26 @@ class InMemoryRepository:
         with self._lock:
             return sorted((t for t, _ in self._timers.values() if t.flow_id == flow_id), key=_due)
 
+    def _index_successes(self, flow: Flow, stored: Flow | None) -> None:
+        """Record each deployment of ``flow`` saved ``success`` for the first time
+        (one unchanged since the stored version is the very same object: skipped)."""
+        before = stored.deployments if stored is not None else ()
+        for i, deployment in enumerate(flow.deployments):
+            if deployment.state is not _SUCCESS or (i < len(before) and before[i] is deployment):
+                continue
+            key = (flow.id, deployment.environment)
+            if key not in self._succeeded:
+                self._succeeded.add(key)
+                where = (flow.service_id, deployment.environment)
+                self._successes.setdefault(where, []).append((flow.artifact, flow.id))
+
+    def last_success(self, service_id: str, environment: str, *, excluding: str | None = None) -> Artifact | None:
+        with self._lock:
+            for artifact, _ in reversed(self._successes.get((service_id, environment), ())):
+                if artifact.id != excluding:
+                    return artifact
+        return None
+
     def _append_history(self, entries: Sequence[HistoryEntry]) -> None:
         kept = self._history
         for entry in entries:
@@ -316,4 +343,5 @@ def _due(timer: Timer) -> tuple[dt.datetime, str]:
 
 
 _DEAD: Final = math.inf
+_SUCCESS: Final = DeploymentState.SUCCESS
 _NOTHING: Final[frozenset[str]] = frozenset()

@@ -48,6 +48,7 @@ from flowfsm.repositories._common import (
     hook_record,
     migrate,
     readable_claim,
+    success_rows,
     timer_from_row,
     wait_seconds,
 )
@@ -141,6 +142,16 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             UNIQUE (flow_id, environment)
         )""",
         "CREATE INDEX successes_by_environment ON successes (service_id, environment, n)",
+        # The successes stored so far, oldest flow first (bodies of format 1 lack the leading format number).
+        """INSERT INTO successes (service_id, environment, artifact_group, artifact_name, artifact_version,
+            artifact_id, flow_id, at)
+        SELECT f.service_id, d.value->>1, f.body->>(b.o + 1), f.body->>(b.o + 2), f.body->>(b.o + 3),
+            f.artifact_id, f.id, (f.body->>(b.o + 7))::timestamptz
+        FROM flows f
+        CROSS JOIN LATERAL (SELECT CASE jsonb_typeof(f.body->0) WHEN 'number' THEN 1 ELSE 0 END AS o) b
+        CROSS JOIN LATERAL jsonb_array_elements(f.body->(b.o + 8)) WITH ORDINALITY AS d(value, n)
+        WHERE d.value->>2 = 'success'
+        ORDER BY f.seq, d.n""",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -496,6 +507,19 @@ def _commit_statement(
             " SELECT h.flow_id, h.seq, h.body::jsonb"
             " FROM unnest(%(h_flows)s::text[], %(h_seqs)s::integer[], %(h_bodies)s::text[]) AS h(flow_id, seq, body)"
             f" WHERE {every_flow_saved})"
+        )
+    successes = success_rows(flows)
+    if successes:  # the rollback index: each deployment saved success, once
+        columns = list(zip(*successes, strict=True))
+        for j, name in enumerate(("s_services", "s_envs", "s_groups", "s_names", "s_versions", "s_ids", "s_flows")):
+            args[name] = list(columns[j])
+        args["s_ats"] = list(columns[7])
+        ctes.append(
+            "successes AS (INSERT INTO successes (service_id, environment, artifact_group, artifact_name,"
+            " artifact_version, artifact_id, flow_id, at)"
+            " SELECT * FROM unnest(%(s_services)s::text[], %(s_envs)s::text[], %(s_groups)s::text[],"
+            " %(s_names)s::text[], %(s_versions)s::text[], %(s_ids)s::text[], %(s_flows)s::text[],"
+            f" %(s_ats)s::timestamptz[]) WHERE {every_flow_saved} ON CONFLICT (flow_id, environment) DO NOTHING)"
         )
     if hook_requests:
         # One JSON array, parsed by the server: text arrays of JSON would need escaping.

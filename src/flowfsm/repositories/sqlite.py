@@ -39,6 +39,7 @@ from flowfsm.repositories._common import (
     hook_record,
     migrate,
     readable_claim,
+    success_rows,
     timer_from_row,
     wait_seconds,
 )
@@ -127,6 +128,18 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             UNIQUE (flow_id, environment)
         )""",
         "CREATE INDEX successes_by_environment ON successes (service_id, environment, n)",
+        # The successes stored so far, oldest flow first (bodies of format 1 lack the leading format number).
+        """INSERT INTO successes (service_id, environment, artifact_group, artifact_name, artifact_version,
+            artifact_id, flow_id, at)
+        SELECT f.service_id, json_extract(d.value, '$[1]'), json_extract(f.body, printf('$[%d]', b.o + 1)),
+            json_extract(f.body, printf('$[%d]', b.o + 2)), json_extract(f.body, printf('$[%d]', b.o + 3)),
+            f.artifact_id, f.id, json_extract(f.body, printf('$[%d]', b.o + 7))
+        FROM flows f
+        JOIN (SELECT id, CASE json_type(body, '$[0]') WHEN 'integer' THEN 1 ELSE 0 END AS o FROM flows) b
+            ON b.id = f.id
+        JOIN json_each(f.body, printf('$[%d]', b.o + 8)) d
+        WHERE json_extract(d.value, '$[2]') = 'success'
+        ORDER BY f.seq, d.key""",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -260,6 +273,7 @@ class SQLiteRepository(SQLFlowReads):
     ) -> None:
         bodies = [flow_body(flow) for flow in flows]
         entries = history_rows(history)
+        successes = success_rows(flows)
         requests = [
             (r.id, r.flow_id, body) for r, body in zip(hook_requests, hook_requests_json(hook_requests), strict=True)
         ]
@@ -297,6 +311,12 @@ class SQLiteRepository(SQLFlowReads):
             )
             if entries:
                 db.executemany("INSERT INTO history (flow_id, seq, body) VALUES (?, ?, ?)", entries)
+            if successes:
+                db.executemany(
+                    "INSERT OR IGNORE INTO successes (service_id, environment, artifact_group, artifact_name,"
+                    " artifact_version, artifact_id, flow_id, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    successes,
+                )
             if cancel:
                 db.executemany("DELETE FROM timers WHERE id = ?", [(i,) for i in cancel])
             if timers:

@@ -534,3 +534,42 @@ class RepositoryContract:
             StateChange("flow", flow.id, "inProgress", "success"),
         )
         assert promoted.trigger["results"][0]["resultStatus"] == "passed"
+        assert repo.last_success("svc", "dev") == Artifact("g", "a", "1")  # the rollback index, kept by commit
+
+    # --- the rollback index -------------------------------------------------------------
+
+    def test_last_success_is_the_newest_other_artifact_that_succeeded_there(self, repo: Repository) -> None:
+        def succeeded(flow: Flow, *indexes: int, version: int) -> Flow:
+            deployments = [
+                attrs.evolve(d, state=DeploymentState.SUCCESS) if i in indexes else d
+                for i, d in enumerate(flow.deployments)
+            ]
+            return attrs.evolve(flow, version=version, deployments=deployments, updated_at=_T0)
+
+        first, second, other = sample_flow(1), sample_flow(2), sample_flow(3, service_id="other")
+        first, second, other = (_renamed(f, f"{f.id}.") for f in (first, second, other))
+        assert repo.last_success("svc", "dev") is None
+        repo.commit([first, second, other])
+        repo.commit([succeeded(first, 0, version=2)])
+        assert repo.last_success("svc", "dev") == first.artifact
+        assert repo.last_success("svc", "dev", excluding=first.artifact.id) is None
+        repo.commit([succeeded(second, 0, version=2), succeeded(other, 0, 1, version=2)])
+        assert repo.last_success("svc", "dev") == second.artifact
+        assert repo.last_success("svc", "dev", excluding=second.artifact.id) == first.artifact
+        # Saved success again (a later version): still recorded once, where it was.
+        repo.commit([succeeded(first, 0, 1, version=3)])
+        assert repo.last_success("svc", "dev") == second.artifact
+        assert repo.last_success("svc", "prod") == first.artifact
+        assert repo.last_success("other", "prod") == other.artifact
+        assert repo.last_success("svc", "staging") is None
+        assert repo.last_success("nobody", "dev") is None
+
+    def test_a_failed_commit_records_no_success(self, repo: Repository) -> None:
+        flow, fresh = sample_flow(1), _renamed(sample_flow(2), "fresh.")
+        repo.commit([flow])
+        done = attrs.evolve(
+            fresh, deployments=[attrs.evolve(fresh.deployments[0], state=DeploymentState.SUCCESS), fresh.deployments[1]]
+        )
+        with pytest.raises(ConcurrencyConflict):
+            repo.commit([done, attrs.evolve(_advanced(flow), version=5)])
+        assert repo.last_success("svc", "dev") is None
