@@ -276,3 +276,22 @@ def test_the_engines_entries_hold_the_triggers_json_read_only() -> None:
     with pytest.raises(TypeError):
         entry.trigger["results"][0]["details"]["p99"].append(3)
     assert repository.history(flow.id)[-1].trigger["results"][0]["details"] == {"p99": [1, 2]}
+
+
+def test_the_sql_stores_write_the_converters_form_of_an_entry() -> None:
+    from flowfsm.repositories._common import history_rows
+
+    repository = InMemoryRepository()
+    engine = FlowEngine(Catalog([v4_service()]), repository, None)
+    (flow,) = engine.handle(ArtifactCreated(Artifact("g", "a", "1"), actor="ci", reason="nightly ✓")).flows
+    dev = flow.deployments[0]
+    engine.handle(DeploymentStarted(dev.id))
+    engine.handle(DeploymentCompleted(dev.id))
+    (smoke,) = dev.promotions
+    result = PromotionResult(smoke.id, ResultStatus.FAILED, {"log": ["a", {"b": 1.5}], "n": None})
+    engine.handle(PromotionCompleted(dev.id, smoke.id, [result]))
+    entries = repository.history(flow.id)
+    built = HistoryEntry(flow.id, 9, FakeClock()(), {"type": "X", "n": [1, {"y": True}]}, None, None, [], [])
+    for entry, (flow_id, seq, body) in zip([*entries, built], history_rows([*entries, built]), strict=True):
+        assert (flow_id, seq) == (entry.flow_id, entry.seq)
+        assert json.loads(body) == unstructure(entry)

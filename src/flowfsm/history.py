@@ -3,8 +3,12 @@
 The engine drafts one ``HistoryEntry`` per changed flow from the flow as loaded
 and as saved (``state_changes``), so every rule of the machines, present or
 future, is recorded without the rules saying so; ``FlowEngine.handle`` then gives
-the entries their trigger (its JSON form is built once per trigger) and commits
-them with the flows. A duplicate changes nothing and costs nothing here.
+the entries their trigger (one JSON form per trigger) and commits them with the
+flows. A duplicate changes nothing and costs nothing here.
+
+History is written on every trigger and seldom read, so what an entry holds is
+made cheaply and finished when read: its changes are kept as plain tuples
+(``StateChanges``), its trigger's JSON is built on first use (``TriggerJSON``).
 """
 
 from __future__ import annotations
@@ -15,9 +19,12 @@ from typing import Any, Final, get_args, overload
 
 from flowfsm.converter import converter
 from flowfsm.model import (
+    DeploymentState,
     Flow,
+    FlowState,
     HistoryEntry,
     HookRequest,
+    PromotionState,
     StateChange,
     _attribute_history_entry,
     _frozen_json,
@@ -30,12 +37,16 @@ from flowfsm.triggers import Trigger
 __all__ = ["StateChanges", "TriggerJSON", "attribute", "draft", "state_changes", "trigger_json"]
 
 
-def state_changes(before: Flow | None, after: Flow) -> tuple[StateChange, ...]:
-    """Each state change from ``before`` (None: the flow is new) to ``after``, every
-    promotion before its deployment and the deployments before the flow. Parts a
-    trigger did not touch are shared between the two versions, so they are skipped
-    by identity, unread."""
-    changes: list[StateChange] = []
+_Raw = tuple[str, str, "str | None", str]
+"""A state change as the engine keeps it until it is read: (entity, id, from, to)."""
+_SPELLING: Final = {state: state.value for kind in (FlowState, DeploymentState, PromotionState) for state in kind}
+
+
+def _raw_changes(before: Flow | None, after: Flow) -> tuple[_Raw, ...]:
+    """``state_changes`` as plain tuples of strings (cheap to make, and the garbage
+    collector stops tracking them)."""
+    spelling = _SPELLING
+    changes: list[_Raw] = []
     add = changes.append
     old_deployments = before.deployments if before is not None else ()
     for i, deployment in enumerate(after.deployments):
@@ -47,41 +58,41 @@ def state_changes(before: Flow | None, after: Flow) -> tuple[StateChange, ...]:
             for j, promotion in enumerate(deployment.promotions):
                 was = old_promotions[j] if j < len(old_promotions) else None
                 if was is None:
-                    add(_make_state_change("promotion", promotion.id, None, promotion.state.value))
+                    add(("promotion", promotion.id, None, spelling[promotion.state]))
                 elif was.state is not promotion.state:
-                    add(_make_state_change("promotion", promotion.id, was.state.value, promotion.state.value))
+                    add(("promotion", promotion.id, spelling[was.state], spelling[promotion.state]))
         if old is None:
-            add(_make_state_change("deployment", deployment.id, None, deployment.state.value))
+            add(("deployment", deployment.id, None, spelling[deployment.state]))
         elif old.state is not deployment.state:
-            add(_make_state_change("deployment", deployment.id, old.state.value, deployment.state.value))
+            add(("deployment", deployment.id, spelling[old.state], spelling[deployment.state]))
     if before is None:
-        add(_make_state_change("flow", after.id, None, after.state.value))
+        add(("flow", after.id, None, spelling[after.state]))
     elif before.state is not after.state:
-        add(_make_state_change("flow", after.id, before.state.value, after.state.value))
+        add(("flow", after.id, spelling[before.state], spelling[after.state]))
     return tuple(changes)
 
 
-class StateChanges(Sequence[StateChange]):
-    """An entry's ``changes`` as the engine makes them: ``state_changes(before,
-    after)``, worked out when first read (history is written on every trigger and
-    seldom read, and both versions are immutable). It equals the tuple it stands
-    for, and lets go of the two versions once it has it."""
+def state_changes(before: Flow | None, after: Flow) -> tuple[StateChange, ...]:
+    """Each state change from ``before`` (None: the flow is new) to ``after``, every
+    promotion before its deployment and the deployments before the flow. Parts a
+    trigger did not touch are shared between the two versions, so they are skipped
+    by identity, unread."""
+    return tuple([_make_state_change(*change) for change in _raw_changes(before, after)])
 
-    __slots__ = ("_changes", "_flows")
+
+class StateChanges(Sequence[StateChange]):
+    """An entry's ``changes`` as the engine makes them: found when the entry is made
+    (``state_changes``), kept as plain tuples, and made ``StateChange`` values when
+    read, since history is written on every trigger and seldom read. It equals the
+    tuple it stands for."""
+
+    __slots__ = ("_raw",)
 
     def __init__(self, before: Flow | None, after: Flow) -> None:
-        self._flows: tuple[Flow | None, Flow] | None = (before, after)
-        self._changes: tuple[StateChange, ...] | None = None
+        self._raw = _raw_changes(before, after)
 
     def _tuple(self) -> tuple[StateChange, ...]:
-        changes = self._changes
-        if changes is None:
-            flows = self._flows
-            if flows is None:  # another thread has just worked them out
-                return self._changes or ()
-            changes = self._changes = state_changes(*flows)
-            self._flows = None
-        return changes
+        return tuple([_make_state_change(*change) for change in self._raw])
 
     @overload
     def __getitem__(self, index: int) -> StateChange: ...
@@ -90,8 +101,11 @@ class StateChanges(Sequence[StateChange]):
     def __getitem__(self, index: int | slice) -> StateChange | tuple[StateChange, ...]:
         return self._tuple()[index]
 
+    def __iter__(self) -> Iterator[StateChange]:
+        return iter(self._tuple())
+
     def __len__(self) -> int:
-        return len(self._tuple())
+        return len(self._raw)
 
     def __eq__(self, other: object) -> bool:
         return self._tuple() == (tuple(other) if isinstance(other, StateChanges) else other)

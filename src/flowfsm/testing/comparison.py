@@ -159,4 +159,12 @@ class RepositoryStateMachine(RuleBasedStateMachine):
             assert self.repository.get(flow.id) == flow
             pending = [r.request for r in self.repository.hook_requests(flow.id) if r.delivered_at is None]
             assert pending == [r.request for r in self.reference.hook_requests(flow.id)]
+            assert self.repository.history(flow.id) == self.reference.history(flow.id)
         assert self.repository.count_pending() == self.reference.count_pending()
+        for service in ("svc-a", "svc-b"):
+            for environment in ("dev", "prod"):
+                expected = self.reference.last_success(service, environment)
+                assert self.repository.last_success(service, environment) == expected
+                if expected is not None:
+                    other = self.reference.last_success(service, environment, excluding=expected.id)
+                    assert self.repository.last_success(service, environment, excluding=expected.id) == other
