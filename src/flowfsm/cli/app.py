@@ -465,7 +465,7 @@ def explain(
             return
         width = max((len(i.kind) for i in items), default=0)
         for item in items:
-            out.print(_line((item.kind.ljust(width), "bold"), "  ", item.text))
+            out.print(_line((item.kind.ljust(width), "bold"), "  ", item.text), soft_wrap=True)
 
 
 @app.command("show")
