@@ -4,8 +4,9 @@ Data flows one way: the trigger names a flow; the engine loads it into a unit of
 work (``flowfsm.work``), asks the machines (``flowfsm.machines``) to apply the
 trigger — they hold every rule: guards, hook events, duplicates, follow-ups — and
 hands each failure they declare to the service's failure strategy. It then turns
-the recorded hook events into HookRequests and commits the changed flows and their
-HookRequests together (the outbox). Only then does it hand the HookRequests to the
+the recorded hook events into HookRequests, drafts one history entry per changed
+flow (``flowfsm.history``), and commits the changed flows, their HookRequests (the
+outbox) and their history together. Only then does it hand the HookRequests to the
 emitter. Anything raised before the commit leaves the store as it was and emits
 nothing.
 """
