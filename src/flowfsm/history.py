@@ -44,27 +44,30 @@ _SPELLING: Final = {state: state.value for kind in (FlowState, DeploymentState, 
 
 def _raw_changes(before: Flow | None, after: Flow) -> tuple[_Raw, ...]:
     """``state_changes`` as plain tuples of strings (cheap to make, and the garbage
-    collector stops tracking them). A flow's deployments and promotions are fixed
-    when it is created, so two versions pair them by position."""
+    collector stops tracking them)."""
     spelling = _SPELLING
     changes: list[_Raw] = []
     add = changes.append
-    if before is None:
-        for deployment in after.deployments:
-            changes += [("promotion", p.id, None, spelling[p.state]) for p in deployment.promotions]
-            add(("deployment", deployment.id, None, spelling[deployment.state]))
-        add(("flow", after.id, None, spelling[after.state]))
-        return tuple(changes)
-    for old, new in zip(before.deployments, after.deployments, strict=True):
-        if old is new:  # untouched: shared by the two versions
+    old_deployments = before.deployments if before is not None else ()
+    for i, deployment in enumerate(after.deployments):
+        old = old_deployments[i] if i < len(old_deployments) else None
+        if old is deployment:
             continue
-        if old.promotions is not new.promotions:
-            for was, now in zip(old.promotions, new.promotions, strict=True):
-                if was.state is not now.state:
-                    add(("promotion", now.id, spelling[was.state], spelling[now.state]))
-        if old.state is not new.state:
-            add(("deployment", new.id, spelling[old.state], spelling[new.state]))
-    if before.state is not after.state:
+        if old is None or old.promotions is not deployment.promotions:
+            old_promotions = old.promotions if old is not None else ()
+            for j, promotion in enumerate(deployment.promotions):
+                was = old_promotions[j] if j < len(old_promotions) else None
+                if was is None:
+                    add(("promotion", promotion.id, None, spelling[promotion.state]))
+                elif was.state is not promotion.state:
+                    add(("promotion", promotion.id, spelling[was.state], spelling[promotion.state]))
+        if old is None:
+            add(("deployment", deployment.id, None, spelling[deployment.state]))
+        elif old.state is not deployment.state:
+            add(("deployment", deployment.id, spelling[old.state], spelling[deployment.state]))
+    if before is None:
+        add(("flow", after.id, None, spelling[after.state]))
+    elif before.state is not after.state:
         add(("flow", after.id, spelling[before.state], spelling[after.state]))
     return tuple(changes)
 
