@@ -189,3 +189,30 @@ def test_flowfsm_explain_prints_the_sentences_or_json(tmp_path: Path) -> None:
     assert done.stdout.startswith("cd-finish  Waiting for the CD system to finish the deployment to 'dev', started at ")
     gone = cli("explain", "nope")
     assert (gone.returncode, gone.stderr) == (1, "error: unknown flow 'nope'\n")
+
+
+def test_promotions_name_their_attempt_where_promotions_count_them() -> None:
+    """Promotions gain an ``attempt`` with retries (SPEC §8): from the second, the
+    sentence names it, and the data carries it whenever there is one."""
+    import attrs
+
+    from flowfsm import DeploymentState, Promotion
+
+    @attrs.frozen(weakref_slot=False)
+    class Attempted(Promotion):
+        attempt: int = 1
+
+    world = World()
+    world.complete()
+    flow = world.engine.repository.get(world.flow.id)
+    dev = flow.deployments[0]
+    smoke, perf = dev.promotions
+    retried = (Attempted(smoke.id, smoke.name, smoke.state, 2), Attempted(perf.id, perf.name, perf.state))
+    flow = attrs.evolve(flow, deployments=[attrs.evolve(dev, promotions=retried), *flow.deployments[1:]])
+    assert flow.deployments[0].state is DeploymentState.COMPLETED
+    (item,) = explaining.explain(flow, None, (), ())
+    assert item.details["promotions"] == [
+        {"name": "smoke", "id": smoke.id, "attempt": 2},
+        {"name": "perf", "id": perf.id, "attempt": 1},
+    ]
+    assert "promotions 'smoke' (attempt 2), 'perf' of 'dev', deployed at an unrecorded time" in item.text
