@@ -222,7 +222,7 @@ class FlowEngine:
         work.close()
         outcome = Outcome(tuple(flows), requests, duplicate)
         if created:
-            outcome.history = history.draft([(None, flow) for flow in created], requests, now)
+            outcome.history = history.draft([None] * len(created), created, requests, now)
         return outcome, created
 
     def _on_deployment_started(self, trigger: DeploymentStarted) -> tuple[Outcome, list[Flow]]:
@@ -310,9 +310,7 @@ class FlowEngine:
         drafts = work.changed()
         saved = [draft.flow(version=draft.loaded.version + 1, updated_at=now) for draft in drafts]
         outcome = Outcome(tuple(saved), self._hook_requests(work, now))
-        outcome.history = history.draft(
-            [(draft.loaded, flow) for draft, flow in zip(drafts, saved, strict=True)], outcome.hook_requests, now
-        )
+        outcome.history = history.draft([draft.loaded for draft in drafts], saved, outcome.hook_requests, now)
         if work.timers:
             outcome.timers, outcome.cancelled = work.timer_changes()
         work.close()

@@ -118,14 +118,15 @@ class StateChanges(Sequence[StateChange]):
 
 
 def draft(
-    changed: Sequence[tuple[Flow | None, Flow]], requests: Sequence[HookRequest], now: dt.datetime
+    loaded: Sequence[Flow | None], saved: Sequence[Flow], requests: Sequence[HookRequest], now: dt.datetime
 ) -> tuple[HistoryEntry, ...]:
-    """One entry per (loaded or None, saved) flow, its ``seq`` the saved version, with
-    the ids of the flow's ``requests``; ``attribute`` gives it its trigger."""
-    if len(changed) == 1:  # the usual trigger: one flow, whose are all the requests
-        ((before, after),) = changed
+    """One entry per saved flow (``loaded``: each as it was, None if new), its
+    ``seq`` the saved version, with the ids of its ``requests``; ``attribute``
+    gives it its trigger."""
+    if len(saved) == 1:  # the usual trigger: one flow, whose are all the requests
+        after = saved[0]
         ids = tuple([r.id for r in requests])
-        return (_make_history_entry(after.id, after.version, now, StateChanges(before, after), ids),)
+        return (_make_history_entry(after.id, after.version, now, StateChanges(loaded[0], after), ids),)
     return tuple(
         [
             _make_history_entry(
@@ -135,7 +136,7 @@ def draft(
                 StateChanges(before, after),
                 tuple([r.id for r in requests if r.flow_id == after.id]),
             )
-            for before, after in changed
+            for before, after in zip(loaded, saved, strict=True)
         ]
     )
 
