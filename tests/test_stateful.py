@@ -189,6 +189,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
         out: list[tuple[HookEvent, RefFlow, int, str]] = []
         if isinstance(trigger, ArtifactCreated):
             return "artifact"  # handled in the rule: it needs the engine's new ids
+        assert isinstance(trigger, DeploymentStarted | DeploymentCompleted | DeploymentFailed | PromotionCompleted)
         found = self._locate(trigger.deployment_id)
         if found is None:
             return UnknownDeployment

@@ -86,7 +86,7 @@ class FlowStore(Protocol):
     ) -> None:
         """Save ``flows``, add ``hook_requests`` to the outbox, set ``timers`` (each
         replacing a pending one of its id) and cancel the timers ``cancel`` names,
-        all or nothing; a flow saved finished (not ``inProgress``) loses every
+        all or nothing; a flow saved finished (``FlowState.finished``) loses every
         timer it had.
 
         Each flow carries the version it is saved as: 1 inserts it (and conflicts
