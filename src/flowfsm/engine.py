@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Final, cast
 
 from flowfsm import machines
-from flowfsm.catalog import unknown_strategy
+from flowfsm.catalog import check_policies, unknown_strategy
 from flowfsm.errors import ConcurrencyConflict, InvalidTransition, UnknownPromotion, ValidationError
 from flowfsm.model import (
     Artifact,
@@ -30,6 +30,7 @@ from flowfsm.model import (
     DeploymentPayload,
     DeploymentState,
     Environment,
+    FailureStrategy,
     Flow,
     FlowState,
     HookEvent,
@@ -400,26 +401,20 @@ class FlowEngine:
             raise unknown_strategy(service, self._strategies, self.catalog) from None
 
     def _check_policies(self, service: Service) -> None:
-        """Every failure strategy the service may use is known (its own, its
-        environments', each retry policy's ``then``), and ``ROLLBACK`` has the
-        repository lookup it needs."""
-        self._strategy(service)
-        named = [("failure_strategy", service.failure_strategy)]
+        """Every failure strategy the service may use is known (``check_policies``),
+        and ``ROLLBACK`` has the repository lookup it needs."""
+        check_policies(service, self._strategies, self.catalog)
+        uses = {service.failure_strategy}
         if service.retry is not None:
-            named.append(("retry.then", service.retry.then))
+            uses.add(service.retry.then)
         for env in service.pipeline.environments:
             if env.failure_strategy is not None:
-                named.append((f"environments[{env.name}].failure_strategy", env.failure_strategy))
+                uses.add(env.failure_strategy)
             if env.retry is not None:
-                named.append((f"environments[{env.name}].retry.then", env.retry.then))
-        for field, name in named:
-            if name not in self._strategies:
-                known = ", ".join(sorted(self._strategies))
-                message = f"service {service.id!r} names unknown failure strategy {name!r} (known: {known})"
-                raise ValidationError(field, message)
-            if name == "ROLLBACK" and not hasattr(self.repository, "last_success"):
-                message = f"service {service.id!r} uses ROLLBACK, which needs a repository with last_success"
-                raise ValidationError(field, message)
+                uses.add(env.retry.then)
+        if FailureStrategy.ROLLBACK.value in uses and not hasattr(self.repository, "last_success"):
+            message = f"service {service.id!r} uses ROLLBACK, which needs a repository with last_success"
+            raise ValidationError("failure_strategy", message)
 
     # --- hook requests -------------------------------------------------------------
 
