@@ -791,3 +791,57 @@ def test_an_unknown_then_or_environment_strategy_is_refused_up_front() -> None:
     with pytest.raises(ValidationError) as refused:
         FlowEngine(Catalog([service(failure_strategy="SOMETIMES")]), InMemoryRepository(), None)
     assert "SOMETIMES" in refused.value.message
+
+
+# --- policies meeting pauses, timeouts and each other ----------------------------------------
+
+
+def test_stop_fails_a_flow_a_person_paused(store: Callable[[], Repository]) -> None:
+    world = World(store)
+    flow = world.start()
+    world.engine.handle(DeploymentStarted(flow.deployments[0].id))
+    world.engine.handle(PauseFlow(flow.id, "alice"))
+    world.engine.handle(DeploymentFailed(flow.deployments[0].id, "crash"))  # a fact about work under way
+    stored = world.get(flow)
+    assert (stored.state, stored.pause) == (FlowState.FAILED, None)
+
+
+def test_a_retried_promotion_gets_its_own_verify_timeout(store: Callable[[], Repository]) -> None:
+    world = World(store, service("RETRY", retry=RetryPolicy(attempts=2), timeouts=Timeouts(verify="1h")))
+    flow = world.start()
+    world.deploy(flow, 0)
+    world.clock.advance(minutes=30)
+    world.result(flow, 0, "smoke", ResultStatus.FAILED)  # retried at once, attempt 2
+    (verify,) = [t for t in world.repository.timers(flow.id) if t.kind is TimerKind.VERIFY]
+    assert verify.due == world.clock.now + dt.timedelta(hours=1)
+
+
+def test_a_timeout_failing_two_promotions_decides_each_once(store: Callable[[], Repository]) -> None:
+    """The first failure's last attempt stops the flow; the second, still with an
+    attempt left, finds the flow finished and changes nothing more."""
+    world = World(store, service("RETRY", retry=RetryPolicy(attempts=2), timeouts=Timeouts(verify="1h")))
+    flow = world.start()
+    world.deploy(flow, 0)
+    world.result(flow, 0, "smoke", ResultStatus.FAILED)  # smoke: attempt 2, pending again
+    world.events()
+    world.clock.advance(minutes=61)
+    world.scheduler.run_once()
+    assert world.events() == ["promotion-failed", "promotion-failed", "deployment-failed", "flow-failed"]
+    stored = world.get(flow)
+    assert stored.state is FlowState.FAILED
+    assert [p.attempt for p in stored.deployments[0].promotions] == [2, 1]
+
+
+def test_only_the_failure_a_timeout_caused_says_timeout(store: Callable[[], Repository]) -> None:
+    world = World(store, service("RETRY", retry=RetryPolicy(attempts=2), timeouts=Timeouts(deploy="30m")))
+    flow = world.start()
+    world.engine.handle(DeploymentStarted(flow.deployments[0].id))
+    world.emitter.requests.clear()
+    world.clock.advance(minutes=31)
+    world.scheduler.run_once()
+    kinds = {r.event.value: type(r.payload).__name__ for r in world.emitter.requests}
+    assert kinds == {
+        "deployment-failed": "TimeoutPayload",
+        "deployment-retried": "SteeringPayload",
+        "deployment-created": "DeploymentPayload",
+    }

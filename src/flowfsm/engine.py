@@ -422,7 +422,7 @@ class FlowEngine:
         """One HookRequest per subscribed webhook action per event, in recorded order."""
         new_id = self._new_id
         requests: list[HookRequest] = []
-        make = TimeoutPayload if work.timed_out else DeploymentPayload
+        timed_out = work.timed_out
         for event, flow, deployment, result, subscribers in work.events:
             payload: Payload
             service = flow.service
@@ -434,6 +434,8 @@ class FlowEngine:
                 if type(result) is Note:  # a steering event: who acted, and why
                     payload = _steering_payload(event, flow, deployment, environment, result)
                 else:
+                    # A timeout says so in the failures it caused (not in what a policy announces after).
+                    make = TimeoutPayload if timed_out and event in _TIMED_OUT else DeploymentPayload
                     payload = make(flow.loaded.artifact, deployment, service.ref, environment)
             flow_id = flow.id
             requests += [
@@ -512,6 +514,10 @@ FlowEngine.APPLIERS = {
     SkipPromotion: FlowEngine._on_skip_promotion,
     RetryDeployment: FlowEngine._on_retry_deployment,
 }
+
+
+_TIMED_OUT: Final = frozenset({HookEvent.DEPLOYMENT_FAILED, HookEvent.FLOW_FAILED})
+"""The events of a timeout's failure: their payloads say ``timeout``."""
 
 
 def _stale(draft: Draft, attempt: int) -> bool:

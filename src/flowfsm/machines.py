@@ -449,6 +449,7 @@ PROMOTION: Final = Declaration(
             (DEPLOYMENT_COMPLETED,),
             (_E.PROMOTION_RETRIED,),
             repeats={_P.PENDING: _retried, _P.SUCCESS: _retried},
+            timers=(_T.VERIFY,),  # the new attempt has its own verify timeout
             contradicts={
                 _P.PENDING: "it has not failed",
                 _P.SUCCESS: "it already passed",

@@ -23,6 +23,7 @@ from typing import Final
 from flowfsm import model
 from flowfsm.machines import FailureKind, fire
 from flowfsm.model import (
+    FINISHED,
     Artifact,
     Deployment,
     DeploymentState,
@@ -210,7 +211,7 @@ class Stop:
     def on_failure(self, failure: Failure) -> None:
         if failure.deployment.state is not DeploymentState.FAILED:
             failure.fail_deployment()
-        if failure.flow_state is FlowState.IN_PROGRESS:
+        if failure.flow_state not in FINISHED:  # in progress, or paused by a person
             failure.fail_flow()
 
 
@@ -219,6 +220,8 @@ class Retry:
     spent; a failure of the last attempt goes to the policy's ``then`` (``STOP``)."""
 
     def on_failure(self, failure: Failure) -> None:
+        if failure.flow_state in FINISHED:  # an earlier failure of the trigger ended the flow
+            return
         _, policy = failure.policy
         if failure.attempt >= policy.attempts:
             failure.decide_by(policy.then)
@@ -233,13 +236,16 @@ class Pause:
     its deployment completed) and the flow pauses until a person decides."""
 
     def on_failure(self, failure: Failure) -> None:
-        failure.pause()
+        if failure.flow_state not in FINISHED:  # an earlier failure of the trigger may have ended it
+            failure.pause()
 
 
 class Rollback:
     """``ROLLBACK``: as ``STOP``, then ``rollback-requested``."""
 
     def on_failure(self, failure: Failure) -> None:
+        if failure.flow_state in FINISHED:  # an earlier failure of the trigger ended the flow
+            return
         Stop().on_failure(failure)
         failure.request_rollback()
 
