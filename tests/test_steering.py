@@ -845,3 +845,16 @@ def test_only_the_failure_a_timeout_caused_says_timeout(store: Callable[[], Repo
         "deployment-retried": "SteeringPayload",
         "deployment-created": "DeploymentPayload",
     }
+
+
+def test_a_deployment_that_failed_with_a_skipped_check_knows_it_never_completed(
+    store: Callable[[], Repository],
+) -> None:
+    world = World(store, service("PAUSE"))
+    flow = world.start()
+    deployment_id = flow.deployments[0].id
+    world.engine.handle(SkipPromotion(deployment_id, world.promotion_id(flow, 0, "perf"), "alice", "no perf env"))
+    world.engine.handle(DeploymentStarted(deployment_id))
+    world.engine.handle(DeploymentFailed(deployment_id, "crash"))
+    world.unchanged(flow, DeploymentFailed(deployment_id, "crash"))  # the same report, again
+    world.refused(flow, DeploymentCompleted(deployment_id), "reported it failed")

@@ -252,10 +252,10 @@ SOAKED: Final = Guard(_soaked, "its soak time has not passed", "soaked")
 
 
 def _completed_before_failing(draft: Draft) -> bool:
-    """A failed deployment had completed if its promotions had begun to report: it
-    fails from ``started`` (the CD system says so) with them all pending, and from
-    ``completed`` only once a promotion has failed."""
-    return any(p.state is not PromotionState.PENDING for p in draft.entity.promotions)
+    """A failed deployment had completed if a promotion of it failed: it fails from
+    ``started`` (the CD system says so) with none failed (pending, or skipped by a
+    person), and from ``completed`` only once a promotion has failed."""
+    return any(p.state is PromotionState.FAILED for p in draft.entity.promotions)
 
 
 def _failed_before_completing(draft: Draft) -> bool:
