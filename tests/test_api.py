@@ -103,6 +103,9 @@ def test_the_committed_diagrams_match_the_machines() -> None:
     for entity in MACHINES:
         assert f"<!-- diagram:{entity} -->" in doc, entity
     assert render_into(doc) == doc, "run: python tools/redraw_diagrams.py"
+    steering = (ROOT / "docs" / "steering.md").read_text()
+    assert "<!-- diagram:flow -->" in steering
+    assert render_into(steering) == steering, "run: python tools/redraw_diagrams.py"
 
 
 def test_the_package_is_typed() -> None:
