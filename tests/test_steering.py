@@ -858,3 +858,27 @@ def test_a_deployment_that_failed_with_a_skipped_check_knows_it_never_completed(
     world.engine.handle(DeploymentFailed(deployment_id, "crash"))
     world.unchanged(flow, DeploymentFailed(deployment_id, "crash"))  # the same report, again
     world.refused(flow, DeploymentCompleted(deployment_id), "reported it failed")
+
+
+def test_an_unknown_environment_policy_names_its_key_in_the_file(tmp_path: Path) -> None:
+    from flowfsm import CatalogError
+    from flowfsm.strategies import BUILTIN_STRATEGIES
+
+    file = tmp_path / "c.toml"
+    file.write_text(
+        """
+[[services]]
+id = "svc"
+artifacts = ["com.acme:api"]
+retry = { then = "PAGE" }
+pipeline = { name = "p", environments = [{ name = "dev" }, { name = "prod", failureStrategy = "HOPE" }] }
+"""
+    )
+    with pytest.raises(CatalogError) as refused:
+        CatalogClass.from_file(file, strategies=BUILTIN_STRATEGIES)
+    assert (refused.value.path, "'PAGE'" in refused.value.message) == ("$.services[0].retry.then", True)
+    file.write_text(file.read_text().replace('retry = { then = "PAGE" }\n', ""))
+    with pytest.raises(CatalogError) as refused:
+        CatalogClass.from_file(file, strategies=BUILTIN_STRATEGIES)
+    assert refused.value.path == "$.services[0].pipeline.environments[1].failureStrategy"
+    assert "'HOPE'" in refused.value.message
