@@ -445,10 +445,10 @@ class EngineAgainstReference(RuleBasedStateMachine):
             flow.state, flow.pause_actor = "paused", trigger.actor
             return [(E.FLOW_PAUSED, flow, d, flow.deployments[d])]
         if isinstance(trigger, ResumeFlow):
-            if flow.state == "inProgress":
-                return "duplicate"
-            if flow.state != "paused" or flow.waiting:
-                return InvalidTransition  # finished, or its policy waits on a failed item
+            if flow.state != "paused":
+                return "duplicate"  # nothing to resume, whatever the flow did since
+            if flow.waiting:
+                return InvalidTransition  # its policy waits on a failed item
             self._resume(flow, d, out)
             return out
         if flow.state == "aborted":

@@ -42,6 +42,7 @@ from transitions.core import Condition, State, Transition
 
 from flowfsm.errors import InvalidTransition
 from flowfsm.model import (
+    FINISHED,
     Deployment,
     DeploymentState,
     Flow,
@@ -296,7 +297,8 @@ FLOW: Final = Declaration(
             (NOT_HELD_BY_POLICY,),
             (_E.FLOW_RESUMED, Held(_E.DEPLOYMENT_CREATED)),
             then=(("flow", "succeed"),),
-            repeats={_F.IN_PROGRESS: always},
+            # Not paused: nothing to resume, whatever the flow did since (a resume, redelivered).
+            repeats={_F.IN_PROGRESS: always, **dict.fromkeys(FINISHED, always)},
         ),
         Rule(
             "abort",
