@@ -42,7 +42,6 @@ from transitions.core import Condition, State, Transition
 
 from flowfsm.errors import InvalidTransition
 from flowfsm.model import (
-    FINISHED,
     Deployment,
     DeploymentState,
     Flow,
@@ -298,7 +297,7 @@ FLOW: Final = Declaration(
             (_E.FLOW_RESUMED, Held(_E.DEPLOYMENT_CREATED)),
             then=(("flow", "succeed"),),
             # Not paused: nothing to resume, whatever the flow did since (a resume, redelivered).
-            repeats={_F.IN_PROGRESS: always, **dict.fromkeys(FINISHED, always)},
+            repeats=dict.fromkeys((_F.IN_PROGRESS, _F.SUCCESS, _F.FAILED, _F.ABORTED, _F.SUPERSEDED), always),
         ),
         Rule(
             "abort",
