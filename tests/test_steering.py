@@ -882,3 +882,22 @@ pipeline = { name = "p", environments = [{ name = "dev" }, { name = "prod", fail
         CatalogClass.from_file(file, strategies=BUILTIN_STRATEGIES)
     assert refused.value.path == "$.services[0].pipeline.environments[1].failureStrategy"
     assert "'HOPE'" in refused.value.message
+
+
+@pytest.mark.parametrize("attempt", [0, -1, True, "2"])
+def test_a_result_naming_a_bad_attempt_is_refused(attempt: object) -> None:
+    result = PromotionResult("p", ResultStatus.PASSED, attempt=attempt)  # type: ignore[arg-type]  # what the test is about
+    with pytest.raises(ValidationError) as refused:
+        PromotionCompleted("d", "p", [result])
+    assert refused.value.field == "results[0].attempt"
+    with pytest.raises(ValidationError) as structured:
+        structure(
+            {
+                "deploymentId": "d",
+                "promotionId": "p",
+                "results": [{"promotionId": "p", "resultStatus": "passed", "attempt": 0}],
+                "type": "PromotionCompleted",
+            },
+            Trigger,
+        )
+    assert structured.value.field == "$.results[0].attempt"

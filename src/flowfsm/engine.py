@@ -19,7 +19,7 @@ import operator
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Final, cast
+from typing import Any, ClassVar, Final
 
 from flowfsm import machines
 from flowfsm.catalog import check_policies, unknown_strategy
@@ -152,6 +152,8 @@ class FlowEngine:
         self._new_id = id_factory
         self._max_attempts = max_attempts
         self._lease = lease if emitter is not None else 0.0
+        self._checked: dict[int, Service] = {}
+        """The services whose policies were checked, by ``id`` (each kept, so its id stays its)."""
         for service in catalog:  # fail now, not on the first failure
             self._check_policies(service)
 
@@ -366,10 +368,12 @@ class FlowEngine:
         """Hand each failure the machines declared to its service's strategy, in order
         (a strategy's moves may declare more)."""
         failures = work.failures
-        if failures and work.now is None:  # a policy may set a timer (RETRY's backoff)
-            repository = self.repository
+        if not failures:
+            return
+        repository = self.repository
+        if work.now is None:  # a policy may set a timer (RETRY's backoff)
             work.watch(self._clock(), [t for flow_id in work.flows for t in repository.timers(flow_id)])
-        strategies, last_success = self._strategies, getattr(self.repository, "last_success", None)
+        strategies, last_success = self._strategies, getattr(repository, "last_success", None)
         while failures:
             kind, flow, index, failed_id = failures.pop(0)
             reason = work.reason or _why(flow, index, failed_id)
@@ -402,7 +406,10 @@ class FlowEngine:
 
     def _check_policies(self, service: Service) -> None:
         """Every failure strategy the service may use is known (``check_policies``),
-        and ``ROLLBACK`` has the repository lookup it needs."""
+        and ``ROLLBACK`` has the repository lookup it needs: once per service (a
+        catalog may hand out a new one at any time)."""
+        if id(service) in self._checked:
+            return
         check_policies(service, self._strategies, self.catalog)
         uses = {service.failure_strategy}
         if service.retry is not None:
@@ -415,6 +422,7 @@ class FlowEngine:
         if FailureStrategy.ROLLBACK.value in uses and not hasattr(self.repository, "last_success"):
             message = f"service {service.id!r} uses ROLLBACK, which needs a repository with last_success"
             raise ValidationError("failure_strategy", message)
+        self._checked[id(service)] = service
 
     # --- hook requests -------------------------------------------------------------
 
@@ -422,20 +430,22 @@ class FlowEngine:
         """One HookRequest per subscribed webhook action per event, in recorded order."""
         new_id = self._new_id
         requests: list[HookRequest] = []
-        timed_out = work.timed_out
+        make = TimeoutPayload if work.timed_out else DeploymentPayload
         for event, flow, deployment, result, subscribers in work.events:
             payload: Payload
             service = flow.service
-            if result is not None and (event is HookEvent.PROMOTION_COMPLETED or event is HookEvent.PROMOTION_FAILED):
-                # (a promotion event's result is the trigger's: a Note marks only steering events)
-                payload = PromotionPayload(flow.loaded.artifact, deployment, service.ref, cast(PromotionResult, result))
+            if (event is HookEvent.PROMOTION_COMPLETED or event is HookEvent.PROMOTION_FAILED) and isinstance(
+                result, PromotionResult
+            ):
+                payload = PromotionPayload(flow.loaded.artifact, deployment, service.ref, result)
             else:
                 environment = service.pipeline.environment(deployment.environment) or _environment(deployment)
                 if type(result) is Note:  # a steering event: who acted, and why
                     payload = _steering_payload(event, flow, deployment, environment, result)
-                else:
+                elif make is TimeoutPayload and event not in _TIMED_OUT:
                     # A timeout says so in the failures it caused (not in what a policy announces after).
-                    make = TimeoutPayload if timed_out and event in _TIMED_OUT else DeploymentPayload
+                    payload = DeploymentPayload(flow.loaded.artifact, deployment, service.ref, environment)
+                else:
                     payload = make(flow.loaded.artifact, deployment, service.ref, environment)
             flow_id = flow.id
             requests += [

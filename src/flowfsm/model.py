@@ -1118,11 +1118,6 @@ def _details_dict(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return _frozen(details)  # type: ignore[no-any-return]
 
 
-def _result_attempt(_: object, __: object, value: int | None) -> None:
-    if value is not None and (type(value) is not int or value < 1):
-        raise ValidationError("attempt", f"must be a whole number of at least 1, or None, got {shown(value)}")
-
-
 @attrs.frozen(weakref_slot=False, repr=False)
 class PromotionResult:
     """One check's verdict for a promotion; ``details`` is free-form JSON."""
@@ -1132,9 +1127,11 @@ class PromotionResult:
     promotion_id: str = attrs.field(validator=_nonblank)
     result_status: ResultStatus = attrs.field(converter=_result_status)
     details: Mapping[str, Any] = attrs.field(default=None, converter=_details_dict, hash=False)
-    attempt: int | None = attrs.field(default=None, kw_only=True, validator=_result_attempt)
+    attempt: int | None = attrs.field(default=None, kw_only=True)
     """The promotion attempt the result reports, if the checker says: one for an
-    earlier attempt than the promotion's current one is stale (a duplicate)."""
+    earlier attempt than the promotion's current one is stale (a duplicate).
+    ``PromotionCompleted`` checks it (a whole number from 1), with the rest of its
+    results: no validator call on every result that names none."""
 
 
 @attrs.frozen(weakref_slot=False, repr=False)

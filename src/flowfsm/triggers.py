@@ -126,6 +126,9 @@ class PromotionCompleted(_Attributed):
                     f"results[{i}].promotion_id",
                     f"{result.promotion_id!r} is not the promotion {self.promotion_id!r}",
                 )
+            attempt = result.attempt
+            if attempt is not None and (type(attempt) is not int or attempt < 1):
+                raise ValidationError(f"results[{i}].attempt", f"must be a whole number from 1, got {shown(attempt)}")
 
 
 def _timer_kind(value: object) -> TimerKind:
