@@ -434,10 +434,8 @@ class FlowEngine:
         for event, flow, deployment, result, subscribers in work.events:
             payload: Payload
             service = flow.service
-            if (event is HookEvent.PROMOTION_COMPLETED or event is HookEvent.PROMOTION_FAILED) and isinstance(
-                result, PromotionResult
-            ):
-                payload = PromotionPayload(flow.loaded.artifact, deployment, service.ref, result)
+            if result is not None and (event is HookEvent.PROMOTION_COMPLETED or event is HookEvent.PROMOTION_FAILED):
+                payload = PromotionPayload(flow.loaded.artifact, deployment, service.ref, result)  # type: ignore[arg-type]  # a promotion event's result is the trigger's, never a steering Note
             else:
                 environment = service.pipeline.environment(deployment.environment) or _environment(deployment)
                 if type(result) is Note:  # a steering event: who acted, and why

@@ -168,13 +168,14 @@ class Declaration:
 # --- guards: each reads the draft -------------------------------------------------------
 
 
-_IN_PROGRESS: Final = FlowState.IN_PROGRESS
 _PAUSED: Final = FlowState.PAUSED
 
 
+_OPEN: Final = frozenset({FlowState.IN_PROGRESS, FlowState.PAUSED})
+
+
 def _flow_open(draft: Draft) -> bool:
-    state = draft.flow.state
-    return state is _IN_PROGRESS or state is _PAUSED
+    return draft.flow.state in _OPEN
 
 
 def _flow_not_paused(draft: Draft) -> bool:
@@ -725,8 +726,8 @@ def created(flow: FlowDraft) -> None:
 
 
 def _invalid(draft: Draft, trigger: str, reason: str) -> InvalidTransition:
-    entity = draft.entity
-    return InvalidTransition(_kind(draft), entity.id, entity.state.value, trigger, reason)
+    """The refusal, naming the entity in its latest state (a refused draft's)."""
+    return InvalidTransition(_kind(draft), draft.entity.id, draft.state.value, trigger, reason)
 
 
 def _not_from_here(draft: Draft, trigger: str) -> InvalidTransition:

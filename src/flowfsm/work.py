@@ -249,8 +249,12 @@ class FlowDraft:
     def draft(self, index: int) -> Draft:
         """A draft of the flow itself, for its machine, acting for its deployment
         ``index``: flow events (``flow-failed``, ``flow-succeeded``) describe that
-        deployment, as the one that ended the flow."""
-        return Draft(self.flow(), self, index)
+        deployment, as the one that ended the flow. Its entity is the flow as loaded
+        (the machine reads and moves the draft's ``state``, the flow's latest): a new
+        version of the whole flow for each follow-up would cost more than the rule."""
+        draft = Draft(self.loaded, self, index)
+        draft.state = self.state
+        return draft
 
     def deployment(self, index: int) -> Draft:
         return Draft(self.deployments[index], self, index)
