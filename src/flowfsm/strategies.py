@@ -41,7 +41,16 @@ from flowfsm.model import (
 from flowfsm.protocols import FailureHandler
 from flowfsm.work import FlowDraft
 
-__all__ = ["BUILTIN_STRATEGIES", "FLOWFSM", "Failure", "FailureKind", "Pause", "Retry", "Rollback", "Stop"]
+__all__ = [
+    "BUILTIN_STRATEGIES",
+    "FLOWFSM",
+    "Failure",
+    "FailureKind",
+    "PauseStrategy",
+    "RetryStrategy",
+    "RollbackStrategy",
+    "Stop",
+]
 
 FLOWFSM: Final = "flowfsm"
 """The actor of what flowfsm does itself: a failure policy's moves, a timer."""
@@ -215,7 +224,7 @@ class Stop:
             failure.fail_flow()
 
 
-class Retry:
+class RetryStrategy:
     """``RETRY``: retry what failed, after the policy's backoff, until its attempts are
     spent; a failure of the last attempt goes to the policy's ``then`` (``STOP``)."""
 
@@ -231,7 +240,7 @@ class Retry:
             failure.retry()
 
 
-class Pause:
+class PauseStrategy:
     """``PAUSE`` (guided failure): the failure stays recorded (a failed promotion leaves
     its deployment completed) and the flow pauses until a person decides."""
 
@@ -240,7 +249,7 @@ class Pause:
             failure.pause()
 
 
-class Rollback:
+class RollbackStrategy:
     """``ROLLBACK``: as ``STOP``, then ``rollback-requested``."""
 
     def on_failure(self, failure: Failure) -> None:
@@ -252,7 +261,7 @@ class Rollback:
 
 BUILTIN_STRATEGIES: Final[Mapping[str, FailureHandler]] = {
     FailureStrategy.STOP.value: Stop(),
-    FailureStrategy.RETRY.value: Retry(),
-    FailureStrategy.PAUSE.value: Pause(),
-    FailureStrategy.ROLLBACK.value: Rollback(),
+    FailureStrategy.RETRY.value: RetryStrategy(),
+    FailureStrategy.PAUSE.value: PauseStrategy(),
+    FailureStrategy.ROLLBACK.value: RollbackStrategy(),
 }
