@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_public_names_are_pinned() -> None:
     assert flowfsm.__all__ == sorted(flowfsm.__all__)
     assert flowfsm.__all__ == [
+        "AbortFlow",
         "Action",
         "ActionRef",
         "Artifact",
@@ -48,6 +49,8 @@ def test_public_names_are_pinned() -> None:
         "InvalidTransition",
         "NotFound",
         "Outcome",
+        "Pause",
+        "PauseFlow",
         "Pipeline",
         "Promotion",
         "PromotionCompleted",
@@ -57,10 +60,18 @@ def test_public_names_are_pinned() -> None:
         "Repository",
         "RepositoryError",
         "ResultStatus",
+        "ResumeFlow",
+        "RetryDeployment",
+        "RetryPolicy",
+        "RetryPromotion",
+        "Rollback",
+        "RollbackPayload",
         "Service",
         "ServiceCatalog",
         "ServiceRef",
+        "SkipPromotion",
         "StateChange",
+        "SteeringPayload",
         "Timeouts",
         "Timer",
         "TimerFired",
@@ -94,6 +105,9 @@ def test_the_committed_diagrams_match_the_machines() -> None:
     for entity in MACHINES:
         assert f"<!-- diagram:{entity} -->" in doc, entity
     assert render_into(doc) == doc, "run: python tools/redraw_diagrams.py"
+    steering = (ROOT / "docs" / "steering.md").read_text()
+    assert "<!-- diagram:flow -->" in steering
+    assert render_into(steering) == steering, "run: python tools/redraw_diagrams.py"
 
 
 def test_the_package_is_typed() -> None:

@@ -40,7 +40,9 @@ def refused(file: Path | str, *expected: str) -> str:
 def test_validate_refuses_a_strategy_the_engine_does_not_know(tmp_path: Path) -> None:
     file = tmp_path / "c.toml"
     file.write_text(TOML.replace('failureStrategy = "STOP"', 'failureStrategy = "RETRY_TWICE"'))
-    refused(file, "$.services[0].failureStrategy", "'svc-api'", "'RETRY_TWICE'", "(known: STOP)")
+    refused(
+        file, "$.services[0].failureStrategy", "'svc-api'", "'RETRY_TWICE'", "(known: PAUSE, RETRY, ROLLBACK, STOP)"
+    )
 
 
 def test_validate_never_shows_a_secret(tmp_path: Path) -> None:

@@ -380,9 +380,9 @@ def test_an_empty_store_option_is_refused(cli: Cli, command: list[str]) -> None:
         (("", ""), ["artifact-created", "com.acme:api"], "error: artifact: expected GROUP:NAME:VERSION"),
         (("", ""), ["artifact-created", "com.acme: :1.0"], "error: artifact.name: must be a non-blank string"),
         (
-            ('id = "svc-api"', 'id = "svc-api"\nfailureStrategy = "RETRY"'),
+            ('id = "svc-api"', 'id = "svc-api"\nfailureStrategy = "RETRY_TWICE"'),
             ["artifact-created", "com.acme:api:1.0"],
-            "failureStrategy: service 'svc-api' names unknown failure strategy 'RETRY'",
+            "failureStrategy: service 'svc-api' names unknown failure strategy 'RETRY_TWICE'",
         ),
         (('event = "deployment-created"', 'event = "nope"'), ["artifact-created", "com.acme:api:1.0"], ""),
         (("", ""), ["handle", "-"], ""),  # an empty input: nothing to store

@@ -139,7 +139,10 @@ def test_a_bad_state_names_the_option(cli: Cli) -> None:
     _with_a_flow(cli)
     done = cli("flows", "--state", ":smile:[b]")
     assert done.returncode == 1
-    assert one_error_line(done.stderr) == "error: --state: ':smile:[b]' is not one of 'inProgress', 'success', 'failed'"
+    assert (
+        one_error_line(done.stderr) == "error: --state: ':smile:[b]' is not one of"
+        " 'inProgress', 'success', 'failed', 'paused', 'aborted', 'superseded'"
+    )
 
 
 def test_a_path_that_is_not_utf8_shows_its_bytes(cli: Cli) -> None:

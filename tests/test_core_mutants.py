@@ -471,7 +471,10 @@ def test_an_unknown_strategy_names_the_known_ones(catalog: Catalog) -> None:
     with pytest.raises(ValidationError) as caught:
         FlowEngine(Catalog([service]), InMemoryRepository(), None, strategies={"PAGE": object()})  # type: ignore[dict-item]  # never called
     assert caught.value.field == "failure_strategy"
-    assert caught.value.message == "service 'svc-x' names unknown failure strategy 'NOPE' (known: PAGE, STOP)"
+    assert (
+        caught.value.message
+        == "service 'svc-x' names unknown failure strategy 'NOPE' (known: PAGE, PAUSE, RETRY, ROLLBACK, STOP)"
+    )
 
 
 def test_sqlite_opens_flowfsm_db_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

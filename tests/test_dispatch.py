@@ -537,7 +537,7 @@ def test_an_unreadable_request_holds_only_its_own_flow(
     if isinstance(repository, SQLiteRepository):
         with sqlite3.connect(repository.path) as db:
             db.execute(
-                "UPDATE outbox SET body = json_set(body, '$.event', 'flow-paused') WHERE id = ?", [unreadable.id]
+                "UPDATE outbox SET body = json_set(body, '$.event', 'flow-teleported') WHERE id = ?", [unreadable.id]
             )
     else:
         import psycopg
@@ -545,7 +545,7 @@ def test_an_unreadable_request_holds_only_its_own_flow(
         assert isinstance(repository, PostgresRepository)
         with psycopg.connect(request.getfixturevalue("postgres_dsn"), autocommit=True) as conn:
             conn.execute(
-                f"UPDATE {repository.schema}.outbox SET body = jsonb_set(body, '{{event}}', '\"flow-paused\"')"
+                f"UPDATE {repository.schema}.outbox SET body = jsonb_set(body, '{{event}}', '\"flow-teleported\"')"
                 " WHERE id = %s",
                 [unreadable.id],
             )

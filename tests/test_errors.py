@@ -230,11 +230,11 @@ def test_malformed_catalogs_name_the_field() -> None:
 
 
 def test_an_unknown_failure_strategy_is_refused_up_front(repository: InMemoryRepository) -> None:
-    catalog = Catalog([api_service(failure_strategy="RETRY")])
+    catalog = Catalog([api_service(failure_strategy="RETRY_TWICE")])
     with pytest.raises(ValidationError) as error:
         FlowEngine(catalog, repository, None)
     assert error.value.field == "failure_strategy"
-    assert "RETRY" in str(error.value)
+    assert "RETRY_TWICE" in str(error.value)
 
 
 def test_a_flow_whose_service_left_the_catalog(engine: FlowEngine, repository: InMemoryRepository) -> None:

@@ -94,7 +94,7 @@ def test_a_completed_deployment_waits_for_its_pending_promotions() -> None:
     assert "promotions 'smoke', 'perf' of 'dev'" in item.text
     world.promote(0)
     (item,) = world.explain()
-    assert item.details["promotions"] == [{"name": "perf", "id": world.dev.promotions[1].id}]
+    assert item.details["promotions"] == [{"name": "perf", "id": world.dev.promotions[1].id, "attempt": 1}]
     assert item.text.startswith("Waiting for the promotion 'perf' of 'dev', deployed at 2026-01-01 00:05:00 UTC")
 
 

@@ -1,18 +1,24 @@
 """Random trigger sequences against a small reference model of the contract.
 
-The reference below is written from SPEC §2-4, §8 (``DeploymentFailed``) and §10
-(timeouts and soak under ``STOP``) alone, as plain lists of state names and times;
-it shares no code with the engine. Time moves only when a rule moves the fake
-clock, and then a scheduler fires what is due. After every step the engine's outcome,
-the HookRequests it emitted and the stored flows must match it, and the
-invariants must hold.
+The reference below is written from SPEC §2-4, §8 (``DeploymentFailed``, steering:
+pause, resume, abort, retries and skips with their attempts, and the ``STOP``,
+``PAUSE`` and ``RETRY`` failure policies, overridden per environment) and §10
+(timeouts and soak) alone, as plain lists of state names and times; it shares no
+code with the engine. Time moves only when a rule moves the fake clock, and then a
+scheduler fires what is due. After every step the engine's outcome, the
+HookRequests it emitted and the stored flows must match it, and the invariants must
+hold: a paused flow begins nothing new, a finished flow (aborted included) never
+moves again, and a retry never loses the earlier attempt's record.
+
+(``RETRY``'s backoff timers and ``ROLLBACK`` have their scenario tests on every
+backend in ``tests/test_steering.py``; the model retries at once.)
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pytest
@@ -20,6 +26,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from flowfsm import (
+    AbortFlow,
     Action,
     Artifact,
     ArtifactCreated,
@@ -29,19 +36,28 @@ from flowfsm import (
     DeploymentPayload,
     DeploymentStarted,
     Environment,
+    Flow,
     FlowEngine,
     FlowFSMError,
     HookEvent,
     InvalidTransition,
     Outcome,
+    PauseFlow,
     Pipeline,
     PromotionCompleted,
     PromotionPayload,
     PromotionResult,
     ResultStatus,
+    ResumeFlow,
+    RetryDeployment,
+    RetryPolicy,
+    RetryPromotion,
     Service,
+    SkipPromotion,
+    SteeringPayload,
     Trigger,
     UnknownDeployment,
+    UnknownFlow,
     UnknownPromotion,
     Webhook,
 )
@@ -75,6 +91,28 @@ class RefFlow:
     succeeded_at: dict[int, dt.datetime] = attrs.field(factory=dict)
     timed_out: bool = False
     """A deploy or verify timeout failed the flow."""
+    deployment_attempts: list[int] = attrs.field(factory=list)
+    promotion_attempts: list[list[int]] = attrs.field(factory=list)
+    verify_from: dict[int, dt.datetime] = attrs.field(factory=dict)
+    """When each deployment's verify timeout began: its completion, or its latest promotion retry."""
+    pause_actor: str | None = None
+    waiting: list[str] = attrs.field(factory=list)
+    """The failed items a PAUSE policy waits on (each retried or skipped, it resumes)."""
+    held: bool = False
+    """A pause held back the next deployment's announcement."""
+
+    def open(self) -> bool:
+        return self.state in ("inProgress", "paused")
+
+    def index(self) -> int:
+        """The deployment a flow trigger acts for: the current one, else the last."""
+        current = self.current()
+        return len(self.deployments) - 1 if current is None else current
+
+    def policy(self, d: int) -> tuple[str, RetryPolicy]:
+        env = self.service.pipeline.environments[d]
+        strategy = env.failure_strategy or self.service.failure_strategy
+        return strategy, env.retry or self.service.retry or RetryPolicy()
 
     def current(self) -> int | None:
         for i, state in enumerate(self.deployments):
@@ -86,6 +124,16 @@ class RefFlow:
 # An expected result: an error type, "duplicate", or the list of (event, flow, deployment
 # index, deployment state at the event) the trigger causes.
 Expected = type[FlowFSMError] | str | list[tuple[HookEvent, RefFlow, int, str]]
+Out = list[tuple[HookEvent, RefFlow, int, str]]
+FINISHED = ("success", "failed", "aborted", "superseded")
+STEERING = (
+    E.FLOW_PAUSED,
+    E.FLOW_RESUMED,
+    E.FLOW_ABORTED,
+    E.PROMOTION_RETRIED,
+    E.PROMOTION_SKIPPED,
+    E.DEPLOYMENT_RETRIED,
+)
 
 
 Minutes = int | None
@@ -105,9 +153,19 @@ def catalogs() -> st.SearchStrategy[Catalog]:
         unique_by=lambda e: e[0],
     )
     webhook_plan = st.lists(st.tuples(st.sampled_from(list(E)), st.integers(1, 2)), max_size=6)
+    strategies = st.sampled_from(["STOP", "STOP", "PAUSE", "RETRY"])
+    retries = st.one_of(
+        st.none(), st.builds(RetryPolicy, attempts=st.integers(1, 3), then=st.sampled_from(["STOP", "PAUSE"]))
+    )
+    overrides = st.sampled_from([None, None, None, "STOP", "PAUSE", "RETRY"])
 
-    def service(
-        i: int, envs: list[tuple[str, list[str], Minutes, Minutes, Minutes]], plan: list[tuple[HookEvent, int]]
+    def service(  # noqa: PLR0917 - what a drawn service is made of, as st.builds passes it
+        i: int,
+        envs: list[tuple[str, list[str], Minutes, Minutes, Minutes]],
+        plan: list[tuple[HookEvent, int]],
+        strategy: str,
+        retry: RetryPolicy | None,
+        override: str | None,
     ) -> Service:
         webhooks = [
             Webhook(f"wh{j}", event, [Action(f"act{k}", url=f"https://h.example/{j}/{k}") for k in range(n)])
@@ -121,14 +179,23 @@ def catalogs() -> st.SearchStrategy[Catalog]:
                     proms,
                     timeouts=Timeouts(minutes(deploy), minutes(verify)) if deploy or verify else None,
                     soak=minutes(soak),
+                    failure_strategy=override if j == len(envs) - 1 else None,  # the last environment's own
                 )
-                for name, proms, deploy, verify, soak in envs
+                for j, (name, proms, deploy, verify, soak) in enumerate(envs)
             ],
         )
-        return Service(f"svc{i}", artifacts=["com.acme:api"], pipeline=pipeline, webhooks=webhooks)
+        return Service(
+            f"svc{i}",
+            artifacts=["com.acme:api"],
+            pipeline=pipeline,
+            webhooks=webhooks,
+            failure_strategy=strategy,
+            retry=retry,
+        )
 
-    one = st.builds(service, st.just(0), environments, webhook_plan)
-    two = st.builds(lambda a, b: [a, b], one, st.builds(service, st.just(1), environments, webhook_plan))
+    one = st.builds(service, st.just(0), environments, webhook_plan, strategies, retries, overrides)
+    other = st.builds(service, st.just(1), environments, webhook_plan, strategies, retries, overrides)
+    two = st.builds(lambda a, b: [a, b], one, other)
     return st.one_of(one.map(lambda s: [s]), two).map(Catalog)
 
 
@@ -142,6 +209,8 @@ class EngineAgainstReference(RuleBasedStateMachine):
         super().__init__()
         self.flows: dict[tuple[str, str], RefFlow] = {}
         self.last: tuple[Trigger, Expected] | None = None
+        self.finished: dict[str, Flow] = {}
+        self.attempts: dict[str, int] = {}
 
     @initialize(catalog=catalogs())
     def setup(self, catalog: Catalog) -> None:
@@ -170,25 +239,117 @@ class EngineAgainstReference(RuleBasedStateMachine):
     def _environment(self, flow: RefFlow, d: int) -> Environment:
         return flow.service.pipeline.environments[d]
 
-    def _advance(self, flow: RefFlow, d: int, out: list[tuple[HookEvent, RefFlow, int, str]]) -> None:
+    def _announce(self, flow: RefFlow, out: Out) -> None:
+        """The next deployment is announced, or held while the flow is paused."""
+        following = flow.current()
+        if following is None:
+            return
+        if flow.state == "paused":
+            flow.held = True
+        else:
+            out.append((E.DEPLOYMENT_CREATED, flow, following, flow.deployments[following]))
+
+    def _advance(self, flow: RefFlow, d: int, out: Out) -> None:
+        """A completed deployment succeeds once every promotion passed (or was
+        skipped) and its soak is over; a flow in progress then succeeds with its last."""
+        if flow.deployments[d] != "completed" or not flow.open():
+            return
         soak = self._environment(flow, d).soak
         soaked = soak is None or self.clock.now >= flow.completed_at[d] + soak
-        if all(p == "success" for p in flow.promotions[d]) and soaked:
+        if all(p in ("success", "skipped") for p in flow.promotions[d]) and soaked:
             flow.deployments[d] = "success"
             flow.succeeded_at[d] = self.clock.now
             out.append((E.DEPLOYMENT_SUCCEEDED, flow, d, "success"))
-            following = flow.current()
-            if following is None:
-                flow.state = "success"
-                out.append((E.FLOW_SUCCEEDED, flow, d, "success"))
-            else:
-                out.append((E.DEPLOYMENT_CREATED, flow, following, "notStarted"))
+            self._announce(flow, out)
+            self._succeed(flow, d, out)
+
+    def _succeed(self, flow: RefFlow, d: int, out: Out) -> None:
+        if flow.state == "inProgress" and flow.current() is None:
+            flow.state = "success"
+            out.append((E.FLOW_SUCCEEDED, flow, d, flow.deployments[d]))
+
+    def _resume(self, flow: RefFlow, d: int, out: Out) -> None:
+        """The flow leaves its pause (a person resumed it, or its failed items were
+        dealt with): it announces what the pause held, and may succeed."""
+        flow.state, flow.pause_actor, flow.waiting = "inProgress", None, []
+        out.append((E.FLOW_RESUMED, flow, d, flow.deployments[d]))
+        if flow.held:
+            flow.held = False
+            self._announce(flow, out)
+        self._succeed(flow, d, out)
+
+    def _end(self, flow: RefFlow, state: str) -> None:
+        flow.state, flow.pause_actor, flow.waiting, flow.held = state, None, [], False
+
+    def _retry_promotion(self, flow: RefFlow, d: int, p: int, out: Out) -> None:
+        flow.promotions[d][p] = "pending"
+        flow.promotion_attempts[d][p] += 1
+        flow.verify_from[d] = self.clock.now
+        out.append((E.PROMOTION_RETRIED, flow, d, flow.deployments[d]))
+
+    def _retry_deployment(self, flow: RefFlow, d: int, out: Out) -> None:
+        flow.deployments[d] = "notStarted"
+        flow.deployment_attempts[d] += 1
+        flow.promotions[d] = ["pending"] * len(flow.promotions[d])
+        flow.promotion_attempts[d] = [a + 1 for a in flow.promotion_attempts[d]]
+        flow.reported_failed.discard(d)
+        out.append((E.DEPLOYMENT_RETRIED, flow, d, "notStarted"))
+        self._announce(flow, out)
+
+    def _settle(self, flow: RefFlow, d: int, item: str, out: Out) -> None:
+        """A failed item was retried or skipped: a policy's pause waiting on it alone ends."""
+        if item in flow.waiting:
+            flow.waiting.remove(item)
+            if not flow.waiting and flow.state == "paused":
+                self._resume(flow, d, out)
+
+    def _fail(self, flow: RefFlow, d: int, p: int | None, out: Out, strategy: str | None = None) -> None:
+        """A failure of the promotion ``p`` (None: of the deployment) of deployment
+        ``d``, decided by its environment's policy (or ``strategy``, RETRY's then)."""
+        name, retry = flow.policy(d)
+        name = strategy or name
+        if name == "STOP":
+            if flow.deployments[d] != "failed":
+                flow.deployments[d] = "failed"
+                out.append((E.DEPLOYMENT_FAILED, flow, d, "failed"))
+            if flow.open():
+                self._end(flow, "failed")
+                out.append((E.FLOW_FAILED, flow, d, "failed"))
+            return
+        if not flow.open():  # an earlier failure of the same trigger ended it
+            return
+        item = flow.promotion_ids[d][p] if p is not None else flow.deployment_ids[d]
+        if name == "PAUSE":
+            flow.state, flow.pause_actor = "paused", "flowfsm"
+            flow.waiting.append(item)
+            out.append((E.FLOW_PAUSED, flow, d, flow.deployments[d]))
+            return
+        assert name == "RETRY"
+        attempt = flow.promotion_attempts[d][p] if p is not None else flow.deployment_attempts[d]
+        if attempt >= retry.attempts:
+            self._fail(flow, d, p, out, retry.then)
+        elif p is not None:
+            self._retry_promotion(flow, d, p, out)
+        else:
+            self._retry_deployment(flow, d, out)
 
     def expect(self, trigger: Trigger) -> Expected:  # noqa: PLR0911, PLR0912 - one branch per rule of SPEC §3-4, §8
         """Apply ``trigger`` to the reference; return what the engine must do."""
-        out: list[tuple[HookEvent, RefFlow, int, str]] = []
+        out: Out = []
         if isinstance(trigger, ArtifactCreated):
             return "artifact"  # handled in the rule: it needs the engine's new ids
+        if isinstance(trigger, PauseFlow | ResumeFlow | AbortFlow):
+            return self.expect_flow(trigger)
+        assert isinstance(
+            trigger,
+            DeploymentStarted
+            | DeploymentCompleted
+            | DeploymentFailed
+            | PromotionCompleted
+            | RetryPromotion
+            | SkipPromotion
+            | RetryDeployment,
+        )
         found = self._locate(trigger.deployment_id)
         if found is None:
             return UnknownDeployment
@@ -198,79 +359,133 @@ class EngineAgainstReference(RuleBasedStateMachine):
             if state != "notStarted":
                 return "duplicate"
             if flow.state != "inProgress" or flow.current() != d:
-                return InvalidTransition
+                return InvalidTransition  # finished, not its turn, or paused
             flow.deployments[d] = "started"
             flow.started_at[d] = self.clock.now
             return [(E.DEPLOYMENT_STARTED, flow, d, "started")]
         if isinstance(trigger, DeploymentFailed):
             if state == "failed" and d in flow.reported_failed:
                 return "duplicate"
-            if state != "started" or flow.state != "inProgress":
+            if state != "started" or not flow.open():
                 return InvalidTransition  # not started, or it completed
             flow.deployments[d] = "failed"
             flow.reported_failed.add(d)
-            flow.state = "failed"  # STOP
-            return [(E.DEPLOYMENT_FAILED, flow, d, "failed"), (E.FLOW_FAILED, flow, d, "failed")]
+            out.append((E.DEPLOYMENT_FAILED, flow, d, "failed"))
+            self._fail(flow, d, None, out)
+            return out
         if isinstance(trigger, DeploymentCompleted):
             if state in ("completed", "success") or (state == "failed" and d not in flow.reported_failed):
                 return "duplicate"
-            if state in ("notStarted", "failed"):
-                return InvalidTransition  # not started, or reported failed
+            if state in ("notStarted", "failed") or not flow.open():
+                return InvalidTransition  # not started, reported failed, or the flow ended
             flow.deployments[d] = "completed"
-            flow.completed_at[d] = self.clock.now
+            flow.completed_at[d] = flow.verify_from[d] = self.clock.now
             out.append((E.DEPLOYMENT_COMPLETED, flow, d, "completed"))
             self._advance(flow, d, out)
             return out
-        assert isinstance(trigger, PromotionCompleted)  # the scheduler's triggers are checked in time_passes
+        if isinstance(trigger, RetryDeployment):
+            if state != "failed":
+                return "duplicate" if flow.deployment_attempts[d] > 1 else InvalidTransition
+            if not flow.open():
+                return InvalidTransition
+            self._retry_deployment(flow, d, out)
+            self._settle(flow, d, trigger.deployment_id, out)
+            return out
         if trigger.promotion_id not in flow.promotion_ids[d]:
             return UnknownPromotion
         p = flow.promotion_ids[d].index(trigger.promotion_id)
+        promotion, attempt = flow.promotions[d][p], flow.promotion_attempts[d][p]
+        if isinstance(trigger, RetryPromotion):
+            if promotion in ("pending", "success"):
+                return "duplicate" if attempt > 1 else InvalidTransition
+            if promotion != "failed" or not flow.open() or state != "completed":
+                return InvalidTransition  # skipped, the flow ended, or its deployment is not completed
+            self._retry_promotion(flow, d, p, out)
+            self._settle(flow, d, trigger.promotion_id, out)
+            return out
+        if isinstance(trigger, SkipPromotion):
+            if promotion == "skipped":
+                return "duplicate"
+            if promotion == "success" or not flow.open() or state == "failed":
+                return InvalidTransition
+            flow.promotions[d][p] = "skipped"
+            out.append((E.PROMOTION_SKIPPED, flow, d, state))
+            self._advance(flow, d, out)
+            self._settle(flow, d, trigger.promotion_id, out)
+            return out
+        for result in trigger.results:  # a result naming another attempt
+            if result.attempt is not None and result.attempt != attempt:
+                return "duplicate" if result.attempt < attempt else InvalidTransition
         fails = any(r.result_status is ResultStatus.FAILED for r in trigger.results)
         wanted = "failed" if fails else "success"
-        if flow.promotions[d][p] == wanted:
+        if promotion in (wanted, "skipped"):
             return "duplicate"
-        if flow.promotions[d][p] != "pending" or flow.state != "inProgress" or state != "completed":
+        if promotion != "pending" or not flow.open() or state != "completed":
             return InvalidTransition
         flow.promotions[d][p] = wanted
         if fails:
-            flow.deployments[d] = "failed"
-            flow.state = "failed"
-            return [
-                (E.PROMOTION_FAILED, flow, d, "completed"),
-                (E.DEPLOYMENT_FAILED, flow, d, "failed"),
-                (E.FLOW_FAILED, flow, d, "failed"),
-            ]
+            out.append((E.PROMOTION_FAILED, flow, d, "completed"))
+            self._fail(flow, d, p, out)
+            return out
         out.append((E.PROMOTION_COMPLETED, flow, d, "completed"))
         self._advance(flow, d, out)
         return out
 
-    def expire(self) -> dict[str, list[tuple[HookEvent, RefFlow, int, str]]]:
-        """What the timers due now do to each flow (SPEC §10, under ``STOP``): a
-        deploy timeout fails a started deployment; a verify timeout fails each
-        pending promotion of a completed one; a soak over lets a deployment whose
-        promotions all passed succeed."""
+    def expect_flow(self, trigger: PauseFlow | ResumeFlow | AbortFlow) -> Expected:  # noqa: PLR0911 - one per rule of §8
+        flows = [f for f in self.flows.values() if f.id == trigger.flow_id]
+        if not flows:
+            return UnknownFlow
+        (flow,) = flows
+        d, out = flow.index(), cast(Out, [])
+        if isinstance(trigger, PauseFlow):
+            if flow.state == "paused":
+                return "duplicate"
+            if flow.state != "inProgress":
+                return InvalidTransition
+            flow.state, flow.pause_actor = "paused", trigger.actor
+            return [(E.FLOW_PAUSED, flow, d, flow.deployments[d])]
+        if isinstance(trigger, ResumeFlow):
+            if flow.state != "paused":
+                return "duplicate"  # nothing to resume, whatever the flow did since
+            if flow.waiting:
+                return InvalidTransition  # its policy waits on a failed item
+            self._resume(flow, d, out)
+            return out
+        if flow.state == "aborted":
+            return "duplicate"
+        if not flow.open():
+            return InvalidTransition
+        self._end(flow, "aborted")
+        return [(E.FLOW_ABORTED, flow, d, flow.deployments[d])]
+
+    def expire(self) -> dict[str, Out]:
+        """What the timers due now do to each flow (SPEC §10): a deploy timeout fails
+        a started deployment; a verify timeout fails each pending promotion of a
+        completed one; each failure then goes to its policy; a soak over lets a
+        deployment whose promotions all passed succeed."""
         now, expected = self.clock.now, {}
         for flow in self.flows.values():
             d = flow.current()
-            if flow.state != "inProgress" or d is None:
+            if not flow.open() or d is None:
                 continue
             timeouts, state = self._environment(flow, d).timeouts or Timeouts(), flow.deployments[d]
-            out: list[tuple[HookEvent, RefFlow, int, str]] = []
+            out: Out = []
             pending = [i for i, p in enumerate(flow.promotions[d]) if p == "pending"]
             if state == "started" and timeouts.deploy and now >= flow.started_at[d] + timeouts.deploy:
-                out += [(E.DEPLOYMENT_FAILED, flow, d, "failed")]
+                flow.deployments[d] = "failed"
                 flow.reported_failed.add(d)  # failed before completing, as if reported
-            elif state == "completed" and pending and timeouts.verify and now >= flow.completed_at[d] + timeouts.verify:
+                flow.timed_out = True
+                out.append((E.DEPLOYMENT_FAILED, flow, d, "failed"))
+                self._fail(flow, d, None, out)
+            elif state == "completed" and pending and timeouts.verify and now >= flow.verify_from[d] + timeouts.verify:
+                flow.timed_out = True
                 for i in pending:
                     flow.promotions[d][i] = "failed"
                 out += [(E.PROMOTION_FAILED, flow, d, "completed")] * len(pending)
-                out += [(E.DEPLOYMENT_FAILED, flow, d, "failed")]
+                for i in pending:
+                    self._fail(flow, d, i, out)
             elif state == "completed":
                 self._advance(flow, d, out)
-            if out and out[-1][0] is E.DEPLOYMENT_FAILED:
-                flow.deployments[d] = flow.state = "failed"
-                flow.timed_out = True
-                out.append((E.FLOW_FAILED, flow, d, "failed"))
             if out:
                 expected[flow.id] = out
         return expected
@@ -293,8 +508,10 @@ class EngineAgainstReference(RuleBasedStateMachine):
             self.run_artifact(trigger, sent)
             return
         before = self.repository.list_flows(limit=10_000)
+        paused = {f.id for f in self.flows.values() if f.state == "paused"}
         expected = self.expect(trigger)
         self.last = (trigger, expected)
+        self.begins_nothing_new(paused, sent)
         if isinstance(expected, type):
             with pytest.raises(FlowFSMError) as caught:
                 self.engine.handle(trigger)
@@ -312,6 +529,14 @@ class EngineAgainstReference(RuleBasedStateMachine):
             assert not outcome.duplicate
             self.check_requests(outcome, self.fanout(expected))
         assert self.emitter.requests[sent:] == list(outcome.hook_requests)
+        self.begins_nothing_new(paused, sent)
+
+    def begins_nothing_new(self, paused: set[str], sent: int) -> None:
+        """A flow paused before and after a step started and announced nothing in it."""
+        still = {f.id for f in self.flows.values() if f.state == "paused"} & paused
+        for request in self.emitter.requests[sent:]:
+            if request.flow_id in still:
+                assert request.event not in (E.DEPLOYMENT_STARTED, E.DEPLOYMENT_CREATED), request.event
 
     def run_artifact(self, trigger: ArtifactCreated, sent: int) -> None:
         outcome = self.engine.handle(trigger)
@@ -330,6 +555,8 @@ class EngineAgainstReference(RuleBasedStateMachine):
                 [[p.id for p in d.promotions] for d in flow.deployments],
                 ["notStarted"] * len(service.pipeline.environments),
                 [["pending"] * len(env.promotions) for env in service.pipeline.environments],
+                deployment_attempts=[1] * len(service.pipeline.environments),
+                promotion_attempts=[[1] * len(env.promotions) for env in service.pipeline.environments],
             )
             self.flows[key] = ref
             expected.append((E.DEPLOYMENT_CREATED, ref, 0, "notStarted"))
@@ -357,6 +584,10 @@ class EngineAgainstReference(RuleBasedStateMachine):
             else:
                 assert isinstance(request.payload, DeploymentPayload)
                 assert request.payload.environment.name == request.payload.deployment.environment
+                steering = request.event in STEERING
+                assert isinstance(request.payload, SteeringPayload) == steering
+                if isinstance(request.payload, SteeringPayload):  # who acted: a person, or flowfsm for a policy
+                    assert request.payload.actor in ("alice", "flowfsm")
 
     # --- rules: valid, invalid, unknown and repeated triggers ----------------------------
 
@@ -393,8 +624,67 @@ class EngineAgainstReference(RuleBasedStateMachine):
         if data.draw(st.booleans(), label="mismatch") and len(pairs) > 1:
             # A promotion named against some other deployment (or an unknown one).
             deployment_id = data.draw(st.sampled_from([d for d, _ in pairs] + ["unknown-deployment"]))
-        results = [PromotionResult(promotion_id, status) for status in statuses]
+        attempt = data.draw(st.sampled_from([None, None, 1, 2, 3]), label="attempt")  # stale, current or ahead
+        results = [PromotionResult(promotion_id, status, attempt=attempt) for status in statuses]
         self.run(PromotionCompleted(deployment_id, promotion_id, results))
+
+    # --- steering: a person acts ----------------------------------------------------------
+
+    def _flow_id(self, data: st.DataObject) -> str:
+        ids = [f.id for f in self.flows.values()]
+        return data.draw(st.sampled_from([*ids, "unknown-flow"]) if ids else st.just("unknown-flow"))
+
+    @rule(data=st.data(), reason=st.sampled_from([None, "release freeze"]))
+    def pause_flow(self, data: st.DataObject, reason: str | None) -> None:
+        self.run(PauseFlow(self._flow_id(data), "alice", reason))
+
+    @rule(data=st.data())
+    def resume_flow(self, data: st.DataObject) -> None:
+        self.run(ResumeFlow(self._flow_id(data), "alice"))
+
+    @rule(data=st.data())
+    def abort_flow(self, data: st.DataObject) -> None:
+        self.run(AbortFlow(self._flow_id(data), "alice", "wrong build"))
+
+    @rule(data=st.data())
+    def retry_deployment(self, data: st.DataObject) -> None:
+        self.run(RetryDeployment(self._deployment_id(data), "alice"))
+
+    @precondition(lambda self: any(any(f.promotion_ids) for f in self.flows.values()))
+    @rule(data=st.data(), skip=st.booleans())
+    def retry_or_skip_promotion(self, data: st.DataObject, skip: bool) -> None:
+        pairs = [
+            (flow.deployment_ids[d], pid)
+            for flow in self.flows.values()
+            for d, pids in enumerate(flow.promotion_ids)
+            for pid in pids
+        ]
+        deployment_id, promotion_id = data.draw(st.sampled_from(pairs))
+        if skip:
+            self.run(SkipPromotion(deployment_id, promotion_id, "alice", "known flaky"))
+        else:
+            self.run(RetryPromotion(deployment_id, promotion_id, "alice"))
+
+    @precondition(lambda self: any(f.state == "paused" for f in self.flows.values()))
+    @rule(data=st.data(), skip=st.booleans())
+    def unpause(self, data: st.DataObject, skip: bool) -> None:
+        """What a person does about a paused flow, so runs go on past pauses: resume
+        it, or retry (or skip) the failed item its policy waits on."""
+        flow = data.draw(st.sampled_from([f for f in self.flows.values() if f.state == "paused"]))
+        if not flow.waiting:
+            self.run(ResumeFlow(flow.id, "alice"))
+            return
+        item = flow.waiting[0]
+        if item in flow.deployment_ids:
+            self.run(RetryDeployment(item, "alice"))
+            return
+        d = next(i for i, pids in enumerate(flow.promotion_ids) if item in pids)
+        deployment_id = flow.deployment_ids[d]
+        self.run(
+            SkipPromotion(deployment_id, item, "alice", "flaky")
+            if skip
+            else RetryPromotion(deployment_id, item, "alice")
+        )
 
     @precondition(lambda self: any(f.state == "inProgress" for f in self.flows.values()))
     @rule(data=st.data(), fail=st.integers(0, 9))
@@ -405,7 +695,12 @@ class EngineAgainstReference(RuleBasedStateMachine):
         assert d is not None
         deployment_id = flow.deployment_ids[d]
         state = flow.deployments[d]
-        if state == "notStarted":
+        if state == "failed":  # a RETRY policy's backoff would retry it; a person does here
+            self.run(RetryDeployment(deployment_id, "alice"))
+        elif state == "completed" and "failed" in flow.promotions[d]:
+            pid = flow.promotion_ids[d][flow.promotions[d].index("failed")]
+            self.run(RetryPromotion(deployment_id, pid, "alice"))
+        elif state == "notStarted":
             self.run(DeploymentStarted(deployment_id))
         elif state == "started":
             self.run(DeploymentFailed(deployment_id, "boom") if fail == 0 else DeploymentCompleted(deployment_id))
@@ -426,8 +721,10 @@ class EngineAgainstReference(RuleBasedStateMachine):
         if not schedule:
             return
         sent = len(self.emitter.requests)
+        paused = {f.id for f in self.flows.values() if f.state == "paused"}
         expected = self.expire()
         assert self.scheduler.run_once() == len(expected)
+        self.begins_nothing_new(paused, sent)
         emitted = self.emitter.requests[sent:]
         for flow_id, events in expected.items():
             rows = [
@@ -444,10 +741,11 @@ class EngineAgainstReference(RuleBasedStateMachine):
             ]
             assert rows == self.fanout(events)
         assert {r.flow_id for r in emitted} <= set(expected)
-        for request in emitted:  # a timeout says so; a soak is no timeout
-            timed_out = request.event is not E.DEPLOYMENT_SUCCEEDED and request.event is not E.DEPLOYMENT_CREATED
-            timed_out = timed_out and request.event is not E.FLOW_SUCCEEDED
-            if isinstance(request.payload, DeploymentPayload):
+        for request in emitted:  # a timeout says so in the failures it caused; a soak is no timeout
+            timed_out = request.event in (E.DEPLOYMENT_FAILED, E.FLOW_FAILED)
+            if isinstance(request.payload, SteeringPayload):  # a policy acted on the timeout
+                assert (request.payload.actor, request.payload.reason) == ("flowfsm", "timeout")
+            elif isinstance(request.payload, DeploymentPayload):
                 assert isinstance(request.payload, TimeoutPayload) == timed_out
                 assert unstructure(request.payload).get("reason") == ("timeout" if timed_out else None)
             else:
@@ -478,19 +776,45 @@ class EngineAgainstReference(RuleBasedStateMachine):
             assert states == ref.deployments
             assert [[p.state.value for p in d.promotions] for d in flow.deployments] == ref.promotions
             assert flow.state.value == ref.state
+            assert [d.attempt for d in flow.deployments] == ref.deployment_attempts
+            assert [[p.attempt for p in d.promotions] for d in flow.deployments] == ref.promotion_attempts
+            if ref.state == "paused":
+                assert flow.pause is not None
+                assert (flow.pause.actor, list(flow.pause.failed), flow.pause.held) == (
+                    ref.pause_actor,
+                    ref.waiting,
+                    ref.held,
+                )
+            else:
+                assert flow.pause is None
             # Deployments succeed in pipeline order: the successes are a prefix.
             succeeded = states.count("success")
             assert states[:succeeded] == ["success"] * succeeded
             assert sum(s in ("started", "completed") for s in states) <= 1
-            assert (flow.state.value == "success") == all(s == "success" for s in states)
-            any_failed = any(p.state.value == "failed" for d in flow.deployments for p in d.promotions)
-            assert (flow.state.value == "failed") == (any_failed or bool(ref.reported_failed) or ref.timed_out)
+            assert flow.state.value != "success" or all(s == "success" for s in states)
+            if all(s == "success" for s in states):  # a pause may hold the flow's success
+                assert flow.state.value in ("success", "paused", "aborted")
         assert self.repository.count_pending() == 0
         assert len(self.repository.list_flows(limit=10_000)) == len(self.flows)
 
     @invariant()
+    def finished_flows_never_move_and_retries_keep_their_attempts(self) -> None:
+        """A finished flow (aborted included) is stored exactly as when it finished;
+        an attempt never goes back, so a retry never overwrites the earlier attempt's."""
+        if not hasattr(self, "repository"):
+            return
+        for ref in self.flows.values():
+            flow = self.repository.get(ref.id)
+            if ref.state in FINISHED:
+                assert self.finished.setdefault(ref.id, flow) == flow
+            for d in flow.deployments:
+                for entity_id, attempt in [(d.id, d.attempt), *((p.id, p.attempt) for p in d.promotions)]:
+                    assert attempt >= self.attempts.get(entity_id, 1)
+                    self.attempts[entity_id] = attempt
+
+    @invariant()
     def timers_are_those_the_flows_wait_for(self) -> None:
-        """Each stored timer is of a flow in progress, about its current deployment,
+        """Each stored timer is of a flow in progress or paused, about its current deployment,
         of a kind its state waits for, due when its environment says; and a
         deployment that waits for a timeout or a soak has its timer."""
         if not hasattr(self, "repository"):
@@ -498,7 +822,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
         for ref in self.flows.values():
             stored = {(t.deployment_id, t.kind): t.due for t in self.repository.timers(ref.id)}
             d = ref.current()
-            if ref.state != "inProgress" or d is None:
+            if not ref.open() or d is None:  # a paused flow keeps its timers
                 assert stored == {}
                 continue
             environment, state, deployment_id = self._environment(ref, d), ref.deployments[d], ref.deployment_ids[d]
@@ -509,7 +833,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
                 wanted[TimerKind.DEPLOY] = ref.started_at[d] + timeouts.deploy
             if state == "completed":
                 if timeouts.verify:
-                    wanted[TimerKind.VERIFY] = ref.completed_at[d] + timeouts.verify
+                    wanted[TimerKind.VERIFY] = ref.verify_from[d] + timeouts.verify
                 if environment.soak:
                     wanted[TimerKind.SOAK] = ref.completed_at[d] + environment.soak
             for (_, kind), due in stored.items():

@@ -6,6 +6,7 @@ import datetime as dt
 import sqlite3
 from pathlib import Path
 
+import attrs
 import pytest
 
 from flowfsm import Artifact, Deployment, DeploymentState, Flow, FlowState, Promotion, PromotionState, RepositoryError
@@ -45,9 +46,13 @@ def test_a_body_of_format_1_loads() -> None:
 
 def test_bodies_are_written_with_the_current_format_and_read_back() -> None:
     body = flow_body(EXPECTED)
-    assert body.startswith(f"[{BODY_FORMAT},")
+    assert body.startswith("[2,")  # a flow nobody steered: format 2, which earlier flowfsm reads
     assert flow_from_body(body, 4) == EXPECTED
-    assert body[len(f"[{BODY_FORMAT},") :] == FORMAT_1[1:]  # format 2 adds the number, nothing else
+    assert body[len("[2,") :] == FORMAT_1[1:]  # format 2 adds the number, nothing else
+    retried = attrs.evolve(EXPECTED, deployments=[attrs.evolve(EXPECTED.deployments[0], attempt=2)])
+    steered = flow_body(retried)
+    assert steered.startswith(f"[{BODY_FORMAT},")  # format 3: attempts (and pauses, rollbacks)
+    assert flow_from_body(steered, 4) == retried
 
 
 def test_a_body_of_a_newer_format_is_refused() -> None:
@@ -74,4 +79,4 @@ def test_a_sqlite_store_written_in_format_1_is_read_and_rewritten(tmp_path: Path
     db = sqlite3.connect(path)
     (body,) = db.execute("SELECT body FROM flows WHERE id = ?", (flow.id,)).fetchone()
     db.close()
-    assert body.startswith(f"[{BODY_FORMAT},")
+    assert body.startswith("[2,")  # rewritten in the current format for a flow nobody steered

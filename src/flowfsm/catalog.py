@@ -18,7 +18,7 @@ from typing import Any, Final
 from flowfsm.errors import CatalogError, UnknownService, ValidationError, bounded, shown
 from flowfsm.model import Action, Service, read_regular_file
 
-__all__ = ["MAX_CATALOG_BYTES", "Catalog", "unknown_strategy"]
+__all__ = ["MAX_CATALOG_BYTES", "Catalog", "check_policies", "unknown_strategy"]
 
 MAX_CATALOG_BYTES: Final = 10 * 1024 * 1024
 """The largest catalog file read: a larger one (or an endless one) is refused."""
@@ -71,10 +71,10 @@ class Catalog:
         return service.action(webhook_id, action_name) if service else None
 
     def check_strategies(self, known: Collection[str]) -> None:
-        """Refuse a service whose failure strategy is not one of ``known`` (names)."""
+        """Refuse a service naming a failure strategy (its own, an environment's, a
+        retry policy's ``then``) that is not one of ``known`` (names)."""
         for service in self:
-            if service.failure_strategy not in known:
-                raise unknown_strategy(service, known, self)
+            check_policies(service, known, self)
 
     @classmethod
     def from_dict(
@@ -136,21 +136,48 @@ def _redacted_in_actions(path: str, message: str) -> str:
     return _QUOTED.sub("<redacted>", message) if _ACTION_LEVEL.search(path) else message
 
 
-def unknown_strategy(service: Service, known: Collection[str], catalog: object = None) -> ValidationError:
-    """The error for ``service`` naming a failure strategy not in ``known``: one rule
-    for ``Catalog.from_file(strategies=...)``, ``flowfsm catalog validate`` (which
-    knows the built-in strategies) and ``FlowEngine`` (which knows those and its
-    own). It names the service and the field, and the file when ``catalog`` is a
-    ``Catalog`` loaded from one."""
+def check_policies(service: Service, known: Collection[str], catalog: object = None) -> None:
+    """Refuse ``service`` if a failure strategy it names (its own, an environment's
+    override, a retry policy's ``then``) is not in ``known``: one rule for
+    ``Catalog.from_file(strategies=...)``, ``flowfsm catalog validate`` (which knows
+    the built-in strategies) and ``FlowEngine`` (which knows those and its own)."""
+    if service.failure_strategy not in known:
+        raise unknown_strategy(service, known, catalog)
+    named: list[tuple[str, str, str]] = []  # (JSON path in the service, field, name)
+    if service.retry is not None:
+        named.append(("retry.then", "retry.then", service.retry.then))
+    for i, env in enumerate(service.pipeline.environments):
+        if env.failure_strategy is not None:
+            field = f"environments[{i}].failure_strategy"
+            named.append((f"pipeline.environments[{i}].failureStrategy", field, env.failure_strategy))
+        if env.retry is not None:
+            named.append((f"pipeline.environments[{i}].retry.then", f"environments[{i}].retry.then", env.retry.then))
+    for path, field, name in named:
+        if name not in known:
+            raise unknown_strategy(service, known, catalog, name=name, path=path, field=field)
+
+
+def unknown_strategy(
+    service: Service,
+    known: Collection[str],
+    catalog: object = None,
+    *,
+    name: str | None = None,
+    path: str = "failureStrategy",
+    field: str = "failure_strategy",
+) -> ValidationError:
+    """The error for ``service`` naming a failure strategy (``name``, by default its
+    own) not in ``known``. It names the service and the field, and the file when
+    ``catalog`` is a ``Catalog`` loaded from one."""
     message = (
-        f"service {shown(service.id)} names unknown failure strategy {shown(service.failure_strategy)}"
+        f"service {shown(service.id)} names unknown failure strategy {shown(name or service.failure_strategy)}"
         f" (known: {', '.join(sorted(known)) or 'none'})"
     )
     if isinstance(catalog, Catalog) and catalog.source is not None:
         index = next((i for i, s in enumerate(catalog) if s.id == service.id), None)
-        where = "$" if index is None else f"$.services[{index}].failureStrategy"
+        where = "$" if index is None else f"$.services[{index}].{path}"
         return CatalogError(catalog.source, where, message)
-    return ValidationError("failure_strategy", message)
+    return ValidationError(field, message)
 
 
 # --- reading files --------------------------------------------------------------------
@@ -318,6 +345,7 @@ _YAML_TAGS: Final = frozenset(
 _CATALOG_KEYS: Final = frozenset(
     {"services", "id", "artifacts", "pipeline", "name", "environments", "promotions", "failureStrategy"}
     | {"timeouts", "deploy", "verify", "soak"}
+    | {"retry", "attempts", "backoff", "then"}
     | {"webhooks", "event", "actions", "url", "secret", "env", "file"}
 )
 

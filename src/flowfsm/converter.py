@@ -34,22 +34,29 @@ from flowfsm.durations import format_duration, parse_duration
 from flowfsm.errors import ValidationError, shown
 from flowfsm.model import (
     Action,
+    Deployment,
     DeploymentPayload,
     DeploymentState,
     Environment,
+    Flow,
     FlowState,
     HookEvent,
     HookRequest,
     Payload,
+    Promotion,
     PromotionPayload,
+    PromotionResult,
     PromotionState,
     ResultStatus,
+    RollbackPayload,
+    Service,
+    SteeringPayload,
     TimeoutPayload,
     Timeouts,
     TimerKind,
     text_problem,
 )
-from flowfsm.triggers import DeploymentFailed, Trigger
+from flowfsm.triggers import Trigger
 
 __all__ = ["converter", "from_json", "hook_requests_json", "parse_json", "structure", "to_json", "unstructure"]
 
@@ -66,10 +73,19 @@ def _renames(cls: type) -> dict[str, Any]:
 
 
 _OMITTED_IF_UNSET: Final[dict[type, tuple[str, ...]]] = {
-    Environment: ("timeouts", "soak"),
+    Environment: ("timeouts", "soak", "failure_strategy", "retry"),
     Timeouts: ("deploy", "verify"),
-    **{cls: ("actor", "reason") for cls in get_args(Trigger) if cls is not DeploymentFailed},
-    DeploymentFailed: ("actor",),
+    Service: ("retry",),
+    Promotion: ("attempt",),
+    Deployment: ("attempt",),
+    Flow: ("pause", "rollback"),
+    PromotionResult: ("attempt",),
+    **{
+        cls: tuple(
+            a.name for a in attrs.fields(cls) if a.name in ("actor", "reason") and a.default is not attrs.NOTHING
+        )
+        for cls in get_args(Trigger)
+    },
 }
 """Fields left out of the JSON when unset, so that what does not use them reads
 exactly as before they existed (payloads included)."""
@@ -161,6 +177,10 @@ def _make_converter() -> cattrs.Converter:
     def structure_payload(value: Any, _: Any) -> Payload:
         if isinstance(value, dict) and "promotionResult" in value:
             return conv.structure(value, PromotionPayload)
+        if isinstance(value, dict) and "rollbackTo" in value:
+            return conv.structure(value, RollbackPayload)
+        if isinstance(value, dict) and "actor" in value:
+            return conv.structure(value, SteeringPayload)
         if isinstance(value, dict) and "reason" in value:
             return conv.structure(value, TimeoutPayload)
         return conv.structure(value, DeploymentPayload)

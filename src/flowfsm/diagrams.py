@@ -3,7 +3,7 @@
 ``mermaid(name)`` gives a Mermaid ``stateDiagram-v2``, ``svg(name)`` a standalone
 SVG, and ``render_into(markdown)`` redraws the diagram blocks of a page, so the
 diagrams in ``docs/machines.md`` cannot drift from the code. A label reads
-``trigger [guard, ...]``; the guard every transition has (*flow inProgress*) is
+``trigger [guard, ...]``; the guard every transition has (*flow not finished*) is
 left out. ``rules(name)`` gives the declaration as a Markdown table.
 """
 
@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-from flowfsm.machines import DECLARATIONS, FLOW_IN_PROGRESS, Next, always
+from flowfsm.machines import DECLARATIONS, FLOW_OPEN, Held, Next, always
+from flowfsm.model import HookEvent
 
 __all__ = ["mermaid", "render_into", "rules", "svg"]
 
@@ -36,7 +37,7 @@ def rules(entity: str) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for rule in declaration.rules:
-        events = [f"next: `{e.event.value}`" if isinstance(e, Next) else f"`{e.value}`" for e in rule.events]
+        events = [_effect(e) for e in rule.events]
         repeats = [
             f"`{state.value}`" + ("" if test is always else f" ({_doc(test)})") for state, test in rule.repeats.items()
         ]
@@ -88,7 +89,7 @@ def _edges(entity: str) -> list[tuple[str, str, str]]:
     """(source, destination, label) for every transition, in declared order."""
     edges = []
     for rule in DECLARATIONS[entity].rules:
-        guards = [g.label for g in rule.guards if g is not FLOW_IN_PROGRESS]
+        guards = [g.label for g in rule.guards if g is not FLOW_OPEN]
         label = rule.trigger + (f" [{', '.join(guards)}]" if guards else "")
         edges.append((str(rule.source.value), str(rule.dest.value), label))
     return edges
@@ -152,3 +153,12 @@ def svg(entity: str) -> str:
         )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
+
+
+def _effect(effect: HookEvent | Next) -> str:
+    """A rule's hook event as its table shows it."""
+    if isinstance(effect, Held):
+        return f"held: `{effect.event.value}`"
+    if isinstance(effect, Next):
+        return f"next: `{effect.event.value}`"
+    return f"`{effect.value}`"

@@ -23,8 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 from flowfsm import history, machines
-from flowfsm.catalog import unknown_strategy
-from flowfsm.errors import ConcurrencyConflict, UnknownPromotion, UnknownService, ValidationError
+from flowfsm.catalog import check_policies, unknown_strategy
+from flowfsm.errors import ConcurrencyConflict, InvalidTransition, UnknownPromotion, UnknownService, ValidationError
 from flowfsm.explain import Waiting
 from flowfsm.explain import explain as explain_flow
 from flowfsm.model import (
@@ -42,7 +42,9 @@ from flowfsm.model import (
     PromotionResult,
     PromotionState,
     ResultStatus,
+    RollbackPayload,
     Service,
+    SteeringPayload,
     TimeoutPayload,
     TimerKind,
     _make_deployment,
@@ -52,16 +54,22 @@ from flowfsm.model import (
 from flowfsm.protocols import FailureHandler, HookEmitter, Repository, ServiceCatalog
 from flowfsm.strategies import BUILTIN_STRATEGIES, Failure
 from flowfsm.triggers import (
+    AbortFlow,
     ArtifactCreated,
     DeploymentCompleted,
     DeploymentFailed,
     DeploymentStarted,
     Outcome,
+    PauseFlow,
     PromotionCompleted,
+    ResumeFlow,
+    RetryDeployment,
+    RetryPromotion,
+    SkipPromotion,
     TimerFired,
     Trigger,
 )
-from flowfsm.work import Draft, FlowDraft, Work
+from flowfsm.work import Draft, FlowDraft, Note, Work
 
 __all__ = ["Applier", "FlowEngine", "new_id", "utc_now"]
 
@@ -146,8 +154,10 @@ class FlowEngine:
         self._new_id = id_factory
         self._max_attempts = max_attempts
         self._lease = lease if emitter is not None else 0.0
+        self._checked: dict[int, Service] = {}
+        """The services whose policies were checked, by ``id`` (each kept, so its id stays its)."""
         for service in catalog:  # fail now, not on the first failure
-            self._strategy(service)
+            self._check_policies(service)
 
     @property
     def clock(self) -> Callable[[], dt.datetime]:
@@ -212,7 +222,7 @@ class FlowEngine:
             if existing is not None:
                 flows.append(existing)
                 continue
-            self._strategy(service)
+            self._check_policies(service)
             flow = self._new_flow(artifact, service, now)
             machines.created(work.open(flow, service))
             flows.append(flow)
@@ -244,7 +254,65 @@ class FlowEngine:
         draft = deployment.flow.promotion(deployment.index, trigger.promotion_id)
         if draft is None:
             raise UnknownPromotion(trigger.deployment_id, trigger.promotion_id)
+        for reported in trigger.results:
+            if reported.attempt is not None and reported.attempt != draft.entity.attempt:
+                return self.outcome(work, _stale(draft, reported.attempt))
         return self.outcome(work, machines.apply(draft, "fail" if failed else "succeed"))
+
+    # --- steering: a person acts (SPEC §8) --------------------------------------------
+
+    def _on_pause_flow(self, trigger: PauseFlow) -> tuple[Outcome, list[Flow]]:
+        work, draft = self.open_flow(trigger.flow_id, actor=trigger.actor, reason=trigger.reason)
+        applied = machines.apply(draft, "pause")
+        if applied:
+            draft.flow.paused_by(trigger.actor, trigger.reason)
+        return self.outcome(work, applied)
+
+    def _on_resume_flow(self, trigger: ResumeFlow) -> tuple[Outcome, list[Flow]]:
+        work, draft = self.open_flow(trigger.flow_id, actor=trigger.actor, reason=trigger.reason)
+        return self.outcome(work, machines.apply(draft, "resume"))
+
+    def _on_abort_flow(self, trigger: AbortFlow) -> tuple[Outcome, list[Flow]]:
+        work, draft = self.open_flow(trigger.flow_id, actor=trigger.actor, reason=trigger.reason)
+        return self.outcome(work, machines.apply(draft, "abort"))
+
+    def _on_retry_promotion(self, trigger: RetryPromotion) -> tuple[Outcome, list[Flow]]:
+        return self._steer_promotion(trigger.deployment_id, trigger.promotion_id, "retry", trigger)
+
+    def _on_skip_promotion(self, trigger: SkipPromotion) -> tuple[Outcome, list[Flow]]:
+        return self._steer_promotion(trigger.deployment_id, trigger.promotion_id, "skip", trigger)
+
+    def _steer_promotion(
+        self, deployment_id: str, promotion_id: str, move: str, trigger: RetryPromotion | SkipPromotion
+    ) -> tuple[Outcome, list[Flow]]:
+        work, deployment = self.open_deployment(deployment_id, reason=trigger.reason, actor=trigger.actor)
+        draft = deployment.flow.promotion(deployment.index, promotion_id)
+        if draft is None:
+            raise UnknownPromotion(deployment_id, promotion_id)
+        work.subject = promotion_id
+        applied = machines.apply(draft, move)
+        if applied:
+            _settle(draft.flow, deployment.index, promotion_id)
+        return self.outcome(work, applied)
+
+    def _on_retry_deployment(self, trigger: RetryDeployment) -> tuple[Outcome, list[Flow]]:
+        work, draft = self.open_deployment(trigger.deployment_id, reason=trigger.reason, actor=trigger.actor)
+        applied = machines.apply(draft, "retry")
+        if applied:
+            _settle(draft.flow, draft.index, trigger.deployment_id)
+        return self.outcome(work, applied)
+
+    def open_flow(self, flow_id: str, *, actor: str | None, reason: str | None) -> tuple[Work, Draft]:
+        """A unit of work holding the flow, and a draft of the flow acting for its
+        current deployment (its last, once all succeeded): flow events describe it."""
+        flow = self.repository.get(flow_id)
+        work = Work(reason=reason, actor=actor)
+        service = self.catalog.get(flow.service_id)
+        draft = work.open(flow, service)
+        if service.pipeline.timed:
+            work.watch(self._clock(), self.repository.timers(flow.id))
+        current = draft.current()
+        return work, draft.draft(len(draft.deployments) - 1 if current is None else current)
 
     def _on_timer_fired(self, trigger: TimerFired) -> tuple[Outcome, list[Flow]]:
         """A due timer: a duplicate unless it is still set as claimed and due, and its
@@ -257,6 +325,9 @@ class FlowEngine:
             return self.outcome(work, False)
         work.timers[timer.id] = None
         flow, index, kind = draft.flow, draft.index, trigger.kind
+        if kind is TimerKind.RETRY:
+            work.actor = trigger.actor
+            return self.outcome(work, _retry_due(draft))
         if kind is TimerKind.SOAK:
             applied = machines.may(draft, "succeed")
             if applied:
@@ -280,6 +351,7 @@ class FlowEngine:
         *,
         result: PromotionResult | None = None,
         reason: str | None = None,
+        actor: str | None = None,
         timed: bool = False,
     ) -> tuple[Work, Draft]:
         """A unit of work holding the deployment's flow, and a draft of the deployment
@@ -287,7 +359,7 @@ class FlowEngine:
         the flow's pipeline has timers (or ``timed``), the work also gets the time
         and the flow's stored timers."""
         flow = self.repository.find_by_deployment(deployment_id)
-        work = Work(result=result, reason=reason)
+        work = Work(result=result, reason=reason, actor=actor)
         service = self.catalog.get(flow.service_id)
         draft = work.open(flow, service)
         if timed or service.pipeline.timed:
@@ -320,10 +392,18 @@ class FlowEngine:
         """Hand each failure the machines declared to its service's strategy, in order
         (a strategy's moves may declare more)."""
         failures = work.failures
+        if not failures:
+            return
+        repository = self.repository
+        if work.now is None:  # a policy may set a timer (RETRY's backoff)
+            work.watch(self._clock(), [t for flow_id in work.flows for t in repository.timers(flow_id)])
+        strategies, last_success = self._strategies, repository.last_success
         while failures:
             kind, flow, index, failed_id = failures.pop(0)
             reason = work.reason or _why(flow, index, failed_id)
-            self._strategy(flow.service).on_failure(Failure(kind, flow, index, failed_id, reason))
+            strategy, _ = flow.service.policy(flow.deployments[index].environment)
+            failure = Failure(kind, flow, index, failed_id, reason, strategies=strategies, last_success=last_success)
+            self._strategies[strategy].on_failure(failure)
 
     def _new_flow(self, artifact: Artifact, service: Service, now: dt.datetime) -> Flow:
         # Trusted constructors: the ids are fresh, the names come from the validated catalog.
@@ -348,6 +428,15 @@ class FlowEngine:
         except KeyError:
             raise unknown_strategy(service, self._strategies, self.catalog) from None
 
+    def _check_policies(self, service: Service) -> None:
+        """Every failure strategy the service may use is known (``check_policies``),
+        and ``ROLLBACK`` has the repository lookup it needs: once per service (a
+        catalog may hand out a new one at any time)."""
+        if id(service) in self._checked:
+            return
+        check_policies(service, self._strategies, self.catalog)
+        self._checked[id(service)] = service
+
     # --- hook requests -------------------------------------------------------------
 
     def _hook_requests(self, work: Work, now: dt.datetime) -> tuple[HookRequest, ...]:
@@ -359,10 +448,16 @@ class FlowEngine:
             payload: Payload
             service = flow.service
             if result is not None and (event is HookEvent.PROMOTION_COMPLETED or event is HookEvent.PROMOTION_FAILED):
-                payload = PromotionPayload(flow.loaded.artifact, deployment, service.ref, result)
+                payload = PromotionPayload(flow.loaded.artifact, deployment, service.ref, result)  # type: ignore[arg-type]  # a promotion event's result is the trigger's, never a steering Note
             else:
                 environment = service.pipeline.environment(deployment.environment) or _environment(deployment)
-                payload = make(flow.loaded.artifact, deployment, service.ref, environment)
+                if type(result) is Note:  # a steering event: who acted, and why
+                    payload = _steering_payload(event, flow, deployment, environment, result)
+                elif make is TimeoutPayload and event not in _TIMED_OUT:
+                    # A timeout says so in the failures it caused (not in what a policy announces after).
+                    payload = DeploymentPayload(flow.loaded.artifact, deployment, service.ref, environment)
+                else:
+                    payload = make(flow.loaded.artifact, deployment, service.ref, environment)
             flow_id = flow.id
             requests += [
                 HookRequest(new_id(), flow_id, webhook_id, action, event, payload, now)
@@ -433,7 +528,65 @@ FlowEngine.APPLIERS = {
     DeploymentFailed: FlowEngine._on_deployment_failed,
     PromotionCompleted: FlowEngine._on_promotion_completed,
     TimerFired: FlowEngine._on_timer_fired,
+    PauseFlow: FlowEngine._on_pause_flow,
+    ResumeFlow: FlowEngine._on_resume_flow,
+    AbortFlow: FlowEngine._on_abort_flow,
+    RetryPromotion: FlowEngine._on_retry_promotion,
+    SkipPromotion: FlowEngine._on_skip_promotion,
+    RetryDeployment: FlowEngine._on_retry_deployment,
 }
+
+
+_TIMED_OUT: Final = frozenset({HookEvent.DEPLOYMENT_FAILED, HookEvent.FLOW_FAILED})
+"""The events of a timeout's failure: their payloads say ``timeout``."""
+
+
+def _stale(draft: Draft, attempt: int) -> bool:
+    """A result naming another attempt than the promotion's: an earlier one's is
+    stale (a duplicate: False); a later one's cannot be (``InvalidTransition``)."""
+    promotion = draft.entity
+    if attempt < promotion.attempt:
+        return False
+    reason = f"the result reports attempt {attempt}; the promotion is at attempt {promotion.attempt}"
+    raise InvalidTransition("promotion", promotion.id, promotion.state.value, "complete", reason)
+
+
+def _settle(flow: FlowDraft, index: int, item_id: str) -> None:
+    """A failed item was retried or skipped: if the flow's failure policy paused it
+    waiting on that item (and no other), the flow resumes (``flow-resumed``)."""
+    if flow.settled(item_id) and flow.state is FlowState.PAUSED:
+        machines.fire(flow.draft(index), "release")
+
+
+def _retry_due(draft: Draft) -> bool:
+    """A deployment's retry backoff passed: retry each of its failed items that has
+    attempts left (none: a stale timer, a duplicate). As flowfsm."""
+    flow, index = draft.flow, draft.index
+    deployment = draft.deployment
+    _, policy = flow.service.policy(deployment.environment)
+    work, applied = flow.work, False
+    for promotion in deployment.promotions:
+        pending = flow.promotion(index, promotion.id)
+        if pending is not None and promotion.attempt < policy.attempts and machines.may(pending, "retry"):
+            work.subject = promotion.id
+            machines.fire(pending, "retry")
+            applied = True
+    work.subject = None
+    if deployment.attempt < policy.attempts and machines.may(draft, "retry"):
+        machines.fire(draft, "retry")
+        applied = True
+    return applied
+
+
+def _steering_payload(
+    event: HookEvent, flow: FlowDraft, deployment: Deployment, environment: Environment, note: Note
+) -> SteeringPayload:
+    promotion = deployment.promotion(note.promotion_id) if note.promotion_id is not None else None
+    artifact, service = flow.loaded.artifact, flow.service.ref
+    if event is HookEvent.ROLLBACK_REQUESTED:
+        target = flow.rollback.artifact if flow.rollback is not None else None
+        return RollbackPayload(artifact, deployment, service, environment, note.actor, note.reason, promotion, target)
+    return SteeringPayload(artifact, deployment, service, environment, note.actor, note.reason, promotion)
 
 
 def _why(flow: FlowDraft, index: int, failed_id: str) -> str:

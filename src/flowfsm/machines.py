@@ -61,6 +61,7 @@ __all__ = [
     "Declaration",
     "FailureKind",
     "Guard",
+    "Held",
     "Next",
     "Rule",
     "apply",
@@ -101,9 +102,16 @@ class Next:
     event: HookEvent
 
 
+@attrs.frozen
+class Held(Next):
+    """A hook event about the flow's next deployment that a pause held back,
+    recorded only if the pause the flow just left held one (see ``FlowDraft.hold``)."""
+
+
 Effect = HookEvent | Next
 """A hook event a rule causes: about its own deployment (a ``HookEvent``; a flow's
-events describe the deployment that ended it), or about the next one (``Next``)."""
+events describe the deployment that ended it), or about the next one (``Next``;
+while the flow is paused, held for the resume: ``Held``)."""
 
 Test = Callable[[Draft], bool]
 
@@ -138,6 +146,9 @@ class Rule:
     timers: tuple[TimerKind, ...] = ()
     """Timers of the deployment the transition sets, each if its environment gives
     the duration (``Environment.timer``); a due timer sends ``TimerFired``."""
+    again: bool = False
+    """The transition begins the entity's next attempt (``attempt`` + 1; a
+    deployment's promotions begin theirs, pending again)."""
 
 
 @attrs.frozen
@@ -148,7 +159,8 @@ class Declaration:
     states: type[enum.Enum]
     initial: enum.Enum
     rules: tuple[Rule, ...]
-    publish: Callable[[FlowDraft, Draft], None]
+    publish: Callable[..., None]
+    """``FlowDraft.publish_*``: (flow, draft), and ``again=True`` for a rule's next attempt."""
     created: tuple[Effect, ...] = ()
     """The hook events the entity's creation causes."""
 
@@ -156,8 +168,27 @@ class Declaration:
 # --- guards: each reads the draft -------------------------------------------------------
 
 
-def _flow_in_progress(draft: Draft) -> bool:
-    return draft.flow.state is FlowState.IN_PROGRESS
+_PAUSED: Final = FlowState.PAUSED
+
+
+_OPEN: Final = frozenset({FlowState.IN_PROGRESS, FlowState.PAUSED})
+
+
+def _flow_open(draft: Draft) -> bool:
+    return draft.flow.state in _OPEN
+
+
+def _flow_not_paused(draft: Draft) -> bool:
+    return draft.flow.state is not _PAUSED
+
+
+def _not_held_by_policy(draft: Draft) -> bool:
+    pause = draft.flow.pause
+    return pause is None or not pause.failed
+
+
+def _deployment_not_failed(draft: Draft) -> bool:
+    return draft.deployment.state is not DeploymentState.FAILED
 
 
 def _is_current(draft: Draft) -> bool:
@@ -165,8 +196,9 @@ def _is_current(draft: Draft) -> bool:
 
 
 def _all_promotions_succeeded(draft: Draft) -> bool:
-    for promotion in draft.deployment.promotions:  # noqa: SIM110 - no generator, on most triggers
-        if promotion.state is not PromotionState.SUCCESS:
+    for promotion in draft.deployment.promotions:
+        state = promotion.state
+        if state is not _PASSED and state is not _SKIPPED:  # skipped counts as passed
             return False
     return True
 
@@ -190,8 +222,22 @@ def _soaked(draft: Draft) -> bool:
     return timer is None or timer.due <= now
 
 
-FLOW_IN_PROGRESS: Final = Guard(_flow_in_progress, "the flow is finished", "flow inProgress")
-"""Every transition's first guard: nothing moves a finished flow."""
+_PASSED: Final = PromotionState.SUCCESS
+_SKIPPED: Final = PromotionState.SKIPPED
+
+FLOW_OPEN: Final = Guard(_flow_open, "the flow is finished", "flow not finished")
+"""Every transition's first guard: nothing moves a finished flow (one ``inProgress``
+or ``paused`` is not finished)."""
+NOT_PAUSED: Final = Guard(_flow_not_paused, "the flow is paused", "flow not paused")
+"""Nothing new begins while the flow is paused."""
+NOT_HELD_BY_POLICY: Final = Guard(
+    _not_held_by_policy,
+    "its failure policy paused it: retry or skip the failed item first, or abort the flow",
+    "not paused by a failure policy",
+)
+DEPLOYMENT_NOT_FAILED: Final = Guard(
+    _deployment_not_failed, "its deployment failed: retry the deployment", "deployment not failed"
+)
 IS_CURRENT: Final = Guard(_is_current, "it is not the flow's current deployment", "current deployment")
 ALL_PROMOTIONS_SUCCEEDED: Final = Guard(
     _all_promotions_succeeded, "not every promotion has succeeded", "all promotions success"
@@ -207,14 +253,19 @@ SOAKED: Final = Guard(_soaked, "its soak time has not passed", "soaked")
 
 
 def _completed_before_failing(draft: Draft) -> bool:
-    """A failed deployment had completed if its promotions had begun to report: it
-    fails from ``started`` (the CD system says so) with them all pending, and from
-    ``completed`` only once a promotion has failed."""
-    return any(p.state is not PromotionState.PENDING for p in draft.entity.promotions)
+    """A failed deployment had completed if a promotion of it failed: it fails from
+    ``started`` (the CD system says so) with none failed (pending, or skipped by a
+    person), and from ``completed`` only once a promotion has failed."""
+    return any(p.state is PromotionState.FAILED for p in draft.entity.promotions)
 
 
 def _failed_before_completing(draft: Draft) -> bool:
     return not _completed_before_failing(draft)
+
+
+def _retried(draft: Draft) -> bool:
+    """A retry arriving again: the entity is at a later attempt already."""
+    return bool(draft.entity.attempt > 1)
 
 
 # --- the declarations -------------------------------------------------------------------
@@ -223,6 +274,12 @@ _F, _D, _P, _E = FlowState, DeploymentState, PromotionState, HookEvent
 _T = TimerKind
 _EVERY_TIMER: Final = (_T.DEPLOY, _T.VERIFY, _T.SOAK)
 
+_ENDED: Final[Mapping[enum.Enum, str]] = {
+    _F.SUCCESS: "it already succeeded",
+    _F.FAILED: "it already failed",
+    _F.SUPERSEDED: "a newer flow superseded it",
+}
+
 FLOW: Final = Declaration(
     "flow",
     FlowState,
@@ -230,6 +287,40 @@ FLOW: Final = Declaration(
     (
         Rule("succeed", _F.IN_PROGRESS, _F.SUCCESS, (ALL_DEPLOYMENTS_SUCCEEDED,), (_E.FLOW_SUCCEEDED,)),
         Rule("fail", _F.IN_PROGRESS, _F.FAILED, (), (_E.FLOW_FAILED,)),
+        Rule("fail", _F.PAUSED, _F.FAILED, (), (_E.FLOW_FAILED,)),
+        # A person steers (PauseFlow, ResumeFlow, AbortFlow):
+        Rule("pause", _F.IN_PROGRESS, _F.PAUSED, (), (_E.FLOW_PAUSED,), repeats={_F.PAUSED: always}),
+        Rule(
+            "resume",
+            _F.PAUSED,
+            _F.IN_PROGRESS,
+            (NOT_HELD_BY_POLICY,),
+            (_E.FLOW_RESUMED, Held(_E.DEPLOYMENT_CREATED)),
+            then=(("flow", "succeed"),),
+            # Not paused: nothing to resume, whatever the flow did since (a resume, redelivered).
+            repeats=dict.fromkeys((_F.IN_PROGRESS, _F.SUCCESS, _F.FAILED, _F.ABORTED, _F.SUPERSEDED), always),
+        ),
+        Rule(
+            "abort",
+            _F.IN_PROGRESS,
+            _F.ABORTED,
+            (),
+            (_E.FLOW_ABORTED,),
+            repeats={_F.ABORTED: always},
+            contradicts=_ENDED,
+        ),
+        Rule("abort", _F.PAUSED, _F.ABORTED, (), (_E.FLOW_ABORTED,)),
+        # A failure policy's moves: PAUSE holds the flow; retrying or skipping what failed releases it.
+        Rule("hold", _F.IN_PROGRESS, _F.PAUSED, (), (_E.FLOW_PAUSED,)),
+        Rule("hold", _F.PAUSED, _F.PAUSED, (), (_E.FLOW_PAUSED,)),
+        Rule(
+            "release",
+            _F.PAUSED,
+            _F.IN_PROGRESS,
+            (),
+            (_E.FLOW_RESUMED, Held(_E.DEPLOYMENT_CREATED)),
+            then=(("flow", "succeed"),),
+        ),
     ),
     FlowDraft.publish_flow,
     created=(Next(_E.DEPLOYMENT_CREATED),),
@@ -244,7 +335,7 @@ DEPLOYMENT: Final = Declaration(
             "start",
             _D.NOT_STARTED,
             _D.STARTED,
-            (IS_CURRENT,),
+            (IS_CURRENT, NOT_PAUSED),
             (_E.DEPLOYMENT_STARTED,),
             # Duplicates reach back: a late "started" after any later state says nothing new.
             repeats={_D.STARTED: always, _D.COMPLETED: always, _D.SUCCESS: always, _D.FAILED: always},
@@ -298,6 +389,22 @@ DEPLOYMENT: Final = Declaration(
         ),
         # A failure strategy's move:
         Rule("reject", _D.COMPLETED, _D.FAILED, (), (_E.DEPLOYMENT_FAILED,), cancels=_EVERY_TIMER),
+        # RetryDeployment, or RETRY's move: the next attempt, announced again (held while paused).
+        Rule(
+            "retry",
+            _D.FAILED,
+            _D.NOT_STARTED,
+            (),
+            (_E.DEPLOYMENT_RETRIED, Next(_E.DEPLOYMENT_CREATED)),
+            repeats={_D.NOT_STARTED: _retried, _D.STARTED: _retried, _D.COMPLETED: _retried, _D.SUCCESS: _retried},
+            contradicts={
+                _D.NOT_STARTED: "it has not failed",
+                _D.STARTED: "it has not failed",
+                _D.COMPLETED: "it has not failed",
+                _D.SUCCESS: "it already succeeded",
+            },
+            again=True,
+        ),
     ),
     FlowDraft.publish_deployment,
 )
@@ -314,7 +421,7 @@ PROMOTION: Final = Declaration(
             (DEPLOYMENT_COMPLETED,),
             (_E.PROMOTION_COMPLETED,),
             then=(("deployment", "succeed"),),
-            repeats={_P.SUCCESS: always},
+            repeats={_P.SUCCESS: always, _P.SKIPPED: always},
             contradicts={_P.FAILED: "it already failed"},
         ),
         Rule(
@@ -324,7 +431,7 @@ PROMOTION: Final = Declaration(
             (DEPLOYMENT_COMPLETED,),
             (_E.PROMOTION_FAILED,),
             failure=FailureKind.PROMOTION,
-            repeats={_P.FAILED: always},
+            repeats={_P.FAILED: always, _P.SKIPPED: always},
             contradicts={_P.SUCCESS: "it already passed"},
         ),
         Rule(
@@ -334,7 +441,42 @@ PROMOTION: Final = Declaration(
             (DEPLOYMENT_COMPLETED,),
             (_E.PROMOTION_FAILED,),
             failure=FailureKind.TIMEOUT,
-            repeats={_P.SUCCESS: always, _P.FAILED: always},
+            repeats={_P.SUCCESS: always, _P.FAILED: always, _P.SKIPPED: always},
+        ),
+        # RetryPromotion, or RETRY's move: the next attempt (stale results of earlier ones are duplicates).
+        Rule(
+            "retry",
+            _P.FAILED,
+            _P.PENDING,
+            (DEPLOYMENT_COMPLETED,),
+            (_E.PROMOTION_RETRIED,),
+            repeats={_P.PENDING: _retried, _P.SUCCESS: _retried},
+            timers=(_T.VERIFY,),  # the new attempt has its own verify timeout
+            contradicts={
+                _P.PENDING: "it has not failed",
+                _P.SUCCESS: "it already passed",
+                _P.SKIPPED: "it was skipped",
+            },
+            again=True,
+        ),
+        # SkipPromotion: a person lets it pass (it counts as passed).
+        Rule(
+            "skip",
+            _P.PENDING,
+            _P.SKIPPED,
+            (DEPLOYMENT_NOT_FAILED,),
+            (_E.PROMOTION_SKIPPED,),
+            then=(("deployment", "succeed"),),
+            repeats={_P.SKIPPED: always},
+            contradicts={_P.SUCCESS: "it already passed"},
+        ),
+        Rule(
+            "skip",
+            _P.FAILED,
+            _P.SKIPPED,
+            (DEPLOYMENT_NOT_FAILED,),
+            (_E.PROMOTION_SKIPPED,),
+            then=(("deployment", "succeed"),),
         ),
     ),
     FlowDraft.publish_promotion,
@@ -453,8 +595,16 @@ def _record(effects: tuple[Effect, ...], flow: FlowDraft, index: int) -> None:
     record = flow.work.record
     for effect in effects:
         if isinstance(effect, Next):
+            if type(effect) is Held:
+                if not flow.released:
+                    continue
+                flow.released = False
             following = flow.current()
-            if following is not None:
+            if following is None:
+                continue
+            if flow.state is _PAUSED:  # nothing new begins: announced when the flow resumes
+                flow.hold()
+            else:
                 record(effect.event, flow, following)
         else:
             record(effect, flow, index)
@@ -472,8 +622,15 @@ def _build(
                 "trigger": rule.trigger,
                 "source": rule.source,
                 "dest": rule.dest,
-                "conditions": [partial(_check, (FLOW_IN_PROGRESS, *rule.guards))],
-                "after": [partial(_after, rule, declaration.publish, bool(rule.timers or rule.cancels))],
+                "conditions": [partial(_check, (FLOW_OPEN, *rule.guards))],
+                "after": [
+                    partial(
+                        _after,
+                        rule,
+                        partial(declaration.publish, again=True) if rule.again else declaration.publish,
+                        bool(rule.timers or rule.cancels),
+                    )
+                ],
             }
             for rule in declaration.rules
         ],
@@ -500,7 +657,7 @@ _RULES: Final = {  # (entity class, trigger) -> its rules
     for trigger in MACHINES[kind].events
 }
 _GUARDS: Final = {  # (entity class, trigger) -> (rule, the tests of its guards, in order)
-    key: tuple((rule, tuple(g.test for g in (FLOW_IN_PROGRESS, *rule.guards))) for rule in rules)
+    key: tuple((rule, tuple(g.test for g in (FLOW_OPEN, *rule.guards))) for rule in rules)
     for key, rules in _RULES.items()
 }
 
@@ -569,8 +726,8 @@ def created(flow: FlowDraft) -> None:
 
 
 def _invalid(draft: Draft, trigger: str, reason: str) -> InvalidTransition:
-    entity = draft.entity
-    return InvalidTransition(_kind(draft), entity.id, entity.state.value, trigger, reason)
+    """The refusal, naming the entity in its latest state (a refused draft's)."""
+    return InvalidTransition(_kind(draft), draft.entity.id, draft.state.value, trigger, reason)
 
 
 def _not_from_here(draft: Draft, trigger: str) -> InvalidTransition:

@@ -35,6 +35,7 @@ from flowfsm.durations import parse_duration
 from flowfsm.errors import ValidationError, shown
 
 __all__ = [
+    "FINISHED",
     "Action",
     "ActionRef",
     "Artifact",
@@ -51,6 +52,7 @@ __all__ = [
     "HookEvent",
     "HookRecord",
     "HookRequest",
+    "Pause",
     "Payload",
     "Pipeline",
     "Promotion",
@@ -58,9 +60,13 @@ __all__ = [
     "PromotionResult",
     "PromotionState",
     "ResultStatus",
+    "RetryPolicy",
+    "Rollback",
+    "RollbackPayload",
     "Service",
     "ServiceRef",
     "StateChange",
+    "SteeringPayload",
     "TimeoutPayload",
     "Timeouts",
     "Timer",
@@ -72,8 +78,21 @@ class FlowState(enum.Enum):
     IN_PROGRESS = "inProgress"
     SUCCESS = "success"
     FAILED = "failed"
+    PAUSED = "paused"
+    """Reversible: facts about work under way are recorded, nothing new begins."""
+    ABORTED = "aborted"
+    SUPERSEDED = "superseded"
 
     __hash__ = object.__hash__  # members are singletons; skip Enum's Python-level hash
+
+    @property
+    def finished(self) -> bool:
+        """Terminal: nothing moves the flow again, and its timers are cancelled."""
+        return self in FINISHED
+
+
+FINISHED: Final = frozenset({FlowState.SUCCESS, FlowState.FAILED, FlowState.ABORTED, FlowState.SUPERSEDED})
+"""The terminal flow states (``FlowState.finished``; a set, for the hot paths)."""
 
 
 class DeploymentState(enum.Enum):
@@ -90,6 +109,8 @@ class PromotionState(enum.Enum):
     PENDING = "pending"
     SUCCESS = "success"
     FAILED = "failed"
+    SKIPPED = "skipped"
+    """Terminal, set by a person; counts as passed for its deployment."""
 
     __hash__ = object.__hash__  # members are singletons; skip Enum's Python-level hash
 
@@ -113,6 +134,14 @@ class HookEvent(enum.Enum):
     PROMOTION_FAILED = "promotion-failed"
     FLOW_SUCCEEDED = "flow-succeeded"
     FLOW_FAILED = "flow-failed"
+    FLOW_PAUSED = "flow-paused"
+    FLOW_RESUMED = "flow-resumed"
+    FLOW_ABORTED = "flow-aborted"
+    PROMOTION_RETRIED = "promotion-retried"
+    PROMOTION_SKIPPED = "promotion-skipped"
+    DEPLOYMENT_RETRIED = "deployment-retried"
+    ROLLBACK_REQUESTED = "rollback-requested"
+    FLOW_SUPERSEDED = "flow-superseded"
 
     __hash__ = object.__hash__  # members are singletons; skip Enum's Python-level hash
 
@@ -122,6 +151,9 @@ class FailureStrategy(enum.StrEnum):
     (a plain string for strategies registered with the engine)."""
 
     STOP = "STOP"
+    RETRY = "RETRY"
+    PAUSE = "PAUSE"
+    ROLLBACK = "ROLLBACK"
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -373,6 +405,56 @@ def _soak(value: object) -> dt.timedelta | None:
     return None if value is None else parse_duration(value, "soak")
 
 
+def _backoff(value: object) -> dt.timedelta | None:
+    return None if value is None else parse_duration(value, "backoff")
+
+
+MAX_ATTEMPTS: Final = 100
+"""The most attempts a retry policy may give one promotion or deployment."""
+
+
+def _attempts(_: object, __: object, value: object) -> None:
+    if type(value) is not int or not 1 <= value <= MAX_ATTEMPTS:
+        raise ValidationError("attempts", f"must be a whole number from 1 to {MAX_ATTEMPTS}, got {shown(value)}")
+
+
+def _then(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    _nonblank(_, attribute, value)
+    if value == FailureStrategy.RETRY.value:
+        raise ValidationError("then", "what follows the last attempt cannot be RETRY again")
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class RetryPolicy:
+    """``RETRY``'s settings: ``attempts`` in all (the first included), the ``backoff``
+    to wait before each retry (None: retry at once), and the strategy that ``then``
+    decides a failure of the last attempt (``STOP`` by default)."""
+
+    __repr__ = attrs_repr
+
+    attempts: int = attrs.field(default=3, validator=_attempts)
+    backoff: dt.timedelta | None = attrs.field(default=None, converter=_backoff)
+    then: str = attrs.field(default="STOP", converter=_strategy_name, validator=_then)
+
+
+_DEFAULT_RETRY: Final = RetryPolicy()
+
+
+def _retry(value: RetryPolicy | None) -> RetryPolicy | None:
+    if value is None or isinstance(value, RetryPolicy):
+        return value
+    raise ValidationError("retry", f"expected a RetryPolicy, got {shown(value)}")
+
+
+def _optional_strategy(_: object, attribute: attrs.Attribute[str], value: str | None) -> None:
+    if value is not None:
+        _nonblank(_, attribute, value)
+
+
+def _optional_strategy_name(value: str | None) -> str | None:
+    return None if value is None else _strategy_name(value)
+
+
 @attrs.frozen(weakref_slot=False, repr=False)
 class Timeouts:
     """How long an environment's deployment may take (see ``docs/time.md``):
@@ -403,11 +485,20 @@ class Environment:
     promotions: tuple[str, ...] = attrs.field(default=(), converter=_promotion_names)
     timeouts: Timeouts | None = attrs.field(default=None, converter=_timeouts)
     soak: dt.timedelta | None = attrs.field(default=None, converter=_soak)
+    failure_strategy: str | None = attrs.field(
+        default=None, converter=_optional_strategy_name, validator=_optional_strategy
+    )
+    """The service's failure strategy, overridden here (None: the service's)."""
+    retry: RetryPolicy | None = attrs.field(default=None, converter=_retry)
+    """The service's retry policy, overridden here (None: the service's)."""
 
     def timer(self, kind: TimerKind) -> dt.timedelta | None:
-        """The duration of the environment's timer of ``kind``, or None (not set)."""
+        """The duration of the environment's timer of ``kind``, or None (not set;
+        a retry's backoff is its failure policy's, not the environment's)."""
         if kind is TimerKind.SOAK:
             return self.soak
+        if kind is TimerKind.RETRY:
+            return None
         timeouts = self.timeouts
         if timeouts is None:
             return None
@@ -715,6 +806,8 @@ class Service:
         default=FailureStrategy.STOP.value, converter=_strategy_name, validator=_nonblank
     )
     webhooks: tuple[Webhook, ...] = attrs.field(default=(), converter=_webhooks)
+    retry: RetryPolicy | None = attrs.field(default=None, converter=_retry)
+    """``RETRY``'s settings (None: ``RetryPolicy()``), overridable per environment."""
     # Derived once: the engine asks "who subscribes to this event?" on every step.
     _subscribers: Mapping[HookEvent, tuple[tuple[str, ActionRef], ...]] = attrs.field(
         init=False, repr=False, eq=False, alias="_subscribers"
@@ -729,6 +822,13 @@ class Service:
             targets.extend((webhook.id, action.ref) for action in webhook.actions)
         object.__setattr__(self, "_subscribers", {e: tuple(t) for e, t in subscribers.items()})
         object.__setattr__(self, "_ref", ServiceRef(self.id, self.pipeline.name, self.failure_strategy))
+
+    def policy(self, environment: str) -> tuple[str, RetryPolicy]:
+        """(the failure strategy, the retry policy) of the environment ``environment``:
+        its own where it sets them, else the service's."""
+        env = self.pipeline.environment(environment)
+        strategy = (env and env.failure_strategy) or self.failure_strategy
+        return strategy, (env and env.retry) or self.retry or _DEFAULT_RETRY
 
     def subscribers(self, event: HookEvent) -> tuple[tuple[str, ActionRef], ...]:
         """(webhook id, action) pairs for ``event``, in declared order."""
@@ -766,6 +866,8 @@ class Promotion:
     id: str
     name: str
     state: PromotionState = PromotionState.PENDING
+    attempt: int = 1
+    """Which attempt the promotion is at (1-based; a retry adds one)."""
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
@@ -778,12 +880,44 @@ class Deployment:
     environment: str
     promotions: tuple[Promotion, ...] = attrs.field(default=(), converter=_promotions)
     state: DeploymentState = DeploymentState.NOT_STARTED
+    attempt: int = 1
+    """Which attempt the deployment is at (1-based; a retry adds one)."""
 
     def promotion(self, promotion_id: str) -> Promotion | None:
         for promotion in self.promotions:
             if promotion.id == promotion_id:
                 return promotion
         return None
+
+
+def _failed_ids(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class Pause:
+    """Why a flow is paused: who paused it (``flowfsm`` for a failure policy), why,
+    the failed items a policy waits on (each must be retried or skipped: until then
+    ``ResumeFlow`` is refused), and whether an announcement (``deployment-created``)
+    is held for the resume."""
+
+    __repr__ = attrs_repr
+
+    actor: str
+    reason: str | None = None
+    failed: tuple[str, ...] = attrs.field(default=(), converter=_failed_ids)
+    held: bool = False
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class Rollback:
+    """What ``ROLLBACK`` asked for: the environment, and the artifact to return to
+    (None: no other artifact of the service succeeded there)."""
+
+    __repr__ = attrs_repr
+
+    environment: str
+    artifact: Artifact | None = None
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
@@ -805,6 +939,10 @@ class Flow:
     version: int = 0
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
+    pause: Pause | None = None
+    """Why the flow is paused (only while it is)."""
+    rollback: Rollback | None = None
+    """The rollback its failure policy requested, if any."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -844,18 +982,42 @@ def _slots(cls: type, *names: str) -> tuple[Callable[[Any, Any], None], ...]:
     return tuple(getattr(cls, name).__set__ for name in names)
 
 
-_p_id, _p_name, _p_state = _slots(Promotion, "id", "name", "state")
-_d_id, _d_environment, _d_promotions, _d_state = _slots(Deployment, "id", "environment", "promotions", "state")
-_f_id, _f_artifact, _f_service_id, _f_deployments, _f_state, _f_version, _f_created, _f_updated = _slots(
-    Flow, "id", "artifact", "service_id", "deployments", "state", "version", "created_at", "updated_at"
+_p_id, _p_name, _p_state, _p_attempt = _slots(Promotion, "id", "name", "state", "attempt")
+_d_id, _d_environment, _d_promotions, _d_state, _d_attempt = _slots(
+    Deployment, "id", "environment", "promotions", "state", "attempt"
+)
+(
+    _f_id,
+    _f_artifact,
+    _f_service_id,
+    _f_deployments,
+    _f_state,
+    _f_version,
+    _f_created,
+    _f_updated,
+    _f_pause,
+    _f_rollback,
+) = _slots(
+    Flow,
+    "id",
+    "artifact",
+    "service_id",
+    "deployments",
+    "state",
+    "version",
+    "created_at",
+    "updated_at",
+    "pause",
+    "rollback",
 )
 
 
-def _make_promotion(id: str, name: str, state: PromotionState) -> Promotion:
+def _make_promotion(id: str, name: str, state: PromotionState, attempt: int = 1) -> Promotion:
     promotion = _new(Promotion)
     _p_id(promotion, id)
     _p_name(promotion, name)
     _p_state(promotion, state)
+    _p_attempt(promotion, attempt)
     return promotion
 
 
@@ -864,12 +1026,14 @@ def _make_deployment(
     environment: str,
     promotions: tuple[Promotion, ...],
     state: DeploymentState,
+    attempt: int = 1,
 ) -> Deployment:
     deployment = _new(Deployment)
     _d_id(deployment, id)
     _d_environment(deployment, environment)
     _d_promotions(deployment, promotions)
     _d_state(deployment, state)
+    _d_attempt(deployment, attempt)
     return deployment
 
 
@@ -882,6 +1046,8 @@ def _make_flow(  # noqa: PLR0917 - positional, one a field, like the class's own
     version: int,
     created_at: dt.datetime | None,
     updated_at: dt.datetime | None,
+    pause: Pause | None = None,
+    rollback: Rollback | None = None,
 ) -> Flow:
     flow = _new(Flow)
     _f_id(flow, id)
@@ -892,6 +1058,8 @@ def _make_flow(  # noqa: PLR0917 - positional, one a field, like the class's own
     _f_version(flow, version)
     _f_created(flow, created_at)
     _f_updated(flow, updated_at)
+    _f_pause(flow, pause)
+    _f_rollback(flow, rollback)
     return flow
 
 
@@ -961,6 +1129,11 @@ class PromotionResult:
     promotion_id: str = attrs.field(validator=_nonblank)
     result_status: ResultStatus = attrs.field(converter=_result_status)
     details: Mapping[str, Any] = attrs.field(default=None, converter=_details_dict, hash=False)
+    attempt: int | None = attrs.field(default=None, kw_only=True)
+    """The promotion attempt the result reports, if the checker says: one for an
+    earlier attempt than the promotion's current one is stale (a duplicate).
+    ``PromotionCompleted`` checks it (a whole number from 1), with the rest of its
+    results: no validator call on every result that names none."""
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
@@ -998,8 +1171,31 @@ class PromotionPayload:
     promotion_result: PromotionResult
 
 
+@attrs.frozen(weakref_slot=False, repr=False)
+class SteeringPayload(DeploymentPayload):
+    """The payload of steering events (``flow-paused``, ``promotion-retried``, …): a
+    ``DeploymentPayload`` that names who acted (``flowfsm`` for a failure policy or
+    a timer) and why, and the promotion it is about, if any."""
+
+    __repr__ = attrs_repr
+
+    actor: str | None = None
+    reason: str | None = None
+    promotion: Promotion | None = None
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class RollbackPayload(SteeringPayload):
+    """The payload of ``rollback-requested``: the artifact to return to in the
+    payload's environment (``rollback_to``; None: there is none)."""
+
+    __repr__ = attrs_repr
+
+    rollback_to: Artifact | None = None
+
+
 Payload: TypeAlias = DeploymentPayload | PromotionPayload
-"""(A ``TimeoutPayload`` is a ``DeploymentPayload``.)"""
+"""(A ``TimeoutPayload``, ``SteeringPayload`` or ``RollbackPayload`` is a ``DeploymentPayload``.)"""
 
 
 @attrs.define(weakref_slot=False, repr=False)
@@ -1052,11 +1248,14 @@ class HookRecord:
 
 
 class TimerKind(enum.Enum):
-    """What a timer is for: an environment's ``deploy`` or ``verify`` timeout, or its ``soak``."""
+    """What a timer is for: an environment's ``deploy`` or ``verify`` timeout, its
+    ``soak``, or a failure policy's ``retry`` backoff."""
 
     DEPLOY = "deploy"
     VERIFY = "verify"
     SOAK = "soak"
+    RETRY = "retry"
+    """The backoff of ``RETRY``: when due, the deployment's failed items are retried."""
 
 
 @attrs.frozen(weakref_slot=False, repr=False)

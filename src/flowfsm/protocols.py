@@ -100,7 +100,7 @@ class FlowStore(Protocol):
         """Save ``flows``, add ``hook_requests`` to the outbox, set ``timers`` (each
         replacing a pending one of its id), cancel the timers ``cancel`` names and
         append the ``history`` entries (see ``FlowHistory``), all or nothing; a flow
-        saved finished (not ``inProgress``) loses every timer it had.
+        saved finished (``FlowState.finished``) loses every timer it had.
 
         Each flow carries the version it is saved as: 1 inserts it (and conflicts
         if its id or its key is taken); n > 1 replaces version n - 1. Anything else

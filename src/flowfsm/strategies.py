@@ -5,31 +5,58 @@ rejected or a timeout — reaches the strategy as one value, a ``Failure``: what
 failed (``kind``), where (the flow, deployment and failed item), and why
 (``reason``, and the promotion result when there is one). A strategy is a
 ``FailureHandler`` (see ``flowfsm.protocols``) registered with the engine under the
-name services use as ``failure_strategy``. It acts only through the ``Failure``'s
-moves, which fire the state machines, so a strategy cannot skip a guard or forget a
-hook event. ``STOP`` is built in.
+name services use as ``failure_strategy`` (or an environment overrides it with).
+It acts only through the ``Failure``'s moves, which fire the state machines, so a
+strategy cannot skip a guard or forget a hook event. Built in: ``STOP``, ``RETRY``
+(attempts, a backoff through a durable timer, then another strategy), ``PAUSE``
+(guided failure: a person retries, skips or aborts) and ``ROLLBACK`` (``STOP``, then
+``rollback-requested``). What a policy does itself is recorded with actor ``flowfsm``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime as dt
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Final
 
+from flowfsm import model
 from flowfsm.machines import FailureKind, fire
 from flowfsm.model import (
+    FINISHED,
+    Artifact,
     Deployment,
     DeploymentState,
     FailureStrategy,
     Flow,
     FlowState,
+    HookEvent,
     Promotion,
     PromotionResult,
+    RetryPolicy,
     Service,
+    Timer,
+    TimerKind,
 )
 from flowfsm.protocols import FailureHandler
 from flowfsm.work import FlowDraft
 
-__all__ = ["BUILTIN_STRATEGIES", "Failure", "FailureKind", "Stop"]
+__all__ = [
+    "BUILTIN_STRATEGIES",
+    "FLOWFSM",
+    "Failure",
+    "FailureKind",
+    "PauseStrategy",
+    "RetryStrategy",
+    "RollbackStrategy",
+    "Stop",
+]
+
+FLOWFSM: Final = "flowfsm"
+"""The actor of what flowfsm does itself: a failure policy's moves, a timer."""
+
+LastSuccess = Callable[..., Artifact | None]
+"""``Repository.last_success(service_id, environment, *, excluding=artifact_id)``."""
 
 
 class Failure:
@@ -40,14 +67,26 @@ class Failure:
     ``deployment`` show the latest versions, including the strategy's own moves.
     """
 
-    __slots__ = ("_flow", "_index", "failed_id", "kind", "reason")
+    __slots__ = ("_flow", "_index", "_last_success", "_strategies", "failed_id", "kind", "reason")
 
-    def __init__(self, kind: FailureKind, flow: FlowDraft, index: int, failed_id: str, reason: str) -> None:
+    def __init__(
+        self,
+        kind: FailureKind,
+        flow: FlowDraft,
+        index: int,
+        failed_id: str,
+        reason: str,
+        *,
+        strategies: Mapping[str, FailureHandler] | None = None,
+        last_success: LastSuccess | None = None,
+    ) -> None:
         self.kind = kind
         self._flow = flow
         self._index = index
         self.failed_id = failed_id
         self.reason = reason
+        self._strategies = strategies or BUILTIN_STRATEGIES
+        self._last_success = last_success
 
     def __repr__(self) -> str:
         return f"Failure({self.kind.value}, {self.failed_id!r} of flow {self.flow_id!r}: {self.reason!r})"
@@ -92,6 +131,29 @@ class Failure:
         """The promotion result that failed (a promotion's failure), else None."""
         return self._flow.work.result if self.kind is FailureKind.PROMOTION else None
 
+    @property
+    def policy(self) -> tuple[str, RetryPolicy]:
+        """(the failure strategy, the retry policy) of the failed item's environment."""
+        return self._flow.service.policy(self.deployment.environment)
+
+    @property
+    def attempt(self) -> int:
+        """The attempt of what failed (the promotion, or the deployment)."""
+        promotion = self.promotion
+        return promotion.attempt if promotion is not None else self.deployment.attempt
+
+    @contextmanager
+    def _acting(self) -> Iterator[None]:
+        """What the policy records, it records as flowfsm, for the failure's reason."""
+        work = self._flow.work
+        saved = work.actor, work.reason, work.subject
+        work.actor, work.reason = FLOWFSM, self.reason
+        work.subject = self.failed_id if self.promotion is not None else None
+        try:
+            yield
+        finally:
+            work.actor, work.reason, work.subject = saved
+
     # --- moves: each fires a machine -------------------------------------------------
 
     def fail_deployment(self) -> None:
@@ -102,6 +164,53 @@ class Failure:
         """The flow fails (``flow-failed``)."""
         fire(self._flow.draft(self._index), "fail")
 
+    def decide_by(self, strategy: str) -> None:
+        """Hand the failure to another strategy (``RETRY``'s ``then``)."""
+        self._strategies[strategy].on_failure(self)
+
+    def retry(self) -> None:
+        """Retry what failed now: a promotion pending again (``promotion-retried``), or
+        a deployment announced again (``deployment-retried``, ``deployment-created``)."""
+        flow, index = self._flow, self._index
+        with self._acting():
+            if self.promotion is not None:
+                draft = flow.promotion(index, self.failed_id)
+                assert draft is not None  # the failed promotion is the failure's
+                fire(draft, "retry")
+            else:
+                fire(flow.deployment(index), "retry")
+
+    def retry_later(self, backoff: dt.timedelta) -> None:
+        """Retry what failed once ``backoff`` has passed: the deployment's durable
+        ``retry`` timer, set again (a later failure replaces an earlier one's)."""
+        work = self._flow.work
+        now = work.now
+        if now is None:  # pragma: no cover - the engine gives a failure's work the time
+            raise RuntimeError("a retry's backoff needs the time of the trigger")
+        timer = Timer(self.flow_id, self.deployment_id, TimerKind.RETRY, now + backoff)
+        work.timers[timer.id] = timer
+
+    def pause(self) -> None:
+        """Pause the flow on this failure (``flow-paused``, naming it): a person must
+        retry or skip what failed, or abort the flow."""
+        flow = self._flow
+        with self._acting():
+            fire(flow.draft(self._index), "hold")
+        flow.paused_by(FLOWFSM, self.reason, self.failed_id)
+
+    def request_rollback(self) -> None:
+        """Ask to return the environment to the newest other artifact whose flow of
+        this service succeeded there (``rollback-requested``; none: it says so)."""
+        flow = self._flow
+        environment = self.deployment.environment
+        artifact = flow.loaded.artifact
+        if self._last_success is None:  # pragma: no cover - the engine refuses ROLLBACK without it
+            raise RuntimeError("ROLLBACK needs a repository with last_success")
+        target = self._last_success(flow.service.id, environment, excluding=artifact.id)
+        flow.rolled_back(model.Rollback(environment, target))
+        with self._acting():
+            flow.work.record(HookEvent.ROLLBACK_REQUESTED, flow, self._index)
+
 
 class Stop:
     """``STOP``: the deployment fails (if the failure has not failed it already),
@@ -111,8 +220,48 @@ class Stop:
     def on_failure(self, failure: Failure) -> None:
         if failure.deployment.state is not DeploymentState.FAILED:
             failure.fail_deployment()
-        if failure.flow_state is FlowState.IN_PROGRESS:
+        if failure.flow_state not in FINISHED:  # in progress, or paused by a person
             failure.fail_flow()
 
 
-BUILTIN_STRATEGIES: Final[Mapping[str, FailureHandler]] = {FailureStrategy.STOP.value: Stop()}
+class RetryStrategy:
+    """``RETRY``: retry what failed, after the policy's backoff, until its attempts are
+    spent; a failure of the last attempt goes to the policy's ``then`` (``STOP``)."""
+
+    def on_failure(self, failure: Failure) -> None:
+        if failure.flow_state in FINISHED:  # an earlier failure of the trigger ended the flow
+            return
+        _, policy = failure.policy
+        if failure.attempt >= policy.attempts:
+            failure.decide_by(policy.then)
+        elif policy.backoff:
+            failure.retry_later(policy.backoff)
+        else:
+            failure.retry()
+
+
+class PauseStrategy:
+    """``PAUSE`` (guided failure): the failure stays recorded (a failed promotion leaves
+    its deployment completed) and the flow pauses until a person decides."""
+
+    def on_failure(self, failure: Failure) -> None:
+        if failure.flow_state not in FINISHED:  # an earlier failure of the trigger may have ended it
+            failure.pause()
+
+
+class RollbackStrategy:
+    """``ROLLBACK``: as ``STOP``, then ``rollback-requested``."""
+
+    def on_failure(self, failure: Failure) -> None:
+        if failure.flow_state in FINISHED:  # an earlier failure of the trigger ended the flow
+            return
+        Stop().on_failure(failure)
+        failure.request_rollback()
+
+
+BUILTIN_STRATEGIES: Final[Mapping[str, FailureHandler]] = {
+    FailureStrategy.STOP.value: Stop(),
+    FailureStrategy.RETRY.value: RetryStrategy(),
+    FailureStrategy.PAUSE.value: PauseStrategy(),
+    FailureStrategy.ROLLBACK.value: RollbackStrategy(),
+}

@@ -27,12 +27,18 @@ from flowfsm.model import (
 )
 
 __all__ = [
+    "AbortFlow",
     "ArtifactCreated",
     "DeploymentCompleted",
     "DeploymentFailed",
     "DeploymentStarted",
     "Outcome",
+    "PauseFlow",
     "PromotionCompleted",
+    "ResumeFlow",
+    "RetryDeployment",
+    "RetryPromotion",
+    "SkipPromotion",
     "TimerFired",
     "Trigger",
 ]
@@ -121,6 +127,9 @@ class PromotionCompleted(_Attributed):
                     f"results[{i}].promotion_id",
                     f"{result.promotion_id!r} is not the promotion {self.promotion_id!r}",
                 )
+            attempt = result.attempt
+            if attempt is not None and (type(attempt) is not int or attempt < 1):
+                raise ValidationError(f"results[{i}].attempt", f"must be a whole number from 1, got {shown(attempt)}")
 
 
 def _timer_kind(value: object) -> TimerKind:
@@ -148,8 +157,95 @@ class TimerFired(_Attributed):
         return timer_id(self.deployment_id, self.kind)
 
 
+# --- steering (SPEC §8): a person acts, so ``actor`` is required -------------------------
+
+
+def _required_text(name: str, limit: int) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    optional = _optional_text(limit)
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is None:
+            raise ValidationError(name, "is required here" + (": who acted" if name == "actor" else ": why"))
+        optional(instance, attribute, value)
+
+    return check
+
+
+_ACTOR: Final = _required_text("actor", MAX_ACTOR)
+"""A person acts: ``actor`` is required, positional after the trigger's ids."""
+_REASON: Final = _optional_text(MAX_REASON)
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class PauseFlow(_Attributed):
+    """A person pauses a flow: work under way is still recorded, nothing new begins."""
+
+    flow_id: str = attrs.field(validator=_nonblank)
+    actor: str = attrs.field(validator=_ACTOR)
+    reason: str | None = attrs.field(default=None, validator=_REASON)
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class ResumeFlow(_Attributed):
+    """A person resumes a paused flow; what the pause held is announced. A flow its
+    failure policy paused resumes only once its failed item is retried or skipped."""
+
+    flow_id: str = attrs.field(validator=_nonblank)
+    actor: str = attrs.field(validator=_ACTOR)
+    reason: str | None = attrs.field(default=None, validator=_REASON)
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class AbortFlow(_Attributed):
+    """A person ends a flow for good: it never moves again, its timers are cancelled."""
+
+    flow_id: str = attrs.field(validator=_nonblank)
+    actor: str = attrs.field(validator=_ACTOR)
+    reason: str | None = attrs.field(default=None, validator=_REASON)
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class RetryPromotion(_Attributed):
+    """A person retries a failed promotion: pending again, at its next attempt."""
+
+    deployment_id: str = attrs.field(validator=_nonblank)
+    promotion_id: str = attrs.field(validator=_nonblank)
+    actor: str = attrs.field(validator=_ACTOR)
+    reason: str | None = attrs.field(default=None, validator=_REASON)
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class SkipPromotion(_Attributed):
+    """A person lets a pending or failed promotion pass unchecked, and must say why."""
+
+    deployment_id: str = attrs.field(validator=_nonblank)
+    promotion_id: str = attrs.field(validator=_nonblank)
+    actor: str = attrs.field(validator=_ACTOR)
+    reason: str = attrs.field(validator=_required_text("reason", MAX_REASON))
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class RetryDeployment(_Attributed):
+    """A person retries a failed deployment: announced again, at its next attempt."""
+
+    deployment_id: str = attrs.field(validator=_nonblank)
+    actor: str = attrs.field(validator=_ACTOR)
+    reason: str | None = attrs.field(default=None, validator=_REASON)
+
+
 Trigger: TypeAlias = (
-    ArtifactCreated | DeploymentStarted | DeploymentCompleted | PromotionCompleted | DeploymentFailed | TimerFired
+    ArtifactCreated
+    | DeploymentStarted
+    | DeploymentCompleted
+    | PromotionCompleted
+    | DeploymentFailed
+    | TimerFired
+    | PauseFlow
+    | ResumeFlow
+    | AbortFlow
+    | RetryPromotion
+    | SkipPromotion
+    | RetryDeployment
 )
 
 

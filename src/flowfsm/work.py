@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from flowfsm.model import (
+    FINISHED,
     ActionRef,
     Deployment,
     DeploymentState,
     Flow,
     FlowState,
     HookEvent,
+    Pause,
     Promotion,
     PromotionResult,
+    PromotionState,
+    Rollback,
     Service,
     Timer,
     _make_deployment,
@@ -35,18 +39,48 @@ from flowfsm.model import (
 if TYPE_CHECKING:
     from flowfsm.machines import FailureKind, Guard, Rule
 
-__all__ = ["Draft", "FlowDraft", "PendingFailure", "RecordedEvent", "Work"]
+__all__ = ["STEERING_EVENTS", "Draft", "FlowDraft", "Note", "PendingFailure", "RecordedEvent", "Work"]
 
 _SUCCESS = DeploymentState.SUCCESS
-_IN_PROGRESS = FlowState.IN_PROGRESS
+_PAUSED = FlowState.PAUSED
+_PENDING = PromotionState.PENDING
+
+STEERING_EVENTS: Final = frozenset(
+    {
+        HookEvent.FLOW_PAUSED,
+        HookEvent.FLOW_RESUMED,
+        HookEvent.FLOW_ABORTED,
+        HookEvent.PROMOTION_RETRIED,
+        HookEvent.PROMOTION_SKIPPED,
+        HookEvent.DEPLOYMENT_RETRIED,
+        HookEvent.ROLLBACK_REQUESTED,
+        HookEvent.FLOW_SUPERSEDED,
+    }
+)
+"""Events whose payloads say who acted and why (``SteeringPayload``)."""
+
+
+class Note:
+    """Who caused a steering event and why, as it was recorded, and the promotion it is about."""
+
+    __slots__ = ("actor", "promotion_id", "reason")
+
+    def __init__(self, actor: str | None, reason: str | None, promotion_id: str | None) -> None:
+        self.actor = actor
+        self.reason = reason
+        self.promotion_id = promotion_id
+
+
 _NO_TIMERS: dict[str, Timer] = {}
 _NO_CHANGES: dict[str, Timer | None] = {}
 # Shared by every unwatched Work, and never written: timers are set and cancelled
 # only in a watched one (``Work.clock`` runs only once ``now`` is set).
 
-RecordedEvent = tuple[HookEvent, "FlowDraft", Deployment, PromotionResult | None, tuple[tuple[str, ActionRef], ...]]
+RecordedEvent = tuple[
+    HookEvent, "FlowDraft", Deployment, PromotionResult | Note | None, tuple[tuple[str, ActionRef], ...]
+]
 """(event, its flow, the deployment version of its moment, the promotion result it
-reports, its (webhook id, action) subscribers)."""
+reports (a steering event: its ``Note``), its (webhook id, action) subscribers)."""
 
 PendingFailure = tuple["FailureKind", "FlowDraft", int, str]
 """(what failed, its flow, the position of its deployment, the id of what failed)."""
@@ -55,9 +89,23 @@ PendingFailure = tuple["FailureKind", "FlowDraft", int, str]
 class Work:
     """What one trigger has done so far; ``open`` adds a flow to it."""
 
-    __slots__ = ("events", "failures", "flows", "now", "pending", "reason", "result", "timed_out", "timers")
+    __slots__ = (
+        "actor",
+        "events",
+        "failures",
+        "flows",
+        "now",
+        "pending",
+        "reason",
+        "result",
+        "subject",
+        "timed_out",
+        "timers",
+    )
 
-    def __init__(self, *, result: PromotionResult | None = None, reason: str | None = None) -> None:
+    def __init__(
+        self, *, result: PromotionResult | None = None, reason: str | None = None, actor: str | None = None
+    ) -> None:
         self.flows: dict[str, FlowDraft] = {}
         self.events: list[RecordedEvent] = []
         self.failures: list[PendingFailure] = []
@@ -66,6 +114,10 @@ class Work:
         """The promotion result the trigger reports, carried by promotion events."""
         self.reason = reason
         """Why, as the trigger says (a reported failure's reason)."""
+        self.actor = actor
+        """Who, as the trigger says (``flowfsm`` while a failure policy acts)."""
+        self.subject: str | None = None
+        """The promotion a steering trigger is about, for its events' payloads."""
         self.timed_out = False
         """A timer's timeout caused this work: its events say ``timeout``."""
         # Time, given only to the work of a flow whose pipeline has timeouts or a soak
@@ -111,7 +163,7 @@ class Work:
     def timer_changes(self) -> tuple[tuple[Timer, ...], tuple[str, ...]]:
         """(the timers to set, the ids of those to cancel), for the commit; nothing
         is set for a flow this work finished (its timers all go)."""
-        finished = {draft.id for draft in self.flows.values() if draft.state is not _IN_PROGRESS}
+        finished = {draft.id for draft in self.flows.values() if draft.state in FINISHED}
         timers = tuple(t for t in self.timers.values() if t is not None and t.flow_id not in finished)
         return timers, tuple(i for i, t in self.timers.items() if t is None)
 
@@ -137,13 +189,14 @@ class Work:
         """Record a hook event about the flow's deployment ``index`` as it is now,
         if some webhook subscribes to it."""
         if subscribers := flow.service.subscribers(event):
-            self.events.append((event, flow, flow.deployments[index], self.result, subscribers))
+            note = Note(self.actor, self.reason, self.subject) if event in STEERING_EVENTS else self.result
+            self.events.append((event, flow, flow.deployments[index], note, subscribers))
 
 
 class FlowDraft:
     """One flow of a unit of work: its latest state and deployments."""
 
-    __slots__ = ("changed", "deployments", "loaded", "service", "state", "work")
+    __slots__ = ("changed", "deployments", "loaded", "pause", "released", "rollback", "service", "state", "work")
 
     def __init__(self, work: Work, flow: Flow, service: Service) -> None:
         self.work = work
@@ -152,6 +205,10 @@ class FlowDraft:
         self.state = flow.state
         self.deployments = list(flow.deployments)
         self.changed = False
+        self.pause = flow.pause
+        self.rollback = flow.rollback
+        self.released = False
+        """The flow just left a pause that held an announcement (see ``hold``)."""
 
     @property
     def id(self) -> str:
@@ -183,6 +240,8 @@ class FlowDraft:
             flow.version if version is None else version,
             flow.created_at,
             flow.updated_at if updated_at is None else updated_at,
+            self.pause,
+            self.rollback,
         )
 
     # --- drafts of the flow and its parts -----------------------------------------
@@ -190,8 +249,12 @@ class FlowDraft:
     def draft(self, index: int) -> Draft:
         """A draft of the flow itself, for its machine, acting for its deployment
         ``index``: flow events (``flow-failed``, ``flow-succeeded``) describe that
-        deployment, as the one that ended the flow."""
-        return Draft(self.flow(), self, index)
+        deployment, as the one that ended the flow. Its entity is the flow as loaded
+        (the machine reads and moves the draft's ``state``, the flow's latest): a new
+        version of the whole flow for each follow-up would cost more than the rule."""
+        draft = Draft(self.loaded, self, index)
+        draft.state = self.state
+        return draft
 
     def deployment(self, index: int) -> Draft:
         return Draft(self.deployments[index], self, index)
@@ -205,20 +268,68 @@ class FlowDraft:
     # --- publishing drafts: each makes the entity's next version --------------------
 
     def publish_flow(self, draft: Draft) -> None:
-        self.state = draft.state
+        state = draft.state
+        if state is not _PAUSED and self.pause is not None:  # leaving a pause: it ends, with what it held
+            self.released = self.pause.held
+            self.pause = None
+        self.state = state
         self.changed = True
 
-    def publish_deployment(self, draft: Draft) -> None:
+    def publish_deployment(self, draft: Draft, again: bool = False) -> None:
+        """The deployment's next version (``again``: its next attempt, its promotions
+        pending again, each at its next attempt too)."""
         d: Deployment = draft.entity
-        self.deployments[draft.index] = _make_deployment(d.id, d.environment, d.promotions, draft.state)
+        promotions, attempt = d.promotions, d.attempt
+        if again:
+            promotions = tuple([_make_promotion(p.id, p.name, _PENDING, p.attempt + 1) for p in promotions])
+            attempt += 1
+        self.deployments[draft.index] = _make_deployment(d.id, d.environment, promotions, draft.state, attempt)
         self.changed = True
 
-    def publish_promotion(self, draft: Draft) -> None:
+    def publish_promotion(self, draft: Draft, again: bool = False) -> None:
         promotion: Promotion = draft.entity
-        published = _make_promotion(promotion.id, promotion.name, draft.state)
+        attempt = promotion.attempt + 1 if again else promotion.attempt
+        published = _make_promotion(promotion.id, promotion.name, draft.state, attempt)
         d = self.deployments[draft.index]
         promotions = tuple([published if p.id == promotion.id else p for p in d.promotions])
-        self.deployments[draft.index] = _make_deployment(d.id, d.environment, promotions, d.state)
+        self.deployments[draft.index] = _make_deployment(d.id, d.environment, promotions, d.state, d.attempt)
+        self.changed = True
+
+    # --- pauses -----------------------------------------------------------------------
+
+    def paused_by(self, actor: str, reason: str | None, failed: str | None = None) -> None:
+        """Record why the (now paused) flow is paused; a policy's pause adds the
+        failed item it waits on to those of an earlier pause."""
+        pause = self.pause
+        held = pause is not None and pause.held
+        waiting = pause.failed if pause is not None else ()
+        if failed is not None:
+            waiting = (*waiting, failed)
+        self.pause = Pause(actor, reason, waiting, held)
+        self.changed = True
+
+    def hold(self) -> None:
+        """A paused flow holds its next announcement until it resumes."""
+        pause = self.pause
+        if pause is None:  # paused within this trigger, its cause not yet recorded
+            self.pause = Pause("flowfsm", None, (), True)
+        elif not pause.held:
+            self.pause = Pause(pause.actor, pause.reason, pause.failed, True)
+        self.changed = True
+
+    def settled(self, item_id: str) -> bool:
+        """The failed item ``item_id`` was retried or skipped: True if the flow's
+        policy pause waited on it and now on nothing more (the flow may resume)."""
+        pause = self.pause
+        if pause is None or item_id not in pause.failed:
+            return False
+        left = tuple(i for i in pause.failed if i != item_id)
+        self.pause = Pause(pause.actor, pause.reason, left, pause.held)
+        self.changed = True
+        return not left
+
+    def rolled_back(self, rollback: Rollback) -> None:
+        self.rollback = rollback
         self.changed = True
 
 

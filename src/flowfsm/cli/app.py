@@ -45,12 +45,18 @@ from flowfsm.model import (
 from flowfsm.protocols import Repository
 from flowfsm.repositories._common import MAX_PAGE
 from flowfsm.triggers import (
+    AbortFlow,
     ArtifactCreated,
     DeploymentCompleted,
     DeploymentFailed,
     DeploymentStarted,
     Outcome,
+    PauseFlow,
     PromotionCompleted,
+    ResumeFlow,
+    RetryDeployment,
+    RetryPromotion,
+    SkipPromotion,
     Trigger,
 )
 
@@ -193,6 +199,10 @@ _COLOUR = {
     "failed": "red",
     "dead": "red",
     "inProgress": "cyan",
+    "paused": "magenta",
+    "aborted": "red",
+    "superseded": "bright_black",
+    "skipped": "yellow",
     "started": "cyan",
     "completed": "blue",
     "pending": "yellow",
@@ -291,6 +301,125 @@ def promotion_completed(
     _handle(engine, trigger, as_json)
 
 
+# --- steering: a person acts, so --actor is required ------------------------------------
+
+Actor = Annotated[str, typer.Option("--actor", help="Who acts (recorded, and named in the payloads).")]
+Reason = Annotated[str | None, typer.Option("--reason", help="Why (recorded, and named in the payloads).")]
+
+
+@app.command("pause")
+def pause(
+    flow_id: str,
+    actor: Actor,
+    reason: Reason = None,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """Pause a flow: work under way is still recorded; nothing new begins until it resumes."""
+    with _reported():
+        trigger = PauseFlow(flow_id, actor, reason)
+        engine = _engine(store, catalog, create=False)
+    _handle(engine, trigger, as_json)
+
+
+@app.command("resume")
+def resume(
+    flow_id: str,
+    actor: Actor,
+    reason: Reason = None,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """Resume a paused flow; what the pause held is announced."""
+    with _reported():
+        trigger = ResumeFlow(flow_id, actor, reason)
+        engine = _engine(store, catalog, create=False)
+    _handle(engine, trigger, as_json)
+
+
+@app.command("abort")
+def abort(
+    flow_id: str,
+    actor: Actor,
+    reason: Reason = None,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """End a flow for good: it never moves again."""
+    with _reported():
+        trigger = AbortFlow(flow_id, actor, reason)
+        engine = _engine(store, catalog, create=False)
+    _handle(engine, trigger, as_json)
+
+
+@app.command("retry-promotion")
+def retry_promotion(
+    deployment_id: str,
+    promotion: Annotated[str, typer.Argument(help="The promotion's id, or its name in the deployment.")],
+    actor: Actor,
+    reason: Reason = None,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """Retry a failed promotion: pending again, at its next attempt."""
+    with _reported():
+        engine = _engine(store, catalog, create=False)
+        promotion_id = _promotion_id(engine, deployment_id, promotion)
+        trigger = RetryPromotion(deployment_id, promotion_id, actor, reason)
+    _handle(engine, trigger, as_json)
+
+
+@app.command("skip-promotion")
+def skip_promotion(
+    deployment_id: str,
+    promotion: Annotated[str, typer.Argument(help="The promotion's id, or its name in the deployment.")],
+    actor: Actor,
+    reason: Annotated[str, typer.Option("--reason", help="Why the check may be skipped (required).")],
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """Let a pending or failed promotion pass unchecked; it counts as passed."""
+    with _reported():
+        engine = _engine(store, catalog, create=False)
+        promotion_id = _promotion_id(engine, deployment_id, promotion)
+        trigger = SkipPromotion(deployment_id, promotion_id, actor, reason)
+    _handle(engine, trigger, as_json)
+
+
+@app.command("retry-deployment")
+def retry_deployment(
+    deployment_id: str,
+    actor: Actor,
+    reason: Reason = None,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """Retry a failed deployment: announced again, at its next attempt."""
+    with _reported():
+        trigger = RetryDeployment(deployment_id, actor, reason)
+        engine = _engine(store, catalog, create=False)
+    _handle(engine, trigger, as_json)
+
+
+def _promotion_id(engine: FlowEngine, deployment_id: str, promotion: str) -> str:
+    """The id of the deployment's promotion named ``promotion`` (its id or its name);
+    an unknown one is left for the engine to refuse (``UnknownPromotion``)."""
+    _checked_text("DEPLOYMENT_ID", deployment_id)
+    _checked_text("PROMOTION", promotion)
+    deployment = engine.repository.find_by_deployment(deployment_id).deployment(deployment_id)
+    if deployment is not None and deployment.promotion(promotion) is None:
+        for candidate in deployment.promotions:
+            if candidate.name == promotion:
+                return candidate.id
+    return promotion
+
+
 def _details(text: str | None) -> dict[str, Any]:
     if text is None:
         return {}
@@ -357,7 +486,9 @@ def handle(
 @app.command("flows")
 def flows(
     service: Annotated[str | None, typer.Option("--service", help="Only this service's flows.")] = None,
-    state: Annotated[str | None, typer.Option("--state", help="inProgress, success or failed.")] = None,
+    state: Annotated[
+        str | None, typer.Option("--state", help="inProgress, paused, success, failed, aborted or superseded.")
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=MAX_PAGE)] = 50,
     store: Store = "flowfsm.db",
     as_json: Json = False,
@@ -490,8 +621,17 @@ def show(flow_id: str, store: Store = "flowfsm.db", as_json: Json = False) -> No
             _line((flow.artifact.id, "bold"), f" → {flow.service_id}: ", _state(flow.state.value)),
             _line(f"  flow {flow.id}, created {created}, version {flow.version}"),
         ]
+        if flow.pause is not None:
+            why = f": {flow.pause.reason}" if flow.pause.reason else ""
+            head.append(_line(f"  paused by {flow.pause.actor}{why}"))
+        if flow.rollback is not None:
+            target = flow.rollback.artifact.id if flow.rollback.artifact else "nothing to return to"
+            head.append(_line(f"  rollback requested in {flow.rollback.environment}: {target}"))
         for deployment in flow.deployments:
-            checks = Text(", ").join(_line(f"{p.name} ", _state(p.state.value)) for p in deployment.promotions)
+            checks = Text(", ").join(
+                _line(f"{p.name} ", _state(p.state.value), f" (attempt {p.attempt})" if p.attempt > 1 else "")
+                for p in deployment.promotions
+            )
             head.append(
                 _line(
                     f"  {deployment.environment:<10} ",

@@ -32,7 +32,9 @@ from flowfsm.model import (
     HistoryEntry,
     HookRecord,
     HookRequest,
+    Pause,
     PromotionState,
+    Rollback,
     Timer,
     TimerKind,
     _make_deployment,
@@ -329,7 +331,11 @@ class SQLFlowReads:
 # [format, id, group, name, version, service id, state, created, updated,
 #  [[deployment id, environment, state, [[promotion id, name, state], ...]], ...]]
 # Format 1 (the first) had no leading number; format 2 added it and nothing else.
-BODY_FORMAT: Final = 2
+# Format 3 adds what steering records, each only where it is not the default: an
+# attempt after a deployment's or promotion's state when above 1, and a last
+# element {"pause": ..., "rollback": ...} when the flow has either. A flow without
+# them is written in format 2, as before, which every earlier flowfsm reads.
+BODY_FORMAT: Final = 3
 """The format of the flow bodies this flowfsm writes; it reads every earlier one."""
 _FLOW_STATES: Final = {s.value: s for s in FlowState}
 _DEPLOYMENT_STATES: Final = {s.value: s for s in DeploymentState}
@@ -341,23 +347,53 @@ _dumps: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).enco
 def flow_body(flow: Flow) -> str:
     """The JSON a SQL backend stores for ``flow`` (its version is a column)."""
     artifact, created, updated = flow.artifact, flow.created_at, flow.updated_at
-    return _dumps(
+    body = [
+        2,
+        flow.id,
+        artifact.group,
+        artifact.name,
+        artifact.version,
+        flow.service_id,
+        flow.state.value,
+        created.isoformat() if created else None,
+        updated.isoformat() if updated else None,
         [
-            BODY_FORMAT,
-            flow.id,
-            artifact.group,
-            artifact.name,
-            artifact.version,
-            flow.service_id,
-            flow.state.value,
-            created.isoformat() if created else None,
-            updated.isoformat() if updated else None,
-            [
-                [d.id, d.environment, d.state.value, [[p.id, p.name, p.state.value] for p in d.promotions]]
-                for d in flow.deployments
-            ],
-        ]
-    )
+            [d.id, d.environment, d.state.value, [[p.id, p.name, p.state.value] for p in d.promotions]]
+            for d in flow.deployments
+        ],
+    ]
+    if flow.pause is not None or flow.rollback is not None or _retried(flow):
+        body = _format_3(flow, body)
+    return _dumps(body)
+
+
+def _retried(flow: Flow) -> bool:
+    for d in flow.deployments:
+        if d.attempt != 1:
+            return True
+        for p in d.promotions:
+            if p.attempt != 1:
+                return True
+    return False
+
+
+def _format_3(flow: Flow, body: list[Any]) -> list[Any]:
+    """Format 3: attempts above 1, and the pause and rollback (see ``BODY_FORMAT``)."""
+    from flowfsm.converter import unstructure  # only steered flows need it
+
+    deployments = []
+    for d in flow.deployments:
+        promotions = [[p.id, p.name, p.state.value, *([p.attempt] if p.attempt != 1 else [])] for p in d.promotions]
+        deployments.append([d.id, d.environment, d.state.value, promotions, *([d.attempt] if d.attempt != 1 else [])])
+    body[0], body[-1] = BODY_FORMAT, deployments
+    extra = {}
+    if flow.pause is not None:
+        extra["pause"] = unstructure(flow.pause)
+    if flow.rollback is not None:
+        extra["rollback"] = unstructure(flow.rollback)
+    if extra:
+        body.append(extra)
+    return body
 
 
 def flow_from_body(body: str | list[Any], version: int) -> Flow:
@@ -366,6 +402,8 @@ def flow_from_body(body: str | list[Any], version: int) -> Flow:
     if type(data[0]) is int:  # format 2 on: the format first
         if data[0] > BODY_FORMAT:
             raise RepositoryError("sql", f"flow body format {data[0]}; this flowfsm reads up to {BODY_FORMAT}")
+        if data[0] == 3:
+            return _flow_from_format_3(data[1:], version)
         data = data[1:]
     flow_id, group, name, artifact_version, service_id, state, created, updated, deployments = data
     promotion_states = _PROMOTION_STATES
@@ -388,4 +426,37 @@ def flow_from_body(body: str | list[Any], version: int) -> Flow:
         version,
         dt.datetime.fromisoformat(created) if created else None,
         dt.datetime.fromisoformat(updated) if updated else None,
+    )
+
+
+def _flow_from_format_3(data: list[Any], version: int) -> Flow:
+    from flowfsm.converter import structure  # only steered flows need it
+
+    flow_id, group, name, artifact_version, service_id, state, created, updated, deployments, *rest = data
+    extra = rest[0] if rest else {}
+    promotion_states = _PROMOTION_STATES
+    return _make_flow(
+        flow_id,
+        Artifact(group, name, artifact_version),
+        service_id,
+        tuple(
+            [
+                _make_deployment(
+                    d[0],
+                    d[1],
+                    tuple(
+                        [_make_promotion(p[0], p[1], promotion_states[p[2]], p[3] if len(p) > 3 else 1) for p in d[3]]
+                    ),
+                    _DEPLOYMENT_STATES[d[2]],
+                    d[4] if len(d) > 4 else 1,
+                )
+                for d in deployments
+            ]
+        ),
+        _FLOW_STATES[state],
+        version,
+        dt.datetime.fromisoformat(created) if created else None,
+        dt.datetime.fromisoformat(updated) if updated else None,
+        structure(extra["pause"], Pause) if "pause" in extra else None,
+        structure(extra["rollback"], Rollback) if "rollback" in extra else None,
     )

@@ -18,6 +18,7 @@ from typing import Final
 
 from flowfsm.errors import ConcurrencyConflict, UnknownDeployment, UnknownFlow, UnknownPromotion
 from flowfsm.model import (
+    FINISHED,
     Artifact,
     DeliveryAttempt,
     DeliveryState,
@@ -269,7 +270,7 @@ class InMemoryRepository:
             pending.pop(timer_id, None)
         for timer in timers:
             pending[timer.id] = (timer, 0.0)
-        finished = {f.id for f in flows if f.state is not FlowState.IN_PROGRESS}
+        finished = {f.id for f in flows if f.state in FINISHED}
         if finished:
             for timer_id in [i for i, (t, _) in pending.items() if t.flow_id in finished]:
                 del pending[timer_id]

@@ -38,7 +38,7 @@ from flowfsm.errors import (
     ValidationError,
     bounded,
 )
-from flowfsm.model import DeliveryAttempt, Flow, FlowState, HistoryEntry, HookRecord, HookRequest, Timer
+from flowfsm.model import FINISHED, DeliveryAttempt, Flow, HistoryEntry, HookRecord, HookRequest, Timer
 from flowfsm.repositories._common import (
     PENDING,
     SQLFlowReads,
@@ -265,7 +265,7 @@ class PostgresRepository(SQLFlowReads):
         history: Sequence[HistoryEntry] = (),
     ) -> None:
         sql, args = _commit_statement(flows, hook_requests, wait_seconds("lease", lease), history)
-        finished = [f.id for f in flows if f.state is not FlowState.IN_PROGRESS]
+        finished = [f.id for f in flows if f.state in FINISHED]
         timed = bool(timers or cancel or finished)
         # One statement is one transaction, so a lone flow (the engine's usual
         # commit) is saved in one round trip; several flows, or timers, share a

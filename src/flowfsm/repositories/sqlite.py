@@ -28,7 +28,7 @@ from flowfsm.errors import (
     RepositoryError,
     ValidationError,
 )
-from flowfsm.model import DeliveryAttempt, Flow, FlowState, HistoryEntry, HookRecord, HookRequest, Timer
+from flowfsm.model import FINISHED, DeliveryAttempt, Flow, HistoryEntry, HookRecord, HookRequest, Timer
 from flowfsm.repositories._common import (
     PENDING,
     SQLFlowReads,
@@ -324,7 +324,7 @@ class SQLiteRepository(SQLFlowReads):
                     "INSERT OR REPLACE INTO timers (id, flow_id, deployment_id, kind, due) VALUES (?, ?, ?, ?, ?)",
                     [(t.id, t.flow_id, t.deployment_id, t.kind.value, due_text(t.due)) for t in timers],
                 )
-            finished = [(f.id,) for f in flows if f.state is not FlowState.IN_PROGRESS]
+            finished = [(f.id,) for f in flows if f.state in FINISHED]
             if finished:
                 db.executemany("DELETE FROM timers WHERE flow_id = ?", finished)
 

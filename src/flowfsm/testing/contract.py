@@ -41,9 +41,12 @@ from flowfsm.model import (
     FlowState,
     HistoryEntry,
     HookEvent,
+    Pause,
     Pipeline,
     PromotionResult,
+    PromotionState,
     ResultStatus,
+    Rollback,
     Service,
     StateChange,
     Timer,
@@ -122,6 +125,30 @@ class RepositoryContract:
         flow = sample_flow()
         repo.commit([flow])
         assert repo.get(flow.id) == flow
+
+    def test_a_steered_flow_is_stored_whole(self, repo: Repository) -> None:
+        """Attempts, a pause and a rollback are kept, and go when a version drops them."""
+        flow = sample_flow()
+        first, *rest = flow.deployments
+        retried = attrs.evolve(
+            first,
+            state=DeploymentState.COMPLETED,
+            attempt=3,
+            promotions=[attrs.evolve(p, state=PromotionState.FAILED, attempt=2) for p in first.promotions],
+        )
+        steered = attrs.evolve(
+            flow,
+            deployments=(retried, *rest),
+            state=FlowState.PAUSED,
+            pause=Pause("flowfsm", "promotion 'smoke' failed", [p.id for p in retried.promotions], held=True),
+            rollback=Rollback("dev", Artifact("com.acme", "api", "0.9.0")),
+        )
+        repo.commit([steered])
+        assert repo.get(flow.id) == steered
+        resumed = attrs.evolve(steered, version=2, state=FlowState.IN_PROGRESS, pause=None, rollback=None)
+        repo.commit([resumed])
+        assert repo.get(flow.id) == resumed
+        assert repo.get(flow.id).deployments[0].promotions[0].attempt == 2
 
     def test_unknown_ids_raise_typed_errors(self, repo: Repository) -> None:
         with pytest.raises(UnknownFlow) as flow_error:
