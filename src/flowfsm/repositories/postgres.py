@@ -18,6 +18,8 @@ several engines need on top:
   requests out in order, a prefix at a time, so dispatchers in several processes
   share the work without delivering a flow's requests out of order;
 - leases use the database's clock, so machines need not agree on the time;
+- a commit that adds HookRequests or sets timers sends a ``NOTIFY`` in its own
+  transaction, which ``listen`` (the ``Wakeups`` role) turns into a worker's wakeup;
 - the schema lives in its own PostgreSQL schema (``flowfsm`` by default), created
   and migrated under an advisory lock when the first engine starts.
 """
@@ -28,7 +30,8 @@ import contextlib
 import datetime as dt
 import logging
 import re
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from flowfsm.converter import hook_requests_json
@@ -126,6 +129,9 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 _BACKEND: Final = "postgres"
 _MIGRATION_LOCK: Final = 0x666C6F77  # "flow": one advisory lock for every flowfsm schema
 _IDENTIFIER: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_CHANNEL: Final = "flowfsm"
+"""The ``NOTIFY`` channel of every flowfsm schema; a notice's payload is
+``"SCHEMA hooks"`` or ``"SCHEMA timers"``, so schemas sharing a database keep apart."""
 
 
 class PostgresRepository(SQLFlowReads):
@@ -156,8 +162,13 @@ class PostgresRepository(SQLFlowReads):
         _redact_pool_log()
         _check_dsn(dsn)
         # libpq waits at most connect_timeout (whole seconds, 2 at least) per attempt.
-        kwargs = {"options": f"-c search_path={schema}", "autocommit": True, "connect_timeout": max(2, round(timeout))}
+        kwargs: dict[str, Any] = {
+            "options": f"-c search_path={schema}",
+            "autocommit": True,
+            "connect_timeout": max(2, round(timeout)),
+        }
         _first_connection(dsn, kwargs)
+        self._dsn, self._kwargs = dsn, dict(kwargs)  # for the listening connection, outside the pool
         self._pool: ConnectionPool[Any] = ConnectionPool(
             dsn,
             min_size=min_size,
@@ -231,6 +242,8 @@ class PostgresRepository(SQLFlowReads):
         cancel: Sequence[str] = (),
     ) -> None:
         sql, args = _commit_statement(flows, hook_requests, wait_seconds("lease", lease))
+        if hook_requests:  # wakes listening workers once committed (spuriously if a save lost: harmless)
+            sql, args["notice"] = f"{sql}, pg_notify('{_CHANNEL}', %(notice)s)", f"{self.schema} hooks"
         finished = [f.id for f in flows if f.state is not FlowState.IN_PROGRESS]
         timed = bool(timers or cancel or finished)
         # One statement is one transaction, so a lone flow (the engine's usual
@@ -238,7 +251,7 @@ class PostgresRepository(SQLFlowReads):
         # transaction, so that one lost compare-and-set rolls back all of it.
         with self._connection("write failed", transaction=len(flows) > 1 or timed) as conn:
             (saved,) = conn.execute(sql, args).fetchall()
-            for flow, count in zip(flows, saved, strict=True):
+            for flow, count in zip(flows, saved[: len(flows)], strict=True):
                 if count != 1:
                     raise ConcurrencyConflict(flow.id, flow.version)
             if timed:
@@ -257,6 +270,26 @@ class PostgresRepository(SQLFlowReads):
                             [t.due for t in timers],
                         ),
                     )
+                    conn.execute(f"SELECT pg_notify('{_CHANNEL}', %s)", (f"{self.schema} timers",))
+
+    # --- wakeups ---------------------------------------------------------------------
+
+    def listen(self, wake: Callable[[str], None], stop: threading.Event) -> None:
+        import psycopg
+
+        prefix = f"{self.schema} "
+        with _driver_errors("listening failed"), psycopg.connect(self._dsn, **self._kwargs) as conn:
+            conn.execute(f"LISTEN {_CHANNEL}")
+            wake("ready")
+            while not stop.is_set():
+                # Returns after the timeout, so that ``stop`` is seen within it.
+                for notice in conn.notifies(timeout=0.2):
+                    if notice.payload.startswith(prefix):
+                        wake(notice.payload[len(prefix) :])
+
+    def next_timer_due(self) -> dt.datetime | None:
+        due = self._rows("SELECT min(due) FROM timers", ())[0][0]
+        return None if due is None else due.astimezone(dt.UTC)
 
     # --- timers ----------------------------------------------------------------------
 
