@@ -298,11 +298,12 @@ def test_worker_once_fires_timers_and_delivers_and_logs_both(tmp_path: Path) -> 
         receiver.close()
 
 
+@pytest.mark.parametrize("option", ["--poll-interval", "--lease"])
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
-def test_worker_refuses_a_bad_poll_interval(tmp_path: Path, value: str) -> None:
-    done = Cli(tmp_path)("worker", "--once", f"--poll-interval={value}")
+def test_worker_refuses_a_bad_number_of_seconds(tmp_path: Path, option: str, value: str) -> None:
+    done = Cli(tmp_path)("worker", "--once", f"{option}={value}")
     assert done.returncode == 1
-    assert done.stderr.startswith("error: --poll-interval: must be more than 0")
+    assert done.stderr.startswith(f"error: {option}: must be more than 0")
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "flows.db").exists()
 

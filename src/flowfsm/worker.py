@@ -30,7 +30,7 @@ import attrs
 
 from flowfsm.dispatch import Dispatcher, DispatchReport, RetryPolicy
 from flowfsm.engine import FlowEngine
-from flowfsm.errors import ValidationError
+from flowfsm.errors import ValidationError, bounded
 from flowfsm.protocols import HookEmitter, Wakeups
 from flowfsm.repositories._common import MAX_WAIT
 from flowfsm.scheduling import Scheduler
@@ -168,10 +168,10 @@ class Worker:
             wake.clear()  # before looking: an announcement during the round is kept
             try:
                 report = self.dispatcher.run_once(stop)
-            except Exception:  # the store is down: look again after a backoff
+            except Exception as e:  # noqa: BLE001 - the store is down: look again after a backoff
                 failures += 1
                 pause = _backoff(self.poll_interval, failures)
-                log.error("delivering failed (%d time(s) in a row); again in %.1f s", failures, pause, exc_info=True)
+                log.error("delivering failed (%d time(s) in a row): %s; again in %.1f s", failures, _one_line(e), pause)
                 wake.wait(pause)
                 continue
             failures = 0
@@ -184,10 +184,12 @@ class Worker:
             wake.clear()
             try:
                 claimed, _, kept = self.scheduler.fire_due(stop)
-            except Exception:  # the store is down: look again after a backoff
+            except Exception as e:  # noqa: BLE001 - the store is down: look again after a backoff
                 failures += 1
                 pause = _backoff(self.poll_interval, failures)
-                log.error("firing timers failed (%d time(s) in a row); again in %.1f s", failures, pause, exc_info=True)
+                log.error(
+                    "firing timers failed (%d time(s) in a row): %s; again in %.1f s", failures, _one_line(e), pause
+                )
                 wake.wait(pause)
                 continue
             failures = 0
@@ -216,15 +218,15 @@ class Worker:
         while not stop.is_set():
             try:
                 self._wakeups.listen(wake, stop)
-            except Exception:  # polling covers the gap; listen again after a pause
+            except Exception as e:  # noqa: BLE001 - polling covers the gap; listen again after a pause
                 failures = 1 if self.listening.is_set() else failures + 1
                 self.listening.clear()
                 pause = min(0.1 * 2 ** min(failures - 1, 10), _MAX_BACKOFF)
                 log.warning(
-                    "listening for new work failed; polling every %g s meanwhile, listening again in %.1f s",
+                    "listening for new work failed (%s); polling every %g s meanwhile, listening again in %.1f s",
+                    _one_line(e),
                     self.poll_interval,
                     pause,
-                    exc_info=True,
                 )
                 stop.wait(pause)
 
@@ -233,3 +235,9 @@ def _backoff(interval: float, failures: int) -> float:
     """After ``failures`` failed rounds in a row: twice the pause each time, from
     the poll interval, up to a minute (or the interval, if longer)."""
     return float(min(interval * 2 ** min(failures, 20), max(60.0, interval)))
+
+
+def _one_line(error: BaseException) -> str:
+    """An error for a log line: its type and message, on one line, bounded (a
+    worker's log is read by people; flowfsm's messages never hold a secret)."""
+    return bounded(f"{type(error).__name__}: {' '.join(str(error).split())}", 300)

@@ -504,6 +504,9 @@ def worker(
         float, typer.Option("--poll-interval", help="Seconds between looks for work nothing announced.")
     ] = 1.0,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Flows delivered at once.")] = 4,
+    lease: Annotated[
+        float, typer.Option("--lease", help="Seconds a claim is held before another worker may take it over.")
+    ] = 60.0,
     store: Store = "flowfsm.db",
     catalog: CatalogFile = Path("flowfsm.toml"),
 ) -> None:
@@ -524,11 +527,14 @@ def worker(
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with _reported():
-            if not 0 < poll_interval <= MAX_WAIT:  # NaN too
-                raise ValidationError("--poll-interval", f"must be more than 0 and at most {MAX_WAIT:g} s")
+            for option, seconds in (("--poll-interval", poll_interval), ("--lease", lease)):
+                if not 0 < seconds <= MAX_WAIT:  # NaN too
+                    raise ValidationError(option, f"must be more than 0 and at most {MAX_WAIT:g} s")
             engine = _engine(store, catalog, create=True)
             emitter = HttpEmitter(engine.catalog)
-            running = Worker(engine, emitter, poll_interval=poll_interval, concurrency=concurrency)
+            running = Worker(
+                engine, emitter, poll_interval=poll_interval, concurrency=concurrency, lease=lease, timer_lease=lease
+            )
             try:
                 if once:
                     report = running.run_once(stop)
