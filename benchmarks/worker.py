@@ -172,18 +172,17 @@ def running_workers(store: str, catalog: Path, count: int, *options: str) -> Ite
     command = [FLOWFSM, "worker", "--store", store, "--catalog", str(catalog), *options]
     workers = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(count)]
     try:
-        for worker in workers:  # running once it says so
+        for worker in workers:  # running once it says so; its log is read on, and dropped
             assert worker.stderr is not None
             line = worker.stderr.readline()
             assert b"worker running" in line, line
+            threading.Thread(target=worker.stderr.read, daemon=True).start()
         yield workers
     finally:
         for worker in workers:
             worker.terminate()
         for worker in workers:
             worker.wait(30)
-            if worker.stderr is not None:
-                worker.stderr.close()
 
 
 def latencies(repository: Repository, store: str, tmp: Path, samples: int, poll: float) -> list[float]:
