@@ -186,7 +186,7 @@ def running_workers(store: str, catalog: Path, count: int, *options: str) -> Ite
 
 
 def latencies(repository: Repository, store: str, tmp: Path, samples: int, poll: float) -> list[float]:
-    """Seconds from just before each trigger's commit to its webhook's arrival."""
+    """Seconds from each trigger's commit (``handle`` returned) to its webhook's arrival."""
     receiver = _Arrivals()
     catalog = tmp / f"latency-{uuid.uuid4().hex[:6]}.toml"
     catalog.write_text(CATALOG.format(webhooks=WEBHOOK.format(url=receiver.url)))
@@ -198,8 +198,8 @@ def latencies(repository: Repository, store: str, tmp: Path, samples: int, poll:
             time.sleep(1.0)  # let it connect (and listen)
             for n in range(samples + 5):
                 time.sleep(rng.uniform(0, min(poll, 0.05)))  # out of step with the worker's polls
-                start = time.monotonic()
                 (request,) = engine.handle(ArtifactCreated(Artifact("com.acme", "api", f"lat.{n}"))).hook_requests
+                start = time.monotonic()  # the trigger's commit has returned
                 arrived = receiver.wait(request.id)
                 if n >= 5:  # the first few warm the connections up
                     measured.append(arrived - start)
