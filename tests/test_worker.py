@@ -22,6 +22,7 @@ from flowfsm import (
     Artifact,
     ArtifactCreated,
     Catalog,
+    ConcurrencyConflict,
     DeploymentStarted,
     Environment,
     FlowEngine,
@@ -233,6 +234,26 @@ def test_a_lost_listening_connection_is_opened_again(pg: Callable[[], PostgresRe
         running.arrived.clear()
         engine.handle(ArtifactCreated(Artifact("com.acme", "api", "2.0")))
         assert running.arrived.wait(10)
+
+
+def test_postgres_announces_only_committed_work(pg: Callable[[], PostgresRepository], postgres_dsn: str) -> None:
+    repository = pg()
+    engine = FlowEngine(Catalog([service()]), repository, None)
+    with psycopg.connect(postgres_dsn, autocommit=True) as listener:
+        listener.execute("LISTEN flowfsm")
+        (flow,) = engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1.0"))).flows
+        started = engine.handle(DeploymentStarted(flow.deployments[0].id))
+        assert started.hook_requests
+        with pytest.raises(ConcurrencyConflict):  # a lost compare-and-set: nothing committed
+            repository.commit(started.flows, started.hook_requests)
+        listener.execute("NOTIFY flowfsm, 'end'")  # notices arrive in commit order
+        payloads = []
+        for notice in listener.notifies(timeout=10):
+            if notice.payload == "end":
+                break
+            payloads.append(notice.payload)
+    # creation (a HookRequest), start (a HookRequest and a timer); none for the conflict
+    assert payloads == [f"{repository.schema} hooks", f"{repository.schema} hooks", f"{repository.schema} timers"]
 
 
 def test_postgres_says_when_the_next_timer_is_due(pg: Callable[[], PostgresRepository]) -> None:

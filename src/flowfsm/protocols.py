@@ -222,8 +222,8 @@ class Wakeups(Protocol):
     """Optional: wakes workers when a commit adds work, so they need not poll for it.
 
     A repository offers it when its database can announce commits (PostgreSQL's
-    ``LISTEN``/``NOTIFY``: the notice is sent in the committing transaction, so it
-    arrives only once the work is visible). Polling stays the fallback: a worker
+    ``LISTEN``/``NOTIFY``: the notice follows the commit, so it arrives only once
+    the work is visible). Polling stays the fallback: a worker
     still looks at its poll interval for what no commit announces (a retry's
     backoff ending, a lease running out), and polls alone while ``listen`` fails.
     """

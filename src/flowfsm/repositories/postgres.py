@@ -18,8 +18,8 @@ several engines need on top:
   requests out in order, a prefix at a time, so dispatchers in several processes
   share the work without delivering a flow's requests out of order;
 - leases use the database's clock, so machines need not agree on the time;
-- a commit that adds HookRequests or sets timers sends a ``NOTIFY`` in its own
-  transaction, which ``listen`` (the ``Wakeups`` role) turns into a worker's wakeup;
+- a commit that adds HookRequests or sets timers is followed by a ``NOTIFY``, which
+  ``listen`` (the ``Wakeups`` role) turns into a worker's wakeup;
 - the schema lives in its own PostgreSQL schema (``flowfsm`` by default), created
   and migrated under an advisory lock when the first engine starts.
 """
@@ -126,6 +126,8 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
+log = logging.getLogger("flowfsm.repositories")
+
 _BACKEND: Final = "postgres"
 _MIGRATION_LOCK: Final = 0x666C6F77  # "flow": one advisory lock for every flowfsm schema
 _IDENTIFIER: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -162,13 +164,9 @@ class PostgresRepository(SQLFlowReads):
         _redact_pool_log()
         _check_dsn(dsn)
         # libpq waits at most connect_timeout (whole seconds, 2 at least) per attempt.
-        kwargs: dict[str, Any] = {
-            "options": f"-c search_path={schema}",
-            "autocommit": True,
-            "connect_timeout": max(2, round(timeout)),
-        }
+        kwargs = {"options": f"-c search_path={schema}", "autocommit": True, "connect_timeout": max(2, round(timeout))}
         _first_connection(dsn, kwargs)
-        self._dsn, self._kwargs = dsn, dict(kwargs)  # for the listening connection, outside the pool
+        self._dsn, self._kwargs = dsn, dict[str, Any](kwargs)  # for listen's connection, outside the pool
         self._pool: ConnectionPool[Any] = ConnectionPool(
             dsn,
             min_size=min_size,
@@ -242,8 +240,6 @@ class PostgresRepository(SQLFlowReads):
         cancel: Sequence[str] = (),
     ) -> None:
         sql, args = _commit_statement(flows, hook_requests, wait_seconds("lease", lease))
-        if hook_requests:  # wakes listening workers once committed (spuriously if a save lost: harmless)
-            sql, args["notice"] = f"{sql}, pg_notify('{_CHANNEL}', %(notice)s)", f"{self.schema} hooks"
         finished = [f.id for f in flows if f.state is not FlowState.IN_PROGRESS]
         timed = bool(timers or cancel or finished)
         # One statement is one transaction, so a lone flow (the engine's usual
@@ -251,7 +247,7 @@ class PostgresRepository(SQLFlowReads):
         # transaction, so that one lost compare-and-set rolls back all of it.
         with self._connection("write failed", transaction=len(flows) > 1 or timed) as conn:
             (saved,) = conn.execute(sql, args).fetchall()
-            for flow, count in zip(flows, saved[: len(flows)], strict=True):
+            for flow, count in zip(flows, saved, strict=True):
                 if count != 1:
                     raise ConcurrencyConflict(flow.id, flow.version)
             if timed:
@@ -270,7 +266,32 @@ class PostgresRepository(SQLFlowReads):
                             [t.due for t in timers],
                         ),
                     )
-                    conn.execute(f"SELECT pg_notify('{_CHANNEL}', %s)", (f"{self.schema} timers",))
+        kinds = [kind for kind, added in (("hooks", hook_requests), ("timers", timers)) if added]
+        if kinds:
+            self._announce(kinds)
+
+    def _announce(self, kinds: list[str]) -> None:
+        """Wake listening workers (``listen``) once a commit added work: a ``NOTIFY``
+        in a transaction of its own, after the commit, so it is sent only for work
+        that is visible. Inside the commit's transaction it would hold PostgreSQL's
+        lock on the notification queue through the commit's flush to disk, so that
+        engines committing at once would take turns; here, with
+        ``synchronous_commit`` off (a lost notice costs only a poll), it holds it
+        for microseconds. It never fails the commit, which is done."""
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        notify = "".join(f", pg_notify('{_CHANNEL}', %s)" for _ in kinds)
+        try:
+            with self._pool.connection() as conn:
+                conn.execute(
+                    f"SELECT set_config('synchronous_commit', 'off', true){notify}",
+                    [f"{self.schema} {k}" for k in kinds],
+                )
+        except (psycopg.Error, PoolTimeout) as e:
+            log.warning(
+                "could not announce new work to listening workers (%s); they find it by polling", bounded(str(e))
+            )
 
     # --- wakeups ---------------------------------------------------------------------
 
