@@ -75,21 +75,26 @@ def fill_sqlite_timers(path: Path, count: int, now: dt.datetime) -> None:
 
 
 def fill_postgres_timers(dsn: str, schema: str, count: int, now: dt.datetime) -> None:
+    """As ``fill_sqlite_timers``, each timer of a flow of its own, as in a real store
+    (the flows are bare rows: claiming timers never reads them)."""
     import psycopg
 
-    flow = sample_flow()
-    with PostgresRepository(dsn, schema=schema, max_size=1) as repository:
-        repository.commit([flow])
+    PostgresRepository(dsn, schema=schema, max_size=1).close()
     with psycopg.connect(dsn, options=f"-c search_path={schema}", autocommit=True) as conn:
         conn.execute(
+            "INSERT INTO flows (id, artifact_id, service_id, state, version, body)"
+            " SELECT 'f' || g, 'a' || g, 'svc', 'inProgress', 1, '[]' FROM generate_series(0, %s - 1) AS g",
+            (count,),
+        )
+        conn.execute(
             "INSERT INTO timers (id, flow_id, deployment_id, kind, due)"
-            " SELECT 'd' || g || '/deploy', %(flow)s, 'd' || g, 'deploy',"
+            " SELECT 'd' || g || '/deploy', 'f' || g, 'd' || g, 'deploy',"
             " CASE WHEN g < %(due)s THEN %(now)s - interval '1 hour' - g * interval '1 second'"
             " ELSE %(now)s + interval '1 day' + g * interval '31 seconds' END"
             " FROM generate_series(0, %(count)s - 1) AS g",
-            {"flow": flow.id, "due": DUE, "now": now, "count": count},
+            {"due": DUE, "now": now, "count": count},
         )
-        conn.execute("VACUUM ANALYZE timers")
+        conn.execute("VACUUM ANALYZE")
 
 
 def claim_due_seconds(repository: Repository, now: dt.datetime, rounds: int) -> float:

@@ -317,11 +317,14 @@ class PostgresRepository(SQLFlowReads):
     def claim_due(self, now: dt.datetime, limit: int = 100, *, lease: float = 30.0) -> list[Timer]:
         lease = wait_seconds("lease", lease)
         with self._connection("claim failed", transaction=True) as conn:
+            # The locked rows are updated where they lie (their ctid), not found again
+            # through the primary key: that second descent grew with the table.
             rows = conn.execute(
-                "UPDATE timers SET lease_until = now() + make_interval(secs => %s) WHERE id IN"
-                " (SELECT id FROM timers WHERE due <= %s AND lease_until <= now() ORDER BY due, id LIMIT %s"
-                " FOR UPDATE SKIP LOCKED) RETURNING flow_id, deployment_id, kind, due",
-                (lease, now, limit),
+                "WITH due AS MATERIALIZED (SELECT ctid FROM timers WHERE due <= %s AND lease_until <= now()"
+                " ORDER BY due, id LIMIT %s FOR UPDATE SKIP LOCKED)"
+                " UPDATE timers t SET lease_until = now() + make_interval(secs => %s) FROM due WHERE t.ctid = due.ctid"
+                " RETURNING t.flow_id, t.deployment_id, t.kind, t.due",
+                (now, limit, lease),
             ).fetchall()
         return sorted((timer_from_row(*row) for row in rows), key=lambda t: (t.due, t.id))
 
