@@ -244,6 +244,23 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
+def _run_queue_seconds(pids: list[int]) -> float:
+    """Time the threads of these processes have spent ready to run but waiting for a
+    CPU (``/proc/PID/task/TID/schedstat``, second field), so far."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:  # ended meanwhile
+            continue
+        for task in tasks:
+            try:
+                total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return total / 1e9
+
+
 def _children(parent: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -286,9 +303,10 @@ def _url(dsn: str, database: str) -> str:
     return f"postgresql://{parts.get('user', 'postgres')}@{parts['host']}:{parts['port']}/{database}"
 
 
-def timers_per_second(dsn: str, template: str, workers: int, tmp: Path) -> tuple[float, float, float]:
-    """(timers fired a second, cores busy in the workers, cores busy in the server)
-    while ``workers`` processes fire the timers of a copy of ``template``."""
+def timers_per_second(dsn: str, template: str, workers: int, tmp: Path) -> tuple[float, float, float, float]:
+    """(timers fired a second, cores busy in the workers, cores busy in the server,
+    the workers' and the server's threads waiting for a CPU, on average) while
+    ``workers`` processes fire the timers of a copy of ``template``."""
     import psycopg
 
     database = f"run_{uuid.uuid4().hex[:8]}"
@@ -316,13 +334,15 @@ def timers_per_second(dsn: str, template: str, workers: int, tmp: Path) -> tuple
                 conn.execute("NOTIFY flowfsm, 'flowfsm timers'")
                 started = time.monotonic()
                 cpu_workers, cpu_server = _cpu_seconds(pids), _cpu_seconds(_children(parent))
+                queued = _run_queue_seconds([*pids, *_children(parent)])
                 # Timed to 90% fired: the last batches, one worker's each, are a tail.
                 while (remaining := left()) > total // 10:
                     time.sleep(0.01)
                 elapsed = time.monotonic() - started
                 busy_workers = (_cpu_seconds(pids) - cpu_workers) / elapsed
                 busy_server = (_cpu_seconds(_children(parent)) - cpu_server) / elapsed
-        return (total - remaining) / elapsed, busy_workers, busy_server
+                waiting = (_run_queue_seconds([*pids, *_children(parent)]) - queued) / elapsed
+        return (total - remaining) / elapsed, busy_workers, busy_server, waiting
     finally:
         with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
@@ -370,8 +390,8 @@ def run(report: Report, quick: bool) -> None:
         for durable in (True, False):  # fsync off: context, what the CPU alone allows
             with TemporaryPostgres(durable=durable) as server:
                 prepare_timers(server.dsn, "timers", flows)
-                one: list[tuple[float, float, float]] = []
-                four: list[tuple[float, float, float]] = []
+                one: list[tuple[float, float, float, float]] = []
+                four: list[tuple[float, float, float, float]] = []
                 for _ in range(1 if quick or not durable else 3):
                     one.append(timers_per_second(server.dsn, "timers", 1, tmp))
                     four.append(timers_per_second(server.dsn, "timers", 4, tmp))
@@ -386,5 +406,6 @@ def run(report: Report, quick: bool) -> None:
                 m4[0] / m1[0] >= 1.8 if durable else None,
                 unit="/s",
                 note=f"{os.cpu_count()} cores; {flows:,} due timers, no webhooks; cores busy: 1 worker"
-                f" {m1[1]:.2f} + server {m1[2]:.2f}, 4 workers {m4[1]:.2f} + server {m4[2]:.2f}",
+                f" {m1[1]:.2f} + server {m1[2]:.2f}, 4 workers {m4[1]:.2f} + server {m4[2]:.2f};"
+                f" threads waiting for a CPU: {m1[3]:.2f} vs {m4[3]:.2f} on average",
             )
