@@ -11,14 +11,16 @@ import argparse
 import os
 import platform
 
-from . import core, delivery, instructions, storage
+from . import core, delivery, instructions, storage, worker
 from .report import Report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller stores")
-    parser.add_argument("--only", choices=["core", "storage", "delivery", "instructions"], help="run one group")
+    parser.add_argument(
+        "--only", choices=["core", "storage", "delivery", "worker", "instructions"], help="run one group"
+    )
     args = parser.parse_args()
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores")
     report = Report()
@@ -26,6 +28,8 @@ def main() -> None:
         core.run(report, args.quick)
     if args.only in (None, "delivery"):
         delivery.run(report, args.quick)
+    if args.only in (None, "worker"):
+        worker.run(report, args.quick)
     if args.only in (None, "storage"):  # last: the heaviest group (stores of a million flows on disk)
         storage.run(report, args.quick)
     if args.only == "instructions":

@@ -32,8 +32,10 @@ class Report:
         if ok is False:
             self.failures.append(name)
 
-    def value(self, name: str, measured: float, target: str, ok: bool | None, *, unit: str = "") -> None:
+    def value(
+        self, name: str, measured: float, target: str, ok: bool | None, *, unit: str = "", digits: int = 0
+    ) -> None:
         verdict = {True: "ok", False: "MISSED", None: ""}[ok]
-        print(f"  {name}: {measured:,.0f} {unit}  (target {target}) {verdict}")
+        print(f"  {name}: {measured:,.{digits}f} {unit}  (target {target}) {verdict}")
         if ok is False:
             self.failures.append(name)

@@ -83,6 +83,7 @@ def test_public_names_are_pinned() -> None:
         "UnknownService",
         "ValidationError",
         "Webhook",
+        "Worker",
         "__version__",
     ]
     for name in flowfsm.__all__:

@@ -416,18 +416,18 @@ def test_run_stops_when_asked(world: World) -> None:
     flow = world.start()
     world.engine.handle(DeploymentStarted(flow.deployments[0].id))
     world.clock.advance(hours=1)
-    stop = threading.Event()
+    halt = threading.Event()
     fired: list[int] = []
-    run_once = world.scheduler._round
+    fire_due = world.scheduler.fire_due
 
-    def once() -> tuple[int, int]:
-        result = run_once()
+    def once(stop: threading.Event | None = None) -> tuple[int, int, int]:
+        result = fire_due(stop)
         fired.append(result[1])
-        stop.set()
+        halt.set()
         return result
 
-    world.scheduler._round = once  # type: ignore[method-assign]  # observe one round
-    world.scheduler.run(stop)
+    world.scheduler.fire_due = once  # type: ignore[method-assign]  # observe one round
+    world.scheduler.run(halt)
     assert fired == [1]
     assert world.flow(flow).state is FlowState.FAILED
 

@@ -3,6 +3,8 @@
 The names below are the public API; everything else is internal and may change.
 """
 
+from typing import TYPE_CHECKING
+
 from flowfsm.catalog import Catalog
 from flowfsm.engine import FlowEngine
 from flowfsm.errors import (
@@ -73,6 +75,9 @@ from flowfsm.triggers import (
     TimerFired,
     Trigger,
 )
+
+if TYPE_CHECKING:
+    from flowfsm.worker import Worker
 
 __version__ = "0.1.0"
 
@@ -145,5 +150,16 @@ __all__ = [
     "UnknownService",
     "ValidationError",
     "Webhook",
+    "Worker",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``Worker`` is imported when first asked for: it brings in the dispatcher and
+    the stores' shared code, which ``import flowfsm`` otherwise leaves out."""
+    if name == "Worker":
+        from flowfsm.worker import Worker
+
+        return Worker
+    raise AttributeError(f"module 'flowfsm' has no attribute {name!r}")

@@ -212,20 +212,23 @@ class Dispatcher:
         if self._pool is not None:
             self._pool.shutdown()
 
-    def run_once(self) -> DispatchReport:
+    def run_once(self, stop: threading.Event | None = None) -> DispatchReport:
         """Deliver what is pending now; report what was delivered, retried and dead.
 
         A flow whose HookRequest fails is skipped for the rest of this call (its
         later requests must not overtake it). What was skipped stays claimed until
         the call ends, so it cannot crowd other flows out of the next batches.
-        Raises only when the repository fails to claim or to list disabled endpoints.
+        Once ``stop`` is set, nothing more is claimed and no delivery starts: the
+        ones under way finish, and the rest of what is held is released at once,
+        for another dispatcher. Raises only when the repository fails to claim or
+        to list disabled endpoints.
         """
         report = DispatchReport()
         failed_flows: set[str] = set()
         skipped: list[str] = []
         with _Held(self.repository, self.lease) as held:
             try:
-                while claimed := self.repository.claim(self.batch, lease=self.lease):
+                while not _stopped(stop) and (claimed := self.repository.claim(self.batch, lease=self.lease)):
                     held.hold(r.id for r in claimed)
                     disabled = self.repository.disabled_endpoints()
                     by_flow: dict[str, list[HookRequest]] = {}
@@ -237,13 +240,15 @@ class Dispatcher:
                     flows = list(by_flow.values())
                     deliver = self._deliver_flow
                     if self._pool is None:
-                        results = [deliver(requests, disabled, held) for requests in flows]
+                        results = [deliver(requests, disabled, held, stop) for requests in flows]
                     else:
                         n = len(flows)
-                        results = list(self._pool.map(deliver, flows, [disabled] * n, [held] * n))
+                        results = list(self._pool.map(deliver, flows, [disabled] * n, [held] * n, [stop] * n))
                     for requests, (flow_report, done) in zip(flows, results, strict=True):
                         report += flow_report
-                        if done < len(requests):  # stopped at a retried one
+                        if done < len(requests) and not flow_report.retried:  # stopped before these began
+                            skipped += [r.id for r in requests[done:]]
+                        elif done < len(requests):  # stopped at a retried one
                             failed_flows.add(requests[0].flow_id)
                             skipped += [r.id for r in requests[done + 1 :]]
             finally:
@@ -263,12 +268,19 @@ class Dispatcher:
             )
 
     def _deliver_flow(
-        self, requests: Sequence[HookRequest], disabled: frozenset[str], held: _Held
+        self,
+        requests: Sequence[HookRequest],
+        disabled: frozenset[str],
+        held: _Held,
+        stop: threading.Event | None = None,
     ) -> tuple[DispatchReport, int]:
         """Deliver one flow's claimed requests in order; stop at the first that waits
-        for a retry. Returns what happened and how many were done with."""
+        for a retry, or before the next one once ``stop`` is set. Returns what
+        happened and how many were done with."""
         delivered = dead = 0
         for done, request in enumerate(requests):
+            if _stopped(stop):
+                return DispatchReport(delivered, 0, dead), done
             result, next_at = self._deliver(request, disabled, held)
             if result is _Result.RETRIED:
                 return DispatchReport(delivered, 1, dead, next_at), done
@@ -390,7 +402,7 @@ class Dispatcher:
         failures = 0
         while not stop.is_set():
             try:
-                report = self.run_once()
+                report = self.run_once(stop)
             except Exception:  # the loop outlives any one failure
                 failures += 1
                 wait = min(self.poll_interval * 2 ** min(failures, 20), max(_MAX_BACKOFF, self.poll_interval))
@@ -402,3 +414,7 @@ class Dispatcher:
             failures = 0
             if report.delivered + report.retried + report.dead == 0:
                 stop.wait(self.poll_interval)
+
+
+def _stopped(stop: threading.Event | None) -> bool:
+    return stop is not None and stop.is_set()

@@ -7,6 +7,8 @@
   turned off), ``Timers`` (durable timers, for the scheduler) and ``FlowHistory``
   (what each trigger did, and the successes a rollback returns to); a part of
   flowfsm that needs one role asks for that one.
+- ``Wakeups``: optional; a repository that can tell a worker (``flowfsm.worker``)
+  at once when a commit added work, instead of letting it poll (PostgreSQL does).
 - ``HookEmitter``: receives HookRequests.
 - ``ServiceCatalog``: finds services by artifact key.
 - ``FailureHandler``: decides what a failure does.
@@ -18,7 +20,8 @@ Implement one by writing a class with these methods; no base class is needed.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from flowfsm.model import (
@@ -47,6 +50,7 @@ __all__ = [
     "Repository",
     "ServiceCatalog",
     "Timers",
+    "Wakeups",
 ]
 
 
@@ -243,6 +247,31 @@ class Repository(FlowStore, Outbox, DeliveryLog, EndpointSwitches, Timers, FlowH
     in one backend (one database), so a flow's save, its HookRequests and its timers
     share a transaction.
     ``flowfsm.testing.RepositoryContract`` checks a backend against all of them."""
+
+
+@runtime_checkable
+class Wakeups(Protocol):
+    """Optional: wakes workers when a commit adds work, so they need not poll for it.
+
+    A repository offers it when its database can announce commits (PostgreSQL's
+    ``LISTEN``/``NOTIFY``: the notice follows the commit, so it arrives only once
+    the work is visible). Polling stays the fallback: a worker
+    still looks at its poll interval for what no commit announces (a retry's
+    backoff ending, a lease running out), and polls alone while ``listen`` fails.
+    """
+
+    def listen(self, wake: Callable[[str], None], stop: threading.Event) -> None:
+        """Block until ``stop`` is set, calling ``wake(kind)`` on a connection of its
+        own: ``"ready"`` once listening (work committed before then is not
+        announced: look once), then ``"hooks"`` after each commit that added
+        HookRequests and ``"timers"`` after each that set timers. Raises a
+        ``RepositoryError`` when the connection fails; the caller listens again."""
+        ...
+
+    def next_timer_due(self) -> dt.datetime | None:
+        """When the soonest pending timer is due (leased ones included), or None:
+        a listening scheduler sleeps until then, as new timers wake it."""
+        ...
 
 
 @runtime_checkable

@@ -57,36 +57,48 @@ class Scheduler:
         self._lease = lease
         self._interval = interval
 
-    def run_once(self) -> int:
-        """Fire the timers due now (one claim); returns how many changed a flow."""
-        return self._round()[1]
+    def run_once(self, stop: threading.Event | None = None) -> int:
+        """Fire the timers due now (one claim); returns how many changed a flow.
+        Once ``stop`` is set, the timer being fired finishes and the rest of the
+        claim is released at once, for another scheduler."""
+        return self.fire_due(stop)[1]
 
-    def _round(self) -> tuple[int, int]:
-        """One claim: (timers claimed, timers that changed a flow)."""
+    def fire_due(self, stop: threading.Event | None = None) -> tuple[int, int, int]:
+        """One claim, as ``run_once``: (timers claimed, timers that changed a flow,
+        timers released for a later round: their trigger raised, they are not due
+        by the engine's clock, or ``stop`` came first)."""
         repository = self.repository
         timers = repository.claim_due(self._clock(), self._batch, lease=self._lease)
-        fired = 0
-        for timer in timers:
+        fired = kept = 0
+        for n, timer in enumerate(timers):
+            if stop is not None and stop.is_set():
+                _logged(repository.release_timers, [t.id for t in timers[n:]])
+                kept += len(timers) - n
+                break
             try:
                 outcome = self.engine.handle(TimerFired(timer.deployment_id, timer.kind))
             except Exception:  # this timer waits for the next round; the others go on
                 log.warning("timer %s could not fire; it is released for the next round", timer.id, exc_info=True)
                 _logged(repository.release_timers, [timer.id])
+                kept += 1
                 continue
             if not outcome.duplicate:  # its commit cancelled it
                 fired += 1
+                due = timer.due.isoformat(timespec="seconds")
+                log.info("timer %s of flow %s fired (due %s)", timer.id, timer.flow_id, due)
             elif timer.due <= self.engine.clock():  # its flow moved on: done with it
                 _logged(repository.complete_timers, [timer])
             else:  # not due yet by the engine's clock (behind this one): kept for later
                 _logged(repository.release_timers, [timer.id])
-        return len(timers), fired
+                kept += 1
+        return len(timers), fired, kept
 
     def run(self, stop: threading.Event) -> None:
         """Run rounds until ``stop`` is set, waiting ``interval`` seconds after a
         round that claimed less than a batch (a full one goes on at once)."""
         while not stop.is_set():
             try:
-                claimed, _ = self._round()
+                claimed, _, _ = self.fire_due(stop)
             except Exception:  # a store that is down: try again after the interval
                 log.warning("scheduler round failed", exc_info=True)
                 claimed = 0

@@ -43,7 +43,7 @@ from flowfsm.model import (
     text_problem,
 )
 from flowfsm.protocols import Repository
-from flowfsm.repositories._common import MAX_PAGE
+from flowfsm.repositories._common import MAX_PAGE, MAX_WAIT
 from flowfsm.triggers import (
     AbortFlow,
     ArtifactCreated,
@@ -703,16 +703,75 @@ def dispatch(
             emitter.close()
 
 
-def _log_delivery_to_stderr() -> None:
+def _log_delivery_to_stderr(level: int = logging.WARNING) -> None:
     """Show the dispatcher's warnings (failed attempts, dead requests) on standard
-    error, one line each, unless the embedding program configured logging itself."""
+    error, one line each, unless the embedding program configured logging itself;
+    at ``logging.INFO``, each timer fired too."""
     logger = logging.getLogger("flowfsm")
     if logger.handlers or logging.getLogger().handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
     logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(level)
+
+
+@app.command("worker")
+def worker(
+    once: Annotated[bool, typer.Option("--once", help="Do what is due now, then exit (for cron).")] = False,
+    poll_interval: Annotated[
+        float, typer.Option("--poll-interval", help="Seconds between looks for work nothing announced.")
+    ] = 1.0,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Flows delivered at once.")] = 4,
+    lease: Annotated[
+        float, typer.Option("--lease", help="Seconds a claim is held before another worker may take it over.")
+    ] = 60.0,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+) -> None:
+    """Deliver HookRequests over HTTP and fire due timers until SIGTERM or SIGINT
+    (needs the 'http' extra). On PostgreSQL, new work wakes it at once.
+
+    Each failed delivery (status, next attempt time) and each timer fired is logged
+    on standard error. A stop finishes the delivery and the timer under way,
+    releases the rest for other workers, and exits 0."""
+    import signal
+    import threading
+
+    from flowfsm.emitters import HttpEmitter
+    from flowfsm.worker import Worker
+
+    _log_delivery_to_stderr(logging.INFO)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with _reported():
+            for option, seconds in (("--poll-interval", poll_interval), ("--lease", lease)):
+                if not 0 < seconds <= MAX_WAIT:  # NaN too
+                    raise ValidationError(option, f"must be more than 0 and at most {MAX_WAIT:g} s")
+            engine = _engine(store, catalog, create=True)
+            emitter = HttpEmitter(engine.catalog)
+            running = Worker(
+                engine, emitter, poll_interval=poll_interval, concurrency=concurrency, lease=lease, timer_lease=lease
+            )
+            try:
+                if once:
+                    report = running.run_once(stop)
+                    done = report.deliveries
+                    line = f"timers fired {report.timers_fired}; delivered {done.delivered}; retried {done.retried}"
+                    if done.next_attempt_at is not None:
+                        line += f" (next attempt at {done.next_attempt_at.isoformat(timespec='seconds')})"
+                    out.print(f"{line}; dead {done.dead}; pending {engine.repository.count_pending()}", markup=False)
+                else:
+                    err.print("worker running; SIGTERM or Ctrl-C stops it", markup=False)
+                    running.run(stop)
+                    err.print("worker stopped", markup=False)
+            finally:
+                running.close()
+                emitter.close()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @catalog_app.command("validate")

@@ -18,6 +18,8 @@ several engines need on top:
   requests out in order, a prefix at a time, so dispatchers in several processes
   share the work without delivering a flow's requests out of order;
 - leases use the database's clock, so machines need not agree on the time;
+- a commit that adds HookRequests or sets timers is followed by a ``NOTIFY``, which
+  ``listen`` (the ``Wakeups`` role) turns into a worker's wakeup;
 - the schema lives in its own PostgreSQL schema (``flowfsm`` by default), created
   and migrated under an advisory lock when the first engine starts.
 """
@@ -28,7 +30,8 @@ import contextlib
 import datetime as dt
 import logging
 import re
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from flowfsm.converter import hook_requests_json
@@ -156,9 +159,14 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
+log = logging.getLogger("flowfsm.repositories")
+
 _BACKEND: Final = "postgres"
 _MIGRATION_LOCK: Final = 0x666C6F77  # "flow": one advisory lock for every flowfsm schema
 _IDENTIFIER: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_CHANNEL: Final = "flowfsm"
+"""The ``NOTIFY`` channel of every flowfsm schema; a notice's payload is
+``"SCHEMA hooks"`` or ``"SCHEMA timers"``, so schemas sharing a database keep apart."""
 
 
 class PostgresRepository(SQLFlowReads):
@@ -191,6 +199,7 @@ class PostgresRepository(SQLFlowReads):
         # libpq waits at most connect_timeout (whole seconds, 2 at least) per attempt.
         kwargs = {"options": f"-c search_path={schema}", "autocommit": True, "connect_timeout": max(2, round(timeout))}
         _first_connection(dsn, kwargs)
+        self._dsn, self._kwargs = dsn, dict[str, Any](kwargs)  # for listen's connection, outside the pool
         self._pool: ConnectionPool[Any] = ConnectionPool(
             dsn,
             min_size=min_size,
@@ -291,17 +300,65 @@ class PostgresRepository(SQLFlowReads):
                             [t.due for t in timers],
                         ),
                     )
+        kinds = [kind for kind, added in (("hooks", hook_requests), ("timers", timers)) if added]
+        if kinds:
+            self._announce(kinds)
+
+    def _announce(self, kinds: list[str]) -> None:
+        """Wake listening workers (``listen``) once a commit added work: a ``NOTIFY``
+        in a transaction of its own, after the commit, so it is sent only for work
+        that is visible. Inside the commit's transaction it would hold PostgreSQL's
+        lock on the notification queue through the commit's flush to disk, so that
+        engines committing at once would take turns; here, with
+        ``synchronous_commit`` off (a lost notice costs only a poll), it holds it
+        for microseconds. It never fails the commit, which is done."""
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        notify = "".join(f", pg_notify('{_CHANNEL}', %s)" for _ in kinds)
+        try:
+            with self._pool.connection() as conn:
+                conn.execute(
+                    f"SELECT set_config('synchronous_commit', 'off', true){notify}",
+                    [f"{self.schema} {k}" for k in kinds],
+                )
+        except (psycopg.Error, PoolTimeout) as e:
+            log.warning(
+                "could not announce new work to listening workers (%s); they find it by polling", bounded(str(e))
+            )
+
+    # --- wakeups ---------------------------------------------------------------------
+
+    def listen(self, wake: Callable[[str], None], stop: threading.Event) -> None:
+        import psycopg
+
+        prefix = f"{self.schema} "
+        with _driver_errors("listening failed"), psycopg.connect(self._dsn, **self._kwargs) as conn:
+            conn.execute(f"LISTEN {_CHANNEL}")
+            wake("ready")
+            while not stop.is_set():
+                # Returns after the timeout, so that ``stop`` is seen within it.
+                for notice in conn.notifies(timeout=0.2):
+                    if notice.payload.startswith(prefix):
+                        wake(notice.payload[len(prefix) :])
+
+    def next_timer_due(self) -> dt.datetime | None:
+        due = self._rows("SELECT min(due) FROM timers", ())[0][0]
+        return None if due is None else due.astimezone(dt.UTC)
 
     # --- timers ----------------------------------------------------------------------
 
     def claim_due(self, now: dt.datetime, limit: int = 100, *, lease: float = 30.0) -> list[Timer]:
         lease = wait_seconds("lease", lease)
         with self._connection("claim failed", transaction=True) as conn:
+            # The locked rows are updated where they lie (their ctid), not found again
+            # through the primary key: that second descent grew with the table.
             rows = conn.execute(
-                "UPDATE timers SET lease_until = now() + make_interval(secs => %s) WHERE id IN"
-                " (SELECT id FROM timers WHERE due <= %s AND lease_until <= now() ORDER BY due, id LIMIT %s"
-                " FOR UPDATE SKIP LOCKED) RETURNING flow_id, deployment_id, kind, due",
-                (lease, now, limit),
+                "WITH due AS MATERIALIZED (SELECT ctid FROM timers WHERE due <= %s AND lease_until <= now()"
+                " ORDER BY due, id LIMIT %s FOR UPDATE SKIP LOCKED)"
+                " UPDATE timers t SET lease_until = now() + make_interval(secs => %s) FROM due WHERE t.ctid = due.ctid"
+                " RETURNING t.flow_id, t.deployment_id, t.kind, t.due",
+                (now, limit, lease),
             ).fetchall()
         return sorted((timer_from_row(*row) for row in rows), key=lambda t: (t.due, t.id))
 
