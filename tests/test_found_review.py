@@ -1,0 +1,268 @@
+"""Defects found by an adversarial review of steering, failure policies, history and
+explain: each test states the expected behaviour (SPEC §8-§9, docs/steering.md,
+docs/history.md) and is marked ``xfail(strict=True)`` while the defect stands, so the
+suite stays green and a fix turns it into an unexpected pass (then drop the mark)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from flowfsm import (
+    Action,
+    Artifact,
+    ArtifactCreated,
+    Catalog,
+    DeploymentCompleted,
+    DeploymentFailed,
+    DeploymentStarted,
+    Environment,
+    FailureStrategy,
+    Flow,
+    FlowEngine,
+    FlowState,
+    HookEvent,
+    PauseFlow,
+    Pipeline,
+    PromotionCompleted,
+    PromotionResult,
+    PromotionState,
+    ResultStatus,
+    RetryPolicy,
+    RetryPromotion,
+    Service,
+    Timeouts,
+    ValidationError,
+    Webhook,
+)
+from flowfsm.converter import from_json
+from flowfsm.emitters import RecordingEmitter
+from flowfsm.repositories import InMemoryRepository
+from flowfsm.scheduling import Scheduler
+from flowfsm.testing import FakeClock
+from flowfsm.triggers import Trigger
+from tests.test_cli import Cli, cli  # noqa: F401 - the fixture
+
+
+class World:
+    """One service (dev with the given promotions, then prod), every event subscribed."""
+
+    def __init__(self, promotions: list[str], strategy: FailureStrategy, **env: Any) -> None:
+        retry = env.pop("retry", None)
+        svc = Service(
+            "svc",
+            ["com.acme:api"],
+            Pipeline("p", [Environment("dev", promotions, **env), Environment("prod")]),
+            failure_strategy=strategy,
+            retry=retry,
+            webhooks=[Webhook(f"wh-{e.value}", e, [Action("log")]) for e in HookEvent],
+        )
+        self.clock = FakeClock()
+        self.emitter = RecordingEmitter()
+        self.repository = InMemoryRepository()
+        self.engine = FlowEngine(Catalog([svc]), self.repository, self.emitter, clock=self.clock)
+
+    def completed(self) -> Flow:
+        """A flow whose dev deployment completed: its promotions are pending."""
+        (flow,) = self.engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1.0.0"))).flows
+        dev = flow.deployments[0].id
+        self.engine.handle(DeploymentStarted(dev))
+        self.engine.handle(DeploymentCompleted(dev))
+        self.emitter.requests.clear()
+        return flow
+
+    def fail(self, flow: Flow, index: int) -> None:
+        dev = flow.deployments[0]
+        promotion = dev.promotions[index].id
+        self.engine.handle(PromotionCompleted(dev.id, promotion, [PromotionResult(promotion, ResultStatus.FAILED)]))
+
+    def events(self) -> list[str]:
+        seen = [r.event.value for r in self.emitter.requests]
+        self.emitter.requests.clear()
+        return seen
+
+    def time_out(self, minutes: int) -> None:
+        self.clock.advance(minutes=minutes)
+        Scheduler(self.repository, self.engine, clock=self.clock).run_once()
+
+
+# --- 1. a person's pause is lifted by a failure policy ----------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="a PAUSE policy overwrites a person's pause; retrying the item resumes the flow",
+)
+def test_retrying_a_failed_item_does_not_lift_a_persons_pause() -> None:
+    """Alice pauses the flow; a check then fails under PAUSE; Bob retries the check.
+    Alice's pause must still hold: only ResumeFlow lifts a pause a person made."""
+    world = World(["smoke"], FailureStrategy.PAUSE)
+    flow = world.completed()
+    world.engine.handle(PauseFlow(flow.id, "alice", "investigating an incident"))
+    world.fail(flow, 0)
+    dev = flow.deployments[0]
+    world.engine.handle(RetryPromotion(dev.id, dev.promotions[0].id, "bob", "flaky"))
+    stored = world.repository.get(flow.id)
+    assert stored.state is FlowState.PAUSED
+    assert stored.pause is not None
+    assert stored.pause.actor == "alice"
+
+
+# --- 2. history loses a failure that a policy undid in the same trigger -----------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="history stores the net change: a failure retried at once is not recorded",
+)
+def test_history_records_a_promotion_failure_retried_at_once() -> None:
+    """SPEC §9: an entry holds each state change the trigger made. RETRY without a
+    backoff fails and retries the promotion in one trigger; its entry has no change."""
+    world = World(["smoke"], FailureStrategy.RETRY, retry=RetryPolicy(3))
+    flow = world.completed()
+    world.fail(flow, 0)
+    assert world.events() == ["promotion-failed", "promotion-retried"]
+    entry = world.repository.history(flow.id)[-1]
+    assert entry.trigger["type"] == "PromotionCompleted"
+    assert [(c.entity, c.from_, c.to) for c in entry.changes] == [
+        ("promotion", "pending", "failed"),
+        ("promotion", "failed", "pending"),
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="history stores the net change: 'started → notStarted', the failure lost"
+)
+def test_history_records_a_deployment_failure_retried_at_once() -> None:
+    world = World(["smoke"], FailureStrategy.RETRY, retry=RetryPolicy(3))
+    (flow,) = world.engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1.0.0"))).flows
+    dev = flow.deployments[0].id
+    world.engine.handle(DeploymentStarted(dev))
+    world.engine.handle(DeploymentFailed(dev, "image pull failed"))
+    entry = world.repository.history(flow.id)[-1]
+    assert ("deployment", "started", "failed") in [(c.entity, c.from_, c.to) for c in entry.changes]
+
+
+# --- 3. one verify timeout retries a promotion of the flow it fails ---------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="promotion-retried is sent, and a promotion left pending, in a flow that failed",
+)
+def test_a_timeout_that_fails_the_flow_retries_no_promotion() -> None:
+    """RETRY(attempts=2), dev (a, b): b failed once (attempt 2). The verify timeout
+    fails a (attempt 1: retried) then b (last attempt: STOP). The flow fails, yet a
+    is `pending` again and `promotion-retried` went out for a flow that is over."""
+    world = World(["a", "b"], FailureStrategy.RETRY, retry=RetryPolicy(2), timeouts=Timeouts(verify="10m"))
+    flow = world.completed()
+    world.fail(flow, 1)
+    world.events()
+    world.time_out(minutes=11)
+    stored = world.repository.get(flow.id)
+    assert stored.state is FlowState.FAILED
+    assert "promotion-retried" not in world.events()
+    assert PromotionState.PENDING not in [p.state for p in stored.deployments[0].promotions]
+
+
+# --- 4. one pause, two flow-paused events ------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="each failure of one trigger sends flow-paused again")
+def test_one_verify_timeout_pauses_the_flow_once() -> None:
+    world = World(["smoke", "perf"], FailureStrategy.PAUSE, timeouts=Timeouts(verify="10m"))
+    flow = world.completed()
+    world.time_out(minutes=11)
+    assert world.repository.get(flow.id).state is FlowState.PAUSED
+    assert world.events().count("flow-paused") == 1
+
+
+# --- 5. explain says nothing about a paused flow or a backoff ---------------------------
+
+
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="explain has no 'paused' reason: a paused flow explains nothing"
+)
+def test_explain_says_who_paused_a_flow_and_why() -> None:
+    world = World(["smoke"], FailureStrategy.STOP)
+    flow = world.completed()
+    world.engine.handle(PauseFlow(flow.id, "alice", "release freeze"))
+    kinds = [w.kind for w in world.engine.explain(flow.id)]
+    assert "paused" in kinds
+
+
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="explain has no 'paused' reason: a policy-paused flow explains nothing"
+)
+def test_explain_says_a_policy_paused_flow_waits_for_a_person() -> None:
+    world = World(["smoke"], FailureStrategy.PAUSE)
+    flow = world.completed()
+    world.fail(flow, 0)
+    assert world.repository.get(flow.id).state is FlowState.PAUSED
+    assert [w.kind for w in world.engine.explain(flow.id)] == ["paused"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="explain has no 'backoff' reason: a flow waiting on a retry explains nothing",
+)
+def test_explain_names_a_retry_backoff_and_its_end() -> None:
+    world = World(["smoke"], FailureStrategy.RETRY, retry=RetryPolicy(3, backoff="5m"))
+    flow = world.completed()
+    world.fail(flow, 0)
+    waiting = world.engine.explain(flow.id)
+    assert [w.kind for w in waiting] == ["backoff"]
+    assert waiting[0].until == world.clock.now + dt.timedelta(minutes=5)
+
+
+# --- 6. input bounds and types ---------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=pytest.fail.Exception,
+    reason="DeploymentFailed.reason redeclares the field and drops the 10,000-char bound",
+)
+def test_a_deployment_failed_reason_is_bounded_like_every_reason() -> None:
+    """CHANGELOG: every trigger's reason is at most 10,000 characters; DeploymentFailed
+    takes any length, which then lands in history, payloads and the flow's pause."""
+    with pytest.raises(ValidationError) as refused:
+        DeploymentFailed("d", "r" * 10_001)
+    assert refused.value.field == "reason"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=pytest.fail.Exception,
+    reason="JSON true (and 1.0) is taken as attempt 1; the Python API refuses True",
+)
+def test_a_json_result_attempt_of_true_is_refused() -> None:
+    text = (
+        '{"type": "PromotionCompleted", "deploymentId": "d", "promotionId": "p",'
+        ' "results": [{"promotionId": "p", "resultStatus": "passed", "attempt": true}]}'
+    )
+    with pytest.raises(ValidationError):
+        from_json(text, Trigger)
+
+
+# --- 7. the CLI writes terminal escape sequences from stored text -----------------------
+
+
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="history prints an actor's ESC bytes raw: terminal escape injection"
+)
+def test_history_does_not_write_terminal_escapes(cli: Cli) -> None:  # noqa: F811 - the fixture
+    flow = cli.json("artifact-created", "com.acme:api:1.0.0")["flows"][0]
+    paused = cli("pause", flow["id"], "--actor", "mallory\x1b[2J\x1b[31m", "--reason", "\x1b]0;pwned\x07")
+    assert paused.returncode == 0, paused.stderr
+    shown = cli("history", flow["id"])
+    assert shown.returncode == 0, shown.stderr
+    assert "mallory" in shown.stdout
+    assert "\x1b" not in shown.stdout
+    assert "\x07" not in shown.stdout
