@@ -30,6 +30,7 @@ from flowfsm import (
     PromotionResult,
     PromotionState,
     ResultStatus,
+    ResumeFlow,
     RetryPolicy,
     RetryPromotion,
     Service,
@@ -266,3 +267,58 @@ def test_history_does_not_write_terminal_escapes(cli: Cli) -> None:  # noqa: F81
     assert "mallory" in shown.stdout
     assert "\x1b" not in shown.stdout
     assert "\x07" not in shown.stdout
+
+
+# --- 8. a paused flow begins a new check ------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="promotion-retried is sent while a person paused the flow"
+)
+def test_a_retry_backoff_ending_while_paused_begins_no_new_check() -> None:
+    """SPEC §8: while paused, facts are recorded but nothing new begins. A failed
+    deployment's retry holds its announcement until the resume; a failed promotion's
+    retry is sent at once (`promotion-retried`: the check runner starts attempt 2)."""
+    world = World(["smoke"], FailureStrategy.RETRY, retry=RetryPolicy(3, backoff="5m"))
+    flow = world.completed()
+    world.engine.handle(PauseFlow(flow.id, "alice", "investigating an incident"))
+    world.fail(flow, 0)  # a fact about work under way: recorded
+    world.events()
+    world.time_out(minutes=6)  # the backoff ends while the flow is still paused
+    assert world.repository.get(flow.id).state is FlowState.PAUSED
+    assert "promotion-retried" not in world.events()
+
+
+# --- 9. explain dates an announcement from the wrong moment -----------------------------
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="'announced at' is the previous deployment's success")
+def test_explain_dates_an_announcement_held_by_a_pause_from_the_resume() -> None:
+    """prod's deployment-created goes out when the flow resumes (and again when a
+    person retries it); explain says it was announced when dev succeeded."""
+    world = World(["smoke"], FailureStrategy.STOP)
+    flow = world.completed()
+    world.engine.handle(PauseFlow(flow.id, "alice", "freeze"))
+    world.clock.advance(minutes=10)
+    dev = flow.deployments[0]
+    smoke = dev.promotions[0].id
+    world.engine.handle(PromotionCompleted(dev.id, smoke, [PromotionResult(smoke, ResultStatus.PASSED)]))
+    world.clock.advance(hours=2)
+    world.emitter.requests.clear()
+    world.engine.handle(ResumeFlow(flow.id, "alice"))
+    (created,) = [r for r in world.emitter.requests if r.event is HookEvent.DEPLOYMENT_CREATED]
+    (waiting,) = world.engine.explain(flow.id)
+    assert waiting.kind == "cd-start"
+    assert waiting.since == created.created_at
+
+
+# --- 10. show takes only a flow id ------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="show refuses a deployment or artifact id (SPEC §12)")
+def test_show_accepts_a_deployment_or_an_artifact_id(cli: Cli) -> None:  # noqa: F811 - the fixture
+    flow = cli.json("artifact-created", "com.acme:api:1.0.0")["flows"][0]
+    for key in (flow["deployments"][0]["id"], "com.acme:api:1.0.0"):
+        shown = cli("show", key)
+        assert shown.returncode == 0, shown.stderr
+        assert flow["id"] in shown.stdout
