@@ -322,3 +322,21 @@ def test_show_accepts_a_deployment_or_an_artifact_id(cli: Cli) -> None:  # noqa:
         shown = cli("show", key)
         assert shown.returncode == 0, shown.stderr
         assert flow["id"] in shown.stdout
+
+
+# --- 11. a retry extends the verify timeout of the other promotions ---------------------
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the verify timer is per deployment: a retry resets it")
+def test_retrying_one_promotion_does_not_extend_anothers_verify_timeout() -> None:
+    """verify = 10m. At 9m `a` fails and RETRY retries it (its own verify timeout:
+    until 19m). `b`, pending since 0m, must still time out at 10m; the deployment's
+    one verify timer is reset to 19m and `b` waits on past its limit (every retry
+    of `a` pushes it again)."""
+    world = World(["a", "b"], FailureStrategy.RETRY, retry=RetryPolicy(3), timeouts=Timeouts(verify="10m"))
+    flow = world.completed()
+    world.clock.advance(minutes=9)
+    world.fail(flow, 0)
+    world.time_out(minutes=2)  # 11m
+    (_, b) = world.repository.get(flow.id).deployments[0].promotions
+    assert b.state is PromotionState.FAILED
