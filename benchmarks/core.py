@@ -24,11 +24,15 @@ from flowfsm import (
     FlowEngine,
     HookEvent,
     HookRequest,
+    PauseFlow,
     Pipeline,
     PromotionCompleted,
     PromotionResult,
     ResultStatus,
+    ResumeFlow,
+    RetryPromotion,
     Service,
+    SkipPromotion,
     Webhook,
 )
 from flowfsm.machines import CallablesMachine
@@ -38,6 +42,7 @@ from flowfsm.repositories import InMemoryRepository
 from .report import Report
 
 TRIGGERS_PER_FLOW = 13  # 1 created + 3 × (started + completed) + 6 promotions
+STEERED_TRIGGERS_PER_FLOW = TRIGGERS_PER_FLOW + 6  # + 2 failed results, 2 retries, a pause, a resume
 
 
 SEED_EVENTS = (
@@ -48,7 +53,7 @@ SEED_EVENTS = (
 )
 
 
-def bench_catalog(events: tuple[HookEvent, ...] = tuple(HookEvent)) -> Catalog:
+def bench_catalog(events: tuple[HookEvent, ...] = tuple(HookEvent), failure_strategy: str = "STOP") -> Catalog:
     """3 environments × 2 promotions; each of ``events`` has 2 webhooks × 2 actions."""
     webhooks = [
         Webhook(
@@ -61,7 +66,15 @@ def bench_catalog(events: tuple[HookEvent, ...] = tuple(HookEvent)) -> Catalog:
     ]
     environments = [Environment(name, ["smoke", "perf"]) for name in ("dev", "staging", "prod")]
     return Catalog(
-        [Service("svc", artifacts=["com.acme:api"], pipeline=Pipeline("p", environments), webhooks=webhooks)]
+        [
+            Service(
+                "svc",
+                artifacts=["com.acme:api"],
+                pipeline=Pipeline("p", environments),
+                webhooks=webhooks,
+                failure_strategy=failure_strategy,
+            )
+        ]
     )
 
 
@@ -92,11 +105,45 @@ def full_flow(engine: FlowEngine, artifact: Artifact) -> None:
             engine.handle(PromotionCompleted(deployment.id, promotion.id, [result]))
 
 
-def per_trigger_engine(engine: FlowEngine, versions: Versions, flows: int) -> float:
+def steered_flow(engine: FlowEngine, artifact: Artifact, *, skip: bool = False) -> str:
+    """The full flow, steered (on a catalog whose failure policy is ``PAUSE``): the
+    first promotion fails twice, the policy pausing the flow and a person retrying it
+    each time (which resumes the flow), and a person pauses and resumes the flow
+    before the second environment starts. ``STEERED_TRIGGERS_PER_FLOW`` triggers;
+    with ``skip``, one more: the last environment's first promotion fails and a
+    person skips it. Returns the flow's id."""
+    flow = engine.handle(ArtifactCreated(artifact)).flows[0]
+    last = len(flow.deployments) - 1
+    for d, deployment in enumerate(flow.deployments):
+        if d == 1:
+            engine.handle(PauseFlow(flow.id, "alice", "release freeze"))
+            engine.handle(ResumeFlow(flow.id, "alice", "freeze over"))
+        engine.handle(DeploymentStarted(deployment.id))
+        engine.handle(DeploymentCompleted(deployment.id))
+        for p, promotion in enumerate(deployment.promotions):
+            if d == p == 0:
+                failed = PromotionResult(promotion.id, ResultStatus.FAILED)
+                for _ in range(2):
+                    engine.handle(PromotionCompleted(deployment.id, promotion.id, [failed]))
+                    engine.handle(RetryPromotion(deployment.id, promotion.id, "alice", "flaky"))
+            if skip and d == last and p == 0:
+                failed = PromotionResult(promotion.id, ResultStatus.FAILED)
+                engine.handle(PromotionCompleted(deployment.id, promotion.id, [failed]))
+                engine.handle(SkipPromotion(deployment.id, promotion.id, "alice", "known flaky"))
+                continue
+            result = PromotionResult(promotion.id, ResultStatus.PASSED)
+            engine.handle(PromotionCompleted(deployment.id, promotion.id, [result]))
+    return flow.id
+
+
+def per_trigger_engine(
+    engine: FlowEngine, versions: Versions, flows: int, workload: Callable[[FlowEngine, Artifact], object] = full_flow
+) -> float:
+    triggers = STEERED_TRIGGERS_PER_FLOW if workload is steered_flow else TRIGGERS_PER_FLOW
     start = time.perf_counter()
     for _ in range(flows):
-        full_flow(engine, versions())
-    return (time.perf_counter() - start) / (flows * TRIGGERS_PER_FLOW)
+        workload(engine, versions())
+    return (time.perf_counter() - start) / (flows * triggers)
 
 
 class _S(enum.Enum):
@@ -156,9 +203,9 @@ def flowfsm_shaped(cls: type[Machine]) -> Machine:
 
 
 def engine_with(
-    stored: int, prefix: str, events: tuple[HookEvent, ...] = tuple(HookEvent)
+    stored: int, prefix: str, events: tuple[HookEvent, ...] = tuple(HookEvent), failure_strategy: str = "STOP"
 ) -> tuple[FlowEngine, Versions]:
-    engine = FlowEngine(bench_catalog(events), InMemoryRepository(), Discard())
+    engine = FlowEngine(bench_catalog(events, failure_strategy), InMemoryRepository(), Discard())
     fill = Versions(f"fill-{prefix}")
     for _ in range(stored):
         engine.handle(ArtifactCreated(fill()))
@@ -193,6 +240,30 @@ def import_seconds(statement: str) -> float:
     code = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return float(out)
+
+
+def steering(report: Report, rounds: int, flows: int) -> None:
+    """A steered flow's cost a trigger against a plain flow's, on one catalog (policy ``PAUSE``)."""
+    plain, plain_versions = engine_with(0, "plain", failure_strategy="PAUSE")
+    steered, steered_versions = engine_with(0, "steered", failure_strategy="PAUSE")
+    full_flow(plain, plain_versions())
+    steered_flow(steered, steered_versions())
+    at_plain, at_steered = interleaved(
+        rounds,
+        lambda: per_trigger_engine(plain, plain_versions, flows),
+        lambda: per_trigger_engine(steered, steered_versions, flows, steered_flow),
+    )
+    report.ratio(
+        "steered flow trigger vs plain flow trigger",
+        at_steered,
+        at_plain,
+        "≤ 1.3×",
+        at_steered / at_plain <= 1.3,
+        unit="µs",
+        scale=1e6,
+        note=f"a promotion failed and retried twice, a pause and a resume: {STEERED_TRIGGERS_PER_FLOW} triggers"
+        f" a flow against {TRIGGERS_PER_FLOW}; webhooks on all events; policy PAUSE",
+    )
 
 
 def run(report: Report, quick: bool) -> None:
@@ -237,6 +308,7 @@ def run(report: Report, quick: bool) -> None:
         note="deployment-created/started/completed, promotion-completed (60 HookRequests a flow)",
     )
     report.ratio("the same, no webhooks at all", quiet, bare, "(context)", None, unit="µs", scale=1e6)
+    steering(report, rounds, flows_per_round)
     stock_machine, callables_machine = flowfsm_shaped(Machine), flowfsm_shaped(CallablesMachine)
     on_stock, on_ours = interleaved(
         rounds,

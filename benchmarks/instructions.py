@@ -25,15 +25,20 @@ _SHORT, _LONG = 10, 30  # full flows (or bare-trigger batches of the same count)
 def _child(mode: str, flows: int) -> None:
     from flowfsm import HookEvent
 
-    from .core import TRIGGERS_PER_FLOW, engine_with, full_flow, per_trigger_bare
+    from .core import TRIGGERS_PER_FLOW, engine_with, full_flow, per_trigger_bare, steered_flow
 
     if mode == "bare":
         per_trigger_bare(200)
         per_trigger_bare(flows * TRIGGERS_PER_FLOW)
         return
-    engine, versions = engine_with(0, mode, tuple(HookEvent) if mode == "every" else ())
+    if mode in ("plain", "steered"):  # on the steering comparison's catalog (policy PAUSE)
+        engine, versions = engine_with(0, mode, tuple(HookEvent), "PAUSE")
+        workload = steered_flow if mode == "steered" else full_flow
+    else:
+        engine, versions = engine_with(0, mode, tuple(HookEvent) if mode == "every" else ())
+        workload = full_flow
     for _ in range(flows + 3):  # three to warm up, as in the short run
-        full_flow(engine, versions())
+        workload(engine, versions())
 
 
 def _instructions(valgrind: str, mode: str, flows: int) -> int:
@@ -48,10 +53,11 @@ def _instructions(valgrind: str, mode: str, flows: int) -> int:
 
 
 def per_trigger(valgrind: str, mode: str) -> float:
-    from .core import TRIGGERS_PER_FLOW
+    from .core import STEERED_TRIGGERS_PER_FLOW, TRIGGERS_PER_FLOW
 
     extra = _instructions(valgrind, mode, _LONG) - _instructions(valgrind, mode, _SHORT)
-    return extra / ((_LONG - _SHORT) * TRIGGERS_PER_FLOW)
+    triggers = STEERED_TRIGGERS_PER_FLOW if mode == "steered" else TRIGGERS_PER_FLOW
+    return extra / ((_LONG - _SHORT) * triggers)
 
 
 def run(report: Report, quick: bool) -> None:
@@ -73,6 +79,17 @@ def run(report: Report, quick: bool) -> None:
         note="the core workload: 3 envs × 2 promotions, 2 webhooks × 2 actions on all 9 events",
     )
     report.ratio("the same, no webhooks at all", quiet, bare, "(context)", None, unit="k", scale=kilo)
+    plain, steered = (per_trigger(valgrind, mode) for mode in ("plain", "steered"))
+    report.ratio(
+        "steered flow trigger vs plain flow trigger, instructions",
+        steered,
+        plain,
+        "(context: the target, ≤ 1.3×, is on time)",
+        None,
+        unit="k",
+        scale=kilo,
+        note="a promotion failed and retried twice, a pause and a resume; policy PAUSE, webhooks on all events",
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ due timers through the engine; tests move a fake clock and never sleep."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -607,3 +608,30 @@ def test_a_timeout_payload_round_trips_through_the_outbox(tmp_path: Path) -> Non
         assert isinstance(payload, TimeoutPayload)
         assert payload.reason == "timeout"
     repository.close()
+
+
+def test_a_sqlite_claim_walks_the_timers_in_due_order(tmp_path: Path) -> None:
+    """SQLite keeps timers in due order (primary key ``(due, id)``): the claim reads the due
+    timers and renews their leases through that key, so they sit on a few adjacent pages.
+    Kept in id order, each claimed timer of a large store was a page of its own, and the
+    claim took 1.7–1.9× as long with 1,000,000 timers as with 1,000."""
+    path = tmp_path / "flows.db"
+    flow = sample_flow()
+    due = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    timers = [Timer(flow.id, d.id, TimerKind.DEPLOY, due) for d in flow.deployments]
+    statements: list[str] = []
+    with SQLiteRepository(path) as repo:
+        repo.commit([flow], timers=timers)
+        repo._db.set_trace_callback(statements.append)
+        assert sorted(repo.claim_due(due), key=lambda t: t.id) == sorted(timers, key=lambda t: t.id)
+        repo._db.set_trace_callback(None)
+    db = sqlite3.connect(path)
+    pk = sorted((row[5], row[1]) for row in db.execute("PRAGMA table_info(timers)") if row[5])
+    assert pk == [(1, "due"), (2, "id")]
+    reads = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "UPDATE"))]
+    assert len(reads) == 1 + len(timers)  # one select, one lease renewal a timer
+    for statement in reads:
+        plan = " ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {statement}"))
+        # In due order already (no sorting step), through no index.
+        assert re.fullmatch(r"SEARCH timers USING PRIMARY KEY \(due[<=]\?\)", plan), (statement, plan)
+    db.close()
