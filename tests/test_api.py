@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import flowfsm
@@ -113,3 +115,11 @@ def test_the_committed_diagrams_match_the_machines() -> None:
 
 def test_the_package_is_typed() -> None:
     assert (Path(flowfsm.__file__).parent / "py.typed").exists()
+
+
+def test_importing_flowfsm_loads_no_converter() -> None:
+    """``import flowfsm`` stays light (docs/performance.md, import time): cattrs and
+    the JSON converter load only when something needs JSON, e.g. a SQL store."""
+    code = "import sys, flowfsm; print(sorted(m for m in ('cattrs', 'flowfsm.converter') if m in sys.modules))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"

@@ -17,7 +17,6 @@ import datetime as dt
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final, get_args, overload
 
-from flowfsm.converter import converter
 from flowfsm.model import (
     DeploymentState,
     Flow,
@@ -142,7 +141,6 @@ def draft(
 
 
 _TRIGGERS: Final = frozenset(get_args(Trigger))
-_unstructure_trigger: Final = converter.get_unstructure_hook(Trigger)  # what unstructure(t, Trigger) calls
 
 
 def trigger_json(trigger: object) -> dict[str, Any]:
@@ -150,8 +148,12 @@ def trigger_json(trigger: object) -> dict[str, Any]:
     flowfsm's triggers; for another class (a subclass, or the trigger of an engine
     subclass's own applier) its fields, tagged with its class name, and checked to
     be JSON every backend stores."""
+    # Imported here: cattrs loads when a history is first written to SQL or read,
+    # not with ``import flowfsm`` (the in-memory store never needs it).
+    from flowfsm.converter import converter
+
     if type(trigger) in _TRIGGERS:
-        return _unstructure_trigger(trigger)  # type: ignore[no-any-return]
+        return converter.unstructure(trigger, Trigger)  # type: ignore[no-any-return]
     data = converter.unstructure(trigger)
     form = {**data, "type": type(trigger).__name__} if isinstance(data, dict) else {"type": type(trigger).__name__}
     check_json("trigger", form)
