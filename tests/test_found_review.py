@@ -115,11 +115,6 @@ def test_retrying_a_failed_item_does_not_lift_a_persons_pause() -> None:
 # --- 2. history loses a failure that a policy undid in the same trigger -----------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="history stores the net change: a failure retried at once is not recorded",
-)
 def test_history_records_a_promotion_failure_retried_at_once() -> None:
     """SPEC §9: an entry holds each state change the trigger made. RETRY without a
     backoff fails and retries the promotion in one trigger; its entry has no change."""
@@ -132,9 +127,6 @@ def test_history_records_a_promotion_failure_retried_at_once() -> None:
     assert ("promotion", "pending", "failed") in [(c.entity, c.from_, c.to) for c in entry.changes]
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="history stores the net change: 'started → notStarted', the failure lost"
-)
 def test_history_records_a_deployment_failure_retried_at_once() -> None:
     world = World(["smoke"], FailureStrategy.RETRY, retry=RetryPolicy(3))
     (flow,) = world.engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1.0.0"))).flows

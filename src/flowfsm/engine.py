@@ -382,7 +382,7 @@ class FlowEngine:
         drafts = work.changed()
         saved = [draft.flow(version=draft.loaded.version + 1, updated_at=now) for draft in drafts]
         outcome = Outcome(tuple(saved), self._hook_requests(work, now))
-        outcome.history = history.draft([draft.loaded for draft in drafts], saved, outcome.hook_requests, now)
+        outcome.history = history.draft([draft.moves for draft in drafts], saved, outcome.hook_requests, now)
         if work.timers:
             outcome.timers, outcome.cancelled = work.timer_changes()
         work.close()

@@ -1,13 +1,15 @@
 """History (SPEC §9): what each trigger did to each flow it changed.
 
-The engine drafts one ``HistoryEntry`` per changed flow from the flow as loaded
-and as saved (``state_changes``), so every rule of the machines, present or
-future, is recorded without the rules saying so; ``FlowEngine.handle`` then gives
+The engine drafts one ``HistoryEntry`` per changed flow from the state changes its
+unit of work published, in order (``flowfsm.work.FlowDraft.moves``: recorded where
+every entity's next version is made, so every rule of the machines, present or
+future, is recorded without the rules saying so, and a failure a policy retries at
+once is recorded with its retry); ``FlowEngine.handle`` then gives
 the entries their trigger (one JSON form per trigger) and commits them with the
 flows. A duplicate changes nothing and costs nothing here.
 
 History is written on every trigger and seldom read, so what an entry holds is
-made cheaply and finished when read: its changes are kept as plain tuples
+made cheaply and finished when read: its changes are kept as recorded
 (``StateChanges``), its trigger's JSON is built on first use (``TriggerJSON``).
 """
 
@@ -32,66 +34,46 @@ from flowfsm.model import (
     check_json,
 )
 from flowfsm.triggers import Trigger
+from flowfsm.work import Move
 
 __all__ = ["StateChanges", "TriggerJSON", "attribute", "draft", "state_changes", "trigger_json"]
 
 
-_Raw = tuple[str, str, "str | None", str]
-"""A state change as the engine keeps it until it is read: (entity, id, from, to)."""
 _SPELLING: Final = {state: state.value for kind in (FlowState, DeploymentState, PromotionState) for state in kind}
 
 
-def _raw_changes(before: Flow | None, after: Flow) -> tuple[_Raw, ...]:
-    """``state_changes`` as plain tuples of strings (cheap to make, and the garbage
-    collector stops tracking them)."""
-    spelling = _SPELLING
-    changes: list[_Raw] = []
+def _created(flow: Flow) -> list[Move]:
+    """What a new flow's creation changed: every promotion before its deployment,
+    the deployments before the flow, each from nothing."""
+    changes: list[Move] = []
     add = changes.append
-    old_deployments = before.deployments if before is not None else ()
-    for i, deployment in enumerate(after.deployments):
-        old = old_deployments[i] if i < len(old_deployments) else None
-        if old is deployment:
-            continue
-        if old is None or old.promotions is not deployment.promotions:
-            old_promotions = old.promotions if old is not None else ()
-            for j, promotion in enumerate(deployment.promotions):
-                was = old_promotions[j] if j < len(old_promotions) else None
-                if was is None:
-                    add(("promotion", promotion.id, None, spelling[promotion.state]))
-                elif was.state is not promotion.state:
-                    add(("promotion", promotion.id, spelling[was.state], spelling[promotion.state]))
-        if old is None:
-            add(("deployment", deployment.id, None, spelling[deployment.state]))
-        elif old.state is not deployment.state:
-            add(("deployment", deployment.id, spelling[old.state], spelling[deployment.state]))
-    if before is None:
-        add(("flow", after.id, None, spelling[after.state]))
-    elif before.state is not after.state:
-        add(("flow", after.id, spelling[before.state], spelling[after.state]))
-    return tuple(changes)
+    for deployment in flow.deployments:
+        for promotion in deployment.promotions:
+            add(("promotion", promotion.id, None, promotion.state))
+        add(("deployment", deployment.id, None, deployment.state))
+    add(("flow", flow.id, None, flow.state))
+    return changes
 
 
-def state_changes(before: Flow | None, after: Flow) -> tuple[StateChange, ...]:
-    """Each state change from ``before`` (None: the flow is new) to ``after``, every
-    promotion before its deployment and the deployments before the flow. Parts a
-    trigger did not touch are shared between the two versions, so they are skipped
-    by identity, unread."""
-    return tuple([_make_state_change(*change) for change in _raw_changes(before, after)])
+def state_changes(moves: Sequence[Move]) -> tuple[StateChange, ...]:
+    """The recorded moves as ``StateChange`` values, states in their JSON spelling."""
+    spelling = _SPELLING
+    return tuple([_make_state_change(e, i, None if a is None else spelling[a], spelling[b]) for e, i, a, b in moves])
 
 
 class StateChanges(Sequence[StateChange]):
-    """An entry's ``changes`` as the engine makes them: found when the entry is made
-    (``state_changes``), kept as plain tuples, and made ``StateChange`` values when
-    read, since history is written on every trigger and seldom read. It equals the
-    tuple it stands for."""
+    """An entry's ``changes`` as the engine makes them: the moves its unit of work
+    published, in order (``flowfsm.work.FlowDraft.moves``), kept as they were
+    recorded and made ``StateChange`` values when read, since history is written on
+    every trigger and seldom read. It equals the tuple it stands for."""
 
     __slots__ = ("_raw",)
 
-    def __init__(self, before: Flow | None, after: Flow) -> None:
-        self._raw = _raw_changes(before, after)
+    def __init__(self, moves: Sequence[Move]) -> None:
+        self._raw = tuple(moves)
 
     def _tuple(self) -> tuple[StateChange, ...]:
-        return tuple([_make_state_change(*change) for change in self._raw])
+        return state_changes(self._raw)
 
     @overload
     def __getitem__(self, index: int) -> StateChange: ...
@@ -117,25 +99,29 @@ class StateChanges(Sequence[StateChange]):
 
 
 def draft(
-    loaded: Sequence[Flow | None], saved: Sequence[Flow], requests: Sequence[HookRequest], now: dt.datetime
+    moves: Sequence[Sequence[Move] | None], saved: Sequence[Flow], requests: Sequence[HookRequest], now: dt.datetime
 ) -> tuple[HistoryEntry, ...]:
-    """One entry per saved flow (``loaded``: each as it was, None if new), its
-    ``seq`` the saved version, with the ids of its ``requests``; ``attribute``
-    gives it its trigger."""
+    """One entry per saved flow (``moves``: what its unit of work published, None if
+    the flow is new), its ``seq`` the saved version, with the ids of its
+    ``requests``; ``attribute`` gives it its trigger."""
+
+    def changes(flow_moves: Sequence[Move] | None, flow: Flow) -> StateChanges:
+        return StateChanges(_created(flow) if flow_moves is None else flow_moves)
+
     if len(saved) == 1:  # the usual trigger: one flow, whose are all the requests
         after = saved[0]
         ids = tuple([r.id for r in requests])
-        return (_make_history_entry(after.id, after.version, now, StateChanges(loaded[0], after), ids),)
+        return (_make_history_entry(after.id, after.version, now, changes(moves[0], after), ids),)
     return tuple(
         [
             _make_history_entry(
                 after.id,
                 after.version,
                 now,
-                StateChanges(before, after),
+                changes(flow_moves, after),
                 tuple([r.id for r in requests if r.flow_id == after.id]),
             )
-            for before, after in zip(loaded, saved, strict=True)
+            for flow_moves, after in zip(moves, saved, strict=True)
         ]
     )
 

@@ -85,6 +85,11 @@ reports (a steering event: its ``Note``), its (webhook id, action) subscribers).
 PendingFailure = tuple["FailureKind", "FlowDraft", int, str]
 """(what failed, its flow, the position of its deployment, the id of what failed)."""
 
+Move = tuple[
+    str, str, "FlowState | DeploymentState | PromotionState | None", "FlowState | DeploymentState | PromotionState"
+]
+"""One state change, as published: (entity, id, from, to); ``from`` None for a new entity."""
+
 
 class Work:
     """What one trigger has done so far; ``open`` adds a flow to it."""
@@ -196,7 +201,18 @@ class Work:
 class FlowDraft:
     """One flow of a unit of work: its latest state and deployments."""
 
-    __slots__ = ("changed", "deployments", "loaded", "pause", "released", "rollback", "service", "state", "work")
+    __slots__ = (
+        "changed",
+        "deployments",
+        "loaded",
+        "moves",
+        "pause",
+        "released",
+        "rollback",
+        "service",
+        "state",
+        "work",
+    )
 
     def __init__(self, work: Work, flow: Flow, service: Service) -> None:
         self.work = work
@@ -205,6 +221,8 @@ class FlowDraft:
         self.state = flow.state
         self.deployments = list(flow.deployments)
         self.changed = False
+        self.moves: list[Move] = []
+        """Each state change published, in order: what the flow's history records."""
         self.pause = flow.pause
         self.rollback = flow.rollback
         self.released = False
@@ -272,6 +290,8 @@ class FlowDraft:
         if state is not _PAUSED and self.pause is not None:  # leaving a pause: it ends, with what it held
             self.released = self.pause.held
             self.pause = None
+        if state is not self.state:
+            self.moves.append(("flow", self.loaded.id, self.state, state))
         self.state = state
         self.changed = True
 
@@ -280,7 +300,11 @@ class FlowDraft:
         pending again, each at its next attempt too)."""
         d: Deployment = draft.entity
         promotions, attempt = d.promotions, d.attempt
+        moves, was = self.moves, self.deployments[draft.index].state
+        if draft.state is not was:
+            moves.append(("deployment", d.id, was, draft.state))
         if again:
+            moves += [("promotion", p.id, p.state, _PENDING) for p in promotions if p.state is not _PENDING]
             promotions = tuple([_make_promotion(p.id, p.name, _PENDING, p.attempt + 1) for p in promotions])
             attempt += 1
         self.deployments[draft.index] = _make_deployment(d.id, d.environment, promotions, draft.state, attempt)
@@ -289,6 +313,8 @@ class FlowDraft:
     def publish_promotion(self, draft: Draft, again: bool = False) -> None:
         promotion: Promotion = draft.entity
         attempt = promotion.attempt + 1 if again else promotion.attempt
+        if draft.state is not promotion.state:
+            self.moves.append(("promotion", promotion.id, promotion.state, draft.state))
         published = _make_promotion(promotion.id, promotion.name, draft.state, attempt)
         d = self.deployments[draft.index]
         promotions = tuple([published if p.id == promotion.id else p for p in d.promotions])
