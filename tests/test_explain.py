@@ -6,9 +6,11 @@ import datetime as dt
 from collections.abc import Iterable
 from pathlib import Path
 
+import attrs
 import pytest
 
 from flowfsm import (
+    AbortFlow,
     Artifact,
     ArtifactCreated,
     Catalog,
@@ -18,17 +20,27 @@ from flowfsm import (
     Environment,
     Flow,
     FlowEngine,
+    FlowState,
+    HistoryEntry,
+    PauseFlow,
     Pipeline,
     PromotionCompleted,
     PromotionResult,
     ResultStatus,
+    ResumeFlow,
+    RetryDeployment,
+    RetryPolicy,
+    RetryPromotion,
     Service,
+    SkipPromotion,
+    StateChange,
     Timeouts,
 )
 from flowfsm import explain as explaining
 from flowfsm.converter import unstructure
 from flowfsm.explain import Situation, Waiting
 from flowfsm.repositories import InMemoryRepository
+from flowfsm.scheduling import Scheduler
 from flowfsm.testing import FakeClock
 
 from .test_cli import Cli
@@ -191,28 +203,173 @@ def test_flowfsm_explain_prints_the_sentences_or_json(tmp_path: Path) -> None:
     assert (gone.returncode, gone.stderr) == (1, "error: unknown flow 'nope'\n")
 
 
-def test_promotions_name_their_attempt_where_promotions_count_them() -> None:
-    """Promotions gain an ``attempt`` with retries (SPEC §8): from the second, the
-    sentence names it, and the data carries it whenever there is one."""
-    import attrs
-
-    from flowfsm import DeploymentState, Promotion
-
-    @attrs.frozen(weakref_slot=False)
-    class Attempted(Promotion):
-        attempt: int = 1
-
-    world = World()
+def test_a_retried_promotion_is_named_with_its_attempt() -> None:
+    """From the second attempt on, the sentence names a promotion's attempt; the data always carries it."""
+    world = World(failure_strategy="PAUSE")
     world.complete()
-    flow = world.engine.repository.get(world.flow.id)
-    dev = flow.deployments[0]
-    smoke, perf = dev.promotions
-    retried = (Attempted(smoke.id, smoke.name, smoke.state, 2), Attempted(perf.id, perf.name, perf.state))
-    flow = attrs.evolve(flow, deployments=[attrs.evolve(dev, promotions=retried), *flow.deployments[1:]])
-    assert flow.deployments[0].state is DeploymentState.COMPLETED
-    (item,) = explaining.explain(flow, None, (), ())
+    smoke, perf = world.dev.promotions
+    world.clock.advance(minutes=1)
+    world.promote(0, ResultStatus.FAILED)  # PAUSE: a person retries the check
+    world.engine.handle(RetryPromotion(world.dev.id, smoke.id, "alice", "flaky"))
+    (item,) = world.explain()
     assert item.details["promotions"] == [
         {"name": "smoke", "id": smoke.id, "attempt": 2},
         {"name": "perf", "id": perf.id, "attempt": 1},
     ]
-    assert "promotions 'smoke' (attempt 2), 'perf' of 'dev', deployed at an unrecorded time" in item.text
+    assert item.text == (
+        "Waiting for the promotions 'smoke' (attempt 2), 'perf' of 'dev', deployed at 2026-01-01 00:05:00 UTC."
+    )
+
+
+def test_a_flow_paused_by_a_person_says_by_whom_why_and_what_it_holds() -> None:
+    world = World()
+    world.clock.advance(minutes=3)
+    world.engine.handle(PauseFlow(world.flow.id, "alice", "release freeze"))
+    (item,) = world.explain()  # no cd-start: the deployment cannot start while paused
+    assert (item.kind, item.deployment_id, item.since, item.until) == (
+        "paused",
+        world.dev.id,
+        T0 + dt.timedelta(minutes=3),
+        None,
+    )
+    assert item.details == {"actor": "alice", "reason": "release freeze", "failed": []}
+    assert item.text == (
+        "Paused by 'alice' at 2026-01-01 00:03:00 UTC: release freeze. It goes on when it is resumed."
+        " The deployment to 'dev' cannot start until then."
+    )
+    world.engine.handle(ResumeFlow(world.flow.id, "alice"))
+    assert [i.kind for i in world.explain()] == ["cd-start"]
+
+
+def test_a_paused_flow_still_shows_the_work_under_way() -> None:
+    """A pause stops what is new, not the facts about work under way: a started
+    deployment still finishes, pending promotions still report (docs/decisions.md)."""
+    world = World(timeouts=Timeouts(deploy="30m"))
+    world.engine.handle(DeploymentStarted(world.dev.id))
+    world.engine.handle(PauseFlow(world.flow.id, "alice"))
+    paused, finishing = world.explain()
+    assert (paused.kind, finishing.kind, finishing.until) == ("paused", "cd-finish", T0 + dt.timedelta(minutes=30))
+    assert paused.text == "Paused by 'alice' at 2026-01-01 00:00:00 UTC. It goes on when it is resumed."
+    world.clock.advance(minutes=5)
+    world.engine.handle(DeploymentCompleted(world.dev.id))
+    assert [i.kind for i in world.explain()] == ["paused", "promotions"]
+
+
+def test_a_flow_paused_by_its_policy_names_the_failed_promotion_to_retry_or_skip() -> None:
+    world = World(failure_strategy="PAUSE")
+    world.complete()
+    smoke = world.dev.promotions[0]
+    world.clock.advance(minutes=2)
+    world.promote(0, ResultStatus.FAILED)
+    paused, pending = world.explain()
+    assert (paused.kind, paused.deployment_id, paused.since) == ("paused", world.dev.id, T0 + dt.timedelta(minutes=7))
+    assert paused.text == (
+        "Paused by its failure policy at 2026-01-01 00:07:00 UTC: promotion 'smoke' failed."
+        " To go on, retry or skip the promotion 'smoke' of 'dev'; or abort the flow."
+    )
+    assert paused.details["actor"] == "flowfsm"
+    assert paused.details["failed"] == [
+        {
+            "entity": "promotion",
+            "id": smoke.id,
+            "name": "smoke",
+            "environment": "dev",
+            "deploymentId": world.dev.id,
+            "attempt": 1,
+        }
+    ]
+    assert (pending.kind, [p["name"] for p in pending.details["promotions"]]) == ("promotions", ["perf"])
+    world.engine.handle(SkipPromotion(world.dev.id, smoke.id, "alice", "known flaky"))
+    assert [i.kind for i in world.explain()] == ["promotions"]
+
+
+def test_a_flow_paused_by_its_policy_names_the_failed_deployment_to_retry() -> None:
+    world = World(failure_strategy="PAUSE")
+    world.engine.handle(DeploymentStarted(world.dev.id))
+    world.engine.handle(DeploymentFailed(world.dev.id, "image pull failed"))
+    (item,) = world.explain()
+    assert item.text == (
+        "Paused by its failure policy at 2026-01-01 00:00:00 UTC: image pull failed."
+        " To go on, retry the deployment to 'dev'; or abort the flow."
+    )
+    assert item.details["failed"] == [{"entity": "deployment", "id": world.dev.id, "environment": "dev"}]
+    world.engine.handle(RetryDeployment(world.dev.id, "alice"))
+    assert [i.kind for i in world.explain()] == ["cd-start"]
+
+
+def test_a_retry_backoff_names_what_it_retries_at_which_attempt_and_until_when() -> None:
+    world = World(failure_strategy="RETRY", retry=RetryPolicy(attempts=3, backoff="10m"))
+    world.complete()
+    smoke = world.dev.promotions[0]
+    world.clock.advance(minutes=1)
+    world.promote(0, ResultStatus.FAILED)
+    pending, waiting = world.explain()
+    failed = T0 + dt.timedelta(minutes=6)
+    assert (pending.kind, [p["name"] for p in pending.details["promotions"]]) == ("promotions", ["perf"])
+    assert (waiting.kind, waiting.deployment_id, waiting.since, waiting.until) == (
+        "backoff",
+        world.dev.id,
+        failed,
+        failed + dt.timedelta(minutes=10),
+    )
+    assert waiting.details == {"retry": [{"entity": "promotion", "name": "smoke", "id": smoke.id, "attempt": 2}]}
+    assert waiting.text == (
+        "Waiting until 2026-01-01 00:16:00 UTC to retry the promotion 'smoke' (attempt 2) of 'dev',"
+        " which failed at 2026-01-01 00:06:00 UTC."
+    )
+    world.clock.advance(minutes=10)
+    Scheduler(world.engine.repository, world.engine).run_once()
+    (item,) = world.explain()
+    assert item.details["promotions"][0] == {"name": "smoke", "id": smoke.id, "attempt": 2}
+
+
+def test_a_deployment_retry_backoff_names_the_deployment() -> None:
+    world = World(failure_strategy="RETRY", retry=RetryPolicy(attempts=2, backoff="1m"))
+    world.engine.handle(DeploymentStarted(world.dev.id))
+    world.engine.handle(DeploymentFailed(world.dev.id, "image pull failed"))
+    (item,) = world.explain()
+    assert (item.kind, item.until) == ("backoff", T0 + dt.timedelta(minutes=1))
+    assert item.details == {"retry": [{"entity": "deployment", "id": world.dev.id, "attempt": 2}]}
+    assert item.text.startswith("Waiting until 2026-01-01 00:01:00 UTC to retry the deployment to 'dev' (attempt 2),")
+
+
+def test_an_aborted_flow_says_by_whom_and_why() -> None:
+    world = World()
+    world.engine.handle(DeploymentStarted(world.dev.id))
+    world.clock.advance(minutes=4)
+    world.engine.handle(AbortFlow(world.flow.id, "bob", "wrong build"))
+    (item,) = world.explain()
+    assert (item.kind, item.environment, item.since) == ("finished", "dev", T0 + dt.timedelta(minutes=4))
+    assert item.details == {"state": "aborted", "actor": "bob", "reason": "wrong build"}
+    assert item.text == "Finished: the flow was aborted by 'bob' at 2026-01-01 00:04:00 UTC, in 'dev': wrong build."
+
+
+def test_a_superseded_flow_says_so_and_by_what_when_the_history_says() -> None:
+    world = World()
+    flow = attrs.evolve(world.engine.repository.get(world.flow.id), state=FlowState.SUPERSEDED)
+    entry = HistoryEntry(
+        flow.id,
+        2,
+        T0 + dt.timedelta(hours=1),
+        {"type": "ArtifactCreated"},
+        "ci",
+        "a newer flow superseded it",
+        [StateChange("flow", flow.id, "inProgress", "superseded")],
+        (),
+    )
+    (item,) = explaining.explain(flow, None, (), (entry,))
+    assert item.details == {"state": "superseded", "actor": "ci", "reason": "a newer flow superseded it"}
+    assert item.text == (
+        "Finished: the flow was superseded by 'ci' at 2026-01-01 01:00:00 UTC: a newer flow superseded it."
+    )
+    (bare,) = explaining.explain(flow, None, (), ())  # no history: no one to name
+    assert bare.text == f"Finished: the flow was superseded at {explaining.at(flow.updated_at)}."
+
+
+def test_flowfsm_explain_shows_a_pause(tmp_path: Path) -> None:
+    cli = Cli(tmp_path)
+    flow = cli.json("artifact-created", "com.acme:api:4.0.0")["flows"][0]
+    cli("pause", flow["id"], "--actor", "alice", "--reason", "release freeze")
+    shown = cli("explain", flow["id"])
+    assert shown.stdout.startswith("paused  Paused by 'alice' at ")
+    assert "release freeze. It goes on when it is resumed." in shown.stdout

@@ -8,7 +8,12 @@ code with the engine. Time moves only when a rule moves the fake clock, and then
 scheduler fires what is due. After every step the engine's outcome, the
 HookRequests it emitted and the stored flows must match it, and the invariants must
 hold: a paused flow begins nothing new, a finished flow (aborted included) never
-moves again, and a retry never loses the earlier attempt's record.
+moves again, and a retry never loses the earlier attempt's record. History (§9):
+every accepted trigger appends one entry to the flow it changed (a round of timers,
+one per timer that acted), numbered on from 1, with the trigger, its actor and reason
+(``flowfsm`` for a timer), the reference's state changes and exactly the HookRequests
+it created for that flow; duplicates and refusals append nothing; no entry is ever
+rewritten, and every failure stays recorded in the entry of the step that failed it.
 
 (``RETRY``'s backoff timers and ``ROLLBACK`` have their scenario tests on every
 backend in ``tests/test_steering.py``; the model retries at once.)
@@ -39,6 +44,7 @@ from flowfsm import (
     Flow,
     FlowEngine,
     FlowFSMError,
+    HistoryEntry,
     HookEvent,
     InvalidTransition,
     Outcome,
@@ -54,6 +60,7 @@ from flowfsm import (
     RetryPromotion,
     Service,
     SkipPromotion,
+    StateChange,
     SteeringPayload,
     Trigger,
     UnknownDeployment,
@@ -100,6 +107,10 @@ class RefFlow:
     """The failed items a PAUSE policy waits on (each retried or skipped, it resumes)."""
     held: bool = False
     """A pause held back the next deployment's announcement."""
+    failures: list[tuple[str, int, int, int, bool]] = attrs.field(factory=list)
+    """Each failure of an item: its id, its attempt, the first and last number of the
+    history entries made by the step that failed it (0 until the engine made them), and
+    whether the item was still failed when the step ended (not retried at once)."""
 
     def open(self) -> bool:
         return self.state in ("inProgress", "paused")
@@ -120,12 +131,36 @@ class RefFlow:
                 return i
         return None
 
+    def snapshot(self) -> Snapshot:
+        return self.state, tuple(self.deployments), tuple(tuple(p) for p in self.promotions)
+
+    def changes(self, before: Snapshot | None) -> list[StateChange]:
+        """The state changes from ``before`` (None: the flow is new) to now, as SPEC §9
+        lists them: each promotion before its deployment, the deployments before the flow."""
+        state, deployments, promotions = self.snapshot()
+        out: list[StateChange] = []
+        for d, deployment in enumerate(deployments):
+            for p, promotion in enumerate(promotions[d]):
+                was = before[2][d][p] if before is not None else None
+                if was != promotion:
+                    out.append(StateChange("promotion", self.promotion_ids[d][p], was, promotion))
+            was = before[1][d] if before is not None else None
+            if was != deployment:
+                out.append(StateChange("deployment", self.deployment_ids[d], was, deployment))
+        if before is None or before[0] != state:
+            out.append(StateChange("flow", self.id, before[0] if before is not None else None, state))
+        return out
+
+
+Snapshot = tuple[str, tuple[str, ...], tuple[tuple[str, ...], ...]]
+"""A reference flow's states: the flow's, each deployment's, each promotion's."""
 
 # An expected result: an error type, "duplicate", or the list of (event, flow, deployment
 # index, deployment state at the event) the trigger causes.
 Expected = type[FlowFSMError] | str | list[tuple[HookEvent, RefFlow, int, str]]
 Out = list[tuple[HookEvent, RefFlow, int, str]]
 FINISHED = ("success", "failed", "aborted", "superseded")
+RETRIED = (E.PROMOTION_RETRIED, E.DEPLOYMENT_RETRIED)
 STEERING = (
     E.FLOW_PAUSED,
     E.FLOW_RESUMED,
@@ -211,6 +246,8 @@ class EngineAgainstReference(RuleBasedStateMachine):
         self.last: tuple[Trigger, Expected] | None = None
         self.finished: dict[str, Flow] = {}
         self.attempts: dict[str, int] = {}
+        self.histories: dict[str, tuple[HistoryEntry, ...]] = {}
+        """Each flow's history as last read: a step only ever appends to it."""
 
     @initialize(catalog=catalogs())
     def setup(self, catalog: Catalog) -> None:
@@ -307,6 +344,10 @@ class EngineAgainstReference(RuleBasedStateMachine):
         """A failure of the promotion ``p`` (None: of the deployment) of deployment
         ``d``, decided by its environment's policy (or ``strategy``, RETRY's then)."""
         name, retry = flow.policy(d)
+        if strategy is None:  # the failure itself (not RETRY's then deciding it again): history keeps it
+            item = flow.promotion_ids[d][p] if p is not None else flow.deployment_ids[d]
+            attempt = flow.promotion_attempts[d][p] if p is not None else flow.deployment_attempts[d]
+            flow.failures.append((item, attempt, 0, 0, False))
         name = strategy or name
         if name == "STOP":
             if flow.deployments[d] != "failed":
@@ -509,6 +550,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
             return
         before = self.repository.list_flows(limit=10_000)
         paused = {f.id for f in self.flows.values() if f.state == "paused"}
+        states = {f.id: f.snapshot() for f in self.flows.values()}
         expected = self.expect(trigger)
         self.last = (trigger, expected)
         self.begins_nothing_new(paused, sent)
@@ -518,18 +560,77 @@ class EngineAgainstReference(RuleBasedStateMachine):
             assert type(caught.value) is expected, (caught.value, expected)
             assert self.repository.list_flows(limit=10_000) == before
             assert len(self.emitter.requests) == sent
+            self.check_history(states, trigger, set(), sent)
             return
         outcome = self.engine.handle(trigger)
         if expected == "duplicate":
             assert outcome.duplicate
             assert outcome.hook_requests == ()
             assert self.repository.list_flows(limit=10_000) == before
+            self.check_history(states, trigger, set(), sent)
         else:
             assert isinstance(expected, list)
             assert not outcome.duplicate
             self.check_requests(outcome, self.fanout(expected))
+            changed = {flow.id for _, flow, _, _ in expected}
+            assert len(changed) == 1  # a trigger about a deployment or a flow changes that flow alone
+            self.check_history(states, trigger, changed, sent)
         assert self.emitter.requests[sent:] == list(outcome.hook_requests)
         self.begins_nothing_new(paused, sent)
+
+    def check_history(self, states: dict[str, Snapshot], trigger: Trigger | None, changed: set[str], sent: int) -> None:
+        """SPEC §9: a step appends exactly one entry to each flow it changed (for a round
+        of timers, one or more: one per timer that did something), numbered on from the
+        flow's last, and none to any other flow; no entry is ever rewritten. An entry
+        records the trigger's JSON, its actor and reason (``flowfsm`` for a timer), each
+        state change the reference made, and exactly the HookRequests the step created
+        for that flow. The failures of the step are recorded in the entries it made."""
+        emitted = self.emitter.requests[sent:]
+        for ref in self.flows.values():
+            stored = tuple(self.repository.history(ref.id))
+            known = self.histories.get(ref.id, ())
+            assert stored[: len(known)] == known, "an earlier entry was rewritten or lost"
+            new = stored[len(known) :]
+            assert [e.seq for e in stored] == list(range(1, len(stored) + 1))
+            self.histories[ref.id] = stored
+            if ref.id not in changed:
+                assert new == (), (trigger, new)
+                continue
+            assert stored[-1].seq == self.repository.get(ref.id).version
+            assert all(e.flow_id == ref.id and e.at == self.clock.now for e in new)
+            ids = [r.id for r in emitted if r.flow_id == ref.id]
+            before = states.get(ref.id)
+            if trigger is None:  # a round of timers
+                assert new
+                assert all((e.actor, e.reason, e.trigger["type"]) == ("flowfsm", None, "TimerFired") for e in new)
+                assert [i for e in new for i in e.hook_request_ids] == ids
+                replayed = dict(self.states_by_id(ref, before))
+                for entry in new:
+                    for change in entry.changes:
+                        assert replayed.get(change.id) == change.from_, change
+                        replayed[change.id] = change.to
+                assert replayed == dict(self.states_by_id(ref, ref.snapshot()))
+            else:
+                assert len(new) == 1, (trigger, new)
+                (entry,) = new
+                assert entry.trigger == unstructure(trigger, Trigger)
+                assert (entry.actor, entry.reason) == (trigger.actor, trigger.reason)
+                assert list(entry.hook_request_ids) == ids
+                assert list(entry.changes) == ref.changes(before)
+            first, last, now = len(known) + 1, len(stored), dict(self.states_by_id(ref, ref.snapshot()))
+            ref.failures = [
+                (i, a, first, last, now[i] == "failed") if not lo else (i, a, lo, hi, shown)
+                for i, a, lo, hi, shown in ref.failures
+            ]
+
+    @staticmethod
+    def states_by_id(ref: RefFlow, snapshot: Snapshot | None) -> list[tuple[str, str]]:
+        if snapshot is None:
+            return []
+        state, deployments, promotions = snapshot
+        pairs = [(ref.id, state), *zip(ref.deployment_ids, deployments, strict=True)]
+        pairs += [pair for d, pids in enumerate(ref.promotion_ids) for pair in zip(pids, promotions[d], strict=True)]
+        return pairs
 
     def begins_nothing_new(self, paused: set[str], sent: int) -> None:
         """A flow paused before and after a step started and announced nothing in it."""
@@ -562,6 +663,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
             expected.append((E.DEPLOYMENT_CREATED, ref, 0, "notStarted"))
         assert outcome.duplicate == (bool(services) and not expected)
         self.check_requests(outcome, self.fanout(expected))
+        self.check_history({}, trigger, {flow.id for _, flow, _, _ in expected}, sent)
         assert self.emitter.requests[sent:] == list(outcome.hook_requests)
         self.last = (trigger, "duplicate" if services else [])
 
@@ -713,6 +815,18 @@ class EngineAgainstReference(RuleBasedStateMachine):
             status = ResultStatus.FAILED if fail == 0 else ResultStatus.PASSED
             self.run(PromotionCompleted(deployment_id, pid, [PromotionResult(pid, status)]))
 
+    # Twice more: rules are drawn alike, and the refusals, pauses and aborts around a
+    # flow would otherwise end most runs before a promotion fails or is retried.
+    @precondition(lambda self: any(f.state == "inProgress" for f in self.flows.values()))
+    @rule(data=st.data(), fail=st.integers(0, 3))
+    def progress_more(self, data: st.DataObject, fail: int) -> None:
+        self.progress(data, fail)
+
+    @precondition(lambda self: any(f.state == "inProgress" for f in self.flows.values()))
+    @rule(data=st.data(), fail=st.integers(0, 3))
+    def progress_again(self, data: st.DataObject, fail: int) -> None:
+        self.progress(data, fail)
+
     @precondition(lambda self: hasattr(self, "clock"))
     @rule(by=st.sampled_from([1, 9, 10, 29, 30, 45, 120]), schedule=st.booleans())
     def time_passes(self, by: int, schedule: bool) -> None:
@@ -722,9 +836,11 @@ class EngineAgainstReference(RuleBasedStateMachine):
             return
         sent = len(self.emitter.requests)
         paused = {f.id for f in self.flows.values() if f.state == "paused"}
+        states = {f.id: f.snapshot() for f in self.flows.values()}
         expected = self.expire()
         assert self.scheduler.run_once() == len(expected)
         self.begins_nothing_new(paused, sent)
+        self.check_history(states, None, set(expected), sent)
         emitted = self.emitter.requests[sent:]
         for flow_id, events in expected.items():
             rows = [
@@ -760,7 +876,12 @@ class EngineAgainstReference(RuleBasedStateMachine):
         sent = len(self.emitter.requests)
         self.run(trigger)
         assert self.last is not None
-        if isinstance(before, list) and not isinstance(trigger, ArtifactCreated):
+        # A failure its policy retried at once left the item at a new attempt, which a
+        # report naming no attempt cannot tell from its own: the repeat is what the
+        # reference says of it (refused, or a failure of the new attempt), checked by run.
+        by_policy = not isinstance(trigger, RetryPromotion | RetryDeployment)
+        retried = by_policy and isinstance(before, list) and any(e in RETRIED for e, *_ in before)
+        if isinstance(before, list) and not isinstance(trigger, ArtifactCreated) and not retried:
             assert self.last[1] == "duplicate"  # an applied trigger, delivered again
             assert len(self.emitter.requests) == sent
 
@@ -811,6 +932,37 @@ class EngineAgainstReference(RuleBasedStateMachine):
                 for entity_id, attempt in [(d.id, d.attempt), *((p.id, p.attempt) for p in d.promotions)]:
                     assert attempt >= self.attempts.get(entity_id, 1)
                     self.attempts[entity_id] = attempt
+
+    @invariant()
+    def history_keeps_every_failure(self) -> None:
+        """A retry never loses the earlier attempt's record: every failure the reference
+        saw stays in the history, in the entry of the step that failed it, as the item's
+        change to ``failed`` or, when a policy retried it at once within that step, as
+        the trigger that failed it (its failed result, its report, its timeout): a
+        failed item a step left failed is a change to ``failed`` in that step's entries."""
+        if not hasattr(self, "repository"):
+            return
+        for ref in self.flows.values():
+            stored = self.repository.history(ref.id)
+            for item, attempt, first, last, shown in ref.failures:
+                assert first, (item, attempt)  # every step's failures were placed
+                entries = stored[first - 1 : last]
+                changed = any(c.id == item and c.to == "failed" for e in entries for c in e.changes)
+                named = any(self.names_failure(ref, entry, item) for entry in entries)
+                assert changed or (named and not shown), (item, attempt, entries)
+
+    @staticmethod
+    def names_failure(ref: RefFlow, entry: HistoryEntry, item: str) -> bool:
+        """The entry's trigger is one that fails ``item``."""
+        trigger = entry.trigger
+        if item in ref.deployment_ids:
+            return trigger["type"] in ("DeploymentFailed", "TimerFired") and trigger["deploymentId"] == item
+        d = next(i for i, pids in enumerate(ref.promotion_ids) if item in pids)
+        if trigger["type"] == "TimerFired":
+            return bool(trigger["deploymentId"] == ref.deployment_ids[d] and trigger["kind"] == "verify")
+        return trigger["type"] == "PromotionCompleted" and any(
+            r["promotionId"] == item and r["resultStatus"] == "failed" for r in trigger["results"]
+        )
 
     @invariant()
     def timers_are_those_the_flows_wait_for(self) -> None:

@@ -22,6 +22,7 @@ from flowfsm.model import (
     Flow,
     FlowState,
     HistoryEntry,
+    Promotion,
     PromotionState,
     Service,
     Timer,
@@ -42,7 +43,7 @@ class Waiting:
     """One thing a flow waits for (or that it is finished).
 
     ``kind`` is a short stable word (``cd-start``, ``cd-finish``, ``promotions``,
-    ``soak``, ``finished``, …) and ``text`` one plain sentence. ``deployment_id``
+    ``soak``, ``backoff``, ``paused``, ``finished``, …) and ``text`` one plain sentence. ``deployment_id``
     and ``environment`` name the deployment it is about, ``since`` when the wait
     began and ``until`` when it ends on its own (a timeout, a soak), where known;
     ``details`` holds what only its kind has, as read-only JSON.
@@ -78,10 +79,15 @@ class Situation:
 
     def since(self, entity_id: str, state: str) -> dt.datetime | None:
         """When the entity last entered ``state``, by the history (None: unrecorded)."""
+        entry = self.entered(entity_id, state)
+        return entry.at if entry is not None else None
+
+    def entered(self, entity_id: str, state: str) -> HistoryEntry | None:
+        """The history entry in which the entity last entered ``state`` (None: unrecorded)."""
         for entry in reversed(self.history):
             for change in entry.changes:
                 if change.id == entity_id and change.to == state:
-                    return entry.at
+                    return entry
         return None
 
     def timer(self, deployment_id: str, kind: TimerKind) -> Timer | None:
@@ -113,6 +119,13 @@ def _active(situation: Situation) -> Deployment | None:
     return situation.current if situation.flow.state is FlowState.IN_PROGRESS else None
 
 
+def _under_way(situation: Situation) -> Deployment | None:
+    """The current deployment of a flow in progress or paused, or None: a pause stops
+    anything new, not the facts about work under way (SPEC §8), so what that work
+    waits for still shows under a pause."""
+    return situation.current if situation.flow.state.value in _ONGOING else None
+
+
 def cd_start(situation: Situation) -> Iterable[Waiting]:
     deployment = _active(situation)
     if deployment is None or deployment.state is not DeploymentState.NOT_STARTED:
@@ -128,7 +141,7 @@ def cd_start(situation: Situation) -> Iterable[Waiting]:
 
 
 def cd_finish(situation: Situation) -> Iterable[Waiting]:
-    deployment = _active(situation)
+    deployment = _under_way(situation)
     if deployment is None or deployment.state is not DeploymentState.STARTED:
         return
     since = situation.since(deployment.id, DeploymentState.STARTED.value)
@@ -147,26 +160,18 @@ def cd_finish(situation: Situation) -> Iterable[Waiting]:
 
 
 def promotions(situation: Situation) -> Iterable[Waiting]:
-    deployment = _active(situation)
+    deployment = _under_way(situation)
     if deployment is None or deployment.state is not DeploymentState.COMPLETED:
         return
     pending = [p for p in deployment.promotions if p.state is PromotionState.PENDING]
     if not pending:
         return
-    # Attempts, where promotions count them (``attempt``, 1-based): named from the second on.
-    attempts = [getattr(p, "attempt", None) for p in pending]
-    names = ", ".join(
-        f"{p.name!r}" + (f" (attempt {n})" if isinstance(n, int) and n > 1 else "")
-        for p, n in zip(pending, attempts, strict=True)
-    )
+    names = ", ".join(_promotion(p) for p in pending)
     since = situation.since(deployment.id, DeploymentState.COMPLETED.value)
     timeout = situation.timer(deployment.id, TimerKind.VERIFY)
     until = timeout.due if timeout is not None else None
     deadline = f"; they time out at {at(until)}" if until is not None else ""
-    listed = [
-        {"name": p.name, "id": p.id} | ({"attempt": n} if isinstance(n, int) else {})
-        for p, n in zip(pending, attempts, strict=True)
-    ]
+    listed = [{"name": p.name, "id": p.id, "attempt": p.attempt} for p in pending]
     yield Waiting(
         "promotions",
         f"Waiting for the promotion{'s' if len(pending) > 1 else ''} {names} of {deployment.environment!r},"
@@ -179,8 +184,13 @@ def promotions(situation: Situation) -> Iterable[Waiting]:
     )
 
 
+def _promotion(promotion: Promotion) -> str:
+    """A promotion by name, with its attempt from the second on (a retry's)."""
+    return f"{promotion.name!r}" + (f" (attempt {promotion.attempt})" if promotion.attempt > 1 else "")
+
+
 def soak(situation: Situation) -> Iterable[Waiting]:
-    deployment = _active(situation)
+    deployment = _under_way(situation)
     if deployment is None or deployment.state is not DeploymentState.COMPLETED:
         return
     timer = situation.timer(deployment.id, TimerKind.SOAK)
@@ -197,30 +207,145 @@ def soak(situation: Situation) -> Iterable[Waiting]:
     )
 
 
+def backoff(situation: Situation) -> Iterable[Waiting]:
+    """A ``RETRY`` policy's backoff: what its timer will retry, at which attempt, and when."""
+    deployment = _under_way(situation)
+    timer = situation.timer(deployment.id, TimerKind.RETRY) if deployment is not None else None
+    if deployment is None or timer is None:
+        return
+    retried, again = _to_retry(situation, deployment)
+    if not retried and not again:  # nothing left to retry: the timer will fire as a duplicate
+        return
+    parts, failed, listed = [], [], []
+    if retried:
+        names = ", ".join(f"{p.name!r} (attempt {p.attempt + 1})" for p in retried)
+        parts.append(f"the promotion{'s' if len(retried) > 1 else ''} {names} of {deployment.environment!r}")
+        failed += [situation.since(p.id, PromotionState.FAILED.value) for p in retried]
+        listed += [{"entity": "promotion", "name": p.name, "id": p.id, "attempt": p.attempt + 1} for p in retried]
+    if again:
+        parts.append(f"the deployment to {deployment.environment!r} (attempt {deployment.attempt + 1})")
+        failed.append(situation.since(deployment.id, DeploymentState.FAILED.value))
+        listed.append({"entity": "deployment", "id": deployment.id, "attempt": deployment.attempt + 1})
+    since = max((when for when in failed if when is not None), default=None)
+    yield Waiting(
+        "backoff",
+        f"Waiting until {at(timer.due)} to retry {' and '.join(parts)}, which failed at {at(since)}.",
+        deployment.id,
+        deployment.environment,
+        since,
+        timer.due,
+        {"retry": listed},
+    )
+
+
+def _to_retry(situation: Situation, deployment: Deployment) -> tuple[list[Promotion], bool]:
+    """What a deployment's retry timer will retry when due: its failed promotions, and
+    whether the deployment itself, that have attempts left (by its environment's retry
+    policy; without the service, every failed one) and no policy's pause waits on."""
+    service, pause = situation.service, situation.flow.pause
+    limit = service.policy(deployment.environment)[1].attempts if service is not None else None
+    waited_on = pause.failed if pause is not None else ()
+
+    def left(item: Promotion | Deployment) -> bool:
+        return (limit is None or item.attempt < limit) and item.id not in waited_on
+
+    retried = [p for p in deployment.promotions if p.state is PromotionState.FAILED and left(p)]
+    return retried, deployment.state is DeploymentState.FAILED and left(deployment)
+
+
+def paused(situation: Situation) -> Iterable[Waiting]:
+    """A paused flow: by whom, why, since when, and what ends the pause — a person's
+    ``ResumeFlow``, or, when its failure policy paused it, a retry or skip of each
+    failed item it waits on (or aborting the flow)."""
+    flow = situation.flow
+    if flow.state is not FlowState.PAUSED:
+        return
+    pause = flow.pause
+    actor = pause.actor if pause is not None else None
+    reason = pause.reason if pause is not None else None
+    waited_on = [_failed_item(flow, item_id) for item_id in (pause.failed if pause is not None else ())]
+    since = situation.since(flow.id, FlowState.PAUSED.value)
+    current = situation.current
+    held = current is not None and current.state is DeploymentState.NOT_STARTED
+    why = f": {reason}" if reason else ""
+    if waited_on:
+        by = " by its failure policy"
+        then = f" To go on, {'; '.join(_settling(item) for item in waited_on)}; or abort the flow."
+    else:
+        by = f" by {actor!r}" if actor else ""
+        then = " It goes on when it is resumed."
+    holding = f" The deployment to {current.environment!r} cannot start until then." if current and held else ""
+    yield Waiting(
+        "paused",
+        f"Paused{by} at {at(since)}{why}.{then}{holding}",
+        current.id if current is not None else None,
+        current.environment if current is not None else None,
+        since,
+        details={"actor": actor, "reason": reason, "failed": waited_on},
+    )
+
+
+def _failed_item(flow: Flow, item_id: str) -> dict[str, Any]:
+    """A failed item a policy's pause waits on, as an explanation names it."""
+    for deployment in flow.deployments:
+        if deployment.id == item_id:
+            return {"entity": "deployment", "id": item_id, "environment": deployment.environment}
+        promotion = deployment.promotion(item_id)
+        if promotion is not None:
+            return {
+                "entity": "promotion",
+                "id": item_id,
+                "name": promotion.name,
+                "environment": deployment.environment,
+                "deploymentId": deployment.id,
+                "attempt": promotion.attempt,
+            }
+    return {"entity": "unknown", "id": item_id}  # not the engine's flow: named by its id alone
+
+
+def _settling(item: Mapping[str, Any]) -> str:
+    """What a person does about one failed item a pause waits on."""
+    if item["entity"] == "promotion":
+        return f"retry or skip the promotion {item['name']!r} of {item['environment']!r}"
+    if item["entity"] == "deployment":
+        return f"retry the deployment to {item['environment']!r}"
+    return f"retry or skip {item['id']!r}"
+
+
 _ONGOING: Final = frozenset({"inProgress", "paused"})
 """The flow states (spellings) a flow can leave; every other one is final."""
 _HOW: Final = {"success": "succeeded", "failed": "failed", "aborted": "was aborted", "superseded": "was superseded"}
+_STEERED: Final = frozenset({"aborted", "superseded"})
+"""The ends someone chose (a person, a newer flow): the sentence says who, by the history."""
 
 
 def finished(situation: Situation) -> Iterable[Waiting]:
+    """A finished flow: how, when, where, and, from the history entry that ended it,
+    who ended it (an abort, a supersession) and why (any end but success)."""
     flow = situation.flow
     state = flow.state.value
     if state in _ONGOING:
         return
     how = _HOW.get(state, f"ended {state!r}")
-    when = situation.since(flow.id, flow.state.value) or flow.updated_at
+    entry = situation.entered(flow.id, state)
+    when = entry.at if entry is not None else flow.updated_at
+    actor = entry.actor if entry is not None and state in _STEERED else None
+    reason = entry.reason if entry is not None and state != "success" else None
     last = next((d for d in reversed(flow.deployments) if d.state is not DeploymentState.NOT_STARTED), None)
+    where = f", in {last.environment!r}" if last else ""
+    by = f" by {actor!r}" if actor else ""
+    why = f": {reason}" if reason else ""
     yield Waiting(
         "finished",
-        f"Finished: the flow {how} at {at(when)}" + (f", in {last.environment!r}." if last else "."),
+        f"Finished: the flow {how}{by} at {at(when)}{where}{why}.",
         last.id if last else None,
         last.environment if last else None,
         when,
-        details={"state": state},
+        details={"state": state} | ({"actor": actor} if actor else {}) | ({"reason": reason} if reason else {}),
     )
 
 
-REASONS: list[Reason] = [finished, cd_start, cd_finish, promotions, soak]
+REASONS: list[Reason] = [finished, paused, cd_start, cd_finish, promotions, soak, backoff]
 """Every reason to wait, in the order an explanation lists them. Append one to add a kind."""
 
 
