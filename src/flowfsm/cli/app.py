@@ -88,10 +88,30 @@ CatalogFile = Annotated[
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
+# Characters a terminal acts on rather than shows: C0 and C1 controls (ESC, BEL, CSI,
+# a newline), DEL, and the invisible format characters that reorder or hide text.
+_UNSEEN: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(text: str) -> str:
+    """``text`` with each character a terminal would act on (``\\x1b[2J`` clears the
+    screen) written as its escape, ``\\x1b``: the one place the command makes text
+    from input (ids, actors, reasons, details, messages) safe to print."""
+    return _UNSEEN.sub(_escape, text)
+
+
 def _line(*parts: str | Text | tuple[str, str]) -> Text:
     """One line of output from plain strings and (string, style) pairs. Nothing in it
-    is read as markup, so ids, versions and messages print exactly as they are."""
-    return Text.assemble(*parts)
+    is read as markup, and control characters are shown escaped (``visible``), so
+    ids, versions and messages print exactly as they are and one line stays one line."""
+    return Text.assemble(
+        *(visible(p) if isinstance(p, str) else (visible(p[0]), p[1]) if isinstance(p, tuple) else p for p in parts)
+    )
 
 
 def _fail(message: str) -> NoReturn:
@@ -169,7 +189,10 @@ def _engine(store: str, catalog: Path, *, create: bool) -> FlowEngine:
 
 
 def _print_json(data: Any) -> None:
-    out.print_json(json.dumps(data))
+    """``data`` as indented JSON; characters ``visible`` escapes are ``\\uXXXX`` escapes
+    (JSON escapes only those below U+0020 itself), the same text to a parser."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)  # a newline here is layout, never in a string
+    sys.stdout.write(_UNSEEN.sub(lambda m: m[0] if m[0] == "\n" else f"\\u{ord(m[0]):04x}", text) + "\n")
 
 
 def _show_outcome(outcome: Outcome, as_json: bool) -> None:
@@ -513,11 +536,11 @@ def flows(
             trail = " ".join(f"{_GLYPH[d.state.value]}{d.environment}" for d in flow.deployments)
             updated = flow.updated_at.strftime("%m-%d %H:%M:%S") if flow.updated_at else ""
             table.add_row(
-                _line(flow.artifact.id, "\n", (flow.id, "dim")),
-                Text(flow.service_id),
+                Text("\n").join([_line(flow.artifact.id), _line((flow.id, "dim"))]),
+                _line(flow.service_id),
                 _line(_state(flow.state.value)),
-                Text(trail),
-                Text(updated),
+                _line(trail),
+                _line(updated),
             )
         out.print(table)
 
@@ -652,12 +675,12 @@ def show(flow_id: str, store: Store = "flowfsm.db", as_json: Json = False) -> No
             inline = record.state is DeliveryState.DELIVERED and not record.attempts
             tries = "inline" if inline else len(record.attempts)
             table.add_row(
-                Text(request.created_at.strftime("%H:%M:%S")),
-                Text(request.event.value),
-                Text(request.payload.deployment.environment),
-                Text(f"{request.webhook_id}/{request.action.name}"),
+                _line(request.created_at.strftime("%H:%M:%S")),
+                _line(request.event.value),
+                _line(request.payload.deployment.environment),
+                _line(f"{request.webhook_id}/{request.action.name}"),
                 _line(_state(record.state.value)),
-                Text(f"{tries}{answer}"),
+                _line(f"{tries}{answer}"),
             )
         for line in head:
             out.print(line)
@@ -703,6 +726,14 @@ def dispatch(
             emitter.close()
 
 
+class _VisibleFormatter(logging.Formatter):
+    """Log lines with control characters escaped (``visible``): a message may quote an
+    endpoint's answer or a URL from the catalog. A traceback keeps its line breaks."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(visible(line) for line in super().format(record).split("\n"))
+
+
 def _log_delivery_to_stderr(level: int = logging.WARNING) -> None:
     """Show the dispatcher's warnings (failed attempts, dead requests) on standard
     error, one line each, unless the embedding program configured logging itself;
@@ -711,7 +742,7 @@ def _log_delivery_to_stderr(level: int = logging.WARNING) -> None:
     if logger.handlers or logging.getLogger().handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    handler.setFormatter(_VisibleFormatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
     logger.addHandler(handler)
     logger.setLevel(level)
 
@@ -784,13 +815,13 @@ def catalog_validate(file: Path, as_json: Json = False) -> None:
         catalog = Catalog.from_file(file, strategies=BUILTIN_STRATEGIES)
     services = list(catalog)
     if as_json:
-        out.print_json(json.dumps({"valid": True, "services": [s.id for s in services]}))
+        _print_json({"valid": True, "services": [s.id for s in services]})
         return
-    out.print(Text.assemble(("ok:", "green"), f" {file}: {len(services)} service(s)"))
+    out.print(_line(("ok:", "green"), f" {file}: {len(services)} service(s)"))
     for service in services:
         environments = " → ".join(e.name for e in service.pipeline.environments)
         line = f"  {service.id}: {', '.join(service.artifacts)}; {environments}; {len(service.webhooks)} webhook(s)"
-        out.print(line, markup=False)
+        out.print(_line(line))
 
 
 class Machine(StrEnum):
