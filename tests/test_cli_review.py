@@ -65,3 +65,70 @@ def test_an_error_naming_input_writes_no_terminal_escapes(cli: Cli) -> None:
     line = one_error_line(done.stderr)
     for char in UNSEEN:
         assert char not in line
+
+
+def test_show_accepts_a_deployment_or_an_artifact_id(cli: Cli) -> None:
+    flow = cli.json("artifact-created", "com.acme:api:1.0.0")["flows"][0]
+    for key in (flow["deployments"][0]["id"], "com.acme:api:1.0.0"):
+        shown = cli("show", key)
+        assert shown.returncode == 0, shown.stderr
+        assert flow["id"] in shown.stdout
+
+
+TWO_SERVICES = """
+[[services]]
+id = "svc-api"
+artifacts = ["com.acme:api"]
+pipeline = { name = "p", environments = [{ name = "dev", promotions = ["smoke"] }] }
+
+[[services]]
+id = "svc-worker"
+artifacts = ["com.acme:api"]
+pipeline = { name = "p", environments = [{ name = "dev" }] }
+"""
+
+
+def test_show_of_an_artifact_shows_each_of_its_flows(cli: Cli) -> None:
+    cli.catalog.write_text(TWO_SERVICES)
+    flows = cli.json("artifact-created", "com.acme:api:1.0.0")["flows"]
+    assert len(flows) == 2
+    shown = cli("show", "com.acme:api:1.0.0")
+    assert shown.returncode == 0, shown.stderr
+    assert all(f["id"] in shown.stdout for f in flows)
+    listed = cli.json("show", "com.acme:api:1.0.0")
+    assert sorted(item["flow"]["id"] for item in listed) == sorted(f["id"] for f in flows)
+    one = cli.json("show", flows[1]["deployments"][0]["id"])  # a deployment id: its one flow, an object
+    assert one["flow"]["id"] == flows[1]["id"]
+
+
+@pytest.mark.parametrize("command", ["history", "explain"])
+def test_history_and_explain_accept_a_deployment_or_an_artifact_id(cli: Cli, command: str) -> None:
+    flow = cli.json("artifact-created", "com.acme:api:1.0.0")["flows"][0]
+    by_flow = cli(command, flow["id"], "--json")
+    assert by_flow.returncode == 0, by_flow.stderr
+    for key in (flow["deployments"][1]["id"], "com.acme:api:1.0.0"):
+        done = cli(command, key, "--json")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == by_flow.stdout
+
+
+@pytest.mark.parametrize("command", ["history", "explain"])
+def test_an_artifact_with_several_flows_is_refused_naming_them(cli: Cli, command: str) -> None:
+    cli.catalog.write_text(TWO_SERVICES)
+    flows = cli.json("artifact-created", "com.acme:api:1.0.0")["flows"]
+    done = cli(command, "com.acme:api:1.0.0")
+    assert done.returncode == 1
+    line = one_error_line(done.stderr)
+    assert "has 2 flows" in line
+    assert all(f["id"] in line for f in flows)
+
+
+@pytest.mark.parametrize("key", ["nope", "com.acme:api:9.9.9", "a:b:", ":::", "x" * 100_000, "[bold]x[/]:é\u202e:1"])
+@pytest.mark.parametrize("command", ["show", "history", "explain"])
+def test_a_key_that_names_nothing_is_one_line(cli: Cli, command: str, key: str) -> None:
+    _flow(cli)
+    done = cli(command, key)
+    assert done.returncode == 1
+    line = one_error_line(done.stderr)
+    assert line.startswith("error: no flow, deployment or artifact "), line
+    assert len(line) < 300

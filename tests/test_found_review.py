@@ -294,16 +294,7 @@ def test_explain_dates_an_announcement_held_by_a_pause_from_the_resume() -> None
     assert waiting.since == created.created_at
 
 
-# --- 10. show takes only a flow id ------------------------------------------------------
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="show refuses a deployment or artifact id (SPEC §12)")
-def test_show_accepts_a_deployment_or_an_artifact_id(cli: Cli) -> None:  # noqa: F811 - the fixture
-    flow = cli.json("artifact-created", "com.acme:api:1.0.0")["flows"][0]
-    for key in (flow["deployments"][0]["id"], "com.acme:api:1.0.0"):
-        shown = cli("show", key)
-        assert shown.returncode == 0, shown.stderr
-        assert flow["id"] in shown.stdout
+# --- 10. show takes only a flow id: fixed, see tests/test_cli_review.py -------------
 
 
 # --- 11. a retry extends the verify timeout of the other promotions ---------------------

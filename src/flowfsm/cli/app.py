@@ -30,7 +30,17 @@ from rich.text import Text
 from flowfsm.catalog import Catalog
 from flowfsm.converter import parse_json, structure, unstructure
 from flowfsm.engine import FlowEngine
-from flowfsm.errors import FlowFSMError, RepositoryError, ValidationError, bounded, shown
+from flowfsm.errors import (
+    ID_LIMIT,
+    FlowFSMError,
+    NotFound,
+    RepositoryError,
+    UnknownDeployment,
+    UnknownFlow,
+    ValidationError,
+    bounded,
+    shown,
+)
 from flowfsm.model import (
     Artifact,
     DeliveryState,
@@ -586,15 +596,71 @@ def _history_lines(flow: Flow, entries: list[HistoryEntry]) -> list[Text]:
     return lines
 
 
+class NothingNamed(NotFound):
+    """``show``, ``history`` or ``explain`` was given an id that names no flow, no
+    deployment and no artifact with a flow."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"no flow, deployment or artifact {shown(key, ID_LIMIT)} in the store")
+
+
+MAX_NAMED: Final = 5
+"""The most flows an error lists when an artifact id names several."""
+
+
+def _flows_named(repository: Repository, key: str, catalog: Path) -> tuple[list[Flow], bool]:
+    """The flows ``key`` names, and whether it named them as an artifact: a flow id,
+    then a deployment id (its flow), then ``GROUP:NAME:VERSION`` (the flow of each
+    service in the catalog that consumes it; the catalog is read only then)."""
+    _checked_text("ID", key)
+    try:
+        return [repository.get(key)], False
+    except UnknownFlow:
+        pass
+    try:
+        return [repository.find_by_deployment(key)], False
+    except UnknownDeployment:
+        pass
+    if key.count(":") == 2:
+        try:
+            artifact = Artifact.parse(key)
+        except ValidationError:  # no artifact id: it names nothing
+            raise NothingNamed(key) from None
+        services = Catalog.from_file(catalog).for_artifact(artifact.key)
+        found = [f for s in services if (f := repository.find_by_key(artifact.id, s.id)) is not None]
+        if found:
+            return found, True
+    raise NothingNamed(key)
+
+
+def _one_flow_named(repository: Repository, key: str, catalog: Path) -> Flow:
+    """The one flow ``key`` names; an artifact with several flows is refused, naming them."""
+    found, _ = _flows_named(repository, key, catalog)
+    if len(found) > 1:
+        listed = ", ".join(f"{f.id} ({f.service_id})" for f in found[:MAX_NAMED])
+        more = f" and {len(found) - MAX_NAMED} more" if len(found) > MAX_NAMED else ""
+        raise ValidationError("ID", f"artifact {shown(key)} has {len(found)} flows: {bounded(listed)}{more}; name one")
+    return found[0]
+
+
+FlowKey = Annotated[str, typer.Argument(metavar="ID", help="A flow id, a deployment id, or GROUP:NAME:VERSION.")]
+
+
 @app.command("history")
-def history(flow_id: str, store: Store = "flowfsm.db", as_json: Json = False) -> None:
+def history(
+    key: FlowKey,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
     """What happened to a flow: each trigger that changed it, in order, with who,
-    why, each state change and the HookRequests it made."""
+    why, each state change and the HookRequests it made. An artifact id needs
+    --catalog (its services), and must name one flow."""
     with _reported():
-        _checked_text("FLOW_ID", flow_id)
         repository = open_store(store, create=False)
-        flow = repository.get(flow_id)
-        entries = repository.history(flow_id)
+        flow = _one_flow_named(repository, key, catalog)
+        entries = repository.history(flow.id)
         if as_json:
             _print_json(unstructure(entries))
             return
@@ -605,15 +671,16 @@ def history(flow_id: str, store: Store = "flowfsm.db", as_json: Json = False) ->
 
 @app.command("explain")
 def explain(
-    flow_id: str,
+    key: FlowKey,
     store: Store = "flowfsm.db",
     catalog: CatalogFile = Path("flowfsm.toml"),
     as_json: Json = False,
 ) -> None:
-    """What a flow waits for (or how it finished): one line per reason, its kind first."""
+    """What a flow waits for (or how it finished): one line per reason, its kind first.
+    An artifact id must name one flow."""
     with _reported():
-        _checked_text("FLOW_ID", flow_id)
-        items = _engine(store, catalog, create=False).explain(flow_id)
+        engine = _engine(store, catalog, create=False)
+        items = engine.explain(_one_flow_named(engine.repository, key, catalog).id)
         if as_json:
             _print_json(unstructure(items))
             return
@@ -623,72 +690,91 @@ def explain(
 
 
 @app.command("show")
-def show(flow_id: str, store: Store = "flowfsm.db", as_json: Json = False) -> None:
-    """One flow's timeline: deployments, promotions, HookRequests and their delivery,
-    and its history."""
+def show(
+    key: FlowKey,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """A flow's timeline: deployments, promotions, HookRequests and their delivery,
+    and its history. An artifact id (its services come from --catalog) shows each
+    of its flows; with --json, a list of them."""
+    with _reported():
+        repository = open_store(store, create=False)
+        found, by_artifact = _flows_named(repository, key, catalog)
+        if as_json:
+            shown_flows = [
+                {
+                    "flow": unstructure(flow),
+                    "hookRequests": unstructure(repository.hook_requests(flow.id)),
+                    "history": unstructure(repository.history(flow.id)),
+                }
+                for flow in found
+            ]
+            _print_json(shown_flows if by_artifact else shown_flows[0])
+            return
+        for i, flow in enumerate(found):
+            if i:
+                out.print()
+            _show_flow(repository, flow)
+
+
+def _show_flow(repository: Repository, flow: Flow) -> None:
+    """One flow's timeline, as ``show`` prints it."""
     from rich.table import Table
 
-    with _reported():
-        _checked_text("FLOW_ID", flow_id)
-        repository = open_store(store, create=False)
-        flow = repository.get(flow_id)
-        records = repository.hook_requests(flow_id)
-        entries = repository.history(flow_id)
-        if as_json:
-            _print_json(
-                {"flow": unstructure(flow), "hookRequests": unstructure(records), "history": unstructure(entries)}
+    records = repository.hook_requests(flow.id)
+    entries = repository.history(flow.id)
+    created = flow.created_at.strftime("%Y-%m-%d %H:%M:%S") if flow.created_at else "?"
+    head = [
+        _line((flow.artifact.id, "bold"), f" → {flow.service_id}: ", _state(flow.state.value)),
+        _line(f"  flow {flow.id}, created {created}, version {flow.version}"),
+    ]
+    if flow.pause is not None:
+        why = f": {flow.pause.reason}" if flow.pause.reason else ""
+        head.append(_line(f"  paused by {flow.pause.actor}{why}"))
+    if flow.rollback is not None:
+        target = flow.rollback.artifact.id if flow.rollback.artifact else "nothing to return to"
+        head.append(_line(f"  rollback requested in {flow.rollback.environment}: {target}"))
+    for deployment in flow.deployments:
+        checks = Text(", ").join(
+            _line(f"{p.name} ", _state(p.state.value), f" (attempt {p.attempt})" if p.attempt > 1 else "")
+            for p in deployment.promotions
+        )
+        head.append(
+            _line(
+                f"  {deployment.environment:<10} ",
+                _state(deployment.state.value, 10),
+                "  ",
+                checks if deployment.promotions else "no promotions",
+                f"  ({deployment.id})",
             )
-            return
-        created = flow.created_at.strftime("%Y-%m-%d %H:%M:%S") if flow.created_at else "?"
-        head = [
-            _line((flow.artifact.id, "bold"), f" → {flow.service_id}: ", _state(flow.state.value)),
-            _line(f"  flow {flow.id}, created {created}, version {flow.version}"),
-        ]
-        if flow.pause is not None:
-            why = f": {flow.pause.reason}" if flow.pause.reason else ""
-            head.append(_line(f"  paused by {flow.pause.actor}{why}"))
-        if flow.rollback is not None:
-            target = flow.rollback.artifact.id if flow.rollback.artifact else "nothing to return to"
-            head.append(_line(f"  rollback requested in {flow.rollback.environment}: {target}"))
-        for deployment in flow.deployments:
-            checks = Text(", ").join(
-                _line(f"{p.name} ", _state(p.state.value), f" (attempt {p.attempt})" if p.attempt > 1 else "")
-                for p in deployment.promotions
-            )
-            head.append(
-                _line(
-                    f"  {deployment.environment:<10} ",
-                    _state(deployment.state.value, 10),
-                    "  ",
-                    checks if deployment.promotions else "no promotions",
-                    f"  ({deployment.id})",
-                )
-            )
-        table = Table(box=box.SIMPLE_HEAD)
-        for column in ("time", "event", "environment", "webhook/action", "delivery", "attempts"):
-            table.add_column(column, no_wrap=column in ("time", "event", "delivery"), overflow="fold")
-        for record in records:
-            request = record.request
-            last = record.attempts[-1] if record.attempts else None
-            answer = f" (last: {last.status_code or last.error})" if last else ""
-            # Delivered with no attempt logged: the engine's own emitter took it at once.
-            inline = record.state is DeliveryState.DELIVERED and not record.attempts
-            tries = "inline" if inline else len(record.attempts)
-            table.add_row(
-                _line(request.created_at.strftime("%H:%M:%S")),
-                _line(request.event.value),
-                _line(request.payload.deployment.environment),
-                _line(f"{request.webhook_id}/{request.action.name}"),
-                _line(_state(record.state.value)),
-                _line(f"{tries}{answer}"),
-            )
-        for line in head:
+        )
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("time", "event", "environment", "webhook/action", "delivery", "attempts"):
+        table.add_column(column, no_wrap=column in ("time", "event", "delivery"), overflow="fold")
+    for record in records:
+        request = record.request
+        last = record.attempts[-1] if record.attempts else None
+        answer = f" (last: {last.status_code or last.error})" if last else ""
+        # Delivered with no attempt logged: the engine's own emitter took it at once.
+        inline = record.state is DeliveryState.DELIVERED and not record.attempts
+        tries = "inline" if inline else len(record.attempts)
+        table.add_row(
+            _line(request.created_at.strftime("%H:%M:%S")),
+            _line(request.event.value),
+            _line(request.payload.deployment.environment),
+            _line(f"{request.webhook_id}/{request.action.name}"),
+            _line(_state(record.state.value)),
+            _line(f"{tries}{answer}"),
+        )
+    for line in head:
+        out.print(line)
+    out.print(table)
+    if entries:
+        out.print(_line(("history", "bold")))
+        for line in _history_lines(flow, entries):
             out.print(line)
-        out.print(table)
-        if entries:
-            out.print(_line(("history", "bold")))
-            for line in _history_lines(flow, entries):
-                out.print(line)
 
 
 @app.command("dispatch")
