@@ -132,3 +132,18 @@ def test_a_key_that_names_nothing_is_one_line(cli: Cli, command: str, key: str) 
     line = one_error_line(done.stderr)
     assert line.startswith("error: no flow, deployment or artifact "), line
     assert len(line) < 300
+
+
+def test_promotion_completed_takes_a_promotion_by_its_name(cli: Cli) -> None:
+    flow = cli.json("artifact-created", "com.acme:api:1.0.0")["flows"][0]
+    dev = flow["deployments"][0]["id"]
+    assert cli("deployment-started", dev).returncode == 0
+    assert cli("deployment-completed", dev).returncode == 0
+    done = cli.json("promotion-completed", dev, "smoke", "--result", "passed", "--details", '{"p99": 1}')
+    (smoke,) = done["flows"][0]["deployments"][0]["promotions"]
+    assert (smoke["name"], smoke["state"]) == ("smoke", "success")
+    again = cli.json("promotion-completed", dev, smoke["id"], "--result", "passed", "--details", '{"p99": 1}')
+    assert again["duplicate"]  # the same result, named by its id
+    unknown = cli("promotion-completed", dev, "perf", "--result", "passed")
+    assert unknown.returncode == 1
+    assert one_error_line(unknown.stderr).startswith("error: unknown promotion 'perf'")

@@ -318,7 +318,7 @@ class Result(StrEnum):
 @app.command("promotion-completed")
 def promotion_completed(
     deployment_id: str,
-    promotion_id: str,
+    promotion: Annotated[str, typer.Argument(help="The promotion's id, or its name in the deployment.")],
     result: Annotated[Result, typer.Option("--result", help="The check's verdict.")],
     details: Annotated[str | None, typer.Option("--details", help="A JSON object of details.")] = None,
     store: Store = "flowfsm.db",
@@ -329,8 +329,11 @@ def promotion_completed(
     with _reported():
         extra = _details(details)
         status = ResultStatus(result.value)
-        trigger = PromotionCompleted(deployment_id, promotion_id, [PromotionResult(promotion_id, status, extra)])
+        trigger = PromotionCompleted(deployment_id, promotion, [PromotionResult(promotion, status, extra)])
         engine = _engine(store, catalog, create=False)
+        promotion_id = _promotion_id(engine, deployment_id, promotion)
+        if promotion_id != promotion:  # named by its name: the trigger carries its id
+            trigger = PromotionCompleted(deployment_id, promotion_id, [PromotionResult(promotion_id, status, extra)])
     _handle(engine, trigger, as_json)
 
 
