@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from .test_cli import Cli, one_error_line
+from flowfsm.repositories import SQLiteRepository
+
+from .test_cli import Cli, one_error_line, run_raw
 
 HOSTILE_ACTOR = "mallory\x1b[2J\x1b[31m\x9b2J\u202e"
 HOSTILE_REASON = "\x1b]0;pwned\x07 line\nbreak"
@@ -147,3 +149,90 @@ def test_promotion_completed_takes_a_promotion_by_its_name(cli: Cli) -> None:
     unknown = cli("promotion-completed", dev, "perf", "--result", "passed")
     assert unknown.returncode == 1
     assert one_error_line(unknown.stderr).startswith("error: unknown promotion 'perf'")
+
+
+def _dead(cli: Cli) -> tuple[str, str]:
+    """A flow whose one HookRequest was given up on: (flow id, request id)."""
+    flow = _flow(cli)
+    with SQLiteRepository(cli.store) as repository:
+        (record,) = repository.hook_requests(str(flow["id"]))
+        repository.mark_dead([record.request.id])
+    return str(flow["id"]), record.request.id
+
+
+def test_outbox_pending_counts_and_lists_a_flows_pending_requests(cli: Cli) -> None:
+    flow = _flow(cli)
+    assert cli.json("outbox", "pending") == {"pending": 1}
+    assert cli("outbox", "pending").stdout.strip() == "pending 1"
+    listed = cli.json("outbox", "pending", str(flow["id"]))
+    assert [r["request"]["flowId"] for r in listed] == [flow["id"]]
+    shown = cli("outbox", "pending", "com.acme:api:1.0.0")
+    assert shown.returncode == 0, shown.stderr
+    assert listed[0]["request"]["id"] in shown.stdout
+
+
+def test_outbox_dead_lists_and_requeue_makes_pending_again(cli: Cli) -> None:
+    flow_id, request_id = _dead(cli)
+    assert cli.json("outbox", "pending") == {"pending": 0}
+    assert [r["request"]["id"] for r in cli.json("outbox", "dead")] == [request_id]
+    assert request_id in cli("outbox", "dead").stdout
+    done = cli("outbox", "requeue", request_id, "nope\x1b[2J")
+    assert done.returncode == 0, done.stderr
+    assert "requeued 1" in done.stdout
+    assert "not dead, left as they are: 'nope\\x1b[2J'" in done.stdout
+    assert "\x1b" not in done.stdout
+    assert cli.json("outbox", "dead") == []
+    assert cli.json("outbox", "pending") == {"pending": 1}
+    assert cli.json("outbox", "requeue", request_id) == {"requeued": [], "notDead": [request_id]}
+    assert cli("outbox", "dead").stdout.strip() == "no dead HookRequests"
+    with SQLiteRepository(cli.store) as repository:
+        assert [r.state.value for r in repository.hook_requests(flow_id)] == ["pending"]
+
+
+def test_outbox_endpoints_disable_and_enable(cli: Cli) -> None:
+    _flow(cli)
+    url = "https://cd.example/deploy"
+    assert cli.json("outbox", "endpoints") == {"disabled": []}
+    assert cli.json("outbox", "endpoints", "disable", url) == {"disabled": [url]}
+    with SQLiteRepository(cli.store) as repository:
+        assert repository.disabled_endpoints() == {url}
+    listed = cli("outbox", "endpoints")
+    assert listed.returncode == 0
+    assert url in listed.stdout
+    enabled = cli("outbox", "endpoints", "enable", url)
+    assert enabled.returncode == 0, enabled.stderr
+    assert enabled.stdout.splitlines()[:2] == [f"enabled {url}", "disabled endpoints: 0"]
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["endpoints", "disable"], "error: URL: give the URL to disable"),
+        (["endpoints", "disable", "ftp://x"], "error: URL: expected an http:// or https:// URL"),
+        (["endpoints", "disable", "https://u:S3cret@x/"], "error: URL: must not contain credentials"),
+        (["endpoints", "disable", "https://x/\x1b[2J"], "error: URL: must not contain whitespace"),
+        (["endpoints", "disable", "https://x/" + "a" * 100_000], "error: URL: is longer than 2048"),
+        (["requeue", "\udcff"], "error: ID: contains a lone surrogate"),
+        (["requeue", *(["x"] * 10_001)], "error: ID: at most 10000 ids at once"),
+        (["pending", "[red]nope[/]"], "error: no flow, deployment or artifact '[red]nope[/]'"),
+    ],
+)
+def test_outbox_refuses_odd_input_in_one_line(cli: Cli, args: list[str], error: str) -> None:
+    _flow(cli)
+    done = run_raw(cli, "outbox", *args)
+    assert done.returncode == 1
+    line = one_error_line(done.stderr)
+    assert line.startswith(error), line
+    assert "S3cret" not in line
+    assert len(line) < 300
+
+
+def test_states_and_results_given_on_the_command_line_ignore_case(cli: Cli) -> None:
+    flow = _flow(cli)
+    assert [f["id"] for f in cli.json("flows", "--state", "INPROGRESS")] == [flow["id"]]
+    assert cli.json("flows", "--state", "Paused") == []
+    dev = flow["deployments"][0]["id"]  # type: ignore[index]
+    assert cli("deployment-started", dev).returncode == 0
+    assert cli("deployment-completed", dev).returncode == 0
+    done = cli.json("promotion-completed", dev, "smoke", "--result", "PASSED")
+    assert done["flows"][0]["deployments"][0]["state"] == "success"

@@ -47,11 +47,13 @@ from flowfsm.model import (
     Flow,
     FlowState,
     HistoryEntry,
+    HookRecord,
     PromotionResult,
     ResultStatus,
     check_json,
     text_problem,
 )
+from flowfsm.model import _url as _model_url
 from flowfsm.protocols import Repository
 from flowfsm.repositories._common import MAX_PAGE, MAX_WAIT
 from flowfsm.triggers import (
@@ -81,6 +83,10 @@ app = typer.Typer(
 )
 catalog_app = typer.Typer(help="Check catalog files.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
+outbox_app = typer.Typer(
+    help="The outbox: HookRequests pending or given up on, and endpoints turned off.", no_args_is_help=True
+)
+app.add_typer(outbox_app, name="outbox")
 
 # No emoji codes: ":package:" in an artifact id is text. User data is printed as
 # rich.text.Text (see _line), never as markup, where "[rc1]" would be a style.
@@ -319,7 +325,7 @@ class Result(StrEnum):
 def promotion_completed(
     deployment_id: str,
     promotion: Annotated[str, typer.Argument(help="The promotion's id, or its name in the deployment.")],
-    result: Annotated[Result, typer.Option("--result", help="The check's verdict.")],
+    result: Annotated[Result, typer.Option("--result", case_sensitive=False, help="The check's verdict.")],
     details: Annotated[str | None, typer.Option("--details", help="A JSON object of details.")] = None,
     store: Store = "flowfsm.db",
     catalog: CatalogFile = Path("flowfsm.toml"),
@@ -559,11 +565,12 @@ def flows(
 
 
 def _flow_state(value: str) -> FlowState:
-    try:
-        return FlowState(value)
-    except ValueError:
-        allowed = ", ".join(repr(s.value) for s in FlowState)
-        raise ValidationError("--state", f"{shown(value)} is not one of {allowed}") from None
+    """A state as typed: ``inprogress`` is ``inProgress`` (people do not type camel case)."""
+    for state in FlowState:
+        if state.value.casefold() == value.casefold():
+            return state
+    allowed = ", ".join(repr(s.value) for s in FlowState)
+    raise ValidationError("--state", f"{shown(value)} is not one of {allowed}")
 
 
 def _names(flow: Flow) -> dict[str, str]:
@@ -892,6 +899,149 @@ def worker(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+# --- the outbox -----------------------------------------------------------------------
+
+
+def _records_table(records: list[HookRecord]) -> Any:
+    """HookRequests, one row each: id, when, flow, event, webhook/action, attempts and the last answer."""
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("id", "created", "flow", "event", "webhook/action", "attempts"):
+        table.add_column(column, no_wrap=column in ("created", "event"), overflow="fold")
+    for record in records:
+        request = record.request
+        last = record.attempts[-1] if record.attempts else None
+        answer = f" (last: {last.status_code or bounded(last.error or '', 100)})" if last else ""
+        table.add_row(
+            _line(request.id),
+            _line(request.created_at.strftime("%Y-%m-%d %H:%M:%S")),
+            _line(request.flow_id),
+            _line(request.event.value),
+            _line(f"{request.webhook_id}/{request.action.name}"),
+            _line(f"{len(record.attempts)}{answer}"),
+        )
+    return table
+
+
+@outbox_app.command("pending")
+def outbox_pending(
+    key: Annotated[
+        str | None,
+        typer.Argument(metavar="ID", help="Only this flow's (a flow, deployment or artifact id): list them."),
+    ] = None,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """How many HookRequests wait for delivery; with an ID, that flow's pending ones."""
+    with _reported():
+        repository = open_store(store, create=False)
+        if key is None:
+            count = repository.count_pending()
+            if as_json:
+                _print_json({"pending": count})
+            else:
+                out.print(_line(f"pending {count}"))
+            return
+        found, _ = _flows_named(repository, key, catalog)
+        records = [r for flow in found for r in repository.hook_requests(flow.id) if r.state is DeliveryState.PENDING]
+        if as_json:
+            _print_json(unstructure(records))
+            return
+        out.print(_records_table(records) if records else _line("nothing pending"))
+
+
+@outbox_app.command("dead")
+def outbox_dead(
+    limit: Annotated[int, typer.Option("--limit", min=1, max=MAX_PAGE)] = 50,
+    store: Store = "flowfsm.db",
+    as_json: Json = False,
+) -> None:
+    """HookRequests given up on, oldest first, with their attempts and last answer:
+    they wait, visible, until requeued."""
+    with _reported():
+        records = open_store(store, create=False).dead_requests(limit)
+        if as_json:
+            _print_json(unstructure(records))
+            return
+        out.print(_records_table(records) if records else _line("no dead HookRequests"))
+
+
+@outbox_app.command("requeue")
+def outbox_requeue(
+    ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Dead HookRequests' ids.")],
+    store: Store = "flowfsm.db",
+    as_json: Json = False,
+) -> None:
+    """Make dead HookRequests pending again, in their original place; the next
+    dispatch delivers them. Any other id is left as it is, and named."""
+    with _reported():
+        if len(ids) > MAX_PAGE:
+            raise ValidationError("ID", f"at most {MAX_PAGE} ids at once, got {len(ids)}")
+        for request_id in ids:
+            _checked_text("ID", request_id)
+        repository = open_store(store, create=False)
+        dead = {r.request.id for r in repository.dead_requests(MAX_PAGE)}
+        wanted = list(dict.fromkeys(ids))
+        requeued = [i for i in wanted if i in dead]
+        others = [i for i in wanted if i not in dead]
+        repository.requeue(requeued)
+        if as_json:
+            _print_json({"requeued": requeued, "notDead": others})
+            return
+        out.print(_line(f"requeued {len(requeued)}"), soft_wrap=True)
+        if others:
+            listed = ", ".join(shown(i, ID_LIMIT) for i in others[:MAX_NAMED])
+            more = f" and {len(others) - MAX_NAMED} more" if len(others) > MAX_NAMED else ""
+            out.print(_line(("not dead, left as they are: ", "yellow"), listed, more), soft_wrap=True)
+
+
+def check_url(url: str) -> None:
+    """An endpoint URL as the catalog accepts an action's: http(s), a host, no credentials."""
+    _model_url(None, None, url)
+
+
+class EndpointAction(StrEnum):
+    enable = "enable"
+    disable = "disable"
+
+
+@outbox_app.command("endpoints")
+def outbox_endpoints(
+    action: Annotated[EndpointAction | None, typer.Argument(help="enable or disable URL; none: list.")] = None,
+    url: Annotated[str | None, typer.Argument(metavar="URL", help="The action URL.")] = None,
+    store: Store = "flowfsm.db",
+    as_json: Json = False,
+) -> None:
+    """The endpoints delivery skips (they answered 410 Gone, or a person disabled
+    them); `enable URL` delivers to one again, `disable URL` stops delivering to it."""
+    with _reported():
+        if action is not None:
+            if url is None:
+                raise ValidationError("URL", f"give the URL to {action.value}")
+            try:
+                check_url(url)
+            except ValidationError as e:
+                raise ValidationError("URL", e.message) from None
+        elif url is not None:
+            raise ValidationError("URL", "give enable or disable before it")
+        repository = open_store(store, create=False)
+        if action is EndpointAction.enable and url is not None:
+            repository.enable_endpoint(url)
+        elif action is EndpointAction.disable and url is not None:
+            repository.disable_endpoint(url)
+        disabled = sorted(repository.disabled_endpoints())
+        if as_json:
+            _print_json({"disabled": disabled})
+            return
+        if action is not None:
+            out.print(_line(f"{action.value}d ", url or ""), soft_wrap=True)
+        out.print(_line(f"disabled endpoints: {len(disabled)}"))
+        for disabled_url in disabled[:MAX_PAGE]:
+            out.print(_line(f"  {disabled_url}"), soft_wrap=True)
 
 
 @catalog_app.command("validate")
