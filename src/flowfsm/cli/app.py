@@ -42,6 +42,7 @@ from flowfsm.errors import (
     shown,
 )
 from flowfsm.model import (
+    Action,
     Artifact,
     DeliveryState,
     Flow,
@@ -53,7 +54,6 @@ from flowfsm.model import (
     check_json,
     text_problem,
 )
-from flowfsm.model import _url as _model_url
 from flowfsm.protocols import Repository
 from flowfsm.repositories._common import MAX_PAGE, MAX_WAIT
 from flowfsm.triggers import (
@@ -1000,8 +1000,9 @@ def outbox_requeue(
 
 
 def check_url(url: str) -> None:
-    """An endpoint URL as the catalog accepts an action's: http(s), a host, no credentials."""
-    _model_url(None, None, url)
+    """An endpoint URL as the catalog accepts an action's (the same rule, checked by
+    ``Action``): http(s), a host, no credentials, no whitespace."""
+    Action("endpoint", url=url)
 
 
 class EndpointAction(StrEnum):
