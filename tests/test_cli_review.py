@@ -5,10 +5,15 @@ named by its name, and the outbox is operated from the command line."""
 from __future__ import annotations
 
 import json
+import logging
+import unicodedata
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from flowfsm.cli.app import _VisibleFormatter, visible
 from flowfsm.repositories import SQLiteRepository
 
 from .test_cli import Cli, one_error_line, run_raw
@@ -236,3 +241,18 @@ def test_states_and_results_given_on_the_command_line_ignore_case(cli: Cli) -> N
     assert cli("deployment-completed", dev).returncode == 0
     done = cli.json("promotion-completed", dev, "smoke", "--result", "PASSED")
     assert done["flows"][0]["deployments"][0]["state"] == "success"
+
+
+@given(st.text())
+def test_visible_leaves_no_character_a_terminal_acts_on(text: str) -> None:
+    shown = visible(text)
+    assert not [c for c in shown if unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in "\u200b\u200e\u200f\u202e"]
+    assert visible(shown) == shown  # what it shows needs no more escaping
+    if not any(unicodedata.category(c) in ("Cc", "Cf", "Cn", "Zl", "Zp") for c in text):
+        assert shown == text  # printable text is left exactly as it is
+
+
+def test_delivery_log_lines_escape_what_an_endpoint_answered() -> None:
+    record = logging.LogRecord("flowfsm", logging.WARNING, __file__, 1, "answer %s", ("\x1b[2J\x9b",), None)
+    line = _VisibleFormatter("%(message)s").format(record)
+    assert line == "answer \\x1b[2J\\x9b"
