@@ -130,7 +130,7 @@ def test_a_failed_deployment_fails_the_flow(cli: Cli) -> None:
         (["deployment-started", "nope"], "error: unknown deployment 'nope'"),
         (["artifact-created", "com.acme:api"], "expected GROUP:NAME:VERSION"),
         (["promotion-completed", "d", "p", "--result", "passed", "--details", "{oops"], "--details: not JSON"),
-        (["show", "nope"], "error: unknown flow 'nope'"),
+        (["show", "nope"], "error: no flow, deployment or artifact 'nope' in the store"),
         (["flows", "--state", "sideways"], "'sideways' is not one of"),
     ],
 )
@@ -470,7 +470,7 @@ def test_results_details_that_are_not_storable_json(cli: Cli) -> None:
         (["deployment-started", "\udcff"], "error: deployment_id: contains a lone surrogate"),
         (["promotion-completed", "d", "\udcff", "--result", "passed"], "error: promotion_id: contains a lone"),
         (["artifact-created", "com.acme:api:1.\udcff"], "error: artifact.version: contains a lone surrogate"),
-        (["show", "\udcff"], "error: FLOW_ID: contains a lone surrogate"),
+        (["show", "\udcff"], "error: ID: contains a lone surrogate"),
         (["flows", "--service", "svc-\udcff"], "error: --service: contains a lone surrogate"),
         (["flows", "--state", "\udcff"], "error: --state: '\\udcff' is not one of"),
     ],

@@ -200,7 +200,7 @@ def test_flowfsm_explain_prints_the_sentences_or_json(tmp_path: Path) -> None:
     done = cli("explain", flow["id"])
     assert done.stdout.startswith("cd-finish  Waiting for the CD system to finish the deployment to 'dev', started at ")
     gone = cli("explain", "nope")
-    assert (gone.returncode, gone.stderr) == (1, "error: unknown flow 'nope'\n")
+    assert (gone.returncode, gone.stderr) == (1, "error: no flow, deployment or artifact 'nope' in the store\n")
 
 
 def test_a_retried_promotion_is_named_with_its_attempt() -> None:

@@ -206,7 +206,11 @@ def test_flowfsm_history_of_an_unknown_flow_is_one_line(tmp_path: Path) -> None:
     cli = Cli(tmp_path)
     cli.json("artifact-created", "com.acme:api:4.0.0")
     done = cli("history", "nope")
-    assert (done.returncode, done.stdout, done.stderr) == (1, "", "error: unknown flow 'nope'\n")
+    assert (done.returncode, done.stdout, done.stderr) == (
+        1,
+        "",
+        "error: no flow, deployment or artifact 'nope' in the store\n",
+    )
 
 
 def test_a_trigger_subclass_is_recorded_under_its_own_name() -> None:

@@ -30,13 +30,25 @@ from rich.text import Text
 from flowfsm.catalog import Catalog
 from flowfsm.converter import parse_json, structure, unstructure
 from flowfsm.engine import FlowEngine
-from flowfsm.errors import FlowFSMError, RepositoryError, ValidationError, bounded, shown
+from flowfsm.errors import (
+    ID_LIMIT,
+    FlowFSMError,
+    NotFound,
+    RepositoryError,
+    UnknownDeployment,
+    UnknownFlow,
+    ValidationError,
+    bounded,
+    shown,
+)
 from flowfsm.model import (
+    Action,
     Artifact,
     DeliveryState,
     Flow,
     FlowState,
     HistoryEntry,
+    HookRecord,
     PromotionResult,
     ResultStatus,
     check_json,
@@ -71,6 +83,10 @@ app = typer.Typer(
 )
 catalog_app = typer.Typer(help="Check catalog files.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
+outbox_app = typer.Typer(
+    help="The outbox: HookRequests pending or given up on, and endpoints turned off.", no_args_is_help=True
+)
+app.add_typer(outbox_app, name="outbox")
 
 # No emoji codes: ":package:" in an artifact id is text. User data is printed as
 # rich.text.Text (see _line), never as markup, where "[rc1]" would be a style.
@@ -88,10 +104,30 @@ CatalogFile = Annotated[
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
+# Characters a terminal acts on rather than shows: C0 and C1 controls (ESC, BEL, CSI,
+# a newline), DEL, and the invisible format characters that reorder or hide text.
+_UNSEEN: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(text: str) -> str:
+    """``text`` with each character a terminal would act on (``\\x1b[2J`` clears the
+    screen) written as its escape, ``\\x1b``: the one place the command makes text
+    from input (ids, actors, reasons, details, messages) safe to print."""
+    return _UNSEEN.sub(_escape, text)
+
+
 def _line(*parts: str | Text | tuple[str, str]) -> Text:
     """One line of output from plain strings and (string, style) pairs. Nothing in it
-    is read as markup, so ids, versions and messages print exactly as they are."""
-    return Text.assemble(*parts)
+    is read as markup, and control characters are shown escaped (``visible``), so
+    ids, versions and messages print exactly as they are and one line stays one line."""
+    return Text.assemble(
+        *(visible(p) if isinstance(p, str) else (visible(p[0]), p[1]) if isinstance(p, tuple) else p for p in parts)
+    )
 
 
 def _fail(message: str) -> NoReturn:
@@ -169,7 +205,10 @@ def _engine(store: str, catalog: Path, *, create: bool) -> FlowEngine:
 
 
 def _print_json(data: Any) -> None:
-    out.print_json(json.dumps(data))
+    """``data`` as indented JSON; characters ``visible`` escapes are ``\\uXXXX`` escapes
+    (JSON escapes only those below U+0020 itself), the same text to a parser."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)  # a newline here is layout, never in a string
+    sys.stdout.write(_UNSEEN.sub(lambda m: m[0] if m[0] == "\n" else f"\\u{ord(m[0]):04x}", text) + "\n")
 
 
 def _show_outcome(outcome: Outcome, as_json: bool) -> None:
@@ -285,8 +324,8 @@ class Result(StrEnum):
 @app.command("promotion-completed")
 def promotion_completed(
     deployment_id: str,
-    promotion_id: str,
-    result: Annotated[Result, typer.Option("--result", help="The check's verdict.")],
+    promotion: Annotated[str, typer.Argument(help="The promotion's id, or its name in the deployment.")],
+    result: Annotated[Result, typer.Option("--result", case_sensitive=False, help="The check's verdict.")],
     details: Annotated[str | None, typer.Option("--details", help="A JSON object of details.")] = None,
     store: Store = "flowfsm.db",
     catalog: CatalogFile = Path("flowfsm.toml"),
@@ -296,8 +335,11 @@ def promotion_completed(
     with _reported():
         extra = _details(details)
         status = ResultStatus(result.value)
-        trigger = PromotionCompleted(deployment_id, promotion_id, [PromotionResult(promotion_id, status, extra)])
+        trigger = PromotionCompleted(deployment_id, promotion, [PromotionResult(promotion, status, extra)])
         engine = _engine(store, catalog, create=False)
+        promotion_id = _promotion_id(engine, deployment_id, promotion)
+        if promotion_id != promotion:  # named by its name: the trigger carries its id
+            trigger = PromotionCompleted(deployment_id, promotion_id, [PromotionResult(promotion_id, status, extra)])
     _handle(engine, trigger, as_json)
 
 
@@ -513,21 +555,22 @@ def flows(
             trail = " ".join(f"{_GLYPH[d.state.value]}{d.environment}" for d in flow.deployments)
             updated = flow.updated_at.strftime("%m-%d %H:%M:%S") if flow.updated_at else ""
             table.add_row(
-                _line(flow.artifact.id, "\n", (flow.id, "dim")),
-                Text(flow.service_id),
+                Text("\n").join([_line(flow.artifact.id), _line((flow.id, "dim"))]),
+                _line(flow.service_id),
                 _line(_state(flow.state.value)),
-                Text(trail),
-                Text(updated),
+                _line(trail),
+                _line(updated),
             )
         out.print(table)
 
 
 def _flow_state(value: str) -> FlowState:
-    try:
-        return FlowState(value)
-    except ValueError:
-        allowed = ", ".join(repr(s.value) for s in FlowState)
-        raise ValidationError("--state", f"{shown(value)} is not one of {allowed}") from None
+    """A state as typed: ``inprogress`` is ``inProgress`` (people do not type camel case)."""
+    for state in FlowState:
+        if state.value.casefold() == value.casefold():
+            return state
+    allowed = ", ".join(repr(s.value) for s in FlowState)
+    raise ValidationError("--state", f"{shown(value)} is not one of {allowed}")
 
 
 def _names(flow: Flow) -> dict[str, str]:
@@ -563,15 +606,71 @@ def _history_lines(flow: Flow, entries: list[HistoryEntry]) -> list[Text]:
     return lines
 
 
+class NothingNamed(NotFound):
+    """``show``, ``history`` or ``explain`` was given an id that names no flow, no
+    deployment and no artifact with a flow."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"no flow, deployment or artifact {shown(key, ID_LIMIT)} in the store")
+
+
+MAX_NAMED: Final = 5
+"""The most flows an error lists when an artifact id names several."""
+
+
+def _flows_named(repository: Repository, key: str, catalog: Path) -> tuple[list[Flow], bool]:
+    """The flows ``key`` names, and whether it named them as an artifact: a flow id,
+    then a deployment id (its flow), then ``GROUP:NAME:VERSION`` (the flow of each
+    service in the catalog that consumes it; the catalog is read only then)."""
+    _checked_text("ID", key)
+    try:
+        return [repository.get(key)], False
+    except UnknownFlow:
+        pass
+    try:
+        return [repository.find_by_deployment(key)], False
+    except UnknownDeployment:
+        pass
+    if key.count(":") == 2:
+        try:
+            artifact = Artifact.parse(key)
+        except ValidationError:  # no artifact id: it names nothing
+            raise NothingNamed(key) from None
+        services = Catalog.from_file(catalog).for_artifact(artifact.key)
+        found = [f for s in services if (f := repository.find_by_key(artifact.id, s.id)) is not None]
+        if found:
+            return found, True
+    raise NothingNamed(key)
+
+
+def _one_flow_named(repository: Repository, key: str, catalog: Path) -> Flow:
+    """The one flow ``key`` names; an artifact with several flows is refused, naming them."""
+    found, _ = _flows_named(repository, key, catalog)
+    if len(found) > 1:
+        listed = ", ".join(f"{f.id} ({f.service_id})" for f in found[:MAX_NAMED])
+        more = f" and {len(found) - MAX_NAMED} more" if len(found) > MAX_NAMED else ""
+        raise ValidationError("ID", f"artifact {shown(key)} has {len(found)} flows: {bounded(listed)}{more}; name one")
+    return found[0]
+
+
+FlowKey = Annotated[str, typer.Argument(metavar="ID", help="A flow id, a deployment id, or GROUP:NAME:VERSION.")]
+
+
 @app.command("history")
-def history(flow_id: str, store: Store = "flowfsm.db", as_json: Json = False) -> None:
+def history(
+    key: FlowKey,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
     """What happened to a flow: each trigger that changed it, in order, with who,
-    why, each state change and the HookRequests it made."""
+    why, each state change and the HookRequests it made. An artifact id needs
+    --catalog (its services), and must name one flow."""
     with _reported():
-        _checked_text("FLOW_ID", flow_id)
         repository = open_store(store, create=False)
-        flow = repository.get(flow_id)
-        entries = repository.history(flow_id)
+        flow = _one_flow_named(repository, key, catalog)
+        entries = repository.history(flow.id)
         if as_json:
             _print_json(unstructure(entries))
             return
@@ -582,15 +681,16 @@ def history(flow_id: str, store: Store = "flowfsm.db", as_json: Json = False) ->
 
 @app.command("explain")
 def explain(
-    flow_id: str,
+    key: FlowKey,
     store: Store = "flowfsm.db",
     catalog: CatalogFile = Path("flowfsm.toml"),
     as_json: Json = False,
 ) -> None:
-    """What a flow waits for (or how it finished): one line per reason, its kind first."""
+    """What a flow waits for (or how it finished): one line per reason, its kind first.
+    An artifact id must name one flow."""
     with _reported():
-        _checked_text("FLOW_ID", flow_id)
-        items = _engine(store, catalog, create=False).explain(flow_id)
+        engine = _engine(store, catalog, create=False)
+        items = engine.explain(_one_flow_named(engine.repository, key, catalog).id)
         if as_json:
             _print_json(unstructure(items))
             return
@@ -600,72 +700,91 @@ def explain(
 
 
 @app.command("show")
-def show(flow_id: str, store: Store = "flowfsm.db", as_json: Json = False) -> None:
-    """One flow's timeline: deployments, promotions, HookRequests and their delivery,
-    and its history."""
+def show(
+    key: FlowKey,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """A flow's timeline: deployments, promotions, HookRequests and their delivery,
+    and its history. An artifact id (its services come from --catalog) shows each
+    of its flows; with --json, a list of them."""
+    with _reported():
+        repository = open_store(store, create=False)
+        found, by_artifact = _flows_named(repository, key, catalog)
+        if as_json:
+            shown_flows = [
+                {
+                    "flow": unstructure(flow),
+                    "hookRequests": unstructure(repository.hook_requests(flow.id)),
+                    "history": unstructure(repository.history(flow.id)),
+                }
+                for flow in found
+            ]
+            _print_json(shown_flows if by_artifact else shown_flows[0])
+            return
+        for i, flow in enumerate(found):
+            if i:
+                out.print()
+            _show_flow(repository, flow)
+
+
+def _show_flow(repository: Repository, flow: Flow) -> None:
+    """One flow's timeline, as ``show`` prints it."""
     from rich.table import Table
 
-    with _reported():
-        _checked_text("FLOW_ID", flow_id)
-        repository = open_store(store, create=False)
-        flow = repository.get(flow_id)
-        records = repository.hook_requests(flow_id)
-        entries = repository.history(flow_id)
-        if as_json:
-            _print_json(
-                {"flow": unstructure(flow), "hookRequests": unstructure(records), "history": unstructure(entries)}
+    records = repository.hook_requests(flow.id)
+    entries = repository.history(flow.id)
+    created = flow.created_at.strftime("%Y-%m-%d %H:%M:%S") if flow.created_at else "?"
+    head = [
+        _line((flow.artifact.id, "bold"), f" → {flow.service_id}: ", _state(flow.state.value)),
+        _line(f"  flow {flow.id}, created {created}, version {flow.version}"),
+    ]
+    if flow.pause is not None:
+        why = f": {flow.pause.reason}" if flow.pause.reason else ""
+        head.append(_line(f"  paused by {flow.pause.actor}{why}"))
+    if flow.rollback is not None:
+        target = flow.rollback.artifact.id if flow.rollback.artifact else "nothing to return to"
+        head.append(_line(f"  rollback requested in {flow.rollback.environment}: {target}"))
+    for deployment in flow.deployments:
+        checks = Text(", ").join(
+            _line(f"{p.name} ", _state(p.state.value), f" (attempt {p.attempt})" if p.attempt > 1 else "")
+            for p in deployment.promotions
+        )
+        head.append(
+            _line(
+                f"  {deployment.environment:<10} ",
+                _state(deployment.state.value, 10),
+                "  ",
+                checks if deployment.promotions else "no promotions",
+                f"  ({deployment.id})",
             )
-            return
-        created = flow.created_at.strftime("%Y-%m-%d %H:%M:%S") if flow.created_at else "?"
-        head = [
-            _line((flow.artifact.id, "bold"), f" → {flow.service_id}: ", _state(flow.state.value)),
-            _line(f"  flow {flow.id}, created {created}, version {flow.version}"),
-        ]
-        if flow.pause is not None:
-            why = f": {flow.pause.reason}" if flow.pause.reason else ""
-            head.append(_line(f"  paused by {flow.pause.actor}{why}"))
-        if flow.rollback is not None:
-            target = flow.rollback.artifact.id if flow.rollback.artifact else "nothing to return to"
-            head.append(_line(f"  rollback requested in {flow.rollback.environment}: {target}"))
-        for deployment in flow.deployments:
-            checks = Text(", ").join(
-                _line(f"{p.name} ", _state(p.state.value), f" (attempt {p.attempt})" if p.attempt > 1 else "")
-                for p in deployment.promotions
-            )
-            head.append(
-                _line(
-                    f"  {deployment.environment:<10} ",
-                    _state(deployment.state.value, 10),
-                    "  ",
-                    checks if deployment.promotions else "no promotions",
-                    f"  ({deployment.id})",
-                )
-            )
-        table = Table(box=box.SIMPLE_HEAD)
-        for column in ("time", "event", "environment", "webhook/action", "delivery", "attempts"):
-            table.add_column(column, no_wrap=column in ("time", "event", "delivery"), overflow="fold")
-        for record in records:
-            request = record.request
-            last = record.attempts[-1] if record.attempts else None
-            answer = f" (last: {last.status_code or last.error})" if last else ""
-            # Delivered with no attempt logged: the engine's own emitter took it at once.
-            inline = record.state is DeliveryState.DELIVERED and not record.attempts
-            tries = "inline" if inline else len(record.attempts)
-            table.add_row(
-                Text(request.created_at.strftime("%H:%M:%S")),
-                Text(request.event.value),
-                Text(request.payload.deployment.environment),
-                Text(f"{request.webhook_id}/{request.action.name}"),
-                _line(_state(record.state.value)),
-                Text(f"{tries}{answer}"),
-            )
-        for line in head:
+        )
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("time", "event", "environment", "webhook/action", "delivery", "attempts"):
+        table.add_column(column, no_wrap=column in ("time", "event", "delivery"), overflow="fold")
+    for record in records:
+        request = record.request
+        last = record.attempts[-1] if record.attempts else None
+        answer = f" (last: {last.status_code or last.error})" if last else ""
+        # Delivered with no attempt logged: the engine's own emitter took it at once.
+        inline = record.state is DeliveryState.DELIVERED and not record.attempts
+        tries = "inline" if inline else len(record.attempts)
+        table.add_row(
+            _line(request.created_at.strftime("%H:%M:%S")),
+            _line(request.event.value),
+            _line(request.payload.deployment.environment),
+            _line(f"{request.webhook_id}/{request.action.name}"),
+            _line(_state(record.state.value)),
+            _line(f"{tries}{answer}"),
+        )
+    for line in head:
+        out.print(line)
+    out.print(table)
+    if entries:
+        out.print(_line(("history", "bold")))
+        for line in _history_lines(flow, entries):
             out.print(line)
-        out.print(table)
-        if entries:
-            out.print(_line(("history", "bold")))
-            for line in _history_lines(flow, entries):
-                out.print(line)
 
 
 @app.command("dispatch")
@@ -703,6 +822,14 @@ def dispatch(
             emitter.close()
 
 
+class _VisibleFormatter(logging.Formatter):
+    """Log lines with control characters escaped (``visible``): a message may quote an
+    endpoint's answer or a URL from the catalog. A traceback keeps its line breaks."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(visible(line) for line in super().format(record).split("\n"))
+
+
 def _log_delivery_to_stderr(level: int = logging.WARNING) -> None:
     """Show the dispatcher's warnings (failed attempts, dead requests) on standard
     error, one line each, unless the embedding program configured logging itself;
@@ -711,7 +838,7 @@ def _log_delivery_to_stderr(level: int = logging.WARNING) -> None:
     if logger.handlers or logging.getLogger().handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    handler.setFormatter(_VisibleFormatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
     logger.addHandler(handler)
     logger.setLevel(level)
 
@@ -774,6 +901,150 @@ def worker(
             signal.signal(sig, handler)
 
 
+# --- the outbox -----------------------------------------------------------------------
+
+
+def _records_table(records: list[HookRecord]) -> Any:
+    """HookRequests, one row each: id, when, flow, event, webhook/action, attempts and the last answer."""
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("id", "created", "flow", "event", "webhook/action", "attempts"):
+        table.add_column(column, no_wrap=column in ("created", "event"), overflow="fold")
+    for record in records:
+        request = record.request
+        last = record.attempts[-1] if record.attempts else None
+        answer = f" (last: {last.status_code or bounded(last.error or '', 100)})" if last else ""
+        table.add_row(
+            _line(request.id),
+            _line(request.created_at.strftime("%Y-%m-%d %H:%M:%S")),
+            _line(request.flow_id),
+            _line(request.event.value),
+            _line(f"{request.webhook_id}/{request.action.name}"),
+            _line(f"{len(record.attempts)}{answer}"),
+        )
+    return table
+
+
+@outbox_app.command("pending")
+def outbox_pending(
+    key: Annotated[
+        str | None,
+        typer.Argument(metavar="ID", help="Only this flow's (a flow, deployment or artifact id): list them."),
+    ] = None,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """How many HookRequests wait for delivery; with an ID, that flow's pending ones."""
+    with _reported():
+        repository = open_store(store, create=False)
+        if key is None:
+            count = repository.count_pending()
+            if as_json:
+                _print_json({"pending": count})
+            else:
+                out.print(_line(f"pending {count}"))
+            return
+        found, _ = _flows_named(repository, key, catalog)
+        records = [r for flow in found for r in repository.hook_requests(flow.id) if r.state is DeliveryState.PENDING]
+        if as_json:
+            _print_json(unstructure(records))
+            return
+        out.print(_records_table(records) if records else _line("nothing pending"))
+
+
+@outbox_app.command("dead")
+def outbox_dead(
+    limit: Annotated[int, typer.Option("--limit", min=1, max=MAX_PAGE)] = 50,
+    store: Store = "flowfsm.db",
+    as_json: Json = False,
+) -> None:
+    """HookRequests given up on, oldest first, with their attempts and last answer:
+    they wait, visible, until requeued."""
+    with _reported():
+        records = open_store(store, create=False).dead_requests(limit)
+        if as_json:
+            _print_json(unstructure(records))
+            return
+        out.print(_records_table(records) if records else _line("no dead HookRequests"))
+
+
+@outbox_app.command("requeue")
+def outbox_requeue(
+    ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Dead HookRequests' ids.")],
+    store: Store = "flowfsm.db",
+    as_json: Json = False,
+) -> None:
+    """Make dead HookRequests pending again, in their original place; the next
+    dispatch delivers them. Any other id is left as it is, and named."""
+    with _reported():
+        if len(ids) > MAX_PAGE:
+            raise ValidationError("ID", f"at most {MAX_PAGE} ids at once, got {len(ids)}")
+        for request_id in ids:
+            _checked_text("ID", request_id)
+        repository = open_store(store, create=False)
+        dead = {r.request.id for r in repository.dead_requests(MAX_PAGE)}
+        wanted = list(dict.fromkeys(ids))
+        requeued = [i for i in wanted if i in dead]
+        others = [i for i in wanted if i not in dead]
+        repository.requeue(requeued)
+        if as_json:
+            _print_json({"requeued": requeued, "notDead": others})
+            return
+        out.print(_line(f"requeued {len(requeued)}"), soft_wrap=True)
+        if others:
+            listed = ", ".join(shown(i, ID_LIMIT) for i in others[:MAX_NAMED])
+            more = f" and {len(others) - MAX_NAMED} more" if len(others) > MAX_NAMED else ""
+            out.print(_line(("not dead, left as they are: ", "yellow"), listed, more), soft_wrap=True)
+
+
+def check_url(url: str) -> None:
+    """An endpoint URL as the catalog accepts an action's (the same rule, checked by
+    ``Action``): http(s), a host, no credentials, no whitespace."""
+    Action("endpoint", url=url)
+
+
+class EndpointAction(StrEnum):
+    enable = "enable"
+    disable = "disable"
+
+
+@outbox_app.command("endpoints")
+def outbox_endpoints(
+    action: Annotated[EndpointAction | None, typer.Argument(help="enable or disable URL; none: list.")] = None,
+    url: Annotated[str | None, typer.Argument(metavar="URL", help="The action URL.")] = None,
+    store: Store = "flowfsm.db",
+    as_json: Json = False,
+) -> None:
+    """The endpoints delivery skips (they answered 410 Gone, or a person disabled
+    them); `enable URL` delivers to one again, `disable URL` stops delivering to it."""
+    with _reported():
+        if action is not None:
+            if url is None:
+                raise ValidationError("URL", f"give the URL to {action.value}")
+            try:
+                check_url(url)
+            except ValidationError as e:
+                raise ValidationError("URL", e.message) from None
+        elif url is not None:
+            raise ValidationError("URL", "give enable or disable before it")
+        repository = open_store(store, create=False)
+        if action is EndpointAction.enable and url is not None:
+            repository.enable_endpoint(url)
+        elif action is EndpointAction.disable and url is not None:
+            repository.disable_endpoint(url)
+        disabled = sorted(repository.disabled_endpoints())
+        if as_json:
+            _print_json({"disabled": disabled})
+            return
+        if action is not None:
+            out.print(_line(f"{action.value}d ", url or ""), soft_wrap=True)
+        out.print(_line(f"disabled endpoints: {len(disabled)}"))
+        for disabled_url in disabled[:MAX_PAGE]:
+            out.print(_line(f"  {disabled_url}"), soft_wrap=True)
+
+
 @catalog_app.command("validate")
 def catalog_validate(file: Path, as_json: Json = False) -> None:
     """Load a catalog file and say what is wrong with it, if anything: what the
@@ -784,13 +1055,13 @@ def catalog_validate(file: Path, as_json: Json = False) -> None:
         catalog = Catalog.from_file(file, strategies=BUILTIN_STRATEGIES)
     services = list(catalog)
     if as_json:
-        out.print_json(json.dumps({"valid": True, "services": [s.id for s in services]}))
+        _print_json({"valid": True, "services": [s.id for s in services]})
         return
-    out.print(Text.assemble(("ok:", "green"), f" {file}: {len(services)} service(s)"))
+    out.print(_line(("ok:", "green"), f" {file}: {len(services)} service(s)"))
     for service in services:
         environments = " → ".join(e.name for e in service.pipeline.environments)
         line = f"  {service.id}: {', '.join(service.artifacts)}; {environments}; {len(service.webhooks)} webhook(s)"
-        out.print(line, markup=False)
+        out.print(_line(line))
 
 
 class Machine(StrEnum):

@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from flowfsm.catalog import Catalog
+from flowfsm.cli.app import visible
 from flowfsm.emitters import CallbackEmitter
 from flowfsm.engine import FlowEngine
 from flowfsm.model import Artifact, Flow, HookRequest, PromotionResult, ResultStatus
@@ -62,7 +63,7 @@ def _plan(catalog: Catalog) -> int:
 def run(console: Console, store: Path | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = store or Path(tmp) / "flowfsm-demo.db"
-        console.print(Text(f"store: {path} (SQLite)"))  # a path is text, not markup
+        console.print(Text(visible(f"store: {path} (SQLite)")))  # a path is text, not markup
         catalog = _catalog()
         sent: list[HookRequest] = []
         repository = SQLiteRepository(path)
