@@ -97,12 +97,35 @@ class Situation:
         return None
 
     def announced(self, deployment: Deployment) -> dt.datetime | None:
-        """When ``deployment`` became the one to start: the flow's creation for the
-        first, the success of the one before it for the others."""
+        """When ``deployment`` was last announced (``deployment-created``), by the
+        history: the latest step that made it (its creation, or a retry: to
+        ``notStarted``), made it the next (the one before it succeeded), or let a
+        held announcement go (the flow resumed). Unrecorded: the flow's creation for
+        the first deployment, else None."""
         index = self.flow.deployments.index(deployment)
-        if index == 0:
-            return self.since(deployment.id, DeploymentState.NOT_STARTED.value) or self.flow.created_at
-        return self.since(self.flow.deployments[index - 1].id, DeploymentState.SUCCESS.value)
+        previous = self.flow.deployments[index - 1].id if index > 0 else None
+        announced = self.flow.created_at if index == 0 else None
+        paused = held = False
+        for entry in self.history:  # oldest first: a pause holds what it meets
+            for change in entry.changes:
+                if (change.id == deployment.id and change.to == _NOT_STARTED) or (
+                    change.id == previous and change.to == _SUCCESS
+                ):
+                    held = paused
+                    if not paused:
+                        announced = entry.at
+                elif change.id == self.flow.id and change.to == _PAUSED:
+                    paused = True
+                elif change.id == self.flow.id and change.from_ == _PAUSED:
+                    paused = False
+                    if held:
+                        announced, held = entry.at, False
+        return announced
+
+
+_NOT_STARTED: Final = DeploymentState.NOT_STARTED.value
+_SUCCESS: Final = DeploymentState.SUCCESS.value
+_PAUSED: Final = FlowState.PAUSED.value
 
 
 Reason = Callable[[Situation], Iterable[Waiting]]
