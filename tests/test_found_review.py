@@ -221,11 +221,6 @@ def test_explain_names_a_retry_backoff_and_its_end() -> None:
 # --- 6. input bounds and types ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="DeploymentFailed.reason redeclares the field and drops the 10,000-char bound",
-)
 def test_a_deployment_failed_reason_is_bounded_like_every_reason() -> None:
     """CHANGELOG: every trigger's reason is at most 10,000 characters; DeploymentFailed
     takes any length, which then lands in history, payloads and the flow's pause."""
@@ -234,18 +229,26 @@ def test_a_deployment_failed_reason_is_bounded_like_every_reason() -> None:
     assert refused.value.field == "reason"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="JSON true (and 1.0) is taken as attempt 1; the Python API refuses True",
-)
-def test_a_json_result_attempt_of_true_is_refused() -> None:
+@pytest.mark.parametrize("attempt", ["true", "false", "1.0", '"1"'])
+def test_a_json_result_attempt_of_true_is_refused(attempt: str) -> None:
     text = (
         '{"type": "PromotionCompleted", "deploymentId": "d", "promotionId": "p",'
-        ' "results": [{"promotionId": "p", "resultStatus": "passed", "attempt": true}]}'
+        f' "results": [{{"promotionId": "p", "resultStatus": "passed", "attempt": {attempt}}}]}}'
     )
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError) as refused:
         from_json(text, Trigger)
+    assert refused.value.field.endswith("results[0].attempt")
+    assert "whole number" in str(refused.value)
+
+
+def test_a_json_result_attempt_of_a_whole_number_is_taken() -> None:
+    text = (
+        '{"type": "PromotionCompleted", "deploymentId": "d", "promotionId": "p",'
+        ' "results": [{"promotionId": "p", "resultStatus": "passed", "attempt": 2}]}'
+    )
+    trigger = from_json(text, Trigger)
+    assert isinstance(trigger, PromotionCompleted)
+    assert trigger.results[0].attempt == 2
 
 
 # --- 7. the CLI writes terminal escape sequences from stored text -----------------------

@@ -110,6 +110,8 @@ def _make_converter() -> cattrs.Converter:
         overrides = _renames(cls)
         if cls is Action:  # the class takes a secret or a reference to one, and never shows it
             overrides["secret"] = override(struct_hook=lambda value, _: value)
+        elif cls is PromotionResult:  # taken as sent: PromotionCompleted refuses anything but a whole number
+            overrides["attempt"] = override(struct_hook=lambda value, _: value)  # (int() reads true, 1.0 as 1)
         structure_fields: Any = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **overrides)
 
         def structure_mapping(value: Any, as_type: Any) -> Any:
