@@ -98,6 +98,13 @@ def _unstructure_renames(cls: type) -> dict[str, Any]:
     return overrides
 
 
+_AS_SENT: Final[dict[type, tuple[str, ...]]] = {
+    Action: ("secret",),  # a secret or a reference to one, never shown
+    PromotionResult: ("attempt",),  # PromotionCompleted refuses all but a whole number (int() reads true as 1)
+}
+"""Fields structured as the JSON has them, for their class to check."""
+
+
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
 
@@ -108,10 +115,8 @@ def _make_converter() -> cattrs.Converter:
 
     def structure_object(cls: type) -> Any:
         overrides = _renames(cls)
-        if cls is Action:  # the class takes a secret or a reference to one, and never shows it
-            overrides["secret"] = override(struct_hook=lambda value, _: value)
-        elif cls is PromotionResult:  # taken as sent: PromotionCompleted refuses anything but a whole number
-            overrides["attempt"] = override(struct_hook=lambda value, _: value)  # (int() reads true, 1.0 as 1)
+        for name in _AS_SENT.get(cls, ()):
+            overrides[name] = override(struct_hook=lambda value, _: value)
         structure_fields: Any = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **overrides)
 
         def structure_mapping(value: Any, as_type: Any) -> Any:
