@@ -24,6 +24,7 @@ from flowfsm import (
     FlowEngine,
     FlowState,
     HookEvent,
+    InvalidTransition,
     PauseFlow,
     Pipeline,
     PromotionCompleted,
@@ -92,11 +93,6 @@ class World:
 # --- 1. a person's pause is lifted by a failure policy ----------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a PAUSE policy overwrites a person's pause; retrying the item resumes the flow",
-)
 def test_retrying_a_failed_item_does_not_lift_a_persons_pause() -> None:
     """Alice pauses the flow; a check then fails under PAUSE; Bob retries the check.
     Alice's pause must still hold: only ResumeFlow lifts a pause a person made."""
@@ -110,6 +106,36 @@ def test_retrying_a_failed_item_does_not_lift_a_persons_pause() -> None:
     assert stored.state is FlowState.PAUSED
     assert stored.pause is not None
     assert stored.pause.actor == "alice"
+
+
+def test_a_policy_pause_on_a_persons_pause_waits_on_the_failure_and_the_person() -> None:
+    """The person's pause stands, silently gains the failed item (no second
+    flow-paused), refuses ResumeFlow until that item is decided, then resumes."""
+    world = World(["smoke"], FailureStrategy.PAUSE)
+    flow = world.completed()
+    world.engine.handle(PauseFlow(flow.id, "alice", "investigating an incident"))
+    world.events()
+    world.fail(flow, 0)
+    assert world.events() == ["promotion-failed"]
+    smoke = flow.deployments[0].promotions[0].id
+    stored = world.repository.get(flow.id)
+    assert stored.pause is not None
+    assert (stored.pause.actor, stored.pause.reason, stored.pause.failed) == (
+        "alice",
+        "investigating an incident",
+        (smoke,),
+    )
+    with pytest.raises(InvalidTransition, match="retry or skip the failed item"):
+        world.engine.handle(ResumeFlow(flow.id, "alice"))
+    world.engine.handle(RetryPromotion(flow.deployments[0].id, smoke, "bob", "flaky"))
+    assert world.events() == ["promotion-retried"]
+    stored = world.repository.get(flow.id)
+    assert stored.state is FlowState.PAUSED
+    assert stored.pause is not None
+    assert stored.pause.failed == ()
+    world.engine.handle(ResumeFlow(flow.id, "alice", "incident over"))
+    assert world.repository.get(flow.id).state is FlowState.IN_PROGRESS
+    assert world.events() == ["flow-resumed"]
 
 
 # --- 2. history loses a failure that a policy undid in the same trigger -----------------
@@ -171,7 +197,6 @@ def test_a_timeout_that_fails_the_flow_retries_no_promotion() -> None:
 # --- 4. one pause, two flow-paused events ------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="each failure of one trigger sends flow-paused again")
 def test_one_verify_timeout_pauses_the_flow_once() -> None:
     world = World(["smoke", "perf"], FailureStrategy.PAUSE, timeouts=Timeouts(verify="10m"))
     flow = world.completed()

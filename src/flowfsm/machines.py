@@ -312,7 +312,7 @@ FLOW: Final = Declaration(
         Rule("abort", _F.PAUSED, _F.ABORTED, (), (_E.FLOW_ABORTED,)),
         # A failure policy's moves: PAUSE holds the flow; retrying or skipping what failed releases it.
         Rule("hold", _F.IN_PROGRESS, _F.PAUSED, (), (_E.FLOW_PAUSED,)),
-        Rule("hold", _F.PAUSED, _F.PAUSED, (), (_E.FLOW_PAUSED,)),
+        Rule("hold", _F.PAUSED, _F.PAUSED),  # paused already: one pause, one flow-paused
         Rule(
             "release",
             _F.PAUSED,

@@ -39,7 +39,7 @@ from flowfsm.model import (
     TimerKind,
 )
 from flowfsm.protocols import FailureHandler
-from flowfsm.work import FlowDraft
+from flowfsm.work import FLOWFSM, FlowDraft
 
 __all__ = [
     "BUILTIN_STRATEGIES",
@@ -51,9 +51,6 @@ __all__ = [
     "RollbackStrategy",
     "Stop",
 ]
-
-FLOWFSM: Final = "flowfsm"
-"""The actor of what flowfsm does itself: a failure policy's moves, a timer."""
 
 LastSuccess = Callable[..., Artifact | None]
 """``Repository.last_success(service_id, environment, *, excluding=artifact_id)``."""

@@ -39,7 +39,10 @@ from flowfsm.model import (
 if TYPE_CHECKING:
     from flowfsm.machines import FailureKind, Guard, Rule
 
-__all__ = ["STEERING_EVENTS", "Draft", "FlowDraft", "Note", "PendingFailure", "RecordedEvent", "Work"]
+__all__ = ["FLOWFSM", "STEERING_EVENTS", "Draft", "FlowDraft", "Note", "PendingFailure", "RecordedEvent", "Work"]
+
+FLOWFSM: Final = "flowfsm"
+"""The actor of what flowfsm does itself: a failure policy's moves, a timer."""
 
 _SUCCESS = DeploymentState.SUCCESS
 _PAUSED = FlowState.PAUSED
@@ -299,12 +302,15 @@ class FlowDraft:
 
     def paused_by(self, actor: str, reason: str | None, failed: str | None = None) -> None:
         """Record why the (now paused) flow is paused; a policy's pause adds the
-        failed item it waits on to those of an earlier pause."""
+        failed item it waits on to those of an earlier pause, and leaves a person's
+        pause theirs: only ``ResumeFlow`` lifts it (see ``settled``)."""
         pause = self.pause
         held = pause is not None and pause.held
         waiting = pause.failed if pause is not None else ()
         if failed is not None:
             waiting = (*waiting, failed)
+            if pause is not None and pause.actor != FLOWFSM:  # a person paused it first
+                actor, reason = pause.actor, pause.reason
         self.pause = Pause(actor, reason, waiting, held)
         self.changed = True
 
@@ -312,21 +318,22 @@ class FlowDraft:
         """A paused flow holds its next announcement until it resumes."""
         pause = self.pause
         if pause is None:  # paused within this trigger, its cause not yet recorded
-            self.pause = Pause("flowfsm", None, (), True)
+            self.pause = Pause(FLOWFSM, None, (), True)
         elif not pause.held:
             self.pause = Pause(pause.actor, pause.reason, pause.failed, True)
         self.changed = True
 
     def settled(self, item_id: str) -> bool:
         """The failed item ``item_id`` was retried or skipped: True if the flow's
-        policy pause waited on it and now on nothing more (the flow may resume)."""
+        policy pause waited on it and now on nothing more (the flow may resume). A
+        pause a person made stands: it waits on nothing more, for ``ResumeFlow``."""
         pause = self.pause
         if pause is None or item_id not in pause.failed:
             return False
         left = tuple(i for i in pause.failed if i != item_id)
         self.pause = Pause(pause.actor, pause.reason, left, pause.held)
         self.changed = True
-        return not left
+        return not left and pause.actor == FLOWFSM
 
     def rolled_back(self, rollback: Rollback) -> None:
         self.rollback = rollback
