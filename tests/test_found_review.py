@@ -35,6 +35,7 @@ from flowfsm import (
     RetryPolicy,
     RetryPromotion,
     Service,
+    SkipPromotion,
     Timeouts,
     ValidationError,
     Webhook,
@@ -174,11 +175,6 @@ def test_history_records_a_deployment_failure_retried_at_once() -> None:
 # --- 3. one verify timeout retries a promotion of the flow it fails ---------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="promotion-retried is sent, and a promotion left pending, in a flow that failed",
-)
 def test_a_timeout_that_fails_the_flow_retries_no_promotion() -> None:
     """RETRY(attempts=2), dev (a, b): b failed once (attempt 2). The verify timeout
     fails a (attempt 1: retried) then b (last attempt: STOP). The flow fails, yet a
@@ -296,9 +292,6 @@ def test_history_does_not_write_terminal_escapes(cli: Cli) -> None:  # noqa: F81
 # --- 8. a paused flow begins a new check ------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="promotion-retried is sent while a person paused the flow"
-)
 def test_a_retry_backoff_ending_while_paused_begins_no_new_check() -> None:
     """SPEC §8: while paused, facts are recorded but nothing new begins. A failed
     deployment's retry holds its announcement until the resume; a failed promotion's
@@ -311,6 +304,64 @@ def test_a_retry_backoff_ending_while_paused_begins_no_new_check() -> None:
     world.time_out(minutes=6)  # the backoff ends while the flow is still paused
     assert world.repository.get(flow.id).state is FlowState.PAUSED
     assert "promotion-retried" not in world.events()
+
+
+@pytest.mark.parametrize("backoff", [None, "5m"])
+def test_a_retry_held_by_a_pause_begins_when_the_flow_resumes(backoff: str | None) -> None:
+    """RETRY in a flow a person paused: the failed check stays failed (no
+    promotion-retried), and begins its next attempt once the flow resumes."""
+    world = World(["smoke"], FailureStrategy.RETRY, retry=RetryPolicy(3, backoff=backoff))
+    flow = world.completed()
+    world.engine.handle(PauseFlow(flow.id, "alice", "investigating an incident"))
+    world.fail(flow, 0)
+    world.time_out(minutes=6)
+    assert world.events() == ["flow-paused", "promotion-failed"]
+    (smoke,) = world.repository.get(flow.id).deployments[0].promotions
+    assert (smoke.state, smoke.attempt) == (PromotionState.FAILED, 1)
+    world.engine.handle(ResumeFlow(flow.id, "alice"))
+    assert world.events() == ["flow-resumed", "promotion-retried"]
+    (smoke,) = world.repository.get(flow.id).deployments[0].promotions
+    assert (smoke.state, smoke.attempt) == (PromotionState.PENDING, 2)
+
+
+def test_a_resume_before_the_backoff_ends_leaves_the_retry_to_its_timer() -> None:
+    world = World(["smoke"], FailureStrategy.RETRY, retry=RetryPolicy(3, backoff="5m"))
+    flow = world.completed()
+    world.engine.handle(PauseFlow(flow.id, "alice", "investigating an incident"))
+    world.fail(flow, 0)
+    world.clock.advance(minutes=2)
+    world.engine.handle(ResumeFlow(flow.id, "alice"))
+    assert world.events() == ["flow-paused", "promotion-failed", "flow-resumed"]
+    world.time_out(minutes=4)
+    assert world.events() == ["promotion-retried"]
+    (smoke,) = world.repository.get(flow.id).deployments[0].promotions
+    assert (smoke.state, smoke.attempt) == (PromotionState.PENDING, 2)
+
+
+def test_settling_a_policy_pause_begins_the_retries_it_held() -> None:
+    """RETRY(2, then PAUSE): `a` fails its last attempt and the policy pauses the flow;
+    `b` then fails its first (held); skipping `a` resumes the flow and retries `b`."""
+    world = World(["a", "b"], FailureStrategy.RETRY, retry=RetryPolicy(2, then=FailureStrategy.PAUSE))
+    flow = world.completed()
+    world.fail(flow, 0)
+    world.fail(flow, 0)
+    world.fail(flow, 1)
+    assert world.events() == [
+        "promotion-failed",
+        "promotion-retried",
+        "promotion-failed",
+        "flow-paused",
+        "promotion-failed",
+    ]
+    dev = flow.deployments[0]
+    world.engine.handle(SkipPromotion(dev.id, dev.promotions[0].id, "bob", "known flaky"))
+    assert world.events() == ["promotion-skipped", "flow-resumed", "promotion-retried"]
+    stored = world.repository.get(flow.id)
+    assert stored.state is FlowState.IN_PROGRESS
+    assert [(p.state, p.attempt) for p in stored.deployments[0].promotions] == [
+        (PromotionState.SKIPPED, 2),
+        (PromotionState.PENDING, 2),
+    ]
 
 
 # --- 9. explain dates an announcement from the wrong moment -----------------------------
