@@ -239,6 +239,26 @@ def test_explain_names_a_retry_backoff_and_its_end() -> None:
     assert [w.until for w in backoff] == [world.clock.now + dt.timedelta(minutes=5)]
 
 
+def test_a_retried_promotion_no_other_check_waits_on_gets_a_whole_verify_timeout() -> None:
+    """verify = 10m: `b` passes at 1m; `a` fails at 9m and RETRY retries it. No other
+    check waits on the deployment's timeout: `a`'s attempt 2 has until 19m."""
+    world = World(["a", "b"], FailureStrategy.RETRY, retry=RetryPolicy(3), timeouts=Timeouts(verify="10m"))
+    flow = world.completed()
+    dev = flow.deployments[0]
+    b = dev.promotions[1].id
+    world.clock.advance(minutes=1)
+    world.engine.handle(PromotionCompleted(dev.id, b, [PromotionResult(b, ResultStatus.PASSED)]))
+    world.clock.advance(minutes=8)
+    world.fail(flow, 0)
+    world.events()
+    world.time_out(minutes=9)  # 18m
+    assert world.events() == []
+    world.time_out(minutes=2)  # 20m
+    assert world.events() == ["promotion-failed", "promotion-retried"]
+    (a, _) = world.repository.get(flow.id).deployments[0].promotions
+    assert (a.state, a.attempt) == (PromotionState.PENDING, 3)
+
+
 # --- 6. input bounds and types ---------------------------------------------------------
 
 
@@ -402,12 +422,12 @@ def test_show_accepts_a_deployment_or_an_artifact_id(cli: Cli) -> None:  # noqa:
 # --- 11. a retry extends the verify timeout of the other promotions ---------------------
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the verify timer is per deployment: a retry resets it")
 def test_retrying_one_promotion_does_not_extend_anothers_verify_timeout() -> None:
-    """verify = 10m. At 9m `a` fails and RETRY retries it (its own verify timeout:
-    until 19m). `b`, pending since 0m, must still time out at 10m; the deployment's
-    one verify timer is reset to 19m and `b` waits on past its limit (every retry
-    of `a` pushes it again). Had `b` timed out, RETRY would have it at attempt 2."""
+    """verify = 10m. At 9m `a` fails and RETRY retries it while `b`, pending since
+    0m, still waits: `a`'s new attempt shares the deployment's pending verify
+    timeout, which `b` must still meet at 10m (a reset to 19m would let `b` wait
+    past its limit, and every retry of `a` would push it again). Timed out, `b` is
+    retried by RETRY: attempt 2."""
     world = World(["a", "b"], FailureStrategy.RETRY, retry=RetryPolicy(3), timeouts=Timeouts(verify="10m"))
     flow = world.completed()
     world.clock.advance(minutes=9)

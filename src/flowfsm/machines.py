@@ -146,6 +146,9 @@ class Rule:
     timers: tuple[TimerKind, ...] = ()
     """Timers of the deployment the transition sets, each if its environment gives
     the duration (``Environment.timer``); a due timer sends ``TimerFired``."""
+    shares: tuple[TimerKind, ...] = ()
+    """Timers of ``timers`` that stand as set while another promotion of the
+    deployment is pending: a deadline it shares is never moved later."""
     again: bool = False
     """The transition begins the entity's next attempt (``attempt`` + 1; a
     deployment's promotions begin theirs, pending again)."""
@@ -451,7 +454,9 @@ PROMOTION: Final = Declaration(
             (DEPLOYMENT_COMPLETED,),
             (_E.PROMOTION_RETRIED,),
             repeats={_P.PENDING: _retried, _P.SUCCESS: _retried},
-            timers=(_T.VERIFY,),  # the new attempt has its own verify timeout
+            # The new attempt has its own verify timeout, unless another check waits on the deployment's.
+            timers=(_T.VERIFY,),
+            shares=(_T.VERIFY,),
             contradicts={
                 _P.PENDING: "it has not failed",
                 _P.SUCCESS: "it already passed",

@@ -159,9 +159,12 @@ class Work:
             return
         for kind in rule.timers:
             duration = environment.timer(kind)
-            if duration is not None:
-                timer = Timer(flow.id, deployment.id, kind, now + duration)
-                self.timers[timer.id] = timer
+            if duration is None or (
+                kind in rule.shares and _shared(self.timer(timer_id(deployment.id, kind)), deployment)
+            ):
+                continue
+            timer = Timer(flow.id, deployment.id, kind, now + duration)
+            self.timers[timer.id] = timer
 
     def timer_changes(self) -> tuple[tuple[Timer, ...], tuple[str, ...]]:
         """(the timers to set, the ids of those to cancel), for the commit; nothing
@@ -194,6 +197,12 @@ class Work:
         if subscribers := flow.service.subscribers(event):
             note = Note(self.actor, self.reason, self.subject) if event in STEERING_EVENTS else self.result
             self.events.append((event, flow, flow.deployments[index], note, subscribers))
+
+
+def _shared(timer: Timer | None, deployment: Deployment) -> bool:
+    """The deployment's timer is set and another of its promotions waits on it (the
+    one that moved is pending too): it stands, as ``Rule.shares`` says."""
+    return timer is not None and sum(p.state is _PENDING for p in deployment.promotions) > 1
 
 
 class FlowDraft:
