@@ -6,6 +6,7 @@ suite stays green and a fix turns it into an unexpected pass (then drop the mark
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
@@ -40,8 +41,9 @@ from flowfsm import (
     ValidationError,
     Webhook,
 )
-from flowfsm.converter import from_json
+from flowfsm.converter import from_json, to_json
 from flowfsm.emitters import RecordingEmitter
+from flowfsm.model import FailurePayload, Payload
 from flowfsm.repositories import InMemoryRepository
 from flowfsm.scheduling import Scheduler
 from flowfsm.testing import FakeClock
@@ -257,6 +259,44 @@ def test_a_retried_promotion_no_other_check_waits_on_gets_a_whole_verify_timeout
     assert world.events() == ["promotion-failed", "promotion-retried"]
     (a, _) = world.repository.get(flow.id).deployments[0].promotions
     assert (a.state, a.attempt) == (PromotionState.PENDING, 3)
+
+
+# --- a CD-reported failure's reason in the payloads ------------------------------------
+
+
+def test_a_cd_reported_failure_names_its_reason_in_the_failure_payloads() -> None:
+    """deployment-failed and flow-failed say why, as a timeout's say `timeout`; what
+    a policy announces after (RETRY's deployment-created) is a plain payload."""
+    world = World(["smoke"], FailureStrategy.STOP)
+    (flow,) = world.engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1.0.0"))).flows
+    dev = flow.deployments[0].id
+    world.engine.handle(DeploymentStarted(dev))
+    world.emitter.requests.clear()
+    world.engine.handle(DeploymentFailed(dev, "image pull failed"))
+    failed = {r.event.value: r.payload for r in world.emitter.requests}
+    assert sorted(failed) == ["deployment-failed", "flow-failed"]
+    for request in world.emitter.requests:
+        assert isinstance(request.payload, FailurePayload)
+        assert request.payload.reason == "image pull failed"
+        assert type(request.payload) is FailurePayload  # not a timeout's
+        data = json.loads(to_json(request.payload, Payload))
+        assert data["reason"] == "image pull failed"
+        assert from_json(to_json(request.payload, Payload), Payload) == request.payload
+
+
+def test_a_policys_announcement_after_a_cd_reported_failure_is_plain() -> None:
+    world = World(["smoke"], FailureStrategy.RETRY, retry=RetryPolicy(3))
+    (flow,) = world.engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1.0.0"))).flows
+    dev = flow.deployments[0].id
+    world.engine.handle(DeploymentStarted(dev))
+    world.emitter.requests.clear()
+    world.engine.handle(DeploymentFailed(dev, "image pull failed"))
+    kinds = {r.event.value: type(r.payload).__name__ for r in world.emitter.requests}
+    assert kinds == {
+        "deployment-failed": "FailurePayload",
+        "deployment-retried": "SteeringPayload",
+        "deployment-created": "DeploymentPayload",
+    }
 
 
 # --- 6. input bounds and types ---------------------------------------------------------

@@ -38,6 +38,7 @@ from flowfsm.model import (
     DeploymentPayload,
     DeploymentState,
     Environment,
+    FailurePayload,
     Flow,
     FlowState,
     HookEvent,
@@ -188,8 +189,8 @@ def _make_converter() -> cattrs.Converter:
             return conv.structure(value, RollbackPayload)
         if isinstance(value, dict) and "actor" in value:
             return conv.structure(value, SteeringPayload)
-        if isinstance(value, dict) and "reason" in value:
-            return conv.structure(value, TimeoutPayload)
+        if isinstance(value, dict) and "reason" in value:  # a timeout's, or the reason a trigger gave
+            return conv.structure(value, TimeoutPayload if value["reason"] == "timeout" else FailurePayload)
         return conv.structure(value, DeploymentPayload)
 
     conv.register_structure_hook(Payload, structure_payload)

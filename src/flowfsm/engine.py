@@ -33,6 +33,7 @@ from flowfsm.model import (
     DeploymentPayload,
     DeploymentState,
     Environment,
+    FailurePayload,
     FailureStrategy,
     Flow,
     FlowState,
@@ -487,11 +488,13 @@ class FlowEngine:
                 environment = service.pipeline.environment(deployment.environment) or _environment(deployment)
                 if type(result) is Note:  # a steering event: who acted, and why
                     payload = _steering_payload(event, flow, deployment, environment, result)
-                elif make is TimeoutPayload and event not in _TIMED_OUT:
-                    # A timeout says so in the failures it caused (not in what a policy announces after).
+                elif event not in _TIMED_OUT:
+                    # A failure says why in the events it caused (not in what a policy announces after).
                     payload = DeploymentPayload(flow.loaded.artifact, deployment, service.ref, environment)
-                else:
+                elif make is TimeoutPayload or work.reason is None:
                     payload = make(flow.loaded.artifact, deployment, service.ref, environment)
+                else:  # the reason the trigger gave (the CD system's, for DeploymentFailed)
+                    payload = FailurePayload(flow.loaded.artifact, deployment, service.ref, environment, work.reason)
             flow_id = flow.id
             requests += [
                 HookRequest(new_id(), flow_id, webhook_id, action, event, payload, now)
@@ -572,7 +575,7 @@ FlowEngine.APPLIERS = {
 
 
 _TIMED_OUT: Final = frozenset({HookEvent.DEPLOYMENT_FAILED, HookEvent.FLOW_FAILED})
-"""The events of a timeout's failure: their payloads say ``timeout``."""
+"""The events of a failure: their payloads say why (``timeout``, or the trigger's reason)."""
 
 
 _RETRY: Final = FailureStrategy.RETRY.value
