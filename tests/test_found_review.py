@@ -261,6 +261,21 @@ def test_a_retried_promotion_no_other_check_waits_on_gets_a_whole_verify_timeout
     assert (a.state, a.attempt) == (PromotionState.PENDING, 3)
 
 
+def test_a_deployment_failure_delivered_again_after_its_retry_is_a_duplicate() -> None:
+    """RETRY retried the failed deployment at once (notStarted, attempt 2); the CD
+    system's DeploymentFailed arrives again: it repeats what is recorded."""
+    world = World(["smoke"], FailureStrategy.RETRY, retry=RetryPolicy(3))
+    (flow,) = world.engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1.0.0"))).flows
+    dev = flow.deployments[0].id
+    world.engine.handle(DeploymentStarted(dev))
+    world.engine.handle(DeploymentFailed(dev, "image pull failed"))
+    world.events()
+    assert world.engine.handle(DeploymentFailed(dev, "image pull failed")).duplicate
+    assert world.events() == []
+    (deployment, _) = world.repository.get(flow.id).deployments
+    assert (deployment.state.value, deployment.attempt) == ("notStarted", 2)
+
+
 # --- a CD-reported failure's reason in the payloads ------------------------------------
 
 

@@ -363,7 +363,8 @@ DEPLOYMENT: Final = Declaration(
             (),
             (_E.DEPLOYMENT_FAILED,),
             failure=FailureKind.DEPLOYMENT,
-            repeats={_D.FAILED: _failed_before_completing},
+            # Not started since a retry: a failure reported before the retry, delivered again.
+            repeats={_D.FAILED: _failed_before_completing, _D.NOT_STARTED: _retried},
             contradicts={
                 _D.COMPLETED: "it already completed",
                 _D.SUCCESS: "it already completed",
