@@ -252,6 +252,8 @@ class EngineAgainstReference(RuleBasedStateMachine):
     @initialize(catalog=catalogs())
     def setup(self, catalog: Catalog) -> None:
         self.catalog = catalog
+        self.deferred: list[tuple[RefFlow, int, int | None]] = []
+        """RETRY's retries of the trigger, made once all its failures are decided."""
         self.emitter = RecordingEmitter()
         self.repository = self.make_repository()
         self.clock = FakeClock()
@@ -314,14 +316,29 @@ class EngineAgainstReference(RuleBasedStateMachine):
             flow.held = False
             self._announce(flow, out)
         self._succeed(flow, d, out)
+        for i in range(len(flow.deployments)):  # RETRY's retries the pause held back
+            name, retry = flow.policy(i)
+            if name != "RETRY" or flow.deployments[i] != "completed":
+                continue
+            for p, state in enumerate(flow.promotions[i]):
+                if state == "failed" and flow.promotion_attempts[i][p] < retry.attempts:
+                    self._retry_promotion(flow, i, p, out)
 
     def _end(self, flow: RefFlow, state: str) -> None:
         flow.state, flow.pause_actor, flow.waiting, flow.held = state, None, [], False
 
     def _retry_promotion(self, flow: RefFlow, d: int, p: int, out: Out) -> None:
+        """Pending again at its next attempt, with its own verify timeout, unless
+        another pending promotion shares the deployment's timer still set."""
+        others = any(s == "pending" for i, s in enumerate(flow.promotions[d]) if i != p)
+        deployment_id = flow.deployment_ids[d]  # the timers before the trigger: expect() runs first
+        set_ = any(
+            t.deployment_id == deployment_id and t.kind is TimerKind.VERIFY for t in self.repository.timers(flow.id)
+        )
         flow.promotions[d][p] = "pending"
         flow.promotion_attempts[d][p] += 1
-        flow.verify_from[d] = self.clock.now
+        if not (others and set_):
+            flow.verify_from[d] = self.clock.now
         out.append((E.PROMOTION_RETRIED, flow, d, flow.deployments[d]))
 
     def _retry_deployment(self, flow: RefFlow, d: int, out: Out) -> None:
@@ -334,11 +351,25 @@ class EngineAgainstReference(RuleBasedStateMachine):
         self._announce(flow, out)
 
     def _settle(self, flow: RefFlow, d: int, item: str, out: Out) -> None:
-        """A failed item was retried or skipped: a policy's pause waiting on it alone ends."""
+        """A failed item was retried or skipped: a policy's pause waiting on it alone
+        ends (a person's stands, for ResumeFlow)."""
         if item in flow.waiting:
             flow.waiting.remove(item)
-            if not flow.waiting and flow.state == "paused":
+            if not flow.waiting and flow.state == "paused" and flow.pause_actor == "flowfsm":
                 self._resume(flow, d, out)
+
+    def _retries(self, out: Out) -> None:
+        """RETRY's retries, once every failure of the trigger is decided: none in a
+        flow one of them ended; a paused flow's promotions wait for the resume."""
+        deferred, self.deferred = self.deferred, []
+        for flow, d, p in deferred:
+            if not flow.open():
+                continue
+            if p is None:
+                if flow.deployments[d] == "failed":
+                    self._retry_deployment(flow, d, out)
+            elif flow.state != "paused" and flow.promotions[d][p] == "failed" and flow.deployments[d] == "completed":
+                self._retry_promotion(flow, d, p, out)
 
     def _fail(self, flow: RefFlow, d: int, p: int | None, out: Out, strategy: str | None = None) -> None:
         """A failure of the promotion ``p`` (None: of the deployment) of deployment
@@ -360,19 +391,18 @@ class EngineAgainstReference(RuleBasedStateMachine):
         if not flow.open():  # an earlier failure of the same trigger ended it
             return
         item = flow.promotion_ids[d][p] if p is not None else flow.deployment_ids[d]
-        if name == "PAUSE":
-            flow.state, flow.pause_actor = "paused", "flowfsm"
+        if name == "PAUSE":  # one pause, one flow-paused; a person's pause stays theirs
+            if flow.state != "paused":
+                flow.state, flow.pause_actor = "paused", "flowfsm"
+                out.append((E.FLOW_PAUSED, flow, d, flow.deployments[d]))
             flow.waiting.append(item)
-            out.append((E.FLOW_PAUSED, flow, d, flow.deployments[d]))
             return
         assert name == "RETRY"
         attempt = flow.promotion_attempts[d][p] if p is not None else flow.deployment_attempts[d]
         if attempt >= retry.attempts:
             self._fail(flow, d, p, out, retry.then)
-        elif p is not None:
-            self._retry_promotion(flow, d, p, out)
         else:
-            self._retry_deployment(flow, d, out)
+            self.deferred.append((flow, d, p))
 
     def expect(self, trigger: Trigger) -> Expected:  # noqa: PLR0911, PLR0912 - one branch per rule of SPEC §3-4, §8
         """Apply ``trigger`` to the reference; return what the engine must do."""
@@ -405,14 +435,17 @@ class EngineAgainstReference(RuleBasedStateMachine):
             flow.started_at[d] = self.clock.now
             return [(E.DEPLOYMENT_STARTED, flow, d, "started")]
         if isinstance(trigger, DeploymentFailed):
-            if state == "failed" and d in flow.reported_failed:
-                return "duplicate"
+            if (state == "failed" and d in flow.reported_failed) or (
+                state == "notStarted" and flow.deployment_attempts[d] > 1
+            ):
+                return "duplicate"  # reported, or reported before the retry that began this attempt
             if state != "started" or not flow.open():
                 return InvalidTransition  # not started, or it completed
             flow.deployments[d] = "failed"
             flow.reported_failed.add(d)
             out.append((E.DEPLOYMENT_FAILED, flow, d, "failed"))
             self._fail(flow, d, None, out)
+            self._retries(out)
             return out
         if isinstance(trigger, DeploymentCompleted):
             if state in ("completed", "success") or (state == "failed" and d not in flow.reported_failed):
@@ -467,6 +500,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
         if fails:
             out.append((E.PROMOTION_FAILED, flow, d, "completed"))
             self._fail(flow, d, p, out)
+            self._retries(out)
             return out
         out.append((E.PROMOTION_COMPLETED, flow, d, "completed"))
         self._advance(flow, d, out)
@@ -518,6 +552,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
                 flow.timed_out = True
                 out.append((E.DEPLOYMENT_FAILED, flow, d, "failed"))
                 self._fail(flow, d, None, out)
+                self._retries(out)
             elif state == "completed" and pending and timeouts.verify and now >= flow.verify_from[d] + timeouts.verify:
                 flow.timed_out = True
                 for i in pending:
@@ -525,6 +560,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
                 out += [(E.PROMOTION_FAILED, flow, d, "completed")] * len(pending)
                 for i in pending:
                     self._fail(flow, d, i, out)
+                self._retries(out)
             elif state == "completed":
                 self._advance(flow, d, out)
             if out:

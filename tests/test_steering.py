@@ -779,13 +779,27 @@ def test_stop_fails_a_flow_a_person_paused(store: Callable[[], Repository]) -> N
 
 
 def test_a_retried_promotion_gets_its_own_verify_timeout(store: Callable[[], Repository]) -> None:
+    """Once no other check waits on the deployment's verify timeout (perf passed)."""
     world = World(store, service("RETRY", retry=RetryPolicy(attempts=2), timeouts=Timeouts(verify="1h")))
     flow = world.start()
     world.deploy(flow, 0)
     world.clock.advance(minutes=30)
+    world.result(flow, 0, "perf", ResultStatus.PASSED)
     world.result(flow, 0, "smoke", ResultStatus.FAILED)  # retried at once, attempt 2
     (verify,) = [t for t in world.repository.timers(flow.id) if t.kind is TimerKind.VERIFY]
     assert verify.due == world.clock.now + dt.timedelta(hours=1)
+
+
+def test_a_retried_promotion_shares_the_verify_timeout_another_waits_on(store: Callable[[], Repository]) -> None:
+    """perf is still pending: smoke's retry leaves the deadline where it was."""
+    world = World(store, service("RETRY", retry=RetryPolicy(attempts=2), timeouts=Timeouts(verify="1h")))
+    flow = world.start()
+    world.deploy(flow, 0)
+    completed = world.clock.now
+    world.clock.advance(minutes=30)
+    world.result(flow, 0, "smoke", ResultStatus.FAILED)  # retried at once, attempt 2
+    (verify,) = [t for t in world.repository.timers(flow.id) if t.kind is TimerKind.VERIFY]
+    assert verify.due == completed + dt.timedelta(hours=1)
 
 
 def test_a_timeout_failing_two_promotions_decides_each_once(store: Callable[[], Repository]) -> None:

@@ -38,6 +38,7 @@ from flowfsm.model import (
     DeploymentPayload,
     DeploymentState,
     Environment,
+    FailurePayload,
     Flow,
     FlowState,
     HookEvent,
@@ -98,6 +99,13 @@ def _unstructure_renames(cls: type) -> dict[str, Any]:
     return overrides
 
 
+_AS_SENT: Final[dict[type, tuple[str, ...]]] = {
+    Action: ("secret",),  # a secret or a reference to one, never shown
+    PromotionResult: ("attempt",),  # PromotionCompleted refuses all but a whole number (int() reads true as 1)
+}
+"""Fields structured as the JSON has them, for their class to check."""
+
+
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
 
@@ -108,8 +116,8 @@ def _make_converter() -> cattrs.Converter:
 
     def structure_object(cls: type) -> Any:
         overrides = _renames(cls)
-        if cls is Action:  # the class takes a secret or a reference to one, and never shows it
-            overrides["secret"] = override(struct_hook=lambda value, _: value)
+        for name in _AS_SENT.get(cls, ()):
+            overrides[name] = override(struct_hook=lambda value, _: value)
         structure_fields: Any = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **overrides)
 
         def structure_mapping(value: Any, as_type: Any) -> Any:
@@ -181,8 +189,8 @@ def _make_converter() -> cattrs.Converter:
             return conv.structure(value, RollbackPayload)
         if isinstance(value, dict) and "actor" in value:
             return conv.structure(value, SteeringPayload)
-        if isinstance(value, dict) and "reason" in value:
-            return conv.structure(value, TimeoutPayload)
+        if isinstance(value, dict) and "reason" in value:  # a timeout's, or the reason a trigger gave
+            return conv.structure(value, TimeoutPayload if value["reason"] == "timeout" else FailurePayload)
         return conv.structure(value, DeploymentPayload)
 
     conv.register_structure_hook(Payload, structure_payload)

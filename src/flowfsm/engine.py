@@ -33,6 +33,8 @@ from flowfsm.model import (
     DeploymentPayload,
     DeploymentState,
     Environment,
+    FailurePayload,
+    FailureStrategy,
     Flow,
     FlowState,
     HookEvent,
@@ -50,9 +52,10 @@ from flowfsm.model import (
     _make_deployment,
     _make_flow,
     _make_promotion,
+    timer_id,
 )
 from flowfsm.protocols import FailureHandler, HookEmitter, Repository, ServiceCatalog
-from flowfsm.strategies import BUILTIN_STRATEGIES, Failure
+from flowfsm.strategies import BUILTIN_STRATEGIES, FLOWFSM, Failure
 from flowfsm.triggers import (
     AbortFlow,
     ArtifactCreated,
@@ -270,7 +273,10 @@ class FlowEngine:
 
     def _on_resume_flow(self, trigger: ResumeFlow) -> tuple[Outcome, list[Flow]]:
         work, draft = self.open_flow(trigger.flow_id, actor=trigger.actor, reason=trigger.reason)
-        return self.outcome(work, machines.apply(draft, "resume"))
+        applied = machines.apply(draft, "resume")
+        if applied:
+            self._retry_held(draft.flow)
+        return self.outcome(work, applied)
 
     def _on_abort_flow(self, trigger: AbortFlow) -> tuple[Outcome, list[Flow]]:
         work, draft = self.open_flow(trigger.flow_id, actor=trigger.actor, reason=trigger.reason)
@@ -291,16 +297,39 @@ class FlowEngine:
             raise UnknownPromotion(deployment_id, promotion_id)
         work.subject = promotion_id
         applied = machines.apply(draft, move)
-        if applied:
-            _settle(draft.flow, deployment.index, promotion_id)
+        if applied and _settle(draft.flow, deployment.index, promotion_id):
+            self._retry_held(draft.flow)
         return self.outcome(work, applied)
 
     def _on_retry_deployment(self, trigger: RetryDeployment) -> tuple[Outcome, list[Flow]]:
         work, draft = self.open_deployment(trigger.deployment_id, reason=trigger.reason, actor=trigger.actor)
         applied = machines.apply(draft, "retry")
-        if applied:
-            _settle(draft.flow, draft.index, trigger.deployment_id)
+        if applied and _settle(draft.flow, draft.index, trigger.deployment_id):
+            self._retry_held(draft.flow)
         return self.outcome(work, applied)
+
+    def _retry_held(self, flow: FlowDraft) -> None:
+        """The flow resumed: ``RETRY`` begins the retries its pause held back — each
+        failed promotion with attempts left whose deployment has no backoff still
+        to wait (that timer retries it) — as flowfsm, after ``flow-resumed``."""
+        if flow.state is not FlowState.IN_PROGRESS:
+            return
+        work = flow.work
+        if work.now is None:  # a backoff's timer may still be set
+            work.watch(self._clock(), self.repository.timers(flow.id))
+        saved = work.actor, work.reason, work.subject
+        work.actor, work.reason = FLOWFSM, None
+        for index, deployment in enumerate(flow.deployments):
+            strategy, policy = flow.service.policy(deployment.environment)
+            backoff = work.timer(timer_id(deployment.id, TimerKind.RETRY))
+            if strategy != _RETRY or (backoff is not None and work.now is not None and backoff.due > work.now):
+                continue
+            for promotion in deployment.promotions:
+                draft = flow.promotion(index, promotion.id)
+                if draft is not None and promotion.attempt < policy.attempts and machines.may(draft, "retry"):
+                    work.subject = promotion.id
+                    machines.fire(draft, "retry")
+        work.actor, work.reason, work.subject = saved
 
     def open_flow(self, flow_id: str, *, actor: str | None, reason: str | None) -> tuple[Work, Draft]:
         """A unit of work holding the flow, and a draft of the flow acting for its
@@ -398,11 +427,17 @@ class FlowEngine:
         if work.now is None:  # a policy may set a timer (RETRY's backoff)
             work.watch(self._clock(), [t for flow_id in work.flows for t in repository.timers(flow_id)])
         strategies, last_success = self._strategies, repository.last_success
-        while failures:
+        retries: list[Callable[[], None]] = []  # made once all are decided (``Failure.retry``)
+        while failures or retries:
+            if not failures:
+                retries.pop(0)()
+                continue
             kind, flow, index, failed_id = failures.pop(0)
             reason = work.reason or _why(flow, index, failed_id)
             strategy, _ = flow.service.policy(flow.deployments[index].environment)
-            failure = Failure(kind, flow, index, failed_id, reason, strategies=strategies, last_success=last_success)
+            failure = Failure(
+                kind, flow, index, failed_id, reason, strategies=strategies, last_success=last_success, retries=retries
+            )
             self._strategies[strategy].on_failure(failure)
 
     def _new_flow(self, artifact: Artifact, service: Service, now: dt.datetime) -> Flow:
@@ -453,11 +488,13 @@ class FlowEngine:
                 environment = service.pipeline.environment(deployment.environment) or _environment(deployment)
                 if type(result) is Note:  # a steering event: who acted, and why
                     payload = _steering_payload(event, flow, deployment, environment, result)
-                elif make is TimeoutPayload and event not in _TIMED_OUT:
-                    # A timeout says so in the failures it caused (not in what a policy announces after).
+                elif event not in _TIMED_OUT:
+                    # A failure says why in the events it caused (not in what a policy announces after).
                     payload = DeploymentPayload(flow.loaded.artifact, deployment, service.ref, environment)
-                else:
+                elif make is TimeoutPayload or work.reason is None:
                     payload = make(flow.loaded.artifact, deployment, service.ref, environment)
+                else:  # the reason the trigger gave (the CD system's, for DeploymentFailed)
+                    payload = FailurePayload(flow.loaded.artifact, deployment, service.ref, environment, work.reason)
             flow_id = flow.id
             requests += [
                 HookRequest(new_id(), flow_id, webhook_id, action, event, payload, now)
@@ -538,7 +575,10 @@ FlowEngine.APPLIERS = {
 
 
 _TIMED_OUT: Final = frozenset({HookEvent.DEPLOYMENT_FAILED, HookEvent.FLOW_FAILED})
-"""The events of a timeout's failure: their payloads say ``timeout``."""
+"""The events of a failure: their payloads say why (``timeout``, or the trigger's reason)."""
+
+
+_RETRY: Final = FailureStrategy.RETRY.value
 
 
 def _stale(draft: Draft, attempt: int) -> bool:
@@ -551,23 +591,32 @@ def _stale(draft: Draft, attempt: int) -> bool:
     raise InvalidTransition("promotion", promotion.id, promotion.state.value, "complete", reason)
 
 
-def _settle(flow: FlowDraft, index: int, item_id: str) -> None:
+def _settle(flow: FlowDraft, index: int, item_id: str) -> bool:
     """A failed item was retried or skipped: if the flow's failure policy paused it
-    waiting on that item (and no other), the flow resumes (``flow-resumed``)."""
+    waiting on that item (and no other), the flow resumes (``flow-resumed``; True)."""
     if flow.settled(item_id) and flow.state is FlowState.PAUSED:
         machines.fire(flow.draft(index), "release")
+        return True
+    return False
 
 
 def _retry_due(draft: Draft) -> bool:
     """A deployment's retry backoff passed: retry each of its failed items that has
-    attempts left (none: a stale timer, a duplicate). As flowfsm."""
+    attempts left (none: a stale timer, a duplicate). As flowfsm. A paused flow
+    begins no check: its promotions are retried when it resumes (``_retry_held``)."""
     flow, index = draft.flow, draft.index
     deployment = draft.deployment
     _, policy = flow.service.policy(deployment.environment)
     work, applied = flow.work, False
+    paused = flow.state is FlowState.PAUSED
     for promotion in deployment.promotions:
         pending = flow.promotion(index, promotion.id)
-        if pending is not None and promotion.attempt < policy.attempts and machines.may(pending, "retry"):
+        if (
+            not paused
+            and pending is not None
+            and promotion.attempt < policy.attempts
+            and machines.may(pending, "retry")
+        ):
             work.subject = promotion.id
             machines.fire(pending, "retry")
             applied = True

@@ -146,6 +146,9 @@ class Rule:
     timers: tuple[TimerKind, ...] = ()
     """Timers of the deployment the transition sets, each if its environment gives
     the duration (``Environment.timer``); a due timer sends ``TimerFired``."""
+    shares: tuple[TimerKind, ...] = ()
+    """Timers of ``timers`` that stand as set while another promotion of the
+    deployment is pending: a deadline it shares is never moved later."""
     again: bool = False
     """The transition begins the entity's next attempt (``attempt`` + 1; a
     deployment's promotions begin theirs, pending again)."""
@@ -312,7 +315,7 @@ FLOW: Final = Declaration(
         Rule("abort", _F.PAUSED, _F.ABORTED, (), (_E.FLOW_ABORTED,)),
         # A failure policy's moves: PAUSE holds the flow; retrying or skipping what failed releases it.
         Rule("hold", _F.IN_PROGRESS, _F.PAUSED, (), (_E.FLOW_PAUSED,)),
-        Rule("hold", _F.PAUSED, _F.PAUSED, (), (_E.FLOW_PAUSED,)),
+        Rule("hold", _F.PAUSED, _F.PAUSED),  # paused already: one pause, one flow-paused
         Rule(
             "release",
             _F.PAUSED,
@@ -360,7 +363,8 @@ DEPLOYMENT: Final = Declaration(
             (),
             (_E.DEPLOYMENT_FAILED,),
             failure=FailureKind.DEPLOYMENT,
-            repeats={_D.FAILED: _failed_before_completing},
+            # Not started since a retry: a failure reported before the retry, delivered again.
+            repeats={_D.FAILED: _failed_before_completing, _D.NOT_STARTED: _retried},
             contradicts={
                 _D.COMPLETED: "it already completed",
                 _D.SUCCESS: "it already completed",
@@ -451,7 +455,9 @@ PROMOTION: Final = Declaration(
             (DEPLOYMENT_COMPLETED,),
             (_E.PROMOTION_RETRIED,),
             repeats={_P.PENDING: _retried, _P.SUCCESS: _retried},
-            timers=(_T.VERIFY,),  # the new attempt has its own verify timeout
+            # The new attempt has its own verify timeout, unless another check waits on the deployment's.
+            timers=(_T.VERIFY,),
+            shares=(_T.VERIFY,),
             contradicts={
                 _P.PENDING: "it has not failed",
                 _P.SUCCESS: "it already passed",

@@ -45,6 +45,7 @@ __all__ = [
     "DeploymentPayload",
     "DeploymentState",
     "Environment",
+    "FailurePayload",
     "FailureStrategy",
     "Flow",
     "FlowState",
@@ -1149,10 +1150,21 @@ class DeploymentPayload:
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
-class TimeoutPayload(DeploymentPayload):
+class FailurePayload(DeploymentPayload):
+    """The payload of ``deployment-failed`` and ``flow-failed`` when the trigger that
+    failed them said why (the CD system's ``DeploymentFailed.reason``): a
+    ``DeploymentPayload`` with that ``reason``. Its own class, so that the payloads
+    of every other event keep their form and their cost."""
+
+    __repr__ = attrs_repr
+
+    reason: str
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class TimeoutPayload(FailurePayload):
     """The payload of the deployment-* and flow-* events a timeout caused: a
-    ``DeploymentPayload`` that says why (``reason``). Its own class, so that the
-    payloads of every other event keep their form and their cost."""
+    ``FailurePayload`` whose ``reason`` is ``timeout``."""
 
     __repr__ = attrs_repr
 
@@ -1195,7 +1207,7 @@ class RollbackPayload(SteeringPayload):
 
 
 Payload: TypeAlias = DeploymentPayload | PromotionPayload
-"""(A ``TimeoutPayload``, ``SteeringPayload`` or ``RollbackPayload`` is a ``DeploymentPayload``.)"""
+"""(A ``FailurePayload``, ``TimeoutPayload``, ``SteeringPayload`` or ``RollbackPayload`` is a ``DeploymentPayload``.)"""
 
 
 @attrs.define(weakref_slot=False, repr=False)

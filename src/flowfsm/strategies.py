@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Final
 
 from flowfsm import model
-from flowfsm.machines import FailureKind, fire
+from flowfsm.machines import FailureKind, fire, may
 from flowfsm.model import (
     FINISHED,
     Artifact,
@@ -39,7 +39,7 @@ from flowfsm.model import (
     TimerKind,
 )
 from flowfsm.protocols import FailureHandler
-from flowfsm.work import FlowDraft
+from flowfsm.work import FLOWFSM, FlowDraft
 
 __all__ = [
     "BUILTIN_STRATEGIES",
@@ -51,9 +51,6 @@ __all__ = [
     "RollbackStrategy",
     "Stop",
 ]
-
-FLOWFSM: Final = "flowfsm"
-"""The actor of what flowfsm does itself: a failure policy's moves, a timer."""
 
 LastSuccess = Callable[..., Artifact | None]
 """``Repository.last_success(service_id, environment, *, excluding=artifact_id)``."""
@@ -67,7 +64,7 @@ class Failure:
     ``deployment`` show the latest versions, including the strategy's own moves.
     """
 
-    __slots__ = ("_flow", "_index", "_last_success", "_strategies", "failed_id", "kind", "reason")
+    __slots__ = ("_flow", "_index", "_last_success", "_retries", "_strategies", "failed_id", "kind", "reason")
 
     def __init__(
         self,
@@ -79,6 +76,7 @@ class Failure:
         *,
         strategies: Mapping[str, FailureHandler] | None = None,
         last_success: LastSuccess | None = None,
+        retries: list[Callable[[], None]] | None = None,
     ) -> None:
         self.kind = kind
         self._flow = flow
@@ -87,6 +85,9 @@ class Failure:
         self.reason = reason
         self._strategies = strategies or BUILTIN_STRATEGIES
         self._last_success = last_success
+        self._retries = retries
+        """Where ``retry`` leaves its move until every failure of the trigger is
+        decided (the engine's); None: at once."""
 
     def __repr__(self) -> str:
         return f"Failure({self.kind.value}, {self.failed_id!r} of flow {self.flow_id!r}: {self.reason!r})"
@@ -169,16 +170,31 @@ class Failure:
         self._strategies[strategy].on_failure(self)
 
     def retry(self) -> None:
-        """Retry what failed now: a promotion pending again (``promotion-retried``), or
-        a deployment announced again (``deployment-retried``, ``deployment-created``)."""
+        """Retry what failed: a promotion pending again (``promotion-retried``), or a
+        deployment announced again (``deployment-retried``, ``deployment-created``).
+
+        Made once every failure of the trigger is decided, and only if none of them
+        ended the flow: a flow that failed retries nothing. A promotion of a paused
+        flow is not begun: it is retried when the flow resumes (a deployment is, its
+        announcement held for the resume)."""
+        if self._retries is None:
+            self._retry_now()
+        else:
+            self._retries.append(self._retry_now)
+
+    def _retry_now(self) -> None:
         flow, index = self._flow, self._index
+        if flow.state in FINISHED:
+            return
         with self._acting():
             if self.promotion is not None:
                 draft = flow.promotion(index, self.failed_id)
-                assert draft is not None  # the failed promotion is the failure's
-                fire(draft, "retry")
+                if flow.state is not FlowState.PAUSED and draft is not None and may(draft, "retry"):
+                    fire(draft, "retry")
             else:
-                fire(flow.deployment(index), "retry")
+                deployment = flow.deployment(index)
+                if may(deployment, "retry"):
+                    fire(deployment, "retry")
 
     def retry_later(self, backoff: dt.timedelta) -> None:
         """Retry what failed once ``backoff`` has passed: the deployment's durable

@@ -65,6 +65,17 @@ def _optional_text(limit: int) -> Callable[[object, attrs.Attribute[Any], object
     return check
 
 
+def _required_text(name: str, limit: int) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    optional = _optional_text(limit)
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is None:
+            raise ValidationError(name, "is required here" + (": who acted" if name == "actor" else ": why"))
+        optional(instance, attribute, value)
+
+    return check
+
+
 @attrs.frozen(weakref_slot=False, repr=False)
 class _Attributed:
     """What every trigger may carry (SPEC §8): who caused it and why. The embedding
@@ -101,7 +112,7 @@ class DeploymentFailed(_Attributed):
     service's failure strategy decides what follows (``STOP``: the flow fails)."""
 
     deployment_id: str = attrs.field(validator=_nonblank)
-    reason: str = attrs.field(validator=_nonblank)  # required here: the CD system says why  # type: ignore[assignment]
+    reason: str = attrs.field(validator=_required_text("reason", MAX_REASON))  # the CD system says why  # type: ignore[assignment]
 
 
 def _results(value: Iterable[PromotionResult]) -> tuple[PromotionResult, ...]:
@@ -158,17 +169,6 @@ class TimerFired(_Attributed):
 
 
 # --- steering (SPEC §8): a person acts, so ``actor`` is required -------------------------
-
-
-def _required_text(name: str, limit: int) -> Callable[[object, attrs.Attribute[Any], object], None]:
-    optional = _optional_text(limit)
-
-    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if value is None:
-            raise ValidationError(name, "is required here" + (": who acted" if name == "actor" else ": why"))
-        optional(instance, attribute, value)
-
-    return check
 
 
 _ACTOR: Final = _required_text("actor", MAX_ACTOR)

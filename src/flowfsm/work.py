@@ -39,7 +39,10 @@ from flowfsm.model import (
 if TYPE_CHECKING:
     from flowfsm.machines import FailureKind, Guard, Rule
 
-__all__ = ["STEERING_EVENTS", "Draft", "FlowDraft", "Note", "PendingFailure", "RecordedEvent", "Work"]
+__all__ = ["FLOWFSM", "STEERING_EVENTS", "Draft", "FlowDraft", "Note", "PendingFailure", "RecordedEvent", "Work"]
+
+FLOWFSM: Final = "flowfsm"
+"""The actor of what flowfsm does itself: a failure policy's moves, a timer."""
 
 _SUCCESS = DeploymentState.SUCCESS
 _PAUSED = FlowState.PAUSED
@@ -161,9 +164,12 @@ class Work:
             return
         for kind in rule.timers:
             duration = environment.timer(kind)
-            if duration is not None:
-                timer = Timer(flow.id, deployment.id, kind, now + duration)
-                self.timers[timer.id] = timer
+            if duration is None or (
+                kind in rule.shares and _shared(self.timer(timer_id(deployment.id, kind)), deployment)
+            ):
+                continue
+            timer = Timer(flow.id, deployment.id, kind, now + duration)
+            self.timers[timer.id] = timer
 
     def timer_changes(self) -> tuple[tuple[Timer, ...], tuple[str, ...]]:
         """(the timers to set, the ids of those to cancel), for the commit; nothing
@@ -196,6 +202,12 @@ class Work:
         if subscribers := flow.service.subscribers(event):
             note = Note(self.actor, self.reason, self.subject) if event in STEERING_EVENTS else self.result
             self.events.append((event, flow, flow.deployments[index], note, subscribers))
+
+
+def _shared(timer: Timer | None, deployment: Deployment) -> bool:
+    """The deployment's timer is set and another of its promotions waits on it (the
+    one that moved is pending too): it stands, as ``Rule.shares`` says."""
+    return timer is not None and sum(p.state is _PENDING for p in deployment.promotions) > 1
 
 
 class FlowDraft:
@@ -325,12 +337,15 @@ class FlowDraft:
 
     def paused_by(self, actor: str, reason: str | None, failed: str | None = None) -> None:
         """Record why the (now paused) flow is paused; a policy's pause adds the
-        failed item it waits on to those of an earlier pause."""
+        failed item it waits on to those of an earlier pause, and leaves a person's
+        pause theirs: only ``ResumeFlow`` lifts it (see ``settled``)."""
         pause = self.pause
         held = pause is not None and pause.held
         waiting = pause.failed if pause is not None else ()
         if failed is not None:
             waiting = (*waiting, failed)
+            if pause is not None and pause.actor != FLOWFSM:  # a person paused it first
+                actor, reason = pause.actor, pause.reason
         self.pause = Pause(actor, reason, waiting, held)
         self.changed = True
 
@@ -338,21 +353,22 @@ class FlowDraft:
         """A paused flow holds its next announcement until it resumes."""
         pause = self.pause
         if pause is None:  # paused within this trigger, its cause not yet recorded
-            self.pause = Pause("flowfsm", None, (), True)
+            self.pause = Pause(FLOWFSM, None, (), True)
         elif not pause.held:
             self.pause = Pause(pause.actor, pause.reason, pause.failed, True)
         self.changed = True
 
     def settled(self, item_id: str) -> bool:
         """The failed item ``item_id`` was retried or skipped: True if the flow's
-        policy pause waited on it and now on nothing more (the flow may resume)."""
+        policy pause waited on it and now on nothing more (the flow may resume). A
+        pause a person made stands: it waits on nothing more, for ``ResumeFlow``."""
         pause = self.pause
         if pause is None or item_id not in pause.failed:
             return False
         left = tuple(i for i in pause.failed if i != item_id)
         self.pause = Pause(pause.actor, pause.reason, left, pause.held)
         self.changed = True
-        return not left
+        return not left and pause.actor == FLOWFSM
 
     def rolled_back(self, rollback: Rollback) -> None:
         self.rollback = rollback
