@@ -1,7 +1,6 @@
-"""Defects found by an adversarial review of steering, failure policies, history and
-explain: each test states the expected behaviour (SPEC §8-§9, docs/steering.md,
-docs/history.md) and is marked ``xfail(strict=True)`` while the defect stands, so the
-suite stays green and a fix turns it into an unexpected pass (then drop the mark)."""
+"""Regression tests for defects once found in steering, failure policies, history
+and explain, each stating the expected behaviour (SPEC §8-§9, docs/steering.md,
+docs/history.md) in the case that broke it."""
 
 from __future__ import annotations
 
