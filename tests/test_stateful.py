@@ -2,7 +2,9 @@
 
 The reference below is written from SPEC §2-4, §8 (``DeploymentFailed``, steering:
 pause, resume, abort, retries and skips with their attempts, and the ``STOP``,
-``PAUSE`` and ``RETRY`` failure policies, overridden per environment) and §10
+``PAUSE``, ``RETRY`` and ``ROLLBACK`` failure policies, overridden per environment:
+a rollback names the newest other artifact whose flow of the service succeeded in
+the environment, or none) and §10
 (timeouts and soak) alone, as plain lists of state names and times; it shares no
 code with the engine. Time moves only when a rule moves the fake clock, and then a
 scheduler fires what is due. After every step the engine's outcome, the
@@ -15,8 +17,8 @@ one per timer that acted), numbered on from 1, with the trigger, its actor and r
 it created for that flow; duplicates and refusals append nothing; no entry is ever
 rewritten, and every failure stays recorded in the entry of the step that failed it.
 
-(``RETRY``'s backoff timers and ``ROLLBACK`` have their scenario tests on every
-backend in ``tests/test_steering.py``; the model retries at once.)
+(``RETRY``'s backoff timers have their scenario tests on every backend in
+``tests/test_steering.py``; the model retries at once.)
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from flowfsm import (
     RetryDeployment,
     RetryPolicy,
     RetryPromotion,
+    RollbackPayload,
     Service,
     SkipPromotion,
     StateChange,
@@ -111,6 +114,10 @@ class RefFlow:
     """Each failure of an item: its id, its attempt, the first and last number of the
     history entries made by the step that failed it (0 until the engine made them), and
     whether the item was still failed when the step ended (not retried at once)."""
+    artifact: Artifact | None = None
+    rollback: tuple[str, frozenset[Artifact | None]] | None = None
+    """The rollback ROLLBACK requested: its environment, and the artifacts it may
+    name (the newest other success there; several only when they succeeded at once)."""
 
     def open(self) -> bool:
         return self.state in ("inProgress", "paused")
@@ -168,6 +175,7 @@ STEERING = (
     E.PROMOTION_RETRIED,
     E.PROMOTION_SKIPPED,
     E.DEPLOYMENT_RETRIED,
+    E.ROLLBACK_REQUESTED,
 )
 
 
@@ -188,11 +196,12 @@ def catalogs() -> st.SearchStrategy[Catalog]:
         unique_by=lambda e: e[0],
     )
     webhook_plan = st.lists(st.tuples(st.sampled_from(list(E)), st.integers(1, 2)), max_size=6)
-    strategies = st.sampled_from(["STOP", "STOP", "PAUSE", "RETRY"])
+    strategies = st.sampled_from(["STOP", "STOP", "PAUSE", "RETRY", "ROLLBACK"])
     retries = st.one_of(
-        st.none(), st.builds(RetryPolicy, attempts=st.integers(1, 3), then=st.sampled_from(["STOP", "PAUSE"]))
+        st.none(),
+        st.builds(RetryPolicy, attempts=st.integers(1, 3), then=st.sampled_from(["STOP", "PAUSE", "ROLLBACK"])),
     )
-    overrides = st.sampled_from([None, None, None, "STOP", "PAUSE", "RETRY"])
+    overrides = st.sampled_from([None, None, None, "STOP", "PAUSE", "RETRY", "ROLLBACK"])
 
     def service(  # noqa: PLR0917 - what a drawn service is made of, as st.builds passes it
         i: int,
@@ -248,6 +257,9 @@ class EngineAgainstReference(RuleBasedStateMachine):
         self.attempts: dict[str, int] = {}
         self.histories: dict[str, tuple[HistoryEntry, ...]] = {}
         """Each flow's history as last read: a step only ever appends to it."""
+        self.successes: dict[tuple[str, str], list[tuple[dt.datetime, Artifact]]] = {}
+        """Each artifact whose flow succeeded in an environment, by service and
+        environment, when it did: what ROLLBACK returns to."""
 
     @initialize(catalog=catalogs())
     def setup(self, catalog: Catalog) -> None:
@@ -298,6 +310,9 @@ class EngineAgainstReference(RuleBasedStateMachine):
         if all(p in ("success", "skipped") for p in flow.promotions[d]) and soaked:
             flow.deployments[d] = "success"
             flow.succeeded_at[d] = self.clock.now
+            where = (flow.service.id, self._environment(flow, d).name)
+            assert flow.artifact is not None
+            self.successes.setdefault(where, []).append((self.clock.now, flow.artifact))
             out.append((E.DEPLOYMENT_SUCCEEDED, flow, d, "success"))
             self._announce(flow, out)
             self._succeed(flow, d, out)
@@ -380,6 +395,12 @@ class EngineAgainstReference(RuleBasedStateMachine):
             attempt = flow.promotion_attempts[d][p] if p is not None else flow.deployment_attempts[d]
             flow.failures.append((item, attempt, 0, 0, False))
         name = strategy or name
+        if name == "ROLLBACK":  # as STOP, then rollback-requested (nothing once the flow ended)
+            if not flow.open():
+                return
+            self._fail(flow, d, p, out, "STOP")
+            self._request_rollback(flow, d, out)
+            return
         if name == "STOP":
             if flow.deployments[d] != "failed":
                 flow.deployments[d] = "failed"
@@ -403,6 +424,15 @@ class EngineAgainstReference(RuleBasedStateMachine):
             self._fail(flow, d, p, out, retry.then)
         else:
             self.deferred.append((flow, d, p))
+
+    def _request_rollback(self, flow: RefFlow, d: int, out: Out) -> None:
+        """The newest other artifact whose flow of this service succeeded in the
+        failed deployment's environment (successes at the same instant: any of them)."""
+        environment = self._environment(flow, d).name
+        others = [(at, a) for at, a in self.successes.get((flow.service.id, environment), []) if a != flow.artifact]
+        newest = max((at for at, _ in others), default=None)
+        flow.rollback = (environment, frozenset(a for at, a in others if at == newest) or frozenset([None]))
+        out.append((E.ROLLBACK_REQUESTED, flow, d, flow.deployments[d]))
 
     def expect(self, trigger: Trigger) -> Expected:  # noqa: PLR0911, PLR0912 - one branch per rule of SPEC §3-4, §8
         """Apply ``trigger`` to the reference; return what the engine must do."""
@@ -703,6 +733,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
                 [["pending"] * len(env.promotions) for env in service.pipeline.environments],
                 deployment_attempts=[1] * len(service.pipeline.environments),
                 promotion_attempts=[[1] * len(env.promotions) for env in service.pipeline.environments],
+                artifact=trigger.artifact,
             )
             self.flows[key] = ref
             expected.append((E.DEPLOYMENT_CREATED, ref, 0, "notStarted"))
@@ -735,6 +766,12 @@ class EngineAgainstReference(RuleBasedStateMachine):
                 assert isinstance(request.payload, SteeringPayload) == steering
                 if isinstance(request.payload, SteeringPayload):  # who acted: a person, or flowfsm for a policy
                     assert request.payload.actor in ("alice", "flowfsm")
+                if request.event is E.ROLLBACK_REQUESTED:  # it names what the flow records
+                    assert isinstance(request.payload, RollbackPayload)
+                    assert request.payload.actor == "flowfsm"
+                    stored = self.repository.get(request.flow_id).rollback
+                    assert stored is not None
+                    assert request.payload.rollback_to == stored.artifact
 
     # --- rules: valid, invalid, unknown and repeated triggers ----------------------------
 
@@ -953,6 +990,12 @@ class EngineAgainstReference(RuleBasedStateMachine):
                 )
             else:
                 assert flow.pause is None
+            if ref.rollback is None:
+                assert flow.rollback is None
+            else:  # the environment that failed, and the newest other success there
+                assert flow.rollback is not None
+                assert flow.rollback.environment == ref.rollback[0]
+                assert flow.rollback.artifact in ref.rollback[1], (flow.rollback, ref.rollback)
             # Deployments succeed in pipeline order: the successes are a prefix.
             succeeded = states.count("success")
             assert states[:succeeded] == ["success"] * succeeded
