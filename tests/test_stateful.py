@@ -114,6 +114,8 @@ class RefFlow:
     """Each failure of an item: its id, its attempt, the first and last number of the
     history entries made by the step that failed it (0 until the engine made them), and
     whether the item was still failed when the step ended (not retried at once)."""
+    retry_due: dict[int, dt.datetime] = attrs.field(factory=dict)
+    """When each deployment's RETRY backoff timer is due, until it fires."""
     artifact: Artifact | None = None
     rollback: tuple[str, frozenset[Artifact | None]] | None = None
     """The rollback ROLLBACK requested: its environment, and the artifacts it may
@@ -199,7 +201,12 @@ def catalogs() -> st.SearchStrategy[Catalog]:
     strategies = st.sampled_from(["STOP", "STOP", "PAUSE", "RETRY", "ROLLBACK"])
     retries = st.one_of(
         st.none(),
-        st.builds(RetryPolicy, attempts=st.integers(1, 3), then=st.sampled_from(["STOP", "PAUSE", "ROLLBACK"])),
+        st.builds(
+            RetryPolicy,
+            attempts=st.integers(1, 3),
+            backoff=st.sampled_from([None, None, dt.timedelta(minutes=10), dt.timedelta(minutes=30)]),
+            then=st.sampled_from(["STOP", "PAUSE", "ROLLBACK"]),
+        ),
     )
     overrides = st.sampled_from([None, None, None, "STOP", "PAUSE", "RETRY", "ROLLBACK"])
 
@@ -320,6 +327,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
     def _succeed(self, flow: RefFlow, d: int, out: Out) -> None:
         if flow.state == "inProgress" and flow.current() is None:
             flow.state = "success"
+            flow.retry_due.clear()  # a finished flow loses its timers
             out.append((E.FLOW_SUCCEEDED, flow, d, flow.deployments[d]))
 
     def _resume(self, flow: RefFlow, d: int, out: Out) -> None:
@@ -335,12 +343,15 @@ class EngineAgainstReference(RuleBasedStateMachine):
             name, retry = flow.policy(i)
             if name != "RETRY" or flow.deployments[i] != "completed":
                 continue
+            if flow.retry_due.get(i, self.clock.now) > self.clock.now:  # its backoff's timer retries it
+                continue
             for p, state in enumerate(flow.promotions[i]):
                 if state == "failed" and flow.promotion_attempts[i][p] < retry.attempts:
                     self._retry_promotion(flow, i, p, out)
 
     def _end(self, flow: RefFlow, state: str) -> None:
         flow.state, flow.pause_actor, flow.waiting, flow.held = state, None, [], False
+        flow.retry_due.clear()  # a finished flow loses its timers
 
     def _retry_promotion(self, flow: RefFlow, d: int, p: int, out: Out) -> None:
         """Pending again at its next attempt, with its own verify timeout, unless
@@ -422,8 +433,21 @@ class EngineAgainstReference(RuleBasedStateMachine):
         attempt = flow.promotion_attempts[d][p] if p is not None else flow.deployment_attempts[d]
         if attempt >= retry.attempts:
             self._fail(flow, d, p, out, retry.then)
+        elif retry.backoff:  # the deployment's retry timer, set again
+            flow.retry_due[d] = self.clock.now + retry.backoff
         else:
             self.deferred.append((flow, d, p))
+
+    def _retry_due(self, flow: RefFlow, d: int, out: Out) -> None:
+        """A backoff's timer fired: the deployment's failed items with attempts left
+        are retried; a paused flow's promotions wait for its resume."""
+        _, retry = flow.policy(d)
+        if flow.state != "paused" and flow.deployments[d] == "completed":
+            for p, state in enumerate(flow.promotions[d]):
+                if state == "failed" and flow.promotion_attempts[d][p] < retry.attempts:
+                    self._retry_promotion(flow, d, p, out)
+        if flow.deployments[d] == "failed" and flow.deployment_attempts[d] < retry.attempts:
+            self._retry_deployment(flow, d, out)
 
     def _request_rollback(self, flow: RefFlow, d: int, out: Out) -> None:
         """The newest other artifact whose flow of this service succeeded in the
@@ -563,39 +587,76 @@ class EngineAgainstReference(RuleBasedStateMachine):
         self._end(flow, "aborted")
         return [(E.FLOW_ABORTED, flow, d, flow.deployments[d])]
 
-    def expire(self) -> dict[str, Out]:
-        """What the timers due now do to each flow (SPEC §10): a deploy timeout fails
-        a started deployment; a verify timeout fails each pending promotion of a
-        completed one; each failure then goes to its policy; a soak over lets a
-        deployment whose promotions all passed succeed."""
-        now, expected = self.clock.now, {}
+    def expire(self) -> tuple[dict[str, Out], int]:
+        """What the timers due now do to each flow (SPEC §10), fired in the order of
+        their due time, then id: a deploy timeout fails a started deployment; a verify
+        timeout fails each pending promotion of a completed one; each failure then goes
+        to its policy; a soak over lets a deployment whose promotions all passed
+        succeed; a backoff's timer retries what failed. Also how many timers acted."""
+        now, expected, acted = self.clock.now, {}, 0
         for flow in self.flows.values():
-            d = flow.current()
-            if not flow.open() or d is None:
-                continue
-            timeouts, state = self._environment(flow, d).timeouts or Timeouts(), flow.deployments[d]
             out: Out = []
-            pending = [i for i, p in enumerate(flow.promotions[d]) if p == "pending"]
-            if state == "started" and timeouts.deploy and now >= flow.started_at[d] + timeouts.deploy:
-                flow.deployments[d] = "failed"
-                flow.reported_failed.add(d)  # failed before completing, as if reported
-                flow.timed_out = True
-                out.append((E.DEPLOYMENT_FAILED, flow, d, "failed"))
-                self._fail(flow, d, None, out)
-                self._retries(out)
-            elif state == "completed" and pending and timeouts.verify and now >= flow.verify_from[d] + timeouts.verify:
-                flow.timed_out = True
-                for i in pending:
-                    flow.promotions[d][i] = "failed"
-                out += [(E.PROMOTION_FAILED, flow, d, "completed")] * len(pending)
-                for i in pending:
-                    self._fail(flow, d, i, out)
-                self._retries(out)
-            elif state == "completed":
-                self._advance(flow, d, out)
+            fired: set[str] = set()
+            while flow.open():
+                due = [t for t in self._timers_of(flow) if t[0] <= now and t[1] not in fired]
+                if not due:
+                    break
+                _, timer, kind, d = min(due)
+                fired.add(timer)
+                step: Out = []
+                self._fire(flow, kind, d, step)
+                acted += bool(step)
+                out += step
             if out:
                 expected[flow.id] = out
-        return expected
+        return expected, acted
+
+    def _timers_of(self, flow: RefFlow) -> list[tuple[dt.datetime, str, TimerKind, int]]:
+        """The timers the reference says the flow has: (due, id, kind, deployment)."""
+        timers = [
+            (due, f"{flow.deployment_ids[i]}/{TimerKind.RETRY.value}", TimerKind.RETRY, i)
+            for i, due in flow.retry_due.items()
+        ]
+        d = flow.current()
+        if d is None:
+            return timers
+        timeouts, environment, state = (
+            self._environment(flow, d).timeouts or Timeouts(),
+            self._environment(flow, d),
+            flow.deployments[d],
+        )
+        wanted: list[tuple[TimerKind, dt.datetime]] = []
+        if state == "started" and timeouts.deploy:
+            wanted.append((TimerKind.DEPLOY, flow.started_at[d] + timeouts.deploy))
+        if state == "completed" and timeouts.verify:
+            wanted.append((TimerKind.VERIFY, flow.verify_from[d] + timeouts.verify))
+        if state == "completed" and environment.soak:
+            wanted.append((TimerKind.SOAK, flow.completed_at[d] + environment.soak))
+        return timers + [(due, f"{flow.deployment_ids[d]}/{kind.value}", kind, d) for kind, due in wanted]
+
+    def _fire(self, flow: RefFlow, kind: TimerKind, d: int, out: Out) -> None:
+        if kind is TimerKind.RETRY:
+            del flow.retry_due[d]
+            self._retry_due(flow, d, out)
+            return
+        pending = [i for i, p in enumerate(flow.promotions[d]) if p == "pending"]
+        if kind is TimerKind.DEPLOY:
+            flow.deployments[d] = "failed"
+            flow.reported_failed.add(d)  # failed before completing, as if reported
+            flow.timed_out = True
+            out.append((E.DEPLOYMENT_FAILED, flow, d, "failed"))
+            self._fail(flow, d, None, out)
+            self._retries(out)
+        elif kind is TimerKind.VERIFY and pending:
+            flow.timed_out = True
+            for i in pending:
+                flow.promotions[d][i] = "failed"
+            out += [(E.PROMOTION_FAILED, flow, d, "completed")] * len(pending)
+            for i in pending:
+                self._fail(flow, d, i, out)
+            self._retries(out)
+        elif kind is TimerKind.SOAK:
+            self._advance(flow, d, out)
 
     def fanout(self, expected: list[tuple[HookEvent, RefFlow, int, str]]) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = []
@@ -879,7 +940,9 @@ class EngineAgainstReference(RuleBasedStateMachine):
         assert d is not None
         deployment_id = flow.deployment_ids[d]
         state = flow.deployments[d]
-        if state == "failed":  # a RETRY policy's backoff would retry it; a person does here
+        if d in flow.retry_due and fail % 2:  # a RETRY policy's backoff retries it (or a person does)
+            self.time_passes(30, schedule=True)
+        elif state == "failed":  # a person retries it
             self.run(RetryDeployment(deployment_id, "alice"))
         elif state == "completed" and "failed" in flow.promotions[d]:
             pid = flow.promotion_ids[d][flow.promotions[d].index("failed")]
@@ -919,8 +982,8 @@ class EngineAgainstReference(RuleBasedStateMachine):
         sent = len(self.emitter.requests)
         paused = {f.id for f in self.flows.values() if f.state == "paused"}
         states = {f.id: f.snapshot() for f in self.flows.values()}
-        expected = self.expire()
-        assert self.scheduler.run_once() == len(expected)
+        expected, acted = self.expire()
+        assert self.scheduler.run_once() == acted
         self.begins_nothing_new(paused, sent)
         self.check_history(states, None, set(expected), sent)
         emitted = self.emitter.requests[sent:]
@@ -1044,6 +1107,10 @@ class EngineAgainstReference(RuleBasedStateMachine):
             return
         for ref in self.flows.values():
             stored = {(t.deployment_id, t.kind): t.due for t in self.repository.timers(ref.id)}
+            # A backoff's timer, of any deployment, until it fires (a stale one included).
+            backoffs = {(ref.deployment_ids[i], TimerKind.RETRY): due for i, due in ref.retry_due.items()}
+            assert {k: v for k, v in stored.items() if k[1] is TimerKind.RETRY} == backoffs
+            stored = {k: v for k, v in stored.items() if k[1] is not TimerKind.RETRY}
             d = ref.current()
             if not ref.open() or d is None:  # a paused flow keeps its timers
                 assert stored == {}
