@@ -17,8 +17,11 @@ one per timer that acted), numbered on from 1, with the trigger, its actor and r
 it created for that flow; duplicates and refusals append nothing; no entry is ever
 rewritten, and every failure stays recorded in the entry of the step that failed it.
 
-(``RETRY``'s backoff timers have their scenario tests on every backend in
-``tests/test_steering.py``; the model retries at once.)
+``RETRY`` with a backoff sets the deployment's durable ``retry`` timer (a later failure
+sets it again); when the scheduler fires it, the deployment's failed items with
+attempts left are retried as ``flowfsm`` (a paused flow's promotions wait for the
+resume, which leaves to the timer those whose backoff has not ended). Every round
+fires all flows' due timers in one order (due time, then id).
 """
 
 from __future__ import annotations
@@ -593,22 +596,29 @@ class EngineAgainstReference(RuleBasedStateMachine):
         timeout fails each pending promotion of a completed one; each failure then goes
         to its policy; a soak over lets a deployment whose promotions all passed
         succeed; a backoff's timer retries what failed. Also how many timers acted."""
-        now, expected, acted = self.clock.now, {}, 0
-        for flow in self.flows.values():
-            out: Out = []
-            fired: set[str] = set()
-            while flow.open():
-                due = [t for t in self._timers_of(flow) if t[0] <= now and t[1] not in fired]
-                if not due:
-                    break
-                _, timer, kind, d = min(due)
-                fired.add(timer)
-                step: Out = []
-                self._fire(flow, kind, d, step)
-                acted += bool(step)
-                out += step
-            if out:
-                expected[flow.id] = out
+        now, acted = self.clock.now, 0
+        expected: dict[str, Out] = {}
+        self.backoffs_acted: set[str] = set()
+        fired: set[str] = set()
+        while True:  # all flows' due timers in one order: a rollback sees the successes before it
+            due = [
+                (*t, flow)
+                for flow in self.flows.values()
+                if flow.open()
+                for t in self._timers_of(flow)
+                if t[0] <= now and t[1] not in fired
+            ]
+            if not due:
+                break
+            _, timer, kind, d, flow = min(due, key=lambda t: (t[0], t[1]))
+            fired.add(timer)
+            step: Out = []
+            self._fire(flow, kind, d, step)
+            if step and kind is TimerKind.RETRY:
+                self.backoffs_acted.add(flow.id)
+            acted += bool(step)
+            expected.setdefault(flow.id, []).extend(step)
+        expected = {k: v for k, v in expected.items() if v}
         return expected, acted
 
     def _timers_of(self, flow: RefFlow) -> list[tuple[dt.datetime, str, TimerKind, int]]:
@@ -1004,8 +1014,10 @@ class EngineAgainstReference(RuleBasedStateMachine):
         assert {r.flow_id for r in emitted} <= set(expected)
         for request in emitted:  # a timeout says so in the failures it caused; a soak is no timeout
             timed_out = request.event in (E.DEPLOYMENT_FAILED, E.FLOW_FAILED)
-            if isinstance(request.payload, SteeringPayload):  # a policy acted on the timeout
-                assert (request.payload.actor, request.payload.reason) == ("flowfsm", "timeout")
+            if isinstance(request.payload, SteeringPayload):  # a policy acted on the timeout, or a backoff ended
+                said = (request.payload.actor, request.payload.reason)
+                backoff = request.event in RETRIED and request.flow_id in self.backoffs_acted
+                assert said == ("flowfsm", "timeout") or (backoff and said == ("flowfsm", None)), said
             elif isinstance(request.payload, DeploymentPayload):
                 assert isinstance(request.payload, TimeoutPayload) == timed_out
                 assert unstructure(request.payload).get("reason") == ("timeout" if timed_out else None)
