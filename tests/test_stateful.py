@@ -2,7 +2,9 @@
 
 The reference below is written from SPEC §2-4, §8 (``DeploymentFailed``, steering:
 pause, resume, abort, retries and skips with their attempts, and the ``STOP``,
-``PAUSE`` and ``RETRY`` failure policies, overridden per environment) and §10
+``PAUSE``, ``RETRY`` and ``ROLLBACK`` failure policies, overridden per environment:
+a rollback names the newest other artifact whose flow of the service succeeded in
+the environment, or none) and §10
 (timeouts and soak) alone, as plain lists of state names and times; it shares no
 code with the engine. Time moves only when a rule moves the fake clock, and then a
 scheduler fires what is due. After every step the engine's outcome, the
@@ -15,8 +17,11 @@ one per timer that acted), numbered on from 1, with the trigger, its actor and r
 it created for that flow; duplicates and refusals append nothing; no entry is ever
 rewritten, and every failure stays recorded in the entry of the step that failed it.
 
-(``RETRY``'s backoff timers and ``ROLLBACK`` have their scenario tests on every
-backend in ``tests/test_steering.py``; the model retries at once.)
+``RETRY`` with a backoff sets the deployment's durable ``retry`` timer (a later failure
+sets it again); when the scheduler fires it, the deployment's failed items with
+attempts left are retried as ``flowfsm`` (a paused flow's promotions wait for the
+resume, which leaves to the timer those whose backoff has not ended). Every round
+fires all flows' due timers in one order (due time, then id).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from flowfsm import (
     RetryDeployment,
     RetryPolicy,
     RetryPromotion,
+    RollbackPayload,
     Service,
     SkipPromotion,
     StateChange,
@@ -111,6 +117,12 @@ class RefFlow:
     """Each failure of an item: its id, its attempt, the first and last number of the
     history entries made by the step that failed it (0 until the engine made them), and
     whether the item was still failed when the step ended (not retried at once)."""
+    retry_due: dict[int, dt.datetime] = attrs.field(factory=dict)
+    """When each deployment's RETRY backoff timer is due, until it fires."""
+    artifact: Artifact | None = None
+    rollback: tuple[str, frozenset[Artifact | None]] | None = None
+    """The rollback ROLLBACK requested: its environment, and the artifacts it may
+    name (the newest other success there; several only when they succeeded at once)."""
 
     def open(self) -> bool:
         return self.state in ("inProgress", "paused")
@@ -168,6 +180,7 @@ STEERING = (
     E.PROMOTION_RETRIED,
     E.PROMOTION_SKIPPED,
     E.DEPLOYMENT_RETRIED,
+    E.ROLLBACK_REQUESTED,
 )
 
 
@@ -188,11 +201,17 @@ def catalogs() -> st.SearchStrategy[Catalog]:
         unique_by=lambda e: e[0],
     )
     webhook_plan = st.lists(st.tuples(st.sampled_from(list(E)), st.integers(1, 2)), max_size=6)
-    strategies = st.sampled_from(["STOP", "STOP", "PAUSE", "RETRY"])
+    strategies = st.sampled_from(["STOP", "STOP", "PAUSE", "RETRY", "ROLLBACK"])
     retries = st.one_of(
-        st.none(), st.builds(RetryPolicy, attempts=st.integers(1, 3), then=st.sampled_from(["STOP", "PAUSE"]))
+        st.none(),
+        st.builds(
+            RetryPolicy,
+            attempts=st.integers(1, 3),
+            backoff=st.sampled_from([None, None, dt.timedelta(minutes=10), dt.timedelta(minutes=30)]),
+            then=st.sampled_from(["STOP", "PAUSE", "ROLLBACK"]),
+        ),
     )
-    overrides = st.sampled_from([None, None, None, "STOP", "PAUSE", "RETRY"])
+    overrides = st.sampled_from([None, None, None, "STOP", "PAUSE", "RETRY", "ROLLBACK"])
 
     def service(  # noqa: PLR0917 - what a drawn service is made of, as st.builds passes it
         i: int,
@@ -248,6 +267,9 @@ class EngineAgainstReference(RuleBasedStateMachine):
         self.attempts: dict[str, int] = {}
         self.histories: dict[str, tuple[HistoryEntry, ...]] = {}
         """Each flow's history as last read: a step only ever appends to it."""
+        self.successes: dict[tuple[str, str], list[tuple[dt.datetime, Artifact]]] = {}
+        """Each artifact whose flow succeeded in an environment, by service and
+        environment, when it did: what ROLLBACK returns to."""
 
     @initialize(catalog=catalogs())
     def setup(self, catalog: Catalog) -> None:
@@ -298,6 +320,9 @@ class EngineAgainstReference(RuleBasedStateMachine):
         if all(p in ("success", "skipped") for p in flow.promotions[d]) and soaked:
             flow.deployments[d] = "success"
             flow.succeeded_at[d] = self.clock.now
+            where = (flow.service.id, self._environment(flow, d).name)
+            assert flow.artifact is not None
+            self.successes.setdefault(where, []).append((self.clock.now, flow.artifact))
             out.append((E.DEPLOYMENT_SUCCEEDED, flow, d, "success"))
             self._announce(flow, out)
             self._succeed(flow, d, out)
@@ -305,6 +330,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
     def _succeed(self, flow: RefFlow, d: int, out: Out) -> None:
         if flow.state == "inProgress" and flow.current() is None:
             flow.state = "success"
+            flow.retry_due.clear()  # a finished flow loses its timers
             out.append((E.FLOW_SUCCEEDED, flow, d, flow.deployments[d]))
 
     def _resume(self, flow: RefFlow, d: int, out: Out) -> None:
@@ -320,12 +346,15 @@ class EngineAgainstReference(RuleBasedStateMachine):
             name, retry = flow.policy(i)
             if name != "RETRY" or flow.deployments[i] != "completed":
                 continue
+            if flow.retry_due.get(i, self.clock.now) > self.clock.now:  # its backoff's timer retries it
+                continue
             for p, state in enumerate(flow.promotions[i]):
                 if state == "failed" and flow.promotion_attempts[i][p] < retry.attempts:
                     self._retry_promotion(flow, i, p, out)
 
     def _end(self, flow: RefFlow, state: str) -> None:
         flow.state, flow.pause_actor, flow.waiting, flow.held = state, None, [], False
+        flow.retry_due.clear()  # a finished flow loses its timers
 
     def _retry_promotion(self, flow: RefFlow, d: int, p: int, out: Out) -> None:
         """Pending again at its next attempt, with its own verify timeout, unless
@@ -380,6 +409,12 @@ class EngineAgainstReference(RuleBasedStateMachine):
             attempt = flow.promotion_attempts[d][p] if p is not None else flow.deployment_attempts[d]
             flow.failures.append((item, attempt, 0, 0, False))
         name = strategy or name
+        if name == "ROLLBACK":  # as STOP, then rollback-requested (nothing once the flow ended)
+            if not flow.open():
+                return
+            self._fail(flow, d, p, out, "STOP")
+            self._request_rollback(flow, d, out)
+            return
         if name == "STOP":
             if flow.deployments[d] != "failed":
                 flow.deployments[d] = "failed"
@@ -401,8 +436,30 @@ class EngineAgainstReference(RuleBasedStateMachine):
         attempt = flow.promotion_attempts[d][p] if p is not None else flow.deployment_attempts[d]
         if attempt >= retry.attempts:
             self._fail(flow, d, p, out, retry.then)
+        elif retry.backoff:  # the deployment's retry timer, set again
+            flow.retry_due[d] = self.clock.now + retry.backoff
         else:
             self.deferred.append((flow, d, p))
+
+    def _retry_due(self, flow: RefFlow, d: int, out: Out) -> None:
+        """A backoff's timer fired: the deployment's failed items with attempts left
+        are retried; a paused flow's promotions wait for its resume."""
+        _, retry = flow.policy(d)
+        if flow.state != "paused" and flow.deployments[d] == "completed":
+            for p, state in enumerate(flow.promotions[d]):
+                if state == "failed" and flow.promotion_attempts[d][p] < retry.attempts:
+                    self._retry_promotion(flow, d, p, out)
+        if flow.deployments[d] == "failed" and flow.deployment_attempts[d] < retry.attempts:
+            self._retry_deployment(flow, d, out)
+
+    def _request_rollback(self, flow: RefFlow, d: int, out: Out) -> None:
+        """The newest other artifact whose flow of this service succeeded in the
+        failed deployment's environment (successes at the same instant: any of them)."""
+        environment = self._environment(flow, d).name
+        others = [(at, a) for at, a in self.successes.get((flow.service.id, environment), []) if a != flow.artifact]
+        newest = max((at for at, _ in others), default=None)
+        flow.rollback = (environment, frozenset(a for at, a in others if at == newest) or frozenset([None]))
+        out.append((E.ROLLBACK_REQUESTED, flow, d, flow.deployments[d]))
 
     def expect(self, trigger: Trigger) -> Expected:  # noqa: PLR0911, PLR0912 - one branch per rule of SPEC §3-4, §8
         """Apply ``trigger`` to the reference; return what the engine must do."""
@@ -533,39 +590,83 @@ class EngineAgainstReference(RuleBasedStateMachine):
         self._end(flow, "aborted")
         return [(E.FLOW_ABORTED, flow, d, flow.deployments[d])]
 
-    def expire(self) -> dict[str, Out]:
-        """What the timers due now do to each flow (SPEC §10): a deploy timeout fails
-        a started deployment; a verify timeout fails each pending promotion of a
-        completed one; each failure then goes to its policy; a soak over lets a
-        deployment whose promotions all passed succeed."""
-        now, expected = self.clock.now, {}
-        for flow in self.flows.values():
-            d = flow.current()
-            if not flow.open() or d is None:
-                continue
-            timeouts, state = self._environment(flow, d).timeouts or Timeouts(), flow.deployments[d]
-            out: Out = []
-            pending = [i for i, p in enumerate(flow.promotions[d]) if p == "pending"]
-            if state == "started" and timeouts.deploy and now >= flow.started_at[d] + timeouts.deploy:
-                flow.deployments[d] = "failed"
-                flow.reported_failed.add(d)  # failed before completing, as if reported
-                flow.timed_out = True
-                out.append((E.DEPLOYMENT_FAILED, flow, d, "failed"))
-                self._fail(flow, d, None, out)
-                self._retries(out)
-            elif state == "completed" and pending and timeouts.verify and now >= flow.verify_from[d] + timeouts.verify:
-                flow.timed_out = True
-                for i in pending:
-                    flow.promotions[d][i] = "failed"
-                out += [(E.PROMOTION_FAILED, flow, d, "completed")] * len(pending)
-                for i in pending:
-                    self._fail(flow, d, i, out)
-                self._retries(out)
-            elif state == "completed":
-                self._advance(flow, d, out)
-            if out:
-                expected[flow.id] = out
-        return expected
+    def expire(self) -> tuple[dict[str, Out], int]:
+        """What the timers due now do to each flow (SPEC §10), fired in the order of
+        their due time, then id: a deploy timeout fails a started deployment; a verify
+        timeout fails each pending promotion of a completed one; each failure then goes
+        to its policy; a soak over lets a deployment whose promotions all passed
+        succeed; a backoff's timer retries what failed. Also how many timers acted."""
+        now, acted = self.clock.now, 0
+        expected: dict[str, Out] = {}
+        self.backoffs_acted: set[str] = set()
+        fired: set[str] = set()
+        while True:  # all flows' due timers in one order: a rollback sees the successes before it
+            due = [
+                (*t, flow)
+                for flow in self.flows.values()
+                if flow.open()
+                for t in self._timers_of(flow)
+                if t[0] <= now and t[1] not in fired
+            ]
+            if not due:
+                break
+            _, timer, kind, d, flow = min(due, key=lambda t: (t[0], t[1]))
+            fired.add(timer)
+            step: Out = []
+            self._fire(flow, kind, d, step)
+            if step and kind is TimerKind.RETRY:
+                self.backoffs_acted.add(flow.id)
+            acted += bool(step)
+            expected.setdefault(flow.id, []).extend(step)
+        expected = {k: v for k, v in expected.items() if v}
+        return expected, acted
+
+    def _timers_of(self, flow: RefFlow) -> list[tuple[dt.datetime, str, TimerKind, int]]:
+        """The timers the reference says the flow has: (due, id, kind, deployment)."""
+        timers = [
+            (due, f"{flow.deployment_ids[i]}/{TimerKind.RETRY.value}", TimerKind.RETRY, i)
+            for i, due in flow.retry_due.items()
+        ]
+        d = flow.current()
+        if d is None:
+            return timers
+        timeouts, environment, state = (
+            self._environment(flow, d).timeouts or Timeouts(),
+            self._environment(flow, d),
+            flow.deployments[d],
+        )
+        wanted: list[tuple[TimerKind, dt.datetime]] = []
+        if state == "started" and timeouts.deploy:
+            wanted.append((TimerKind.DEPLOY, flow.started_at[d] + timeouts.deploy))
+        if state == "completed" and timeouts.verify:
+            wanted.append((TimerKind.VERIFY, flow.verify_from[d] + timeouts.verify))
+        if state == "completed" and environment.soak:
+            wanted.append((TimerKind.SOAK, flow.completed_at[d] + environment.soak))
+        return timers + [(due, f"{flow.deployment_ids[d]}/{kind.value}", kind, d) for kind, due in wanted]
+
+    def _fire(self, flow: RefFlow, kind: TimerKind, d: int, out: Out) -> None:
+        if kind is TimerKind.RETRY:
+            del flow.retry_due[d]
+            self._retry_due(flow, d, out)
+            return
+        pending = [i for i, p in enumerate(flow.promotions[d]) if p == "pending"]
+        if kind is TimerKind.DEPLOY:
+            flow.deployments[d] = "failed"
+            flow.reported_failed.add(d)  # failed before completing, as if reported
+            flow.timed_out = True
+            out.append((E.DEPLOYMENT_FAILED, flow, d, "failed"))
+            self._fail(flow, d, None, out)
+            self._retries(out)
+        elif kind is TimerKind.VERIFY and pending:
+            flow.timed_out = True
+            for i in pending:
+                flow.promotions[d][i] = "failed"
+            out += [(E.PROMOTION_FAILED, flow, d, "completed")] * len(pending)
+            for i in pending:
+                self._fail(flow, d, i, out)
+            self._retries(out)
+        elif kind is TimerKind.SOAK:
+            self._advance(flow, d, out)
 
     def fanout(self, expected: list[tuple[HookEvent, RefFlow, int, str]]) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = []
@@ -703,6 +804,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
                 [["pending"] * len(env.promotions) for env in service.pipeline.environments],
                 deployment_attempts=[1] * len(service.pipeline.environments),
                 promotion_attempts=[[1] * len(env.promotions) for env in service.pipeline.environments],
+                artifact=trigger.artifact,
             )
             self.flows[key] = ref
             expected.append((E.DEPLOYMENT_CREATED, ref, 0, "notStarted"))
@@ -735,6 +837,12 @@ class EngineAgainstReference(RuleBasedStateMachine):
                 assert isinstance(request.payload, SteeringPayload) == steering
                 if isinstance(request.payload, SteeringPayload):  # who acted: a person, or flowfsm for a policy
                     assert request.payload.actor in ("alice", "flowfsm")
+                if request.event is E.ROLLBACK_REQUESTED:  # it names what the flow records
+                    assert isinstance(request.payload, RollbackPayload)
+                    assert request.payload.actor == "flowfsm"
+                    stored = self.repository.get(request.flow_id).rollback
+                    assert stored is not None
+                    assert request.payload.rollback_to == stored.artifact
 
     # --- rules: valid, invalid, unknown and repeated triggers ----------------------------
 
@@ -842,7 +950,9 @@ class EngineAgainstReference(RuleBasedStateMachine):
         assert d is not None
         deployment_id = flow.deployment_ids[d]
         state = flow.deployments[d]
-        if state == "failed":  # a RETRY policy's backoff would retry it; a person does here
+        if d in flow.retry_due and fail % 2:  # a RETRY policy's backoff retries it (or a person does)
+            self.time_passes(30, schedule=True)
+        elif state == "failed":  # a person retries it
             self.run(RetryDeployment(deployment_id, "alice"))
         elif state == "completed" and "failed" in flow.promotions[d]:
             pid = flow.promotion_ids[d][flow.promotions[d].index("failed")]
@@ -882,8 +992,8 @@ class EngineAgainstReference(RuleBasedStateMachine):
         sent = len(self.emitter.requests)
         paused = {f.id for f in self.flows.values() if f.state == "paused"}
         states = {f.id: f.snapshot() for f in self.flows.values()}
-        expected = self.expire()
-        assert self.scheduler.run_once() == len(expected)
+        expected, acted = self.expire()
+        assert self.scheduler.run_once() == acted
         self.begins_nothing_new(paused, sent)
         self.check_history(states, None, set(expected), sent)
         emitted = self.emitter.requests[sent:]
@@ -904,8 +1014,10 @@ class EngineAgainstReference(RuleBasedStateMachine):
         assert {r.flow_id for r in emitted} <= set(expected)
         for request in emitted:  # a timeout says so in the failures it caused; a soak is no timeout
             timed_out = request.event in (E.DEPLOYMENT_FAILED, E.FLOW_FAILED)
-            if isinstance(request.payload, SteeringPayload):  # a policy acted on the timeout
-                assert (request.payload.actor, request.payload.reason) == ("flowfsm", "timeout")
+            if isinstance(request.payload, SteeringPayload):  # a policy acted on the timeout, or a backoff ended
+                said = (request.payload.actor, request.payload.reason)
+                backoff = request.event in RETRIED and request.flow_id in self.backoffs_acted
+                assert said == ("flowfsm", "timeout") or (backoff and said == ("flowfsm", None)), said
             elif isinstance(request.payload, DeploymentPayload):
                 assert isinstance(request.payload, TimeoutPayload) == timed_out
                 assert unstructure(request.payload).get("reason") == ("timeout" if timed_out else None)
@@ -953,6 +1065,12 @@ class EngineAgainstReference(RuleBasedStateMachine):
                 )
             else:
                 assert flow.pause is None
+            if ref.rollback is None:
+                assert flow.rollback is None
+            else:  # the environment that failed, and the newest other success there
+                assert flow.rollback is not None
+                assert flow.rollback.environment == ref.rollback[0]
+                assert flow.rollback.artifact in ref.rollback[1], (flow.rollback, ref.rollback)
             # Deployments succeed in pipeline order: the successes are a prefix.
             succeeded = states.count("success")
             assert states[:succeeded] == ["success"] * succeeded
@@ -1001,6 +1119,10 @@ class EngineAgainstReference(RuleBasedStateMachine):
             return
         for ref in self.flows.values():
             stored = {(t.deployment_id, t.kind): t.due for t in self.repository.timers(ref.id)}
+            # A backoff's timer, of any deployment, until it fires (a stale one included).
+            backoffs = {(ref.deployment_ids[i], TimerKind.RETRY): due for i, due in ref.retry_due.items()}
+            assert {k: v for k, v in stored.items() if k[1] is TimerKind.RETRY} == backoffs
+            stored = {k: v for k, v in stored.items() if k[1] is not TimerKind.RETRY}
             d = ref.current()
             if not ref.open() or d is None:  # a paused flow keeps its timers
                 assert stored == {}
