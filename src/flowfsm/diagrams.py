@@ -9,7 +9,7 @@ left out. ``rules(name)`` gives the declaration as a Markdown table.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Final
 
 from flowfsm.machines import DECLARATIONS, FLOW_OPEN, Held, Next, always
@@ -95,9 +95,14 @@ def _edges(entity: str) -> list[tuple[str, str, str]]:
     return edges
 
 
-def svg(entity: str) -> str:
+def svg(entity: str, *, highlight: Collection[str] = (), marker_id: str = "arrow") -> str:
     """The machine as a standalone SVG: states left to right by distance from the
-    initial state, so the diagram needs no renderer beyond a browser."""
+    initial state, so the diagram needs no renderer beyond a browser.
+
+    The states named in ``highlight`` (JSON spellings) are filled and marked
+    ``class="current"``: a flow's current states, as the dashboard draws them.
+    ``marker_id`` names the arrowhead, so that several diagrams on one page keep
+    their ids unique."""
     from html import escape
 
     initial = str(DECLARATIONS[entity].initial.value)
@@ -127,27 +132,28 @@ def svg(entity: str) -> str:
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif"'
         ' font-size="13">',
-        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8"'
+        f'<defs><marker id="{marker_id}" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8"'
         ' orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z"/></marker></defs>',
     ]
     x0, y0 = position[initial]
     parts.append(f'<circle cx="{left - 35}" cy="{y0 + box_h / 2}" r="7"/>')
     parts.append(
         f'<line x1="{left - 28}" y1="{y0 + box_h / 2}" x2="{x0}" y2="{y0 + box_h / 2}" stroke="black"'
-        ' marker-end="url(#arrow)"/>'
+        f' marker-end="url(#{marker_id})"/>'
     )
     for source, dest, label in edges:
         (sx, sy), (dx, dy) = position[source], position[dest]
         x1, y1, x2, y2 = sx + box_w, sy + box_h / 2, dx, dy + box_h / 2
         parts.append(
-            f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="black" marker-end="url(#arrow)"/>'
+            f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="black" marker-end="url(#{marker_id})"/>'
             f'<text x="{(x1 + x2) / 2}" y="{(y1 + y2) / 2 - 6}" text-anchor="middle" font-size="11">'
             f"{escape(label)}</text>"
         )
     for state, (x, y) in position.items():
         stroke = 3 if state in finals else 1
+        fill, mark = ("#ffd54f", ' class="current"') if state in highlight else ("white", "")
         parts.append(
-            f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="10" fill="white" stroke="black"'
+            f'<rect{mark} x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="10" fill="{fill}" stroke="black"'
             f' stroke-width="{stroke}"/><text x="{x + box_w / 2}" y="{y + box_h / 2 + 4}" text-anchor="middle">'
             f"{escape(state)}</text>"
         )
