@@ -1075,6 +1075,62 @@ class Format(StrEnum):
     svg = "svg"
 
 
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8000,
+    user_header: Annotated[
+        str | None,
+        typer.Option(
+            "--user-header",
+            envvar="FLOWFSM_USER_HEADER",
+            help="Trust this request header for the viewer's name (set by an authenticating proxy in front); "
+            "without it the dashboard is read-only.",
+        ),
+    ] = None,
+    groups_header: Annotated[
+        str | None,
+        typer.Option(
+            "--groups-header",
+            envvar="FLOWFSM_GROUPS_HEADER",
+            help="Trust this header for the viewer's groups, comma-separated (with --user-header).",
+        ),
+    ] = None,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+) -> None:
+    """Serve the web dashboard (needs the 'web' extra) until Ctrl-C.
+
+    The forms' CSRF tokens are keyed by FLOWFSM_DASHBOARD_SECRET (16 bytes or more;
+    give every process the same one), or by a key drawn at start."""
+    with _reported():
+        try:
+            import uvicorn
+
+            from flowfsm.web import Viewer, dashboard
+        except ImportError as e:
+            raise ValidationError(
+                "serve", f"needs the 'web' extra: pip install 'flowfsm[web]' ({e.name} is missing)"
+            ) from None
+        if groups_header and not user_header:
+            raise ValidationError("--groups-header", "needs --user-header")
+        engine = _engine(store, catalog, create=False)
+        authorize = None
+        if user_header:
+            user, groups = user_header, groups_header
+
+            def authorize(request: Any) -> Viewer | None:  # the proxy in front vouches for the header
+                actor = request.headers.get(user, "").strip()
+                if not actor:
+                    return None
+                named = request.headers.get(groups, "") if groups else ""
+                return Viewer(actor, frozenset(g.strip() for g in named.split(",") if g.strip()))
+
+        app = dashboard(engine, authorize=authorize, secret=os.environ.get("FLOWFSM_DASHBOARD_SECRET") or None)
+        err.print(_line(f"dashboard on http://{host}:{port}/ ; Ctrl-C stops it"), soft_wrap=True)
+        uvicorn.run(app, host=host, port=port, log_level="warning", ws="none", lifespan="off")
+
+
 @app.command("diagram")
 def diagram(
     machine: Machine,

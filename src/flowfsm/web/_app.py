@@ -55,7 +55,7 @@ from flowfsm.web._views import flow_page, flows_page, parse_filters
 
 __all__ = ["Authorize", "dashboard"]
 
-Authorize: TypeAlias = Callable[[Request], "Viewer | None | Awaitable[Viewer | None]"]
+Authorize: TypeAlias = Callable[[Request], "Viewer | Awaitable[Viewer | None] | None"]
 """The embedding service's hook: the viewer it vouches for, or None (read-only)."""
 
 _FORM_LIMIT: Final = 10_000
@@ -150,7 +150,7 @@ def _templates() -> jinja2.Environment:
     environment.filters["path"] = lambda value: quote(str(value), safe="")
     environment.filters["redacted"] = lambda value: redacted(str(value))
     environment.filters["when"] = _when
-    environment.filters["query"] = lambda mapping: urlencode(mapping)
+    environment.filters["query"] = urlencode
     return environment
 
 
@@ -178,11 +178,12 @@ def dashboard(
 
     ``authorize(request)`` (sync or async) returns the ``Viewer`` the embedding
     service vouches for, or None: that request is read-only. Without it the whole
-    dashboard is read-only. ``secret`` keys the CSRF tokens: give the same one to
-    every process serving the dashboard (by default each process draws its own, so
-    a form is good only on the process that served it). ``poll_interval`` is how
-    often, in seconds, an open page looks for changes. Times come from the
-    engine's clock.
+    dashboard is read-only. To refuse a request even a look, the hook raises
+    ``starlette.exceptions.HTTPException`` (401 or 403). ``secret`` keys the CSRF
+    tokens: give the same one (16 bytes or more) to every process serving the
+    dashboard; by default each process draws its own, so a form is good only on
+    the process that served it. ``poll_interval`` is how often, in seconds, an
+    open page looks for changes. Times come from the engine's clock.
     """
     if not 1 <= page_size <= 1000:
         raise ValidationError("page_size", "must be from 1 to 1000")
@@ -192,103 +193,125 @@ def dashboard(
     if key is not None and len(key) < 16:
         raise ValidationError("secret", "must be at least 16 bytes long")
     tokens = CsrfTokens(key or secrets.token_bytes(32), csrf_max_age)
-    templates = _templates()
-    clock = engine.clock
+    pages = _Dashboard(
+        engine, authorize=authorize, tokens=tokens, title=title, page_size=page_size, poll_interval=poll_interval
+    )
+    static = StaticFiles(packages=[("flowfsm.web", "static")])
+    routes = [
+        Route("/", pages.flows, name="flows"),
+        Route("/flows/{flow_id:path}", pages.flow, methods=["GET", "POST"], name="flow"),
+        Mount("/static", static, name="static"),
+    ]
+    return Starlette(routes=routes)
 
-    async def viewer_of(request: Request) -> Viewer | None:
-        if authorize is None:
+
+class _Dashboard:
+    """The pages of one dashboard: each public method is an endpoint."""
+
+    def __init__(
+        self,
+        engine: FlowEngine,
+        *,
+        authorize: Authorize | None,
+        tokens: CsrfTokens,
+        title: str,
+        page_size: int,
+        poll_interval: float,
+    ) -> None:
+        self.engine = engine
+        self.authorize = authorize
+        self.tokens = tokens
+        self.title = title
+        self.page_size = page_size
+        self.poll_ms = int(poll_interval * 1000)
+        self.templates = _templates()
+
+    async def viewer(self, request: Request) -> Viewer | None:
+        """Who the embedding service says is looking; None: read-only."""
+        if self.authorize is None:
             return None
-        found = authorize(request)
+        found = self.authorize(request)
         if inspect.isawaitable(found):
             found = await found
         if found is not None and not isinstance(found, Viewer):
             raise TypeError(f"authorize must return a Viewer or None, not {type(found).__name__}")
         return found
 
-    def render(request: Request, name: str, viewer: Viewer | None, status: int = 200, **values: Any) -> Response:
-        partial = request.query_params.get("partial") == "1"
-        template = templates.get_template(name)
-        common = {
-            "title": title,
+    def render(self, request: Request, name: str, viewer: Viewer | None, status: int = 200, **values: Any) -> Response:
+        """A page, or with ``?partial=1`` its ``live`` block alone (what the page's script refreshes)."""
+        template = self.templates.get_template(name)
+        context = {
+            "title": self.title,
             "base": _base(request),
             "viewer": viewer,
             "can_act": viewer is not None,
-            "csrf": tokens.issue(viewer, clock()) if viewer is not None else "",
-            "poll_ms": int(poll_interval * 1000),
+            "csrf": self.tokens.issue(viewer, self.engine.clock()) if viewer is not None else "",
+            "poll_ms": self.poll_ms,
             "done": _DONE.get(request.query_params.get("done", "")),
+            **values,
         }
-        context = common | values
-        if partial and "live" in template.blocks:
+        if request.query_params.get("partial") == "1" and "live" in template.blocks:
             body = "".join(template.blocks["live"](template.new_context(context)))
         else:
             body = template.render(context)
         return HTMLResponse(body, status_code=status, headers=dict(_HEADERS))
 
-    def refusal(request: Request, viewer: Viewer | None, status: int, message: str) -> Response:
-        return render(request, "error.html", viewer, status, message=message)
+    def refusal(self, request: Request, viewer: Viewer | None, status: int, message: str) -> Response:
+        return self.render(request, "error.html", viewer, status, message=message)
 
-    async def flows(request: Request) -> Response:
-        viewer = await viewer_of(request)
+    async def flows(self, request: Request) -> Response:
+        viewer = await self.viewer(request)
         try:
             filters = parse_filters(dict(request.query_params))
-            page = await run_in_threadpool(flows_page, engine, filters, page_size)
+            page = await run_in_threadpool(flows_page, self.engine, filters, self.page_size)
         except FlowFSMError as e:
-            return render(request, "flows.html", viewer, _status(e), page=None, error=str(e))
-        return render(request, "flows.html", viewer, page=page, error=None)
+            return self.render(request, "flows.html", viewer, _status(e), page=None, error=str(e))
+        return self.render(request, "flows.html", viewer, page=page, error=None)
 
-    async def show_flow(request: Request, error: str | None = None, status: int = 200) -> Response:
-        viewer = await viewer_of(request)
-        flow_id = request.path_params["flow_id"]
+    async def flow(self, request: Request) -> Response:
+        if request.method == "POST":
+            return await self.act(request)
+        return await self.show_flow(request, await self.viewer(request))
+
+    async def show_flow(
+        self, request: Request, viewer: Viewer | None, error: str | None = None, status: int = 200
+    ) -> Response:
         try:
-            page = await run_in_threadpool(flow_page, engine, flow_id)
+            page = await run_in_threadpool(flow_page, self.engine, request.path_params["flow_id"])
         except FlowFSMError as e:
-            return refusal(request, viewer, _status(e), str(e))
-        return render(request, "flow.html", viewer, status, page=page, error=error)
+            return self.refusal(request, viewer, _status(e), str(e))
+        return self.render(request, "flow.html", viewer, status, page=page, error=error)
 
-    async def act(request: Request) -> Response:
-        viewer = await viewer_of(request)
+    async def act(self, request: Request) -> Response:
+        """One action's form: refused (403, nothing changed) without a viewer or a
+        valid CSRF token; else its trigger, with the viewer as actor."""
+        viewer = await self.viewer(request)
         if viewer is None:
-            why = "This dashboard is read-only." if authorize is None else "You may not act here: not signed in."
-            return refusal(request, None, 403, why)
+            why = "This dashboard is read-only." if self.authorize is None else "You may not act here: not signed in."
+            return self.refusal(request, None, 403, why)
         form = await request.form(max_files=0, max_fields=20)
         token = form.get("csrf")
-        if not isinstance(token, str) or not tokens.valid(token, viewer, clock()):
-            return refusal(
-                request,
-                viewer,
-                403,
+        if not isinstance(token, str) or not self.tokens.valid(token, viewer, self.engine.clock()):
+            message = (
                 "The form has expired or did not come from this dashboard: nothing was changed. "
-                "Reload the page and try again.",
+                "Reload the page and try again."
             )
+            return self.refusal(request, viewer, 403, message)
         flow_id = request.path_params["flow_id"]
         name = form.get("action")
         build = ACTIONS.get(name) if isinstance(name, str) else None
         if build is None:
-            return refusal(request, viewer, 422, "action: not an action this dashboard knows")
-        fields = _Form(form)
+            return self.refusal(request, viewer, 422, "action: not an action this dashboard knows")
         try:
-            deployment_id = fields.text("deployment_id")
-            if deployment_id is not None:  # a form acts on its own flow's deployments only
-                flow = await run_in_threadpool(engine.repository.get, flow_id)
-                if flow.deployment(deployment_id) is None:
-                    raise UnknownDeployment(deployment_id)
-            trigger = build(flow_id, fields, viewer)
-            await run_in_threadpool(engine.handle, trigger)
+            await run_in_threadpool(self.apply, flow_id, build, _Form(form), viewer)
         except FlowFSMError as e:
-            request.scope["method"] = "GET"
-            return await show_flow(request, str(e), _status(e))
+            return await self.show_flow(request, viewer, str(e), _status(e))
         back = f"{_base(request)}/flows/{quote(flow_id, safe='')}"
         return RedirectResponse(f"{back}?{urlencode({'done': name})}", status_code=303)
 
-    async def flow(request: Request) -> Response:
-        if request.method == "POST":
-            return await act(request)
-        return await show_flow(request)
-
-    static = StaticFiles(packages=[("flowfsm.web", "static")])
-    routes = [
-        Route("/", flows, name="flows"),
-        Route("/flows/{flow_id:path}", flow, methods=["GET", "POST"], name="flow"),
-        Mount("/static", static, name="static"),
-    ]
-    return Starlette(routes=routes)
+    def apply(self, flow_id: str, build: ActionBuilder, form: _Form, viewer: Viewer) -> None:
+        """The action's trigger, through the engine; a form acts on its own flow's deployments only."""
+        deployment_id = form.text("deployment_id")
+        if deployment_id is not None and self.engine.repository.get(flow_id).deployment(deployment_id) is None:
+            raise UnknownDeployment(deployment_id)
+        self.engine.handle(build(flow_id, form, viewer))

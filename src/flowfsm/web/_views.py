@@ -238,7 +238,9 @@ def _diagrams(flow: Flow, current: Deployment | None) -> list[Diagram]:
     its current deployment's (the last one once none is left) and that deployment's
     promotions'."""
     shown = current or (flow.deployments[-1] if flow.deployments else None)
-    diagrams = [Diagram("flow", f"Flow: {flow.state.value}", svg("flow", highlight={flow.state.value}, marker_id="a-f"))]
+    diagrams = [
+        Diagram("flow", f"Flow: {flow.state.value}", svg("flow", highlight={flow.state.value}, marker_id="a-f"))
+    ]
     if shown is not None:
         diagrams.append(
             Diagram(
@@ -276,4 +278,3 @@ def flow_page(engine: FlowEngine, flow_id: str) -> FlowPage:
         diagrams=_diagrams(flow, current),
         finished=flow.state.finished,
     )
-
