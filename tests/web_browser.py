@@ -25,6 +25,7 @@ from typing import Any
 import uvicorn
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as ChromeService
+from selenium.webdriver.support.ui import WebDriverWait
 from starlette.requests import Request
 
 from flowfsm import (
@@ -67,6 +68,19 @@ FLAGS = (
     "--disable-sync",
     "--disable-dev-shm-usage",
 )
+
+
+WAIT = 15.0
+"""The most seconds a browser step waits for the page to show what it expects."""
+
+
+def visit(browser: webdriver.Chrome, url: str) -> None:
+    """Open ``url`` and wait until its document is the one loaded (``get`` may return
+    while the previous document is still shown)."""
+    browser.get(url)
+    WebDriverWait(browser, WAIT).until(
+        lambda b: b.execute_script("return document.readyState === 'complete' && document.URL") == url
+    )
 
 
 def chromium_missing() -> str | None:
@@ -229,10 +243,10 @@ def screenshots(directory: Path) -> list[Path]:
         flow = populate(engine)
         app = dashboard(engine, authorize=by_cookie, secret=b"screenshots-only-secret")
         with served(app) as base, chromium(1280, 1000) as browser:
-            browser.get(f"{base}/")
+            visit(browser, f"{base}/")
             browser.add_cookie({"name": "user", "value": "alice"})
             for name, path in (("dashboard-flows.png", "/"), ("dashboard-flow.png", f"/flows/{flow.id}")):
-                browser.get(base + path)
+                visit(browser, base + path)
                 height = browser.execute_script("return document.documentElement.scrollHeight")
                 browser.set_window_size(1280, min(max(int(height) + 120, 600), 4000))
                 target = directory / name
