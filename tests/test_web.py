@@ -489,7 +489,7 @@ def test_the_dashboard_refuses_bad_settings(web_engine: FlowEngine) -> None:
     with pytest.raises(ValidationError, match="actor"):
         Viewer(" ")
     with pytest.raises(ValidationError, match="groups"):
-        Viewer("ann", "ops")  # type: ignore[arg-type]  # the mistake under test
+        Viewer("ann", "ops")  # a lone name: a mistake, not the groups o, p and s
 
 
 def test_the_svg_diagram_highlights_the_states_named() -> None:

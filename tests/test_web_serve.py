@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .test_cli import FLOWFSM, SECRET, Cli
+from .test_cli import FLOWFSM, Cli
+from .test_http import SECRET
 
 
 @pytest.fixture
