@@ -32,6 +32,7 @@ from flowfsm import (
     PromotionCompleted,
     PromotionResult,
     ResultStatus,
+    ResumeFlow,
     ValidationError,
 )
 from flowfsm.diagrams import svg
@@ -196,6 +197,21 @@ def test_the_flow_page_shows_timeline_history_explanation_diagrams_and_hook_requ
     assert hooks.count("<tr>") == len(records) + 1
     assert "deployment-created" in hooks
     assert "wh-deployment-created/a1" in hooks
+
+
+def test_a_flow_page_lists_the_newest_hook_requests_only(web_engine: FlowEngine) -> None:
+    flow = start(web_engine)
+    for _ in range(30):
+        web_engine.handle(PauseFlow(flow.id, "ann"))
+        web_engine.handle(ResumeFlow(flow.id, "ann"))
+    records = web_engine.repository.hook_requests(flow.id)
+    assert len(records) > 100
+    text = TestClient(dashboard(web_engine)).get(f"/flows/{flow.id}").text
+    assert f"The newest 100 of {len(records)};" in text
+    hooks = text[text.index('id="hooks"') : text.index('id="h-history"')]
+    assert hooks.count("<tr>") == 101
+    assert "flow-resumed" in hooks
+    assert "deployment-created" not in hooks  # the first, and oldest
 
 
 def test_a_delivery_shows_its_attempts_and_last_answer_without_secrets(web_engine: FlowEngine) -> None:

@@ -26,7 +26,9 @@ from flowfsm.model import (
 
 __all__ = ["FlowPage", "FlowsPage", "flow_page", "flows_page", "parse_state"]
 
-FINISHED_STATES: Final = frozenset(s for s in FlowState if s.finished)
+MAX_DELIVERIES: Final = 100
+"""The most HookRequests a flow page lists (the newest): a flow steered for weeks can
+have thousands, which ``flowfsm show ID --json`` lists in full."""
 
 
 @attrs.frozen
@@ -160,13 +162,9 @@ class FlowPage:
     current_id: str | None
     steps: Sequence[Step]
     deliveries: Sequence[Delivery]
+    older_deliveries: int
     diagrams: Sequence[Diagram]
     finished: bool
-
-    @property
-    def version(self) -> str:
-        """What changes whenever anything on the page may have: the flow's version and its outbox."""
-        return f"{self.flow.version}-{sum(d.attempts for d in self.deliveries)}"
 
 
 def _names(flow: Flow) -> dict[str, str]:
@@ -268,13 +266,15 @@ def flow_page(engine: FlowEngine, flow_id: str) -> FlowPage:
     entries = repository.history(flow.id)
     current = flow.current_deployment()
     reached = _reached(flow, entries)
+    records = repository.hook_requests(flow.id)
     return FlowPage(
         flow=flow,
         waiting=engine.explain(flow.id),
         deployments=[(d, reached[d.id]) for d in flow.deployments],
         current_id=current.id if current is not None and not flow.state.finished else None,
         steps=_steps(flow, entries),
-        deliveries=_deliveries(repository.hook_requests(flow.id)),
+        deliveries=_deliveries(records[-MAX_DELIVERIES:]),
+        older_deliveries=max(0, len(records) - MAX_DELIVERIES),
         diagrams=_diagrams(flow, current),
         finished=flow.state.finished,
     )
