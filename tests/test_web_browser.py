@@ -169,3 +169,15 @@ def test_the_screenshots_command_saves_the_main_pages(tmp_path: Path) -> None:
     for path in saved:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.stat().st_size > 10_000
+
+
+def test_a_machine_without_chromium_is_told_how_to_install_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from . import web_browser
+
+    monkeypatch.setattr(web_browser, "CHROMIUM", tmp_path / "chromium")
+    problem = web_browser.chromium_missing()
+    assert problem is not None
+    assert str(tmp_path / "chromium") in problem
+    assert "apt-get install chromium chromium-driver" in problem
+    with pytest.raises(RuntimeError, match="never skip"), web_browser.chromium():
+        pass  # pragma: no cover - chromium() refuses before it yields
