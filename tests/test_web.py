@@ -365,13 +365,28 @@ def test_a_csrf_token_is_the_viewers_own_and_expires(web_engine: FlowEngine, clo
     assert web_engine.repository.get(flow.id).state is FlowState.ABORTED
 
 
+def test_a_page_refreshed_in_place_keeps_its_tokens(web_engine: FlowEngine, clock: Clock) -> None:
+    """The live regions replace what changed: a token renewed every second would redraw them every second."""
+    flow = start(web_engine)
+    client = TestClient(dashboard(web_engine, authorize=by_header))
+
+    def fragment() -> str:
+        return client.get(f"/flows/{flow.id}", params={"partial": "1"}, headers={"x-user": "ann"}).text
+
+    before = fragment()
+    clock.now += dt.timedelta(seconds=5)
+    assert fragment() == before
+    clock.now += dt.timedelta(minutes=10)
+    assert csrf_of(fragment()) != csrf_of(before)
+
+
 def test_tokens_from_another_dashboard_secret_are_refused() -> None:
     now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     ann = Viewer("ann")
     ours, theirs = CsrfTokens(b"k" * 32, dt.timedelta(hours=1)), CsrfTokens(b"j" * 32, dt.timedelta(hours=1))
     assert ours.valid(ours.issue(ann, now), ann, now)
     assert not ours.valid(theirs.issue(ann, now), ann, now)
-    assert not ours.valid(ours.issue(ann, now + dt.timedelta(minutes=5)), ann, now)  # issued in the future
+    assert not ours.valid(ours.issue(ann, now + dt.timedelta(minutes=20)), ann, now)  # issued in the future
 
 
 def dev_ids(flow: Flow) -> dict[str, str]:

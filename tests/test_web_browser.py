@@ -66,7 +66,11 @@ def sign_in(browser: webdriver.Chrome, base: str, user: str | None) -> None:
 
 
 def text_of(browser: webdriver.Chrome, element_id: str) -> str:
-    return browser.find_element(By.ID, element_id).text
+    """The element's text, read in one script: the page may swap the element at any moment."""
+    text = browser.execute_script(
+        "const e = document.getElementById(arguments[0]); return e ? e.innerText : ''", element_id
+    )
+    return str(text)
 
 
 def test_the_flows_page_leads_to_a_flow(browser: webdriver.Chrome, engine: FlowEngine, base: str) -> None:

@@ -2,7 +2,9 @@
 
 A form's CSRF token is an HMAC, under the dashboard's secret, of the time it was
 issued and the viewer's actor: a page served to one person cannot be replayed as
-another, a token older than its lifetime is refused, and nothing is stored.
+another, a token older than its lifetime is refused, and nothing is stored. The
+time is rounded down to ``GRAIN`` seconds, so that a page refreshed in place (the
+live regions) gets the same tokens and is not redrawn for a new one every second.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import attrs
 
 from flowfsm.errors import ValidationError, shown
 
-__all__ = ["CsrfTokens", "Viewer", "redacted"]
+__all__ = ["GRAIN", "CsrfTokens", "Viewer", "redacted"]
+
+GRAIN: Final = 600
+"""Seconds a token's issue time is rounded down to."""
 
 
 def _groups(value: Iterable[str]) -> frozenset[str]:
@@ -55,7 +60,7 @@ class CsrfTokens:
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
     def issue(self, viewer: Viewer, now: dt.datetime) -> str:
-        issued = int(now.timestamp())
+        issued = int(now.timestamp()) // GRAIN * GRAIN
         return f"{issued}.{self._mac(issued, viewer.actor)}"
 
     def valid(self, token: str, viewer: Viewer, now: dt.datetime) -> bool:
