@@ -33,7 +33,7 @@ from flowfsm import (
     Service,
 )
 from flowfsm.machines import DECLARATIONS, MACHINES, CallablesMachine, fire, may
-from flowfsm.model import Pause, Timer, TimerKind
+from flowfsm.model import ApprovalPolicy, Pause, Timer, TimerKind
 from flowfsm.work import Draft, Work
 
 
@@ -206,13 +206,18 @@ def _drafts(draw: st.DrawFn) -> tuple[Draft, str]:
             Promotion(f"p{i}{j}", f"check{j}", draw(st.sampled_from(PromotionState)))
             for j in range(draw(st.integers(0, 2)))
         ]
-        deployments.append(Deployment(f"d{i}", f"env{i}", promotions, draw(st.sampled_from(DeploymentState))))
+        approvals = draw(st.sampled_from(((), ("alice",))))
+        deployments.append(
+            Deployment(f"d{i}", f"env{i}", promotions, draw(st.sampled_from(DeploymentState)), approvals=approvals)
+        )
     state = draw(st.one_of(st.just(FlowState.IN_PROGRESS), st.sampled_from(FlowState)))  # most rules need it
     pause = None
     if state is FlowState.PAUSED:  # by a person, or by a failure policy waiting on a failed item
         pause = Pause("alice", None, draw(st.sampled_from(((), ("d0",)))))
     flow = Flow("f", Artifact("g", "n", "1"), "svc", deployments, state, 1, pause=pause)
-    service = Service("svc", ["g:n"], Pipeline("p", [Environment(d.environment) for d in deployments]))
+    policy = draw(st.sampled_from((None, ApprovalPolicy(["alice"]))))  # an approval gate, or none
+    environments = [Environment(d.environment, approvals=policy) for d in deployments]
+    service = Service("svc", ["g:n"], Pipeline("p", environments))
     work = Work()
     opened = work.open(flow, service)
     if draw(st.booleans()):  # a pipeline with timers: the soak guard reads the time

@@ -51,8 +51,14 @@ def test_bodies_are_written_with_the_current_format_and_read_back() -> None:
     assert body[len("[2,") :] == FORMAT_1[1:]  # format 2 adds the number, nothing else
     retried = attrs.evolve(EXPECTED, deployments=[attrs.evolve(EXPECTED.deployments[0], attempt=2)])
     steered = flow_body(retried)
-    assert steered.startswith(f"[{BODY_FORMAT},")  # format 3: attempts (and pauses, rollbacks)
+    assert steered.startswith("[3,")  # format 3: attempts (and pauses, rollbacks)
     assert flow_from_body(steered, 4) == retried
+    approved = attrs.evolve(EXPECTED.deployments[0], approvals=("alice", "bob"), override="carol")
+    gated = attrs.evolve(EXPECTED, deployments=[approved])
+    body = flow_body(gated)
+    assert body.startswith(f"[{BODY_FORMAT},")  # format 4: a deployment's approvals and freeze override
+    assert flow_from_body(body, 4) == gated
+    assert flow_from_body(flow_body(retried), 4).deployments[0].approvals == ()
 
 
 def test_a_body_of_a_newer_format_is_refused() -> None:

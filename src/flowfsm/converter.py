@@ -74,11 +74,11 @@ def _renames(cls: type) -> dict[str, Any]:
 
 
 _OMITTED_IF_UNSET: Final[dict[type, tuple[str, ...]]] = {
-    Environment: ("timeouts", "soak", "failure_strategy", "retry"),
+    Environment: ("timeouts", "soak", "failure_strategy", "retry", "approvals"),
     Timeouts: ("deploy", "verify"),
-    Service: ("retry",),
+    Service: ("retry", "concurrency"),
     Promotion: ("attempt",),
-    Deployment: ("attempt",),
+    Deployment: ("attempt", "approvals", "override"),
     Flow: ("pause", "rollback"),
     PromotionResult: ("attempt",),
     **{

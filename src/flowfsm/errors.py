@@ -13,6 +13,8 @@ messages::
     │   ├── UnknownPromotion      deployment_id (or None), promotion_id
     │   └── UnknownService        service_id
     ├── InvalidTransition         entity, entity_id, state, trigger, reason
+    ├── NotAuthorized             deployment_id, actor, reason
+                                                        not allowed to approve (or act)
     ├── ConcurrencyConflict       flow_id, version      a lost compare-and-set
     ├── RepositoryError           backend               a storage failure
     └── DeliveryError             status_code, retry, retry_after, gone
@@ -34,6 +36,7 @@ __all__ = [
     "DeliveryError",
     "FlowFSMError",
     "InvalidTransition",
+    "NotAuthorized",
     "NotFound",
     "RepositoryError",
     "UnknownDeployment",
@@ -208,6 +211,19 @@ class InvalidTransition(FlowFSMError):
         because = f": {_cut(reason, ID_LIMIT)}" if reason else ""
         what = f"{_cut(trigger, _NAME_LIMIT)} {_cut(entity, _NAME_LIMIT)} {shown(entity_id, ID_LIMIT)}"
         super().__init__(f"cannot {what} in state {shown(state, _NAME_LIMIT)}{because}")
+
+
+class NotAuthorized(FlowFSMError):
+    """The actor may not do this (SPEC §11: approve or reject a deployment whose
+    environment does not list them); nothing changed. flowfsm authorizes; the
+    embedding service authenticates the actor and groups it passes."""
+
+    def __init__(self, deployment_id: str, actor: str, reason: str) -> None:
+        self.deployment_id = deployment_id
+        self.actor = actor
+        self.reason = reason
+        who, what = shown(actor, ID_LIMIT), shown(deployment_id, ID_LIMIT)
+        super().__init__(f"{who} may not act on deployment {what}: {_cut(reason, ID_LIMIT)}")
 
 
 class ConcurrencyConflict(FlowFSMError):

@@ -96,8 +96,10 @@ class Guard:
 
 @attrs.frozen
 class Next:
-    """A hook event about the flow's next deployment (its current one, the first in
-    pipeline order that has not succeeded), recorded only if there is one."""
+    """The flow's next deployment (its current one, the first in pipeline order that
+    has not succeeded), if there is one, is announced: its ``admit`` rules pass it
+    through its gates (SPEC §11), and record ``event`` (``deployment-created``) or
+    the gate it waits at."""
 
     event: HookEvent
 
@@ -225,6 +227,24 @@ def _soaked(draft: Draft) -> bool:
     return timer is None or timer.due <= now
 
 
+def _needs_approval(draft: Draft) -> bool:
+    """The deployment's environment requires more approvals than it has."""
+    deployment = draft.deployment
+    environment = draft.flow.service.pipeline.environment(deployment.environment)
+    policy = environment.approvals if environment is not None else None
+    return policy is not None and len(deployment.approvals) < policy.required
+
+
+def _frozen(draft: Draft) -> bool:
+    """A freeze window covers the deployment's environment now, and no one let it through."""
+    return False
+
+
+def _lane_taken(draft: Draft) -> bool:
+    """Its service runs one flow at a time in the environment, and another flow is active there."""
+    return False
+
+
 _PASSED: Final = PromotionState.SUCCESS
 _SKIPPED: Final = PromotionState.SKIPPED
 
@@ -250,6 +270,9 @@ ALL_DEPLOYMENTS_SUCCEEDED: Final = Guard(
     _all_deployments_succeeded, "not every deployment has succeeded", "all deployments success"
 )
 SOAKED: Final = Guard(_soaked, "its soak time has not passed", "soaked")
+NEEDS_APPROVAL: Final = Guard(_needs_approval, "it has every approval it needs", "needs approval")
+FROZEN: Final = Guard(_frozen, "no freeze window covers its environment", "frozen")
+LANE_TAKEN: Final = Guard(_lane_taken, "its environment is free", "environment occupied")
 
 
 # --- tests of repeats -------------------------------------------------------------------
@@ -334,6 +357,12 @@ DEPLOYMENT: Final = Declaration(
     DeploymentState,
     _D.NOT_STARTED,
     (
+        # Its gates (SPEC §11), in order, when the deployment is announced (``Next``):
+        # the first rule whose guards pass is taken; the last announces it.
+        Rule("admit", _D.NOT_STARTED, _D.AWAITING_APPROVAL, (NEEDS_APPROVAL,), (_E.APPROVAL_REQUESTED,)),
+        Rule("admit", _D.NOT_STARTED, _D.HELD, (FROZEN,), (_E.DEPLOYMENT_HELD,)),
+        Rule("admit", _D.NOT_STARTED, _D.QUEUED, (LANE_TAKEN,), (_E.DEPLOYMENT_QUEUED,)),
+        Rule("admit", _D.NOT_STARTED, _D.NOT_STARTED, (), (_E.DEPLOYMENT_CREATED,)),
         Rule(
             "start",
             _D.NOT_STARTED,
@@ -611,7 +640,7 @@ def _record(effects: tuple[Effect, ...], flow: FlowDraft, index: int) -> None:
             if flow.state is _PAUSED:  # nothing new begins: announced when the flow resumes
                 flow.hold()
             else:
-                record(effect.event, flow, following)
+                attempt(flow.deployment(following), "admit")
         else:
             record(effect, flow, index)
 
@@ -696,13 +725,17 @@ def may(draft: Draft, trigger: str) -> bool:
     property test holds the two answers together, for every machine, state and
     trigger)."""
     state = draft.state
-    for rule, tests in _GUARDS[type(draft.entity), trigger]:
-        if rule.source is state:
-            for test in tests:  # noqa: SIM110 - no generator: follow-ups ask on most triggers
-                if not test(draft):
-                    return False
-            return True
+    for rule, tests in _GUARDS[type(draft.entity), trigger]:  # noqa: SIM110 - no generator: follow-ups ask on most triggers
+        if rule.source is state and _passes(tests, draft):
+            return True  # the first rule that passes is the one transitions takes
     return False
+
+
+def _passes(tests: tuple[Test, ...], draft: Draft) -> bool:
+    for test in tests:  # noqa: SIM110 - no generator: follow-ups ask on most triggers
+        if not test(draft):
+            return False
+    return True
 
 
 def apply(draft: Draft, trigger: str) -> bool:

@@ -36,9 +36,13 @@ from flowfsm.errors import ValidationError, shown
 
 __all__ = [
     "FINISHED",
+    "GATED",
+    "GROUP_PREFIX",
     "Action",
     "ActionRef",
+    "ApprovalPolicy",
     "Artifact",
+    "Concurrency",
     "DeliveryAttempt",
     "DeliveryState",
     "Deployment",
@@ -97,13 +101,29 @@ FINISHED: Final = frozenset({FlowState.SUCCESS, FlowState.FAILED, FlowState.ABOR
 
 
 class DeploymentState(enum.Enum):
+    """Where a deployment is. Its gates (SPEC §11) come before ``notStarted``'s
+    announcement: a deployment reaching its environment may wait for approvals
+    (``awaitingApproval``), for a freeze window to end (``held``), or for its
+    environment to free (``queued``); it is announced (``deployment-created``) in
+    ``notStarted`` once every gate lets it through, and only then can it start."""
+
     NOT_STARTED = "notStarted"
     STARTED = "started"
     COMPLETED = "completed"
     SUCCESS = "success"
     FAILED = "failed"
+    AWAITING_APPROVAL = "awaitingApproval"
+    """Its environment requires approvals and it has not all it needs (``approval-requested``)."""
+    HELD = "held"
+    """A freeze window covers its environment (``deployment-held``, announced when the window ends)."""
+    QUEUED = "queued"
+    """Its environment is occupied under ``queue`` or ``newest-wins`` (``deployment-queued``)."""
 
     __hash__ = object.__hash__  # members are singletons; skip Enum's Python-level hash
+
+
+GATED: Final = frozenset({DeploymentState.AWAITING_APPROVAL, DeploymentState.HELD, DeploymentState.QUEUED})
+"""The states of a deployment waiting at a gate (SPEC §11): not yet announced."""
 
 
 class PromotionState(enum.Enum):
@@ -143,8 +163,27 @@ class HookEvent(enum.Enum):
     DEPLOYMENT_RETRIED = "deployment-retried"
     ROLLBACK_REQUESTED = "rollback-requested"
     FLOW_SUPERSEDED = "flow-superseded"
+    APPROVAL_REQUESTED = "approval-requested"
+    APPROVAL_GRANTED = "approval-granted"
+    APPROVAL_REJECTED = "approval-rejected"
+    APPROVAL_EXPIRED = "approval-expired"
+    APPROVAL_CANCELLED = "approval-cancelled"
+    DEPLOYMENT_QUEUED = "deployment-queued"
+    DEPLOYMENT_HELD = "deployment-held"
+    FREEZE_OVERRIDDEN = "freeze-overridden"
 
     __hash__ = object.__hash__  # members are singletons; skip Enum's Python-level hash
+
+
+class Concurrency(enum.StrEnum):
+    """How many flows of one service may be active in one environment (SPEC §11)."""
+
+    PARALLEL = "parallel"
+    """Any number (Part I)."""
+    QUEUE = "queue"
+    """One at a time; the others wait in arrival order (``deployment-queued``)."""
+    NEWEST_WINS = "newest-wins"
+    """``queue``, where a flow that starts waiting supersedes older ones that have not begun."""
 
 
 class FailureStrategy(enum.StrEnum):
@@ -474,6 +513,70 @@ def _timeouts(value: Timeouts | None) -> Timeouts | None:
     raise ValidationError("timeouts", f"expected Timeouts, got {shown(value)}")
 
 
+def _expiry(value: object) -> dt.timedelta | None:
+    return None if value is None else parse_duration(value, "expiry")
+
+
+MAX_APPROVALS: Final = 100
+"""The most approvals an environment may require."""
+
+
+def _required(_: object, __: object, value: object) -> None:
+    if type(value) is not int or not 1 <= value <= MAX_APPROVALS:
+        raise ValidationError("required", f"must be a whole number from 1 to {MAX_APPROVALS}, got {shown(value)}")
+
+
+def _approvers(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ValidationError("approvers", f"expected a list of names and group:NAME, got {shown(value)}")
+    approvers = tuple(value)
+    if not approvers:
+        raise ValidationError("approvers", "name at least one person or group:NAME who may approve")
+    for i, approver in enumerate(approvers):
+        if not isinstance(approver, str) or not approver.strip() or approver.strip() == GROUP_PREFIX:
+            raise ValidationError(f"approvers[{i}]", f"must be a name or group:NAME, got {shown(approver)}")
+        problem = text_problem(approver)
+        if problem:
+            raise ValidationError(f"approvers[{i}]", problem)
+    return approvers
+
+
+GROUP_PREFIX: Final = "group:"
+"""How an approver names a group rather than a person (``group:release-managers``)."""
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class ApprovalPolicy:
+    """An environment's approval gate (SPEC §11): ``required`` approvals, each from a
+    different person among ``approvers`` (people, or ``group:NAME``); the artifact's
+    author (``ArtifactCreated(..., actor=...)``) may approve only if
+    ``allow_author``; an ``expiry`` (None: none) after which a request still open
+    expires, a failure for the failure strategy. flowfsm authorizes; the embedding
+    service authenticates (it vouches for the actor and the groups it passes)."""
+
+    __repr__ = attrs_repr
+
+    approvers: tuple[str, ...] = attrs.field(converter=_approvers)
+    required: int = attrs.field(default=1, validator=_required)
+    allow_author: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    expiry: dt.timedelta | None = attrs.field(default=None, converter=_expiry)
+
+    def refusal(self, actor: str, groups: Iterable[str], author: str | None) -> str | None:
+        """Why ``actor`` (a member of ``groups``) may not approve, or None if they may."""
+        if author is not None and actor == author and not self.allow_author:
+            return "the artifact's author may not approve it"
+        approvers = self.approvers
+        if actor in approvers or any(GROUP_PREFIX + g in approvers for g in groups):
+            return None
+        return "not among the approvers of this environment"
+
+
+def _approval_policy(value: ApprovalPolicy | None) -> ApprovalPolicy | None:
+    if value is None or isinstance(value, ApprovalPolicy):
+        return value
+    raise ValidationError("approvals", f"expected an ApprovalPolicy, got {shown(value)}")
+
+
 @attrs.frozen(weakref_slot=False, repr=False)
 class Environment:
     """One stage of a pipeline and the promotion checks it must pass; optionally
@@ -492,6 +595,8 @@ class Environment:
     """The service's failure strategy, overridden here (None: the service's)."""
     retry: RetryPolicy | None = attrs.field(default=None, converter=_retry)
     """The service's retry policy, overridden here (None: the service's)."""
+    approvals: ApprovalPolicy | None = attrs.field(default=None, converter=_approval_policy)
+    """The approvals a deployment here needs before it is announced (None: none)."""
 
     def timer(self, kind: TimerKind) -> dt.timedelta | None:
         """The duration of the environment's timer of ``kind``, or None (not set;
@@ -794,6 +899,16 @@ def _artifact_keys(_: object, __: object, value: tuple[str, ...]) -> None:
             raise ValidationError(f"artifacts[{i}]", f"expected GROUP:NAME, got {shown(key)}")
 
 
+def _concurrency(value: object) -> Concurrency:
+    if isinstance(value, Concurrency):
+        return value
+    try:
+        return Concurrency(value)  # type: ignore[arg-type]  # any other value is refused below
+    except ValueError:
+        allowed = ", ".join(repr(c.value) for c in Concurrency)
+        raise ValidationError("concurrency", f"must be one of {allowed}, got {shown(value)}") from None
+
+
 @attrs.frozen(weakref_slot=False, repr=False)
 class Service:
     """A consumer of artifacts: what it consumes, where it deploys, who to tell."""
@@ -809,6 +924,8 @@ class Service:
     webhooks: tuple[Webhook, ...] = attrs.field(default=(), converter=_webhooks)
     retry: RetryPolicy | None = attrs.field(default=None, converter=_retry)
     """``RETRY``'s settings (None: ``RetryPolicy()``), overridable per environment."""
+    concurrency: Concurrency = attrs.field(default=Concurrency.PARALLEL, converter=_concurrency)
+    """How many of the service's flows may be active in one environment at once."""
     # Derived once: the engine asks "who subscribes to this event?" on every step.
     _subscribers: Mapping[HookEvent, tuple[tuple[str, ActionRef], ...]] = attrs.field(
         init=False, repr=False, eq=False, alias="_subscribers"
@@ -871,6 +988,10 @@ class Promotion:
     """Which attempt the promotion is at (1-based; a retry adds one)."""
 
 
+def _approved(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 @attrs.frozen(weakref_slot=False, repr=False)
 class Deployment:
     """One environment of one flow; ``environment`` is the environment's name."""
@@ -883,6 +1004,10 @@ class Deployment:
     state: DeploymentState = DeploymentState.NOT_STARTED
     attempt: int = 1
     """Which attempt the deployment is at (1-based; a retry adds one)."""
+    approvals: tuple[str, ...] = attrs.field(default=(), converter=_approved)
+    """Who approved it, in order: one person each (``ApprovalPolicy``)."""
+    override: str | None = None
+    """Who let it through a freeze window (``OverrideFreeze``), if anyone did."""
 
     def promotion(self, promotion_id: str) -> Promotion | None:
         for promotion in self.promotions:
@@ -984,8 +1109,8 @@ def _slots(cls: type, *names: str) -> tuple[Callable[[Any, Any], None], ...]:
 
 
 _p_id, _p_name, _p_state, _p_attempt = _slots(Promotion, "id", "name", "state", "attempt")
-_d_id, _d_environment, _d_promotions, _d_state, _d_attempt = _slots(
-    Deployment, "id", "environment", "promotions", "state", "attempt"
+_d_id, _d_environment, _d_promotions, _d_state, _d_attempt, _d_approvals, _d_override = _slots(
+    Deployment, "id", "environment", "promotions", "state", "attempt", "approvals", "override"
 )
 (
     _f_id,
@@ -1022,12 +1147,14 @@ def _make_promotion(id: str, name: str, state: PromotionState, attempt: int = 1)
     return promotion
 
 
-def _make_deployment(
+def _make_deployment(  # noqa: PLR0917 - positional, one a field, like the class's own __init__
     id: str,
     environment: str,
     promotions: tuple[Promotion, ...],
     state: DeploymentState,
     attempt: int = 1,
+    approvals: tuple[str, ...] = (),
+    override: str | None = None,
 ) -> Deployment:
     deployment = _new(Deployment)
     _d_id(deployment, id)
@@ -1035,6 +1162,8 @@ def _make_deployment(
     _d_promotions(deployment, promotions)
     _d_state(deployment, state)
     _d_attempt(deployment, attempt)
+    _d_approvals(deployment, approvals)
+    _d_override(deployment, override)
     return deployment
 
 
@@ -1268,6 +1397,10 @@ class TimerKind(enum.Enum):
     SOAK = "soak"
     RETRY = "retry"
     """The backoff of ``RETRY``: when due, the deployment's failed items are retried."""
+    APPROVAL = "approval"
+    """An approval request's expiry: when due, a deployment still awaiting approval expires."""
+    FREEZE = "freeze"
+    """The end of the freeze window holding a deployment: when due, it is announced."""
 
 
 @attrs.frozen(weakref_slot=False, repr=False)

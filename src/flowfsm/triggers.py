@@ -28,11 +28,14 @@ from flowfsm.model import (
 
 __all__ = [
     "AbortFlow",
+    "ApprovalGranted",
+    "ApprovalRejected",
     "ArtifactCreated",
     "DeploymentCompleted",
     "DeploymentFailed",
     "DeploymentStarted",
     "Outcome",
+    "OverrideFreeze",
     "PauseFlow",
     "PromotionCompleted",
     "ResumeFlow",
@@ -233,6 +236,54 @@ class RetryDeployment(_Attributed):
     reason: str | None = attrs.field(default=None, validator=_REASON)
 
 
+# --- gates (SPEC §11): a person approves, rejects, or lets a deployment through a freeze ---
+
+
+def _groups(value: object) -> frozenset[str]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ValidationError("groups", f"expected a collection of group names, got {shown(value)}")
+    groups = frozenset(value)
+    for group in groups:
+        if not isinstance(group, str) or not group.strip():
+            raise ValidationError("groups", f"a group name must be a non-blank string, got {shown(group)}")
+        if len(group) > MAX_ACTOR:
+            raise ValidationError("groups", f"a group name is at most {MAX_ACTOR} characters long")
+        problem = text_problem(group)
+        if problem:
+            raise ValidationError("groups", problem)
+    return groups
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class ApprovalGranted(_Attributed):
+    """``actor`` approves the deployment; ``groups`` are the groups the embedding
+    service vouches they belong to. One approval per person counts."""
+
+    deployment_id: str = attrs.field(validator=_nonblank)
+    actor: str = attrs.field(validator=_ACTOR)
+    groups: frozenset[str] = attrs.field(default=frozenset(), converter=_groups)
+    reason: str | None = attrs.field(default=None, kw_only=True, validator=_REASON)
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class ApprovalRejected(_Attributed):
+    """``actor`` rejects the deployment, and says why: a failure for the failure strategy."""
+
+    deployment_id: str = attrs.field(validator=_nonblank)
+    actor: str = attrs.field(validator=_ACTOR)
+    reason: str = attrs.field(validator=_required_text("reason", MAX_REASON))
+    groups: frozenset[str] = attrs.field(default=frozenset(), kw_only=True, converter=_groups)
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class OverrideFreeze(_Attributed):
+    """``actor`` lets one deployment held by a freeze window through, and says why."""
+
+    deployment_id: str = attrs.field(validator=_nonblank)
+    actor: str = attrs.field(validator=_ACTOR)
+    reason: str = attrs.field(validator=_required_text("reason", MAX_REASON))
+
+
 Trigger: TypeAlias = (
     ArtifactCreated
     | DeploymentStarted
@@ -246,6 +297,9 @@ Trigger: TypeAlias = (
     | RetryPromotion
     | SkipPromotion
     | RetryDeployment
+    | ApprovalGranted
+    | ApprovalRejected
+    | OverrideFreeze
 )
 
 

@@ -319,7 +319,9 @@ class FlowDraft:
             moves += [("promotion", p.id, p.state, _PENDING) for p in promotions if p.state is not _PENDING]
             promotions = tuple([_make_promotion(p.id, p.name, _PENDING, p.attempt + 1) for p in promotions])
             attempt += 1
-        self.deployments[draft.index] = _make_deployment(d.id, d.environment, promotions, draft.state, attempt)
+        self.deployments[draft.index] = _make_deployment(
+            d.id, d.environment, promotions, draft.state, attempt, d.approvals, d.override
+        )
         self.changed = True
 
     def publish_promotion(self, draft: Draft, again: bool = False) -> None:
@@ -330,7 +332,9 @@ class FlowDraft:
         published = _make_promotion(promotion.id, promotion.name, draft.state, attempt)
         d = self.deployments[draft.index]
         promotions = tuple([published if p.id == promotion.id else p for p in d.promotions])
-        self.deployments[draft.index] = _make_deployment(d.id, d.environment, promotions, d.state, d.attempt)
+        self.deployments[draft.index] = _make_deployment(
+            d.id, d.environment, promotions, d.state, d.attempt, d.approvals, d.override
+        )
         self.changed = True
 
     # --- pauses -----------------------------------------------------------------------

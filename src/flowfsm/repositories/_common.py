@@ -26,6 +26,7 @@ from flowfsm.model import (
     Artifact,
     DeliveryAttempt,
     DeliveryState,
+    Deployment,
     DeploymentState,
     Flow,
     FlowState,
@@ -335,7 +336,11 @@ class SQLFlowReads:
 # attempt after a deployment's or promotion's state when above 1, and a last
 # element {"pause": ..., "rollback": ...} when the flow has either. A flow without
 # them is written in format 2, as before, which every earlier flowfsm reads.
-BODY_FORMAT: Final = 3
+# Format 4 adds what the gates record: a deployment with approvals or a freeze
+# override carries its attempt and then {"approvals": [...], "override": ...}; a
+# flow without them is written as before, so an earlier flowfsm reads it, and one
+# with them is refused by an earlier flowfsm rather than read without its gates.
+BODY_FORMAT: Final = 4
 """The format of the flow bodies this flowfsm writes; it reads every earlier one."""
 _FLOW_STATES: Final = {s.value: s for s in FlowState}
 _DEPLOYMENT_STATES: Final = {s.value: s for s in DeploymentState}
@@ -367,9 +372,14 @@ def flow_body(flow: Flow) -> str:
     return _dumps(body)
 
 
+def _gated(deployment: Deployment) -> bool:
+    return bool(deployment.approvals) or deployment.override is not None
+
+
 def _retried(flow: Flow) -> bool:
+    """The flow needs format 3 or 4: an attempt above 1, or gate records."""
     for d in flow.deployments:
-        if d.attempt != 1:
+        if d.attempt != 1 or _gated(d):
             return True
         for p in d.promotions:
             if p.attempt != 1:
@@ -381,11 +391,23 @@ def _format_3(flow: Flow, body: list[Any]) -> list[Any]:
     """Format 3: attempts above 1, and the pause and rollback (see ``BODY_FORMAT``)."""
     from flowfsm.converter import unstructure  # only steered flows need it
 
-    deployments = []
+    deployments: list[list[Any]] = []
+    gated = False
     for d in flow.deployments:
         promotions = [[p.id, p.name, p.state.value, *([p.attempt] if p.attempt != 1 else [])] for p in d.promotions]
-        deployments.append([d.id, d.environment, d.state.value, promotions, *([d.attempt] if d.attempt != 1 else [])])
-    body[0], body[-1] = BODY_FORMAT, deployments
+        row: list[Any] = [d.id, d.environment, d.state.value, promotions]
+        if _gated(d):
+            gated = True
+            gates: dict[str, Any] = {}
+            if d.approvals:
+                gates["approvals"] = list(d.approvals)
+            if d.override is not None:
+                gates["override"] = d.override
+            row += [d.attempt, gates]
+        elif d.attempt != 1:
+            row.append(d.attempt)
+        deployments.append(row)
+    body[0], body[-1] = (4 if gated else 3), deployments
     extra = {}
     if flow.pause is not None:
         extra["pause"] = unstructure(flow.pause)
@@ -402,7 +424,7 @@ def flow_from_body(body: str | list[Any], version: int) -> Flow:
     if type(data[0]) is int:  # format 2 on: the format first
         if data[0] > BODY_FORMAT:
             raise RepositoryError("sql", f"flow body format {data[0]}; this flowfsm reads up to {BODY_FORMAT}")
-        if data[0] == 3:
+        if data[0] >= 3:
             return _flow_from_format_3(data[1:], version)
         data = data[1:]
     flow_id, group, name, artifact_version, service_id, state, created, updated, deployments = data
@@ -430,6 +452,7 @@ def flow_from_body(body: str | list[Any], version: int) -> Flow:
 
 
 def _flow_from_format_3(data: list[Any], version: int) -> Flow:
+    """Formats 3 and 4 (format 4 adds a deployment's gate records, a 6th element)."""
     from flowfsm.converter import structure  # only steered flows need it
 
     flow_id, group, name, artifact_version, service_id, state, created, updated, deployments, *rest = data
@@ -449,6 +472,8 @@ def _flow_from_format_3(data: list[Any], version: int) -> Flow:
                     ),
                     _DEPLOYMENT_STATES[d[2]],
                     d[4] if len(d) > 4 else 1,
+                    tuple(d[5].get("approvals", ())) if len(d) > 5 else (),
+                    d[5].get("override") if len(d) > 5 else None,
                 )
                 for d in deployments
             ]
