@@ -19,20 +19,25 @@ from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 from flowfsm import (
+    ApprovalPolicy,
     Artifact,
     ArtifactCreated,
     Catalog,
     DeliveryAttempt,
     DeploymentCompleted,
     DeploymentStarted,
+    DeploymentState,
+    Environment,
     Flow,
     FlowEngine,
     FlowState,
     PauseFlow,
+    Pipeline,
     PromotionCompleted,
     PromotionResult,
     ResultStatus,
     ResumeFlow,
+    Service,
     ValidationError,
 )
 from flowfsm.diagrams import svg
@@ -535,3 +540,80 @@ def test_importing_flowfsm_loads_no_web_framework() -> None:
     code = "import sys, flowfsm; print(sorted(m for m in ('starlette', 'jinja2', 'uvicorn') if m in sys.modules))"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "[]"
+
+
+def gated_engine(clock: Clock) -> FlowEngine:
+    """dev, then prod behind an approval gate: 2 approvals from alice or group ops."""
+    gate = ApprovalPolicy(["alice", "group:ops"], required=2)
+    service = Service(
+        "svc-gated",
+        artifacts=["com.acme:api"],
+        pipeline=Pipeline("default", [Environment("dev"), Environment("prod", approvals=gate)]),
+    )
+    return FlowEngine(Catalog([service]), InMemoryRepository(), None, clock=clock, id_factory=SequentialIds("g"))
+
+
+def awaiting(engine: FlowEngine, version: str = "1.0", author: str = "carol") -> Flow:
+    """A flow whose prod deployment awaits approval."""
+    flow = engine.handle(ArtifactCreated(Artifact("com.acme", "api", version), actor=author)).flows[0]
+    engine.handle(DeploymentStarted(flow.deployments[0].id))
+    engine.handle(DeploymentCompleted(flow.deployments[0].id))
+    flow = engine.repository.get(flow.id)
+    assert flow.deployments[1].state is DeploymentState.AWAITING_APPROVAL
+    return flow
+
+
+def viewer_of_headers(request: Request) -> Viewer | None:
+    user = request.headers.get("x-user")
+    groups = request.headers.get("x-groups", "")
+    return Viewer(user, frozenset(g for g in groups.split(",") if g)) if user else None
+
+
+@pytest.mark.parametrize(
+    ("headers", "listed"),
+    [
+        ({"x-user": "alice"}, True),
+        ({"x-user": "dave", "x-groups": "ops"}, True),
+        ({"x-user": "bob", "x-groups": "dev"}, False),
+        ({"x-user": "carol", "x-groups": "ops"}, False),  # the artifact's author
+    ],
+    ids=["named", "in-group", "not-named", "author"],
+)
+def test_the_approvals_page_lists_what_the_viewer_may_approve(
+    clock: Clock, headers: dict[str, str], listed: bool
+) -> None:
+    engine = gated_engine(clock)
+    flow = awaiting(engine)
+    engine.handle(ArtifactCreated(Artifact("com.acme", "api", "0.9")))  # in dev: waits for no approval
+    prod = flow.deployments[1]
+    page = TestClient(dashboard(engine, authorize=viewer_of_headers)).get("/approvals", headers=headers)
+    assert page.status_code == 200
+    assert (f'id="gate-{prod.id}"' in page.text) is listed
+    assert ('value="approve"' in page.text) is listed
+    assert "com.acme:api:0.9" not in page.text
+    if not listed:
+        assert "Nothing waits for your approval." in page.text
+
+
+def test_the_approvals_page_shows_every_gate_read_only_to_a_visitor(clock: Clock) -> None:
+    engine = gated_engine(clock)
+    first, second = awaiting(engine, "1.0"), awaiting(engine, "2.0")
+    text = TestClient(dashboard(engine, authorize=viewer_of_headers)).get("/approvals").text
+    assert text.index(f'id="gate-{second.deployments[1].id}"') < text.index(f'id="gate-{first.deployments[1].id}"')
+    assert "0 of 2" in text
+    assert "alice, group:ops; not the artifact's author" in text
+    assert "by carol" in text
+    assert '<form method="post"' not in text
+
+
+def test_the_flow_page_shows_the_gate_and_who_may_pass_it(clock: Clock) -> None:
+    engine = gated_engine(clock)
+    flow = awaiting(engine)
+    client = TestClient(dashboard(engine, authorize=viewer_of_headers))
+    text = client.get(f"/flows/{flow.id}", headers={"x-user": "bob"}).text
+    gate = text[text.index('id="gate"') :]
+    assert "Awaiting approval: 0 of 2." in gate
+    assert "May approve: alice, group:ops" in gate
+    assert "does not name you (not among the approvers of this environment)" in gate
+    assert 'value="approve"' in gate  # the engine decides, and says why not
+    assert 'class="state state-awaitingApproval"' in text

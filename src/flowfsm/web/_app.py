@@ -36,6 +36,7 @@ from flowfsm.errors import (
     ConcurrencyConflict,
     FlowFSMError,
     InvalidTransition,
+    NotAuthorized,
     NotFound,
     RepositoryError,
     UnknownDeployment,
@@ -43,6 +44,8 @@ from flowfsm.errors import (
 )
 from flowfsm.triggers import (
     AbortFlow,
+    ApprovalGranted,
+    ApprovalRejected,
     PauseFlow,
     ResumeFlow,
     RetryDeployment,
@@ -51,7 +54,7 @@ from flowfsm.triggers import (
     Trigger,
 )
 from flowfsm.web._security import CsrfTokens, Viewer, redacted
-from flowfsm.web._views import flow_page, flows_page, parse_filters
+from flowfsm.web._views import approvals_page, flow_page, flows_page, parse_filters
 
 __all__ = ["Authorize", "dashboard"]
 
@@ -87,7 +90,7 @@ _DONE: Final[Mapping[str, str]] = {
 
 def _status(error: FlowFSMError) -> int:
     """The HTTP status that says what kind of refusal ``error`` is."""
-    if type(error).__name__ == "NotAuthorized":
+    if isinstance(error, NotAuthorized):
         return 403
     if isinstance(error, NotFound):
         return 404
@@ -125,6 +128,10 @@ ActionBuilder: TypeAlias = Callable[[str, _Form, Viewer], Trigger]
 """How one action's form becomes its trigger: ``(flow id, form, viewer) -> trigger``."""
 
 ACTIONS: Final[dict[str, ActionBuilder]] = {
+    "approve": lambda _, f, v: ApprovalGranted(f.required("deployment_id"), v.actor, v.groups, reason=f.text("reason")),
+    "reject": lambda _, f, v: ApprovalRejected(
+        f.required("deployment_id"), v.actor, f.required("reason"), groups=v.groups
+    ),
     "pause": lambda flow_id, f, v: PauseFlow(flow_id, v.actor, f.text("reason")),
     "resume": lambda flow_id, f, v: ResumeFlow(flow_id, v.actor, f.text("reason")),
     "abort": lambda flow_id, f, v: AbortFlow(flow_id, v.actor, f.text("reason")),
@@ -200,6 +207,7 @@ def dashboard(
     routes = [
         Route("/", pages.flows, name="flows"),
         Route("/flows/{flow_id:path}", pages.flow, methods=["GET", "POST"], name="flow"),
+        Route("/approvals", pages.approvals, name="approvals"),
         Mount("/static", static, name="static"),
     ]
     return Starlette(routes=routes)
@@ -268,6 +276,14 @@ class _Dashboard:
             return self.render(request, "flows.html", viewer, _status(e), page=None, error=str(e))
         return self.render(request, "flows.html", viewer, page=page, error=None)
 
+    async def approvals(self, request: Request) -> Response:
+        viewer = await self.viewer(request)
+        try:
+            page = await run_in_threadpool(approvals_page, self.engine, viewer)
+        except FlowFSMError as e:
+            return self.refusal(request, viewer, _status(e), str(e))
+        return self.render(request, "approvals.html", viewer, page=page)
+
     async def flow(self, request: Request) -> Response:
         if request.method == "POST":
             return await self.act(request)
@@ -277,7 +293,7 @@ class _Dashboard:
         self, request: Request, viewer: Viewer | None, error: str | None = None, status: int = 200
     ) -> Response:
         try:
-            page = await run_in_threadpool(flow_page, self.engine, request.path_params["flow_id"])
+            page = await run_in_threadpool(flow_page, self.engine, request.path_params["flow_id"], viewer)
         except FlowFSMError as e:
             return self.refusal(request, viewer, _status(e), str(e))
         return self.render(request, "flow.html", viewer, status, page=page, error=error)
@@ -307,6 +323,8 @@ class _Dashboard:
         except FlowFSMError as e:
             return await self.show_flow(request, viewer, str(e), _status(e))
         back = f"{_base(request)}/flows/{quote(flow_id, safe='')}"
+        if form.get("next") == "approvals":  # a fixed place, never a URL from the form
+            back = f"{_base(request)}/approvals"
         return RedirectResponse(f"{back}?{urlencode({'done': name})}", status_code=303)
 
     def apply(self, flow_id: str, build: ActionBuilder, form: _Form, viewer: Viewer) -> None:

@@ -11,20 +11,28 @@ import attrs
 
 from flowfsm.diagrams import svg
 from flowfsm.engine import FlowEngine
-from flowfsm.errors import ValidationError, bounded
+from flowfsm.errors import UnknownService, ValidationError, bounded
 from flowfsm.explain import Waiting
 from flowfsm.model import (
+    ApprovalPolicy,
     Artifact,
     DeliveryState,
     Deployment,
+    DeploymentState,
     Flow,
     FlowState,
     HistoryEntry,
     HookRecord,
     text_problem,
 )
+from flowfsm.web._security import Viewer
 
-__all__ = ["FlowPage", "FlowsPage", "flow_page", "flows_page", "parse_state"]
+__all__ = ["ApprovalsPage", "FlowPage", "FlowsPage", "approvals_page", "flow_page", "flows_page", "parse_state"]
+
+MAX_SCANNED: Final = 5_000
+"""The most flows in progress the approvals page reads (newest first) to find the
+deployments awaiting approval: no repository indexes them, and a page that reads
+without end would be no page at all. Beyond it, the page says so."""
 
 MAX_DELIVERIES: Final = 100
 """The most HookRequests a flow page lists (the newest): a flow steered for weeks can
@@ -113,6 +121,82 @@ def flows_page(engine: FlowEngine, filters: Filters, page_size: int) -> FlowsPag
 
 
 @attrs.frozen
+class Gate:
+    """One deployment awaiting approval, and what its environment's policy asks."""
+
+    flow: Flow
+    deployment: Deployment
+    policy: ApprovalPolicy
+    author: str | None
+    refusal: str | None
+    """Why the viewer may not approve it (the policy's words), or None: they may."""
+
+    @property
+    def mine(self) -> bool:
+        """Whether the viewer approved it already."""
+        return self.refusal == _APPROVED
+
+
+_APPROVED: Final = "you approved it already"
+
+
+@attrs.frozen
+class ApprovalsPage:
+    gates: Sequence[Gate]
+    scanned: int
+    complete: bool
+    """Whether every flow in progress was read (else: the newest ``MAX_SCANNED``)."""
+
+
+def author_of(entries: Sequence[HistoryEntry]) -> str | None:
+    """Who published the artifact (``ArtifactCreated(..., actor=...)``): the actor of the
+    flow's first history entry, when that entry is its creation."""
+    if entries and entries[0].trigger.get("type") == "ArtifactCreated":
+        return entries[0].actor
+    return None
+
+
+def gate_of(engine: FlowEngine, flow: Flow, deployment: Deployment, viewer: Viewer | None) -> Gate | None:
+    """The approval gate ``deployment`` waits at, with the policy's verdict on the
+    viewer (``ApprovalPolicy.refusal``); None if it waits at none."""
+    if deployment.state is not DeploymentState.AWAITING_APPROVAL:
+        return None
+    try:
+        environment = engine.catalog.get(flow.service_id).pipeline.environment(deployment.environment)
+    except UnknownService:  # the catalog no longer has the service: nobody can say who may approve
+        return None
+    policy = environment.approvals if environment is not None else None
+    if policy is None:
+        return None
+    author = author_of(engine.repository.history(flow.id))
+    if viewer is None:
+        refusal: str | None = "not signed in"
+    elif viewer.actor in deployment.approvals:
+        refusal = _APPROVED
+    else:
+        refusal = policy.refusal(viewer.actor, viewer.groups, author)
+    return Gate(flow, deployment, policy, author, refusal)
+
+
+def approvals_page(engine: FlowEngine, viewer: Viewer | None) -> ApprovalsPage:
+    """The deployments of flows in progress awaiting approval that ``viewer`` may
+    approve (every one, for a viewer who is not signed in), newest flow first."""
+    gates, scanned, offset, page = [], 0, 0, 500
+    while scanned < MAX_SCANNED:
+        flows = engine.repository.list_flows(state=FlowState.IN_PROGRESS, limit=page, offset=offset)
+        for flow in flows:
+            current = flow.current_deployment()
+            gate = gate_of(engine, flow, current, viewer) if current is not None else None
+            if gate is not None and (viewer is None or gate.refusal is None):
+                gates.append(gate)
+        scanned += len(flows)
+        offset += page
+        if len(flows) < page:
+            return ApprovalsPage(gates, scanned, complete=True)
+    return ApprovalsPage(gates, scanned, complete=False)
+
+
+@attrs.frozen
 class Change:
     entity: str
     name: str
@@ -165,6 +249,8 @@ class FlowPage:
     older_deliveries: int
     diagrams: Sequence[Diagram]
     finished: bool
+    gate: Gate | None
+    """The approval gate its current deployment waits at, if any."""
 
 
 def _names(flow: Flow) -> dict[str, str]:
@@ -259,7 +345,7 @@ def _diagrams(flow: Flow, current: Deployment | None) -> list[Diagram]:
     return diagrams
 
 
-def flow_page(engine: FlowEngine, flow_id: str) -> FlowPage:
+def flow_page(engine: FlowEngine, flow_id: str, viewer: Viewer | None = None) -> FlowPage:
     """Everything the flow page shows; ``UnknownFlow`` if there is no such flow."""
     repository = engine.repository
     flow = repository.get(flow_id)
@@ -277,4 +363,5 @@ def flow_page(engine: FlowEngine, flow_id: str) -> FlowPage:
         older_deliveries=max(0, len(records) - MAX_DELIVERIES),
         diagrams=_diagrams(flow, current),
         finished=flow.state.finished,
+        gate=gate_of(engine, flow, current, viewer) if current is not None else None,
     )
