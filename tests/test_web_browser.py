@@ -169,7 +169,7 @@ def test_the_flow_page_follows_the_flow_without_a_reload(
 
 def test_the_screenshots_command_saves_the_main_pages(tmp_path: Path) -> None:
     saved = screenshots(tmp_path)
-    assert [p.name for p in saved] == ["dashboard-flows.png", "dashboard-flow.png"]
+    assert [p.name for p in saved] == ["dashboard-flows.png", "dashboard-flow.png", "dashboard-approvals.png"]
     for path in saved:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.stat().st_size > 10_000

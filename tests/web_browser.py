@@ -30,6 +30,7 @@ from starlette.requests import Request
 
 from flowfsm import (
     Action,
+    ApprovalPolicy,
     Artifact,
     ArtifactCreated,
     Catalog,
@@ -147,8 +148,9 @@ def by_cookie(request: Request) -> Viewer | None:
 
 
 def sample_catalog() -> Catalog:
-    """dev → staging → prod, with checks in staging and prod and one webhook whose
-    endpoint has a signing secret (which no page may show)."""
+    """svc-api: dev → staging → prod, with checks in staging and prod and one webhook
+    whose endpoint has a signing secret (which no page may show); svc-web: dev, then
+    prod behind an approval by alice or a release manager."""
     return Catalog(
         [
             Service(
@@ -179,7 +181,13 @@ def sample_catalog() -> Catalog:
             Service(
                 "svc-web",
                 artifacts=["com.acme:web"],
-                pipeline=Pipeline("default", [Environment("dev", promotions=["smoke"]), Environment("prod")]),
+                pipeline=Pipeline(
+                    "default",
+                    [
+                        Environment("dev", promotions=["smoke"]),
+                        Environment("prod", approvals=ApprovalPolicy(["alice", "group:release-managers"])),
+                    ],
+                ),
             ),
         ]
     )
@@ -208,7 +216,8 @@ def through(engine: FlowEngine, flow: Flow, environments: int) -> Flow:
 
 
 def populate(engine: FlowEngine) -> Flow:
-    """A few flows in different states; returns one waiting in staging."""
+    """A few flows in different states (com.acme:web:7.3.1 awaiting approval in prod);
+    returns one waiting for its checks in staging."""
     flows = [engine.handle(ArtifactCreated(Artifact("com.acme", "api", f"1.{i}.0"))).flows[0] for i in range(4)]
     through(engine, flows[0], 3)
     failed = through(engine, flows[1], 1)
@@ -223,8 +232,8 @@ def populate(engine: FlowEngine) -> Flow:
         )
     )
     engine.handle(PauseFlow(flows[2].id, "alice", reason="waiting for the database migration"))
-    web = engine.handle(ArtifactCreated(Artifact("com.acme", "web", "7.3.1"))).flows[0]
-    through(engine, web, 1)
+    web = engine.handle(ArtifactCreated(Artifact("com.acme", "web", "7.3.1"), actor="carol")).flows[0]
+    through(engine, web, 1)  # prod awaits approval
     waiting = through(engine, flows[3], 1)
     staging = waiting.deployments[1]
     engine.handle(DeploymentStarted(staging.id))
@@ -233,7 +242,8 @@ def populate(engine: FlowEngine) -> Flow:
 
 
 def screenshots(directory: Path) -> list[Path]:
-    """Save a PNG of the flows page and a flow page in ``directory``; their paths."""
+    """Save a PNG of the flows page, a flow page and the approvals page (seen by
+    alice) in ``directory``; their paths."""
     from flowfsm.web import dashboard
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -245,7 +255,13 @@ def screenshots(directory: Path) -> list[Path]:
         with served(app) as base, chromium(1280, 1000) as browser:
             visit(browser, f"{base}/")
             browser.add_cookie({"name": "user", "value": "alice"})
-            for name, path in (("dashboard-flows.png", "/"), ("dashboard-flow.png", f"/flows/{flow.id}")):
+            pages = (
+                ("dashboard-flows.png", "/"),
+                ("dashboard-flow.png", f"/flows/{flow.id}"),
+                ("dashboard-approvals.png", "/approvals"),
+            )
+            for name, path in pages:
+                browser.set_window_size(1280, 600)  # the page's own height, not the last one's
                 visit(browser, base + path)
                 height = browser.execute_script("return document.documentElement.scrollHeight")
                 browser.set_window_size(1280, min(max(int(height) + 120, 600), 4000))
