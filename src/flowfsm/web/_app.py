@@ -43,6 +43,7 @@ from flowfsm.errors import (
     ValidationError,
 )
 from flowfsm.triggers import (
+    MAX_REASON,
     AbortFlow,
     ApprovalGranted,
     ApprovalRejected,
@@ -60,9 +61,6 @@ __all__ = ["Authorize", "dashboard"]
 
 Authorize: TypeAlias = Callable[[Request], "Viewer | Awaitable[Viewer | None] | None"]
 """The embedding service's hook: the viewer it vouches for, or None (read-only)."""
-
-_FORM_LIMIT: Final = 10_000
-"""The longest form field taken, in characters (a reason's limit, ``MAX_REASON``)."""
 
 _HEADERS: Final[Mapping[str, str]] = {
     # Scripts, styles and images from the dashboard only: injected markup could run nothing.
@@ -113,8 +111,8 @@ class _Form:
         value = self._fields.get(name)
         if not isinstance(value, str) or not value.strip():
             return None
-        if len(value) > _FORM_LIMIT:
-            raise ValidationError(name, f"is {len(value)} characters long; at most {_FORM_LIMIT} are allowed")
+        if len(value) > MAX_REASON:  # the longest text a trigger takes
+            raise ValidationError(name, f"is {len(value)} characters long; at most {MAX_REASON} are allowed")
         return value.strip()
 
     def required(self, name: str) -> str:
