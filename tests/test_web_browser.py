@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from selenium import webdriver
@@ -165,6 +166,37 @@ def test_the_flow_page_follows_the_flow_without_a_reload(
     assert "finished" in text_of(browser, "explain")
     assert "PromotionCompleted" in text_of(browser, "history")
     assert browser.execute_script("return window.stillThisPage") is True
+
+
+def test_without_javascript_the_pages_read_and_the_forms_work(engine: FlowEngine) -> None:
+    flow = populate(engine)
+    app = dashboard(engine, authorize=by_cookie, poll_interval=0.2)
+    asked: list[str] = []
+
+    async def counting(scope: Any, receive: Any, send: Any) -> None:
+        asked.append(scope.get("query_string", b"").decode())
+        await app(scope, receive, send)
+
+    with served(counting) as base, chromium(javascript=False) as plain:
+        sign_in(plain, base, "alice")
+        visit(plain, f"{base}/")
+        assert "com.acme:api:1.3.0" in text_of_plain(plain, "flows")
+        visit(plain, f"{base}/flows/{flow.id}")
+        assert "Waiting for the promotions" in text_of_plain(plain, "explain")
+        assert "completed" in text_of_plain(plain, "deployment-staging")
+        pause = plain.find_element(By.CSS_SELECTOR, "form.action-pause")
+        pause.find_element(By.NAME, "reason").send_keys("no scripts needed")
+        pause.find_element(By.TAG_NAME, "button").click()
+        WebDriverWait(plain, WAIT).until(lambda b: "done=pause" in b.current_url)
+        assert text_of_plain(plain, "flow-state") == "paused"
+    assert engine.repository.history(flow.id)[-1].reason == "no scripts needed"
+    assert asked
+    assert not [q for q in asked if "partial=1" in q]  # no script ran: nothing polled
+
+
+def text_of_plain(browser: webdriver.Chrome, element_id: str) -> str:
+    """The element's text, through the driver (the page swaps nothing without scripts)."""
+    return str(browser.find_element(By.ID, element_id).text)
 
 
 def test_the_screenshots_command_saves_the_main_pages(tmp_path: Path) -> None:

@@ -91,8 +91,9 @@ def chromium_missing() -> str | None:
 
 
 @contextmanager
-def chromium(width: int = 1280, height: int = 900) -> Iterator[webdriver.Chrome]:
-    """Headless Chromium with a new empty profile, driven through chromedriver."""
+def chromium(width: int = 1280, height: int = 900, *, javascript: bool = True) -> Iterator[webdriver.Chrome]:
+    """Headless Chromium with a new empty profile, driven through chromedriver
+    (``javascript=False``: with scripts off, as some readers browse)."""
     problem = chromium_missing()
     if problem:
         raise RuntimeError(problem)
@@ -101,6 +102,8 @@ def chromium(width: int = 1280, height: int = 900) -> Iterator[webdriver.Chrome]
         options.binary_location = str(CHROMIUM)
         for flag in (*FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"):
             options.add_argument(flag)
+        if not javascript:
+            options.add_argument("--blink-settings=scriptEnabled=false")
         driver = webdriver.Chrome(options=options, service=ChromeService(str(CHROMEDRIVER)))
         try:
             driver.set_page_load_timeout(30)
