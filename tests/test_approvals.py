@@ -416,3 +416,26 @@ def test_a_good_approval_policy_loads_from_each_format(tmp_path: Path) -> None:
         path.write_text(text(data))
         (environment,) = Catalog.from_file(path).get("svc").pipeline.environments
         assert environment.approvals == expected
+
+
+def test_a_gate_on_the_first_environment_holds_the_new_flow(store: Callable[[], Repository]) -> None:  # noqa: F811 - the fixture
+    policy = ApprovalPolicy(["alice"], expiry="1h")
+    svc = Service(
+        "svc",
+        ["com.acme:api"],
+        Pipeline("p", [Environment("prod", approvals=policy)]),
+        webhooks=[two_actions(f"wh-{e.value}", e) for e in HookEvent],
+    )
+    world = World(store, svc)
+    (flow,) = world.engine.handle(ArtifactCreated(ARTIFACT, actor="bob")).flows
+    assert world.events() == ["approval-requested"]
+    stored = world.get(flow)
+    assert stored == flow
+    assert (stored.deployments[0].state, stored.author) == (DeploymentState.AWAITING_APPROVAL, "bob")
+    assert [t.kind for t in world.repository.timers(flow.id)] == [TimerKind.APPROVAL]
+    (entry,) = world.repository.history(flow.id)
+    assert [(c.entity, c.from_, c.to) for c in entry.changes] == [
+        ("deployment", None, "awaitingApproval"),
+        ("flow", None, "inProgress"),
+    ]
+    world.refused(flow, DeploymentStarted(flow.deployments[0].id), "awaits approval")

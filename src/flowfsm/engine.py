@@ -231,7 +231,9 @@ class FlowEngine:
             flow = self._new_flow(artifact, service, now, trigger.actor)
             if service.pipeline.timed:  # its first deployment's gate may set a timer (an approval's expiry)
                 work.watch(now, ())
-            machines.created(work.open(flow, service))
+            draft = work.open(flow, service)
+            machines.created(draft)
+            flow = draft.flow()  # as its first deployment's gate left it
             flows.append(flow)
             created.append(flow)
         duplicate = bool(flows) and not created
