@@ -38,12 +38,13 @@ from flowfsm import (
     Service,
     SteeringPayload,
     TimerKind,
+    ValidationError,
 )
-from flowfsm.converter import structure, unstructure
+from flowfsm.converter import from_json, structure, to_json, unstructure
 from flowfsm.protocols import Repository
 from flowfsm.repositories._common import flow_body, flow_from_body
 from flowfsm.testing import sample_flow
-from flowfsm.triggers import TimerFired
+from flowfsm.triggers import TimerFired, Trigger
 from tests.conftest import two_actions
 from tests.test_steering import World, store  # noqa: F401 - the fixture
 
@@ -439,3 +440,22 @@ def test_a_gate_on_the_first_environment_holds_the_new_flow(store: Callable[[], 
         ("flow", None, "inProgress"),
     ]
     world.refused(flow, DeploymentStarted(flow.deployments[0].id), "awaits approval")
+
+
+@pytest.mark.parametrize("groups", ['"release-managers"', '{"release-managers": true}', "[1]", '[""]'])
+def test_groups_in_json_are_a_list_of_names(groups: str) -> None:
+    text = f'{{"type": "ApprovalGranted", "deploymentId": "d", "actor": "carol", "groups": {groups}}}'
+    with pytest.raises(ValidationError) as refused:
+        from_json(text, Trigger)
+    assert refused.value.field == "$.groups"
+
+
+def test_triggers_of_approvals_round_trip_as_json() -> None:
+    for trigger in (
+        ApprovalGranted("d", "carol", ["release-managers", "ops"], reason="ok"),
+        ApprovalGranted("d", "alice"),
+        ApprovalRejected("d", "bob", "not today", groups=["ops"]),
+    ):
+        text = to_json(trigger, Trigger)
+        assert from_json(text, Trigger) == trigger
+    assert json.loads(to_json(ApprovalGranted("d", "carol", ["b", "a"]), Trigger))["groups"] == ["a", "b"]

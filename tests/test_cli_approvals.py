@@ -81,6 +81,9 @@ def test_reject_needs_a_reason_and_fails_the_flow(cli: Cli) -> None:  # noqa: F8
 
 def test_explain_says_who_may_approve(cli: Cli) -> None:  # noqa: F811 - the fixture
     prod = _awaiting_prod(cli)
+    listed = cli("flows")  # a deployment waiting at a gate is listed like any other
+    assert (listed.returncode, listed.stderr) == (0, "")
+    assert "prod" in listed.stdout
     cli.json("approve", prod["id"], "--actor", "alice")
     explained = cli("explain", prod["flowId"])
     assert "1 of 2, from alice or group:release-managers" in explained.stdout
