@@ -413,8 +413,12 @@ def test_a_good_approval_policy_loads_from_each_format(tmp_path: Path) -> None:
     for suffix in (".json", ".toml", ".yaml"):
         path = tmp_path / f"catalog{suffix}"
         data = _catalog(approvals)
-        text = {".json": json.dumps, ".yaml": yaml.safe_dump}.get(suffix, lambda d: _toml(d["services"][0], approvals))
-        path.write_text(text(data))
+        if suffix == ".json":
+            path.write_text(json.dumps(data))
+        elif suffix == ".yaml":
+            path.write_text(yaml.safe_dump(data))
+        else:
+            path.write_text(_toml(data["services"][0], approvals))
         (environment,) = Catalog.from_file(path).get("svc").pipeline.environments
         assert environment.approvals == expected
 
