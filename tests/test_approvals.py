@@ -463,3 +463,27 @@ def test_triggers_of_approvals_round_trip_as_json() -> None:
         text = to_json(trigger, Trigger)
         assert from_json(text, Trigger) == trigger
     assert json.loads(to_json(ApprovalGranted("d", "carol", ["b", "a"]), Trigger))["groups"] == ["a", "b"]
+
+
+def test_explain_names_who_may_approve_also_while_paused(store: Callable[[], Repository]) -> None:  # noqa: F811 - the fixture
+    world = World(store, gated(expiry="2h"))
+    flow, prod = at_prod(world, author="bob")
+    requested = world.clock.now
+    world.clock.advance(minutes=5)
+    world.engine.handle(ApprovalGranted(prod, "carol", ["release-managers"]))
+    world.engine.handle(PauseFlow(flow.id, "erin", "incident"))
+    items = {w.kind: w for w in world.engine.explain(flow.id)}
+    assert set(items) == {"paused", "approval"}  # approvals are still given while paused
+    waiting = items["approval"]
+    assert waiting.text == (
+        "Awaiting approval for 'prod': 1 of 2, from alice or bob or group:release-managers"
+        " (carol approved; not 'bob', the artifact's author);"
+        f" requested at {requested:%Y-%m-%d %H:%M:%S} UTC; it expires at 2026-01-01 02:00:00 UTC."
+    )
+    assert (waiting.deployment_id, waiting.since, waiting.until) == (prod, requested, requested + dt.timedelta(hours=2))
+    assert dict(waiting.details) == {
+        "approvals": ["carol"],
+        "required": 2,
+        "approvers": list(APPROVERS),
+        "author": "bob",
+    }
