@@ -48,9 +48,9 @@ def test_approve_with_a_group_until_enough(cli: Cli) -> None:  # noqa: F811 - th
     second = cli.json("approve", prod["id"], "--actor", "carol", "--group", "ops", "--group", "release-managers")
     stored = second["flows"][0]["deployments"][1]
     assert (stored["state"], stored["approvals"]) == ("notStarted", ["alice", "carol"])
-    listed = cli("flows")
-    assert listed.returncode == 0
-    assert "prod" in listed.stdout
+    shown = cli("show", prod["flowId"])
+    assert "published by erin" in shown.stdout
+    assert "approved by alice, carol" in shown.stdout
 
 
 def test_someone_not_allowed_gets_one_line_and_nothing_changes(cli: Cli) -> None:  # noqa: F811 - the fixture

@@ -790,6 +790,8 @@ def _show_flow(repository: Repository, flow: Flow) -> None:
     if flow.pause is not None:
         why = f": {flow.pause.reason}" if flow.pause.reason else ""
         head.append(_line(f"  paused by {flow.pause.actor}{why}"))
+    if flow.author is not None:
+        head.append(_line(f"  published by {flow.author}"))
     if flow.rollback is not None:
         target = flow.rollback.artifact.id if flow.rollback.artifact else "nothing to return to"
         head.append(_line(f"  rollback requested in {flow.rollback.environment}: {target}"))
@@ -804,6 +806,7 @@ def _show_flow(repository: Repository, flow: Flow) -> None:
                 _state(deployment.state.value, 10),
                 "  ",
                 checks if deployment.promotions else "no promotions",
+                f"  approved by {', '.join(deployment.approvals)}" if deployment.approvals else "",
                 f"  ({deployment.id})",
             )
         )
