@@ -11,7 +11,7 @@ import argparse
 import os
 import platform
 
-from . import core, delivery, history, instructions, storage, web, worker
+from . import approvals, core, delivery, history, instructions, storage, web, worker
 from .report import Report
 
 
@@ -20,7 +20,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller stores")
     parser.add_argument(
         "--only",
-        choices=["core", "storage", "delivery", "worker", "history", "web", "instructions"],
+        choices=["core", "storage", "delivery", "worker", "history", "web", "instructions", "approvals"],
         help="run one group",
     )
     args = parser.parse_args()
@@ -36,6 +36,8 @@ def main() -> None:
         history.run(report, args.quick)
     if args.only in (None, "web"):
         web.run(report, args.quick)
+    if args.only in (None, "approvals"):
+        approvals.run(report, args.quick)
     if args.only in (None, "storage"):  # last: the heaviest group (stores of a million flows on disk)
         storage.run(report, args.quick)
     if args.only == "instructions":

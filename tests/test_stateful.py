@@ -22,6 +22,13 @@ sets it again); when the scheduler fires it, the deployment's failed items with
 attempts left are retried as ``flowfsm`` (a paused flow's promotions wait for the
 resume, which leaves to the timer those whose backoff has not ended). Every round
 fires all flows' due timers in one order (due time, then id).
+
+Approvals (§11): an environment may require 1 or 2 approvals from bob or the ops
+group (carol, erin), the author refused unless allowed, with an optional expiry;
+people (dave is no approver) approve and reject, authors publish. Invariants: no
+deployment of a gated environment is announced or begun before enough distinct,
+allowed approvals of its current attempt; ``NotAuthorized`` changes nothing; a flow
+that ends cancels the request it made (``approval-cancelled``).
 """
 
 from __future__ import annotations
@@ -38,9 +45,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from flowfsm import (
     AbortFlow,
     Action,
+    ApprovalGranted,
+    ApprovalPolicy,
+    ApprovalRejected,
     Artifact,
     ArtifactCreated,
     Catalog,
+    Deployment,
     DeploymentCompleted,
     DeploymentFailed,
     DeploymentPayload,
@@ -52,6 +63,7 @@ from flowfsm import (
     HistoryEntry,
     HookEvent,
     InvalidTransition,
+    NotAuthorized,
     Outcome,
     PauseFlow,
     Pipeline,
@@ -123,6 +135,13 @@ class RefFlow:
     rollback: tuple[str, frozenset[Artifact | None]] | None = None
     """The rollback ROLLBACK requested: its environment, and the artifacts it may
     name (the newest other success there; several only when they succeeded at once)."""
+    # Approvals (SPEC §11):
+    author: str | None = None
+    """Who published the artifact (``ArtifactCreated``'s actor)."""
+    approvals: dict[int, list[str]] = attrs.field(factory=dict)
+    """Who approved each deployment's current attempt, in order."""
+    requested_at: dict[int, dt.datetime] = attrs.field(factory=dict)
+    """When each deployment awaiting approval asked for it (its expiry runs from then)."""
 
     def open(self) -> bool:
         return self.state in ("inProgress", "paused")
@@ -181,7 +200,15 @@ STEERING = (
     E.PROMOTION_SKIPPED,
     E.DEPLOYMENT_RETRIED,
     E.ROLLBACK_REQUESTED,
+    E.APPROVAL_GRANTED,
+    E.APPROVAL_REJECTED,
+    E.APPROVAL_EXPIRED,
+    E.APPROVAL_CANCELLED,
 )
+APPROVERS = ("bob", "group:ops")
+"""Who may approve a gated environment: bob, and the ops group (carol and erin)."""
+PEOPLE: dict[str, tuple[str, ...]] = {"bob": (), "carol": ("ops",), "erin": ("ops",), "dave": ("dev",)}
+"""Who may try to approve, and the groups each belongs to (dave is no approver)."""
 
 
 Minutes = int | None
@@ -194,8 +221,21 @@ def minutes(n: Minutes) -> dt.timedelta | None:
 def catalogs() -> st.SearchStrategy[Catalog]:
     promotions = st.lists(st.sampled_from(["smoke", "perf", "sec"]), max_size=2, unique=True)
     durations = st.sampled_from([None, None, 10, 30])  # minutes, or none
+    gates = st.one_of(
+        st.none(),
+        st.none(),
+        st.builds(
+            ApprovalPolicy,
+            st.just(APPROVERS),
+            required=st.integers(1, 2),
+            allow_author=st.booleans(),
+            expiry=st.sampled_from([None, dt.timedelta(minutes=30)]),
+        ),
+    )
     environments = st.lists(
-        st.tuples(st.sampled_from(["dev", "qa", "staging", "prod"]), promotions, durations, durations, durations),
+        st.tuples(
+            st.sampled_from(["dev", "qa", "staging", "prod"]), promotions, durations, durations, durations, gates
+        ),
         min_size=1,
         max_size=3,
         unique_by=lambda e: e[0],
@@ -215,7 +255,7 @@ def catalogs() -> st.SearchStrategy[Catalog]:
 
     def service(  # noqa: PLR0917 - what a drawn service is made of, as st.builds passes it
         i: int,
-        envs: list[tuple[str, list[str], Minutes, Minutes, Minutes]],
+        envs: list[tuple[str, list[str], Minutes, Minutes, Minutes, ApprovalPolicy | None]],
         plan: list[tuple[HookEvent, int]],
         strategy: str,
         retry: RetryPolicy | None,
@@ -234,8 +274,9 @@ def catalogs() -> st.SearchStrategy[Catalog]:
                     timeouts=Timeouts(minutes(deploy), minutes(verify)) if deploy or verify else None,
                     soak=minutes(soak),
                     failure_strategy=override if j == len(envs) - 1 else None,  # the last environment's own
+                    approvals=gate,
                 )
-                for j, (name, proms, deploy, verify, soak) in enumerate(envs)
+                for j, (name, proms, deploy, verify, soak, gate) in enumerate(envs)
             ],
         )
         return Service(
@@ -308,7 +349,24 @@ class EngineAgainstReference(RuleBasedStateMachine):
         if flow.state == "paused":
             flow.held = True
         else:
-            out.append((E.DEPLOYMENT_CREATED, flow, following, flow.deployments[following]))
+            self._admit(flow, following, out)
+
+    def _admit(self, flow: RefFlow, d: int, out: Out) -> None:
+        """An announcement passes the deployment's gates: an approval gate short of
+        approvals asks for them (its expiry runs from now), else it is announced."""
+        gate = self._environment(flow, d).approvals
+        if gate is not None and len(flow.approvals.get(d, [])) < gate.required:
+            flow.deployments[d] = "awaitingApproval"
+            flow.requested_at[d] = self.clock.now
+            out.append((E.APPROVAL_REQUESTED, flow, d, "awaitingApproval"))
+            return
+        out.append((E.DEPLOYMENT_CREATED, flow, d, flow.deployments[d]))
+
+    def _withdrawn(self, flow: RefFlow, out: Out) -> None:
+        """The flow ended: a request for approval still open is cancelled."""
+        for d, state in enumerate(flow.deployments):
+            if state == "awaitingApproval":
+                out.append((E.APPROVAL_CANCELLED, flow, d, state))
 
     def _advance(self, flow: RefFlow, d: int, out: Out) -> None:
         """A completed deployment succeeds once every promotion passed (or was
@@ -376,6 +434,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
         flow.promotions[d] = ["pending"] * len(flow.promotions[d])
         flow.promotion_attempts[d] = [a + 1 for a in flow.promotion_attempts[d]]
         flow.reported_failed.discard(d)
+        flow.approvals.pop(d, None)  # each attempt is approved anew
         out.append((E.DEPLOYMENT_RETRIED, flow, d, "notStarted"))
         self._announce(flow, out)
 
@@ -400,9 +459,12 @@ class EngineAgainstReference(RuleBasedStateMachine):
             elif flow.state != "paused" and flow.promotions[d][p] == "failed" and flow.deployments[d] == "completed":
                 self._retry_promotion(flow, d, p, out)
 
-    def _fail(self, flow: RefFlow, d: int, p: int | None, out: Out, strategy: str | None = None) -> None:
+    def _fail(  # noqa: PLR0912, PLR0917 - one branch per policy; the failure, then how it is decided
+        self, flow: RefFlow, d: int, p: int | None, out: Out, strategy: str | None = None, approval: bool = False
+    ) -> None:
         """A failure of the promotion ``p`` (None: of the deployment) of deployment
-        ``d``, decided by its environment's policy (or ``strategy``, RETRY's then)."""
+        ``d``, decided by its environment's policy (or ``strategy``, RETRY's then);
+        ``approval``: a rejection or an expiry, which ROLLBACK does not roll back."""
         name, retry = flow.policy(d)
         if strategy is None:  # the failure itself (not RETRY's then deciding it again): history keeps it
             item = flow.promotion_ids[d][p] if p is not None else flow.deployment_ids[d]
@@ -413,7 +475,8 @@ class EngineAgainstReference(RuleBasedStateMachine):
             if not flow.open():
                 return
             self._fail(flow, d, p, out, "STOP")
-            self._request_rollback(flow, d, out)
+            if not approval:  # nothing was deployed: nothing to undo
+                self._request_rollback(flow, d, out)
             return
         if name == "STOP":
             if flow.deployments[d] != "failed":
@@ -422,6 +485,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
             if flow.open():
                 self._end(flow, "failed")
                 out.append((E.FLOW_FAILED, flow, d, "failed"))
+                self._withdrawn(flow, out)
             return
         if not flow.open():  # an earlier failure of the same trigger ended it
             return
@@ -435,7 +499,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
         assert name == "RETRY"
         attempt = flow.promotion_attempts[d][p] if p is not None else flow.deployment_attempts[d]
         if attempt >= retry.attempts:
-            self._fail(flow, d, p, out, retry.then)
+            self._fail(flow, d, p, out, retry.then, approval)
         elif retry.backoff:  # the deployment's retry timer, set again
             flow.retry_due[d] = self.clock.now + retry.backoff
         else:
@@ -468,6 +532,8 @@ class EngineAgainstReference(RuleBasedStateMachine):
             return "artifact"  # handled in the rule: it needs the engine's new ids
         if isinstance(trigger, PauseFlow | ResumeFlow | AbortFlow):
             return self.expect_flow(trigger)
+        if isinstance(trigger, ApprovalGranted | ApprovalRejected):
+            return self.expect_approval(trigger)
         assert isinstance(
             trigger,
             DeploymentStarted
@@ -484,6 +550,8 @@ class EngineAgainstReference(RuleBasedStateMachine):
         flow, d = found
         state = flow.deployments[d]
         if isinstance(trigger, DeploymentStarted):
+            if state == "awaitingApproval":
+                return InvalidTransition  # it awaits approval
             if state != "notStarted":
                 return "duplicate"
             if flow.state != "inProgress" or flow.current() != d:
@@ -507,7 +575,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
         if isinstance(trigger, DeploymentCompleted):
             if state in ("completed", "success") or (state == "failed" and d not in flow.reported_failed):
                 return "duplicate"
-            if state in ("notStarted", "failed") or not flow.open():
+            if state in ("notStarted", "failed", "awaitingApproval") or not flow.open():
                 return InvalidTransition  # not started, reported failed, or the flow ended
             flow.deployments[d] = "completed"
             flow.completed_at[d] = flow.verify_from[d] = self.clock.now
@@ -588,7 +656,50 @@ class EngineAgainstReference(RuleBasedStateMachine):
         if not flow.open():
             return InvalidTransition
         self._end(flow, "aborted")
-        return [(E.FLOW_ABORTED, flow, d, flow.deployments[d])]
+        out.append((E.FLOW_ABORTED, flow, d, flow.deployments[d]))
+        self._withdrawn(flow, out)
+        return out
+
+    def expect_approval(self, trigger: ApprovalGranted | ApprovalRejected) -> Expected:  # noqa: PLR0911 - one per rule of §11
+        """SPEC §11: a repeat is a duplicate (the same person approving this attempt
+        again; a rejection of a failed deployment); one not awaiting approval is
+        refused; someone not allowed gets ``NotAuthorized`` (the author may reject);
+        a finished flow refuses; the last approval needed announces the deployment,
+        a rejection is a failure for the failure policy."""
+        found = self._locate(trigger.deployment_id)
+        if found is None:
+            return UnknownDeployment
+        flow, d = found
+        state, given = flow.deployments[d], flow.approvals.setdefault(d, [])
+        granted = isinstance(trigger, ApprovalGranted)
+        if (granted and trigger.actor in given) or (not granted and state == "failed"):
+            return "duplicate"
+        if state != "awaitingApproval":
+            return InvalidTransition
+        gate = self._environment(flow, d).approvals
+        assert gate is not None
+        listed = trigger.actor in gate.approvers or any(f"group:{g}" in gate.approvers for g in trigger.groups)
+        if not listed or (granted and trigger.actor == flow.author and not gate.allow_author):
+            return NotAuthorized
+        if not flow.open():
+            return InvalidTransition
+        out: Out = []
+        if not granted:
+            flow.deployments[d] = "failed"
+            flow.reported_failed.add(d)  # it failed before it completed
+            flow.requested_at.pop(d, None)
+            out.append((E.APPROVAL_REJECTED, flow, d, "failed"))
+            self._fail(flow, d, None, out, approval=True)
+            self._retries(out)
+            return out
+        given.append(trigger.actor)
+        if len(given) < gate.required:
+            return [(E.APPROVAL_GRANTED, flow, d, "awaitingApproval")]
+        flow.deployments[d] = "notStarted"
+        flow.requested_at.pop(d, None)
+        out.append((E.APPROVAL_GRANTED, flow, d, "notStarted"))
+        self._announce(flow, out)
+        return out
 
     def expire(self) -> tuple[dict[str, Out], int]:
         """What the timers due now do to each flow (SPEC §10), fired in the order of
@@ -599,6 +710,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
         now, acted = self.clock.now, 0
         expected: dict[str, Out] = {}
         self.backoffs_acted: set[str] = set()
+        self.expiries_acted: set[str] = set()
         fired: set[str] = set()
         while True:  # all flows' due timers in one order: a rollback sees the successes before it
             due = [
@@ -642,6 +754,8 @@ class EngineAgainstReference(RuleBasedStateMachine):
             wanted.append((TimerKind.VERIFY, flow.verify_from[d] + timeouts.verify))
         if state == "completed" and environment.soak:
             wanted.append((TimerKind.SOAK, flow.completed_at[d] + environment.soak))
+        if state == "awaitingApproval" and environment.approvals is not None and environment.approvals.expiry:
+            wanted.append((TimerKind.APPROVAL, flow.requested_at[d] + environment.approvals.expiry))
         return timers + [(due, f"{flow.deployment_ids[d]}/{kind.value}", kind, d) for kind, due in wanted]
 
     def _fire(self, flow: RefFlow, kind: TimerKind, d: int, out: Out) -> None:
@@ -650,7 +764,15 @@ class EngineAgainstReference(RuleBasedStateMachine):
             self._retry_due(flow, d, out)
             return
         pending = [i for i, p in enumerate(flow.promotions[d]) if p == "pending"]
-        if kind is TimerKind.DEPLOY:
+        if kind is TimerKind.APPROVAL:  # the request expired: a failure, as flowfsm
+            flow.deployments[d] = "failed"
+            flow.reported_failed.add(d)
+            del flow.requested_at[d]
+            self.expiries_acted.add(flow.id)
+            out.append((E.APPROVAL_EXPIRED, flow, d, "failed"))
+            self._fail(flow, d, None, out, approval=True)
+            self._retries(out)
+        elif kind is TimerKind.DEPLOY:
             flow.deployments[d] = "failed"
             flow.reported_failed.add(d)  # failed before completing, as if reported
             flow.timed_out = True
@@ -805,9 +927,10 @@ class EngineAgainstReference(RuleBasedStateMachine):
                 deployment_attempts=[1] * len(service.pipeline.environments),
                 promotion_attempts=[[1] * len(env.promotions) for env in service.pipeline.environments],
                 artifact=trigger.artifact,
+                author=trigger.actor,
             )
             self.flows[key] = ref
-            expected.append((E.DEPLOYMENT_CREATED, ref, 0, "notStarted"))
+            self._admit(ref, 0, expected)
         assert outcome.duplicate == (bool(services) and not expected)
         self.check_requests(outcome, self.fanout(expected))
         self.check_history({}, trigger, {flow.id for _, flow, _, _ in expected}, sent)
@@ -836,7 +959,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
                 steering = request.event in STEERING
                 assert isinstance(request.payload, SteeringPayload) == steering
                 if isinstance(request.payload, SteeringPayload):  # who acted: a person, or flowfsm for a policy
-                    assert request.payload.actor in ("alice", "flowfsm")
+                    assert request.payload.actor in ("alice", "flowfsm", *PEOPLE)
                 if request.event is E.ROLLBACK_REQUESTED:  # it names what the flow records
                     assert isinstance(request.payload, RollbackPayload)
                     assert request.payload.actor == "flowfsm"
@@ -957,6 +1080,8 @@ class EngineAgainstReference(RuleBasedStateMachine):
         elif state == "completed" and "failed" in flow.promotions[d]:
             pid = flow.promotion_ids[d][flow.promotions[d].index("failed")]
             self.run(RetryPromotion(deployment_id, pid, "alice"))
+        elif state == "awaitingApproval":  # the next allowed person approves (fail 0: someone rejects)
+            self.progress_approval(flow, d, fail == 0)
         elif state == "notStarted":
             self.run(DeploymentStarted(deployment_id))
         elif state == "started":
@@ -981,6 +1106,70 @@ class EngineAgainstReference(RuleBasedStateMachine):
     @rule(data=st.data(), fail=st.integers(0, 3))
     def progress_again(self, data: st.DataObject, fail: int) -> None:
         self.progress(data, fail)
+
+    # --- approvals (SPEC §11): people approve and reject; authors publish -------------------
+
+    @rule(version=st.sampled_from(["1", "2", "3"]), author=st.sampled_from(["bob", "carol"]))
+    def artifact_created_by(self, version: str, author: str) -> None:
+        """An artifact whose author is an approver: a gate refuses their approval unless it allows the author."""
+        self.run(ArtifactCreated(Artifact("com.acme", "api", version), actor=author))
+
+    @precondition(lambda self: bool(self.flows))
+    @rule(data=st.data(), person=st.sampled_from(sorted(PEOPLE)), reject=st.integers(0, 5))
+    def approval(self, data: st.DataObject, person: str, reject: int) -> None:
+        """Someone (allowed or not, the author perhaps) approves or rejects a deployment
+        awaiting approval (most often), or any other (refused, or a repeat)."""
+        awaiting = [f.deployment_ids[d] for f in self.flows.values() for d in f.requested_at]
+        deployment_id = data.draw(st.sampled_from(awaiting)) if awaiting and reject else self._deployment_id(data)
+        groups = PEOPLE[person]
+        if reject == 0:
+            self.run(ApprovalRejected(deployment_id, person, "not now", groups=groups))
+        else:
+            self.run(ApprovalGranted(deployment_id, person, groups))
+
+    def progress_approval(self, flow: RefFlow, d: int, reject: bool) -> None:
+        """The first allowed person who has not approved approves (or rejects)."""
+        gate = self._environment(flow, d).approvals
+        assert gate is not None
+        given = flow.approvals.get(d, [])
+        allowed = [p for p in ("bob", "carol", "erin") if p != flow.author or gate.allow_author]
+        person = next((p for p in allowed if p not in given), "bob")
+        deployment_id = flow.deployment_ids[d]
+        if reject:
+            self.run(ApprovalRejected(deployment_id, person, "not now", groups=PEOPLE[person]))
+        else:
+            self.run(ApprovalGranted(deployment_id, person, PEOPLE[person]))
+
+    @invariant()
+    def no_announcement_before_enough_approvals(self) -> None:
+        """SPEC §11, item 6: no deployment of a gated environment is announced or begun
+        before enough distinct, allowed approvals (of its current attempt); each person once."""
+        if not hasattr(self, "repository"):
+            return
+        for request in self.emitter.requests:
+            if request.event is E.DEPLOYMENT_CREATED:
+                flow = self.repository.get(request.flow_id)
+                self.enough_approvals(flow, request.payload.deployment)
+        for ref in self.flows.values():
+            flow = self.repository.get(ref.id)
+            assert flow.author == ref.author
+            assert {i: list(d.approvals) for i, d in enumerate(flow.deployments) if d.approvals} == {
+                i: given for i, given in ref.approvals.items() if given
+            }
+            for deployment in flow.deployments:
+                if deployment.state.value in ("started", "completed", "success"):
+                    self.enough_approvals(flow, deployment)
+
+    def enough_approvals(self, flow: Flow, deployment: Deployment) -> None:
+        environment = self.catalog.get(flow.service_id).pipeline.environment(deployment.environment)
+        gate = environment.approvals if environment is not None else None
+        given = deployment.approvals
+        assert len(set(given)) == len(given), given
+        if gate is None:
+            return
+        assert len(given) >= gate.required, (deployment, gate)
+        for person in given:
+            assert gate.refusal(person, PEOPLE[person], flow.author) is None, (person, flow.author, gate)
 
     @precondition(lambda self: hasattr(self, "clock"))
     @rule(by=st.sampled_from([1, 9, 10, 29, 30, 45, 120]), schedule=st.booleans())
@@ -1013,6 +1202,15 @@ class EngineAgainstReference(RuleBasedStateMachine):
             assert rows == self.fanout(events)
         assert {r.flow_id for r in emitted} <= set(expected)
         for request in emitted:  # a timeout says so in the failures it caused; a soak is no timeout
+            if request.flow_id in self.expiries_acted:  # an approval expired: what follows says so
+                reason = unstructure(request.payload).get("reason")
+                assert reason is None or reason.startswith("approval expired: "), request
+                assert not isinstance(request.payload, TimeoutPayload)
+                if request.event in (E.APPROVAL_EXPIRED, E.FLOW_FAILED) or isinstance(request.payload, SteeringPayload):
+                    assert reason is not None, request
+                if isinstance(request.payload, SteeringPayload):
+                    assert request.payload.actor == "flowfsm"
+                continue
             timed_out = request.event in (E.DEPLOYMENT_FAILED, E.FLOW_FAILED)
             if isinstance(request.payload, SteeringPayload):  # a policy acted on the timeout, or a backoff ended
                 said = (request.payload.actor, request.payload.reason)
@@ -1124,6 +1322,11 @@ class EngineAgainstReference(RuleBasedStateMachine):
             assert {k: v for k, v in stored.items() if k[1] is TimerKind.RETRY} == backoffs
             stored = {k: v for k, v in stored.items() if k[1] is not TimerKind.RETRY}
             d = ref.current()
+            gate = self._environment(ref, d).approvals if d is not None else None
+            if ref.open() and d is not None and ref.deployments[d] == "awaitingApproval" and gate and gate.expiry:
+                expiry = (ref.deployment_ids[d], TimerKind.APPROVAL)
+                assert stored.pop(expiry, None) == ref.requested_at[d] + gate.expiry  # set until it fires
+            assert all(kind is not TimerKind.APPROVAL for _, kind in stored)
             if not ref.open() or d is None:  # a paused flow keeps its timers
                 assert stored == {}
                 continue

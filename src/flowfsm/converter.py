@@ -34,6 +34,7 @@ from flowfsm.durations import format_duration, parse_duration
 from flowfsm.errors import ValidationError, shown
 from flowfsm.model import (
     Action,
+    ApprovalPolicy,
     Deployment,
     DeploymentPayload,
     DeploymentState,
@@ -57,7 +58,7 @@ from flowfsm.model import (
     TimerKind,
     text_problem,
 )
-from flowfsm.triggers import Trigger
+from flowfsm.triggers import ApprovalGranted, ApprovalRejected, Trigger
 
 __all__ = ["converter", "from_json", "hook_requests_json", "parse_json", "structure", "to_json", "unstructure"]
 
@@ -79,7 +80,7 @@ _OMITTED_IF_UNSET: Final[dict[type, tuple[str, ...]]] = {
     Service: ("retry", "concurrency"),
     Promotion: ("attempt",),
     Deployment: ("attempt", "approvals", "override"),
-    Flow: ("pause", "rollback"),
+    Flow: ("pause", "rollback", "author"),
     PromotionResult: ("attempt",),
     **{
         cls: tuple(
@@ -102,6 +103,9 @@ def _unstructure_renames(cls: type) -> dict[str, Any]:
 _AS_SENT: Final[dict[type, tuple[str, ...]]] = {
     Action: ("secret",),  # a secret or a reference to one, never shown
     PromotionResult: ("attempt",),  # PromotionCompleted refuses all but a whole number (int() reads true as 1)
+    ApprovalPolicy: ("required", "allow_author"),  # bool("false") is True; int() reads true and 1.5
+    ApprovalGranted: ("groups",),  # a string is not its letters
+    ApprovalRejected: ("groups",),
 }
 """Fields structured as the JSON has them, for their class to check."""
 
@@ -117,7 +121,7 @@ def _make_converter() -> cattrs.Converter:
     def structure_object(cls: type) -> Any:
         overrides = _renames(cls)
         for name in _AS_SENT.get(cls, ()):
-            overrides[name] = override(struct_hook=lambda value, _: value)
+            overrides[name] = override(rename=_camel(name), struct_hook=lambda value, _: value)
         structure_fields: Any = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **overrides)
 
         def structure_mapping(value: Any, as_type: Any) -> Any:
@@ -170,6 +174,8 @@ def _make_converter() -> cattrs.Converter:
         conv.register_structure_hook(enum_cls, structure_enum)
         conv.register_unstructure_hook(enum_cls, to_value.__getitem__)
     conv.register_unstructure_hook(dt.datetime, dt.datetime.isoformat)
+    # An approver's groups (``frozenset[str]``): a list, in one order.
+    conv.register_unstructure_hook_func(_is_frozenset, sorted)
 
     def structure_datetime(value: Any, _: Any) -> dt.datetime:
         try:
@@ -196,6 +202,10 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(Payload, structure_payload)
     _configure_triggers(conv)
     return conv
+
+
+def _is_frozenset(as_type: Any) -> bool:
+    return as_type is frozenset or get_origin(as_type) is frozenset
 
 
 def _is_list(as_type: Any) -> bool:

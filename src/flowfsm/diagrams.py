@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Final
 
-from flowfsm.machines import DECLARATIONS, FLOW_OPEN, Held, Next, always
-from flowfsm.model import HookEvent
+from flowfsm.machines import DECLARATIONS, FLOW_OPEN, Effect, Held, Next, Withdrawn, always
 
 __all__ = ["mermaid", "render_into", "rules", "svg"]
 
@@ -161,8 +160,10 @@ def svg(entity: str, *, highlight: Collection[str] = (), marker_id: str = "arrow
     return "\n".join(parts) + "\n"
 
 
-def _effect(effect: HookEvent | Next) -> str:
+def _effect(effect: Effect) -> str:
     """A rule's hook event as its table shows it."""
+    if isinstance(effect, Withdrawn):
+        return f"if awaiting approval: `{effect.event.value}`"
     if isinstance(effect, Held):
         return f"held: `{effect.event.value}`"
     if isinstance(effect, Next):

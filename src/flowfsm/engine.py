@@ -19,10 +19,10 @@ import logging
 import operator
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
-from flowfsm import history, machines
+from flowfsm import approvals, history, machines
 from flowfsm.catalog import check_policies, unknown_strategy
 from flowfsm.errors import ConcurrencyConflict, InvalidTransition, UnknownPromotion, UnknownService, ValidationError
 from flowfsm.explain import Waiting
@@ -58,6 +58,8 @@ from flowfsm.protocols import FailureHandler, HookEmitter, Repository, ServiceCa
 from flowfsm.strategies import BUILTIN_STRATEGIES, FLOWFSM, Failure
 from flowfsm.triggers import (
     AbortFlow,
+    ApprovalGranted,
+    ApprovalRejected,
     ArtifactCreated,
     DeploymentCompleted,
     DeploymentFailed,
@@ -226,16 +228,23 @@ class FlowEngine:
                 flows.append(existing)
                 continue
             self._check_policies(service)
-            flow = self._new_flow(artifact, service, now)
-            machines.created(work.open(flow, service))
+            flow = self._new_flow(artifact, service, now, trigger.actor)
+            if service.pipeline.timed:  # its first deployment's gate may set a timer (an approval's expiry)
+                work.watch(now, ())
+            draft = work.open(flow, service)
+            machines.created(draft)
+            flow = draft.flow()  # as its first deployment's gate left it
             flows.append(flow)
             created.append(flow)
         duplicate = bool(flows) and not created
         requests = self._hook_requests(work, now)
+        timers = work.timer_changes() if work.timers else None
         work.close()
         outcome = Outcome(tuple(flows), requests, duplicate)
         if created:
             outcome.history = history.draft([None] * len(created), created, requests, now)
+        if timers is not None:
+            outcome.timers, outcome.cancelled = timers
         return outcome, created
 
     def _on_deployment_started(self, trigger: DeploymentStarted) -> tuple[Outcome, list[Flow]]:
@@ -308,6 +317,22 @@ class FlowEngine:
             self._retry_held(draft.flow)
         return self.outcome(work, applied)
 
+    # --- approvals: a person approves or rejects (SPEC §11; flowfsm.approvals) -------------
+
+    def _on_approval_granted(self, trigger: ApprovalGranted) -> tuple[Outcome, list[Flow]]:
+        work, draft = self.open_deployment(trigger.deployment_id, reason=trigger.reason, actor=trigger.actor)
+        return self.outcome(work, approvals.approve(draft, trigger.actor, trigger.groups))
+
+    def _on_approval_rejected(self, trigger: ApprovalRejected) -> tuple[Outcome, list[Flow]]:
+        work, draft = self.open_deployment(trigger.deployment_id, reason=trigger.reason, actor=trigger.actor)
+        return self.outcome(work, approvals.reject(draft, trigger.actor, trigger.groups))
+
+    def approvals_for(self, actor: str, groups: Iterable[str] = ()) -> list[approvals.AwaitingApproval]:
+        """The deployments awaiting an approval ``actor`` (in ``groups``) may give
+        now, newest flow first (``flowfsm.approvals.approvals_for``): a dashboard's
+        "waiting for you". The embedding service vouches for the actor and groups."""
+        return list(approvals.approvals_for(self.repository, self.catalog, actor, groups))
+
     def _retry_held(self, flow: FlowDraft) -> None:
         """The flow resumed: ``RETRY`` begins the retries its pause held back — each
         failed promotion with attempts left whose deployment has no backoff still
@@ -357,6 +382,8 @@ class FlowEngine:
         if kind is TimerKind.RETRY:
             work.actor = trigger.actor
             return self.outcome(work, _retry_due(draft))
+        if kind is TimerKind.APPROVAL:
+            return self.outcome(work, approvals.expire(draft))
         if kind is TimerKind.SOAK:
             applied = machines.may(draft, "succeed")
             if applied:
@@ -440,14 +467,16 @@ class FlowEngine:
             )
             self._strategies[strategy].on_failure(failure)
 
-    def _new_flow(self, artifact: Artifact, service: Service, now: dt.datetime) -> Flow:
+    def _new_flow(self, artifact: Artifact, service: Service, now: dt.datetime, author: str | None = None) -> Flow:
         # Trusted constructors: the ids are fresh, the names come from the validated catalog.
         new_id, deployments = self._new_id, []
         for env in service.pipeline.environments:
             deployment_id = new_id()
             promotions = tuple([_make_promotion(new_id(), name, PromotionState.PENDING) for name in env.promotions])
             deployments.append(_make_deployment(deployment_id, env.name, promotions, DeploymentState.NOT_STARTED))
-        return _make_flow(new_id(), artifact, service.id, tuple(deployments), FlowState.IN_PROGRESS, 1, now, now)
+        return _make_flow(
+            new_id(), artifact, service.id, tuple(deployments), FlowState.IN_PROGRESS, 1, now, now, author=author
+        )
 
     def _applier(self, trigger: object) -> Applier:
         """The applier of the trigger's class (or of the class it subclasses), or a
@@ -571,6 +600,8 @@ FlowEngine.APPLIERS = {
     RetryPromotion: FlowEngine._on_retry_promotion,
     SkipPromotion: FlowEngine._on_skip_promotion,
     RetryDeployment: FlowEngine._on_retry_deployment,
+    ApprovalGranted: FlowEngine._on_approval_granted,
+    ApprovalRejected: FlowEngine._on_approval_rejected,
 }
 
 

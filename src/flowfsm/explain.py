@@ -43,7 +43,7 @@ class Waiting:
     """One thing a flow waits for (or that it is finished).
 
     ``kind`` is a short stable word (``cd-start``, ``cd-finish``, ``promotions``,
-    ``soak``, ``backoff``, ``paused``, ``finished``, …) and ``text`` one plain sentence. ``deployment_id``
+    ``soak``, ``backoff``, ``paused``, ``approval``, ``finished``, …) and ``text`` one plain sentence. ``deployment_id``
     and ``environment`` name the deployment it is about, ``since`` when the wait
     began and ``until`` when it ends on its own (a timeout, a soak), where known;
     ``details`` holds what only its kind has, as read-only JSON.
@@ -368,7 +368,42 @@ def finished(situation: Situation) -> Iterable[Waiting]:
     )
 
 
-REASONS: list[Reason] = [finished, paused, cd_start, cd_finish, promotions, soak, backoff]
+def approval(situation: Situation) -> Iterable[Waiting]:
+    """A deployment awaiting approval (SPEC §11): k of n, who may approve (not the
+    artifact's author, unless allowed), who approved, since and until when."""
+    deployment = _under_way(situation)  # approvals are still given while the flow is paused
+    if deployment is None or deployment.state is not DeploymentState.AWAITING_APPROVAL:
+        return
+    service = situation.service
+    environment = service.pipeline.environment(deployment.environment) if service is not None else None
+    policy = environment.approvals if environment is not None else None
+    given, author = deployment.approvals, situation.flow.author
+    since = situation.since(deployment.id, DeploymentState.AWAITING_APPROVAL.value)
+    timer = situation.timer(deployment.id, TimerKind.APPROVAL)
+    until = timer.due if timer is not None else None
+    if policy is None:  # the catalog no longer says: anyone's approval opens it
+        count, who, details = f"{len(given)} given", "", {}
+    else:
+        count, who = f"{len(given)} of {policy.required}", f", from {' or '.join(policy.approvers)}"
+        details = {"required": policy.required, "approvers": list(policy.approvers)}
+    notes = [f"{', '.join(given)} approved"] if given else []
+    if policy is not None and author is not None and not policy.allow_author:
+        notes.append(f"not {author!r}, the artifact's author")
+    approved = f" ({'; '.join(notes)})" if notes else ""
+    deadline = f"; it expires at {at(until)}" if until is not None else ""
+    yield Waiting(
+        "approval",
+        f"Awaiting approval for {deployment.environment!r}: {count}{who}{approved};"
+        f" requested at {at(since)}{deadline}.",
+        deployment.id,
+        deployment.environment,
+        since,
+        until,
+        {"approvals": list(given), **details} | ({"author": author} if author is not None else {}),
+    )
+
+
+REASONS: list[Reason] = [finished, paused, approval, cd_start, cd_finish, promotions, soak, backoff]
 """Every reason to wait, in the order an explanation lists them. Append one to add a kind."""
 
 

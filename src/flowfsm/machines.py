@@ -64,6 +64,7 @@ __all__ = [
     "Held",
     "Next",
     "Rule",
+    "Withdrawn",
     "apply",
     "attempt",
     "created",
@@ -110,10 +111,24 @@ class Held(Next):
     recorded only if the pause the flow just left held one (see ``FlowDraft.hold``)."""
 
 
-Effect = HookEvent | Next
+@attrs.frozen
+class Withdrawn:
+    """A hook event about the flow's deployment awaiting approval, recorded only if
+    one does: the flow ends, and the approval request it made is withdrawn."""
+
+    event: HookEvent
+
+
+WITHDRAWN: Final = Withdrawn(HookEvent.APPROVAL_CANCELLED)
+"""The last event of every rule that ends a flow short of success (fail, abort,
+supersede): an approval request still open is cancelled (``approval-cancelled``)."""
+
+
+Effect = HookEvent | Next | Withdrawn
 """A hook event a rule causes: about its own deployment (a ``HookEvent``; a flow's
 events describe the deployment that ended it), or about the next one (``Next``;
-while the flow is paused, held for the resume: ``Held``)."""
+while the flow is paused, held for the resume: ``Held``), or about an approval
+request the flow's end withdraws (``Withdrawn``)."""
 
 Test = Callable[[Draft], bool]
 
@@ -174,6 +189,7 @@ class Declaration:
 
 
 _PAUSED: Final = FlowState.PAUSED
+_AWAITING_APPROVAL: Final = DeploymentState.AWAITING_APPROVAL
 
 
 _OPEN: Final = frozenset({FlowState.IN_PROGRESS, FlowState.PAUSED})
@@ -312,8 +328,8 @@ FLOW: Final = Declaration(
     _F.IN_PROGRESS,
     (
         Rule("succeed", _F.IN_PROGRESS, _F.SUCCESS, (ALL_DEPLOYMENTS_SUCCEEDED,), (_E.FLOW_SUCCEEDED,)),
-        Rule("fail", _F.IN_PROGRESS, _F.FAILED, (), (_E.FLOW_FAILED,)),
-        Rule("fail", _F.PAUSED, _F.FAILED, (), (_E.FLOW_FAILED,)),
+        Rule("fail", _F.IN_PROGRESS, _F.FAILED, (), (_E.FLOW_FAILED, WITHDRAWN)),
+        Rule("fail", _F.PAUSED, _F.FAILED, (), (_E.FLOW_FAILED, WITHDRAWN)),
         # A person steers (PauseFlow, ResumeFlow, AbortFlow):
         Rule("pause", _F.IN_PROGRESS, _F.PAUSED, (), (_E.FLOW_PAUSED,), repeats={_F.PAUSED: always}),
         Rule(
@@ -331,11 +347,11 @@ FLOW: Final = Declaration(
             _F.IN_PROGRESS,
             _F.ABORTED,
             (),
-            (_E.FLOW_ABORTED,),
+            (_E.FLOW_ABORTED, WITHDRAWN),
             repeats={_F.ABORTED: always},
             contradicts=_ENDED,
         ),
-        Rule("abort", _F.PAUSED, _F.ABORTED, (), (_E.FLOW_ABORTED,)),
+        Rule("abort", _F.PAUSED, _F.ABORTED, (), (_E.FLOW_ABORTED, WITHDRAWN)),
         # A failure policy's moves: PAUSE holds the flow; retrying or skipping what failed releases it.
         Rule("hold", _F.IN_PROGRESS, _F.PAUSED, (), (_E.FLOW_PAUSED,)),
         Rule("hold", _F.PAUSED, _F.PAUSED),  # paused already: one pause, one flow-paused
@@ -359,10 +375,49 @@ DEPLOYMENT: Final = Declaration(
     (
         # Its gates (SPEC §11), in order, when the deployment is announced (``Next``):
         # the first rule whose guards pass is taken; the last announces it.
-        Rule("admit", _D.NOT_STARTED, _D.AWAITING_APPROVAL, (NEEDS_APPROVAL,), (_E.APPROVAL_REQUESTED,)),
+        Rule(
+            "admit",
+            _D.NOT_STARTED,
+            _D.AWAITING_APPROVAL,
+            (NEEDS_APPROVAL,),
+            (_E.APPROVAL_REQUESTED,),
+            timers=(_T.APPROVAL,),  # its expiry, if the policy has one
+        ),
         Rule("admit", _D.NOT_STARTED, _D.HELD, (FROZEN,), (_E.DEPLOYMENT_HELD,)),
         Rule("admit", _D.NOT_STARTED, _D.QUEUED, (LANE_TAKEN,), (_E.DEPLOYMENT_QUEUED,)),
         Rule("admit", _D.NOT_STARTED, _D.NOT_STARTED, (), (_E.DEPLOYMENT_CREATED,)),
+        # Approvals (SPEC §11). ApprovalGranted records the approval first (the engine
+        # authorizes it; ``FlowDraft.approved_by``); the last one needed opens the gate,
+        # and the deployment is announced again, through the gates that follow.
+        # Given while the flow is paused, it is recorded; the announcement waits for the resume.
+        Rule("approve", _D.AWAITING_APPROVAL, _D.AWAITING_APPROVAL, (NEEDS_APPROVAL,), (_E.APPROVAL_GRANTED,)),
+        Rule(
+            "approve",
+            _D.AWAITING_APPROVAL,
+            _D.NOT_STARTED,
+            (),
+            (_E.APPROVAL_GRANTED, Next(_E.DEPLOYMENT_CREATED)),
+            cancels=(_T.APPROVAL,),
+        ),
+        # ApprovalRejected, and the request's expiry: failures for the failure policy.
+        Rule(
+            "reject",
+            _D.AWAITING_APPROVAL,
+            _D.FAILED,
+            (),
+            (_E.APPROVAL_REJECTED,),
+            failure=FailureKind.APPROVAL,
+            cancels=(_T.APPROVAL,),
+        ),
+        Rule(
+            "expire",
+            _D.AWAITING_APPROVAL,
+            _D.FAILED,
+            (),
+            (_E.APPROVAL_EXPIRED,),
+            failure=FailureKind.APPROVAL,
+            cancels=(_T.APPROVAL,),
+        ),
         Rule(
             "start",
             _D.NOT_STARTED,
@@ -371,6 +426,9 @@ DEPLOYMENT: Final = Declaration(
             (_E.DEPLOYMENT_STARTED,),
             # Duplicates reach back: a late "started" after any later state says nothing new.
             repeats={_D.STARTED: always, _D.COMPLETED: always, _D.SUCCESS: always, _D.FAILED: always},
+            contradicts={
+                _D.AWAITING_APPROVAL: "it awaits approval",
+            },
             timers=(_T.DEPLOY,),
         ),
         Rule(
@@ -429,7 +487,13 @@ DEPLOYMENT: Final = Declaration(
             _D.NOT_STARTED,
             (),
             (_E.DEPLOYMENT_RETRIED, Next(_E.DEPLOYMENT_CREATED)),
-            repeats={_D.NOT_STARTED: _retried, _D.STARTED: _retried, _D.COMPLETED: _retried, _D.SUCCESS: _retried},
+            repeats={
+                _D.NOT_STARTED: _retried,
+                _D.STARTED: _retried,
+                _D.COMPLETED: _retried,
+                _D.SUCCESS: _retried,
+                _D.AWAITING_APPROVAL: _retried,
+            },
             contradicts={
                 _D.NOT_STARTED: "it has not failed",
                 _D.STARTED: "it has not failed",
@@ -641,6 +705,10 @@ def _record(effects: tuple[Effect, ...], flow: FlowDraft, index: int) -> None:
                 flow.hold()
             else:
                 attempt(flow.deployment(following), "admit")
+        elif isinstance(effect, Withdrawn):
+            for i, deployment in enumerate(flow.deployments):
+                if deployment.state is _AWAITING_APPROVAL:
+                    record(effect.event, flow, i)
         else:
             record(effect, flow, index)
 

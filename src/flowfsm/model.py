@@ -526,6 +526,11 @@ def _required(_: object, __: object, value: object) -> None:
         raise ValidationError("required", f"must be a whole number from 1 to {MAX_APPROVALS}, got {shown(value)}")
 
 
+def _flag(_: object, attribute: attrs.Attribute[bool], value: object) -> None:
+    if type(value) is not bool:  # "false" would read as true
+        raise ValidationError(attribute.name, f"must be true or false (a bool), got {shown(value)}")
+
+
 def _approvers(value: object) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, Iterable):
         raise ValidationError("approvers", f"expected a list of names and group:NAME, got {shown(value)}")
@@ -558,8 +563,23 @@ class ApprovalPolicy:
 
     approvers: tuple[str, ...] = attrs.field(converter=_approvers)
     required: int = attrs.field(default=1, validator=_required)
-    allow_author: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    allow_author: bool = attrs.field(default=False, validator=_flag)
     expiry: dt.timedelta | None = attrs.field(default=None, converter=_expiry)
+
+    def __attrs_post_init__(self) -> None:
+        people = [a for a in self.approvers if not a.startswith(GROUP_PREFIX)]
+        seen: set[str] = set()
+        for i, approver in enumerate(self.approvers):
+            if approver != approver.strip():
+                raise ValidationError(f"approvers[{i}]", f"must not begin or end with a space, got {shown(approver)}")
+            if approver in seen:
+                raise ValidationError(f"approvers[{i}]", f"{shown(approver)} is listed twice")
+            seen.add(approver)
+        if len(people) == len(self.approvers) and self.required > len(people):
+            # Only people are listed: more approvals than people could never be given.
+            raise ValidationError(
+                "required", f"{self.required} approvals can never come from the {len(people)} people listed"
+            )
 
     def refusal(self, actor: str, groups: Iterable[str], author: str | None) -> str | None:
         """Why ``actor`` (a member of ``groups``) may not approve, or None if they may."""
@@ -605,6 +625,8 @@ class Environment:
             return self.soak
         if kind is TimerKind.RETRY:
             return None
+        if kind is TimerKind.APPROVAL:
+            return self.approvals.expiry if self.approvals is not None else None
         timeouts = self.timeouts
         if timeouts is None:
             return None
@@ -628,15 +650,17 @@ class Pipeline:
     environments: tuple[Environment, ...] = attrs.field(converter=_environments)
     _by_name: Mapping[str, Environment] = attrs.field(init=False, repr=False, eq=False, alias="_by_name")
     timed: bool = attrs.field(init=False, repr=False, eq=False)
-    """Whether any environment has a timeout or a soak: only then do triggers read
-    and set timers."""
+    """Whether any environment has a timeout, a soak or an approval expiry: only
+    then do triggers read and set timers."""
 
     def __attrs_post_init__(self) -> None:
         if not self.environments:
             raise ValidationError("environments", "a pipeline needs at least one environment")
         _unique("environments", (e.name for e in self.environments), "environment")
         object.__setattr__(self, "_by_name", {e.name: e for e in self.environments})
-        object.__setattr__(self, "timed", any(e.timeouts or e.soak for e in self.environments))
+        object.__setattr__(
+            self, "timed", any(e.timeouts or e.soak or e.timer(TimerKind.APPROVAL) for e in self.environments)
+        )
 
     def environment(self, name: str) -> Environment | None:
         """The environment called ``name``, or None."""
@@ -1069,6 +1093,9 @@ class Flow:
     """Why the flow is paused (only while it is)."""
     rollback: Rollback | None = None
     """The rollback its failure policy requested, if any."""
+    author: str | None = None
+    """Who published the artifact (``ArtifactCreated(..., actor=...)``), if told:
+    an approval gate refuses them unless it allows the author (``ApprovalPolicy``)."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -1123,6 +1150,7 @@ _d_id, _d_environment, _d_promotions, _d_state, _d_attempt, _d_approvals, _d_ove
     _f_updated,
     _f_pause,
     _f_rollback,
+    _f_author,
 ) = _slots(
     Flow,
     "id",
@@ -1135,6 +1163,7 @@ _d_id, _d_environment, _d_promotions, _d_state, _d_attempt, _d_approvals, _d_ove
     "updated_at",
     "pause",
     "rollback",
+    "author",
 )
 
 
@@ -1178,6 +1207,7 @@ def _make_flow(  # noqa: PLR0917 - positional, one a field, like the class's own
     updated_at: dt.datetime | None,
     pause: Pause | None = None,
     rollback: Rollback | None = None,
+    author: str | None = None,
 ) -> Flow:
     flow = _new(Flow)
     _f_id(flow, id)
@@ -1190,6 +1220,7 @@ def _make_flow(  # noqa: PLR0917 - positional, one a field, like the class's own
     _f_updated(flow, updated_at)
     _f_pause(flow, pause)
     _f_rollback(flow, rollback)
+    _f_author(flow, author)
     return flow
 
 

@@ -266,13 +266,15 @@ class PauseStrategy:
 
 
 class RollbackStrategy:
-    """``ROLLBACK``: as ``STOP``, then ``rollback-requested``."""
+    """``ROLLBACK``: as ``STOP``, then ``rollback-requested`` — unless an approval was
+    rejected or expired: nothing was deployed there, so there is nothing to undo."""
 
     def on_failure(self, failure: Failure) -> None:
         if failure.flow_state in FINISHED:  # an earlier failure of the trigger ended the flow
             return
         Stop().on_failure(failure)
-        failure.request_rollback()
+        if failure.kind is not FailureKind.APPROVAL:
+            failure.request_rollback()
 
 
 BUILTIN_STRATEGIES: Final[Mapping[str, FailureHandler]] = {

@@ -6,7 +6,7 @@ made (or where ``flowfsm.converter`` structures it), naming the bad field.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeAlias
 
 import attrs
@@ -240,7 +240,7 @@ class RetryDeployment(_Attributed):
 
 
 def _groups(value: object) -> frozenset[str]:
-    if isinstance(value, str) or not isinstance(value, Iterable):
+    if isinstance(value, (str, Mapping)) or not isinstance(value, Iterable):  # not its letters, nor its keys
         raise ValidationError("groups", f"expected a collection of group names, got {shown(value)}")
     groups = frozenset(value)
     for group in groups:

@@ -58,6 +58,11 @@ STEERING_EVENTS: Final = frozenset(
         HookEvent.DEPLOYMENT_RETRIED,
         HookEvent.ROLLBACK_REQUESTED,
         HookEvent.FLOW_SUPERSEDED,
+        # approvals (SPEC §11): who approved, rejected, or ended the flow that asked; flowfsm for an expiry
+        HookEvent.APPROVAL_GRANTED,
+        HookEvent.APPROVAL_REJECTED,
+        HookEvent.APPROVAL_EXPIRED,
+        HookEvent.APPROVAL_CANCELLED,
     }
 )
 """Events whose payloads say who acted and why (``SteeringPayload``)."""
@@ -272,6 +277,7 @@ class FlowDraft:
             flow.updated_at if updated_at is None else updated_at,
             self.pause,
             self.rollback,
+            flow.author,
         )
 
     # --- drafts of the flow and its parts -----------------------------------------
@@ -309,9 +315,10 @@ class FlowDraft:
 
     def publish_deployment(self, draft: Draft, again: bool = False) -> None:
         """The deployment's next version (``again``: its next attempt, its promotions
-        pending again, each at its next attempt too)."""
+        pending again, each at its next attempt too, and its approvals cleared: each
+        attempt is approved anew)."""
         d: Deployment = draft.entity
-        promotions, attempt = d.promotions, d.attempt
+        promotions, attempt, approvals = d.promotions, d.attempt, d.approvals
         moves, was = self.moves, self.deployments[draft.index].state
         if draft.state is not was:
             moves.append(("deployment", d.id, was, draft.state))
@@ -319,10 +326,21 @@ class FlowDraft:
             moves += [("promotion", p.id, p.state, _PENDING) for p in promotions if p.state is not _PENDING]
             promotions = tuple([_make_promotion(p.id, p.name, _PENDING, p.attempt + 1) for p in promotions])
             attempt += 1
+            approvals = ()
         self.deployments[draft.index] = _make_deployment(
-            d.id, d.environment, promotions, draft.state, attempt, d.approvals, d.override
+            d.id, d.environment, promotions, draft.state, attempt, approvals, d.override
         )
         self.changed = True
+
+    def approved_by(self, index: int, actor: str) -> Draft:
+        """Record ``actor``'s approval on the deployment ``index`` (before its
+        ``approve`` rule, whose guard counts it); a draft of the new version."""
+        d = self.deployments[index]
+        self.deployments[index] = _make_deployment(
+            d.id, d.environment, d.promotions, d.state, d.attempt, (*d.approvals, actor), d.override
+        )
+        self.changed = True
+        return self.deployment(index)
 
     def publish_promotion(self, draft: Draft, again: bool = False) -> None:
         promotion: Promotion = draft.entity

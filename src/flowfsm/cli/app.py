@@ -58,6 +58,8 @@ from flowfsm.protocols import Repository
 from flowfsm.repositories._common import MAX_PAGE, MAX_WAIT
 from flowfsm.triggers import (
     AbortFlow,
+    ApprovalGranted,
+    ApprovalRejected,
     ArtifactCreated,
     DeploymentCompleted,
     DeploymentFailed,
@@ -262,13 +264,16 @@ def _handle(engine: FlowEngine, trigger: Trigger, as_json: bool) -> None:
 @app.command("artifact-created")
 def artifact_created(
     artifact: Annotated[str, typer.Argument(help="GROUP:NAME:VERSION")],
+    actor: Annotated[
+        str | None, typer.Option("--actor", help="The artifact's author (an approval gate refuses their approval).")
+    ] = None,
     store: Store = "flowfsm.db",
     catalog: CatalogFile = Path("flowfsm.toml"),
     as_json: Json = False,
 ) -> None:
     """CI published an artifact: start a flow for each service that consumes it."""
     with _reported():
-        trigger = ArtifactCreated(Artifact.parse(artifact))
+        trigger = ArtifactCreated(Artifact.parse(artifact), actor=actor)
         engine = _engine(store, catalog, create=True)
     _handle(engine, trigger, as_json)
 
@@ -449,6 +454,48 @@ def retry_deployment(
     _handle(engine, trigger, as_json)
 
 
+# --- approvals (SPEC §11): the store authorizes, the caller vouches for --actor and --group ---
+
+Groups = Annotated[
+    list[str] | None,
+    typer.Option("--group", help="A group the actor belongs to (repeat for several), for group:NAME approvers."),
+]
+
+
+@app.command("approve")
+def approve(
+    deployment_id: str,
+    actor: Actor,
+    group: Groups = None,
+    reason: Reason = None,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """Approve a deployment awaiting approval; the last approval needed announces it."""
+    with _reported():
+        trigger = ApprovalGranted(deployment_id, actor, group or (), reason=reason)
+        engine = _engine(store, catalog, create=False)
+    _handle(engine, trigger, as_json)
+
+
+@app.command("reject")
+def reject(
+    deployment_id: str,
+    actor: Actor,
+    reason: Annotated[str, typer.Option("--reason", help="Why it may not go (required).")],
+    group: Groups = None,
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """Reject a deployment awaiting approval: a failure, for its failure policy."""
+    with _reported():
+        trigger = ApprovalRejected(deployment_id, actor, reason, groups=group or ())
+        engine = _engine(store, catalog, create=False)
+    _handle(engine, trigger, as_json)
+
+
 def _promotion_id(engine: FlowEngine, deployment_id: str, promotion: str) -> str:
     """The id of the deployment's promotion named ``promotion`` (its id or its name);
     an unknown one is left for the engine to refuse (``UnknownPromotion``)."""
@@ -552,7 +599,7 @@ def flows(
         table.add_column("deployments")
         table.add_column("updated")
         for flow in found:
-            trail = " ".join(f"{_GLYPH[d.state.value]}{d.environment}" for d in flow.deployments)
+            trail = " ".join(f"{_GLYPH.get(d.state.value, '⏸')}{d.environment}" for d in flow.deployments)
             updated = flow.updated_at.strftime("%m-%d %H:%M:%S") if flow.updated_at else ""
             table.add_row(
                 Text("\n").join([_line(flow.artifact.id), _line((flow.id, "dim"))]),
@@ -743,6 +790,8 @@ def _show_flow(repository: Repository, flow: Flow) -> None:
     if flow.pause is not None:
         why = f": {flow.pause.reason}" if flow.pause.reason else ""
         head.append(_line(f"  paused by {flow.pause.actor}{why}"))
+    if flow.author is not None:
+        head.append(_line(f"  published by {flow.author}"))
     if flow.rollback is not None:
         target = flow.rollback.artifact.id if flow.rollback.artifact else "nothing to return to"
         head.append(_line(f"  rollback requested in {flow.rollback.environment}: {target}"))
@@ -757,6 +806,7 @@ def _show_flow(repository: Repository, flow: Flow) -> None:
                 _state(deployment.state.value, 10),
                 "  ",
                 checks if deployment.promotions else "no promotions",
+                f"  approved by {', '.join(deployment.approvals)}" if deployment.approvals else "",
                 f"  ({deployment.id})",
             )
         )

@@ -340,6 +340,8 @@ class SQLFlowReads:
 # override carries its attempt and then {"approvals": [...], "override": ...}; a
 # flow without them is written as before, so an earlier flowfsm reads it, and one
 # with them is refused by an earlier flowfsm rather than read without its gates.
+# The artifact's author (which an approval gate reads) is one of them, in the last
+# element: {"author": ...}.
 BODY_FORMAT: Final = 4
 """The format of the flow bodies this flowfsm writes; it reads every earlier one."""
 _FLOW_STATES: Final = {s.value: s for s in FlowState}
@@ -367,7 +369,7 @@ def flow_body(flow: Flow) -> str:
             for d in flow.deployments
         ],
     ]
-    if flow.pause is not None or flow.rollback is not None or _retried(flow):
+    if flow.pause is not None or flow.rollback is not None or flow.author is not None or _retried(flow):
         body = _format_3(flow, body)
     return _dumps(body)
 
@@ -407,8 +409,11 @@ def _format_3(flow: Flow, body: list[Any]) -> list[Any]:
         elif d.attempt != 1:
             row.append(d.attempt)
         deployments.append(row)
+    extra: dict[str, Any] = {}
+    if flow.author is not None:  # a gate reads it (self-approval): format 4, as the gates' records
+        extra["author"] = flow.author
+        gated = True
     body[0], body[-1] = (4 if gated else 3), deployments
-    extra = {}
     if flow.pause is not None:
         extra["pause"] = unstructure(flow.pause)
     if flow.rollback is not None:
@@ -484,4 +489,5 @@ def _flow_from_format_3(data: list[Any], version: int) -> Flow:
         dt.datetime.fromisoformat(updated) if updated else None,
         structure(extra["pause"], Pause) if "pause" in extra else None,
         structure(extra["rollback"], Rollback) if "rollback" in extra else None,
+        extra.get("author"),
     )

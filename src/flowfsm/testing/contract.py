@@ -150,6 +150,19 @@ class RepositoryContract:
         assert repo.get(flow.id) == resumed
         assert repo.get(flow.id).deployments[0].promotions[0].attempt == 2
 
+    def test_a_gated_flow_is_stored_whole(self, repo: Repository) -> None:
+        """The artifact's author and a deployment's approvals (SPEC §11) are kept."""
+        flow = sample_flow()
+        first, *rest = flow.deployments
+        awaiting = attrs.evolve(first, state=DeploymentState.AWAITING_APPROVAL, approvals=("alice", "carol"))
+        gated = attrs.evolve(flow, deployments=(awaiting, *rest), author="bob")
+        repo.commit([gated])
+        assert repo.get(flow.id) == gated
+        approved = attrs.evolve(gated, version=2, deployments=(attrs.evolve(awaiting, attempt=2, approvals=()), *rest))
+        repo.commit([approved])
+        assert repo.get(flow.id) == approved
+        assert repo.get(flow.id).author == "bob"
+
     def test_unknown_ids_raise_typed_errors(self, repo: Repository) -> None:
         with pytest.raises(UnknownFlow) as flow_error:
             repo.get("nope")
