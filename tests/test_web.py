@@ -617,3 +617,65 @@ def test_the_flow_page_shows_the_gate_and_who_may_pass_it(clock: Clock) -> None:
     assert "does not name you (not among the approvers of this environment)" in gate
     assert 'value="approve"' in gate  # the engine decides, and says why not
     assert 'class="state state-awaitingApproval"' in text
+
+
+def test_approvals_are_triggers_with_the_viewers_groups(clock: Clock) -> None:
+    engine = gated_engine(clock)
+    flow = awaiting(engine)
+    prod = flow.deployments[1]
+    client = TestClient(dashboard(engine, authorize=viewer_of_headers))
+    for headers in ({"x-user": "alice"}, {"x-user": "dave", "x-groups": "ops"}):
+        token = csrf_of(client.get("/approvals", headers=headers).text)
+        done = client.post(
+            f"/flows/{flow.id}",
+            data={"action": "approve", "deployment_id": prod.id, "csrf": token, "next": "approvals"},
+            headers=headers,
+            follow_redirects=False,
+        )
+        assert done.status_code == 303
+        assert done.headers["location"] == "/approvals?done=approve"
+    passed = engine.repository.get(flow.id).deployments[1]
+    assert passed.approvals == ("alice", "dave")
+    assert passed.state is DeploymentState.NOT_STARTED
+    entries = engine.repository.history(flow.id)[-2:]
+    assert [(e.trigger["type"], e.actor) for e in entries] == [
+        ("ApprovalGranted", "alice"),
+        ("ApprovalGranted", "dave"),
+    ]
+    assert entries[1].trigger["groups"] == ["ops"]
+
+
+def test_an_approval_the_policy_refuses_changes_nothing_and_says_why(clock: Clock) -> None:
+    engine = gated_engine(clock)
+    flow = awaiting(engine)
+    client = TestClient(dashboard(engine, authorize=viewer_of_headers))
+    for headers in ({"x-user": "bob", "x-groups": "dev"}, {"x-user": "carol", "x-groups": "ops"}):
+        token = csrf_of(client.get(f"/flows/{flow.id}", headers=headers).text)
+        refused = client.post(
+            f"/flows/{flow.id}",
+            data={"action": "approve", "deployment_id": flow.deployments[1].id, "csrf": token},
+            headers=headers,
+        )
+        assert refused.status_code == 403
+        assert f"&#39;{headers['x-user']}&#39; may not act on deployment" in refused.text
+    assert engine.repository.get(flow.id) == flow
+
+
+def test_a_rejection_needs_a_reason_and_is_a_failure(clock: Clock) -> None:
+    engine = gated_engine(clock)
+    flow = awaiting(engine)
+    prod = flow.deployments[1]
+    client = TestClient(dashboard(engine, authorize=viewer_of_headers))
+    token = csrf_of(client.get(f"/flows/{flow.id}", headers={"x-user": "alice"}).text)
+    form = {"action": "reject", "deployment_id": prod.id, "csrf": token}
+    bare = client.post(f"/flows/{flow.id}", data=form, headers={"x-user": "alice"})
+    assert bare.status_code == 422
+    assert "reason: is required" in bare.text
+    assert engine.repository.get(flow.id) == flow
+    done = client.post(f"/flows/{flow.id}", data={**form, "reason": "no change window"}, headers={"x-user": "alice"})
+    assert done.status_code == 200
+    rejected = engine.repository.get(flow.id)
+    assert rejected.deployments[1].state is DeploymentState.FAILED
+    assert rejected.state is FlowState.FAILED
+    last = engine.repository.history(flow.id)[-1]
+    assert (last.trigger["type"], last.actor, last.reason) == ("ApprovalRejected", "alice", "no change window")

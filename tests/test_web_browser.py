@@ -16,6 +16,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from flowfsm import (
     DeploymentCompleted,
     DeploymentStarted,
+    DeploymentState,
     FlowEngine,
     FlowState,
     PromotionCompleted,
@@ -59,11 +60,13 @@ def base(engine: FlowEngine) -> Iterator[str]:
         yield url
 
 
-def sign_in(browser: webdriver.Chrome, base: str, user: str | None) -> None:
+def sign_in(browser: webdriver.Chrome, base: str, user: str | None, groups: str = "") -> None:
     visit(browser, f"{base}/static/dashboard.css")  # cookies belong to the server's origin
     browser.delete_all_cookies()
     if user:
         browser.add_cookie({"name": "user", "value": user})
+    if groups:
+        browser.add_cookie({"name": "groups", "value": groups})
 
 
 def text_of(browser: webdriver.Chrome, element_id: str) -> str:
@@ -140,6 +143,39 @@ def test_a_read_only_viewer_has_no_forms_and_a_forged_post_is_refused(
     """
     assert browser.execute_async_script(script, f"{base}/flows/{flow.id}") == 403
     assert engine.repository.get(flow.id).state is FlowState.IN_PROGRESS
+
+
+def test_an_approver_approves_and_a_viewer_the_policy_does_not_name_is_refused(
+    browser: webdriver.Chrome, engine: FlowEngine, base: str
+) -> None:
+    populate(engine)
+    (web,) = engine.repository.list_flows(service_id="svc-web")
+    prod = web.deployments[1]
+    assert prod.state is DeploymentState.AWAITING_APPROVAL
+    # bob is no approver: his approvals page is empty; the flow page's button is refused by the engine
+    sign_in(browser, base, "bob", "developers")
+    visit(browser, f"{base}/approvals")
+    assert "Nothing waits for your approval." in text_of(browser, "approvals")
+    visit(browser, f"{base}/flows/{web.id}")
+    assert "0 of 1" in text_of(browser, "gate")
+    browser.find_element(By.CSS_SELECTOR, "#gate form.action-approve button").click()
+    WebDriverWait(browser, WAIT).until(lambda b: text_of(b, "error"))
+    refusal = text_of(browser, "error")
+    assert "'bob' may not act on deployment" in refusal
+    assert "not among the approvers" in refusal
+    assert engine.repository.get(web.id).deployments[1].state is DeploymentState.AWAITING_APPROVAL
+    # dave is a release manager: the approvals page offers him the gate, and his approval passes it
+    sign_in(browser, base, "dave", "release-managers")
+    visit(browser, f"{base}/approvals")
+    browser.find_element(By.CSS_SELECTOR, f"[id='gate-{prod.id}'] form.action-approve button").click()
+    WebDriverWait(browser, WAIT).until(lambda b: "done=approve" in b.current_url)
+    assert "Approval recorded." in browser.find_element(By.CSS_SELECTOR, ".notice").text
+    assert "Nothing waits for your approval." in text_of(browser, "approvals")
+    approved = engine.repository.get(web.id).deployments[1]
+    assert approved.state is DeploymentState.NOT_STARTED
+    assert approved.approvals == ("dave",)
+    last = engine.repository.history(web.id)[-1]
+    assert (last.trigger["type"], last.actor) == ("ApprovalGranted", "dave")
 
 
 def test_the_flow_page_follows_the_flow_without_a_reload(

@@ -30,9 +30,9 @@ from flowfsm.web._security import Viewer
 __all__ = ["ApprovalsPage", "FlowPage", "FlowsPage", "approvals_page", "flow_page", "flows_page", "parse_state"]
 
 MAX_SCANNED: Final = 5_000
-"""The most flows in progress the approvals page reads (newest first) to find the
-deployments awaiting approval: no repository indexes them, and a page that reads
-without end would be no page at all. Beyond it, the page says so."""
+"""The most open flows the approvals page reads (newest first) to show a visitor
+every deployment awaiting approval: no repository indexes them, and a page that
+reads without end would be no page at all. Beyond it, the page says so."""
 
 MAX_DELIVERIES: Final = 100
 """The most HookRequests a flow page lists (the newest): a flow steered for weeks can
@@ -127,7 +127,6 @@ class Gate:
     flow: Flow
     deployment: Deployment
     policy: ApprovalPolicy
-    author: str | None
     refusal: str | None
     """Why the viewer may not approve it (the policy's words), or None: they may."""
 
@@ -145,20 +144,12 @@ class ApprovalsPage:
     gates: Sequence[Gate]
     scanned: int
     complete: bool
-    """Whether every flow in progress was read (else: the newest ``MAX_SCANNED``)."""
-
-
-def author_of(entries: Sequence[HistoryEntry]) -> str | None:
-    """Who published the artifact (``ArtifactCreated(..., actor=...)``): the actor of the
-    flow's first history entry, when that entry is its creation."""
-    if entries and entries[0].trigger.get("type") == "ArtifactCreated":
-        return entries[0].actor
-    return None
+    """Whether every open flow was read (else: the newest ``MAX_SCANNED``)."""
 
 
 def gate_of(engine: FlowEngine, flow: Flow, deployment: Deployment, viewer: Viewer | None) -> Gate | None:
     """The approval gate ``deployment`` waits at, with the policy's verdict on the
-    viewer (``ApprovalPolicy.refusal``); None if it waits at none."""
+    viewer (``ApprovalPolicy.refusal``, as the engine asks it); None if it waits at none."""
     if deployment.state is not DeploymentState.AWAITING_APPROVAL:
         return None
     try:
@@ -168,32 +159,39 @@ def gate_of(engine: FlowEngine, flow: Flow, deployment: Deployment, viewer: View
     policy = environment.approvals if environment is not None else None
     if policy is None:
         return None
-    author = author_of(engine.repository.history(flow.id))
     if viewer is None:
         refusal: str | None = "not signed in"
     elif viewer.actor in deployment.approvals:
         refusal = _APPROVED
     else:
-        refusal = policy.refusal(viewer.actor, viewer.groups, author)
-    return Gate(flow, deployment, policy, author, refusal)
+        refusal = policy.refusal(viewer.actor, viewer.groups, flow.author)
+    return Gate(flow, deployment, policy, refusal)
 
 
 def approvals_page(engine: FlowEngine, viewer: Viewer | None) -> ApprovalsPage:
-    """The deployments of flows in progress awaiting approval that ``viewer`` may
-    approve (every one, for a viewer who is not signed in), newest flow first."""
-    gates, scanned, offset, page = [], 0, 0, 500
-    while scanned < MAX_SCANNED:
-        flows = engine.repository.list_flows(state=FlowState.IN_PROGRESS, limit=page, offset=offset)
-        for flow in flows:
-            current = flow.current_deployment()
-            gate = gate_of(engine, flow, current, viewer) if current is not None else None
-            if gate is not None and (viewer is None or gate.refusal is None):
-                gates.append(gate)
-        scanned += len(flows)
-        offset += page
-        if len(flows) < page:
-            return ApprovalsPage(gates, scanned, complete=True)
-    return ApprovalsPage(gates, scanned, complete=False)
+    """For a viewer, what waits for them: ``FlowEngine.approvals_for`` (the engine's
+    own rule). For a visitor, every gate of an open flow (in progress or paused),
+    newest flow first, reading at most ``MAX_SCANNED`` flows."""
+    if viewer is not None:
+        found = engine.approvals_for(viewer.actor, viewer.groups)
+        gates = [Gate(a.flow, a.deployment, a.policy, None) for a in found]
+        return ApprovalsPage(gates, len(gates), complete=True)
+    gates, scanned = [], 0
+    for state in (FlowState.IN_PROGRESS, FlowState.PAUSED):
+        offset, page = 0, 500
+        while scanned < MAX_SCANNED:
+            flows = engine.repository.list_flows(state=state, limit=min(page, MAX_SCANNED - scanned), offset=offset)
+            for flow in flows:
+                current = flow.current_deployment()
+                gate = gate_of(engine, flow, current, None) if current is not None else None
+                if gate is not None:
+                    gates.append(gate)
+            scanned += len(flows)
+            offset += len(flows)
+            if len(flows) < page:
+                break
+    gates.sort(key=lambda g: g.flow.created_at or dt.datetime.min.replace(tzinfo=dt.UTC), reverse=True)
+    return ApprovalsPage(gates, scanned, complete=scanned < MAX_SCANNED)
 
 
 @attrs.frozen
