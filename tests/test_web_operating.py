@@ -34,6 +34,7 @@ def test_the_operating_recipes_run(tmp_path: Path) -> None:
     assert "ok: flowfsm.toml: 1 service(s)" in out
     assert "database migration running" not in done.stderr
     assert "svc-api success  dev:success → prod:success" in out  # the skip let the flow finish
+    assert "approval  Awaiting approval for 'prod': 0 of 1, from alice or group:release-managers" in out
     assert "finished  Finished: the flow succeeded" in out
     history = subprocess.run(
         ["bash", "-c", "flowfsm history com.acme:api:1.4.0"],
@@ -44,5 +45,11 @@ def test_the_operating_recipes_run(tmp_path: Path) -> None:
         timeout=60,
         check=True,
     ).stdout
-    for step in ("PauseFlow by alice: database migration running", "ResumeFlow by alice", "SkipPromotion by alice"):
+    steps = (
+        "PauseFlow by alice: database migration running",
+        "ResumeFlow by alice",
+        "ApprovalGranted by bob",
+        "SkipPromotion by alice",
+    )
+    for step in steps:
         assert step in history
