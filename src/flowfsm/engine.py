@@ -37,6 +37,7 @@ from flowfsm.model import (
     FailureStrategy,
     Flow,
     FlowState,
+    HeldPayload,
     HookEvent,
     HookRequest,
     Payload,
@@ -63,6 +64,7 @@ from flowfsm.triggers import (
     DeploymentFailed,
     DeploymentStarted,
     Outcome,
+    OverrideFreeze,
     PauseFlow,
     PromotionCompleted,
     ResumeFlow,
@@ -226,14 +228,21 @@ class FlowEngine:
                 flows.append(existing)
                 continue
             self._check_policies(service)
+            if service.freezes and work.now is None:  # its first deployment may be frozen
+                work.watch(now, ())
             flow = self._new_flow(artifact, service, now)
-            machines.created(work.open(flow, service))
+            draft = work.open(flow, service)
+            machines.created(draft)
+            if draft.moves:  # a gate stopped its first deployment: it is created waiting there
+                flow = draft.flow()
             flows.append(flow)
             created.append(flow)
         duplicate = bool(flows) and not created
         requests = self._hook_requests(work, now)
-        work.close()
         outcome = Outcome(tuple(flows), requests, duplicate)
+        if work.timers:  # a gate's timer (the end of a freeze)
+            outcome.timers, outcome.cancelled = work.timer_changes()
+        work.close()
         if created:
             outcome.history = history.draft([None] * len(created), created, requests, now)
         return outcome, created
@@ -308,6 +317,16 @@ class FlowEngine:
             self._retry_held(draft.flow)
         return self.outcome(work, applied)
 
+    def _on_override_freeze(self, trigger: OverrideFreeze) -> tuple[Outcome, list[Flow]]:
+        """A person lets a deployment held by a freeze through (this attempt of it):
+        ``freeze-overridden``, then it is announced, through the gates after the freeze."""
+        work, draft = self.open_deployment(
+            trigger.deployment_id, reason=trigger.reason, actor=trigger.actor, timed=True
+        )
+        if draft.state is DeploymentState.HELD:
+            draft.flow.let_through(draft, trigger.actor)
+        return self.outcome(work, machines.apply(draft, "override_freeze"))
+
     def _retry_held(self, flow: FlowDraft) -> None:
         """The flow resumed: ``RETRY`` begins the retries its pause held back — each
         failed promotion with attempts left whose deployment has no backoff still
@@ -338,7 +357,7 @@ class FlowEngine:
         work = Work(reason=reason, actor=actor)
         service = self.catalog.get(flow.service_id)
         draft = work.open(flow, service)
-        if service.pipeline.timed:
+        if service.timed:
             work.watch(self._clock(), self.repository.timers(flow.id))
         current = draft.current()
         return work, draft.draft(len(draft.deployments) - 1 if current is None else current)
@@ -357,6 +376,12 @@ class FlowEngine:
         if kind is TimerKind.RETRY:
             work.actor = trigger.actor
             return self.outcome(work, _retry_due(draft))
+        if kind is TimerKind.FREEZE:  # the freeze ended: announced, through the gates again
+            work.actor = trigger.actor
+            applied = machines.may(draft, "thaw")
+            if applied:
+                machines.fire(draft, "thaw")
+            return self.outcome(work, applied)
         if kind is TimerKind.SOAK:
             applied = machines.may(draft, "succeed")
             if applied:
@@ -391,7 +416,7 @@ class FlowEngine:
         work = Work(result=result, reason=reason, actor=actor)
         service = self.catalog.get(flow.service_id)
         draft = work.open(flow, service)
-        if timed or service.pipeline.timed:
+        if timed or service.timed:
             work.watch(self._clock(), self.repository.timers(flow.id))
         index = draft.index(deployment_id)
         if index is None:  # a repository that returned the wrong flow
@@ -488,6 +513,8 @@ class FlowEngine:
                 environment = service.pipeline.environment(deployment.environment) or _environment(deployment)
                 if type(result) is Note:  # a steering event: who acted, and why
                     payload = _steering_payload(event, flow, deployment, environment, result)
+                elif event is HookEvent.DEPLOYMENT_HELD:
+                    payload = _held_payload(flow, deployment, environment)
                 elif event not in _TIMED_OUT:
                     # A failure says why in the events it caused (not in what a policy announces after).
                     payload = DeploymentPayload(flow.loaded.artifact, deployment, service.ref, environment)
@@ -571,6 +598,7 @@ FlowEngine.APPLIERS = {
     RetryPromotion: FlowEngine._on_retry_promotion,
     SkipPromotion: FlowEngine._on_skip_promotion,
     RetryDeployment: FlowEngine._on_retry_deployment,
+    OverrideFreeze: FlowEngine._on_override_freeze,
 }
 
 
@@ -636,6 +664,16 @@ def _steering_payload(
         target = flow.rollback.artifact if flow.rollback is not None else None
         return RollbackPayload(artifact, deployment, service, environment, note.actor, note.reason, promotion, target)
     return SteeringPayload(artifact, deployment, service, environment, note.actor, note.reason, promotion)
+
+
+def _held_payload(flow: FlowDraft, deployment: Deployment, environment: Environment) -> DeploymentPayload:
+    """``deployment-held``'s payload: the freeze holding the deployment, as the gate saw it."""
+    now = flow.work.now
+    freeze = flow.service.freeze(deployment.environment, now) if now is not None else None
+    artifact, service = flow.loaded.artifact, flow.service.ref
+    if freeze is None:  # pragma: no cover - the gate holds a deployment only when a freeze is in force now
+        return DeploymentPayload(artifact, deployment, service, environment)
+    return HeldPayload(artifact, deployment, service, environment, freeze.window, freeze.until)
 
 
 def _why(flow: FlowDraft, index: int, failed_id: str) -> str:

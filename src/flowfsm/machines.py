@@ -236,8 +236,18 @@ def _needs_approval(draft: Draft) -> bool:
 
 
 def _frozen(draft: Draft) -> bool:
-    """A freeze window covers the deployment's environment now, and no one let it through."""
-    return False
+    """A freeze window covers the deployment's environment now, and no one let it
+    through (the time is read for a service a window covers; see ``Service.timed``)."""
+    deployment, flow = draft.deployment, draft.flow
+    now = flow.work.now
+    if now is None or deployment.override is not None or not flow.service.freezes:
+        return False
+    return flow.service.freeze(deployment.environment, now) is not None
+
+
+def _overridden(draft: Draft) -> bool:
+    """Someone let the deployment through a freeze (an override repeated: a duplicate)."""
+    return draft.deployment.override is not None
 
 
 def _lane_taken(draft: Draft) -> bool:
@@ -360,7 +370,7 @@ DEPLOYMENT: Final = Declaration(
         # Its gates (SPEC §11), in order, when the deployment is announced (``Next``):
         # the first rule whose guards pass is taken; the last announces it.
         Rule("admit", _D.NOT_STARTED, _D.AWAITING_APPROVAL, (NEEDS_APPROVAL,), (_E.APPROVAL_REQUESTED,)),
-        Rule("admit", _D.NOT_STARTED, _D.HELD, (FROZEN,), (_E.DEPLOYMENT_HELD,)),
+        Rule("admit", _D.NOT_STARTED, _D.HELD, (FROZEN,), (_E.DEPLOYMENT_HELD,), timers=(_T.FREEZE,)),
         Rule("admit", _D.NOT_STARTED, _D.QUEUED, (LANE_TAKEN,), (_E.DEPLOYMENT_QUEUED,)),
         Rule("admit", _D.NOT_STARTED, _D.NOT_STARTED, (), (_E.DEPLOYMENT_CREATED,)),
         Rule(
@@ -371,6 +381,9 @@ DEPLOYMENT: Final = Declaration(
             (_E.DEPLOYMENT_STARTED,),
             # Duplicates reach back: a late "started" after any later state says nothing new.
             repeats={_D.STARTED: always, _D.COMPLETED: always, _D.SUCCESS: always, _D.FAILED: always},
+            contradicts={
+                _D.HELD: "a freeze window holds it: it is announced when the window ends",
+            },
             timers=(_T.DEPLOY,),
         ),
         Rule(
@@ -419,6 +432,21 @@ DEPLOYMENT: Final = Declaration(
             (_E.DEPLOYMENT_SUCCEEDED, Next(_E.DEPLOYMENT_CREATED)),
             then=(("flow", "succeed"),),
             cancels=(_T.VERIFY, _T.SOAK),
+        ),
+        # A freeze ends (its timer), or a person lets the deployment through (OverrideFreeze):
+        # announced again, through the gates after the freeze.
+        # (The fired timer is cancelled by its firing: the admission may set it again.)
+        Rule("thaw", _D.HELD, _D.NOT_STARTED, (), (Next(_E.DEPLOYMENT_CREATED),)),
+        Rule(
+            "override_freeze",
+            _D.HELD,
+            _D.NOT_STARTED,
+            (),
+            (_E.FREEZE_OVERRIDDEN, Next(_E.DEPLOYMENT_CREATED)),
+            # Let through already (this attempt): the override, delivered again. Else nothing holds it.
+            repeats=dict.fromkeys((s for s in _D if s is not _D.HELD), _overridden),
+            contradicts=dict.fromkeys((s for s in _D if s is not _D.HELD), "no freeze window holds it"),
+            cancels=(_T.FREEZE,),
         ),
         # A failure strategy's move:
         Rule("reject", _D.COMPLETED, _D.FAILED, (), (_E.DEPLOYMENT_FAILED,), cancels=_EVERY_TIMER),

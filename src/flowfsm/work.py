@@ -30,6 +30,7 @@ from flowfsm.model import (
     Rollback,
     Service,
     Timer,
+    TimerKind,
     _make_deployment,
     _make_flow,
     _make_promotion,
@@ -47,6 +48,7 @@ FLOWFSM: Final = "flowfsm"
 _SUCCESS = DeploymentState.SUCCESS
 _PAUSED = FlowState.PAUSED
 _PENDING = PromotionState.PENDING
+_FREEZE = TimerKind.FREEZE
 
 STEERING_EVENTS: Final = frozenset(
     {
@@ -58,6 +60,7 @@ STEERING_EVENTS: Final = frozenset(
         HookEvent.DEPLOYMENT_RETRIED,
         HookEvent.ROLLBACK_REQUESTED,
         HookEvent.FLOW_SUPERSEDED,
+        HookEvent.FREEZE_OVERRIDDEN,
     }
 )
 """Events whose payloads say who acted and why (``SteeringPayload``)."""
@@ -163,6 +166,11 @@ class Work:
         if environment is None:  # the catalog changed since the flow began
             return
         for kind in rule.timers:
+            if kind is _FREEZE:  # due when the freeze holding the deployment ends, not after a duration
+                freeze = flow.service.freeze(deployment.environment, now)
+                if freeze is not None:
+                    self.timers[timer_id(deployment.id, kind)] = Timer(flow.id, deployment.id, kind, freeze.until)
+                continue
             duration = environment.timer(kind)
             if duration is None or (
                 kind in rule.shares and _shared(self.timer(timer_id(deployment.id, kind)), deployment)
@@ -319,9 +327,18 @@ class FlowDraft:
             moves += [("promotion", p.id, p.state, _PENDING) for p in promotions if p.state is not _PENDING]
             promotions = tuple([_make_promotion(p.id, p.name, _PENDING, p.attempt + 1) for p in promotions])
             attempt += 1
+        override = d.override if not again else None  # an override lets one attempt through a freeze
         self.deployments[draft.index] = _make_deployment(
-            d.id, d.environment, promotions, draft.state, attempt, d.approvals, d.override
+            d.id, d.environment, promotions, draft.state, attempt, d.approvals, override
         )
+        self.changed = True
+
+    def let_through(self, draft: Draft, actor: str) -> None:
+        """``actor`` lets the deployment (``draft``) through a freeze window: recorded
+        on it before it is announced again, for the gates to read."""
+        d: Deployment = draft.entity
+        draft.entity = _make_deployment(d.id, d.environment, d.promotions, d.state, d.attempt, d.approvals, actor)
+        self.deployments[draft.index] = draft.entity
         self.changed = True
 
     def publish_promotion(self, draft: Draft, again: bool = False) -> None:
