@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,17 +52,18 @@ from flowfsm.protocols import Repository
 from flowfsm.scheduling import Scheduler
 from flowfsm.testing import FakeClock, SequentialIds
 from tests.conftest import two_actions
+from tests.test_cli import Cli, cli
 from tests.test_time import make_repository
 
-__all__ = ["make_repository"]  # the fixture: memory, SQLite, PostgreSQL
+__all__ = ["cli", "make_repository"]  # the fixtures: a command line; memory, SQLite, PostgreSQL
 
 UTC = dt.UTC
 BERLIN = "Europe/Berlin"
 ARTIFACT = Artifact("com.acme", "api", "1.0.0")
 
 
-def utc(*args: int) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=UTC)  # type: ignore[misc]  # year, month, day, ...
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> dt.datetime:
+    return dt.datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def weekend(**kwargs: object) -> FreezeWindow:
@@ -228,7 +230,8 @@ def test_a_catalog_gives_each_window_to_the_services_it_covers() -> None:
     assert catalog.freezes == (everyone, only_api)
     assert catalog.get("api").freezes == (everyone, only_api)
     assert catalog.get("web").freezes == (everyone,)
-    assert catalog.get("web").timed and not service("web").timed
+    assert catalog.get("web").timed
+    assert not service("web").timed
     assert "freezes" not in unstructure(catalog.get("api"))  # declared once, at the top of a catalog
 
 
@@ -394,7 +397,7 @@ FREEZE_ENDS = utc(2026, 10, 26, 9)  # Monday 10:00 CET
 class World:
     """An engine and a scheduler on one store, with a fake clock and the weekend window."""
 
-    def __init__(self, repository: Repository, *windows: FreezeWindow, **service_kwargs: object) -> None:
+    def __init__(self, repository: Repository, *windows: FreezeWindow, **service_kwargs: Any) -> None:
         self.clock = FakeClock(FRIDAY_NOON)
         self.repository = repository
         self.emitter = RecordingEmitter()
@@ -534,6 +537,9 @@ def test_an_override_covers_one_attempt_a_retry_is_held_again(make_repository: C
     after = world.flow(flow).deployments[1]
     assert (after.state, after.attempt, after.override) == (DeploymentState.HELD, 2, None)
     assert world.events() == [HookEvent.DEPLOYMENT_RETRIED, HookEvent.FLOW_RESUMED, HookEvent.DEPLOYMENT_HELD]
+    # The failure and the retry, delivered again while the retry is held: duplicates.
+    assert world.engine.handle(DeploymentFailed(prod.id, reason="crashloop")).duplicate
+    assert world.engine.handle(RetryDeployment(prod.id, "alice", reason="again")).duplicate
 
 
 def test_a_freeze_never_interrupts_a_started_deployment(world: World) -> None:
@@ -589,3 +595,62 @@ def test_a_freeze_ending_into_the_next_window_holds_again(make_repository: Calla
     assert restarted.events() == [HookEvent.DEPLOYMENT_HELD]
     (timer,) = restarted.repository.timers(flow.id)
     assert timer.due == utc(2026, 10, 23, 18, 30)
+
+
+# --- the command line -------------------------------------------------------------------
+
+ALWAYS = """
+[[freezes]]
+name = "always"
+cron = "* * * * *"
+duration = "1d"
+timezone = "UTC"
+environments = ["dev"]
+"""
+
+
+def test_override_freeze_from_the_command_line(cli: Cli) -> None:
+    cli.catalog.write_text(cli.catalog.read_text() + ALWAYS)
+    flow = cli.json("artifact-created", "com.acme:api:1.0.0")["flows"][0]
+    dev = flow["deployments"][0]
+    assert dev["state"] == "held"
+    refused = cli("deployment-started", dev["id"])
+    assert refused.returncode == 1
+    assert "a freeze window holds it" in refused.stderr
+    explained = cli("explain", flow["id"])
+    assert "held by freeze window 'always' until" in explained.stdout
+    missing = cli("override-freeze", dev["id"], "--actor", "alice")
+    assert missing.returncode != 0
+    assert "--reason" in missing.stderr
+    done = cli.json("override-freeze", dev["id"], "--actor", "alice", "--reason", "hotfix")
+    let_through = done["flows"][0]["deployments"][0]
+    assert (let_through["state"], let_through["override"]) == ("notStarted", "alice")
+    assert [r["event"] for r in done["hookRequests"]] == ["deployment-created"]
+    assert cli.json("override-freeze", dev["id"], "--actor", "alice", "--reason", "hotfix")["duplicate"] is True
+    unheld = cli("override-freeze", "nope", "--actor", "alice", "--reason", "x")
+    assert unheld.returncode == 1
+    assert "Traceback" not in unheld.stderr
+
+
+def test_freezes_lists_the_windows_and_whether_each_holds(cli: Cli) -> None:
+    cli.catalog.write_text(cli.catalog.read_text() + ALWAYS.replace("* * * * *", "0 18 * * 5"))
+    listed = cli.json("freezes", "--at", "2026-10-23T18:30:00+00:00")
+    (window,) = listed["freezes"]
+    assert (window["name"], window["cron"], window["active"]) == ("always", "0 18 * * 5", True)
+    assert window["until"] == "2026-10-24T18:00:00+00:00"
+    assert cli.json("freezes", "--at", "2026-10-23T17:59:00Z")["freezes"][0]["active"] is False
+    shown = cli("freezes", "--at", "2026-10-23T18:30:00+00:00")
+    assert "always: cron 0 18 * * 5, 1d in UTC; dev: frozen until 2026-10-24 18:00:00 UTC" in shown.stdout
+    naive = cli("freezes", "--at", "2026-10-23T18:30:00")
+    assert naive.returncode == 1
+    assert "--at" in naive.stderr
+
+
+def test_the_windows_in_the_docs_load(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "gates.md").read_text()
+    windows = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "catalog.toml"
+    path.write_text(_toml({"services": [{**SERVICE_JSON, "id": "svc-api"}]}) + windows)
+    catalog = Catalog.from_file(path)
+    assert [w.name for w in catalog.freezes] == ["weekend", "holidays"]
+    assert catalog.get("svc-api").freeze("prod", utc(2026, 12, 24)) == Freeze("holidays", utc(2026, 12, 28, 23))

@@ -22,6 +22,15 @@ sets it again); when the scheduler fires it, the deployment's failed items with
 attempts left are retried as ``flowfsm`` (a paused flow's promotions wait for the
 resume, which leaves to the timer those whose backoff has not ended). Every round
 fires all flows' due timers in one order (due time, then id).
+
+Freeze windows (§11): a catalog may have one window, every two hours from a drawn
+minute for a drawn duration (UTC), covering one environment; the reference says
+whether an environment is frozen by arithmetic alone. A deployment announced while
+its environment is frozen is held (``deployment-held``) until the window ends, when
+the scheduler announces it; ``OverrideFreeze`` lets one attempt through. Invariants:
+no ``deployment-created`` for an environment while it is frozen, unless overridden;
+once the scheduler has run, no deployment of a flow in progress is held past the
+window's end.
 """
 
 from __future__ import annotations
@@ -49,10 +58,12 @@ from flowfsm import (
     Flow,
     FlowEngine,
     FlowFSMError,
+    FreezeWindow,
     HistoryEntry,
     HookEvent,
     InvalidTransition,
     Outcome,
+    OverrideFreeze,
     PauseFlow,
     Pipeline,
     PromotionCompleted,
@@ -123,6 +134,10 @@ class RefFlow:
     rollback: tuple[str, frozenset[Artifact | None]] | None = None
     """The rollback ROLLBACK requested: its environment, and the artifacts it may
     name (the newest other success there; several only when they succeeded at once)."""
+    held_until: dict[int, dt.datetime] = attrs.field(factory=dict)
+    """When the freeze holding each held deployment ends (its timer is due)."""
+    overridden: set[int] = attrs.field(factory=set)
+    """Deployments someone let through a freeze, at their current attempt."""
 
     def open(self) -> bool:
         return self.state in ("inProgress", "paused")
@@ -181,6 +196,7 @@ STEERING = (
     E.PROMOTION_SKIPPED,
     E.DEPLOYMENT_RETRIED,
     E.ROLLBACK_REQUESTED,
+    E.FREEZE_OVERRIDDEN,
 )
 
 
@@ -250,7 +266,48 @@ def catalogs() -> st.SearchStrategy[Catalog]:
     one = st.builds(service, st.just(0), environments, webhook_plan, strategies, retries, overrides)
     other = st.builds(service, st.just(1), environments, webhook_plan, strategies, retries, overrides)
     two = st.builds(lambda a, b: [a, b], one, other)
-    return st.one_of(one.map(lambda s: [s]), two).map(Catalog)
+    return st.builds(_frozen_catalog, st.one_of(one.map(lambda s: [s]), two), windows())
+
+
+# --- freeze windows (§11) ------------------------------------------------------------------
+
+EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+"""Where the fake clock starts (``FakeClock()``)."""
+EVERY = dt.timedelta(hours=2)
+
+Window = tuple[int, int, int] | None
+"""A drawn freeze window: (environment, by position in the first service's pipeline;
+the minute past every even hour it starts; its duration in minutes), or none."""
+
+
+def windows() -> st.SearchStrategy[Window]:
+    return st.one_of(
+        st.none(), st.tuples(st.integers(0, 2), st.sampled_from([0, 15, 40]), st.sampled_from([20, 45, 90]))
+    )
+
+
+def _frozen_catalog(services: list[Service], window: Window) -> Catalog:
+    if window is None:
+        return Catalog(services)
+    at, minute, duration = window
+    environments = services[0].pipeline.environments
+    name = environments[at % len(environments)].name
+    return Catalog(services, freezes=[FreezeWindow("w", [name], f"{duration}m", "UTC", cron=f"{minute} */2 * * *")])
+
+
+def freeze_end(catalog: Catalog, environment: str, now: dt.datetime) -> dt.datetime | None:
+    """When the catalog's window holding ``environment`` at ``now`` ends, or None: by
+    arithmetic on the drawn schedule, not the engine's recurrence libraries."""
+    if not catalog.freezes:
+        return None
+    (window,) = catalog.freezes
+    if environment not in window.environments:
+        return None
+    assert window.cron is not None
+    first = EPOCH + dt.timedelta(minutes=int(window.cron.split()[0]))
+    start = first + ((now - first) // EVERY) * EVERY
+    end = start + window.duration
+    return end if start <= now < end else None
 
 
 class EngineAgainstReference(RuleBasedStateMachine):
@@ -307,6 +364,13 @@ class EngineAgainstReference(RuleBasedStateMachine):
             return
         if flow.state == "paused":
             flow.held = True
+            return
+        environment = self._environment(flow, following).name
+        until = freeze_end(self.catalog, environment, self.clock.now)
+        if until is not None and following not in flow.overridden:  # held until the window ends
+            flow.deployments[following] = "held"
+            flow.held_until[following] = until
+            out.append((E.DEPLOYMENT_HELD, flow, following, "held"))
         else:
             out.append((E.DEPLOYMENT_CREATED, flow, following, flow.deployments[following]))
 
@@ -376,6 +440,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
         flow.promotions[d] = ["pending"] * len(flow.promotions[d])
         flow.promotion_attempts[d] = [a + 1 for a in flow.promotion_attempts[d]]
         flow.reported_failed.discard(d)
+        flow.overridden.discard(d)  # an override lets one attempt through
         out.append((E.DEPLOYMENT_RETRIED, flow, d, "notStarted"))
         self._announce(flow, out)
 
@@ -468,6 +533,8 @@ class EngineAgainstReference(RuleBasedStateMachine):
             return "artifact"  # handled in the rule: it needs the engine's new ids
         if isinstance(trigger, PauseFlow | ResumeFlow | AbortFlow):
             return self.expect_flow(trigger)
+        if isinstance(trigger, OverrideFreeze):
+            return self.expect_override(trigger)
         assert isinstance(
             trigger,
             DeploymentStarted
@@ -484,6 +551,8 @@ class EngineAgainstReference(RuleBasedStateMachine):
         flow, d = found
         state = flow.deployments[d]
         if isinstance(trigger, DeploymentStarted):
+            if state == "held":
+                return InvalidTransition  # a freeze window holds it
             if state != "notStarted":
                 return "duplicate"
             if flow.state != "inProgress" or flow.current() != d:
@@ -493,7 +562,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
             return [(E.DEPLOYMENT_STARTED, flow, d, "started")]
         if isinstance(trigger, DeploymentFailed):
             if (state == "failed" and d in flow.reported_failed) or (
-                state == "notStarted" and flow.deployment_attempts[d] > 1
+                state in ("notStarted", "held") and flow.deployment_attempts[d] > 1
             ):
                 return "duplicate"  # reported, or reported before the retry that began this attempt
             if state != "started" or not flow.open():
@@ -507,7 +576,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
         if isinstance(trigger, DeploymentCompleted):
             if state in ("completed", "success") or (state == "failed" and d not in flow.reported_failed):
                 return "duplicate"
-            if state in ("notStarted", "failed") or not flow.open():
+            if state in ("notStarted", "held", "failed") or not flow.open():
                 return InvalidTransition  # not started, reported failed, or the flow ended
             flow.deployments[d] = "completed"
             flow.completed_at[d] = flow.verify_from[d] = self.clock.now
@@ -561,6 +630,25 @@ class EngineAgainstReference(RuleBasedStateMachine):
             return out
         out.append((E.PROMOTION_COMPLETED, flow, d, "completed"))
         self._advance(flow, d, out)
+        return out
+
+    def expect_override(self, trigger: OverrideFreeze) -> Expected:
+        """A held deployment is let through (this attempt): freeze-overridden, then
+        announced; again, a duplicate; a deployment no window holds, refused."""
+        found = self._locate(trigger.deployment_id)
+        if found is None:
+            return UnknownDeployment
+        flow, d = found
+        if flow.deployments[d] != "held":
+            return "duplicate" if d in flow.overridden else InvalidTransition
+        if not flow.open():
+            return InvalidTransition
+        out: Out = []
+        flow.overridden.add(d)
+        flow.deployments[d] = "notStarted"
+        del flow.held_until[d]
+        out.append((E.FREEZE_OVERRIDDEN, flow, d, "notStarted"))
+        self._announce(flow, out)
         return out
 
     def expect_flow(self, trigger: PauseFlow | ResumeFlow | AbortFlow) -> Expected:  # noqa: PLR0911 - one per rule of §8
@@ -642,9 +730,16 @@ class EngineAgainstReference(RuleBasedStateMachine):
             wanted.append((TimerKind.VERIFY, flow.verify_from[d] + timeouts.verify))
         if state == "completed" and environment.soak:
             wanted.append((TimerKind.SOAK, flow.completed_at[d] + environment.soak))
+        if state == "held":
+            wanted.append((TimerKind.FREEZE, flow.held_until[d]))
         return timers + [(due, f"{flow.deployment_ids[d]}/{kind.value}", kind, d) for kind, due in wanted]
 
     def _fire(self, flow: RefFlow, kind: TimerKind, d: int, out: Out) -> None:
+        if kind is TimerKind.FREEZE:  # the window ended: announced, or held by the next
+            flow.deployments[d] = "notStarted"
+            del flow.held_until[d]
+            self._announce(flow, out)
+            return
         if kind is TimerKind.RETRY:
             del flow.retry_due[d]
             self._retry_due(flow, d, out)
@@ -714,6 +809,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
             self.check_history(states, trigger, changed, sent)
         assert self.emitter.requests[sent:] == list(outcome.hook_requests)
         self.begins_nothing_new(paused, sent)
+        self.announces_nothing_frozen(sent)
 
     def check_history(self, states: dict[str, Snapshot], trigger: Trigger | None, changed: set[str], sent: int) -> None:
         """SPEC §9: a step appends exactly one entry to each flow it changed (for a round
@@ -778,6 +874,16 @@ class EngineAgainstReference(RuleBasedStateMachine):
         pairs += [pair for d, pids in enumerate(ref.promotion_ids) for pair in zip(pids, promotions[d], strict=True)]
         return pairs
 
+    def announces_nothing_frozen(self, sent: int) -> None:
+        """No deployment-created for an environment while it is frozen, unless someone
+        let that deployment through."""
+        for request in self.emitter.requests[sent:]:
+            if request.event is not E.DEPLOYMENT_CREATED:
+                continue
+            deployment = request.payload.deployment
+            frozen = freeze_end(self.catalog, deployment.environment, self.clock.now) is not None
+            assert not frozen or deployment.override is not None, request
+
     def begins_nothing_new(self, paused: set[str], sent: int) -> None:
         """A flow paused before and after a step started and announced nothing in it."""
         still = {f.id for f in self.flows.values() if f.state == "paused"} & paused
@@ -807,11 +913,12 @@ class EngineAgainstReference(RuleBasedStateMachine):
                 artifact=trigger.artifact,
             )
             self.flows[key] = ref
-            expected.append((E.DEPLOYMENT_CREATED, ref, 0, "notStarted"))
+            self._announce(ref, expected)
         assert outcome.duplicate == (bool(services) and not expected)
         self.check_requests(outcome, self.fanout(expected))
         self.check_history({}, trigger, {flow.id for _, flow, _, _ in expected}, sent)
         assert self.emitter.requests[sent:] == list(outcome.hook_requests)
+        self.announces_nothing_frozen(sent)
         self.last = (trigger, "duplicate" if services else [])
 
     def check_requests(self, outcome: Outcome, rows: list[tuple[Any, ...]]) -> None:
@@ -920,6 +1027,13 @@ class EngineAgainstReference(RuleBasedStateMachine):
         else:
             self.run(RetryPromotion(deployment_id, promotion_id, "alice"))
 
+    @precondition(lambda self: any("held" in f.deployments for f in self.flows.values()))
+    @rule(data=st.data(), any_deployment=st.booleans())
+    def override_freeze(self, data: st.DataObject, any_deployment: bool) -> None:
+        held = [f.deployment_ids[d] for f in self.flows.values() for d, s in enumerate(f.deployments) if s == "held"]
+        deployment_id = self._deployment_id(data) if any_deployment else data.draw(st.sampled_from(held))
+        self.run(OverrideFreeze(deployment_id, "alice", "hotfix"))
+
     @precondition(lambda self: any(f.state == "paused" for f in self.flows.values()))
     @rule(data=st.data(), skip=st.booleans())
     def unpause(self, data: st.DataObject, skip: bool) -> None:
@@ -957,6 +1071,11 @@ class EngineAgainstReference(RuleBasedStateMachine):
         elif state == "completed" and "failed" in flow.promotions[d]:
             pid = flow.promotion_ids[d][flow.promotions[d].index("failed")]
             self.run(RetryPromotion(deployment_id, pid, "alice"))
+        elif state == "held":  # the window ends, or a person lets it through
+            if fail % 2:
+                self.time_passes(90, schedule=True)
+            else:
+                self.run(OverrideFreeze(deployment_id, "alice", "hotfix"))
         elif state == "notStarted":
             self.run(DeploymentStarted(deployment_id))
         elif state == "started":
@@ -995,6 +1114,13 @@ class EngineAgainstReference(RuleBasedStateMachine):
         expected, acted = self.expire()
         assert self.scheduler.run_once() == acted
         self.begins_nothing_new(paused, sent)
+        self.announces_nothing_frozen(sent)
+        for ref in self.flows.values():  # the scheduler ran: no window that ended still holds
+            stored = self.repository.get(ref.id)
+            for deployment in stored.deployments:
+                if ref.state == "inProgress" and deployment.state.value == "held":
+                    frozen = freeze_end(self.catalog, deployment.environment, self.clock.now)
+                    assert frozen is not None, deployment
         self.check_history(states, None, set(expected), sent)
         emitted = self.emitter.requests[sent:]
         for flow_id, events in expected.items():
@@ -1133,6 +1259,8 @@ class EngineAgainstReference(RuleBasedStateMachine):
             wanted: dict[TimerKind, dt.datetime] = {}
             if state == "started" and timeouts.deploy:
                 wanted[TimerKind.DEPLOY] = ref.started_at[d] + timeouts.deploy
+            if state == "held":
+                wanted[TimerKind.FREEZE] = ref.held_until[d]
             if state == "completed":
                 if timeouts.verify:
                     wanted[TimerKind.VERIFY] = ref.verify_from[d] + timeouts.verify

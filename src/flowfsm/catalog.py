@@ -106,7 +106,7 @@ class Catalog:
 
         if not isinstance(data, Mapping) or "services" not in data or not set(data) <= {"services", "freezes"}:
             raise CatalogError(
-                source, "$", "expected a 'services' list of services (and perhaps a 'freezes' list of windows)"
+                source, "$", "expected 'services', a list of services (and perhaps 'freezes', a list of freeze windows)"
             )
         try:
             services = structure(data["services"], list[Service])

@@ -406,7 +406,7 @@ DEPLOYMENT: Final = Declaration(
             (_E.DEPLOYMENT_FAILED,),
             failure=FailureKind.DEPLOYMENT,
             # Not started since a retry: a failure reported before the retry, delivered again.
-            repeats={_D.FAILED: _failed_before_completing, _D.NOT_STARTED: _retried},
+            repeats={_D.FAILED: _failed_before_completing, _D.NOT_STARTED: _retried, _D.HELD: _retried},
             contradicts={
                 _D.COMPLETED: "it already completed",
                 _D.SUCCESS: "it already completed",
@@ -457,7 +457,13 @@ DEPLOYMENT: Final = Declaration(
             _D.NOT_STARTED,
             (),
             (_E.DEPLOYMENT_RETRIED, Next(_E.DEPLOYMENT_CREATED)),
-            repeats={_D.NOT_STARTED: _retried, _D.STARTED: _retried, _D.COMPLETED: _retried, _D.SUCCESS: _retried},
+            repeats={
+                _D.NOT_STARTED: _retried,
+                _D.STARTED: _retried,
+                _D.COMPLETED: _retried,
+                _D.SUCCESS: _retried,
+                _D.HELD: _retried,  # the retry, held by a freeze window
+            },
             contradicts={
                 _D.NOT_STARTED: "it has not failed",
                 _D.STARTED: "it has not failed",
