@@ -55,6 +55,7 @@ _FREQUENCIES: Final = ("YEARLY", "MONTHLY", "WEEKLY", "DAILY")
 """The recurrence frequencies a window may have: more often than daily is not a
 freeze window, and would make each question cost more."""
 _FREQ: Final = re.compile(r"(?:^|;)FREQ=([A-Z]+)")
+_INTERVAL: Final = re.compile(r"(?:^|;)INTERVAL=(\d{1,6})(?:;|$)")
 _UTC: Final = dt.UTC
 
 
@@ -90,7 +91,7 @@ class _RRule:
         frequency = _FREQ.search(body.upper())  # dateutil has read it: only which one is asked here
         if frequency is None or frequency.group(1) not in _FREQUENCIES:
             raise ValidationError("rrule", f"FREQ must be one of {', '.join(_FREQUENCIES)}")
-        if rule.after(start, inc=True) is None:  # bounded: dateutil stops at year 9999
+        if not _fires(rule, body, start):
             raise ValidationError("rrule", "the rule never starts a window from 'start' on")
         self._rule = rule
 
@@ -103,6 +104,29 @@ class _RRule:
         last = rule.before(wall - 2 * _SLACK, inc=False)
         if last is not None:
             yield last
+
+
+_CYCLE: Final = 400
+"""Years after which the Gregorian calendar repeats, weekdays and leap days alike."""
+
+
+def _fires(rule: Any, body: str, start: dt.datetime) -> bool:
+    """Whether ``rule`` starts a window at ``start`` or later, in bounded work.
+
+    dateutil looks for a rule's next start up to the year 9999, however long that
+    takes: seconds for a daily rule that never fires (February 30th). The rule's
+    calendar repeats every ``_CYCLE`` × INTERVAL years, so it fires at all if it
+    fires within one such span: asked of the same rule (without COUNT or UNTIL) from
+    as late a start as leaves one span before 9999, the search ends there. Then the
+    rule itself, which fires within a span of its start (or ended), is asked."""
+    interval = _INTERVAL.search(body.upper())
+    cycle = _CYCLE * (int(interval.group(1)) if interval else 1)
+    spans = (dt.MAXYEAR - cycle - start.year) // cycle
+    if spans > 0:
+        later = start.replace(year=start.year + spans * cycle)
+        if rule.replace(dtstart=later, count=None, until=None).after(later, inc=True) is None:
+            return False
+    return rule.after(start, inc=True) is not None
 
 
 class _Cron:
