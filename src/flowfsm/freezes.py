@@ -23,9 +23,11 @@ gains no required dependency. Time zones are the standard library's ``zoneinfo``
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import itertools
 import re
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -83,7 +85,7 @@ class _RRule:
         if "\n" in body or "DTSTART" in body.upper():
             raise ValidationError("rrule", "give the rule alone (FREQ=...); its first start is 'start'")
         try:
-            rule = rrule.rrulestr(body, dtstart=start, cache=True)
+            rule = rrule.rrulestr(body, dtstart=start)
         except (ValueError, TypeError, KeyError, IndexError) as e:
             raise ValidationError("rrule", f"not an RFC 5545 recurrence rule: {shown(str(e), 60)}") from None
         if not isinstance(rule, rrule.rrule):  # pragma: no cover - a single RRULE line is one rule
@@ -93,17 +95,24 @@ class _RRule:
             raise ValidationError("rrule", f"FREQ must be one of {', '.join(_FREQUENCIES)}")
         if not _fires(rule, body, start):
             raise ValidationError("rrule", "the rule never starts a window from 'start' on")
-        self._rule = rule
+        # dateutil counts a rule's starts from its first: those seen so far are kept, in
+        # order, so a rule from years ago costs that list once, then a binary search.
+        self._starts: list[dt.datetime] = []
+        self._next: Iterator[dt.datetime] | None = iter(rule)
+        self._lock = threading.Lock()
 
     def before(self, wall: dt.datetime) -> Iterator[dt.datetime]:
-        rule = self._rule
-        # Occurrences come from the start on, cached: a rule from years ago costs its
-        # list once, then one pass over it.
-        earlier = rule.between(wall - 2 * _SLACK, wall, inc=True)
-        yield from reversed(earlier)
-        last = rule.before(wall - 2 * _SLACK, inc=False)
-        if last is not None:
-            yield last
+        starts = self._starts
+        with self._lock:  # one engine may ask from several threads (a worker's)
+            while self._next is not None and (not starts or starts[-1] <= wall):
+                following = next(self._next, None)  # bounded: the rule fires within a cycle, or has ended
+                if following is None:
+                    self._next = None
+                else:
+                    starts.append(following)
+            found = bisect.bisect_right(starts, wall)
+        for i in range(found - 1, -1, -1):
+            yield starts[i]
 
 
 _CYCLE: Final = 400
