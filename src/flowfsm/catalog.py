@@ -32,7 +32,10 @@ _MAX_DIGITS: Final = 4300  # Python's own limit on converting a number's digits
 class Catalog:
     """Services by id and by the artifact keys they consume (a ``ServiceCatalog``).
 
-    ``source`` is the file it was loaded from, if any: errors about it name the file.
+    ``freezes`` are its freeze windows: each must name services it has and an
+    environment one of them has, and each service gets those covering it
+    (``Service.freezes``). ``source`` is the file it was loaded from, if any: errors
+    about it name the file.
     """
 
     __slots__ = ("_by_id", "_by_key", "freezes", "source")
@@ -96,7 +99,8 @@ class Catalog:
     def from_dict(
         cls, data: Mapping[str, Any], *, source: str = "<catalog>", strategies: Collection[str] | None = None
     ) -> Catalog:
-        """Build from the JSON form: ``{"services": [...]}`` with camelCase keys.
+        """Build from the JSON form: ``{"services": [...]}`` with camelCase keys, and
+        perhaps ``"freezes": [...]``, the catalog's freeze windows.
 
         ``strategies``, when given, are the failure strategies the engine will know
         (e.g. ``flowfsm.strategies.BUILTIN_STRATEGIES``): a service naming another
