@@ -521,7 +521,7 @@ def test_any_input_is_a_catalog_error(tmp_path: Path, name: str, content: bytes,
     [
         ("services: !!python/object/apply:os.system ['true']\n", "tags (!...) other than the plain types"),
         ("services: !!binary aGVsbG8=\n", "tags (!...) other than the plain types"),
-        ("x: " + "9" * 5000 + "\n", "expected exactly one key"),
+        ("x: " + "9" * 5000 + "\n", "expected 'services', a list of services"),
         ("services:\n  - id: " + "9" * 5000 + "\n", "expected a string, got <a number of 5000 digits>"),
         ("[" * 100_000 + "]" * 100_000, "not valid YAML: nested too deeply"),
         ("? [a]\n: b\n", "found unhashable key (line 1, column 3)"),

@@ -81,7 +81,7 @@ CASES = {  # file: (content, what the error says)
         "$.services[0].pipeline.environments: expected a list, got '[bold]'",
     ),
     "dup.json": (b'{"services": [], "services": []}', "$: duplicate key 'services'"),
-    "empty.toml": (b"", "$: expected exactly one key, 'services'"),
+    "empty.toml": (b"", "$: expected 'services', a list of services"),
 }
 
 

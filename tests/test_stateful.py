@@ -29,6 +29,14 @@ people (dave is no approver) approve and reject, authors publish. Invariants: no
 deployment of a gated environment is announced or begun before enough distinct,
 allowed approvals of its current attempt; ``NotAuthorized`` changes nothing; a flow
 that ends cancels the request it made (``approval-cancelled``).
+Freeze windows (§11): a catalog may have one window, every two hours from a drawn
+minute for a drawn duration (UTC), covering one environment; the reference says
+whether an environment is frozen by arithmetic alone. A deployment announced while
+its environment is frozen is held (``deployment-held``) until the window ends, when
+the scheduler announces it; ``OverrideFreeze`` lets one attempt through. Invariants:
+no ``deployment-created`` for an environment while it is frozen, unless overridden;
+once the scheduler has run, no deployment of a flow in progress is held past the
+window's end.
 """
 
 from __future__ import annotations
@@ -60,11 +68,13 @@ from flowfsm import (
     Flow,
     FlowEngine,
     FlowFSMError,
+    FreezeWindow,
     HistoryEntry,
     HookEvent,
     InvalidTransition,
     NotAuthorized,
     Outcome,
+    OverrideFreeze,
     PauseFlow,
     Pipeline,
     PromotionCompleted,
@@ -142,6 +152,10 @@ class RefFlow:
     """Who approved each deployment's current attempt, in order."""
     requested_at: dict[int, dt.datetime] = attrs.field(factory=dict)
     """When each deployment awaiting approval asked for it (its expiry runs from then)."""
+    held_until: dict[int, dt.datetime] = attrs.field(factory=dict)
+    """When the freeze holding each held deployment ends (its timer is due)."""
+    overridden: set[int] = attrs.field(factory=set)
+    """Deployments someone let through a freeze, at their current attempt."""
 
     def open(self) -> bool:
         return self.state in ("inProgress", "paused")
@@ -204,6 +218,7 @@ STEERING = (
     E.APPROVAL_REJECTED,
     E.APPROVAL_EXPIRED,
     E.APPROVAL_CANCELLED,
+    E.FREEZE_OVERRIDDEN,
 )
 APPROVERS = ("bob", "group:ops")
 """Who may approve a gated environment: bob, and the ops group (carol and erin)."""
@@ -291,7 +306,48 @@ def catalogs() -> st.SearchStrategy[Catalog]:
     one = st.builds(service, st.just(0), environments, webhook_plan, strategies, retries, overrides)
     other = st.builds(service, st.just(1), environments, webhook_plan, strategies, retries, overrides)
     two = st.builds(lambda a, b: [a, b], one, other)
-    return st.one_of(one.map(lambda s: [s]), two).map(Catalog)
+    return st.builds(_frozen_catalog, st.one_of(one.map(lambda s: [s]), two), windows())
+
+
+# --- freeze windows (§11) ------------------------------------------------------------------
+
+EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+"""Where the fake clock starts (``FakeClock()``)."""
+EVERY = dt.timedelta(hours=2)
+
+Window = tuple[int, int, int] | None
+"""A drawn freeze window: (environment, by position in the first service's pipeline;
+the minute past every even hour it starts; its duration in minutes), or none."""
+
+
+def windows() -> st.SearchStrategy[Window]:
+    return st.one_of(
+        st.none(), st.tuples(st.integers(0, 2), st.sampled_from([0, 15, 40]), st.sampled_from([20, 45, 90]))
+    )
+
+
+def _frozen_catalog(services: list[Service], window: Window) -> Catalog:
+    if window is None:
+        return Catalog(services)
+    at, minute, duration = window
+    environments = services[0].pipeline.environments
+    name = environments[at % len(environments)].name
+    return Catalog(services, freezes=[FreezeWindow("w", [name], f"{duration}m", "UTC", cron=f"{minute} */2 * * *")])
+
+
+def freeze_end(catalog: Catalog, environment: str, now: dt.datetime) -> dt.datetime | None:
+    """When the catalog's window holding ``environment`` at ``now`` ends, or None: by
+    arithmetic on the drawn schedule, not the engine's recurrence libraries."""
+    if not catalog.freezes:
+        return None
+    (window,) = catalog.freezes
+    if environment not in window.environments:
+        return None
+    assert window.cron is not None
+    first = EPOCH + dt.timedelta(minutes=int(window.cron.split()[0]))
+    start = first + ((now - first) // EVERY) * EVERY
+    end = start + window.duration
+    return end if start <= now < end else None
 
 
 class EngineAgainstReference(RuleBasedStateMachine):
@@ -348,17 +404,25 @@ class EngineAgainstReference(RuleBasedStateMachine):
             return
         if flow.state == "paused":
             flow.held = True
-        else:
-            self._admit(flow, following, out)
+            return
+        self._admit(flow, following, out)
 
     def _admit(self, flow: RefFlow, d: int, out: Out) -> None:
-        """An announcement passes the deployment's gates: an approval gate short of
-        approvals asks for them (its expiry runs from now), else it is announced."""
+        """An announcement passes the deployment's gates, in order: an approval gate
+        short of approvals asks for them (its expiry runs from now); a freeze window
+        holds it until the window ends, unless someone let this attempt through;
+        else it is announced."""
         gate = self._environment(flow, d).approvals
         if gate is not None and len(flow.approvals.get(d, [])) < gate.required:
             flow.deployments[d] = "awaitingApproval"
             flow.requested_at[d] = self.clock.now
             out.append((E.APPROVAL_REQUESTED, flow, d, "awaitingApproval"))
+            return
+        until = freeze_end(self.catalog, self._environment(flow, d).name, self.clock.now)
+        if until is not None and d not in flow.overridden:  # held until the window ends
+            flow.deployments[d] = "held"
+            flow.held_until[d] = until
+            out.append((E.DEPLOYMENT_HELD, flow, d, "held"))
             return
         out.append((E.DEPLOYMENT_CREATED, flow, d, flow.deployments[d]))
 
@@ -435,6 +499,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
         flow.promotion_attempts[d] = [a + 1 for a in flow.promotion_attempts[d]]
         flow.reported_failed.discard(d)
         flow.approvals.pop(d, None)  # each attempt is approved anew
+        flow.overridden.discard(d)  # an override lets one attempt through
         out.append((E.DEPLOYMENT_RETRIED, flow, d, "notStarted"))
         self._announce(flow, out)
 
@@ -534,6 +599,8 @@ class EngineAgainstReference(RuleBasedStateMachine):
             return self.expect_flow(trigger)
         if isinstance(trigger, ApprovalGranted | ApprovalRejected):
             return self.expect_approval(trigger)
+        if isinstance(trigger, OverrideFreeze):
+            return self.expect_override(trigger)
         assert isinstance(
             trigger,
             DeploymentStarted
@@ -552,6 +619,8 @@ class EngineAgainstReference(RuleBasedStateMachine):
         if isinstance(trigger, DeploymentStarted):
             if state == "awaitingApproval":
                 return InvalidTransition  # it awaits approval
+            if state == "held":
+                return InvalidTransition  # a freeze window holds it
             if state != "notStarted":
                 return "duplicate"
             if flow.state != "inProgress" or flow.current() != d:
@@ -561,7 +630,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
             return [(E.DEPLOYMENT_STARTED, flow, d, "started")]
         if isinstance(trigger, DeploymentFailed):
             if (state == "failed" and d in flow.reported_failed) or (
-                state == "notStarted" and flow.deployment_attempts[d] > 1
+                state in ("notStarted", "held") and flow.deployment_attempts[d] > 1
             ):
                 return "duplicate"  # reported, or reported before the retry that began this attempt
             if state != "started" or not flow.open():
@@ -575,7 +644,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
         if isinstance(trigger, DeploymentCompleted):
             if state in ("completed", "success") or (state == "failed" and d not in flow.reported_failed):
                 return "duplicate"
-            if state in ("notStarted", "failed", "awaitingApproval") or not flow.open():
+            if state in ("notStarted", "held", "failed", "awaitingApproval") or not flow.open():
                 return InvalidTransition  # not started, reported failed, or the flow ended
             flow.deployments[d] = "completed"
             flow.completed_at[d] = flow.verify_from[d] = self.clock.now
@@ -629,6 +698,25 @@ class EngineAgainstReference(RuleBasedStateMachine):
             return out
         out.append((E.PROMOTION_COMPLETED, flow, d, "completed"))
         self._advance(flow, d, out)
+        return out
+
+    def expect_override(self, trigger: OverrideFreeze) -> Expected:
+        """A held deployment is let through (this attempt): freeze-overridden, then
+        announced; again, a duplicate; a deployment no window holds, refused."""
+        found = self._locate(trigger.deployment_id)
+        if found is None:
+            return UnknownDeployment
+        flow, d = found
+        if flow.deployments[d] != "held":
+            return "duplicate" if d in flow.overridden else InvalidTransition
+        if not flow.open():
+            return InvalidTransition
+        out: Out = []
+        flow.overridden.add(d)
+        flow.deployments[d] = "notStarted"
+        del flow.held_until[d]
+        out.append((E.FREEZE_OVERRIDDEN, flow, d, "notStarted"))
+        self._announce(flow, out)
         return out
 
     def expect_flow(self, trigger: PauseFlow | ResumeFlow | AbortFlow) -> Expected:  # noqa: PLR0911 - one per rule of §8
@@ -728,9 +816,9 @@ class EngineAgainstReference(RuleBasedStateMachine):
             self._fire(flow, kind, d, step)
             if step and kind is TimerKind.RETRY:
                 self.backoffs_acted.add(flow.id)
-            acted += bool(step)
-            expected.setdefault(flow.id, []).extend(step)
-        expected = {k: v for k, v in expected.items() if v}
+            if step or kind is TimerKind.FREEZE:  # a freeze's end moves its deployment, announced or held by a pause
+                acted += 1
+                expected.setdefault(flow.id, []).extend(step)
         return expected, acted
 
     def _timers_of(self, flow: RefFlow) -> list[tuple[dt.datetime, str, TimerKind, int]]:
@@ -756,9 +844,16 @@ class EngineAgainstReference(RuleBasedStateMachine):
             wanted.append((TimerKind.SOAK, flow.completed_at[d] + environment.soak))
         if state == "awaitingApproval" and environment.approvals is not None and environment.approvals.expiry:
             wanted.append((TimerKind.APPROVAL, flow.requested_at[d] + environment.approvals.expiry))
+        if state == "held":
+            wanted.append((TimerKind.FREEZE, flow.held_until[d]))
         return timers + [(due, f"{flow.deployment_ids[d]}/{kind.value}", kind, d) for kind, due in wanted]
 
     def _fire(self, flow: RefFlow, kind: TimerKind, d: int, out: Out) -> None:
+        if kind is TimerKind.FREEZE:  # the window ended: announced, or held by the next
+            flow.deployments[d] = "notStarted"
+            del flow.held_until[d]
+            self._announce(flow, out)
+            return
         if kind is TimerKind.RETRY:
             del flow.retry_due[d]
             self._retry_due(flow, d, out)
@@ -836,6 +931,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
             self.check_history(states, trigger, changed, sent)
         assert self.emitter.requests[sent:] == list(outcome.hook_requests)
         self.begins_nothing_new(paused, sent)
+        self.announces_nothing_frozen(sent)
 
     def check_history(self, states: dict[str, Snapshot], trigger: Trigger | None, changed: set[str], sent: int) -> None:
         """SPEC §9: a step appends exactly one entry to each flow it changed (for a round
@@ -900,6 +996,16 @@ class EngineAgainstReference(RuleBasedStateMachine):
         pairs += [pair for d, pids in enumerate(ref.promotion_ids) for pair in zip(pids, promotions[d], strict=True)]
         return pairs
 
+    def announces_nothing_frozen(self, sent: int) -> None:
+        """No deployment-created for an environment while it is frozen, unless someone
+        let that deployment through."""
+        for request in self.emitter.requests[sent:]:
+            if request.event is not E.DEPLOYMENT_CREATED:
+                continue
+            deployment = request.payload.deployment
+            frozen = freeze_end(self.catalog, deployment.environment, self.clock.now) is not None
+            assert not frozen or deployment.override is not None, request
+
     def begins_nothing_new(self, paused: set[str], sent: int) -> None:
         """A flow paused before and after a step started and announced nothing in it."""
         still = {f.id for f in self.flows.values() if f.state == "paused"} & paused
@@ -930,11 +1036,12 @@ class EngineAgainstReference(RuleBasedStateMachine):
                 author=trigger.actor,
             )
             self.flows[key] = ref
-            self._admit(ref, 0, expected)
+            self._announce(ref, expected)
         assert outcome.duplicate == (bool(services) and not expected)
         self.check_requests(outcome, self.fanout(expected))
         self.check_history({}, trigger, {flow.id for _, flow, _, _ in expected}, sent)
         assert self.emitter.requests[sent:] == list(outcome.hook_requests)
+        self.announces_nothing_frozen(sent)
         self.last = (trigger, "duplicate" if services else [])
 
     def check_requests(self, outcome: Outcome, rows: list[tuple[Any, ...]]) -> None:
@@ -1043,6 +1150,13 @@ class EngineAgainstReference(RuleBasedStateMachine):
         else:
             self.run(RetryPromotion(deployment_id, promotion_id, "alice"))
 
+    @precondition(lambda self: any("held" in f.deployments for f in self.flows.values()))
+    @rule(data=st.data(), any_deployment=st.booleans())
+    def override_freeze(self, data: st.DataObject, any_deployment: bool) -> None:
+        held = [f.deployment_ids[d] for f in self.flows.values() for d, s in enumerate(f.deployments) if s == "held"]
+        deployment_id = self._deployment_id(data) if any_deployment else data.draw(st.sampled_from(held))
+        self.run(OverrideFreeze(deployment_id, "alice", "hotfix"))
+
     @precondition(lambda self: any(f.state == "paused" for f in self.flows.values()))
     @rule(data=st.data(), skip=st.booleans())
     def unpause(self, data: st.DataObject, skip: bool) -> None:
@@ -1082,6 +1196,11 @@ class EngineAgainstReference(RuleBasedStateMachine):
             self.run(RetryPromotion(deployment_id, pid, "alice"))
         elif state == "awaitingApproval":  # the next allowed person approves (fail 0: someone rejects)
             self.progress_approval(flow, d, fail == 0)
+        elif state == "held":  # the window ends, or a person lets it through
+            if fail % 2:
+                self.time_passes(90, schedule=True)
+            else:
+                self.run(OverrideFreeze(deployment_id, "alice", "hotfix"))
         elif state == "notStarted":
             self.run(DeploymentStarted(deployment_id))
         elif state == "started":
@@ -1184,6 +1303,13 @@ class EngineAgainstReference(RuleBasedStateMachine):
         expected, acted = self.expire()
         assert self.scheduler.run_once() == acted
         self.begins_nothing_new(paused, sent)
+        self.announces_nothing_frozen(sent)
+        for ref in self.flows.values():  # the scheduler ran: no window that ended still holds
+            stored = self.repository.get(ref.id)
+            for deployment in stored.deployments:
+                if ref.state == "inProgress" and deployment.state.value == "held":
+                    frozen = freeze_end(self.catalog, deployment.environment, self.clock.now)
+                    assert frozen is not None, deployment
         self.check_history(states, None, set(expected), sent)
         emitted = self.emitter.requests[sent:]
         for flow_id, events in expected.items():
@@ -1336,6 +1462,8 @@ class EngineAgainstReference(RuleBasedStateMachine):
             wanted: dict[TimerKind, dt.datetime] = {}
             if state == "started" and timeouts.deploy:
                 wanted[TimerKind.DEPLOY] = ref.started_at[d] + timeouts.deploy
+            if state == "held":
+                wanted[TimerKind.FREEZE] = ref.held_until[d]
             if state == "completed":
                 if timeouts.verify:
                     wanted[TimerKind.VERIFY] = ref.verify_from[d] + timeouts.verify

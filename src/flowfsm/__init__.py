@@ -22,6 +22,7 @@ from flowfsm.errors import (
     UnknownService,
     ValidationError,
 )
+from flowfsm.freezes import Freeze, FreezeWindow
 from flowfsm.model import (
     Action,
     ActionRef,
@@ -37,6 +38,7 @@ from flowfsm.model import (
     FailureStrategy,
     Flow,
     FlowState,
+    HeldPayload,
     HistoryEntry,
     HookEvent,
     HookRecord,
@@ -118,6 +120,9 @@ __all__ = [
     "FlowEngine",
     "FlowFSMError",
     "FlowState",
+    "Freeze",
+    "FreezeWindow",
+    "HeldPayload",
     "HistoryEntry",
     "HookEmitter",
     "HookEvent",

@@ -15,7 +15,10 @@ import re
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any, Final
 
+import attrs
+
 from flowfsm.errors import CatalogError, UnknownService, ValidationError, bounded, shown
+from flowfsm.freezes import FreezeWindow
 from flowfsm.model import Action, Service, read_regular_file
 
 __all__ = ["MAX_CATALOG_BYTES", "Catalog", "check_policies", "unknown_strategy"]
@@ -29,12 +32,21 @@ _MAX_DIGITS: Final = 4300  # Python's own limit on converting a number's digits
 class Catalog:
     """Services by id and by the artifact keys they consume (a ``ServiceCatalog``).
 
-    ``source`` is the file it was loaded from, if any: errors about it name the file.
+    ``freezes`` are its freeze windows: each must name services it has and an
+    environment one of them has, and each service gets those covering it
+    (``Service.freezes``). ``source`` is the file it was loaded from, if any: errors
+    about it name the file.
     """
 
-    __slots__ = ("_by_id", "_by_key", "source")
+    __slots__ = ("_by_id", "_by_key", "freezes", "source")
 
-    def __init__(self, services: Iterable[Service] = (), *, source: str | None = None) -> None:
+    def __init__(
+        self,
+        services: Iterable[Service] = (),
+        *,
+        freezes: Iterable[FreezeWindow] = (),
+        source: str | None = None,
+    ) -> None:
         self.source = source
         self._by_id: dict[str, Service] = {}
         self._by_key: dict[str, list[Service]] = {}
@@ -44,6 +56,13 @@ class Catalog:
             if service.id in self._by_id:
                 raise ValidationError(f"services[{i}].id", f"duplicate service {shown(service.id)}")
             self._by_id[service.id] = service
+        self.freezes: tuple[FreezeWindow, ...] = _windows(freezes, self._by_id)
+        """The catalog's freeze windows, each also on every service it covers (``Service.freezes``)."""
+        for window in self.freezes:
+            for service_id, service in self._by_id.items():
+                if _covered(window, service):
+                    self._by_id[service_id] = attrs.evolve(service, freezes=(*service.freezes, window))
+        for service in self._by_id.values():
             for key in dict.fromkeys(service.artifacts):
                 self._by_key.setdefault(key, []).append(service)
 
@@ -80,7 +99,8 @@ class Catalog:
     def from_dict(
         cls, data: Mapping[str, Any], *, source: str = "<catalog>", strategies: Collection[str] | None = None
     ) -> Catalog:
-        """Build from the JSON form: ``{"services": [...]}`` with camelCase keys.
+        """Build from the JSON form: ``{"services": [...]}`` with camelCase keys, and
+        perhaps ``"freezes": [...]``, the catalog's freeze windows.
 
         ``strategies``, when given, are the failure strategies the engine will know
         (e.g. ``flowfsm.strategies.BUILTIN_STRATEGIES``): a service naming another
@@ -88,15 +108,21 @@ class Catalog:
         """
         from flowfsm.converter import structure
 
-        if not isinstance(data, Mapping) or set(data) != {"services"}:
-            raise CatalogError(source, "$", "expected exactly one key, 'services', holding a list of services")
+        if not isinstance(data, Mapping) or "services" not in data or not set(data) <= {"services", "freezes"}:
+            raise CatalogError(
+                source, "$", "expected 'services', a list of services (and perhaps 'freezes', a list of freeze windows)"
+            )
         try:
             services = structure(data["services"], list[Service])
         except ValidationError as e:
             path = "$.services" + e.field.removeprefix("$")
             raise CatalogError(source, path, _redacted_in_actions(path, e.message)) from e
         try:
-            catalog = cls(services, source=source)
+            freezes = structure(data.get("freezes", []), list[FreezeWindow])
+        except ValidationError as e:
+            raise CatalogError(source, "$.freezes" + e.field.removeprefix("$"), e.message) from e
+        try:
+            catalog = cls(services, freezes=freezes, source=source)
         except ValidationError as e:
             raise CatalogError(source, f"$.{e.field}", e.message) from e
         if strategies is not None:
@@ -122,6 +148,35 @@ class Catalog:
             raise CatalogError(source, "$", f"expected a table/object with a 'services' list, got {_kind(data)}")
         _anchor_secret_files(data, os.path.dirname(source))
         return cls.from_dict(data, source=source, strategies=strategies)
+
+
+def _windows(value: Iterable[FreezeWindow], services: Mapping[str, Service]) -> tuple[FreezeWindow, ...]:
+    """The freeze windows, each naming services of the catalog and environments one
+    of those has: a name that matches nothing is a typo that would freeze nothing."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ValidationError("freezes", f"expected a list of FreezeWindow, got {shown(value)}")
+    windows = tuple(value)
+    names: set[str] = set()
+    for i, window in enumerate(windows):
+        if not isinstance(window, FreezeWindow):
+            raise ValidationError(f"freezes[{i}]", f"expected a FreezeWindow, got {shown(window)}")
+        if window.name in names:
+            raise ValidationError(f"freezes[{i}].name", f"duplicate freeze window {shown(window.name)}")
+        names.add(window.name)
+        for j, service_id in enumerate(window.services):
+            if service_id not in services:
+                raise ValidationError(f"freezes[{i}].services[{j}]", f"no service {shown(service_id)} in the catalog")
+        covered = [s for s in services.values() if not window.services or s.id in window.services]
+        for j, environment in enumerate(window.environments):
+            if not any(s.pipeline.environment(environment) for s in covered):
+                raise ValidationError(
+                    f"freezes[{i}].environments[{j}]", f"no service it covers has an environment {shown(environment)}"
+                )
+    return windows
+
+
+def _covered(window: FreezeWindow, service: Service) -> bool:
+    return any(window.covers(service.id, e.name) for e in service.pipeline.environments)
 
 
 _ACTION_LEVEL: Final = re.compile(r"\.actions(\[\d+\])?$")
@@ -347,6 +402,7 @@ _CATALOG_KEYS: Final = frozenset(
     | {"timeouts", "deploy", "verify", "soak"}
     | {"retry", "attempts", "backoff", "then"}
     | {"webhooks", "event", "actions", "url", "secret", "env", "file"}
+    | {"freezes", "rrule", "start", "cron", "duration", "timezone", "services"}
 )
 
 

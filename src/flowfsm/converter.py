@@ -32,6 +32,7 @@ from cattrs.strategies import configure_tagged_union
 
 from flowfsm.durations import format_duration, parse_duration
 from flowfsm.errors import ValidationError, shown
+from flowfsm.freezes import FreezeWindow
 from flowfsm.model import (
     Action,
     ApprovalPolicy,
@@ -42,6 +43,7 @@ from flowfsm.model import (
     FailurePayload,
     Flow,
     FlowState,
+    HeldPayload,
     HookEvent,
     HookRequest,
     Payload,
@@ -97,10 +99,18 @@ def _unstructure_renames(cls: type) -> dict[str, Any]:
     overrides = _renames(cls)
     for name in _OMITTED_IF_UNSET.get(cls, ()):
         overrides[name] = override(omit_if_default=True)
+    for name in _NOT_IN_JSON.get(cls, ()):
+        overrides[name] = override(omit=True)
     return overrides
 
 
+_NOT_IN_JSON: Final[dict[type, tuple[str, ...]]] = {
+    Service: ("freezes",),  # a catalog declares its windows once, at the top (``Catalog.from_dict``)
+}
+"""Fields a class's JSON form never has."""
+
 _AS_SENT: Final[dict[type, tuple[str, ...]]] = {
+    FreezeWindow: ("start",),  # a local time: TOML and YAML give a datetime, JSON a string
     Action: ("secret",),  # a secret or a reference to one, never shown
     PromotionResult: ("attempt",),  # PromotionCompleted refuses all but a whole number (int() reads true as 1)
     ApprovalPolicy: ("required", "allow_author"),  # bool("false") is True; int() reads true and 1.5
@@ -110,7 +120,7 @@ _AS_SENT: Final[dict[type, tuple[str, ...]]] = {
 """Fields structured as the JSON has them, for their class to check."""
 
 
-def _make_converter() -> cattrs.Converter:
+def _make_converter() -> cattrs.Converter:  # noqa: PLR0915 - every hook of the one converter, in one place
     conv = cattrs.Converter(forbid_extra_keys=True)
 
     def unstructure_object(cls: type) -> Any:
@@ -122,6 +132,8 @@ def _make_converter() -> cattrs.Converter:
         overrides = _renames(cls)
         for name in _AS_SENT.get(cls, ()):
             overrides[name] = override(rename=_camel(name), struct_hook=lambda value, _: value)
+        for name in _NOT_IN_JSON.get(cls, ()):
+            overrides[name] = override(omit=True)
         structure_fields: Any = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **overrides)
 
         def structure_mapping(value: Any, as_type: Any) -> Any:
@@ -191,6 +203,8 @@ def _make_converter() -> cattrs.Converter:
     def structure_payload(value: Any, _: Any) -> Payload:
         if isinstance(value, dict) and "promotionResult" in value:
             return conv.structure(value, PromotionPayload)
+        if isinstance(value, dict) and "window" in value:
+            return conv.structure(value, HeldPayload)
         if isinstance(value, dict) and "rollbackTo" in value:
             return conv.structure(value, RollbackPayload)
         if isinstance(value, dict) and "actor" in value:

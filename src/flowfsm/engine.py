@@ -37,6 +37,7 @@ from flowfsm.model import (
     FailureStrategy,
     Flow,
     FlowState,
+    HeldPayload,
     HookEvent,
     HookRequest,
     Payload,
@@ -65,6 +66,7 @@ from flowfsm.triggers import (
     DeploymentFailed,
     DeploymentStarted,
     Outcome,
+    OverrideFreeze,
     PauseFlow,
     PromotionCompleted,
     ResumeFlow,
@@ -229,7 +231,7 @@ class FlowEngine:
                 continue
             self._check_policies(service)
             flow = self._new_flow(artifact, service, now, trigger.actor)
-            if service.pipeline.timed:  # its first deployment's gate may set a timer (an approval's expiry)
+            if service.timed and work.now is None:  # its first deployment's gate may read the time or set a timer
                 work.watch(now, ())
             draft = work.open(flow, service)
             machines.created(draft)
@@ -238,13 +240,12 @@ class FlowEngine:
             created.append(flow)
         duplicate = bool(flows) and not created
         requests = self._hook_requests(work, now)
-        timers = work.timer_changes() if work.timers else None
-        work.close()
         outcome = Outcome(tuple(flows), requests, duplicate)
+        if work.timers:  # a gate's timer (an approval's expiry, the end of a freeze)
+            outcome.timers, outcome.cancelled = work.timer_changes()
+        work.close()
         if created:
             outcome.history = history.draft([None] * len(created), created, requests, now)
-        if timers is not None:
-            outcome.timers, outcome.cancelled = timers
         return outcome, created
 
     def _on_deployment_started(self, trigger: DeploymentStarted) -> tuple[Outcome, list[Flow]]:
@@ -333,6 +334,18 @@ class FlowEngine:
         "waiting for you". The embedding service vouches for the actor and groups."""
         return list(approvals.approvals_for(self.repository, self.catalog, actor, groups))
 
+    # --- freezes: a person lets a held deployment through (SPEC §11; flowfsm.freezes) ---------
+
+    def _on_override_freeze(self, trigger: OverrideFreeze) -> tuple[Outcome, list[Flow]]:
+        """A person lets a deployment held by a freeze through (this attempt of it):
+        ``freeze-overridden``, then it is announced, through the gates after the freeze."""
+        work, draft = self.open_deployment(
+            trigger.deployment_id, reason=trigger.reason, actor=trigger.actor, timed=True
+        )
+        if draft.state is DeploymentState.HELD:
+            draft.flow.let_through(draft, trigger.actor)
+        return self.outcome(work, machines.apply(draft, "override_freeze"))
+
     def _retry_held(self, flow: FlowDraft) -> None:
         """The flow resumed: ``RETRY`` begins the retries its pause held back — each
         failed promotion with attempts left whose deployment has no backoff still
@@ -363,7 +376,7 @@ class FlowEngine:
         work = Work(reason=reason, actor=actor)
         service = self.catalog.get(flow.service_id)
         draft = work.open(flow, service)
-        if service.pipeline.timed:
+        if service.timed:
             work.watch(self._clock(), self.repository.timers(flow.id))
         current = draft.current()
         return work, draft.draft(len(draft.deployments) - 1 if current is None else current)
@@ -378,28 +391,7 @@ class FlowEngine:
         if timer is None or now is None or timer.due > now:
             return self.outcome(work, False)
         work.timers[timer.id] = None
-        flow, index, kind = draft.flow, draft.index, trigger.kind
-        if kind is TimerKind.RETRY:
-            work.actor = trigger.actor
-            return self.outcome(work, _retry_due(draft))
-        if kind is TimerKind.APPROVAL:
-            return self.outcome(work, approvals.expire(draft))
-        if kind is TimerKind.SOAK:
-            applied = machines.may(draft, "succeed")
-            if applied:
-                machines.fire(draft, "succeed")
-            return self.outcome(work, applied)
-        work.timed_out, work.reason = True, "timeout"
-        if kind is TimerKind.DEPLOY:
-            return self.outcome(work, machines.apply(draft, "time_out"))
-        applied = False
-        for promotion in draft.deployment.promotions:
-            pending = flow.promotion(index, promotion.id)
-            if pending is not None and machines.may(pending, "time_out"):
-                work.result = PromotionResult(promotion.id, ResultStatus.FAILED, {"reason": "timeout"})
-                machines.fire(pending, "time_out")
-                applied = True
-        return self.outcome(work, applied)
+        return self.outcome(work, _ON_TIMER[trigger.kind](draft, trigger))
 
     def open_deployment(
         self,
@@ -418,7 +410,7 @@ class FlowEngine:
         work = Work(result=result, reason=reason, actor=actor)
         service = self.catalog.get(flow.service_id)
         draft = work.open(flow, service)
-        if timed or service.pipeline.timed:
+        if timed or service.timed:
             work.watch(self._clock(), self.repository.timers(flow.id))
         index = draft.index(deployment_id)
         if index is None:  # a repository that returned the wrong flow
@@ -517,6 +509,8 @@ class FlowEngine:
                 environment = service.pipeline.environment(deployment.environment) or _environment(deployment)
                 if type(result) is Note:  # a steering event: who acted, and why
                     payload = _steering_payload(event, flow, deployment, environment, result)
+                elif event is HookEvent.DEPLOYMENT_HELD:
+                    payload = _held_payload(flow, deployment, environment)
                 elif event not in _TIMED_OUT:
                     # A failure says why in the events it caused (not in what a policy announces after).
                     payload = DeploymentPayload(flow.loaded.artifact, deployment, service.ref, environment)
@@ -602,6 +596,7 @@ FlowEngine.APPLIERS = {
     RetryDeployment: FlowEngine._on_retry_deployment,
     ApprovalGranted: FlowEngine._on_approval_granted,
     ApprovalRejected: FlowEngine._on_approval_rejected,
+    OverrideFreeze: FlowEngine._on_override_freeze,
 }
 
 
@@ -658,6 +653,69 @@ def _retry_due(draft: Draft) -> bool:
     return applied
 
 
+def _retry_now(draft: Draft, trigger: TimerFired) -> bool:
+    """A retry's backoff ended (``_retry_due``), as flowfsm."""
+    draft.flow.work.actor = trigger.actor
+    return _retry_due(draft)
+
+
+def _expire(draft: Draft, _: TimerFired) -> bool:
+    """An approval request's expiry (``flowfsm.approvals.expire``)."""
+    return approvals.expire(draft)
+
+
+def _thaw(draft: Draft, trigger: TimerFired) -> bool:
+    """The freeze ended: the held deployment is announced, through the gates again."""
+    draft.flow.work.actor = trigger.actor
+    return _fired_if_allowed(draft, "thaw")
+
+
+def _soaked(draft: Draft, _: TimerFired) -> bool:
+    """The soak ended: the deployment succeeds if its promotions passed."""
+    return _fired_if_allowed(draft, "succeed")
+
+
+def _deploy_timed_out(draft: Draft, _: TimerFired) -> bool:
+    """The deploy timeout passed: a started deployment fails (``timeout``)."""
+    work = draft.flow.work
+    work.timed_out, work.reason = True, "timeout"
+    return machines.apply(draft, "time_out")
+
+
+def _verify_timed_out(draft: Draft, _: TimerFired) -> bool:
+    """The verify timeout passed: each promotion still pending fails (``timeout``)."""
+    flow, index = draft.flow, draft.index
+    work = flow.work
+    work.timed_out, work.reason = True, "timeout"
+    applied = False
+    for promotion in draft.deployment.promotions:
+        pending = flow.promotion(index, promotion.id)
+        if pending is not None and machines.may(pending, "time_out"):
+            work.result = PromotionResult(promotion.id, ResultStatus.FAILED, {"reason": "timeout"})
+            machines.fire(pending, "time_out")
+            applied = True
+    return applied
+
+
+def _fired_if_allowed(draft: Draft, trigger: str) -> bool:
+    applied = machines.may(draft, trigger)
+    if applied:
+        machines.fire(draft, trigger)
+    return applied
+
+
+_ON_TIMER: Final[Mapping[TimerKind, Callable[[Draft, TimerFired], bool]]] = {
+    TimerKind.DEPLOY: _deploy_timed_out,
+    TimerKind.VERIFY: _verify_timed_out,
+    TimerKind.SOAK: _soaked,
+    TimerKind.RETRY: _retry_now,
+    TimerKind.APPROVAL: _expire,
+    TimerKind.FREEZE: _thaw,
+}
+"""What a due timer of each kind does to its deployment (True: something changed;
+False: a stale timer, a duplicate). A new timer kind adds its line here."""
+
+
 def _steering_payload(
     event: HookEvent, flow: FlowDraft, deployment: Deployment, environment: Environment, note: Note
 ) -> SteeringPayload:
@@ -667,6 +725,16 @@ def _steering_payload(
         target = flow.rollback.artifact if flow.rollback is not None else None
         return RollbackPayload(artifact, deployment, service, environment, note.actor, note.reason, promotion, target)
     return SteeringPayload(artifact, deployment, service, environment, note.actor, note.reason, promotion)
+
+
+def _held_payload(flow: FlowDraft, deployment: Deployment, environment: Environment) -> DeploymentPayload:
+    """``deployment-held``'s payload: the freeze holding the deployment, as the gate saw it."""
+    now = flow.work.now
+    freeze = flow.service.freeze(deployment.environment, now) if now is not None else None
+    artifact, service = flow.loaded.artifact, flow.service.ref
+    if freeze is None:  # pragma: no cover - the gate holds a deployment only when a freeze is in force now
+        return DeploymentPayload(artifact, deployment, service, environment)
+    return HeldPayload(artifact, deployment, service, environment, freeze.window, freeze.until)
 
 
 def _why(flow: FlowDraft, index: int, failed_id: str) -> str:

@@ -276,6 +276,30 @@ def _to_retry(situation: Situation, deployment: Deployment) -> tuple[list[Promot
     return retried, deployment.state is DeploymentState.FAILED and left(deployment)
 
 
+def freeze(situation: Situation) -> Iterable[Waiting]:
+    """A deployment held by a freeze window: which window (as the gate saw it when it
+    held the deployment), and until when (its timer: the end of the freeze)."""
+    deployment = _under_way(situation)
+    if deployment is None or deployment.state is not DeploymentState.HELD:
+        return
+    since = situation.since(deployment.id, DeploymentState.HELD.value)
+    timer = situation.timer(deployment.id, TimerKind.FREEZE)
+    until = timer.due if timer is not None else None
+    service = situation.service
+    held = service.freeze(deployment.environment, since) if service is not None and since is not None else None
+    window = held.window if held is not None else None
+    by = f"freeze window {window!r}" if window is not None else "a freeze window"
+    yield Waiting(
+        "freeze",
+        f"The deployment to {deployment.environment!r} is held by {by} until {at(until)}; it is announced then.",
+        deployment.id,
+        deployment.environment,
+        since,
+        until,
+        {"window": window},
+    )
+
+
 def paused(situation: Situation) -> Iterable[Waiting]:
     """A paused flow: by whom, why, since when, and what ends the pause — a person's
     ``ResumeFlow``, or, when its failure policy paused it, a retry or skip of each
@@ -403,7 +427,7 @@ def approval(situation: Situation) -> Iterable[Waiting]:
     )
 
 
-REASONS: list[Reason] = [finished, paused, approval, cd_start, cd_finish, promotions, soak, backoff]
+REASONS: list[Reason] = [finished, paused, approval, freeze, cd_start, cd_finish, promotions, soak, backoff]
 """Every reason to wait, in the order an explanation lists them. Append one to add a kind."""
 
 

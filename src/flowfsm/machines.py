@@ -42,6 +42,7 @@ from transitions.core import Condition, State, Transition
 
 from flowfsm.errors import InvalidTransition
 from flowfsm.model import (
+    GATED,
     Deployment,
     DeploymentState,
     Flow,
@@ -252,8 +253,18 @@ def _needs_approval(draft: Draft) -> bool:
 
 
 def _frozen(draft: Draft) -> bool:
-    """A freeze window covers the deployment's environment now, and no one let it through."""
-    return False
+    """A freeze window covers the deployment's environment now, and no one let it
+    through (the time is read for a service a window covers; see ``Service.timed``)."""
+    deployment, flow = draft.deployment, draft.flow
+    now = flow.work.now
+    if now is None or deployment.override is not None or not flow.service.freezes:
+        return False
+    return flow.service.freeze(deployment.environment, now) is not None
+
+
+def _overridden(draft: Draft) -> bool:
+    """Someone let the deployment through a freeze (an override repeated: a duplicate)."""
+    return draft.deployment.override is not None
 
 
 def _lane_taken(draft: Draft) -> bool:
@@ -315,6 +326,9 @@ def _retried(draft: Draft) -> bool:
 _F, _D, _P, _E = FlowState, DeploymentState, PromotionState, HookEvent
 _T = TimerKind
 _EVERY_TIMER: Final = (_T.DEPLOY, _T.VERIFY, _T.SOAK)
+
+_AT_A_GATE_RETRIED: Final[Mapping[enum.Enum, Test]] = dict.fromkeys(GATED, _retried)
+"""A deployment retried and now waiting at a gate: an earlier report delivered again repeats."""
 
 _ENDED: Final[Mapping[enum.Enum, str]] = {
     _F.SUCCESS: "it already succeeded",
@@ -383,7 +397,7 @@ DEPLOYMENT: Final = Declaration(
             (_E.APPROVAL_REQUESTED,),
             timers=(_T.APPROVAL,),  # its expiry, if the policy has one
         ),
-        Rule("admit", _D.NOT_STARTED, _D.HELD, (FROZEN,), (_E.DEPLOYMENT_HELD,)),
+        Rule("admit", _D.NOT_STARTED, _D.HELD, (FROZEN,), (_E.DEPLOYMENT_HELD,), timers=(_T.FREEZE,)),
         Rule("admit", _D.NOT_STARTED, _D.QUEUED, (LANE_TAKEN,), (_E.DEPLOYMENT_QUEUED,)),
         Rule("admit", _D.NOT_STARTED, _D.NOT_STARTED, (), (_E.DEPLOYMENT_CREATED,)),
         # Approvals (SPEC §11). ApprovalGranted records the approval first (the engine
@@ -428,6 +442,7 @@ DEPLOYMENT: Final = Declaration(
             repeats={_D.STARTED: always, _D.COMPLETED: always, _D.SUCCESS: always, _D.FAILED: always},
             contradicts={
                 _D.AWAITING_APPROVAL: "it awaits approval",
+                _D.HELD: "a freeze window holds it: it is announced when the window ends",
             },
             timers=(_T.DEPLOY,),
         ),
@@ -450,8 +465,9 @@ DEPLOYMENT: Final = Declaration(
             (),
             (_E.DEPLOYMENT_FAILED,),
             failure=FailureKind.DEPLOYMENT,
-            # Not started since a retry: a failure reported before the retry, delivered again.
-            repeats={_D.FAILED: _failed_before_completing, _D.NOT_STARTED: _retried},
+            # Not started since a retry (announced, or waiting at a gate): a failure reported
+            # before the retry, delivered again.
+            repeats={_D.FAILED: _failed_before_completing, _D.NOT_STARTED: _retried, **_AT_A_GATE_RETRIED},
             contradicts={
                 _D.COMPLETED: "it already completed",
                 _D.SUCCESS: "it already completed",
@@ -478,6 +494,21 @@ DEPLOYMENT: Final = Declaration(
             then=(("flow", "succeed"),),
             cancels=(_T.VERIFY, _T.SOAK),
         ),
+        # A freeze ends (its timer), or a person lets the deployment through (OverrideFreeze):
+        # announced again, through the gates after the freeze.
+        # (The fired timer is cancelled by its firing: the admission may set it again.)
+        Rule("thaw", _D.HELD, _D.NOT_STARTED, (), (Next(_E.DEPLOYMENT_CREATED),)),
+        Rule(
+            "override_freeze",
+            _D.HELD,
+            _D.NOT_STARTED,
+            (),
+            (_E.FREEZE_OVERRIDDEN, Next(_E.DEPLOYMENT_CREATED)),
+            # Let through already (this attempt): the override, delivered again. Else nothing holds it.
+            repeats=dict.fromkeys((s for s in _D if s is not _D.HELD), _overridden),
+            contradicts=dict.fromkeys((s for s in _D if s is not _D.HELD), "no freeze window holds it"),
+            cancels=(_T.FREEZE,),
+        ),
         # A failure strategy's move:
         Rule("reject", _D.COMPLETED, _D.FAILED, (), (_E.DEPLOYMENT_FAILED,), cancels=_EVERY_TIMER),
         # RetryDeployment, or RETRY's move: the next attempt, announced again (held while paused).
@@ -492,7 +523,7 @@ DEPLOYMENT: Final = Declaration(
                 _D.STARTED: _retried,
                 _D.COMPLETED: _retried,
                 _D.SUCCESS: _retried,
-                _D.AWAITING_APPROVAL: _retried,
+                **_AT_A_GATE_RETRIED,  # the retry, waiting at a gate
             },
             contradicts={
                 _D.NOT_STARTED: "it has not failed",

@@ -33,6 +33,7 @@ import attrs
 
 from flowfsm.durations import parse_duration
 from flowfsm.errors import ValidationError, shown
+from flowfsm.freezes import Freeze, FreezeWindow, frozen
 
 __all__ = [
     "FINISHED",
@@ -53,6 +54,7 @@ __all__ = [
     "FailureStrategy",
     "Flow",
     "FlowState",
+    "HeldPayload",
     "HistoryEntry",
     "HookEvent",
     "HookRecord",
@@ -623,7 +625,7 @@ class Environment:
         a retry's backoff is its failure policy's, not the environment's)."""
         if kind is TimerKind.SOAK:
             return self.soak
-        if kind is TimerKind.RETRY:
+        if kind is TimerKind.RETRY or kind is TimerKind.FREEZE:  # a freeze's timer is due when it ends
             return None
         if kind is TimerKind.APPROVAL:
             return self.approvals.expiry if self.approvals is not None else None
@@ -933,6 +935,16 @@ def _concurrency(value: object) -> Concurrency:
         raise ValidationError("concurrency", f"must be one of {allowed}, got {shown(value)}") from None
 
 
+def _freeze_windows(value: Iterable[FreezeWindow]) -> tuple[FreezeWindow, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ValidationError("freezes", f"expected a list of FreezeWindow, got {shown(value)}")
+    windows = tuple(value)
+    for i, window in enumerate(windows):
+        if not isinstance(window, FreezeWindow):
+            raise ValidationError(f"freezes[{i}]", f"expected a FreezeWindow, got {shown(window)}")
+    return windows
+
+
 @attrs.frozen(weakref_slot=False, repr=False)
 class Service:
     """A consumer of artifacts: what it consumes, where it deploys, who to tell."""
@@ -950,6 +962,10 @@ class Service:
     """``RETRY``'s settings (None: ``RetryPolicy()``), overridable per environment."""
     concurrency: Concurrency = attrs.field(default=Concurrency.PARALLEL, converter=_concurrency)
     """How many of the service's flows may be active in one environment at once."""
+    freezes: tuple[FreezeWindow, ...] = attrs.field(default=(), kw_only=True, converter=_freeze_windows)
+    """The freeze windows covering some of its environments (``Catalog(freezes=...)``
+    gives each service those that cover it); not part of its JSON form: a catalog
+    file declares its windows once, at the top."""
     # Derived once: the engine asks "who subscribes to this event?" on every step.
     _subscribers: Mapping[HookEvent, tuple[tuple[str, ActionRef], ...]] = attrs.field(
         init=False, repr=False, eq=False, alias="_subscribers"
@@ -979,6 +995,18 @@ class Service:
     @property
     def ref(self) -> ServiceRef:
         return self._ref
+
+    @property
+    def timed(self) -> bool:
+        """Whether its triggers read the time: its pipeline has timers, or a freeze
+        window covers it (the gates ask whether it is frozen now)."""
+        return self.pipeline.timed or bool(self.freezes)
+
+    def freeze(self, environment: str, at: dt.datetime) -> Freeze | None:
+        """The freeze in force in its environment ``environment`` at ``at``, or None."""
+        if not self.freezes:
+            return None
+        return frozen([w for w in self.freezes if w.covers(self.id, environment)], at)
 
     def action(self, webhook_id: str, action_name: str) -> Action | None:
         """The configured action (with its secret), for emitters that sign."""
@@ -1329,6 +1357,18 @@ class TimeoutPayload(FailurePayload):
     __repr__ = attrs_repr
 
     reason: str = "timeout"
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class HeldPayload(DeploymentPayload):
+    """The payload of ``deployment-held``: a ``DeploymentPayload`` naming the freeze
+    ``window`` that holds the deployment and when the freeze ends (``until``, UTC):
+    it is announced then."""
+
+    __repr__ = attrs_repr
+
+    window: str
+    until: dt.datetime
 
 
 @attrs.frozen(weakref_slot=False, repr=False)

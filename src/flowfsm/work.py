@@ -30,6 +30,7 @@ from flowfsm.model import (
     Rollback,
     Service,
     Timer,
+    TimerKind,
     _make_deployment,
     _make_flow,
     _make_promotion,
@@ -47,6 +48,7 @@ FLOWFSM: Final = "flowfsm"
 _SUCCESS = DeploymentState.SUCCESS
 _PAUSED = FlowState.PAUSED
 _PENDING = PromotionState.PENDING
+_FREEZE = TimerKind.FREEZE
 
 STEERING_EVENTS: Final = frozenset(
     {
@@ -63,6 +65,7 @@ STEERING_EVENTS: Final = frozenset(
         HookEvent.APPROVAL_REJECTED,
         HookEvent.APPROVAL_EXPIRED,
         HookEvent.APPROVAL_CANCELLED,
+        HookEvent.FREEZE_OVERRIDDEN,
     }
 )
 """Events whose payloads say who acted and why (``SteeringPayload``)."""
@@ -168,6 +171,11 @@ class Work:
         if environment is None:  # the catalog changed since the flow began
             return
         for kind in rule.timers:
+            if kind is _FREEZE:  # due when the freeze holding the deployment ends, not after a duration
+                freeze = flow.service.freeze(deployment.environment, now)
+                if freeze is not None:
+                    self.timers[timer_id(deployment.id, kind)] = Timer(flow.id, deployment.id, kind, freeze.until)
+                continue
             duration = environment.timer(kind)
             if duration is None or (
                 kind in rule.shares and _shared(self.timer(timer_id(deployment.id, kind)), deployment)
@@ -327,8 +335,9 @@ class FlowDraft:
             promotions = tuple([_make_promotion(p.id, p.name, _PENDING, p.attempt + 1) for p in promotions])
             attempt += 1
             approvals = ()
+        override = d.override if not again else None  # an override lets one attempt through a freeze
         self.deployments[draft.index] = _make_deployment(
-            d.id, d.environment, promotions, draft.state, attempt, approvals, d.override
+            d.id, d.environment, promotions, draft.state, attempt, approvals, override
         )
         self.changed = True
 
@@ -341,6 +350,14 @@ class FlowDraft:
         )
         self.changed = True
         return self.deployment(index)
+
+    def let_through(self, draft: Draft, actor: str) -> None:
+        """``actor`` lets the deployment (``draft``) through a freeze window: recorded
+        on it before it is announced again, for the gates to read."""
+        d: Deployment = draft.entity
+        draft.entity = _make_deployment(d.id, d.environment, d.promotions, d.state, d.attempt, d.approvals, actor)
+        self.deployments[draft.index] = draft.entity
+        self.changed = True
 
     def publish_promotion(self, draft: Draft, again: bool = False) -> None:
         promotion: Promotion = draft.entity

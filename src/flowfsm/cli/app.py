@@ -10,6 +10,7 @@ nothing; a usage mistake exits 2.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -65,6 +66,7 @@ from flowfsm.triggers import (
     DeploymentFailed,
     DeploymentStarted,
     Outcome,
+    OverrideFreeze,
     PauseFlow,
     PromotionCompleted,
     ResumeFlow,
@@ -494,6 +496,75 @@ def reject(
         trigger = ApprovalRejected(deployment_id, actor, reason, groups=group or ())
         engine = _engine(store, catalog, create=False)
     _handle(engine, trigger, as_json)
+
+
+@app.command("override-freeze")
+def override_freeze(
+    deployment_id: str,
+    actor: Actor,
+    reason: Annotated[str, typer.Option("--reason", help="Why it may deploy during the freeze (required).")],
+    store: Store = "flowfsm.db",
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """Let a deployment held by a freeze window through: announced now (this attempt)."""
+    with _reported():
+        trigger = OverrideFreeze(deployment_id, actor, reason)
+        engine = _engine(store, catalog, create=False)
+    _handle(engine, trigger, as_json)
+
+
+@app.command("freezes")
+def freezes(
+    at: Annotated[str | None, typer.Option("--at", help="An ISO 8601 time with its offset (default: now).")] = None,
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
+    """List the catalog's freeze windows, and whether each is in force (at ``--at``)."""
+    from flowfsm.durations import format_duration
+    from flowfsm.engine import utc_now
+    from flowfsm.freezes import frozen
+
+    with _reported():
+        when = utc_now() if at is None else _aware(at)
+        windows = Catalog.from_file(catalog).freezes
+    rows = []
+    for window in windows:
+        freeze = frozen([window], when)
+        rows.append((window, freeze.until if freeze is not None else None))
+    if as_json:
+        listed = [
+            unstructure(window) | {"active": until is not None, "until": until.isoformat() if until else None}
+            for window, until in rows
+        ]
+        _print_json({"at": when.isoformat(), "freezes": listed})
+        return
+    if not rows:
+        out.print(_line("no freeze windows in the catalog"))
+    for window, until in rows:
+        schedule = f"rrule {window.rrule} from {window.start:%Y-%m-%dT%H:%M}" if window.rrule else f"cron {window.cron}"
+        covers = ", ".join(window.environments) + (f" of {', '.join(window.services)}" if window.services else "")
+        state = ("frozen", "red") if until is not None else ("open", "green")
+        ends = f" until {until:%Y-%m-%d %H:%M:%S} UTC" if until is not None else ""
+        out.print(
+            _line(
+                (window.name, "bold"),
+                f": {schedule}, {format_duration(window.duration)} in {window.timezone}; {covers}: ",
+                state,
+                ends,
+            )
+        )
+
+
+def _aware(text: str) -> dt.datetime:
+    """``--at``: an ISO 8601 time with its offset (``Z`` for UTC)."""
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValidationError("--at", "expected an ISO 8601 time such as 2026-12-24T12:00:00+01:00") from None
+    if when.tzinfo is None:
+        raise ValidationError("--at", "give the time's offset (e.g. +01:00, or Z for UTC)")
+    return when
 
 
 def _promotion_id(engine: FlowEngine, deployment_id: str, promotion: str) -> str:

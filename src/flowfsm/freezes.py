@@ -1,0 +1,320 @@
+"""Freeze windows (SPEC §11): when deployments to some environments wait.
+
+A ``FreezeWindow`` is a recurring schedule — an RFC 5545 recurrence rule with its
+start (``rrule``, ``start``), or a cron expression (``cron``) — with a duration and
+an IANA time zone, covering some environments (of some services, or all). The
+engine asks one question, ``frozen(windows, at)``: is ``at`` inside a window, and if
+so until when, as a person reading the schedule sees it (overlapping and
+back-to-back windows make one freeze).
+
+Schedules are read on the clock on the wall of the window's time zone: a window
+"every Friday 18:00 for 64h in Europe/Berlin" starts at 18:00 local time all year
+and ends on Monday at 10:00 local time, whatever the clocks did over the weekend.
+A start at a local time that does not exist (the hour skipped in spring) begins
+when the clocks have gone forward, as far after the skipped hour's start as it was
+meant to be (02:30 → 03:30); a start at a local time that happens twice (the hour
+repeated in autumn) begins at its first occurrence. That is RFC 5545's rule for
+such times (the offset from before the change), and what cron does.
+
+Recurrence comes from well-kept libraries behind the ``freeze`` extra
+(``python-dateutil``'s rrule, ``cronsim``), imported when a window is made: the core
+gains no required dependency. Time zones are the standard library's ``zoneinfo``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import itertools
+import re
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Final, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import attrs
+
+from flowfsm.durations import parse_duration
+from flowfsm.errors import ValidationError, shown
+
+__all__ = ["EXTRA", "MAX_CHAIN", "Freeze", "FreezeWindow", "frozen"]
+
+EXTRA: Final = "pip install flowfsm[freeze]"
+"""How to install what freeze windows need."""
+
+MAX_CHAIN: Final = 100
+"""The most windows one freeze runs through (each starting as, or before, the last
+ends): a schedule that never leaves a gap is answered with the end of the
+hundredth, and asked again then. Bounds the work of one question."""
+
+_SLACK: Final = dt.timedelta(hours=3)
+"""More than any daylight-saving shift: a start this far from a time on the wall
+is on the same side of it in real time too."""
+_MAX_CANDIDATES: Final = 2_000
+"""The most starts looked at near one time (a cron schedule firing every minute
+has 360 within the slack either side)."""
+_FREQUENCIES: Final = ("YEARLY", "MONTHLY", "WEEKLY", "DAILY")
+"""The recurrence frequencies a window may have: more often than daily is not a
+freeze window, and would make each question cost more."""
+_FREQ: Final = re.compile(r"(?:^|;)FREQ=([A-Z]+)")
+_INTERVAL: Final = re.compile(r"(?:^|;)INTERVAL=(\d{1,6})(?:;|$)")
+_UTC: Final = dt.UTC
+
+
+class _Schedule(Protocol):
+    def before(self, wall: dt.datetime) -> Iterator[dt.datetime]:
+        """The starts at or before ``wall`` (naive local wall times), latest first."""
+        ...  # pragma: no cover - a protocol
+
+
+def _missing(field: str, e: ImportError) -> ValidationError:
+    return ValidationError(field, f"freeze windows need the 'freeze' extra: {EXTRA} (missing {e.name or 'a module'})")
+
+
+class _RRule:
+    """An RFC 5545 recurrence rule from ``start``, through ``dateutil.rrule``."""
+
+    def __init__(self, text: str, start: dt.datetime) -> None:
+        try:
+            from dateutil import rrule
+        except ImportError as e:
+            raise _missing("rrule", e) from e
+        body = text.strip()
+        if body.upper().startswith("RRULE:"):
+            body = body[6:]
+        if "\n" in body or "DTSTART" in body.upper():
+            raise ValidationError("rrule", "give the rule alone (FREQ=...); its first start is 'start'")
+        try:
+            rule = rrule.rrulestr(body, dtstart=start)
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            raise ValidationError("rrule", f"not an RFC 5545 recurrence rule: {shown(str(e), 60)}") from None
+        if not isinstance(rule, rrule.rrule):  # pragma: no cover - a single RRULE line is one rule
+            raise ValidationError("rrule", "give one recurrence rule")
+        frequency = _FREQ.search(body.upper())  # dateutil has read it: only which one is asked here
+        if frequency is None or frequency.group(1) not in _FREQUENCIES:
+            raise ValidationError("rrule", f"FREQ must be one of {', '.join(_FREQUENCIES)}")
+        if not _fires(rule, body, start):
+            raise ValidationError("rrule", "the rule never starts a window from 'start' on")
+        # dateutil counts a rule's starts from its first: those seen so far are kept, in
+        # order, so a rule from years ago costs that list once, then a binary search.
+        self._starts: list[dt.datetime] = []
+        self._next: Iterator[dt.datetime] | None = iter(rule)
+        self._lock = threading.Lock()
+
+    def before(self, wall: dt.datetime) -> Iterator[dt.datetime]:
+        starts = self._starts
+        with self._lock:  # one engine may ask from several threads (a worker's)
+            while self._next is not None and (not starts or starts[-1] <= wall):
+                following = next(self._next, None)  # bounded: the rule fires within a cycle, or has ended
+                if following is None:
+                    self._next = None
+                else:
+                    starts.append(following)
+            found = bisect.bisect_right(starts, wall)
+        for i in range(found - 1, -1, -1):
+            yield starts[i]
+
+
+_CYCLE: Final = 400
+"""Years after which the Gregorian calendar repeats, weekdays and leap days alike."""
+
+
+def _fires(rule: Any, body: str, start: dt.datetime) -> bool:
+    """Whether ``rule`` starts a window at ``start`` or later, in bounded work.
+
+    dateutil looks for a rule's next start up to the year 9999, however long that
+    takes: seconds for a daily rule that never fires (February 30th). The rule's
+    calendar repeats every ``_CYCLE`` × INTERVAL years, so it fires at all if it
+    fires within one such span: asked of the same rule (without COUNT or UNTIL) from
+    as late a start as leaves one span before 9999, the search ends there. Then the
+    rule itself, which fires within a span of its start (or ended), is asked."""
+    interval = _INTERVAL.search(body.upper())
+    cycle = _CYCLE * (int(interval.group(1)) if interval else 1)
+    spans = (dt.MAXYEAR - cycle - start.year) // cycle
+    if spans > 0:
+        later = start.replace(year=start.year + spans * cycle)
+        if rule.replace(dtstart=later, count=None, until=None).after(later, inc=True) is None:
+            return False
+    return rule.after(start, inc=True) is not None
+
+
+class _Cron:
+    """A cron expression (five fields, as crontab(5) has them), through ``cronsim``."""
+
+    def __init__(self, text: str) -> None:
+        try:
+            from cronsim import CronSim, CronSimError
+        except ImportError as e:
+            raise _missing("cron", e) from e
+        try:
+            CronSim(text, dt.datetime(2000, 1, 1))
+        except CronSimError as e:
+            raise ValidationError("cron", f"not a cron expression: {shown(str(e), 60)}") from None
+        self._text = text
+        self._cron = CronSim
+
+    def before(self, wall: dt.datetime) -> Iterator[dt.datetime]:
+        # cronsim counts back from a time excluded; the second after ``wall`` includes it.
+        return iter(self._cron(self._text, wall + dt.timedelta(seconds=1), reverse=True))
+
+
+def _names(value: object, field: str, what: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ValidationError(field, f"expected a list of {what} names, got {shown(value)}")
+    names = tuple(value)
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            raise ValidationError(f"{field}[{i}]", f"must be a non-blank string, got {shown(name)}")
+    if len(set(names)) != len(names):
+        raise ValidationError(field, f"names a {what} twice")
+    return names
+
+
+def _environments(value: object) -> tuple[str, ...]:
+    return _names(value, "environments", "environment")
+
+
+def _services(value: object) -> tuple[str, ...]:
+    return _names(value, "services", "service")
+
+
+def _duration(value: object) -> dt.timedelta:
+    return parse_duration(value, "duration")
+
+
+def _zone(_: object, __: object, value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError("timezone", f"expected an IANA time zone such as 'Europe/Berlin', got {shown(value)}")
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationError("timezone", f"unknown IANA time zone {shown(value)}") from None
+
+
+def _start(value: object) -> dt.datetime | None:
+    if value is None or (isinstance(value, dt.datetime) and value.tzinfo is None):
+        return value
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return dt.datetime.combine(value, dt.time())
+    if isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise ValidationError(
+                "start", f"expected a local time such as '2026-12-18T18:00', got {shown(value)}"
+            ) from None
+        return _start(parsed)
+    if isinstance(value, dt.datetime):
+        raise ValidationError("start", "give the local time without an offset: the window's timezone says which")
+    raise ValidationError("start", f"expected a local time such as '2026-12-18T18:00', got {shown(value)}")
+
+
+def _text(field: str, optional: bool = True) -> Any:
+    def check(_: object, __: object, value: object) -> None:
+        if (value is not None or not optional) and (not isinstance(value, str) or not value.strip()):
+            raise ValidationError(field, f"must be a non-blank string, got {shown(value)}")
+
+    return check
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
+class FreezeWindow:
+    """A recurring freeze: from each start of its schedule, for ``duration`` (on the
+    wall clock of ``timezone``), deployments to ``environments`` (of ``services``;
+    none named: every service) are held, and announced when it ends.
+
+    The schedule is either ``rrule`` (an RFC 5545 RRULE such as
+    ``"FREQ=WEEKLY;BYDAY=FR"``; FREQ daily or less often) with ``start``, its
+    DTSTART as a local time in ``timezone``; or ``cron`` (``"0 18 * * 5"``). Making
+    one needs the ``freeze`` extra (``ValidationError`` naming it otherwise).
+    """
+
+    name: str = attrs.field(validator=_text("name", optional=False))
+    environments: tuple[str, ...] = attrs.field(converter=_environments)
+    duration: dt.timedelta = attrs.field(converter=_duration)
+    timezone: str = attrs.field(validator=_zone)
+    rrule: str | None = attrs.field(default=None, kw_only=True, validator=_text("rrule"))
+    start: dt.datetime | None = attrs.field(default=None, kw_only=True, converter=_start)
+    cron: str | None = attrs.field(default=None, kw_only=True, validator=_text("cron"))
+    services: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=_services)
+    _schedule: _Schedule = attrs.field(init=False, repr=False, eq=False, alias="_schedule")
+    _zone: ZoneInfo = attrs.field(init=False, repr=False, eq=False, alias="_zone")
+
+    def __attrs_post_init__(self) -> None:
+        if not self.environments:
+            raise ValidationError("environments", "name at least one environment the window freezes")
+        schedule: _Schedule
+        if (self.rrule is None) == (self.cron is None):
+            raise ValidationError("rrule", "give either 'rrule' (with 'start') or 'cron'")
+        if self.rrule is not None:
+            if self.start is None:
+                raise ValidationError("start", "an 'rrule' needs its first start, as a local time")
+            schedule = _RRule(self.rrule, self.start)
+        else:
+            if self.start is not None:
+                raise ValidationError("start", "a 'cron' schedule has no start: its expression says when")
+            schedule = _Cron(str(self.cron))
+        object.__setattr__(self, "_schedule", schedule)
+        object.__setattr__(self, "_zone", ZoneInfo(self.timezone))
+
+    def __repr__(self) -> str:
+        when = f"rrule={self.rrule!r}, start={self.start!r}" if self.rrule is not None else f"cron={self.cron!r}"
+        return f"FreezeWindow({self.name!r}, {when}, duration={self.duration!r}, timezone={self.timezone!r})"
+
+    def covers(self, service_id: str, environment: str) -> bool:
+        """Whether the window freezes ``environment`` of the service ``service_id``."""
+        return environment in self.environments and (not self.services or service_id in self.services)
+
+    def _real(self, wall: dt.datetime) -> dt.datetime:
+        """A wall time in the window's zone as a UTC time (a skipped time: as if the
+        clocks had not yet gone forward; a repeated one: its first occurrence)."""
+        return wall.replace(tzinfo=self._zone, fold=0).astimezone(_UTC)
+
+    def until(self, at: dt.datetime) -> dt.datetime | None:
+        """The end of the window's occurrence that covers ``at`` (aware), in UTC, or
+        None: ``at`` is in none. Occurrences of one window may overlap: the latest
+        to have started ends last."""
+        wall = at.astimezone(self._zone).replace(tzinfo=None)
+        latest: tuple[dt.datetime, dt.datetime] | None = None  # (start, as on the wall)
+        for wall_start in itertools.islice(self._schedule.before(wall + _SLACK), _MAX_CANDIDATES):
+            start = self._real(wall_start)
+            if start <= at and (latest is None or start > latest[0]):
+                latest = (start, wall_start)
+            if wall_start < wall - _SLACK:  # every earlier start is earlier in real time too
+                break
+        if latest is None:
+            return None
+        # The duration runs on the wall clock from when the window really began (a
+        # start in the skipped hour begins after it, and lasts its whole duration).
+        end = self._real(latest[0].astimezone(self._zone).replace(tzinfo=None) + self.duration)
+        return end if end > at else None
+
+
+@attrs.frozen(weakref_slot=False)
+class Freeze:
+    """A freeze in force: the ``window`` covering the moment asked about, and when the
+    freeze ends (``until``, UTC), counting the windows that follow without a gap."""
+
+    window: str
+    until: dt.datetime
+
+
+def frozen(windows: Sequence[FreezeWindow], at: dt.datetime) -> Freeze | None:
+    """The freeze ``windows`` put in force at ``at`` (aware), or None. Its end is
+    the freeze as a person sees it: when a window overlaps the next one or ends as
+    the next starts, the freeze lasts until the last of them ends (at most
+    ``MAX_CHAIN`` windows on)."""
+    holding: tuple[dt.datetime, str] | None = None
+    for window in windows:
+        end = window.until(at)
+        if end is not None and (holding is None or end > holding[0]):
+            holding = (end, window.name)
+    if holding is None:
+        return None
+    until, name = holding
+    for _ in range(MAX_CHAIN):
+        later = max((end for window in windows if (end := window.until(until)) is not None), default=None)
+        if later is None:
+            break
+        until = later
+    return Freeze(name, until)
