@@ -651,7 +651,8 @@ def test_freezes_lists_the_windows_and_whether_each_holds(cli: Cli) -> None:
 
 def test_the_windows_in_the_docs_load(tmp_path: Path) -> None:
     text = (Path(__file__).resolve().parent.parent / "docs" / "gates.md").read_text()
-    windows = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    blocks = [block.split("```", 1)[0] for block in text.split("```toml\n")[1:]]
+    (windows,) = [block for block in blocks if "[[freezes]]" in block]
     path = tmp_path / "catalog.toml"
     path.write_text(_toml({"services": [{**SERVICE_JSON, "id": "svc-api"}]}) + windows)
     catalog = Catalog.from_file(path)

@@ -42,7 +42,6 @@ from transitions.core import Condition, State, Transition
 
 from flowfsm.errors import InvalidTransition
 from flowfsm.model import (
-    GATED,
     Deployment,
     DeploymentState,
     Flow,
@@ -327,7 +326,8 @@ _F, _D, _P, _E = FlowState, DeploymentState, PromotionState, HookEvent
 _T = TimerKind
 _EVERY_TIMER: Final = (_T.DEPLOY, _T.VERIFY, _T.SOAK)
 
-_AT_A_GATE_RETRIED: Final[Mapping[enum.Enum, Test]] = dict.fromkeys(GATED, _retried)
+_GATES: Final = (_D.AWAITING_APPROVAL, _D.HELD, _D.QUEUED)
+_AT_A_GATE_RETRIED: Final[Mapping[enum.Enum, Test]] = dict.fromkeys(_GATES, _retried)
 """A deployment retried and now waiting at a gate: an earlier report delivered again repeats."""
 
 _ENDED: Final[Mapping[enum.Enum, str]] = {
