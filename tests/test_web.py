@@ -31,6 +31,7 @@ from flowfsm import (
     Flow,
     FlowEngine,
     FlowState,
+    FreezeWindow,
     PauseFlow,
     Pipeline,
     PromotionCompleted,
@@ -679,3 +680,31 @@ def test_a_rejection_needs_a_reason_and_is_a_failure(clock: Clock) -> None:
     assert rejected.state is FlowState.FAILED
     last = engine.repository.history(flow.id)[-1]
     assert (last.trigger["type"], last.actor, last.reason) == ("ApprovalRejected", "alice", "no change window")
+
+
+def test_a_held_deployment_can_be_let_through_the_freeze_with_a_reason(clock: Clock) -> None:
+    always = FreezeWindow("all-day", ["prod"], "24h", "UTC", cron="0 0 * * *")
+    service = Service(
+        "svc-frozen",
+        artifacts=["com.acme:api"],
+        pipeline=Pipeline("default", [Environment("dev"), Environment("prod")]),
+    )
+    engine = FlowEngine(Catalog([service], freezes=[always]), InMemoryRepository(), None, clock=clock)
+    flow = engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1.0"))).flows[0]
+    engine.handle(DeploymentStarted(flow.deployments[0].id))
+    engine.handle(DeploymentCompleted(flow.deployments[0].id))
+    prod = engine.repository.get(flow.id).deployments[1]
+    assert prod.state is DeploymentState.HELD
+    client = TestClient(dashboard(engine, authorize=by_header))
+    page = client.get(f"/flows/{flow.id}", headers={"x-user": "ann"}).text
+    assert 'value="override-freeze"' in page
+    form = {"action": "override-freeze", "deployment_id": prod.id, "csrf": csrf_of(page)}
+    bare = client.post(f"/flows/{flow.id}", data=form, headers={"x-user": "ann"})
+    assert bare.status_code == 422
+    assert "reason: is required" in bare.text
+    done = client.post(f"/flows/{flow.id}", data={**form, "reason": "hotfix"}, headers={"x-user": "ann"})
+    assert done.status_code == 200
+    assert "Deployment let through the freeze." in done.text
+    assert engine.repository.get(flow.id).deployments[1].state is DeploymentState.NOT_STARTED
+    last = engine.repository.history(flow.id)[-1]
+    assert (last.trigger["type"], last.actor, last.reason) == ("OverrideFreeze", "ann", "hotfix")

@@ -47,6 +47,7 @@ from flowfsm.triggers import (
     AbortFlow,
     ApprovalGranted,
     ApprovalRejected,
+    OverrideFreeze,
     PauseFlow,
     ResumeFlow,
     RetryDeployment,
@@ -82,6 +83,7 @@ _DONE: Final[Mapping[str, str]] = {
     "retry-promotion": "Promotion retried.",
     "skip-promotion": "Promotion skipped.",
     "retry-deployment": "Deployment retried.",
+    "override-freeze": "Deployment let through the freeze.",
 }
 """What the page says after each action succeeded (the redirect names the action)."""
 
@@ -140,6 +142,7 @@ ACTIONS: Final[dict[str, ActionBuilder]] = {
         f.required("deployment_id"), f.required("promotion_id"), v.actor, f.required("reason")
     ),
     "retry-deployment": lambda _, f, v: RetryDeployment(f.required("deployment_id"), v.actor, f.text("reason")),
+    "override-freeze": lambda _, f, v: OverrideFreeze(f.required("deployment_id"), v.actor, f.required("reason")),
 }
 """Each action a form may name, and its trigger."""
 
