@@ -487,3 +487,86 @@ def test_explain_names_who_may_approve_also_while_paused(store: Callable[[], Rep
         "approvers": list(APPROVERS),
         "author": "bob",
     }
+
+
+# --- who is who: one person, however their name is spelled (docs/decisions.md) ------------
+
+ALICE_SPELLINGS = (
+    "Alice",  # case
+    "ALICE",
+    "\uff41\uff4c\uff49\uff43\uff45",  # fullwidth letters (NFKC)
+    "alice ",  # a trailing space
+    "ali\u200bce",  # a zero-width space
+)
+
+
+def test_one_person_approves_once_however_their_name_is_spelled(store: Callable[[], Repository]) -> None:  # noqa: F811 - the fixture
+    world = World(store, gated(approvers=("group:release-managers",)))
+    flow, prod = at_prod(world)
+    world.engine.handle(ApprovalGranted(prod, "alice", ["release-managers"]))
+    world.events()
+    for spelling in ALICE_SPELLINGS:
+        world.unchanged(flow, ApprovalGranted(prod, spelling, ["release-managers"]))
+    world.engine.handle(ApprovalGranted(prod, "jos\u00e9", ["release-managers"]))  # é composed (NFC)
+    assert world.events() == ["approval-granted", "deployment-created"]
+    stored = world.get(flow).deployments[1]
+    assert stored.approvals == ("alice", "jos\u00e9")
+
+
+def test_the_same_person_in_two_unicode_forms_counts_once(store: Callable[[], Repository]) -> None:  # noqa: F811 - the fixture
+    world = World(store, gated(approvers=("group:release-managers",)))
+    flow, prod = at_prod(world)
+    world.engine.handle(ApprovalGranted(prod, "jos\u00e9", ["release-managers"]))  # é composed (NFC)
+    world.unchanged(flow, ApprovalGranted(prod, "jose\u0301", ["release-managers"]))  # e + combining accent (NFD)
+    assert world.get(flow).deployments[1].approvals == ("jos\u00e9",)
+
+
+def test_the_author_may_not_approve_under_another_spelling(store: Callable[[], Repository]) -> None:  # noqa: F811 - the fixture
+    world = World(store, gated(required=1))
+    flow, prod = at_prod(world, author="alice")
+    before, history = world.get(flow), world.repository.history(flow.id)
+    for spelling in ALICE_SPELLINGS:
+        with pytest.raises(NotAuthorized) as refused:
+            world.engine.handle(ApprovalGranted(prod, spelling, ["release-managers"]))
+        assert "the artifact's author may not approve it" in str(refused.value)
+        assert world.engine.approvals_for(spelling, ["release-managers"]) == []
+    assert world.get(flow) == before
+    assert world.repository.history(flow.id) == history
+    assert world.events() == []
+
+
+def test_a_person_named_like_a_group_is_not_its_member(store: Callable[[], Repository]) -> None:  # noqa: F811 - the fixture
+    world = World(store, gated(required=1))
+    flow, prod = at_prod(world)
+    before = world.get(flow)
+    with pytest.raises(NotAuthorized) as refused:
+        world.engine.handle(ApprovalGranted(prod, "group:release-managers"))
+    assert "not among the approvers" in str(refused.value)
+    assert world.engine.approvals_for("group:release-managers") == []
+    assert world.get(flow) == before
+
+
+def test_a_group_is_named_as_the_catalog_names_it_or_without_its_prefix(store: Callable[[], Repository]) -> None:  # noqa: F811 - the fixture
+    world = World(store, gated())
+    flow, prod = at_prod(world)
+    assert [a.deployment.id for a in world.engine.approvals_for("carol", ["group:release-managers"])] == [prod]
+    world.engine.handle(ApprovalGranted(prod, "carol", ["group:release-managers"]))
+    world.engine.handle(ApprovalGranted(prod, "dave", ["Release-Managers"]))
+    assert world.events() == ["approval-granted", "approval-granted", "deployment-created"]
+    assert world.get(flow).deployments[1].approvals == ("carol", "dave")
+
+
+@pytest.mark.parametrize(
+    ("approvers", "field"),
+    [
+        (["alice", "Alice"], "approvers[1]"),
+        (["alice", "ali\u200bce"], "approvers[1]"),
+        (["group:ops", "group:OPS"], "approvers[1]"),
+        (["group: ops"], "approvers[0]"),
+        ({"alice": 1}, "approvers"),
+    ],
+)
+def test_a_policy_names_each_approver_once_in_one_spelling(approvers: Any, field: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        ApprovalPolicy(approvers)
+    assert refused.value.field == field

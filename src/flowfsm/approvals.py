@@ -25,6 +25,7 @@ from flowfsm.model import (
     DeploymentState,
     Flow,
     FlowState,
+    approved,
     attrs_repr,
 )
 from flowfsm.protocols import Repository, ServiceCatalog
@@ -62,7 +63,7 @@ def approve(draft: Draft, actor: str, groups: Iterable[str]) -> bool:
     and counted (True); ``InvalidTransition`` if the deployment does not await
     approval, ``NotAuthorized`` if ``actor`` may not approve (nothing changes)."""
     deployment = draft.deployment
-    if actor in deployment.approvals:
+    if approved(actor, deployment.approvals):  # Alice after alice: the same person
         return False
     if deployment.state is not _AWAITING:
         raise _not_awaiting(draft, "approve")
@@ -147,7 +148,7 @@ def approvals_for(
 
 def _awaiting(flow: Flow, catalog: ServiceCatalog, actor: str, groups: frozenset[str]) -> AwaitingApproval | None:
     deployment = flow.current_deployment()
-    if deployment is None or deployment.state is not _AWAITING or actor in deployment.approvals:
+    if deployment is None or deployment.state is not _AWAITING or approved(actor, deployment.approvals):
         return None
     try:
         environment = catalog.get(flow.service_id).pipeline.environment(deployment.environment)
