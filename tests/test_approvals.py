@@ -570,3 +570,42 @@ def test_a_policy_names_each_approver_once_in_one_spelling(approvers: Any, field
     with pytest.raises(ValidationError) as refused:
         ApprovalPolicy(approvers)
     assert refused.value.field == field
+
+
+# --- an approval or rejection names the attempt it answers ---------------------------------
+
+
+def test_an_answer_naming_an_earlier_attempt_is_stale_after_a_retry(store: Callable[[], Repository]) -> None:  # noqa: F811 - the fixture
+    world = World(store, gated("RETRY", retry=RetryPolicy(attempts=3)))
+    flow, prod = at_prod(world)
+    world.engine.handle(ApprovalRejected(prod, "alice", "not today", attempt=1))
+    assert world.events() == ["approval-rejected", "deployment-retried", "approval-requested"]
+    assert world.get(flow).deployments[1].attempt == 2
+    world.unchanged(flow, ApprovalRejected(prod, "alice", "not today", attempt=1))  # delivered again: stale
+    world.unchanged(flow, ApprovalGranted(prod, "bob", attempt=1))  # given to the request RETRY replaced
+    assert world.get(flow).deployments[1].approvals == ()
+    refused = world.refused(flow, ApprovalGranted(prod, "bob", attempt=3), "attempt 3", "attempt 2")
+    assert refused.trigger == "approve"
+    world.engine.handle(ApprovalGranted(prod, "bob", attempt=2))
+    world.engine.handle(ApprovalGranted(prod, "alice"))  # naming no attempt: the current one
+    assert world.events() == ["approval-granted", "approval-granted", "deployment-created"]
+    history = world.repository.history(flow.id)
+    assert dict(history[-2].trigger)["attempt"] == 2
+    assert "attempt" not in dict(history[-1].trigger)
+
+
+@pytest.mark.parametrize("attempt", ["true", "0", "1.5", '"2"'])
+def test_an_answer_names_its_attempt_as_a_whole_number(attempt: str) -> None:
+    for kind, extra in (("ApprovalGranted", ""), ("ApprovalRejected", ', "reason": "no"')):
+        text = f'{{"type": "{kind}", "deploymentId": "d", "actor": "carol", "attempt": {attempt}{extra}}}'
+        with pytest.raises(ValidationError) as refused:
+            from_json(text, Trigger)
+        assert refused.value.field == "$.attempt"
+
+
+def test_answers_naming_their_attempt_round_trip_as_json() -> None:
+    for trigger in (
+        ApprovalGranted("d", "carol", ["ops"], reason="ok", attempt=2),
+        ApprovalRejected("d", "bob", "not today", attempt=3),
+    ):
+        assert from_json(to_json(trigger, Trigger), Trigger) == trigger

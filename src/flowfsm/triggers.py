@@ -254,25 +254,35 @@ def _groups(value: object) -> frozenset[str]:
     return groups
 
 
+def _answered(_: object, __: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is not None and (type(value) is not int or value < 1):  # int() reads true as 1
+        raise ValidationError("attempt", f"must be a whole number from 1, got {shown(value)}")
+
+
 @attrs.frozen(weakref_slot=False, repr=False)
 class ApprovalGranted(_Attributed):
     """``actor`` approves the deployment; ``groups`` are the groups the embedding
-    service vouches they belong to. One approval per person counts."""
+    service vouches they belong to. One approval per person counts. ``attempt``,
+    if given, is the deployment's attempt the approval answers (its
+    ``approval-requested`` says which): one for an earlier attempt is stale."""
 
     deployment_id: str = attrs.field(validator=_nonblank)
     actor: str = attrs.field(validator=_ACTOR)
     groups: frozenset[str] = attrs.field(default=frozenset(), converter=_groups)
     reason: str | None = attrs.field(default=None, kw_only=True, validator=_REASON)
+    attempt: int | None = attrs.field(default=None, kw_only=True, validator=_answered)
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
 class ApprovalRejected(_Attributed):
-    """``actor`` rejects the deployment, and says why: a failure for the failure strategy."""
+    """``actor`` rejects the deployment, and says why: a failure for the failure
+    strategy. ``attempt`` as for ``ApprovalGranted``."""
 
     deployment_id: str = attrs.field(validator=_nonblank)
     actor: str = attrs.field(validator=_ACTOR)
     reason: str = attrs.field(validator=_required_text("reason", MAX_REASON))
     groups: frozenset[str] = attrs.field(default=frozenset(), kw_only=True, converter=_groups)
+    attempt: int | None = attrs.field(default=None, kw_only=True, validator=_answered)
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
