@@ -44,7 +44,7 @@ from flowfsm.converter import from_json, structure, to_json, unstructure
 from flowfsm.protocols import Repository
 from flowfsm.repositories._common import flow_body, flow_from_body
 from flowfsm.testing import sample_flow
-from flowfsm.triggers import TimerFired, Trigger
+from flowfsm.triggers import MAX_GROUPS, TimerFired, Trigger
 from tests.conftest import two_actions
 from tests.test_steering import World, store  # noqa: F401 - the fixture
 
@@ -609,3 +609,24 @@ def test_answers_naming_their_attempt_round_trip_as_json() -> None:
         ApprovalRejected("d", "bob", "not today", attempt=3),
     ):
         assert from_json(to_json(trigger, Trigger), Trigger) == trigger
+
+
+@pytest.mark.parametrize("groups", ["[[1]]", '[{"a": 1}]'])
+def test_a_group_that_is_not_a_name_is_refused_naming_groups(groups: str) -> None:
+    text = f'{{"type": "ApprovalRejected", "deploymentId": "d", "actor": "carol", "reason": "no", "groups": {groups}}}'
+    with pytest.raises(ValidationError) as refused:
+        from_json(text, Trigger)
+    assert refused.value.field == "$.groups"
+    with pytest.raises(ValidationError) as refused:
+        ApprovalGranted("d", "carol", json.loads(groups))
+    assert refused.value.field == "groups"
+
+
+def test_an_approver_names_at_most_max_groups() -> None:
+    assert len(ApprovalGranted("d", "carol", [f"g{i}" for i in range(MAX_GROUPS)]).groups) == MAX_GROUPS
+    with pytest.raises(ValidationError) as refused:
+        ApprovalGranted("d", "carol", [f"g{i}" for i in range(MAX_GROUPS + 1)])
+    assert (refused.value.field, str(refused.value)) == (
+        "groups",
+        f"groups: at most {MAX_GROUPS} groups, got {MAX_GROUPS + 1}",
+    )
