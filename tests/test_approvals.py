@@ -44,7 +44,7 @@ from flowfsm.converter import from_json, structure, to_json, unstructure
 from flowfsm.protocols import Repository
 from flowfsm.repositories._common import flow_body, flow_from_body
 from flowfsm.testing import sample_flow
-from flowfsm.triggers import TimerFired, Trigger
+from flowfsm.triggers import MAX_GROUPS, TimerFired, Trigger
 from tests.conftest import two_actions
 from tests.test_steering import World, store  # noqa: F401 - the fixture
 
@@ -487,3 +487,146 @@ def test_explain_names_who_may_approve_also_while_paused(store: Callable[[], Rep
         "approvers": list(APPROVERS),
         "author": "bob",
     }
+
+
+# --- who is who: one person, however their name is spelled (docs/decisions.md) ------------
+
+ALICE_SPELLINGS = (
+    "Alice",  # case
+    "ALICE",
+    "\uff41\uff4c\uff49\uff43\uff45",  # fullwidth letters (NFKC)
+    "alice ",  # a trailing space
+    "ali\u200bce",  # a zero-width space
+)
+
+
+def test_one_person_approves_once_however_their_name_is_spelled(store: Callable[[], Repository]) -> None:  # noqa: F811 - the fixture
+    world = World(store, gated(approvers=("group:release-managers",)))
+    flow, prod = at_prod(world)
+    world.engine.handle(ApprovalGranted(prod, "alice", ["release-managers"]))
+    world.events()
+    for spelling in ALICE_SPELLINGS:
+        world.unchanged(flow, ApprovalGranted(prod, spelling, ["release-managers"]))
+    world.engine.handle(ApprovalGranted(prod, "jos\u00e9", ["release-managers"]))  # é composed (NFC)
+    assert world.events() == ["approval-granted", "deployment-created"]
+    stored = world.get(flow).deployments[1]
+    assert stored.approvals == ("alice", "jos\u00e9")
+
+
+def test_the_same_person_in_two_unicode_forms_counts_once(store: Callable[[], Repository]) -> None:  # noqa: F811 - the fixture
+    world = World(store, gated(approvers=("group:release-managers",)))
+    flow, prod = at_prod(world)
+    world.engine.handle(ApprovalGranted(prod, "jos\u00e9", ["release-managers"]))  # é composed (NFC)
+    world.unchanged(flow, ApprovalGranted(prod, "jose\u0301", ["release-managers"]))  # e + combining accent (NFD)
+    assert world.get(flow).deployments[1].approvals == ("jos\u00e9",)
+
+
+def test_the_author_may_not_approve_under_another_spelling(store: Callable[[], Repository]) -> None:  # noqa: F811 - the fixture
+    world = World(store, gated(required=1))
+    flow, prod = at_prod(world, author="alice")
+    before, history = world.get(flow), world.repository.history(flow.id)
+    for spelling in ALICE_SPELLINGS:
+        with pytest.raises(NotAuthorized) as refused:
+            world.engine.handle(ApprovalGranted(prod, spelling, ["release-managers"]))
+        assert "the artifact's author may not approve it" in str(refused.value)
+        assert world.engine.approvals_for(spelling, ["release-managers"]) == []
+    assert world.get(flow) == before
+    assert world.repository.history(flow.id) == history
+    assert world.events() == []
+
+
+def test_a_person_named_like_a_group_is_not_its_member(store: Callable[[], Repository]) -> None:  # noqa: F811 - the fixture
+    world = World(store, gated(required=1))
+    flow, prod = at_prod(world)
+    before = world.get(flow)
+    with pytest.raises(NotAuthorized) as refused:
+        world.engine.handle(ApprovalGranted(prod, "group:release-managers"))
+    assert "not among the approvers" in str(refused.value)
+    assert world.engine.approvals_for("group:release-managers") == []
+    assert world.get(flow) == before
+
+
+def test_a_group_is_named_as_the_catalog_names_it_or_without_its_prefix(store: Callable[[], Repository]) -> None:  # noqa: F811 - the fixture
+    world = World(store, gated())
+    flow, prod = at_prod(world)
+    assert [a.deployment.id for a in world.engine.approvals_for("carol", ["group:release-managers"])] == [prod]
+    world.engine.handle(ApprovalGranted(prod, "carol", ["group:release-managers"]))
+    world.engine.handle(ApprovalGranted(prod, "dave", ["Release-Managers"]))
+    assert world.events() == ["approval-granted", "approval-granted", "deployment-created"]
+    assert world.get(flow).deployments[1].approvals == ("carol", "dave")
+
+
+@pytest.mark.parametrize(
+    ("approvers", "field"),
+    [
+        (["alice", "Alice"], "approvers[1]"),
+        (["alice", "ali\u200bce"], "approvers[1]"),
+        (["group:ops", "group:OPS"], "approvers[1]"),
+        (["group: ops"], "approvers[0]"),
+        ({"alice": 1}, "approvers"),
+    ],
+)
+def test_a_policy_names_each_approver_once_in_one_spelling(approvers: Any, field: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        ApprovalPolicy(approvers)
+    assert refused.value.field == field
+
+
+# --- an approval or rejection names the attempt it answers ---------------------------------
+
+
+def test_an_answer_naming_an_earlier_attempt_is_stale_after_a_retry(store: Callable[[], Repository]) -> None:  # noqa: F811 - the fixture
+    world = World(store, gated("RETRY", retry=RetryPolicy(attempts=3)))
+    flow, prod = at_prod(world)
+    world.engine.handle(ApprovalRejected(prod, "alice", "not today", attempt=1))
+    assert world.events() == ["approval-rejected", "deployment-retried", "approval-requested"]
+    assert world.get(flow).deployments[1].attempt == 2
+    world.unchanged(flow, ApprovalRejected(prod, "alice", "not today", attempt=1))  # delivered again: stale
+    world.unchanged(flow, ApprovalGranted(prod, "bob", attempt=1))  # given to the request RETRY replaced
+    assert world.get(flow).deployments[1].approvals == ()
+    refused = world.refused(flow, ApprovalGranted(prod, "bob", attempt=3), "attempt 3", "attempt 2")
+    assert refused.trigger == "approve"
+    world.engine.handle(ApprovalGranted(prod, "bob", attempt=2))
+    world.engine.handle(ApprovalGranted(prod, "alice"))  # naming no attempt: the current one
+    assert world.events() == ["approval-granted", "approval-granted", "deployment-created"]
+    history = world.repository.history(flow.id)
+    assert dict(history[-2].trigger)["attempt"] == 2
+    assert "attempt" not in dict(history[-1].trigger)
+
+
+@pytest.mark.parametrize("attempt", ["true", "0", "1.5", '"2"'])
+def test_an_answer_names_its_attempt_as_a_whole_number(attempt: str) -> None:
+    for kind, extra in (("ApprovalGranted", ""), ("ApprovalRejected", ', "reason": "no"')):
+        text = f'{{"type": "{kind}", "deploymentId": "d", "actor": "carol", "attempt": {attempt}{extra}}}'
+        with pytest.raises(ValidationError) as refused:
+            from_json(text, Trigger)
+        assert refused.value.field == "$.attempt"
+
+
+def test_answers_naming_their_attempt_round_trip_as_json() -> None:
+    for trigger in (
+        ApprovalGranted("d", "carol", ["ops"], reason="ok", attempt=2),
+        ApprovalRejected("d", "bob", "not today", attempt=3),
+    ):
+        assert from_json(to_json(trigger, Trigger), Trigger) == trigger
+
+
+@pytest.mark.parametrize("groups", ["[[1]]", '[{"a": 1}]'])
+def test_a_group_that_is_not_a_name_is_refused_naming_groups(groups: str) -> None:
+    text = f'{{"type": "ApprovalRejected", "deploymentId": "d", "actor": "carol", "reason": "no", "groups": {groups}}}'
+    with pytest.raises(ValidationError) as refused:
+        from_json(text, Trigger)
+    assert refused.value.field == "$.groups"
+    with pytest.raises(ValidationError) as refused:
+        ApprovalGranted("d", "carol", json.loads(groups))
+    assert refused.value.field == "groups"
+
+
+def test_an_approver_names_at_most_max_groups() -> None:
+    assert len(ApprovalGranted("d", "carol", [f"g{i}" for i in range(MAX_GROUPS)]).groups) == MAX_GROUPS
+    with pytest.raises(ValidationError) as refused:
+        ApprovalGranted("d", "carol", [f"g{i}" for i in range(MAX_GROUPS + 1)])
+    assert (refused.value.field, str(refused.value)) == (
+        "groups",
+        f"groups: at most {MAX_GROUPS} groups, got {MAX_GROUPS + 1}",
+    )

@@ -88,3 +88,17 @@ def test_explain_says_who_may_approve(cli: Cli) -> None:  # noqa: F811 - the fix
     explained = cli("explain", prod["flowId"])
     assert "1 of 2, from alice or group:release-managers" in explained.stdout
     assert "alice approved" in explained.stdout
+
+
+def test_an_answer_may_name_the_attempt_it_answers(cli: Cli) -> None:  # noqa: F811 - the fixture
+    prod = _awaiting_prod(cli)
+    before = cli.stored()
+    ahead = cli("approve", prod["id"], "--actor", "alice", "--attempt", "2")
+    assert (ahead.returncode, ahead.stderr.count("\n")) == (1, 1)
+    assert "the answer names attempt 2; the deployment is at attempt 1" in ahead.stderr
+    assert cli.stored() == before
+    nought = cli("reject", prod["id"], "--actor", "alice", "--reason", "no", "--attempt", "0")
+    assert nought.returncode == 2
+    assert "Traceback" not in nought.stderr
+    approved = cli.json("approve", prod["id"], "--actor", "alice", "--attempt", "1")
+    assert approved["flows"][0]["deployments"][1]["approvals"] == ["alice"]

@@ -10,6 +10,7 @@ import attrs
 import pytest
 
 from flowfsm import Artifact, Deployment, DeploymentState, Flow, FlowState, Promotion, PromotionState, RepositoryError
+from flowfsm.model import GATED
 from flowfsm.repositories import SQLiteRepository
 from flowfsm.repositories._common import BODY_FORMAT, flow_body, flow_from_body
 from flowfsm.testing import sample_flow
@@ -59,6 +60,18 @@ def test_bodies_are_written_with_the_current_format_and_read_back() -> None:
     assert body.startswith(f"[{BODY_FORMAT},")  # format 4: a deployment's approvals and freeze override
     assert flow_from_body(body, 4) == gated
     assert flow_from_body(flow_body(retried), 4).deployments[0].approvals == ()
+
+
+@pytest.mark.parametrize("state", [s for s in DeploymentState if s in GATED])
+def test_a_deployment_waiting_at_a_gate_is_written_in_format_4(state: DeploymentState) -> None:
+    """A flowfsm before the gates knows no ``awaitingApproval``: it must meet format 4
+    and refuse the flow cleanly (a newer format), not fail on an unknown state."""
+    waiting = attrs.evolve(
+        EXPECTED, deployments=[EXPECTED.deployments[0], attrs.evolve(EXPECTED.deployments[1], state=state)]
+    )
+    body = flow_body(waiting)
+    assert body.startswith(f"[{BODY_FORMAT},")
+    assert flow_from_body(body, 4) == waiting
 
 
 def test_a_body_of_a_newer_format_is_refused() -> None:

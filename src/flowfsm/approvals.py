@@ -25,6 +25,7 @@ from flowfsm.model import (
     DeploymentState,
     Flow,
     FlowState,
+    approved,
     attrs_repr,
 )
 from flowfsm.protocols import Repository, ServiceCatalog
@@ -56,13 +57,27 @@ def _not_awaiting(draft: Draft, trigger: str) -> InvalidTransition:
     return InvalidTransition("deployment", deployment.id, deployment.state.value, trigger, "it does not await approval")
 
 
-def approve(draft: Draft, actor: str, groups: Iterable[str]) -> bool:
-    """``ApprovalGranted``: False if ``actor`` approved this attempt already (one
-    approval per person; a redelivery after the gate opened too), else recorded
-    and counted (True); ``InvalidTransition`` if the deployment does not await
-    approval, ``NotAuthorized`` if ``actor`` may not approve (nothing changes)."""
+def _stale(draft: Draft, trigger: str, attempt: int | None) -> bool:
+    """An answer naming an earlier attempt than the deployment's answers a request
+    a retry replaced: stale (a duplicate). One naming a later attempt cannot be
+    (``InvalidTransition``); naming none, it answers the current attempt."""
     deployment = draft.deployment
-    if actor in deployment.approvals:
+    if attempt is None or attempt == deployment.attempt:
+        return False
+    if attempt < deployment.attempt:
+        return True
+    reason = f"the answer names attempt {attempt}; the deployment is at attempt {deployment.attempt}"
+    raise InvalidTransition("deployment", deployment.id, deployment.state.value, trigger, reason)
+
+
+def approve(draft: Draft, actor: str, groups: Iterable[str], attempt: int | None = None) -> bool:
+    """``ApprovalGranted``: False if ``actor`` approved this attempt already (one
+    approval per person; a redelivery after the gate opened too) or it answers an
+    earlier attempt, else recorded and counted (True); ``InvalidTransition`` if the
+    deployment does not await approval, ``NotAuthorized`` if ``actor`` may not
+    approve (nothing changes)."""
+    deployment = draft.deployment
+    if _stale(draft, "approve", attempt) or approved(actor, deployment.approvals):  # Alice after alice: one person
         return False
     if deployment.state is not _AWAITING:
         raise _not_awaiting(draft, "approve")
@@ -71,13 +86,14 @@ def approve(draft: Draft, actor: str, groups: Iterable[str]) -> bool:
     return True
 
 
-def reject(draft: Draft, actor: str, groups: Iterable[str]) -> bool:
+def reject(draft: Draft, actor: str, groups: Iterable[str], attempt: int | None = None) -> bool:
     """``ApprovalRejected``: the request fails (a failure for the failure policy;
     True). Anyone who may approve may reject — the author too: stopping one's own
-    release needs no second pair of eyes. A deployment that failed already is a
-    duplicate (False); one that does not await approval, ``InvalidTransition``."""
+    release needs no second pair of eyes. A deployment that failed already, or an
+    answer to an earlier attempt, is a duplicate (False); one that does not await
+    approval, ``InvalidTransition``."""
     state = draft.deployment.state
-    if state is DeploymentState.FAILED:
+    if _stale(draft, "reject", attempt) or state is DeploymentState.FAILED:
         return False
     if state is not _AWAITING:
         raise _not_awaiting(draft, "reject")
@@ -147,7 +163,7 @@ def approvals_for(
 
 def _awaiting(flow: Flow, catalog: ServiceCatalog, actor: str, groups: frozenset[str]) -> AwaitingApproval | None:
     deployment = flow.current_deployment()
-    if deployment is None or deployment.state is not _AWAITING or actor in deployment.approvals:
+    if deployment is None or deployment.state is not _AWAITING or approved(actor, deployment.approvals):
         return None
     try:
         environment = catalog.get(flow.service_id).pipeline.environment(deployment.environment)

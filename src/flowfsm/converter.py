@@ -86,7 +86,9 @@ _OMITTED_IF_UNSET: Final[dict[type, tuple[str, ...]]] = {
     PromotionResult: ("attempt",),
     **{
         cls: tuple(
-            a.name for a in attrs.fields(cls) if a.name in ("actor", "reason") and a.default is not attrs.NOTHING
+            a.name
+            for a in attrs.fields(cls)
+            if a.name in ("actor", "reason", "attempt") and a.default is not attrs.NOTHING  # attempt: of an approval
         )
         for cls in get_args(Trigger)
     },
@@ -114,8 +116,8 @@ _AS_SENT: Final[dict[type, tuple[str, ...]]] = {
     Action: ("secret",),  # a secret or a reference to one, never shown
     PromotionResult: ("attempt",),  # PromotionCompleted refuses all but a whole number (int() reads true as 1)
     ApprovalPolicy: ("required", "allow_author"),  # bool("false") is True; int() reads true and 1.5
-    ApprovalGranted: ("groups",),  # a string is not its letters
-    ApprovalRejected: ("groups",),
+    ApprovalGranted: ("groups", "attempt"),  # a string is not its letters
+    ApprovalRejected: ("groups", "attempt"),
 }
 """Fields structured as the JSON has them, for their class to check."""
 

@@ -322,11 +322,11 @@ class FlowEngine:
 
     def _on_approval_granted(self, trigger: ApprovalGranted) -> tuple[Outcome, list[Flow]]:
         work, draft = self.open_deployment(trigger.deployment_id, reason=trigger.reason, actor=trigger.actor)
-        return self.outcome(work, approvals.approve(draft, trigger.actor, trigger.groups))
+        return self.outcome(work, approvals.approve(draft, trigger.actor, trigger.groups, trigger.attempt))
 
     def _on_approval_rejected(self, trigger: ApprovalRejected) -> tuple[Outcome, list[Flow]]:
         work, draft = self.open_deployment(trigger.deployment_id, reason=trigger.reason, actor=trigger.actor)
-        return self.outcome(work, approvals.reject(draft, trigger.actor, trigger.groups))
+        return self.outcome(work, approvals.reject(draft, trigger.actor, trigger.groups, trigger.attempt))
 
     def approvals_for(self, actor: str, groups: Iterable[str] = ()) -> list[approvals.AwaitingApproval]:
         """The deployments awaiting an approval ``actor`` (in ``groups``) may give

@@ -534,7 +534,7 @@ def _flag(_: object, attribute: attrs.Attribute[bool], value: object) -> None:
 
 
 def _approvers(value: object) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, Iterable):
+    if isinstance(value, (str, Mapping)) or not isinstance(value, Iterable):  # not its letters, nor its keys
         raise ValidationError("approvers", f"expected a list of names and group:NAME, got {shown(value)}")
     approvers = tuple(value)
     if not approvers:
@@ -550,6 +550,24 @@ def _approvers(value: object) -> tuple[str, ...]:
 
 GROUP_PREFIX: Final = "group:"
 """How an approver names a group rather than a person (``group:release-managers``)."""
+
+
+def same_name(name: str) -> str:
+    """The form in which approvers' names are compared, people's and groups' alike:
+    NFKC, case-folded, without invisible format characters (zero-width, bidi) or
+    surrounding space. Two spellings a reader takes for one name are one person, so
+    ``Alice`` cannot add a second approval to ``alice``'s, nor approve ``alice``'s
+    own artifact. Names are stored as given; only comparisons use this form."""
+    if name.isascii():  # the usual name: no compatibility forms, no format characters
+        return name.lower().strip()
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    return "".join([c for c in folded if unicodedata.category(c) != "Cf"]).strip()
+
+
+def group_name(group: str) -> str:
+    """A group as passed by the embedding service, compared as ``same_name``; its
+    ``group:`` prefix, if it copied the catalog's spelling, is dropped."""
+    return same_name(group.removeprefix(GROUP_PREFIX))
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
@@ -570,13 +588,17 @@ class ApprovalPolicy:
 
     def __attrs_post_init__(self) -> None:
         people = [a for a in self.approvers if not a.startswith(GROUP_PREFIX)]
-        seen: set[str] = set()
+        seen: set[tuple[bool, str]] = set()
         for i, approver in enumerate(self.approvers):
-            if approver != approver.strip():
+            name = approver.removeprefix(GROUP_PREFIX)
+            if name != name.strip():
                 raise ValidationError(f"approvers[{i}]", f"must not begin or end with a space, got {shown(approver)}")
-            if approver in seen:
+            key = (approver.startswith(GROUP_PREFIX), same_name(name))
+            if not key[1]:  # nothing but invisible characters
+                raise ValidationError(f"approvers[{i}]", f"must be a name or group:NAME, got {shown(approver)}")
+            if key in seen:  # Alice and alice are one person
                 raise ValidationError(f"approvers[{i}]", f"{shown(approver)} is listed twice")
-            seen.add(approver)
+            seen.add(key)
         if len(people) == len(self.approvers) and self.required > len(people):
             # Only people are listed: more approvals than people could never be given.
             raise ValidationError(
@@ -584,13 +606,28 @@ class ApprovalPolicy:
             )
 
     def refusal(self, actor: str, groups: Iterable[str], author: str | None) -> str | None:
-        """Why ``actor`` (a member of ``groups``) may not approve, or None if they may."""
-        if author is not None and actor == author and not self.allow_author:
+        """Why ``actor`` (a member of ``groups``) may not approve, or None if they may.
+        Names compare as ``same_name``; a person is matched against the people
+        listed, never against a ``group:`` entry."""
+        who = same_name(actor)
+        if author is not None and who == same_name(author) and not self.allow_author:
             return "the artifact's author may not approve it"
-        approvers = self.approvers
-        if actor in approvers or any(GROUP_PREFIX + g in approvers for g in groups):
+        people, teams = set[str](), set[str]()
+        for approver in self.approvers:
+            if approver.startswith(GROUP_PREFIX):
+                teams.add(same_name(approver.removeprefix(GROUP_PREFIX)))
+            else:
+                people.add(same_name(approver))
+        if who in people or any(group_name(g) in teams for g in groups):
             return None
         return "not among the approvers of this environment"
+
+
+def approved(actor: str, approvals: Iterable[str]) -> bool:
+    """Whether ``actor`` is among ``approvals`` (who approved a deployment), as
+    ``same_name`` compares: one approval per person, however spelled."""
+    who = same_name(actor)
+    return any(same_name(a) == who for a in approvals)
 
 
 def _approval_policy(value: ApprovalPolicy | None) -> ApprovalPolicy | None:

@@ -6,7 +6,8 @@ made (or where ``flowfsm.converter`` structures it), naming the bad field.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import Any, Final, TypeAlias
 
 import attrs
@@ -239,40 +240,58 @@ class RetryDeployment(_Attributed):
 # --- gates (SPEC §11): a person approves, rejects, or lets a deployment through a freeze ---
 
 
+MAX_GROUPS: Final = 1000
+"""The most groups an approver's trigger names: each is stored in its history entry.
+An embedding service whose people belong to more passes those the gates name."""
+
+
 def _groups(value: object) -> frozenset[str]:
     if isinstance(value, (str, Mapping)) or not isinstance(value, Iterable):  # not its letters, nor its keys
         raise ValidationError("groups", f"expected a collection of group names, got {shown(value)}")
-    groups = frozenset(value)
-    for group in groups:
-        if not isinstance(group, str) or not group.strip():
+    names = list(itertools.islice(value, MAX_GROUPS + 1))
+    if len(names) > MAX_GROUPS:
+        count = len(value) if isinstance(value, Sized) else f"more than {MAX_GROUPS}"
+        raise ValidationError("groups", f"at most {MAX_GROUPS} groups, got {count}")
+    for group in names:
+        if not isinstance(group, str) or not group.strip():  # before hashing: a list is no name
             raise ValidationError("groups", f"a group name must be a non-blank string, got {shown(group)}")
         if len(group) > MAX_ACTOR:
             raise ValidationError("groups", f"a group name is at most {MAX_ACTOR} characters long")
         problem = text_problem(group)
         if problem:
             raise ValidationError("groups", problem)
-    return groups
+    return frozenset(names)
+
+
+def _answered(_: object, __: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is not None and (type(value) is not int or value < 1):  # int() reads true as 1
+        raise ValidationError("attempt", f"must be a whole number from 1, got {shown(value)}")
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
 class ApprovalGranted(_Attributed):
     """``actor`` approves the deployment; ``groups`` are the groups the embedding
-    service vouches they belong to. One approval per person counts."""
+    service vouches they belong to. One approval per person counts. ``attempt``,
+    if given, is the deployment's attempt the approval answers (its
+    ``approval-requested`` says which): one for an earlier attempt is stale."""
 
     deployment_id: str = attrs.field(validator=_nonblank)
     actor: str = attrs.field(validator=_ACTOR)
     groups: frozenset[str] = attrs.field(default=frozenset(), converter=_groups)
     reason: str | None = attrs.field(default=None, kw_only=True, validator=_REASON)
+    attempt: int | None = attrs.field(default=None, kw_only=True, validator=_answered)
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
 class ApprovalRejected(_Attributed):
-    """``actor`` rejects the deployment, and says why: a failure for the failure strategy."""
+    """``actor`` rejects the deployment, and says why: a failure for the failure
+    strategy. ``attempt`` as for ``ApprovalGranted``."""
 
     deployment_id: str = attrs.field(validator=_nonblank)
     actor: str = attrs.field(validator=_ACTOR)
     reason: str = attrs.field(validator=_required_text("reason", MAX_REASON))
     groups: frozenset[str] = attrs.field(default=frozenset(), kw_only=True, converter=_groups)
+    attempt: int | None = attrs.field(default=None, kw_only=True, validator=_answered)
 
 
 @attrs.frozen(weakref_slot=False, repr=False)

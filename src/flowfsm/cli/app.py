@@ -462,6 +462,10 @@ Groups = Annotated[
     list[str] | None,
     typer.Option("--group", help="A group the actor belongs to (repeat for several), for group:NAME approvers."),
 ]
+Answers = Annotated[
+    int | None,
+    typer.Option("--attempt", min=1, help="The deployment's attempt this answers; an earlier one's is stale."),
+]
 
 
 @app.command("approve")
@@ -470,13 +474,14 @@ def approve(
     actor: Actor,
     group: Groups = None,
     reason: Reason = None,
+    attempt: Answers = None,
     store: Store = "flowfsm.db",
     catalog: CatalogFile = Path("flowfsm.toml"),
     as_json: Json = False,
 ) -> None:
     """Approve a deployment awaiting approval; the last approval needed announces it."""
     with _reported():
-        trigger = ApprovalGranted(deployment_id, actor, group or (), reason=reason)
+        trigger = ApprovalGranted(deployment_id, actor, group or (), reason=reason, attempt=attempt)
         engine = _engine(store, catalog, create=False)
     _handle(engine, trigger, as_json)
 
@@ -487,13 +492,14 @@ def reject(
     actor: Actor,
     reason: Annotated[str, typer.Option("--reason", help="Why it may not go (required).")],
     group: Groups = None,
+    attempt: Answers = None,
     store: Store = "flowfsm.db",
     catalog: CatalogFile = Path("flowfsm.toml"),
     as_json: Json = False,
 ) -> None:
     """Reject a deployment awaiting approval: a failure, for its failure policy."""
     with _reported():
-        trigger = ApprovalRejected(deployment_id, actor, reason, groups=group or ())
+        trigger = ApprovalRejected(deployment_id, actor, reason, groups=group or (), attempt=attempt)
         engine = _engine(store, catalog, create=False)
     _handle(engine, trigger, as_json)
 

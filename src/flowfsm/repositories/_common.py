@@ -23,6 +23,7 @@ from flowfsm.errors import (
     shown,
 )
 from flowfsm.model import (
+    GATED,
     Artifact,
     DeliveryAttempt,
     DeliveryState,
@@ -337,7 +338,8 @@ class SQLFlowReads:
 # element {"pause": ..., "rollback": ...} when the flow has either. A flow without
 # them is written in format 2, as before, which every earlier flowfsm reads.
 # Format 4 adds what the gates record: a deployment with approvals or a freeze
-# override carries its attempt and then {"approvals": [...], "override": ...}; a
+# override, or waiting at a gate, carries its attempt and then {"approvals": [...],
+# "override": ...}; a
 # flow without them is written as before, so an earlier flowfsm reads it, and one
 # with them is refused by an earlier flowfsm rather than read without its gates.
 # The artifact's author (which an approval gate reads) is one of them, in the last
@@ -375,7 +377,9 @@ def flow_body(flow: Flow) -> str:
 
 
 def _gated(deployment: Deployment) -> bool:
-    return bool(deployment.approvals) or deployment.override is not None
+    """Format 4: gate records, or a gate's state, which no earlier flowfsm can read
+    (it must refuse the newer format rather than fail on an unknown state)."""
+    return bool(deployment.approvals) or deployment.override is not None or deployment.state in GATED
 
 
 def _retried(flow: Flow) -> bool:
