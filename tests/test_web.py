@@ -615,7 +615,7 @@ def test_the_flow_page_shows_the_gate_and_who_may_pass_it(clock: Clock) -> None:
     gate = text[text.index('id="gate"') :]
     assert "Awaiting approval: 0 of 2." in gate
     assert "May approve: alice, group:ops" in gate
-    assert "does not name you (not among the approvers of this environment)" in gate
+    assert "You may not approve this: not among the approvers of this environment." in gate
     assert 'value="approve"' in gate  # the engine decides, and says why not
     assert 'class="state state-awaitingApproval"' in text
 
