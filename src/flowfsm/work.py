@@ -37,6 +37,7 @@ from flowfsm.model import (
 )
 
 if TYPE_CHECKING:
+    from flowfsm.lanes import LaneBook
     from flowfsm.machines import FailureKind, Guard, Rule
 
 __all__ = ["FLOWFSM", "STEERING_EVENTS", "Draft", "FlowDraft", "Note", "PendingFailure", "RecordedEvent", "Work"]
@@ -47,6 +48,7 @@ FLOWFSM: Final = "flowfsm"
 _SUCCESS = DeploymentState.SUCCESS
 _PAUSED = FlowState.PAUSED
 _PENDING = PromotionState.PENDING
+_QUEUED = DeploymentState.QUEUED
 
 STEERING_EVENTS: Final = frozenset(
     {
@@ -102,6 +104,7 @@ class Work:
         "events",
         "failures",
         "flows",
+        "lanes",
         "now",
         "pending",
         "reason",
@@ -136,6 +139,8 @@ class Work:
         """The timers of the watched flows as stored, by id."""
         self.timers: dict[str, Timer | None] = _NO_CHANGES
         """The timers this work sets (a ``Timer``) or cancels (None), by id."""
+        self.lanes: LaneBook | None = None
+        """The lanes it reads, given by the engine to the work of a queued service (SPEC §11)."""
 
     def watch(self, now: dt.datetime, timers: Iterable[Timer]) -> None:
         """Give the work the time and the stored timers of its flows, for the
@@ -315,6 +320,8 @@ class FlowDraft:
         moves, was = self.moves, self.deployments[draft.index].state
         if draft.state is not was:
             moves.append(("deployment", d.id, was, draft.state))
+            if draft.state is _QUEUED and self.work.lanes is not None:  # newest-wins acts on it
+                self.work.lanes.started_waiting.append((self, draft.index))
         if again:
             moves += [("promotion", p.id, p.state, _PENDING) for p in promotions if p.state is not _PENDING]
             promotions = tuple([_make_promotion(p.id, p.name, _PENDING, p.attempt + 1) for p in promotions])

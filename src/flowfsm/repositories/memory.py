@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from flowfsm.errors import ConcurrencyConflict, UnknownDeployment, UnknownFlow, UnknownPromotion
+from flowfsm.lanes import Lane, LaneMove, LaneStatus
 from flowfsm.model import (
     FINISHED,
     Artifact,
@@ -56,6 +57,10 @@ class InMemoryRepository:
         # each deployment saved ``success``, in the order they were; and what it holds.
         self._successes: dict[tuple[str, str], list[tuple[Artifact, str]]] = {}
         self._succeeded: set[tuple[str, str]] = set()
+        # The lanes (SPEC §11), by (service id, environment): the occupant's flow id,
+        # and the flows waiting, in arrival order (a dict keeps insertion order).
+        self._occupants: dict[tuple[str, str], str] = {}
+        self._waiting: dict[tuple[str, str], dict[str, None]] = {}
         self._lock = threading.Lock()
 
     def get(self, flow_id: str) -> Flow:
@@ -111,6 +116,7 @@ class InMemoryRepository:
         timers: Sequence[Timer] = (),
         cancel: Sequence[str] = (),
         history: Sequence[HistoryEntry] = (),
+        lanes: Sequence[LaneMove] = (),
     ) -> None:
         with self._lock:
             for flow in flows:  # check everything before changing anything
@@ -120,6 +126,8 @@ class InMemoryRepository:
                         raise ConcurrencyConflict(flow.id, flow.version)
                 elif stored is None or stored.version != flow.version - 1:
                     raise ConcurrencyConflict(flow.id, flow.version)
+            if lanes:
+                self._move(flows, lanes)
             for flow in flows:
                 if flow.version == 1:
                     self._by_key[flow.key] = flow.id
@@ -139,6 +147,56 @@ class InMemoryRepository:
                 outbox = self._outbox
                 for request in hook_requests:
                     outbox[request.id] = (request, until)
+
+    # --- lanes (SPEC §11) ----------------------------------------------------------------
+
+    def _move(self, flows: Sequence[Flow], moves: Sequence[LaneMove]) -> None:
+        """Apply the lane moves, or raise ``ConcurrencyConflict`` with nothing changed
+        (see ``Lanes.commit``): worked out on copies of the lanes they touch."""
+        touched = {(m.service_id, m.environment) for m in moves}
+        occupants = {k: self._occupants.get(k) for k in touched}
+        waiting = {k: dict(self._waiting.get(k, {})) for k in touched}
+        for m in moves:  # every flow leaves its place first
+            key = (m.service_id, m.environment)
+            if m.to is not LaneStatus.WAITS:
+                waiting[key].pop(m.flow_id, None)
+            if m.to is not LaneStatus.OCCUPIES and occupants[key] == m.flow_id:
+                occupants[key] = None
+        for m in moves:
+            key = (m.service_id, m.environment)
+            if m.to is LaneStatus.OCCUPIES:
+                if occupants[key] not in (None, m.flow_id):
+                    raise _lane_conflict(flows, m.flow_id)
+                occupants[key] = m.flow_id
+            elif m.to is LaneStatus.WAITS:
+                waiting[key].setdefault(m.flow_id, None)
+        for key in touched:
+            if waiting[key] and occupants[key] is None:
+                raise _lane_conflict(flows, moves[0].flow_id)
+        for key in touched:
+            occupant = occupants[key]
+            if occupant is None:
+                self._occupants.pop(key, None)
+            else:
+                self._occupants[key] = occupant
+            if waiting[key]:
+                self._waiting[key] = waiting[key]
+            else:
+                self._waiting.pop(key, None)
+
+    def lane(self, service_id: str, environment: str, *, limit: int = 4) -> Lane:
+        key = (service_id, environment)
+        with self._lock:
+            line = self._waiting.get(key, {})
+            first = tuple(itertools.islice(line, limit))
+            return Lane(service_id, environment, self._occupants.get(key), first, len(line) > len(first))
+
+    def lane_place(self, service_id: str, environment: str, flow_id: str) -> int | None:
+        with self._lock:
+            for place, waiting in enumerate(self._waiting.get((service_id, environment), {}), 1):
+                if waiting == flow_id:
+                    return place
+        return None
 
     def claim(self, limit: int = 100, *, lease: float = 30.0) -> list[HookRequest]:
         lease = wait_seconds("lease", lease)
@@ -337,6 +395,14 @@ class InMemoryRepository:
 
     def __len__(self) -> int:
         return len(self._flows)
+
+
+def _lane_conflict(flows: Sequence[Flow], flow_id: str) -> ConcurrencyConflict:
+    """A lost compare-and-set of a lane, named by the flow whose move lost it."""
+    for flow in flows:
+        if flow.id == flow_id:
+            return ConcurrencyConflict(flow.id, flow.version)
+    return ConcurrencyConflict(flow_id, 0)
 
 
 def _due(timer: Timer) -> tuple[dt.datetime, str]:
