@@ -32,7 +32,7 @@ from flowfsm.errors import (
     ValidationError,
     shown,
 )
-from flowfsm.explain import Waiting
+from flowfsm.explain import Queued, Waiting
 from flowfsm.explain import explain as explain_flow
 from flowfsm.model import (
     FINISHED,
@@ -211,7 +211,22 @@ class FlowEngine:
             service: Service | None = self.catalog.get(flow.service_id)
         except UnknownService:  # the catalog no longer has it: the flow still explains itself
             service = None
-        return explain_flow(flow, service, repository.timers(flow_id), repository.history(flow_id))
+        queued = self._queued(flow)
+        return explain_flow(flow, service, repository.timers(flow_id), repository.history(flow_id), queued=queued)
+
+    def _queued(self, flow: Flow) -> Queued | None:
+        """Where the flow's current deployment stands in its environment's line, if it is queued."""
+        current, store = flow.current_deployment(), self._lanes
+        if current is None or current.state is not _QUEUED or store is None:
+            return None
+        environment = current.environment
+        occupant = store.lane(flow.service_id, environment, limit=1).occupant
+        state = None
+        if occupant is not None:
+            for deployment in self.repository.get(occupant).deployments:
+                if deployment.environment == environment:
+                    state = deployment.state
+        return Queued(occupant, state, store.lane_place(flow.service_id, environment, flow.id))
 
     def _commit_timed(self, changed: list[Flow], outcome: Outcome) -> None:
         if outcome.lanes and self._lanes is not None:  # a queued service's engine has lanes (``_check_policies``)
