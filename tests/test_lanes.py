@@ -379,3 +379,53 @@ def test_a_postgres_store_of_schema_5_opens_with_lanes(postgres_dsn: str) -> Non
             assert world.lane() == Lane("svc", "staging", a.id, (b.id,))
     finally:
         drop_schemas(postgres_dsn, [schema])
+
+
+# --- several engine processes on one PostgreSQL database ------------------------------------
+
+
+def test_engine_processes_racing_on_postgres_never_share_an_environment(postgres_dsn: str) -> None:
+    """Three processes release flows of one ``queue`` service and drive whichever flow
+    occupies the environment. Announcements (``deployment-created``) and successes are
+    made in the commits that move the lane, which PostgreSQL runs one at a time per
+    lane, so the outbox's order is the order they happened: each announcement must
+    follow the success of the one before, and every flow must succeed."""
+    import subprocess
+    import sys
+
+    import psycopg
+
+    processes, flows = 3, 12
+    total = processes * flows
+    schema = f"race_{uuid.uuid4().hex[:12]}"
+    PostgresRepository(postgres_dsn, schema=schema).close()  # the schema, before the race
+    root = Path(__file__).resolve().parent.parent
+    try:
+        racers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.lane_racer", postgres_dsn, schema, str(i), str(flows), str(total)],
+                cwd=root,
+            )
+            for i in range(processes)
+        ]
+        for racer in racers:
+            assert racer.wait(timeout=180) == 0
+        with psycopg.connect(postgres_dsn, options=f"-c search_path={schema}") as conn:
+            rows = conn.execute("SELECT body->>'event', flow_id FROM outbox ORDER BY seq").fetchall()
+            states = conn.execute("SELECT state, count(*) FROM flows GROUP BY state").fetchall()
+    finally:
+        drop_schemas(postgres_dsn, [schema])
+    assert states == [("success", total)]  # none lost
+    active: str | None = None
+    announced = []
+    for event, flow_id in rows:
+        if event == "deployment-created":
+            assert active is None, f"{flow_id} announced while {active} was active"
+            active = flow_id
+            announced.append(flow_id)
+        elif event == "deployment-succeeded":
+            assert active == flow_id
+            active = None
+    assert len(announced) == len(set(announced)) == total
+    queued = [flow_id for event, flow_id in rows if event == "deployment-queued"]
+    assert queued, "the race never made a flow wait"

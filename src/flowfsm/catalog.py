@@ -347,6 +347,7 @@ _CATALOG_KEYS: Final = frozenset(
     | {"timeouts", "deploy", "verify", "soak"}
     | {"retry", "attempts", "backoff", "then"}
     | {"webhooks", "event", "actions", "url", "secret", "env", "file"}
+    | {"concurrency"}
 )
 
 

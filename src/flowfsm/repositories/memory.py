@@ -152,14 +152,16 @@ class InMemoryRepository:
 
     def _move(self, flows: Sequence[Flow], moves: Sequence[LaneMove]) -> None:
         """Apply the lane moves, or raise ``ConcurrencyConflict`` with nothing changed
-        (see ``Lanes.commit``): worked out on copies of the lanes they touch."""
-        touched = {(m.service_id, m.environment) for m in moves}
-        occupants = {k: self._occupants.get(k) for k in touched}
-        waiting = {k: dict(self._waiting.get(k, {})) for k in touched}
+        (see ``Lanes.commit``): each touched lane's outcome is worked out first, from
+        the moves alone (never a copy of its line, which may be long)."""
+        occupants: dict[tuple[str, str], str | None] = {}
+        lines: dict[tuple[str, str], int] = {}  # how many will wait
         for m in moves:  # every flow leaves its place first
             key = (m.service_id, m.environment)
-            if m.to is not LaneStatus.WAITS:
-                waiting[key].pop(m.flow_id, None)
+            if key not in occupants:
+                occupants[key], lines[key] = self._occupants.get(key), len(self._waiting.get(key, ()))
+            if m.to is not LaneStatus.WAITS and m.flow_id in self._waiting.get(key, ()):
+                lines[key] -= 1
             if m.to is not LaneStatus.OCCUPIES and occupants[key] == m.flow_id:
                 occupants[key] = None
         for m in moves:
@@ -168,21 +170,25 @@ class InMemoryRepository:
                 if occupants[key] not in (None, m.flow_id):
                     raise _lane_conflict(flows, m.flow_id)
                 occupants[key] = m.flow_id
-            elif m.to is LaneStatus.WAITS:
-                waiting[key].setdefault(m.flow_id, None)
-        for key in touched:
-            if waiting[key] and occupants[key] is None:
+            elif m.to is LaneStatus.WAITS and m.flow_id not in self._waiting.get(key, ()):
+                lines[key] += 1
+        for key, occupant in occupants.items():
+            if lines[key] and occupant is None:
                 raise _lane_conflict(flows, moves[0].flow_id)
-        for key in touched:
-            occupant = occupants[key]
+        for m in moves:
+            key = (m.service_id, m.environment)
+            line = self._waiting.setdefault(key, {})
+            if m.to is LaneStatus.WAITS:
+                line.setdefault(m.flow_id, None)
+            else:
+                line.pop(m.flow_id, None)
+            if not line:
+                del self._waiting[key]
+        for key, occupant in occupants.items():
             if occupant is None:
                 self._occupants.pop(key, None)
             else:
                 self._occupants[key] = occupant
-            if waiting[key]:
-                self._waiting[key] = waiting[key]
-            else:
-                self._waiting.pop(key, None)
 
     def lane(self, service_id: str, environment: str, *, limit: int = 4) -> Lane:
         key = (service_id, environment)
