@@ -11,7 +11,7 @@ import argparse
 import os
 import platform
 
-from . import core, delivery, history, instructions, storage, worker
+from . import core, delivery, history, instructions, lanes, storage, worker
 from .report import Report
 
 
@@ -19,7 +19,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller stores")
     parser.add_argument(
-        "--only", choices=["core", "storage", "delivery", "worker", "history", "instructions"], help="run one group"
+        "--only",
+        choices=["core", "storage", "delivery", "worker", "history", "lanes", "instructions"],
+        help="run one group",
     )
     args = parser.parse_args()
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores")
@@ -32,6 +34,8 @@ def main() -> None:
         worker.run(report, args.quick)
     if args.only in (None, "history"):
         history.run(report, args.quick)
+    if args.only in (None, "lanes"):
+        lanes.run(report, args.quick)
     if args.only in (None, "storage"):  # last: the heaviest group (stores of a million flows on disk)
         storage.run(report, args.quick)
     if args.only == "instructions":

@@ -6,6 +6,7 @@ FLOWS TOTAL``."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -53,10 +54,8 @@ def main() -> None:
         if occupant is not None:
             (deployment,) = repository.get(occupant).deployments
             for trigger in (DeploymentStarted(deployment.id), DeploymentCompleted(deployment.id)):
-                try:
+                with contextlib.suppress(FlowFSMError):  # another process moved it first
                     engine.handle(trigger)
-                except FlowFSMError:  # another process moved it first
-                    pass
         elif released == flows and len(repository.list_flows(state=FlowState.SUCCESS, limit=total)) == total:
             break
     repository.close()

@@ -276,9 +276,9 @@ def test_a_queued_service_needs_a_repository_that_keeps_lanes() -> None:
                 raise AttributeError(name)
             return getattr(self._store, name)
 
-    with pytest.raises(ValidationError, match="concurrency.*'queue'.*keeps no lanes"):
-        FlowEngine(Catalog([service()]), NoLanes(), None)  # type: ignore[arg-type]  # the point: it is not one
-    engine = FlowEngine(Catalog([service("parallel")]), NoLanes(), None)  # type: ignore[arg-type]  # parallel needs none
+    with pytest.raises(ValidationError, match=r"concurrency.*'queue'.*keeps no lanes"):
+        FlowEngine(Catalog([service()]), NoLanes(), None)
+    engine = FlowEngine(Catalog([service("parallel")]), NoLanes(), None)  # parallel needs none
     for version in "12":
         engine.handle(ArtifactCreated(Artifact("com.acme", "api", version)))
     assert [f.deployments[0].state for f in engine.repository.list_flows()] == [DeploymentState.NOT_STARTED] * 2

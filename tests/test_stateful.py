@@ -1367,7 +1367,8 @@ class LanesAgainstReference(RuleBasedStateMachine):
         self._settle_lanes()
         for flow in self.flows:
             new = [r.event for r in self.emitter.requests[sent:] if r.flow_id == flow.id]
-            assert new == flow.events[len(flow.events) - len(new) :] and len(new) <= len(flow.events)
+            assert len(new) <= len(flow.events)
+            assert new == flow.events[len(flow.events) - len(new) :]
         self.sent = {f.id: [r.event for r in self.emitter.requests if r.flow_id == f.id] for f in self.flows}
 
     @rule()
@@ -1510,7 +1511,9 @@ class LanesAgainstReference(RuleBasedStateMachine):
                     if current is None or current.environment != environment.name:
                         continue
                     held = flow.pause is not None and flow.pause.held
-                    if current.state.value in ("started", "completed") or (current.state.value == "notStarted" and not held):
+                    if current.state.value in ("started", "completed") or (
+                        current.state.value == "notStarted" and not held
+                    ):
                         active.append(flow.id)
                 assert len(active) <= 1, (service.id, environment.name, active)
 

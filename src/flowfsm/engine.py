@@ -188,7 +188,9 @@ class FlowEngine:
                 return outcome
             history.attribute(outcome.history, trigger)
             try:
-                if outcome.timers or outcome.cancelled or outcome.lanes:  # keywords a repository without them never sees
+                if (
+                    outcome.timers or outcome.cancelled or outcome.lanes
+                ):  # keywords a repository without them never sees
                     self._commit_timed(changed, outcome)
                 else:
                     self.repository.commit(changed, outcome.hook_requests, lease=self._lease, history=outcome.history)
@@ -552,7 +554,7 @@ class FlowEngine:
         deployment. "Newer": created later; at the same instant, the one that came
         to the environment later. Flows deploying or verifying are left alone."""
         service, environment = flow.service, flow.deployments[index].environment
-        book, created = work.lanes, flow.loaded.created_at
+        book, created = work.lanes, _created(flow)
         if book is None:
             return
         rivals = [book.occupant(service.id, environment, other_than=flow.id), *book.waiting(service.id, environment)]
@@ -561,14 +563,14 @@ class FlowEngine:
             if rival_id is None or rival_id == flow.id:
                 continue
             rival = self._open(work, rival_id, service)
-            if rival.loaded.created_at > created and (newest is None or rival.loaded.created_at > newest.loaded.created_at):
+            if _created(rival) > created and (newest is None or _created(rival) > _created(newest)):
                 newest = rival
         if newest is not None:
             _supersede(flow, newest)
             return
         for stored in self._open_flows(service.id):
             older = self._open(work, stored.id, service)
-            if older.id == flow.id or older.state in FINISHED or older.loaded.created_at > created:
+            if older.id == flow.id or older.state in FINISHED or _created(older) > created:
                 continue
             waits_here = any(d.environment == environment and d.state in GATED for d in older.deployments)
             first = older.deployments[0].state if older.deployments else None
@@ -750,6 +752,15 @@ def _as_admitted(flow: Flow, draft: FlowDraft) -> Flow:
     ):
         return flow
     return draft.flow()
+
+
+_LONG_AGO: Final = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+def _created(flow: FlowDraft) -> dt.datetime:
+    """When the flow was created; one built without the time counts as the oldest."""
+    created = flow.loaded.created_at
+    return _LONG_AGO if created is None else created
 
 
 def _supersede(older: FlowDraft, newer: FlowDraft) -> None:

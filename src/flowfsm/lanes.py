@@ -187,7 +187,7 @@ class LaneBook:
             if not lane.more:
                 return
 
-    def _place(self, flow_id: str, service_id: str, environment: str) -> LaneStatus | None | bool:
+    def _place(self, flow_id: str, service_id: str, environment: str) -> LaneStatus | bool | None:
         """The flow's place as the work leaves it, or False if the work does not hold it."""
         flow = self.work.flows.get(flow_id)
         if flow is None or flow.service.id != service_id:
@@ -198,9 +198,12 @@ class LaneBook:
     def occupant(self, service_id: str, environment: str, other_than: str | None = None) -> str | None:
         """The flow occupying the lane as the work leaves it (other than ``other_than``)."""
         stored = self.stored(service_id, environment).occupant
-        if stored is not None and stored != other_than:
-            if self._place(stored, service_id, environment) in _STILL_OCCUPIES:
-                return stored
+        if (
+            stored is not None
+            and stored != other_than
+            and self._place(stored, service_id, environment) in _STILL_OCCUPIES
+        ):
+            return stored
         for flow_id, flow in self.work.flows.items():
             if flow_id != other_than and flow.service.id == service_id:
                 index = _index(flow, environment)

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Final
 
 from flowfsm.converter import converter
-from flowfsm.lanes import Lane, LaneMove, LaneStatus
 from flowfsm.errors import (
     ConcurrencyConflict,
     FlowFSMError,
@@ -24,6 +23,7 @@ from flowfsm.errors import (
     ValidationError,
     shown,
 )
+from flowfsm.lanes import Lane, LaneMove, LaneStatus
 from flowfsm.model import (
     Artifact,
     DeliveryAttempt,
@@ -48,12 +48,12 @@ from flowfsm.model import (
 __all__ = [
     "BODY_FORMAT",
     "LANE_LINE",
-    "apply_lane_moves",
     "MAX_OFFSET",
     "MAX_PAGE",
     "MAX_WAIT",
     "PENDING",
     "SQLFlowReads",
+    "apply_lane_moves",
     "check_page",
     "driver_errors",
     "due_text",
@@ -264,7 +264,9 @@ def apply_lane_moves(execute: Callable[..., Any], mark: str, flows: Sequence[Flo
     m = mark
     for move in moves:
         if move.to is not LaneStatus.WAITS:
-            execute(f"DELETE FROM lane_waiting WHERE flow_id = {m} AND environment = {m}", (move.flow_id, move.environment))
+            execute(
+                f"DELETE FROM lane_waiting WHERE flow_id = {m} AND environment = {m}", (move.flow_id, move.environment)
+            )
         if move.to is not LaneStatus.OCCUPIES:
             execute(
                 f"DELETE FROM lane_occupants WHERE service_id = {m} AND environment = {m} AND flow_id = {m}",

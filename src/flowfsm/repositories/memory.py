@@ -119,13 +119,7 @@ class InMemoryRepository:
         lanes: Sequence[LaneMove] = (),
     ) -> None:
         with self._lock:
-            for flow in flows:  # check everything before changing anything
-                stored = self._flows.get(flow.id)
-                if flow.version == 1:
-                    if stored is not None or flow.key in self._by_key:
-                        raise ConcurrencyConflict(flow.id, flow.version)
-                elif stored is None or stored.version != flow.version - 1:
-                    raise ConcurrencyConflict(flow.id, flow.version)
+            self._check_versions(flows)  # check everything before changing anything
             if lanes:
                 self._move(flows, lanes)
             for flow in flows:
@@ -148,33 +142,23 @@ class InMemoryRepository:
                 for request in hook_requests:
                     outbox[request.id] = (request, until)
 
+    def _check_versions(self, flows: Sequence[Flow]) -> None:
+        """``ConcurrencyConflict`` unless each flow is new (version 1, its id and key
+        free) or the next version of the stored one."""
+        for flow in flows:
+            stored = self._flows.get(flow.id)
+            if flow.version == 1:
+                if stored is not None or flow.key in self._by_key:
+                    raise ConcurrencyConflict(flow.id, flow.version)
+            elif stored is None or stored.version != flow.version - 1:
+                raise ConcurrencyConflict(flow.id, flow.version)
+
     # --- lanes (SPEC §11) ----------------------------------------------------------------
 
     def _move(self, flows: Sequence[Flow], moves: Sequence[LaneMove]) -> None:
         """Apply the lane moves, or raise ``ConcurrencyConflict`` with nothing changed
-        (see ``Lanes.commit``): each touched lane's outcome is worked out first, from
-        the moves alone (never a copy of its line, which may be long)."""
-        occupants: dict[tuple[str, str], str | None] = {}
-        lines: dict[tuple[str, str], int] = {}  # how many will wait
-        for m in moves:  # every flow leaves its place first
-            key = (m.service_id, m.environment)
-            if key not in occupants:
-                occupants[key], lines[key] = self._occupants.get(key), len(self._waiting.get(key, ()))
-            if m.to is not LaneStatus.WAITS and m.flow_id in self._waiting.get(key, ()):
-                lines[key] -= 1
-            if m.to is not LaneStatus.OCCUPIES and occupants[key] == m.flow_id:
-                occupants[key] = None
-        for m in moves:
-            key = (m.service_id, m.environment)
-            if m.to is LaneStatus.OCCUPIES:
-                if occupants[key] not in (None, m.flow_id):
-                    raise _lane_conflict(flows, m.flow_id)
-                occupants[key] = m.flow_id
-            elif m.to is LaneStatus.WAITS and m.flow_id not in self._waiting.get(key, ()):
-                lines[key] += 1
-        for key, occupant in occupants.items():
-            if lines[key] and occupant is None:
-                raise _lane_conflict(flows, moves[0].flow_id)
+        (see ``Lanes.commit``)."""
+        occupants = self._lane_outcome(flows, moves)
         for m in moves:
             key = (m.service_id, m.environment)
             line = self._waiting.setdefault(key, {})
@@ -189,6 +173,33 @@ class InMemoryRepository:
                 self._occupants.pop(key, None)
             else:
                 self._occupants[key] = occupant
+
+    def _lane_outcome(self, flows: Sequence[Flow], moves: Sequence[LaneMove]) -> dict[tuple[str, str], str | None]:
+        """Each touched lane's occupant once the moves are made, worked out from the
+        moves alone (never a copy of a line, which may be long); ``ConcurrencyConflict``
+        if a move takes an occupied lane or leaves flows waiting for an empty one."""
+        occupants: dict[tuple[str, str], str | None] = {}
+        lines: dict[tuple[str, str], int] = {}  # how many will wait
+        for m in moves:  # every flow leaves its place first
+            key = (m.service_id, m.environment)
+            line = self._waiting.get(key, {})
+            if key not in occupants:
+                occupants[key], lines[key] = self._occupants.get(key), len(line)
+            lines[key] -= m.to is not LaneStatus.WAITS and m.flow_id in line
+            if m.to is not LaneStatus.OCCUPIES and occupants[key] == m.flow_id:
+                occupants[key] = None
+        for m in moves:
+            key = (m.service_id, m.environment)
+            if m.to is LaneStatus.OCCUPIES:
+                if occupants[key] not in (None, m.flow_id):
+                    raise _lane_conflict(flows, m.flow_id)
+                occupants[key] = m.flow_id
+            elif m.to is LaneStatus.WAITS:
+                lines[key] += m.flow_id not in self._waiting.get(key, {})
+        for key, occupant in occupants.items():
+            if lines[key] and occupant is None:
+                raise _lane_conflict(flows, moves[0].flow_id)
+        return occupants
 
     def lane(self, service_id: str, environment: str, *, limit: int = 4) -> Lane:
         key = (service_id, environment)

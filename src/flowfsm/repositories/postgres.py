@@ -41,13 +41,13 @@ from flowfsm.errors import (
     ValidationError,
     bounded,
 )
-from flowfsm.model import FINISHED, DeliveryAttempt, Flow, HistoryEntry, HookRecord, HookRequest, Timer
 from flowfsm.lanes import LaneMove
+from flowfsm.model import FINISHED, DeliveryAttempt, Flow, HistoryEntry, HookRecord, HookRequest, Timer
 from flowfsm.repositories._common import (
     LANE_LINE,
     PENDING,
-    apply_lane_moves,
     SQLFlowReads,
+    apply_lane_moves,
     driver_errors,
     flow_body,
     history_rows,

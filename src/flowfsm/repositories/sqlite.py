@@ -28,13 +28,13 @@ from flowfsm.errors import (
     RepositoryError,
     ValidationError,
 )
-from flowfsm.model import FINISHED, DeliveryAttempt, Flow, HistoryEntry, HookRecord, HookRequest, Timer
 from flowfsm.lanes import LaneMove
+from flowfsm.model import FINISHED, DeliveryAttempt, Flow, HistoryEntry, HookRecord, HookRequest, Timer
 from flowfsm.repositories._common import (
     LANE_LINE,
     PENDING,
-    apply_lane_moves,
     SQLFlowReads,
+    apply_lane_moves,
     driver_errors,
     due_text,
     flow_body,

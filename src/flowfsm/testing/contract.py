@@ -30,6 +30,7 @@ from flowfsm.errors import (
     UnknownPromotion,
     ValidationError,
 )
+from flowfsm.lanes import Lane, LaneMove, LaneStatus
 from flowfsm.model import (
     Action,
     Artifact,
@@ -53,7 +54,6 @@ from flowfsm.model import (
     TimerKind,
     Webhook,
 )
-from flowfsm.lanes import Lane, LaneMove, LaneStatus
 from flowfsm.protocols import Lanes, Repository
 from flowfsm.testing import FakeClock, sample_flow, sample_hook_request
 from flowfsm.triggers import ArtifactCreated, DeploymentCompleted, DeploymentStarted, PromotionCompleted
