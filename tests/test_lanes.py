@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -429,3 +430,45 @@ def test_engine_processes_racing_on_postgres_never_share_an_environment(postgres
     assert len(announced) == len(set(announced)) == total
     queued = [flow_id for event, flow_id in rows if event == "deployment-queued"]
     assert queued, "the race never made a flow wait"
+
+
+# --- the catalog key and the command line -----------------------------------------------------
+
+
+def test_a_catalog_file_names_the_file_and_path_of_a_bad_concurrency(tmp_path: Path) -> None:
+    from flowfsm import CatalogError
+
+    text = '[[services]]\nid = "svc"\nartifacts = ["com.acme:api"]\nconcurrency = "{}"\n'
+    text += 'pipeline = { name = "p", environments = [{ name = "prod" }] }\n'
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text(text.replace("{}", "newest-wins", 1))
+    bad.write_text(text.replace("{}", "one-at-a-time", 1))
+    assert Catalog.from_file(good).get("svc").concurrency.value == "newest-wins"
+    with pytest.raises(CatalogError) as caught:
+        Catalog.from_file(bad)
+    assert caught.value.path == "$.services[0].concurrency"
+    assert "bad.toml" in str(caught.value)
+    assert "'parallel', 'queue', 'newest-wins'" in str(caught.value)
+
+
+def test_the_command_line_shows_queued_and_superseded_flows(tmp_path: Path) -> None:
+    from tests.test_cli import Cli
+
+    cli = Cli(tmp_path)
+    cli.catalog.write_text(cli.catalog.read_text().replace('artifacts = ["com.acme:api"]', _NEWEST, 1))
+    first = cli.json("artifact-created", "com.acme:api:1.0.0")["flows"][0]
+    cli.json("deployment-started", first["deployments"][0]["id"])
+    waiting = cli.json("artifact-created", "com.acme:api:1.1.0")
+    assert waiting["flows"][0]["deployments"][0]["state"] == "queued"
+    shown = cli("show", waiting["flows"][0]["id"])
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"dev\s+queued", shown.stdout)
+    explained = cli("explain", waiting["flows"][0]["id"])
+    assert f"Queued for 'dev' behind flow {first['id']} (deploying), 1st in line" in explained.stdout
+    cli.json("artifact-created", "com.acme:api:1.2.0")
+    listed = cli("flows", "--state", "superseded")
+    assert listed.returncode == 0, listed.stderr
+    assert "com.acme:api:1.1.0" in listed.stdout
+
+
+_NEWEST = 'artifacts = ["com.acme:api"]\nconcurrency = "newest-wins"'

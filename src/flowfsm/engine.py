@@ -167,12 +167,22 @@ class FlowEngine:
         self._new_id = id_factory
         self._max_attempts = max_attempts
         self._lease = lease if emitter is not None else 0.0
-        self._lanes: Lanes | None = repository if isinstance(repository, Lanes) else None
-        """The repository, if it keeps lanes (a ``queue`` or ``newest-wins`` service needs them)."""
+        self._lanes_of: object = None
+        self._lanes_kept: Lanes | None = None
         self._checked: dict[int, Service] = {}
         """The services whose policies were checked, by ``id`` (each kept, so its id stays its)."""
         for service in catalog:  # fail now, not on the first failure
             self._check_policies(service)
+
+    @property
+    def _lanes(self) -> Lanes | None:
+        """The repository, if it keeps lanes (a ``queue`` or ``newest-wins`` service
+        needs them): asked once per repository (one may be given to the engine later)."""
+        repository = self.repository
+        if repository is not self._lanes_of:
+            self._lanes_of = repository
+            self._lanes_kept = repository if isinstance(repository, Lanes) else None
+        return self._lanes_kept
 
     @property
     def clock(self) -> Callable[[], dt.datetime]:
@@ -231,8 +241,8 @@ class FlowEngine:
         return Queued(occupant, state, store.lane_place(flow.service_id, environment, flow.id))
 
     def _commit_timed(self, changed: list[Flow], outcome: Outcome) -> None:
-        if outcome.lanes and self._lanes is not None:  # a queued service's engine has lanes (``_check_policies``)
-            self._lanes.commit(
+        if outcome.lanes:
+            self._lane_store().commit(
                 changed,
                 outcome.hook_requests,
                 lease=self._lease,
@@ -501,6 +511,16 @@ class FlowEngine:
             self._strategies[strategy].on_failure(failure)
 
     # --- environment concurrency (SPEC §11) -------------------------------------------
+
+    def _lane_store(self) -> Lanes:
+        """The repository's lanes; a ``ValidationError`` if it keeps none (a repository
+        given to the engine after it checked its services: ``_check_policies``)."""
+        store = self._lanes
+        if store is None:
+            raise ValidationError(
+                "concurrency", f"{type(self.repository).__name__} keeps no lanes (flowfsm.protocols.Lanes)"
+            )
+        return store
 
     def _lanes_for(self, work: Work, service: Service) -> None:
         """Give the work the lanes, if the service runs one flow at a time per environment."""
