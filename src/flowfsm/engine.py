@@ -293,8 +293,8 @@ class FlowEngine:
         requests = self._hook_requests(work, now)
         lane_moves = tuple(lanes.lane_moves(work, new)) if work.lanes is not None else ()
         work.close()
-        shown = {flow.id: flow for flow in saved}
-        outcome = Outcome(tuple(shown.get(flow.id, flow) for flow in flows), requests, duplicate)
+        latest = {flow.id: flow for flow in saved}
+        outcome = Outcome(tuple(latest.get(flow.id, flow) for flow in flows), requests, duplicate)
         if created:
             moves: list[Sequence[Move] | None] = [None] * len(created)
             moves += [draft.moves for draft in others]

@@ -386,13 +386,13 @@ class SQLFlowReads:
     def lane(self, service_id: str, environment: str, *, limit: int = 4) -> Lane:
         mark = self.MARK
         rows = self._rows(
-            f"SELECT 0, flow_id FROM lane_occupants WHERE service_id = {mark} AND environment = {mark}"
-            " UNION ALL SELECT * FROM (SELECT 1, flow_id FROM lane_waiting"
-            f" WHERE service_id = {mark} AND environment = {mark} ORDER BY n LIMIT {mark}) w",
+            f"SELECT 0, flow_id, 0 FROM lane_occupants WHERE service_id = {mark} AND environment = {mark}"
+            " UNION ALL SELECT * FROM (SELECT 1, flow_id, n FROM lane_waiting"
+            f" WHERE service_id = {mark} AND environment = {mark} ORDER BY n LIMIT {mark}) w ORDER BY 1, 3",
             (service_id, environment, service_id, environment, limit + 1),
         )
-        occupant = next((flow_id for kind, flow_id in rows if kind == 0), None)
-        waiting = tuple(flow_id for kind, flow_id in rows if kind == 1)
+        occupant = next((flow_id for kind, flow_id, _ in rows if kind == 0), None)
+        waiting = tuple(flow_id for kind, flow_id, _ in rows if kind == 1)
         return Lane(service_id, environment, occupant, waiting[:limit], len(waiting) > limit)
 
     def lane_place(self, service_id: str, environment: str, flow_id: str) -> int | None:
