@@ -224,6 +224,20 @@ def test_a_retried_deployment_waits_behind_the_flows_already_waiting(make_reposi
     assert world.lane() == Lane("svc", "staging", b.id, (c.id, a.id))
 
 
+def test_a_retry_policy_announces_the_retry_through_the_queue(make_repository: Callable[[], Repository]) -> None:
+    """RETRY (no backoff) retries a failed deployment at once, in the same trigger: it
+    waits behind the flow already waiting, which is announced first."""
+    world = World(make_repository(), service(strategy="RETRY"))
+    a, b = world.create("1"), world.create("2")
+    world.engine.handle(DeploymentStarted(a.deployments[0].id))
+    world.engine.handle(DeploymentFailed(a.deployments[0].id, reason="node lost"))
+    assert world.states(a) == ["queued", "notStarted"]
+    assert world.events(a)[-3:] == ["deployment-failed", "deployment-retried", "deployment-queued"]
+    assert world.states(b) == ["notStarted", "notStarted"]
+    assert world.events(b)[-1] == "deployment-created"
+    assert world.lane() == Lane("svc", "staging", b.id, (a.id,))
+
+
 def test_explain_says_behind_which_flow_and_the_place_in_line(world: World) -> None:
     a, b, c = world.create("1"), world.create("2"), world.create("3")
     world.engine.handle(DeploymentStarted(a.deployments[0].id))
