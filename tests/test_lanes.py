@@ -317,6 +317,13 @@ def test_newest_wins_supersedes_older_waiting_flows_and_never_a_deploying_one(ne
     assert payload.actor == "flowfsm"
     assert payload.reason == f"superseded by flow {c.id} (artifact com.acme:api:3)"
     assert newest.lane() == Lane("svc", "staging", a.id, (c.id,))
+    # b's history and explanation say flowfsm ended it, for c; c's creation is c's own.
+    entry = newest.repository.history(b.id)[-1]
+    assert (entry.actor, entry.reason, entry.trigger["type"]) == ("flowfsm", payload.reason, "ArtifactCreated")
+    (finished,) = newest.engine.explain(b.id)
+    assert "superseded by 'flowfsm' at " in finished.text
+    assert finished.text.endswith(f": superseded by flow {c.id} (artifact com.acme:api:3).")
+    assert newest.repository.history(c.id)[-1].actor is None
     newest.deploy(a, 0)
     assert newest.states(c) == ["notStarted", "notStarted"]  # c passes every check itself
     assert [p.state.value for d in newest.get(c).deployments for p in d.promotions] == ["pending", "pending"]

@@ -20,6 +20,7 @@ import operator
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, ClassVar, Final
 
 from flowfsm import history, lanes, machines
@@ -47,6 +48,7 @@ from flowfsm.model import (
     FailureStrategy,
     Flow,
     FlowState,
+    HistoryEntry,
     HookEvent,
     HookRequest,
     Payload,
@@ -300,6 +302,8 @@ class FlowEngine:
             moves += [draft.moves for draft in others]
             outcome.history = history.draft(moves, saved, requests, now)
             outcome.lanes = lane_moves
+            if work.lanes is not None and work.lanes.superseded:
+                _credit(work, outcome.history, new)
         return outcome, saved
 
     def _on_deployment_started(self, trigger: DeploymentStarted) -> tuple[Outcome, list[Flow]]:
@@ -480,6 +484,8 @@ class FlowEngine:
         saved = [draft.flow(version=draft.loaded.version + 1, updated_at=now) for draft in drafts]
         outcome = Outcome(tuple(saved), self._hook_requests(work, now))
         outcome.history = history.draft([draft.moves for draft in drafts], saved, outcome.hook_requests, now)
+        if work.lanes is not None and work.lanes.superseded:
+            _credit(work, outcome.history, set(itertools.islice(work.flows, 1)))
         if work.timers:
             outcome.timers, outcome.cancelled = work.timer_changes()
         if work.lanes is not None:
@@ -783,12 +789,23 @@ def _created(flow: FlowDraft) -> dt.datetime:
     return _LONG_AGO if created is None else created
 
 
+def _credit(work: Work, entries: Sequence[HistoryEntry], own: AbstractSet[str]) -> None:
+    """The history of each flow a newer one superseded says so, as flowfsm's act, but
+    for the trigger's own flows (``own``), whose entries hold what the trigger did."""
+    book = work.lanes
+    if book is not None:
+        reasons = {flow_id: why for flow_id, why in book.superseded.items() if flow_id not in own}
+        history.credit(entries, reasons, FLOWFSM)
+
+
 def _supersede(older: FlowDraft, newer: FlowDraft) -> None:
     """``newer`` supersedes ``older`` (``flow-superseded``, by flowfsm, naming the newer flow)."""
     work = older.work
     saved = work.actor, work.reason, work.subject
     work.actor, work.subject = FLOWFSM, None
     work.reason = f"superseded by flow {newer.id} (artifact {newer.loaded.artifact.id})"
+    if work.lanes is not None:
+        work.lanes.superseded[older.id] = work.reason
     current = older.current()
     machines.fire(older.draft(len(older.deployments) - 1 if current is None else current), "supersede")
     work.actor, work.reason, work.subject = saved

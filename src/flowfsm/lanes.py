@@ -158,7 +158,7 @@ class LaneBook:
     once, then more of its line as needed), overlaid with the places of the flows
     the work holds (``lane_status`` of their latest drafts)."""
 
-    __slots__ = ("_stored", "started_waiting", "store", "work")
+    __slots__ = ("_stored", "started_waiting", "store", "superseded", "work")
 
     def __init__(self, store: Lanes, work: Work) -> None:
         self.store = store
@@ -166,6 +166,8 @@ class LaneBook:
         self._stored: dict[tuple[str, str], Lane] = {}
         self.started_waiting: list[tuple[FlowDraft, int]] = []
         """Deployments the work queued, in order (``newest-wins`` acts on each)."""
+        self.superseded: dict[str, str] = {}
+        """The flows a newer one superseded in the work, each with its reason (for its history)."""
 
     def stored(self, service_id: str, environment: str, at_least: int = _FIRST_PAGE) -> Lane:
         """The lane as stored, listing at least ``at_least`` waiting flows if as many wait."""
