@@ -11,7 +11,7 @@ import argparse
 import os
 import platform
 
-from . import approvals, core, delivery, history, instructions, storage, web, worker
+from . import approvals, core, delivery, history, instructions, lanes, storage, web, worker
 from .report import Report
 
 
@@ -20,7 +20,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller stores")
     parser.add_argument(
         "--only",
-        choices=["core", "storage", "delivery", "worker", "history", "web", "instructions", "approvals"],
+        choices=["core", "storage", "delivery", "worker", "history", "web", "lanes", "instructions", "approvals"],
         help="run one group",
     )
     args = parser.parse_args()
@@ -38,6 +38,8 @@ def main() -> None:
         web.run(report, args.quick)
     if args.only in (None, "approvals"):
         approvals.run(report, args.quick)
+    if args.only in (None, "lanes"):
+        lanes.run(report, args.quick)
     if args.only in (None, "storage"):  # last: the heaviest group (stores of a million flows on disk)
         storage.run(report, args.quick)
     if args.only == "instructions":

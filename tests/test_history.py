@@ -137,7 +137,7 @@ def test_a_sqlite_store_written_by_schema_4_opens_and_records_history(tmp_path: 
         assert [e.seq for e in repository.history(waiting.id)] == [waiting.version + 1, waiting.version + 2]
         assert repository.last_success("svc", "prod") == Artifact("g", "a", "2")
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM flowfsm_meta").fetchone()[0] == "5"
+    assert db.execute("SELECT value FROM flowfsm_meta").fetchone()[0] == "6"
     db.close()
 
 
@@ -176,7 +176,7 @@ def test_a_postgres_store_of_schema_4_opens_and_records_history(postgres_dsn: st
         with psycopg.connect(postgres_dsn, options=f"-c search_path={schema}") as conn:
             row = conn.execute("SELECT value FROM flowfsm_meta").fetchone()
             assert row is not None
-            assert row[0] == str(SCHEMA_VERSION) == "5"
+            assert row[0] == str(SCHEMA_VERSION) == "6"
     finally:
         drop_schemas(postgres_dsn, [schema])
 

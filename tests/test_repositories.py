@@ -18,7 +18,7 @@ from flowfsm import RepositoryError, ValidationError
 from flowfsm.protocols import Repository
 from flowfsm.repositories import MAX_WAIT, InMemoryRepository, PostgresRepository, SQLiteRepository
 from flowfsm.repositories.sqlite import SCHEMA_VERSION
-from flowfsm.testing import RepositoryContract, RepositoryStateMachine, sample_flow, sample_hook_request
+from flowfsm.testing import LanesContract, RepositoryContract, RepositoryStateMachine, sample_flow, sample_hook_request
 
 
 def drop_schemas(dsn: str, schemas: list[str]) -> None:
@@ -30,14 +30,14 @@ def drop_schemas(dsn: str, schemas: list[str]) -> None:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
-class TestInMemoryRepository(RepositoryContract):
+class TestInMemoryRepository(RepositoryContract, LanesContract):
     keeps_delivered = False
 
     def make_repository(self) -> Repository:
         return InMemoryRepository()
 
 
-class TestPostgresRepository(RepositoryContract):
+class TestPostgresRepository(RepositoryContract, LanesContract):
     @pytest.fixture(autouse=True)
     def _server(self, postgres_dsn: str) -> Iterator[None]:
         self.dsn = postgres_dsn
@@ -51,7 +51,7 @@ class TestPostgresRepository(RepositoryContract):
         return PostgresRepository(self.dsn, schema=schema)
 
 
-class TestSQLiteFileRepository(RepositoryContract):
+class TestSQLiteFileRepository(RepositoryContract, LanesContract):
     @pytest.fixture(autouse=True)
     def _dir(self, tmp_path: Path) -> None:
         self.path = tmp_path / "flows.db"
@@ -60,7 +60,7 @@ class TestSQLiteFileRepository(RepositoryContract):
         return SQLiteRepository(self.path)
 
 
-class TestSQLiteMemoryRepository(RepositoryContract):
+class TestSQLiteMemoryRepository(RepositoryContract, LanesContract):
     def make_repository(self) -> Repository:
         return SQLiteRepository(":memory:")
 

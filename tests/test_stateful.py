@@ -99,7 +99,7 @@ from flowfsm import (
 from flowfsm.converter import unstructure
 from flowfsm.emitters import RecordingEmitter
 from flowfsm.model import TimeoutPayload, Timeouts, TimerKind
-from flowfsm.protocols import Repository
+from flowfsm.protocols import Lanes, Repository
 from flowfsm.repositories import InMemoryRepository
 from flowfsm.scheduling import Scheduler
 from flowfsm.testing import FakeClock, SequentialIds
@@ -1479,3 +1479,395 @@ class EngineAgainstReference(RuleBasedStateMachine):
 
 
 TestEngineAgainstReference = EngineAgainstReference.TestCase
+
+
+# --- environment concurrency (SPEC §11): queue and newest-wins against their own reference ---
+#
+# A reference of its own, from SPEC §11 and docs/gates.md alone: each lane's occupant
+# and its line are kept as plain lists, moved as the contract says, never read from
+# the engine. A catalog has one ``queue`` and one ``newest-wins`` service consuming the
+# same artifacts; the rules drive flows through announcements, deployments, checks,
+# failures (STOP or PAUSE), pauses, retries, skips and aborts. After every step the
+# stored flows and lanes must match the reference, and the invariants of the issue
+# must hold: at most one active flow per (service, environment); no flow succeeds with
+# a promotion neither passed nor skipped; a superseded flow was older than the flow
+# that superseded it; the waiting order is arrival order.
+
+LANE_EVENTS = (E.DEPLOYMENT_CREATED, E.DEPLOYMENT_QUEUED, E.FLOW_SUPERSEDED)
+
+
+@attrs.define
+class LaneFlow:
+    """A flow of the lanes reference: states by position, its creation order."""
+
+    id: str
+    service: Service
+    order: int
+    deployment_ids: list[str]
+    promotion_ids: list[list[str]]
+    deployments: list[str]
+    promotions: list[list[str]]
+    state: str = "inProgress"
+    pause_actor: str | None = None
+    waiting: list[str] = attrs.field(factory=list)
+    held: bool = False
+    events: list[HookEvent] = attrs.field(factory=list)
+    superseded_by: str | None = None
+
+    def open(self) -> bool:
+        return self.state in ("inProgress", "paused")
+
+    def current(self) -> int | None:
+        return next((i for i, s in enumerate(self.deployments) if s != "success"), None)
+
+    def environment(self, d: int) -> str:
+        return self.service.pipeline.environments[d].name
+
+
+def lane_catalogs() -> st.SearchStrategy[Catalog]:
+    environments = st.lists(
+        st.tuples(st.sampled_from(["dev", "staging", "prod"]), st.integers(0, 1)),
+        min_size=1,
+        max_size=3,
+        unique_by=lambda e: e[0],
+    )
+
+    def service(concurrency: str, envs: list[tuple[str, int]], strategy: str) -> Service:
+        return Service(
+            concurrency,
+            artifacts=["com.acme:api"],
+            pipeline=Pipeline("p", [Environment(name, ["smoke"][:n]) for name, n in envs]),
+            webhooks=[Webhook(e.value, e, [Action("a", url="https://h.example/")]) for e in LANE_EVENTS],
+            failure_strategy=strategy,
+            concurrency=concurrency,
+        )
+
+    strategies = st.sampled_from(["STOP", "PAUSE"])
+    queue = st.builds(service, st.just("queue"), environments, strategies)
+    newest = st.builds(service, st.just("newest-wins"), environments, strategies)
+    return st.builds(lambda a, b: Catalog([a, b]), queue, newest)
+
+
+class LanesAgainstReference(RuleBasedStateMachine):
+    """Drives one engine through queued and newest-wins services; subclasses may swap the repository."""
+
+    def make_repository(self) -> Repository:
+        return InMemoryRepository()
+
+    @initialize(catalog=lane_catalogs())
+    def setup(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.repository = self.make_repository()
+        self.clock = FakeClock()
+        self.emitter = RecordingEmitter()
+        self.engine = FlowEngine(catalog, self.repository, self.emitter, clock=self.clock, id_factory=SequentialIds())
+        self.flows: list[LaneFlow] = []
+        self.lanes: dict[tuple[str, str], tuple[str | None, list[str]]] = {}
+        self.freed: list[tuple[str, str]] = []
+        self.versions = 0
+
+    def teardown(self) -> None:
+        close: Callable[[], None] | None = getattr(getattr(self, "repository", None), "close", None)
+        if close is not None:
+            close()
+
+    # --- the reference -------------------------------------------------------------------
+
+    def _flow(self, flow_id: str) -> LaneFlow:
+        return next(f for f in self.flows if f.id == flow_id)
+
+    def _lane(self, flow: LaneFlow, d: int) -> tuple[str, str]:
+        return (flow.service.id, flow.environment(d))
+
+    def _occupant(self, lane: tuple[str, str]) -> str | None:
+        return self.lanes.get(lane, (None, []))[0]
+
+    def _line(self, lane: tuple[str, str]) -> list[str]:
+        return self.lanes.setdefault(lane, (None, []))[1]
+
+    def _set_occupant(self, lane: tuple[str, str], flow_id: str | None) -> None:
+        self.lanes[lane] = (flow_id, self._line(lane))
+
+    def _announce(self, flow: LaneFlow, turn: bool = False) -> None:
+        """The flow's next deployment reaches its environment: held by a pause, or
+        through the queue gate (``turn``: the first of the line, whose turn came)."""
+        d = flow.current()
+        if d is None:
+            return
+        if flow.state == "paused":
+            flow.held = True
+            return
+        lane = self._lane(flow, d)
+        occupant, line = self._occupant(lane), self._line(lane)
+        if (occupant is not None and occupant != flow.id) or (not turn and [f for f in line if f != flow.id]):
+            flow.deployments[d] = "queued"
+            line.append(flow.id)
+            flow.events.append(E.DEPLOYMENT_QUEUED)
+            if flow.service.concurrency.value == "newest-wins":
+                self._newest_wins(flow, d)
+            return
+        self._set_occupant(lane, flow.id)
+        flow.events.append(E.DEPLOYMENT_CREATED)
+
+    def _newest_wins(self, flow: LaneFlow, d: int) -> None:
+        lane = self._lane(flow, d)
+        rivals = [self._flow(i) for i in [self._occupant(lane), *self._line(lane)] if i is not None and i != flow.id]
+        newer = [r for r in rivals if r.order > flow.order]
+        if newer:
+            self._supersede(flow, max(newer, key=lambda r: r.order))
+            return
+        for older in [f for f in self.flows if f.service is flow.service and f.open() and f.order < flow.order]:
+            waits_here = "queued" in [s for i, s in enumerate(older.deployments) if older.environment(i) == lane[1]]
+            if waits_here or older.deployments[0] in ("notStarted", "queued"):
+                self._supersede(older, flow)
+
+    def _supersede(self, older: LaneFlow, newer: LaneFlow) -> None:
+        older.superseded_by = newer.id
+        older.events.append(E.FLOW_SUPERSEDED)
+        self._end(older, "superseded")
+
+    def _leave(self, flow: LaneFlow, d: int) -> None:
+        """The flow's deployment ``d`` stops occupying or waiting for its environment."""
+        lane = self._lane(flow, d)
+        if flow.id in self._line(lane):
+            self._line(lane).remove(flow.id)
+        if self._occupant(lane) == flow.id:
+            self._set_occupant(lane, None)
+            self.freed.append(lane)
+
+    def _end(self, flow: LaneFlow, state: str) -> None:
+        for d in range(len(flow.deployments)):
+            self._leave(flow, d)
+        flow.state, flow.pause_actor, flow.waiting, flow.held = state, None, [], False
+
+    def _settle_lanes(self) -> None:
+        """At the end of the trigger: each freed lane announces its waiting flows, in
+        arrival order, until one takes it (a paused one is held, and the next goes)."""
+        for lane in self.freed:
+            line = self._line(lane)
+            while self._occupant(lane) is None and line:
+                head = self._flow(line.pop(0))
+                d = next(i for i, s in enumerate(head.deployments) if s == "queued")
+                head.deployments[d] = "notStarted"
+                self._announce(head, turn=True)
+        self.freed = []
+
+    def _deployment_succeeds(self, flow: LaneFlow, d: int) -> None:
+        if flow.deployments[d] != "completed" or not all(p in ("success", "skipped") for p in flow.promotions[d]):
+            return
+        flow.deployments[d] = "success"
+        self._leave(flow, d)
+        self._announce(flow)
+        if flow.state == "inProgress" and flow.current() is None:
+            flow.state = "success"
+
+    def _fails(self, flow: LaneFlow, d: int, item: str) -> None:
+        """A failure, decided by the service's policy: STOP ends the flow, PAUSE holds it."""
+        if flow.service.failure_strategy == "STOP":
+            flow.deployments[d] = "failed"
+            self._leave(flow, d)
+            self._end(flow, "failed")
+            return
+        if flow.state != "paused":
+            flow.state, flow.pause_actor = "paused", "flowfsm"
+        flow.waiting.append(item)
+
+    def _settle(self, flow: LaneFlow, item: str) -> None:
+        if item in flow.waiting:
+            flow.waiting.remove(item)
+            if not flow.waiting and flow.pause_actor == "flowfsm":
+                self._resume(flow)
+
+    def _resume(self, flow: LaneFlow) -> None:
+        flow.state, flow.pause_actor = "inProgress", None
+        if flow.held:
+            flow.held = False
+            self._announce(flow)
+        if flow.current() is None:
+            flow.state = "success"
+
+    # --- driving the engine ----------------------------------------------------------------
+
+    def _run(self, trigger: Trigger, refused: type[FlowFSMError] | None = None) -> None:
+        sent = len(self.emitter.requests)
+        if refused is not None:
+            with pytest.raises(refused):
+                self.engine.handle(trigger)
+        else:
+            assert not self.engine.handle(trigger).duplicate
+        self._settle_lanes()
+        for flow in self.flows:
+            new = [r.event for r in self.emitter.requests[sent:] if r.flow_id == flow.id]
+            assert len(new) <= len(flow.events)
+            assert new == flow.events[len(flow.events) - len(new) :]
+        self.sent = {f.id: [r.event for r in self.emitter.requests if r.flow_id == f.id] for f in self.flows}
+
+    @rule()
+    def artifact_created(self) -> None:
+        self.versions += 1
+        self.clock.advance(minutes=1)  # each artifact newer than the last
+        trigger = ArtifactCreated(Artifact("com.acme", "api", str(self.versions)))
+        sent = len(self.emitter.requests)
+        outcome = self.engine.handle(trigger)
+        for service, stored in zip(self.catalog, outcome.flows, strict=True):
+            flow = LaneFlow(
+                stored.id,
+                service,
+                len(self.flows),
+                [d.id for d in stored.deployments],
+                [[p.id for p in d.promotions] for d in stored.deployments],
+                ["notStarted"] * len(stored.deployments),
+                [["pending"] * len(d.promotions) for d in stored.deployments],
+            )
+            self.flows.append(flow)
+            self._announce(flow)
+        self._settle_lanes()
+        for flow in self.flows:
+            assert [r.event for r in self.emitter.requests if r.flow_id == flow.id] == flow.events
+        assert len(self.emitter.requests) >= sent
+
+    def _draw(self, data: st.DataObject, wanted: Callable[[LaneFlow], bool]) -> LaneFlow | None:
+        flows = [f for f in self.flows if wanted(f)]
+        return data.draw(st.sampled_from(flows)) if flows else None
+
+    @rule(data=st.data())
+    def start_a_queued_deployment(self, data: st.DataObject) -> None:
+        flow = self._draw(data, lambda f: f.open() and "queued" in f.deployments)
+        if flow is not None:
+            self._run(DeploymentStarted(flow.deployment_ids[flow.deployments.index("queued")]), InvalidTransition)
+
+    @rule(data=st.data(), fail=st.integers(0, 5))
+    def progress(self, data: st.DataObject, fail: int) -> None:
+        """The next step of a flow in progress, as the CD system and the checks report it."""
+        flow = self._draw(data, lambda f: f.state == "inProgress" and f.current() is not None)
+        if flow is None:
+            return
+        d = flow.current()
+        assert d is not None
+        state, deployment_id = flow.deployments[d], flow.deployment_ids[d]
+        if state == "notStarted":
+            flow.deployments[d] = "started"
+            self._run(DeploymentStarted(deployment_id))
+        elif state == "started" and fail == 0:
+            flow.deployments[d] = "failed"
+            self._leave(flow, d)
+            self._fails(flow, d, deployment_id)
+            self._run(DeploymentFailed(deployment_id, "boom"))
+        elif state == "started":
+            flow.deployments[d] = "completed"
+            self._deployment_succeeds(flow, d)
+            self._run(DeploymentCompleted(deployment_id))
+        elif state == "completed" and "pending" in flow.promotions[d]:
+            p = flow.promotions[d].index("pending")
+            promotion_id = flow.promotion_ids[d][p]
+            status = ResultStatus.FAILED if fail == 0 else ResultStatus.PASSED
+            flow.promotions[d][p] = "failed" if fail == 0 else "success"
+            if fail == 0:
+                self._fails(flow, d, promotion_id)
+            else:
+                self._deployment_succeeds(flow, d)
+            self._run(PromotionCompleted(deployment_id, promotion_id, [PromotionResult(promotion_id, status)]))
+
+    @rule(data=st.data())
+    def deal_with_a_failure(self, data: st.DataObject) -> None:
+        """A person retries a failed deployment, or skips a failed check, of a flow its policy paused."""
+        flow = self._draw(data, lambda f: f.state == "paused" and bool(f.waiting))
+        if flow is None:
+            return
+        item = flow.waiting[0]
+        if item in flow.deployment_ids:
+            d = flow.deployment_ids.index(item)
+            flow.deployments[d] = "notStarted"
+            flow.promotions[d] = ["pending"] * len(flow.promotions[d])
+            self._announce(flow)
+            self._settle(flow, item)
+            self._run(RetryDeployment(item, "alice"))
+            return
+        d = next(i for i, ids in enumerate(flow.promotion_ids) if item in ids)
+        flow.promotions[d][flow.promotion_ids[d].index(item)] = "skipped"
+        self._deployment_succeeds(flow, d)
+        self._settle(flow, item)
+        self._run(SkipPromotion(flow.deployment_ids[d], item, "alice", "flaky"))
+
+    @rule(data=st.data())
+    def pause_or_resume(self, data: st.DataObject) -> None:
+        flow = self._draw(data, lambda f: f.state == "inProgress" or (f.state == "paused" and not f.waiting))
+        if flow is None:
+            return
+        if flow.state == "inProgress":
+            flow.state, flow.pause_actor = "paused", "alice"
+            self._run(PauseFlow(flow.id, "alice"))
+        else:
+            self._resume(flow)
+            self._run(ResumeFlow(flow.id, "alice"))
+
+    @rule(data=st.data())
+    def abort(self, data: st.DataObject) -> None:
+        flow = self._draw(data, LaneFlow.open)
+        if flow is not None:
+            self._end(flow, "aborted")
+            self._run(AbortFlow(flow.id, "alice"))
+
+    # --- invariants ------------------------------------------------------------------------
+
+    @invariant()
+    def stored_flows_and_lanes_match_the_reference(self) -> None:
+        if not hasattr(self, "repository"):
+            return
+        for ref in self.flows:
+            flow = self.repository.get(ref.id)
+            assert flow.state.value == ref.state
+            assert [d.state.value for d in flow.deployments] == ref.deployments
+            assert [[p.state.value for p in d.promotions] for d in flow.deployments] == ref.promotions
+            assert [r.event for r in self.emitter.requests if r.flow_id == ref.id] == ref.events
+        lanes = self.repository
+        assert isinstance(lanes, Lanes)
+        for service in self.catalog:
+            for environment in service.pipeline.environments:
+                stored = lanes.lane(service.id, environment.name, limit=1000)
+                occupant, line = self.lanes.get((service.id, environment.name), (None, []))
+                assert (stored.occupant, list(stored.waiting)) == (occupant, line)  # the line in arrival order
+
+    @invariant()
+    def at_most_one_active_flow_per_environment(self) -> None:
+        if not hasattr(self, "repository"):
+            return
+        for service in self.catalog:
+            for environment in service.pipeline.environments:
+                active = []
+                for flow in self.repository.list_flows(service_id=service.id, limit=10_000):
+                    if flow.state.value not in ("inProgress", "paused"):
+                        continue
+                    current = flow.current_deployment()
+                    if current is None or current.environment != environment.name:
+                        continue
+                    held = flow.pause is not None and flow.pause.held
+                    if current.state.value in ("started", "completed") or (
+                        current.state.value == "notStarted" and not held
+                    ):
+                        active.append(flow.id)
+                assert len(active) <= 1, (service.id, environment.name, active)
+
+    @invariant()
+    def no_flow_succeeds_with_a_check_neither_passed_nor_skipped(self) -> None:
+        if not hasattr(self, "repository"):
+            return
+        for flow in self.repository.list_flows(limit=10_000):
+            if flow.state.value == "success":
+                assert all(p.state.value in ("success", "skipped") for d in flow.deployments for p in d.promotions)
+
+    @invariant()
+    def a_superseded_flow_was_older_than_the_flow_that_superseded_it(self) -> None:
+        if not hasattr(self, "repository"):
+            return
+        for request in self.emitter.requests:
+            if request.event is E.FLOW_SUPERSEDED:
+                assert isinstance(request.payload, SteeringPayload)
+                assert request.payload.reason is not None
+                newer = self._flow(request.payload.reason.split()[3])
+                older = self._flow(request.flow_id)
+                assert older.order < newer.order
+                assert older.superseded_by == newer.id
+
+
+TestLanesAgainstReference = LanesAgainstReference.TestCase

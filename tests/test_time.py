@@ -541,7 +541,7 @@ def test_a_sqlite_store_of_schema_3_opens_and_keeps_working(tmp_path: Path) -> N
         repo.commit([attrs.evolve(started, version=2)], timers=[timer])
         assert repo.claim_due(timer.due) == [timer]
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM flowfsm_meta").fetchone()[0] == str(SCHEMA_VERSION) == "5"
+    assert db.execute("SELECT value FROM flowfsm_meta").fetchone()[0] == str(SCHEMA_VERSION) == "6"
     db.close()
 
 
@@ -575,7 +575,7 @@ def test_a_postgres_store_of_schema_3_opens_and_keeps_working(postgres_dsn: str)
         with psycopg.connect(postgres_dsn, options=f"-c search_path={schema}") as conn:
             row = conn.execute("SELECT value FROM flowfsm_meta").fetchone()
             assert row is not None
-            assert row[0] == str(SCHEMA_VERSION) == "5"
+            assert row[0] == str(SCHEMA_VERSION) == "6"
     finally:
         drop_schemas(postgres_dsn, [schema])
 

@@ -403,6 +403,7 @@ _CATALOG_KEYS: Final = frozenset(
     | {"retry", "attempts", "backoff", "then"}
     | {"webhooks", "event", "actions", "url", "secret", "env", "file"}
     | {"freezes", "rrule", "start", "cron", "duration", "timezone", "services"}
+    | {"concurrency"}
 )
 
 

@@ -20,15 +20,26 @@ import operator
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, ClassVar, Final
 
-from flowfsm import approvals, history, machines
+from flowfsm import approvals, history, lanes, machines
 from flowfsm.catalog import check_policies, unknown_strategy
-from flowfsm.errors import ConcurrencyConflict, InvalidTransition, UnknownPromotion, UnknownService, ValidationError
-from flowfsm.explain import Waiting
+from flowfsm.errors import (
+    ConcurrencyConflict,
+    InvalidTransition,
+    UnknownPromotion,
+    UnknownService,
+    ValidationError,
+    shown,
+)
+from flowfsm.explain import Queued, Waiting
 from flowfsm.explain import explain as explain_flow
 from flowfsm.model import (
+    FINISHED,
+    GATED,
     Artifact,
+    Concurrency,
     Deployment,
     DeploymentPayload,
     DeploymentState,
@@ -38,6 +49,7 @@ from flowfsm.model import (
     Flow,
     FlowState,
     HeldPayload,
+    HistoryEntry,
     HookEvent,
     HookRequest,
     Payload,
@@ -55,7 +67,7 @@ from flowfsm.model import (
     _make_promotion,
     timer_id,
 )
-from flowfsm.protocols import FailureHandler, HookEmitter, Repository, ServiceCatalog
+from flowfsm.protocols import FailureHandler, HookEmitter, Lanes, Repository, ServiceCatalog
 from flowfsm.strategies import BUILTIN_STRATEGIES, FLOWFSM, Failure
 from flowfsm.triggers import (
     AbortFlow,
@@ -76,7 +88,7 @@ from flowfsm.triggers import (
     TimerFired,
     Trigger,
 )
-from flowfsm.work import Draft, FlowDraft, Note, Work
+from flowfsm.work import Draft, FlowDraft, Move, Note, Work
 
 __all__ = ["Applier", "FlowEngine", "new_id", "utc_now"]
 
@@ -161,10 +173,22 @@ class FlowEngine:
         self._new_id = id_factory
         self._max_attempts = max_attempts
         self._lease = lease if emitter is not None else 0.0
+        self._lanes_of: object = None
+        self._lanes_kept: Lanes | None = None
         self._checked: dict[int, Service] = {}
         """The services whose policies were checked, by ``id`` (each kept, so its id stays its)."""
         for service in catalog:  # fail now, not on the first failure
             self._check_policies(service)
+
+    @property
+    def _lanes(self) -> Lanes | None:
+        """The repository, if it keeps lanes (a ``queue`` or ``newest-wins`` service
+        needs them): asked once per repository (one may be given to the engine later)."""
+        repository = self.repository
+        if repository is not self._lanes_of:
+            self._lanes_of = repository
+            self._lanes_kept = repository if isinstance(repository, Lanes) else None
+        return self._lanes_kept
 
     @property
     def clock(self) -> Callable[[], dt.datetime]:
@@ -180,7 +204,9 @@ class FlowEngine:
                 return outcome
             history.attribute(outcome.history, trigger)
             try:
-                if outcome.timers or outcome.cancelled:  # keywords a repository without timers never sees
+                if (
+                    outcome.timers or outcome.cancelled or outcome.lanes
+                ):  # keywords a repository without them never sees
                     self._commit_timed(changed, outcome)
                 else:
                     self.repository.commit(changed, outcome.hook_requests, lease=self._lease, history=outcome.history)
@@ -203,9 +229,35 @@ class FlowEngine:
             service: Service | None = self.catalog.get(flow.service_id)
         except UnknownService:  # the catalog no longer has it: the flow still explains itself
             service = None
-        return explain_flow(flow, service, repository.timers(flow_id), repository.history(flow_id))
+        queued = self._queued(flow)
+        return explain_flow(flow, service, repository.timers(flow_id), repository.history(flow_id), queued=queued)
+
+    def _queued(self, flow: Flow) -> Queued | None:
+        """Where the flow's current deployment stands in its environment's line, if it is queued."""
+        current, store = flow.current_deployment(), self._lanes
+        if current is None or current.state is not _QUEUED or store is None:
+            return None
+        environment = current.environment
+        occupant = store.lane(flow.service_id, environment, limit=1).occupant
+        state = None
+        if occupant is not None:
+            for deployment in self.repository.get(occupant).deployments:
+                if deployment.environment == environment:
+                    state = deployment.state
+        return Queued(occupant, state, store.lane_place(flow.service_id, environment, flow.id))
 
     def _commit_timed(self, changed: list[Flow], outcome: Outcome) -> None:
+        if outcome.lanes:
+            self._lane_store().commit(
+                changed,
+                outcome.hook_requests,
+                lease=self._lease,
+                timers=outcome.timers,
+                cancel=outcome.cancelled,
+                history=outcome.history,
+                lanes=outcome.lanes,
+            )
+            return
         self.repository.commit(
             changed,
             outcome.hook_requests,
@@ -234,19 +286,34 @@ class FlowEngine:
             if service.timed and work.now is None:  # its first deployment's gate may read the time or set a timer
                 work.watch(now, ())
             draft = work.open(flow, service)
+            self._lanes_for(work, service)
             machines.created(draft)
-            flow = draft.flow()  # as its first deployment's gate left it
             flows.append(flow)
             created.append(flow)
         duplicate = bool(flows) and not created
+        new = frozenset(f.id for f in created)
+        if work.lanes is not None:
+            self._settle_lanes(work)
+        # A new flow is saved as its gates left it; a flow a new one superseded, as a next version.
+        saved = [_as_admitted(flow, work.flows[flow.id]) for flow in created]
+        others = [draft for draft in work.changed() if draft.id not in new]
+        saved += [draft.flow(version=draft.loaded.version + 1, updated_at=now) for draft in others]
         requests = self._hook_requests(work, now)
-        outcome = Outcome(tuple(flows), requests, duplicate)
-        if work.timers:  # a gate's timer (an approval's expiry, the end of a freeze)
-            outcome.timers, outcome.cancelled = work.timer_changes()
+        lane_moves = tuple(lanes.lane_moves(work, new)) if work.lanes is not None else ()
+        timers = work.timer_changes() if work.timers else None  # a gate's (an approval's expiry, a freeze's end)
         work.close()
+        latest = {flow.id: flow for flow in saved}
+        outcome = Outcome(tuple(latest.get(flow.id, flow) for flow in flows), requests, duplicate)
+        if timers is not None:
+            outcome.timers, outcome.cancelled = timers
         if created:
-            outcome.history = history.draft([None] * len(created), created, requests, now)
-        return outcome, created
+            moves: list[Sequence[Move] | None] = [None] * len(created)
+            moves += [draft.moves for draft in others]
+            outcome.history = history.draft(moves, saved, requests, now)
+            outcome.lanes = lane_moves
+            if work.lanes is not None and work.lanes.superseded:
+                _credit(work, outcome.history, new)
+        return outcome, saved
 
     def _on_deployment_started(self, trigger: DeploymentStarted) -> tuple[Outcome, list[Flow]]:
         work, draft = self.open_deployment(trigger.deployment_id)
@@ -376,6 +443,7 @@ class FlowEngine:
         work = Work(reason=reason, actor=actor)
         service = self.catalog.get(flow.service_id)
         draft = work.open(flow, service)
+        self._lanes_for(work, service)
         if service.timed:
             work.watch(self._clock(), self.repository.timers(flow.id))
         current = draft.current()
@@ -410,6 +478,7 @@ class FlowEngine:
         work = Work(result=result, reason=reason, actor=actor)
         service = self.catalog.get(flow.service_id)
         draft = work.open(flow, service)
+        self._lanes_for(work, service)
         if timed or service.timed:
             work.watch(self._clock(), self.repository.timers(flow.id))
         index = draft.index(deployment_id)
@@ -426,13 +495,19 @@ class FlowEngine:
             work.close()
             return outcome, []
         self._decide(work)
+        if work.lanes is not None:
+            self._settle_lanes(work)
         now = self._clock()
         drafts = work.changed()
         saved = [draft.flow(version=draft.loaded.version + 1, updated_at=now) for draft in drafts]
         outcome = Outcome(tuple(saved), self._hook_requests(work, now))
         outcome.history = history.draft([draft.moves for draft in drafts], saved, outcome.hook_requests, now)
+        if work.lanes is not None and work.lanes.superseded:
+            _credit(work, outcome.history, set(itertools.islice(work.flows, 1)))
         if work.timers:
             outcome.timers, outcome.cancelled = work.timer_changes()
+        if work.lanes is not None:
+            outcome.lanes = tuple(lanes.lane_moves(work))
         work.close()
         return outcome, saved
 
@@ -458,6 +533,114 @@ class FlowEngine:
                 kind, flow, index, failed_id, reason, strategies=strategies, last_success=last_success, retries=retries
             )
             self._strategies[strategy].on_failure(failure)
+
+    # --- environment concurrency (SPEC §11) -------------------------------------------
+
+    def _lane_store(self) -> Lanes:
+        """The repository's lanes; a ``ValidationError`` if it keeps none (a repository
+        given to the engine after it checked its services: ``_check_policies``)."""
+        store = self._lanes
+        if store is None:
+            raise ValidationError(
+                "concurrency", f"{type(self.repository).__name__} keeps no lanes (flowfsm.protocols.Lanes)"
+            )
+        return store
+
+    def _lanes_for(self, work: Work, service: Service) -> None:
+        """Give the work the lanes, if the service runs one flow at a time per environment."""
+        if service.concurrency is not _PARALLEL and work.lanes is None and self._lanes is not None:
+            work.lanes = lanes.LaneBook(self._lanes, work)
+
+    def _settle_lanes(self, work: Work) -> None:
+        """After the trigger and its failure policies, in the same unit of work: each
+        flow that started waiting under ``newest-wins`` ends the older ones it
+        supersedes (or is ended by a newer one); each lane a flow left free
+        announces its next waiting flow, through its gates again (one a gate keeps,
+        a freeze, or a pause, lets the next one try), until the lanes settle."""
+        book = work.lanes
+        if book is None:
+            return
+        handled, tried = 0, set[str]()
+        while True:
+            if handled < len(book.started_waiting):
+                flow, index = book.started_waiting[handled]
+                handled += 1
+                if flow.service.concurrency is _NEWEST_WINS and flow.deployments[index].state is _QUEUED:
+                    self._newest_wins(work, flow, index)
+                continue
+            for service_id, environment in lanes.freed(work):
+                if book.occupant(service_id, environment) is not None:
+                    continue
+                head = next((f for f in book.waiting(service_id, environment) if f not in tried), None)
+                if head is not None:
+                    tried.add(head)
+                    self._dequeue(work, head, service_id, environment)
+                    break
+            else:
+                return
+
+    def _open(self, work: Work, flow_id: str, service: Service) -> FlowDraft:
+        """The flow in the work, opened from the repository if the work has not yet
+        (with its timers and the time, if its gates or timers read them)."""
+        draft = work.flows.get(flow_id)
+        if draft is not None:
+            return draft
+        draft = work.open(self.repository.get(flow_id), service)
+        if service.timed:
+            work.watch(work.now or self._clock(), self.repository.timers(flow_id))
+        return draft
+
+    def _dequeue(self, work: Work, flow_id: str, service_id: str, environment: str) -> None:
+        flow = self._open(work, flow_id, self.catalog.get(service_id))
+        for index, deployment in enumerate(flow.deployments):
+            if deployment.environment == environment and deployment.state is _QUEUED:
+                machines.fire(flow.deployment(index), "dequeue")
+
+    def _newest_wins(self, work: Work, flow: FlowDraft, index: int) -> None:
+        """``flow`` just started waiting for the environment of its deployment
+        ``index``: a newer flow occupying it or waiting for it supersedes it (an older
+        artifact never follows a newer one); else it supersedes every older flow of
+        the service that waits there (at any gate) or has not started its first
+        deployment. "Newer": created later; at the same instant, the one that came
+        to the environment later. Flows deploying or verifying are left alone."""
+        service, environment = flow.service, flow.deployments[index].environment
+        book, created = work.lanes, _created(flow)
+        if book is None:
+            return
+        rivals = [book.occupant(service.id, environment, other_than=flow.id), *book.waiting(service.id, environment)]
+        newest: FlowDraft | None = None
+        for rival_id in rivals:
+            if rival_id is None or rival_id == flow.id:
+                continue
+            rival = self._open(work, rival_id, service)
+            if _created(rival) > created and (newest is None or _created(rival) > _created(newest)):
+                newest = rival
+        if newest is not None:
+            _supersede(flow, newest)
+            return
+        for stored in self._open_flows(service.id):
+            older = self._open(work, stored.id, service)
+            if older.id == flow.id or older.state in FINISHED or _created(older) > created:
+                continue
+            waits_here = any(d.environment == environment and d.state in GATED for d in older.deployments)
+            first = older.deployments[0].state if older.deployments else None
+            if waits_here or first is _NOT_STARTED or first in GATED:
+                _supersede(older, flow)
+
+    def _open_flows(self, service_id: str) -> list[Flow]:
+        """The service's flows in progress or paused, as stored (every page)."""
+        from flowfsm.repositories._common import MAX_PAGE  # not with the engine: the SQL backends' module loads cattrs
+
+        found: list[Flow] = []
+        for state in (FlowState.IN_PROGRESS, FlowState.PAUSED):
+            offset = 0
+            while True:
+                page = self.repository.list_flows(service_id=service_id, state=state, limit=MAX_PAGE, offset=offset)
+                found += page
+                if len(page) < MAX_PAGE:
+                    break
+                offset += MAX_PAGE
+        return found
 
     def _new_flow(self, artifact: Artifact, service: Service, now: dt.datetime, author: str | None = None) -> Flow:
         # Trusted constructors: the ids are fresh, the names come from the validated catalog.
@@ -486,11 +669,18 @@ class FlowEngine:
 
     def _check_policies(self, service: Service) -> None:
         """Every failure strategy the service may use is known (``check_policies``),
-        and ``ROLLBACK`` has the repository lookup it needs: once per service (a
-        catalog may hand out a new one at any time)."""
+        and ``ROLLBACK`` has the repository lookup it needs; a ``queue`` or
+        ``newest-wins`` service has a repository that keeps lanes: once per service
+        (a catalog may hand out a new one at any time)."""
         if id(service) in self._checked:
             return
         check_policies(service, self._strategies, self.catalog)
+        if service.concurrency is not _PARALLEL and self._lanes is None:
+            raise ValidationError(
+                "concurrency",
+                f"service {shown(service.id)} runs {service.concurrency.value!r}, and"
+                f" {type(self.repository).__name__} keeps no lanes (flowfsm.protocols.Lanes)",
+            )
         self._checked[id(service)] = service
 
     # --- hook requests -------------------------------------------------------------
@@ -605,6 +795,51 @@ _TIMED_OUT: Final = frozenset({HookEvent.DEPLOYMENT_FAILED, HookEvent.FLOW_FAILE
 
 
 _RETRY: Final = FailureStrategy.RETRY.value
+_PARALLEL: Final = Concurrency.PARALLEL
+_NEWEST_WINS: Final = Concurrency.NEWEST_WINS
+_QUEUED: Final = DeploymentState.QUEUED
+_NOT_STARTED: Final = DeploymentState.NOT_STARTED
+
+
+def _as_admitted(flow: Flow, draft: FlowDraft) -> Flow:
+    """A new flow as its first deployment's gates left it: the very flow made, if
+    they let it through (the usual case), else the draft's version of it."""
+    if draft.state is flow.state and all(
+        d.state is made.state for d, made in zip(draft.deployments, flow.deployments, strict=True)
+    ):
+        return flow
+    return draft.flow()
+
+
+_LONG_AGO: Final = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+def _created(flow: FlowDraft) -> dt.datetime:
+    """When the flow was created; one built without the time counts as the oldest."""
+    created = flow.loaded.created_at
+    return _LONG_AGO if created is None else created
+
+
+def _credit(work: Work, entries: Sequence[HistoryEntry], own: AbstractSet[str]) -> None:
+    """The history of each flow a newer one superseded says so, as flowfsm's act, but
+    for the trigger's own flows (``own``), whose entries hold what the trigger did."""
+    book = work.lanes
+    if book is not None:
+        reasons = {flow_id: why for flow_id, why in book.superseded.items() if flow_id not in own}
+        history.credit(entries, reasons, FLOWFSM)
+
+
+def _supersede(older: FlowDraft, newer: FlowDraft) -> None:
+    """``newer`` supersedes ``older`` (``flow-superseded``, by flowfsm, naming the newer flow)."""
+    work = older.work
+    saved = work.actor, work.reason, work.subject
+    work.actor, work.subject = FLOWFSM, None
+    work.reason = f"superseded by flow {newer.id} (artifact {newer.loaded.artifact.id})"
+    if work.lanes is not None:
+        work.lanes.superseded[older.id] = work.reason
+    current = older.current()
+    machines.fire(older.draft(len(older.deployments) - 1 if current is None else current), "supersede")
+    work.actor, work.reason, work.subject = saved
 
 
 def _stale(draft: Draft, attempt: int) -> bool:

@@ -31,7 +31,7 @@ from flowfsm.model import (
     attrs_repr,
 )
 
-__all__ = ["REASONS", "Situation", "Waiting", "explain"]
+__all__ = ["REASONS", "Queued", "Situation", "Waiting", "explain"]
 
 
 def _no_details(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -61,6 +61,19 @@ class Waiting:
 
 
 @attrs.frozen(weakref_slot=False, repr=False)
+class Queued:
+    """Where a queued deployment stands in its environment's line (SPEC §11), as the
+    repository's lanes say: the flow occupying the environment (None: none now)
+    and its deployment's state there, and the deployment's place (1: next)."""
+
+    __repr__ = attrs_repr
+
+    occupant: str | None
+    occupant_state: DeploymentState | None
+    place: int | None
+
+
+@attrs.frozen(weakref_slot=False, repr=False)
 class Situation:
     """What a reason reads: the flow, its service (None if the catalog no longer has
     it), its pending timers and its history (oldest first)."""
@@ -71,6 +84,8 @@ class Situation:
     service: Service | None
     timers: tuple[Timer, ...]
     history: tuple[HistoryEntry, ...]
+    queued: Queued | None = None
+    """Its current deployment's place in line, if it is queued (read by the engine)."""
 
     @property
     def current(self) -> Deployment | None:
@@ -427,13 +442,53 @@ def approval(situation: Situation) -> Iterable[Waiting]:
     )
 
 
-REASONS: list[Reason] = [finished, paused, approval, freeze, cd_start, cd_finish, promotions, soak, backoff]
+def queue(situation: Situation) -> Iterable[Waiting]:
+    """A deployment queued for an occupied environment (SPEC §11): behind which flow,
+    doing what there, and its place in line."""
+    deployment = _under_way(situation)
+    if deployment is None or deployment.state is not DeploymentState.QUEUED:
+        return
+    queued = situation.queued or Queued(None, None, None)
+    behind = ""
+    if queued.occupant is not None:
+        doing = _OCCUPYING.get(queued.occupant_state, "occupying it") if queued.occupant_state else "occupying it"
+        behind = f" behind flow {queued.occupant} ({doing})"
+    place = f", {_ordinal(queued.place)} in line" if queued.place is not None else ""
+    since = situation.since(deployment.id, DeploymentState.QUEUED.value)
+    yield Waiting(
+        "queue",
+        f"Queued for {deployment.environment!r}{behind}{place}, since {at(since)}.",
+        deployment.id,
+        deployment.environment,
+        since,
+        details={"behind": queued.occupant, "place": queued.place},
+    )
+
+
+_OCCUPYING: Final = {
+    DeploymentState.NOT_STARTED: "announced, not yet started",
+    DeploymentState.STARTED: "deploying",
+    DeploymentState.COMPLETED: "verifying",
+}
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+REASONS: list[Reason] = [finished, paused, approval, freeze, queue, cd_start, cd_finish, promotions, soak, backoff]
 """Every reason to wait, in the order an explanation lists them. Append one to add a kind."""
 
 
 def explain(
-    flow: Flow, service: Service | None, timers: Sequence[Timer], history: Sequence[HistoryEntry]
+    flow: Flow,
+    service: Service | None,
+    timers: Sequence[Timer],
+    history: Sequence[HistoryEntry],
+    *,
+    queued: Queued | None = None,
 ) -> tuple[Waiting, ...]:
     """What ``flow`` waits for: every reason's findings, in ``REASONS`` order."""
-    situation = Situation(flow, service, tuple(timers), tuple(history))
+    situation = Situation(flow, service, tuple(timers), tuple(history), queued)
     return tuple(item for reason in REASONS for item in reason(situation))

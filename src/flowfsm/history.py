@@ -36,7 +36,7 @@ from flowfsm.model import (
 from flowfsm.triggers import Trigger
 from flowfsm.work import Move
 
-__all__ = ["StateChanges", "TriggerJSON", "attribute", "draft", "state_changes", "trigger_json"]
+__all__ = ["StateChanges", "TriggerJSON", "attribute", "credit", "draft", "state_changes", "trigger_json"]
 
 
 _SPELLING: Final = {state: state.value for kind in (FlowState, DeploymentState, PromotionState) for state in kind}
@@ -190,4 +190,18 @@ def attribute(entries: Sequence[HistoryEntry], trigger: object) -> None:
         form._json()  # its own check of what it holds, before the commit
     actor, reason = getattr(trigger, "actor", None), getattr(trigger, "reason", None)
     for entry in entries:
-        _attribute_history_entry(entry, form, actor, reason)
+        if entry.actor is None:
+            _attribute_history_entry(entry, form, actor, reason)
+        else:  # credited to flowfsm already (``credit``): it keeps its actor and reason
+            _attribute_history_entry(entry, form, entry.actor, entry.reason)
+
+
+def credit(entries: Sequence[HistoryEntry], reasons: Mapping[str, str], actor: str) -> None:
+    """Credit the drafted entries of the flows in ``reasons`` to ``actor`` (flowfsm),
+    each with its reason: flows the trigger moved for a reason of flowfsm's own (a
+    newer flow superseded them), whose history should say so, not name the person
+    whose trigger it was; ``attribute`` then gives them the trigger alone."""
+    for entry in entries:
+        reason = reasons.get(entry.flow_id)
+        if reason is not None:
+            _attribute_history_entry(entry, entry.trigger, actor, reason)

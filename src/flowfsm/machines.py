@@ -42,6 +42,7 @@ from transitions.core import Condition, State, Transition
 
 from flowfsm.errors import InvalidTransition
 from flowfsm.model import (
+    Concurrency,
     Deployment,
     DeploymentState,
     Flow,
@@ -267,8 +268,15 @@ def _overridden(draft: Draft) -> bool:
 
 
 def _lane_taken(draft: Draft) -> bool:
-    """Its service runs one flow at a time in the environment, and another flow is active there."""
-    return False
+    """Its service runs one flow at a time in the environment (``queue``,
+    ``newest-wins``), and another flow occupies it there or waits for it ahead of
+    this one (``flowfsm.lanes``: arrival order, no flow jumps the line)."""
+    flow = draft.flow
+    book = flow.work.lanes
+    if book is None or flow.service.concurrency is Concurrency.PARALLEL:
+        return False  # the engine gives every work of a queued service its lanes
+    service_id, environment = flow.service.id, draft.deployment.environment
+    return book.occupant(service_id, environment, other_than=flow.id) is not None or book.ahead(flow, draft.index)
 
 
 _PASSED: Final = PromotionState.SUCCESS
@@ -366,6 +374,9 @@ FLOW: Final = Declaration(
             contradicts=_ENDED,
         ),
         Rule("abort", _F.PAUSED, _F.ABORTED, (), (_E.FLOW_ABORTED, WITHDRAWN)),
+        # Environment concurrency (SPEC §11): a newer flow of a newest-wins service ends it (the engine decides).
+        Rule("supersede", _F.IN_PROGRESS, _F.SUPERSEDED, (), (_E.FLOW_SUPERSEDED, WITHDRAWN)),
+        Rule("supersede", _F.PAUSED, _F.SUPERSEDED, (), (_E.FLOW_SUPERSEDED, WITHDRAWN)),
         # A failure policy's moves: PAUSE holds the flow; retrying or skipping what failed releases it.
         Rule("hold", _F.IN_PROGRESS, _F.PAUSED, (), (_E.FLOW_PAUSED,)),
         Rule("hold", _F.PAUSED, _F.PAUSED),  # paused already: one pause, one flow-paused
@@ -432,6 +443,8 @@ DEPLOYMENT: Final = Declaration(
             failure=FailureKind.APPROVAL,
             cancels=(_T.APPROVAL,),
         ),
+        # Its environment freed and its turn came (the engine dequeues it): through its gates again.
+        Rule("dequeue", _D.QUEUED, _D.NOT_STARTED, (), (Next(_E.DEPLOYMENT_CREATED),)),
         Rule(
             "start",
             _D.NOT_STARTED,
@@ -443,6 +456,7 @@ DEPLOYMENT: Final = Declaration(
             contradicts={
                 _D.AWAITING_APPROVAL: "it awaits approval",
                 _D.HELD: "a freeze window holds it: it is announced when the window ends",
+                _D.QUEUED: "it is queued: another flow occupies its environment",
             },
             timers=(_T.DEPLOY,),
         ),

@@ -7,6 +7,9 @@
   turned off), ``Timers`` (durable timers, for the scheduler) and ``FlowHistory``
   (what each trigger did, and the successes a rollback returns to); a part of
   flowfsm that needs one role asks for that one.
+- ``Lanes``: optional; the lanes of services that run one flow at a time per
+  environment (``queue``, ``newest-wins``: SPEC §11). A repository without it
+  serves ``parallel`` services only (the engine refuses the others at once).
 - ``Wakeups``: optional; a repository that can tell a worker (``flowfsm.worker``)
   at once when a commit added work, instead of letting it poll (PostgreSQL does).
 - ``HookEmitter``: receives HookRequests.
@@ -37,6 +40,7 @@ from flowfsm.model import (
 )
 
 if TYPE_CHECKING:
+    from flowfsm.lanes import Lane, LaneMove
     from flowfsm.strategies import Failure
 
 __all__ = [
@@ -46,6 +50,7 @@ __all__ = [
     "FlowHistory",
     "FlowStore",
     "HookEmitter",
+    "Lanes",
     "Outbox",
     "Repository",
     "ServiceCatalog",
@@ -247,6 +252,44 @@ class Repository(FlowStore, Outbox, DeliveryLog, EndpointSwitches, Timers, FlowH
     in one backend (one database), so a flow's save, its HookRequests and its timers
     share a transaction.
     ``flowfsm.testing.RepositoryContract`` checks a backend against all of them."""
+
+
+@runtime_checkable
+class Lanes(Protocol):
+    """Optional: who occupies each lane (service id, environment) and who waits for
+    it, in arrival order (SPEC §11; ``flowfsm.lanes`` defines occupancy). The engine
+    hands the changes to ``commit`` as ``lanes=``, beside the flows they follow from,
+    only when there are some (a ``parallel`` service has none)."""
+
+    def commit(
+        self,
+        flows: Sequence[Flow],
+        hook_requests: Sequence[HookRequest] = (),
+        *,
+        lease: float = 0.0,
+        timers: Sequence[Timer] = (),
+        cancel: Sequence[str] = (),
+        history: Sequence[HistoryEntry] = (),
+        lanes: Sequence[LaneMove] = (),
+    ) -> None:
+        """``FlowStore.commit``, which also applies ``lanes``, in the same transaction:
+        each flow leaves its place in the lane, then takes its new one (``occupies``:
+        the lane's occupant; ``waits``: the end of the line, numbered in arrival
+        order; None: neither). A compare-and-set: ``ConcurrencyConflict``, and nothing
+        saved, if another flow occupies a lane a move takes, or if a lane it touches is
+        left with flows waiting and none occupying it (another writer freed or filled
+        it since the engine read it); the engine then retries the whole trigger."""
+        ...
+
+    def lane(self, service_id: str, environment: str, *, limit: int = 4) -> Lane:
+        """The lane as stored: its occupant, and the first ``limit`` flows waiting in
+        arrival order (``more``: others wait too). Read from an index: its cost does
+        not grow with the line."""
+        ...
+
+    def lane_place(self, service_id: str, environment: str, flow_id: str) -> int | None:
+        """The flow's place in the lane's line (1: next), or None if it does not wait."""
+        ...
 
 
 @runtime_checkable

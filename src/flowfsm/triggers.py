@@ -13,6 +13,7 @@ from typing import Any, Final, TypeAlias
 import attrs
 
 from flowfsm.errors import ValidationError, shown
+from flowfsm.lanes import LaneMove
 from flowfsm.model import (
     Artifact,
     Flow,
@@ -339,3 +340,5 @@ class Outcome:
     """Ids of the timers the trigger cancelled."""
     history: tuple[HistoryEntry, ...] = ()
     """The history entries the trigger added, one per flow it changed (committed with them)."""
+    lanes: tuple[LaneMove, ...] = ()
+    """The flows' changes of place in the lanes of their environments (SPEC §11; committed with them)."""

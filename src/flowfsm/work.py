@@ -38,6 +38,7 @@ from flowfsm.model import (
 )
 
 if TYPE_CHECKING:
+    from flowfsm.lanes import LaneBook
     from flowfsm.machines import FailureKind, Guard, Rule
 
 __all__ = ["FLOWFSM", "STEERING_EVENTS", "Draft", "FlowDraft", "Note", "PendingFailure", "RecordedEvent", "Work"]
@@ -49,6 +50,7 @@ _SUCCESS = DeploymentState.SUCCESS
 _PAUSED = FlowState.PAUSED
 _PENDING = PromotionState.PENDING
 _FREEZE = TimerKind.FREEZE
+_QUEUED = DeploymentState.QUEUED
 
 STEERING_EVENTS: Final = frozenset(
     {
@@ -110,6 +112,7 @@ class Work:
         "events",
         "failures",
         "flows",
+        "lanes",
         "now",
         "pending",
         "reason",
@@ -144,6 +147,8 @@ class Work:
         """The timers of the watched flows as stored, by id."""
         self.timers: dict[str, Timer | None] = _NO_CHANGES
         """The timers this work sets (a ``Timer``) or cancels (None), by id."""
+        self.lanes: LaneBook | None = None
+        """The lanes it reads, given by the engine to the work of a queued service (SPEC §11)."""
 
     def watch(self, now: dt.datetime, timers: Iterable[Timer]) -> None:
         """Give the work the time and the stored timers of its flows, for the
@@ -330,6 +335,8 @@ class FlowDraft:
         moves, was = self.moves, self.deployments[draft.index].state
         if draft.state is not was:
             moves.append(("deployment", d.id, was, draft.state))
+            if draft.state is _QUEUED and self.work.lanes is not None:  # newest-wins acts on it
+                self.work.lanes.started_waiting.append((self, draft.index))
         if again:
             moves += [("promotion", p.id, p.state, _PENDING) for p in promotions if p.state is not _PENDING]
             promotions = tuple([_make_promotion(p.id, p.name, _PENDING, p.attempt + 1) for p in promotions])

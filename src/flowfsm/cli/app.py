@@ -251,6 +251,8 @@ _COLOUR = {
     "pending": "yellow",
 }
 _GLYPH = {"success": "✓", "failed": "✗", "started": "▶", "completed": "▶", "notStarted": "·"}
+_WAITING_GLYPH = "…"
+"""Any other deployment state: one waiting at a gate (queued, held, awaiting approval)."""
 
 
 def _state(value: str, width: int = 0) -> tuple[str, str]:
@@ -676,7 +678,7 @@ def flows(
         table.add_column("deployments")
         table.add_column("updated")
         for flow in found:
-            trail = " ".join(f"{_GLYPH.get(d.state.value, '⏸')}{d.environment}" for d in flow.deployments)
+            trail = " ".join(f"{_GLYPH.get(d.state.value, _WAITING_GLYPH)}{d.environment}" for d in flow.deployments)
             updated = flow.updated_at.strftime("%m-%d %H:%M:%S") if flow.updated_at else ""
             table.add_row(
                 Text("\n").join([_line(flow.artifact.id), _line((flow.id, "dim"))]),

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Final
 
 from flowfsm.converter import converter
 from flowfsm.errors import (
+    ConcurrencyConflict,
     FlowFSMError,
     RepositoryError,
     UnknownDeployment,
@@ -22,6 +23,7 @@ from flowfsm.errors import (
     ValidationError,
     shown,
 )
+from flowfsm.lanes import Lane, LaneMove, LaneStatus
 from flowfsm.model import (
     GATED,
     Artifact,
@@ -46,11 +48,13 @@ from flowfsm.model import (
 
 __all__ = [
     "BODY_FORMAT",
+    "LANE_LINE",
     "MAX_OFFSET",
     "MAX_PAGE",
     "MAX_WAIT",
     "PENDING",
     "SQLFlowReads",
+    "apply_lane_moves",
     "check_page",
     "driver_errors",
     "due_text",
@@ -244,6 +248,68 @@ def history_entry(body: str | dict[str, Any]) -> HistoryEntry:
     return converter.structure(json.loads(body) if isinstance(body, str) else body, HistoryEntry)
 
 
+# --- lanes (SPEC §11): the occupant of each (service, environment), and its line ---------
+
+LANE_LINE: Final = "lane_waiting_in_order"
+"""The index of each lane's line in arrival order: the next flow is its first entry,
+found without reading the line (the cost of a trigger does not grow with the queue)."""
+
+
+def apply_lane_moves(execute: Callable[..., Any], mark: str, flows: Sequence[Flow], moves: Sequence[LaneMove]) -> None:
+    """Apply ``moves`` in the caller's write transaction, after its flows: every flow
+    leaves its place, then takes its new one; ``ConcurrencyConflict`` if a move would
+    take a lane another flow occupies, or leave a lane it touches with flows waiting
+    and none occupying it (see ``Lanes.commit``). ``execute(sql, args)`` returns a
+    cursor; ``mark`` is the driver's placeholder. The caller serializes writers of
+    one lane (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a lock per lane)."""
+    m = mark
+    for move in moves:
+        if move.to is not LaneStatus.WAITS:
+            execute(
+                f"DELETE FROM lane_waiting WHERE flow_id = {m} AND environment = {m}", (move.flow_id, move.environment)
+            )
+        if move.to is not LaneStatus.OCCUPIES:
+            execute(
+                f"DELETE FROM lane_occupants WHERE service_id = {m} AND environment = {m} AND flow_id = {m}",
+                (move.service_id, move.environment, move.flow_id),
+            )
+    for move in moves:
+        lane = (move.service_id, move.environment)
+        if move.to is LaneStatus.OCCUPIES:
+            execute(
+                f"INSERT INTO lane_occupants (service_id, environment, flow_id) VALUES ({m}, {m}, {m})"
+                " ON CONFLICT DO NOTHING",
+                (*lane, move.flow_id),
+            )
+            row = execute(
+                f"SELECT flow_id FROM lane_occupants WHERE service_id = {m} AND environment = {m}", lane
+            ).fetchone()
+            if row is None or row[0] != move.flow_id:
+                raise _lane_conflict(flows, move.flow_id)
+        elif move.to is LaneStatus.WAITS:
+            execute(
+                f"INSERT INTO lane_waiting (service_id, environment, flow_id) VALUES ({m}, {m}, {m})"
+                " ON CONFLICT DO NOTHING",
+                (*lane, move.flow_id),
+            )
+    for service_id, environment in sorted({(m_.service_id, m_.environment) for m_ in moves}):
+        stranded = execute(
+            f"SELECT EXISTS (SELECT 1 FROM lane_waiting WHERE service_id = {m} AND environment = {m})"
+            f" AND NOT EXISTS (SELECT 1 FROM lane_occupants WHERE service_id = {m} AND environment = {m})",
+            (service_id, environment, service_id, environment),
+        ).fetchone()
+        if stranded[0]:
+            raise _lane_conflict(flows, moves[0].flow_id)
+
+
+def _lane_conflict(flows: Sequence[Flow], flow_id: str) -> ConcurrencyConflict:
+    """A lost compare-and-set of a lane, named by the flow whose move lost it."""
+    for flow in flows:
+        if flow.id == flow_id:
+            return ConcurrencyConflict(flow.id, flow.version)
+    return ConcurrencyConflict(flow_id, 0)
+
+
 class SQLFlowReads:
     """The flow reads of the SQL backends: one set of queries, written with the
     driver's placeholder ``MARK`` (``?`` or ``%s``). Each backend runs them through
@@ -317,6 +383,28 @@ class SQLFlowReads:
     def history(self, flow_id: str) -> list[HistoryEntry]:
         rows = self._rows(f"SELECT body FROM history WHERE flow_id = {self.MARK} ORDER BY seq", (flow_id,))
         return [history_entry(body) for (body,) in rows]
+
+    def lane(self, service_id: str, environment: str, *, limit: int = 4) -> Lane:
+        mark = self.MARK
+        rows = self._rows(
+            f"SELECT 0, flow_id, 0 FROM lane_occupants WHERE service_id = {mark} AND environment = {mark}"
+            " UNION ALL SELECT * FROM (SELECT 1, flow_id, n FROM lane_waiting"
+            f" WHERE service_id = {mark} AND environment = {mark} ORDER BY n LIMIT {mark}) w ORDER BY 1, 3",
+            (service_id, environment, service_id, environment, limit + 1),
+        )
+        occupant = next((flow_id for kind, flow_id, _ in rows if kind == 0), None)
+        waiting = tuple(flow_id for kind, flow_id, _ in rows if kind == 1)
+        return Lane(service_id, environment, occupant, waiting[:limit], len(waiting) > limit)
+
+    def lane_place(self, service_id: str, environment: str, flow_id: str) -> int | None:
+        mark = self.MARK
+        rows = self._rows(
+            f"SELECT (SELECT count(*) FROM lane_waiting a WHERE a.service_id = w.service_id"
+            " AND a.environment = w.environment AND a.n <= w.n)"
+            f" FROM lane_waiting w WHERE w.flow_id = {mark} AND w.environment = {mark} AND w.service_id = {mark}",
+            (flow_id, environment, service_id),
+        )
+        return int(rows[0][0]) if rows else None
 
     def last_success(self, service_id: str, environment: str, *, excluding: str | None = None) -> Artifact | None:
         mark = self.MARK

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from flowfsm.errors import ConcurrencyConflict, UnknownDeployment, UnknownFlow, UnknownPromotion
+from flowfsm.lanes import Lane, LaneMove, LaneStatus
 from flowfsm.model import (
     FINISHED,
     Artifact,
@@ -56,6 +57,10 @@ class InMemoryRepository:
         # each deployment saved ``success``, in the order they were; and what it holds.
         self._successes: dict[tuple[str, str], list[tuple[Artifact, str]]] = {}
         self._succeeded: set[tuple[str, str]] = set()
+        # The lanes (SPEC §11), by (service id, environment): the occupant's flow id,
+        # and the flows waiting, in arrival order (a dict keeps insertion order).
+        self._occupants: dict[tuple[str, str], str] = {}
+        self._waiting: dict[tuple[str, str], dict[str, None]] = {}
         self._lock = threading.Lock()
 
     def get(self, flow_id: str) -> Flow:
@@ -111,15 +116,12 @@ class InMemoryRepository:
         timers: Sequence[Timer] = (),
         cancel: Sequence[str] = (),
         history: Sequence[HistoryEntry] = (),
+        lanes: Sequence[LaneMove] = (),
     ) -> None:
         with self._lock:
-            for flow in flows:  # check everything before changing anything
-                stored = self._flows.get(flow.id)
-                if flow.version == 1:
-                    if stored is not None or flow.key in self._by_key:
-                        raise ConcurrencyConflict(flow.id, flow.version)
-                elif stored is None or stored.version != flow.version - 1:
-                    raise ConcurrencyConflict(flow.id, flow.version)
+            self._check_versions(flows)  # check everything before changing anything
+            if lanes:
+                self._move(flows, lanes)
             for flow in flows:
                 if flow.version == 1:
                     self._by_key[flow.key] = flow.id
@@ -139,6 +141,79 @@ class InMemoryRepository:
                 outbox = self._outbox
                 for request in hook_requests:
                     outbox[request.id] = (request, until)
+
+    def _check_versions(self, flows: Sequence[Flow]) -> None:
+        """``ConcurrencyConflict`` unless each flow is new (version 1, its id and key
+        free) or the next version of the stored one."""
+        for flow in flows:
+            stored = self._flows.get(flow.id)
+            if flow.version == 1:
+                if stored is not None or flow.key in self._by_key:
+                    raise ConcurrencyConflict(flow.id, flow.version)
+            elif stored is None or stored.version != flow.version - 1:
+                raise ConcurrencyConflict(flow.id, flow.version)
+
+    # --- lanes (SPEC §11) ----------------------------------------------------------------
+
+    def _move(self, flows: Sequence[Flow], moves: Sequence[LaneMove]) -> None:
+        """Apply the lane moves, or raise ``ConcurrencyConflict`` with nothing changed
+        (see ``Lanes.commit``)."""
+        occupants = self._lane_outcome(flows, moves)
+        for m in moves:
+            key = (m.service_id, m.environment)
+            line = self._waiting.setdefault(key, {})
+            if m.to is LaneStatus.WAITS:
+                line.setdefault(m.flow_id, None)
+            else:
+                line.pop(m.flow_id, None)
+            if not line:
+                del self._waiting[key]
+        for key, occupant in occupants.items():
+            if occupant is None:
+                self._occupants.pop(key, None)
+            else:
+                self._occupants[key] = occupant
+
+    def _lane_outcome(self, flows: Sequence[Flow], moves: Sequence[LaneMove]) -> dict[tuple[str, str], str | None]:
+        """Each touched lane's occupant once the moves are made, worked out from the
+        moves alone (never a copy of a line, which may be long); ``ConcurrencyConflict``
+        if a move takes an occupied lane or leaves flows waiting for an empty one."""
+        occupants: dict[tuple[str, str], str | None] = {}
+        lines: dict[tuple[str, str], int] = {}  # how many will wait
+        for m in moves:  # every flow leaves its place first
+            key = (m.service_id, m.environment)
+            line = self._waiting.get(key, {})
+            if key not in occupants:
+                occupants[key], lines[key] = self._occupants.get(key), len(line)
+            lines[key] -= m.to is not LaneStatus.WAITS and m.flow_id in line
+            if m.to is not LaneStatus.OCCUPIES and occupants[key] == m.flow_id:
+                occupants[key] = None
+        for m in moves:
+            key = (m.service_id, m.environment)
+            if m.to is LaneStatus.OCCUPIES:
+                if occupants[key] not in (None, m.flow_id):
+                    raise _lane_conflict(flows, m.flow_id)
+                occupants[key] = m.flow_id
+            elif m.to is LaneStatus.WAITS:
+                lines[key] += m.flow_id not in self._waiting.get(key, {})
+        for key, occupant in occupants.items():
+            if lines[key] and occupant is None:
+                raise _lane_conflict(flows, moves[0].flow_id)
+        return occupants
+
+    def lane(self, service_id: str, environment: str, *, limit: int = 4) -> Lane:
+        key = (service_id, environment)
+        with self._lock:
+            line = self._waiting.get(key, {})
+            first = tuple(itertools.islice(line, limit))
+            return Lane(service_id, environment, self._occupants.get(key), first, len(line) > len(first))
+
+    def lane_place(self, service_id: str, environment: str, flow_id: str) -> int | None:
+        with self._lock:
+            for place, waiting in enumerate(self._waiting.get((service_id, environment), {}), 1):
+                if waiting == flow_id:
+                    return place
+        return None
 
     def claim(self, limit: int = 100, *, lease: float = 30.0) -> list[HookRequest]:
         lease = wait_seconds("lease", lease)
@@ -337,6 +412,14 @@ class InMemoryRepository:
 
     def __len__(self) -> int:
         return len(self._flows)
+
+
+def _lane_conflict(flows: Sequence[Flow], flow_id: str) -> ConcurrencyConflict:
+    """A lost compare-and-set of a lane, named by the flow whose move lost it."""
+    for flow in flows:
+        if flow.id == flow_id:
+            return ConcurrencyConflict(flow.id, flow.version)
+    return ConcurrencyConflict(flow_id, 0)
 
 
 def _due(timer: Timer) -> tuple[dt.datetime, str]:

@@ -41,10 +41,13 @@ from flowfsm.errors import (
     ValidationError,
     bounded,
 )
+from flowfsm.lanes import LaneMove
 from flowfsm.model import FINISHED, DeliveryAttempt, Flow, HistoryEntry, HookRecord, HookRequest, Timer
 from flowfsm.repositories._common import (
+    LANE_LINE,
     PENDING,
     SQLFlowReads,
+    apply_lane_moves,
     driver_errors,
     flow_body,
     history_rows,
@@ -155,6 +158,22 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         CROSS JOIN LATERAL jsonb_array_elements(f.body->(b.o + 8)) WITH ORDINALITY AS d(value, n)
         WHERE d.value->>2 = 'success'
         ORDER BY f.seq, d.n""",
+    ),
+    (  # version 6: the lanes of services that run one flow at a time per environment (SPEC §11)
+        """CREATE TABLE lane_occupants (
+            service_id text NOT NULL,
+            environment text NOT NULL,
+            flow_id text NOT NULL REFERENCES flows (id),
+            PRIMARY KEY (service_id, environment)
+        )""",
+        """CREATE TABLE lane_waiting (
+            n bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            service_id text NOT NULL,
+            environment text NOT NULL,
+            flow_id text NOT NULL REFERENCES flows (id),
+            UNIQUE (flow_id, environment)
+        )""",
+        f"CREATE INDEX {LANE_LINE} ON lane_waiting (service_id, environment, n)",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -272,14 +291,17 @@ class PostgresRepository(SQLFlowReads):
         timers: Sequence[Timer] = (),
         cancel: Sequence[str] = (),
         history: Sequence[HistoryEntry] = (),
+        lanes: Sequence[LaneMove] = (),
     ) -> None:
         sql, args = _commit_statement(flows, hook_requests, wait_seconds("lease", lease), history)
         finished = [f.id for f in flows if f.state in FINISHED]
         timed = bool(timers or cancel or finished)
         # One statement is one transaction, so a lone flow (the engine's usual
-        # commit) is saved in one round trip; several flows, or timers, share a
+        # commit) is saved in one round trip; several flows, timers, or lanes share a
         # transaction, so that one lost compare-and-set rolls back all of it.
-        with self._connection("write failed", transaction=len(flows) > 1 or timed) as conn:
+        with self._connection("write failed", transaction=len(flows) > 1 or timed or bool(lanes)) as conn:
+            if lanes:
+                self._lock_lanes(conn, lanes)
             (saved,) = conn.execute(sql, args).fetchall()
             for flow, count in zip(flows, saved, strict=True):
                 if count != 1:
@@ -300,9 +322,20 @@ class PostgresRepository(SQLFlowReads):
                             [t.due for t in timers],
                         ),
                     )
+            if lanes:
+                apply_lane_moves(conn.execute, "%s", flows, lanes)
         kinds = [kind for kind, added in (("hooks", hook_requests), ("timers", timers)) if added]
         if kinds:
             self._announce(kinds)
+
+    def _lock_lanes(self, conn: psycopg.Connection[Any], lanes: Sequence[LaneMove]) -> None:
+        """Take the transaction's lock on each lane it moves, in one order (no two
+        commits wait for each other's), before its flows: commits that move flows
+        in one lane run one after the other, so each checks the lane as the one
+        before it left it (``apply_lane_moves``)."""
+        for service_id, environment in sorted({(m.service_id, m.environment) for m in lanes}):
+            key = f"{self.schema}\x1f{service_id}\x1f{environment}"
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
 
     def _announce(self, kinds: list[str]) -> None:
         """Wake listening workers (``listen``) once a commit added work: a ``NOTIFY``

@@ -28,10 +28,13 @@ from flowfsm.errors import (
     RepositoryError,
     ValidationError,
 )
+from flowfsm.lanes import LaneMove
 from flowfsm.model import FINISHED, DeliveryAttempt, Flow, HistoryEntry, HookRecord, HookRequest, Timer
 from flowfsm.repositories._common import (
+    LANE_LINE,
     PENDING,
     SQLFlowReads,
+    apply_lane_moves,
     driver_errors,
     due_text,
     flow_body,
@@ -156,6 +159,23 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         JOIN json_each(f.body, printf('$[%d]', b.o + 8)) d
         WHERE json_extract(d.value, '$[2]') = 'success'
         ORDER BY f.seq, d.key""",
+    ),
+    (  # version 6: the lanes of services that run one flow at a time per environment (SPEC §11)
+        """CREATE TABLE lane_occupants (
+            service_id TEXT NOT NULL,
+            environment TEXT NOT NULL,
+            flow_id TEXT NOT NULL REFERENCES flows (id),
+            PRIMARY KEY (service_id, environment)
+        ) WITHOUT ROWID""",
+        # n: arrival order (AUTOINCREMENT: never reused, so a later arrival always has a higher n).
+        """CREATE TABLE lane_waiting (
+            n INTEGER PRIMARY KEY AUTOINCREMENT,
+            service_id TEXT NOT NULL,
+            environment TEXT NOT NULL,
+            flow_id TEXT NOT NULL REFERENCES flows (id),
+            UNIQUE (flow_id, environment)
+        )""",
+        f"CREATE INDEX {LANE_LINE} ON lane_waiting (service_id, environment, n)",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -286,6 +306,7 @@ class SQLiteRepository(SQLFlowReads):
         timers: Sequence[Timer] = (),
         cancel: Sequence[str] = (),
         history: Sequence[HistoryEntry] = (),
+        lanes: Sequence[LaneMove] = (),
     ) -> None:
         bodies = [flow_body(flow) for flow in flows]
         entries = history_rows(history)
@@ -343,6 +364,8 @@ class SQLiteRepository(SQLFlowReads):
             finished = [(f.id,) for f in flows if f.state in FINISHED]
             if finished:
                 db.executemany("DELETE FROM timers WHERE flow_id = ?", finished)
+            if lanes:  # BEGIN IMMEDIATE: no other writer between the engine's check and this one
+                apply_lane_moves(db.execute, "?", flows, lanes)
 
     # --- timers ----------------------------------------------------------------------
 

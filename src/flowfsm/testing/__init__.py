@@ -6,7 +6,8 @@ In submodules, each importing only what it needs (and loaded on first use of
 their names from here):
 
 - ``flowfsm.testing.contract``: ``RepositoryContract``, the pytest suite every
-  repository backend must pass (flowfsm runs it against its own backends);
+  repository backend must pass (flowfsm runs it against its own backends), and
+  ``LanesContract``, for a backend that keeps lanes (``flowfsm.protocols.Lanes``);
 - ``flowfsm.testing.comparison``: ``RepositoryStateMachine``, a backend driven
   side by side with the in-memory reference by Hypothesis;
 - ``flowfsm.testing.postgres``: ``TemporaryPostgres``, a throwaway server.
@@ -35,6 +36,7 @@ from flowfsm.model import (
 
 if TYPE_CHECKING:  # for type checkers; at run time, __getattr__ imports them on first use
     from flowfsm.testing.comparison import RepositoryStateMachine as RepositoryStateMachine
+    from flowfsm.testing.contract import LanesContract as LanesContract
     from flowfsm.testing.contract import RepositoryContract as RepositoryContract
     from flowfsm.testing.postgres import TemporaryPostgres
 
@@ -53,6 +55,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "LanesContract": "flowfsm.testing.contract",
     "RepositoryContract": "flowfsm.testing.contract",
     "RepositoryStateMachine": "flowfsm.testing.comparison",
     "TemporaryPostgres": "flowfsm.testing.postgres",

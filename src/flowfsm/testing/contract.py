@@ -30,6 +30,7 @@ from flowfsm.errors import (
     UnknownPromotion,
     ValidationError,
 )
+from flowfsm.lanes import Lane, LaneMove, LaneStatus
 from flowfsm.model import (
     Action,
     Artifact,
@@ -53,11 +54,11 @@ from flowfsm.model import (
     TimerKind,
     Webhook,
 )
-from flowfsm.protocols import Repository
+from flowfsm.protocols import Lanes, Repository
 from flowfsm.testing import FakeClock, sample_flow, sample_hook_request
 from flowfsm.triggers import ArtifactCreated, DeploymentCompleted, DeploymentStarted, PromotionCompleted
 
-__all__ = ["RepositoryContract"]
+__all__ = ["LanesContract", "RepositoryContract"]
 
 
 def _advanced(flow: Flow) -> Flow:
@@ -613,3 +614,87 @@ class RepositoryContract:
         with pytest.raises(ConcurrencyConflict):
             repo.commit([done, attrs.evolve(_advanced(flow), version=5)])
         assert repo.last_success("svc", "dev") is None
+
+
+def _move(flow: Flow, to: LaneStatus | None, environment: str = "dev") -> LaneMove:
+    return LaneMove(flow.service_id, environment, flow.id, to)
+
+
+_OCCUPIES, _WAITS = LaneStatus.OCCUPIES, LaneStatus.WAITS
+
+
+class LanesContract:
+    """What a repository that keeps lanes (``flowfsm.protocols.Lanes``: the
+    ``queue`` and ``newest-wins`` services of SPEC §11) must do. Mix it into a
+    ``RepositoryContract`` subclass of such a backend."""
+
+    def test_a_lane_is_empty_until_a_flow_takes_it(self, repo: Repository) -> None:
+        lanes = _lanes(repo)
+        assert lanes.lane("svc", "dev") == Lane("svc", "dev")
+        a = sample_flow(1)
+        lanes.commit([a], lanes=[_move(a, _OCCUPIES)])
+        assert lanes.lane("svc", "dev") == Lane("svc", "dev", a.id)
+        assert lanes.lane("svc", "prod") == Lane("svc", "prod")
+        assert lanes.lane_place("svc", "dev", a.id) is None
+
+    def test_the_line_keeps_arrival_order_and_lists_its_first_flows(self, repo: Repository) -> None:
+        lanes = _lanes(repo)
+        a, b, c, d = (sample_flow(n) for n in (1, 2, 3, 4))
+        lanes.commit([a], lanes=[_move(a, _OCCUPIES)])
+        for flow in (c, b, d):  # arrival order, not the flows' own order
+            lanes.commit([flow], lanes=[_move(flow, _WAITS)])
+        assert lanes.lane("svc", "dev", limit=2) == Lane("svc", "dev", a.id, (c.id, b.id), more=True)
+        assert lanes.lane("svc", "dev", limit=3) == Lane("svc", "dev", a.id, (c.id, b.id, d.id), more=False)
+        assert [lanes.lane_place("svc", "dev", f.id) for f in (c, b, d)] == [1, 2, 3]
+        # The occupant leaves and the first waiting flow takes the lane, in one commit.
+        freed, taken = attrs.evolve(a, version=2), attrs.evolve(c, version=2)
+        lanes.commit([freed, taken], lanes=[_move(a, None), _move(c, _OCCUPIES)])
+        assert lanes.lane("svc", "dev") == Lane("svc", "dev", c.id, (b.id, d.id))
+        assert lanes.lane_place("svc", "dev", d.id) == 2
+        # One that comes back waits at the end again.
+        lanes.commit([attrs.evolve(b, version=2)], lanes=[_move(b, None)])
+        lanes.commit([attrs.evolve(b, version=3)], lanes=[_move(b, _WAITS)])
+        assert lanes.lane("svc", "dev").waiting == (d.id, b.id)
+
+    def test_a_second_occupant_is_a_conflict_and_saves_nothing(self, repo: Repository) -> None:
+        lanes = _lanes(repo)
+        a, b = sample_flow(1), sample_flow(2)
+        lanes.commit([a], lanes=[_move(a, _OCCUPIES)])
+        with pytest.raises(ConcurrencyConflict):
+            lanes.commit([b], [sample_hook_request(b)], lanes=[_move(b, _OCCUPIES)])
+        with pytest.raises(UnknownFlow):
+            repo.get(b.id)
+        assert repo.count_pending() == 0
+        assert lanes.lane("svc", "dev") == Lane("svc", "dev", a.id)
+
+    def test_waiting_for_a_lane_no_one_occupies_is_a_conflict(self, repo: Repository) -> None:
+        lanes = _lanes(repo)
+        a = sample_flow(1)
+        repo.commit([a])
+        with pytest.raises(ConcurrencyConflict):
+            lanes.commit([attrs.evolve(a, version=2)], lanes=[_move(a, _WAITS)])
+        assert repo.get(a.id).version == 1
+        assert lanes.lane("svc", "dev") == Lane("svc", "dev")
+
+    def test_leaving_a_lane_others_wait_for_free_is_a_conflict(self, repo: Repository) -> None:
+        lanes = _lanes(repo)
+        a, b = sample_flow(1), sample_flow(2)
+        lanes.commit([a], lanes=[_move(a, _OCCUPIES)])
+        lanes.commit([b], lanes=[_move(b, _WAITS)])
+        with pytest.raises(ConcurrencyConflict):
+            lanes.commit([attrs.evolve(a, version=2)], lanes=[_move(a, None)])
+        assert repo.get(a.id).version == 1
+        assert lanes.lane("svc", "dev") == Lane("svc", "dev", a.id, (b.id,))
+
+    def test_lanes_of_services_and_environments_are_apart(self, repo: Repository) -> None:
+        lanes = _lanes(repo)
+        a, b = sample_flow(1), sample_flow(2, service_id="other")
+        lanes.commit([a, b], lanes=[_move(a, _OCCUPIES), _move(b, _OCCUPIES), _move(a, _OCCUPIES, "prod")])
+        assert lanes.lane("svc", "dev").occupant == a.id
+        assert lanes.lane("other", "dev").occupant == b.id
+        assert lanes.lane("svc", "prod").occupant == a.id
+
+
+def _lanes(repo: Repository) -> Lanes:
+    assert isinstance(repo, Lanes), f"{type(repo).__name__} keeps no lanes"
+    return repo
