@@ -630,7 +630,7 @@ class EngineAgainstReference(RuleBasedStateMachine):
             return [(E.DEPLOYMENT_STARTED, flow, d, "started")]
         if isinstance(trigger, DeploymentFailed):
             if (state == "failed" and d in flow.reported_failed) or (
-                state in ("notStarted", "held") and flow.deployment_attempts[d] > 1
+                state in ("notStarted", "held", "awaitingApproval", "queued") and flow.deployment_attempts[d] > 1
             ):
                 return "duplicate"  # reported, or reported before the retry that began this attempt
             if state != "started" or not flow.open():
