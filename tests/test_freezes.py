@@ -205,6 +205,14 @@ def test_a_rule_that_ended_freezes_nothing_after() -> None:
         ({"start": "2026-01-01"}, "start", "no start"),
         ({"duration": "0s"}, "duration", "more than zero"),
         ({"duration": "2y"}, "duration", "not a duration"),
+        # A second FREQ, read by dateutil instead of the first: a rule starting every second.
+        ({"cron": None, "rrule": "FREQ=DAILY;FREQ=SECONDLY", "start": "2026-01-01"}, "rrule", "FREQ twice"),
+        ({"cron": None, "rrule": "FREQ=DAILY;INTERVAL=0", "start": "2026-01-01"}, "rrule", "INTERVAL"),
+        # Starts more often than once a minute: a freeze, not a schedule of instants.
+        ({"cron": None, "rrule": "FREQ=DAILY;BYSECOND=0,30", "start": "2026-01-01"}, "rrule", "BYSECOND"),
+        ({"cron": "* * * * * */10"}, "cron", "five fields"),
+        ({"timezone": "Europe/" + "x" * 300}, "timezone", "unknown IANA time zone"),
+        ({"timezone": "localtime"}, "timezone", "unknown IANA time zone"),
     ],
 )
 def test_a_bad_window_is_refused_naming_the_field(changes: dict[str, object], field: str, message: str) -> None:

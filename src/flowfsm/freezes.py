@@ -24,6 +24,7 @@ gains no required dependency. Time zones are the standard library's ``zoneinfo``
 from __future__ import annotations
 
 import bisect
+import collections
 import datetime as dt
 import itertools
 import re
@@ -67,6 +68,24 @@ class _Schedule(Protocol):
         ...  # pragma: no cover - a protocol
 
 
+def _parts(body: str) -> None:
+    """Refuses what dateutil reads otherwise than the rule says: a part given twice
+    (RFC 5545 forbids it; dateutil keeps the last, so "FREQ=DAILY;FREQ=SECONDLY"
+    would start every second), an INTERVAL of zero, and more than one BYSECOND (with
+    at most 24 hours and 60 minutes, a window starts at most once a minute, which
+    bounds the starts each question looks at)."""
+    names = collections.Counter(part.partition("=")[0].strip() for part in body.split(";") if part.strip())
+    twice = sorted(name for name, count in names.items() if count > 1)
+    if twice:
+        raise ValidationError("rrule", f"gives {twice[0][:20]} twice: each part once")
+    for part in body.split(";"):
+        name, _, value = part.partition("=")
+        if name.strip() == "INTERVAL" and set(value.strip()) == {"0"}:
+            raise ValidationError("rrule", "INTERVAL must be at least 1")
+        if name.strip() == "BYSECOND" and "," in value:
+            raise ValidationError("rrule", "give at most one BYSECOND: a window starts at most once a minute")
+
+
 def _missing(field: str, e: ImportError) -> ValidationError:
     return ValidationError(field, f"freeze windows need the 'freeze' extra: {EXTRA} (missing {e.name or 'a module'})")
 
@@ -84,6 +103,7 @@ class _RRule:
             body = body[6:]
         if "\n" in body or "DTSTART" in body.upper():
             raise ValidationError("rrule", "give the rule alone (FREQ=...); its first start is 'start'")
+        _parts(body.upper())
         try:
             rule = rrule.rrulestr(body, dtstart=start)
         except (ValueError, TypeError, KeyError, IndexError) as e:
@@ -146,6 +166,8 @@ class _Cron:
             from cronsim import CronSim, CronSimError
         except ImportError as e:
             raise _missing("cron", e) from e
+        if len(text.split()) != 5:  # cronsim also reads a sixth field, of seconds
+            raise ValidationError("cron", "give five fields (minute hour day month weekday)")
         try:
             CronSim(text, dt.datetime(2000, 1, 1))
         except CronSimError as e:
@@ -185,9 +207,11 @@ def _duration(value: object) -> dt.timedelta:
 def _zone(_: object, __: object, value: Any) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError("timezone", f"expected an IANA time zone such as 'Europe/Berlin', got {shown(value)}")
+    if value == "localtime":  # a link to this machine's zone: each worker would read another
+        raise ValidationError("timezone", f"unknown IANA time zone {shown(value)}")
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file
         raise ValidationError("timezone", f"unknown IANA time zone {shown(value)}") from None
 
 
