@@ -177,6 +177,38 @@ def test_a_window_from_long_ago_answers_quickly() -> None:
     assert time.perf_counter() - began < 2.0
 
 
+@pytest.mark.parametrize(
+    ("rule", "start", "at", "until"),
+    [
+        ("FREQ=DAILY", "1900-01-01T20:00", utc(2026, 7, 1, 19), utc(2026, 7, 2, 2)),
+        ("FREQ=WEEKLY;INTERVAL=2;BYDAY=WE;WKST=SU", "1900-01-03T20:00", utc(2026, 7, 1, 19), utc(2026, 7, 2, 2)),
+        ("FREQ=MONTHLY;BYDAY=-1WE", "1900-01-31T20:00", utc(2026, 6, 24, 19), utc(2026, 6, 25, 2)),
+        ("FREQ=YEARLY;BYMONTH=7;BYMONTHDAY=1", "1900-01-01T20:00", utc(2026, 7, 1, 19), utc(2026, 7, 2, 2)),
+        ("FREQ=DAILY;COUNT=3", "1900-01-01T20:00", utc(1900, 1, 3, 20), utc(1900, 1, 4, 3)),
+    ],
+)
+def test_a_question_on_a_window_from_long_ago_walks_a_bounded_span(
+    monkeypatch: pytest.MonkeyPatch, rule: str, start: str, at: dt.datetime, until: dt.datetime
+) -> None:
+    from dateutil import rrule as dateutil_rule
+
+    walked = 0
+    iterate = dateutil_rule.rrule._iter
+
+    def counted(self: Any) -> Any:
+        nonlocal walked
+        for each in iterate(self):
+            walked += 1
+            yield each
+
+    monkeypatch.setattr(dateutil_rule.rrule, "_iter", counted)
+    window = FreezeWindow("old", ["prod"], "8h", BERLIN, rrule=rule, start=start)
+    assert window.until(at) == until
+    assert window.until(at + dt.timedelta(hours=12)) is None
+    # Not every start since 1900 (more than 46,000 of them for the daily rule).
+    assert walked < 200
+
+
 def test_a_rule_that_ended_freezes_nothing_after() -> None:
     window = FreezeWindow("once", ["prod"], "1d", "UTC", rrule="FREQ=DAILY;COUNT=2", start="2026-01-01T00:00")
     assert window.until(utc(2026, 1, 2, 12)) == utc(2026, 1, 3)
@@ -211,6 +243,18 @@ def test_a_rule_that_ended_freezes_nothing_after() -> None:
         # Starts more often than once a minute: a freeze, not a schedule of instants.
         ({"cron": None, "rrule": "FREQ=DAILY;BYSECOND=0,30", "start": "2026-01-01"}, "rrule", "BYSECOND"),
         ({"cron": "* * * * * */10"}, "cron", "five fields"),
+        (
+            {"cron": None, "rrule": "FREQ=DAILY;COUNT=2;UNTIL=20300101T000000", "start": "2026-01-01"},
+            "rrule",
+            "not both",
+        ),
+        ({"cron": None, "rrule": "FREQ=DAILY;COUNT=10001", "start": "2026-01-01"}, "rrule", "COUNT must be"),
+        # Monday 29 February: a few times a century.
+        (
+            {"cron": None, "rrule": "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29;BYDAY=MO;COUNT=99", "start": "2026-01-01"},
+            "rrule",
+            "400",
+        ),
         ({"timezone": "Europe/" + "x" * 300}, "timezone", "unknown IANA time zone"),
         ({"timezone": "localtime"}, "timezone", "unknown IANA time zone"),
     ],
