@@ -701,6 +701,16 @@ def test_freezes_lists_the_windows_and_whether_each_holds(cli: Cli) -> None:
     assert "--at" in naive.stderr
 
 
+@pytest.mark.parametrize(
+    "at", ["0001-01-01T00:00:00Z", "0001-01-01T05:00:00+14:00", "9999-12-31T23:59:00Z", "9999-12-31T20:00:00-10:00"]
+)
+def test_freezes_at_the_ends_of_the_calendar_answers_without_a_traceback(cli: Cli, at: str) -> None:
+    cli.catalog.write_text(cli.catalog.read_text() + ALWAYS.replace("* * * * *", "0 18 * * 5"))
+    answer = cli("freezes", "--at", at)
+    assert (answer.returncode, answer.stderr) == (0, "")
+    assert "always: cron 0 18 * * 5" in answer.stdout
+
+
 def test_the_windows_in_the_docs_load(tmp_path: Path) -> None:
     text = (Path(__file__).resolve().parent.parent / "docs" / "gates.md").read_text()
     blocks = [block.split("```", 1)[0] for block in text.split("```toml\n")[1:]]

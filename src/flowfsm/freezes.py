@@ -374,7 +374,14 @@ class FreezeWindow:
     def until(self, at: dt.datetime) -> dt.datetime | None:
         """The end of the window's occurrence that covers ``at`` (aware), in UTC, or
         None: ``at`` is in none. Occurrences of one window may overlap: the latest
-        to have started ends last."""
+        to have started ends last. Within hours of the ends of the calendar (years
+        1 and 9999), where its starts or end cannot be written, it is in none."""
+        try:
+            return self._until(at)
+        except OverflowError:  # a time of year 1 or 9999 moved past the calendar's end
+            return None
+
+    def _until(self, at: dt.datetime) -> dt.datetime | None:
         wall = at.astimezone(self._zone).replace(tzinfo=None)
         latest: tuple[dt.datetime, dt.datetime] | None = None  # (start, as on the wall)
         for wall_start in itertools.islice(self._schedule.before(wall + _SLACK), _MAX_CANDIDATES):
