@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import functools
 import itertools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import attrs
 
@@ -284,12 +285,21 @@ def _duration(value: object) -> dt.timedelta:
 def _zone(_: object, __: object, value: Any) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError("timezone", f"expected an IANA time zone such as 'Europe/Berlin', got {shown(value)}")
-    if value == "localtime":  # a link to this machine's zone: each worker would read another
+    # Only the zones the IANA database names, spelled as it does: not a file that
+    # ZoneInfo would also read ("localtime", this machine's zone; "right/UTC", with leap
+    # seconds; "europe/berlin" on a file system ignoring case), which workers elsewhere
+    # would read otherwise.
+    if value == "localtime" or value not in _available():
         raise ValidationError("timezone", f"unknown IANA time zone {shown(value)}")
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # pragma: no cover - listed, yet unreadable
         raise ValidationError("timezone", f"unknown IANA time zone {shown(value)}") from None
+
+
+@functools.cache
+def _available() -> frozenset[str]:
+    return frozenset(available_timezones())
 
 
 def _start(value: object) -> dt.datetime | None:
