@@ -209,6 +209,13 @@ def test_a_question_on_a_window_from_long_ago_walks_a_bounded_span(
     assert walked < 200
 
 
+def test_a_rule_with_a_long_interval_starts_only_on_its_own_beat() -> None:
+    # Every million days: once, in 1990. Read from a later day, it must not start there.
+    once = FreezeWindow("once", ["prod"], "3d", "UTC", rrule="FREQ=DAILY;INTERVAL=1000000", start="1990-01-01T12:00")
+    assert once.until(utc(1990, 1, 2, 12)) == utc(1990, 1, 4, 12)
+    assert once.until(utc(2026, 7, 1, 12, 30)) is None
+
+
 def test_a_rule_that_ended_freezes_nothing_after() -> None:
     window = FreezeWindow("once", ["prod"], "1d", "UTC", rrule="FREQ=DAILY;COUNT=2", start="2026-01-01T00:00")
     assert window.until(utc(2026, 1, 2, 12)) == utc(2026, 1, 3)

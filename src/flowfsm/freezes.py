@@ -57,7 +57,7 @@ _FREQUENCIES: Final = ("YEARLY", "MONTHLY", "WEEKLY", "DAILY")
 """The recurrence frequencies a window may have: more often than daily is not a
 freeze window, and would make each question cost more."""
 _FREQ: Final = re.compile(r"(?:^|;)FREQ=([A-Z]+)")
-_INTERVAL: Final = re.compile(r"(?:^|;)INTERVAL=(\d{1,6})(?:;|$)")
+_INTERVAL: Final = re.compile(r"(?:^|;)INTERVAL=(\d+)")  # dateutil has read it as a number
 _UTC: Final = dt.UTC
 
 
