@@ -177,6 +177,45 @@ def test_a_window_from_long_ago_answers_quickly() -> None:
     assert time.perf_counter() - began < 2.0
 
 
+@pytest.mark.parametrize(
+    ("rule", "start", "at", "until"),
+    [
+        ("FREQ=DAILY", "1900-01-01T20:00", utc(2026, 7, 1, 19), utc(2026, 7, 2, 2)),
+        ("FREQ=WEEKLY;INTERVAL=2;BYDAY=WE;WKST=SU", "1900-01-03T20:00", utc(2026, 7, 1, 19), utc(2026, 7, 2, 2)),
+        ("FREQ=MONTHLY;BYDAY=-1WE", "1900-01-31T20:00", utc(2026, 6, 24, 19), utc(2026, 6, 25, 2)),
+        ("FREQ=YEARLY;BYMONTH=7;BYMONTHDAY=1", "1900-01-01T20:00", utc(2026, 7, 1, 19), utc(2026, 7, 2, 2)),
+        ("FREQ=DAILY;COUNT=3", "1900-01-01T20:00", utc(1900, 1, 3, 20), utc(1900, 1, 4, 3)),
+    ],
+)
+def test_a_question_on_a_window_from_long_ago_walks_a_bounded_span(
+    monkeypatch: pytest.MonkeyPatch, rule: str, start: str, at: dt.datetime, until: dt.datetime
+) -> None:
+    from dateutil import rrule as dateutil_rule
+
+    walked = 0
+    iterate = dateutil_rule.rrule._iter  # type: ignore[attr-defined]  # dateutil's own walk over a rule's starts
+
+    def counted(self: Any) -> Any:
+        nonlocal walked
+        for each in iterate(self):
+            walked += 1
+            yield each
+
+    monkeypatch.setattr(dateutil_rule.rrule, "_iter", counted)
+    window = FreezeWindow("old", ["prod"], "8h", BERLIN, rrule=rule, start=start)
+    assert window.until(at) == until
+    assert window.until(at + dt.timedelta(hours=12)) is None
+    # Not every start since 1900 (more than 46,000 of them for the daily rule).
+    assert walked < 200
+
+
+def test_a_rule_with_a_long_interval_starts_only_on_its_own_beat() -> None:
+    # Every million days: once, in 1990. Read from a later day, it must not start there.
+    once = FreezeWindow("once", ["prod"], "3d", "UTC", rrule="FREQ=DAILY;INTERVAL=1000000", start="1990-01-01T12:00")
+    assert once.until(utc(1990, 1, 2, 12)) == utc(1990, 1, 4, 12)
+    assert once.until(utc(2026, 7, 1, 12, 30)) is None
+
+
 def test_a_rule_that_ended_freezes_nothing_after() -> None:
     window = FreezeWindow("once", ["prod"], "1d", "UTC", rrule="FREQ=DAILY;COUNT=2", start="2026-01-01T00:00")
     assert window.until(utc(2026, 1, 2, 12)) == utc(2026, 1, 3)
@@ -205,6 +244,28 @@ def test_a_rule_that_ended_freezes_nothing_after() -> None:
         ({"start": "2026-01-01"}, "start", "no start"),
         ({"duration": "0s"}, "duration", "more than zero"),
         ({"duration": "2y"}, "duration", "not a duration"),
+        # A second FREQ, read by dateutil instead of the first: a rule starting every second.
+        ({"cron": None, "rrule": "FREQ=DAILY;FREQ=SECONDLY", "start": "2026-01-01"}, "rrule", "FREQ twice"),
+        ({"cron": None, "rrule": "FREQ=DAILY;INTERVAL=0", "start": "2026-01-01"}, "rrule", "INTERVAL"),
+        # Starts more often than once a minute: a freeze, not a schedule of instants.
+        ({"cron": None, "rrule": "FREQ=DAILY;BYSECOND=0,30", "start": "2026-01-01"}, "rrule", "BYSECOND"),
+        ({"cron": "* * * * * */10"}, "cron", "five fields"),
+        (
+            {"cron": None, "rrule": "FREQ=DAILY;COUNT=2;UNTIL=20300101T000000", "start": "2026-01-01"},
+            "rrule",
+            "not both",
+        ),
+        ({"cron": None, "rrule": "FREQ=DAILY;COUNT=10001", "start": "2026-01-01"}, "rrule", "COUNT must be"),
+        # Monday 29 February: a few times a century.
+        (
+            {"cron": None, "rrule": "FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=29;BYDAY=MO;COUNT=99", "start": "2026-01-01"},
+            "rrule",
+            "400",
+        ),
+        ({"timezone": "Europe/" + "x" * 300}, "timezone", "unknown IANA time zone"),
+        ({"timezone": "localtime"}, "timezone", "unknown IANA time zone"),
+        ({"timezone": "right/UTC"}, "timezone", "unknown IANA time zone"),  # counts leap seconds: 27s off
+        ({"timezone": "posixrules"}, "timezone", "unknown IANA time zone"),
     ],
 )
 def test_a_bad_window_is_refused_naming_the_field(changes: dict[str, object], field: str, message: str) -> None:
@@ -647,6 +708,16 @@ def test_freezes_lists_the_windows_and_whether_each_holds(cli: Cli) -> None:
     naive = cli("freezes", "--at", "2026-10-23T18:30:00")
     assert naive.returncode == 1
     assert "--at" in naive.stderr
+
+
+@pytest.mark.parametrize(
+    "at", ["0001-01-01T00:00:00Z", "0001-01-01T05:00:00+14:00", "9999-12-31T23:59:00Z", "9999-12-31T20:00:00-10:00"]
+)
+def test_freezes_at_the_ends_of_the_calendar_answers_without_a_traceback(cli: Cli, at: str) -> None:
+    cli.catalog.write_text(cli.catalog.read_text() + ALWAYS.replace("* * * * *", "0 18 * * 5"))
+    answer = cli("freezes", "--at", at)
+    assert (answer.returncode, answer.stderr) == (0, "")
+    assert "always: cron 0 18 * * 5" in answer.stdout
 
 
 def test_the_windows_in_the_docs_load(tmp_path: Path) -> None:

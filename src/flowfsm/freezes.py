@@ -23,18 +23,18 @@ gains no required dependency. Time zones are the standard library's ``zoneinfo``
 
 from __future__ import annotations
 
-import bisect
+import collections
 import datetime as dt
+import functools
 import itertools
 import re
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import attrs
 
-from flowfsm.durations import parse_duration
+from flowfsm.durations import MAX_DURATION, parse_duration
 from flowfsm.errors import ValidationError, shown
 
 __all__ = ["EXTRA", "MAX_CHAIN", "Freeze", "FreezeWindow", "frozen"]
@@ -57,7 +57,7 @@ _FREQUENCIES: Final = ("YEARLY", "MONTHLY", "WEEKLY", "DAILY")
 """The recurrence frequencies a window may have: more often than daily is not a
 freeze window, and would make each question cost more."""
 _FREQ: Final = re.compile(r"(?:^|;)FREQ=([A-Z]+)")
-_INTERVAL: Final = re.compile(r"(?:^|;)INTERVAL=(\d{1,6})(?:;|$)")
+_INTERVAL: Final = re.compile(r"(?:^|;)INTERVAL=(\d+)")  # dateutil has read it as a number
 _UTC: Final = dt.UTC
 
 
@@ -65,6 +65,27 @@ class _Schedule(Protocol):
     def before(self, wall: dt.datetime) -> Iterator[dt.datetime]:
         """The starts at or before ``wall`` (naive local wall times), latest first."""
         ...  # pragma: no cover - a protocol
+
+
+def _parts(body: str) -> collections.Counter[str]:
+    """Refuses what dateutil reads otherwise than the rule says: a part given twice
+    (RFC 5545 forbids it; dateutil keeps the last, so "FREQ=DAILY;FREQ=SECONDLY"
+    would start every second), an INTERVAL of zero, and more than one BYSECOND (with
+    at most 24 hours and 60 minutes, a window starts at most once a minute, which
+    bounds the starts each question looks at)."""
+    names = collections.Counter(part.partition("=")[0].strip() for part in body.split(";") if part.strip())
+    twice = sorted(name for name, count in names.items() if count > 1)
+    if twice:
+        raise ValidationError("rrule", f"gives {twice[0][:20]} twice: each part once")
+    for part in body.split(";"):
+        name, _, value = part.partition("=")
+        if name.strip() == "INTERVAL" and set(value.strip()) == {"0"}:
+            raise ValidationError("rrule", "INTERVAL must be at least 1")
+        if name.strip() == "BYSECOND" and "," in value:
+            raise ValidationError("rrule", "give at most one BYSECOND: a window starts at most once a minute")
+    if "COUNT" in names and "UNTIL" in names:
+        raise ValidationError("rrule", "give COUNT or UNTIL, not both")
+    return names
 
 
 def _missing(field: str, e: ImportError) -> ValidationError:
@@ -84,6 +105,7 @@ class _RRule:
             body = body[6:]
         if "\n" in body or "DTSTART" in body.upper():
             raise ValidationError("rrule", "give the rule alone (FREQ=...); its first start is 'start'")
+        names = _parts(body.upper())
         try:
             rule = rrule.rrulestr(body, dtstart=start)
         except (ValueError, TypeError, KeyError, IndexError) as e:
@@ -95,24 +117,100 @@ class _RRule:
             raise ValidationError("rrule", f"FREQ must be one of {', '.join(_FREQUENCIES)}")
         if not _fires(rule, body, start):
             raise ValidationError("rrule", "the rule never starts a window from 'start' on")
-        # dateutil counts a rule's starts from its first: those seen so far are kept, in
-        # order, so a rule from years ago costs that list once, then a binary search.
-        self._starts: list[dt.datetime] = []
-        self._next: Iterator[dt.datetime] | None = iter(rule)
-        self._lock = threading.Lock()
+        # dateutil counts a rule's starts from its first, so a question about today on a
+        # rule from long ago would walk every start since. The rule is read instead from
+        # a later first start on the rule's own beat (the first day of a day, week,
+        # month or year it runs in), with every default it took from 'start' made
+        # explicit, so that it starts at the same times from there on (a COUNT becomes
+        # the UNTIL of its last start). Each question then walks a bounded span.
+        self._start, self._frequency = start, frequency.group(1)
+        interval = _INTERVAL.search(body.upper())
+        self._interval = int(interval.group(1)) if interval else 1
+        wkst = re.search(r"(?:^|;)WKST=([A-Z]{2})", body.upper())
+        self._wkst = _WEEKDAYS.index(wkst.group(1)) if wkst else 0
+        last = _last(rule, body, start)
+        ending: dict[str, Any] = {"count": None, "until": last} if last is not None else {}
+        self._rule = rule.replace(**ending, **_defaults(names, self._frequency, start))
 
     def before(self, wall: dt.datetime) -> Iterator[dt.datetime]:
-        starts = self._starts
-        with self._lock:  # one engine may ask from several threads (a worker's)
-            while self._next is not None and (not starts or starts[-1] <= wall):
-                following = next(self._next, None)  # bounded: the rule fires within a cycle, or has ended
-                if following is None:
-                    self._next = None
-                else:
-                    starts.append(following)
-            found = bisect.bisect_right(starts, wall)
-        for i in range(found - 1, -1, -1):
-            yield starts[i]
+        # The starts from a little before ``wall``; further back while none is more
+        # than the slack before it, up to a duration before (an earlier start has ended).
+        back = dt.timedelta(days=2)
+        while True:
+            since = self._anchor(_minus(wall, 2 * _SLACK + back))
+            starts: list[dt.datetime] = []
+            for following in self._rule.replace(dtstart=since):  # bounded: at most a minute apart
+                if following > wall:
+                    break
+                starts.append(following)
+            if since == self._start or back > MAX_DURATION or (starts and starts[0] < _minus(wall, 2 * _SLACK)):
+                return reversed(starts)
+            back *= 4
+
+    def _anchor(self, wall: dt.datetime) -> dt.datetime:
+        """The latest first day of a period the rule runs in at or before ``wall``, and
+        after ``start`` (else ``start``): from there it starts at the same times."""
+        start, every, day = self._start, self._interval, wall.date()
+        if self._frequency == "YEARLY":
+            steps = (day.year - start.year) // every
+            first = dt.date(start.year + steps * every, 1, 1) if steps > 0 else None
+        elif self._frequency == "MONTHLY":
+            steps = ((day.year - start.year) * 12 + day.month - start.month) // every
+            month = start.month - 1 + steps * every
+            first = dt.date(start.year + month // 12, month % 12 + 1, 1) if steps > 0 else None
+        else:
+            days = every * (7 if self._frequency == "WEEKLY" else 1)
+            week = start.weekday() - self._wkst if self._frequency == "WEEKLY" else 0
+            origin = start.date() - dt.timedelta(days=week % 7)
+            steps = (day - origin).days // days
+            first = origin + dt.timedelta(days=steps * days) if steps > 0 else None
+        return dt.datetime.combine(first, dt.time()) if first is not None else start
+
+
+_WEEKDAYS: Final = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
+_MAX_COUNT: Final = 10_000
+"""The most starts a COUNT may give (more: use UNTIL): its last is found when the
+window is made."""
+
+
+def _defaults(names: collections.Counter[str], frequency: str, start: dt.datetime) -> dict[str, Any]:
+    """What dateutil takes from the rule's first start when the rule does not say
+    (RFC 5545: the time of day, and the day of the year, month or week), explicit."""
+    given: dict[str, Any] = {}
+    for part, value in (("BYHOUR", start.hour), ("BYMINUTE", start.minute), ("BYSECOND", start.second)):
+        if part not in names:
+            given[part.lower()] = value
+    if not names.keys() & {"BYWEEKNO", "BYYEARDAY", "BYMONTHDAY", "BYDAY", "BYEASTER"}:
+        if frequency == "YEARLY" and "BYMONTH" not in names:
+            given["bymonth"] = start.month
+        if frequency in ("YEARLY", "MONTHLY"):
+            given["bymonthday"] = start.day
+        elif frequency == "WEEKLY":
+            given["byweekday"] = start.weekday()
+    return given
+
+
+def _last(rule: Any, body: str, start: dt.datetime) -> dt.datetime | None:
+    """The last of the rule's COUNT starts (None: it has no COUNT), looked for within
+    one calendar cycle of ``start`` (bounded work), which a COUNT of at most
+    ``_MAX_COUNT`` starts reaches unless the rule starts very rarely."""
+    count = re.search(r"(?:^|;)COUNT=(\d+)", body.upper())
+    if count is None:
+        return None
+    if len(count.group(1)) > 5 or int(count.group(1)) > _MAX_COUNT:
+        raise ValidationError("rrule", f"COUNT must be at most {_MAX_COUNT}: give UNTIL instead")
+    interval = _INTERVAL.search(body.upper())
+    span = _CYCLE * (int(interval.group(1)) if interval else 1)
+    bound = start.replace(year=min(dt.MAXYEAR, start.year + span), month=1, day=1)
+    starts: list[dt.datetime] = list(itertools.islice(rule.replace(count=None, until=bound), int(count.group(1))))
+    if len(starts) < int(count.group(1)) and bound.year < dt.MAXYEAR:
+        raise ValidationError("rrule", "its COUNT takes more than 400 years: give UNTIL instead")
+    return starts[-1]
+
+
+def _minus(wall: dt.datetime, delta: dt.timedelta) -> dt.datetime:
+    """``wall - delta``, or the earliest time there is."""
+    return wall - delta if wall - dt.datetime.min > delta else dt.datetime.min
 
 
 _CYCLE: Final = 400
@@ -146,6 +244,8 @@ class _Cron:
             from cronsim import CronSim, CronSimError
         except ImportError as e:
             raise _missing("cron", e) from e
+        if len(text.split()) != 5:  # cronsim also reads a sixth field, of seconds
+            raise ValidationError("cron", "give five fields (minute hour day month weekday)")
         try:
             CronSim(text, dt.datetime(2000, 1, 1))
         except CronSimError as e:
@@ -185,10 +285,21 @@ def _duration(value: object) -> dt.timedelta:
 def _zone(_: object, __: object, value: Any) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError("timezone", f"expected an IANA time zone such as 'Europe/Berlin', got {shown(value)}")
+    # Only the zones the IANA database names, spelled as it does: not a file that
+    # ZoneInfo would also read ("localtime", this machine's zone; "right/UTC", with leap
+    # seconds; "europe/berlin" on a file system ignoring case), which workers elsewhere
+    # would read otherwise.
+    if value == "localtime" or value not in _available():
+        raise ValidationError("timezone", f"unknown IANA time zone {shown(value)}")
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # pragma: no cover - listed, yet unreadable
         raise ValidationError("timezone", f"unknown IANA time zone {shown(value)}") from None
+
+
+@functools.cache
+def _available() -> frozenset[str]:
+    return frozenset(available_timezones())
 
 
 def _start(value: object) -> dt.datetime | None:
@@ -273,7 +384,14 @@ class FreezeWindow:
     def until(self, at: dt.datetime) -> dt.datetime | None:
         """The end of the window's occurrence that covers ``at`` (aware), in UTC, or
         None: ``at`` is in none. Occurrences of one window may overlap: the latest
-        to have started ends last."""
+        to have started ends last. Within hours of the ends of the calendar (years
+        1 and 9999), where its starts or end cannot be written, it is in none."""
+        try:
+            return self._until(at)
+        except OverflowError:  # a time of year 1 or 9999 moved past the calendar's end
+            return None
+
+    def _until(self, at: dt.datetime) -> dt.datetime | None:
         wall = at.astimezone(self._zone).replace(tzinfo=None)
         latest: tuple[dt.datetime, dt.datetime] | None = None  # (start, as on the wall)
         for wall_start in itertools.islice(self._schedule.before(wall + _SLACK), _MAX_CANDIDATES):
