@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import pytest
 from hypothesis import given, settings
@@ -206,18 +206,31 @@ _DEPLOYMENT_STATES = st.one_of(
 @st.composite
 def _drafts(draw: st.DrawFn) -> tuple[Draft, str]:
     """Any flow (states drawn freely, consistent or not), one of its entities, and
-    one trigger of that entity's machine."""
+    one trigger of that entity's machine; the entity is in a state the trigger
+    leaves half of the time, so that every rule is reached in a few thousand."""
+    count = draw(st.integers(1, 3))
+    kind = draw(st.sampled_from(sorted(MACHINES)))
+    trigger = draw(st.sampled_from(sorted(MACHINES[kind].events)))
+    index = draw(st.integers(0, count - 1))
+    sources = [rule.source for rule in DECLARATIONS[kind].rules if rule.trigger == trigger]
+
+    def state_of(own: str, states: st.SearchStrategy[Any], here: bool) -> Any:
+        if own == kind and here:  # the entity the trigger is for: a source, or any of its states
+            return draw(st.sampled_from(sources if draw(st.booleans()) else list(DECLARATIONS[kind].states)))
+        return draw(states)
+
     deployments = []
-    for i in range(draw(st.integers(1, 3))):
+    for i in range(count):
+        fewest = 1 if kind == "promotion" and i == index else 0
         promotions = [
-            Promotion(f"p{i}{j}", f"check{j}", draw(st.sampled_from(PromotionState)))
-            for j in range(draw(st.integers(0, 2)))
+            Promotion(f"p{i}{j}", f"check{j}", state_of("promotion", st.sampled_from(PromotionState), i == index))
+            for j in range(draw(st.integers(fewest, 2)))
         ]
         approvals = draw(st.sampled_from(((), ("alice",))))
-        deployments.append(
-            Deployment(f"d{i}", f"env{i}", promotions, draw(_DEPLOYMENT_STATES), approvals=approvals)
-        )
-    state = draw(st.one_of(st.just(FlowState.IN_PROGRESS), st.sampled_from(FlowState)))  # most rules need it
+        state = state_of("deployment", _DEPLOYMENT_STATES, i == index)
+        deployments.append(Deployment(f"d{i}", f"env{i}", promotions, state, approvals=approvals))
+    # Most rules need a flow in progress.
+    state = state_of("flow", st.one_of(st.just(FlowState.IN_PROGRESS), st.sampled_from(FlowState)), True)
     pause = None
     if state is FlowState.PAUSED:  # by a person, or by a failure policy waiting on a failed item
         pause = Pause("alice", None, draw(st.sampled_from(((), ("d0",)))))
@@ -237,18 +250,11 @@ def _drafts(draw: st.DrawFn) -> tuple[Draft, str]:
                 for d in soaking
             ],
         )
-    kind = draw(st.sampled_from(sorted(MACHINES)))
-    index = draw(st.integers(0, len(deployments) - 1))
     draft: Draft | None = opened.draft(index) if kind == "flow" else opened.deployment(index)
     if kind == "promotion":
-        own = deployments[index].promotions
-        if not own:
-            draft = opened.deployment(index)
-            kind = "deployment"
-        else:
-            draft = opened.promotion(index, draw(st.sampled_from(own)).id)
+        draft = opened.promotion(index, draw(st.sampled_from(deployments[index].promotions)).id)
     assert draft is not None
-    return draft, draw(st.sampled_from(sorted(MACHINES[kind].events)))
+    return draft, trigger
 
 
 @given(_drafts())
@@ -267,11 +273,17 @@ def test_may_agrees_with_firing(drafted: tuple[Draft, str]) -> None:
         assert draft.flow.work.events == []
 
 
+_PASSED_ELSEWHERE: Final = {("deployment", "freeze"), ("deployment", "enqueue")}
+"""Rules whose guards read what the drafts do not model — a freeze window in force
+(tests/test_freezes.py), another flow in the environment (tests/test_lanes.py): the
+drafts see them refused only."""
+
+
 def test_the_property_sees_every_machine_state_and_trigger() -> None:
     """The drafts above reach every (machine, state, trigger), both answers included."""
     seen: set[tuple[str, object, str, bool]] = set()
 
-    @settings(max_examples=20_000, derandomize=True, database=None)
+    @settings(max_examples=12_000, derandomize=True, database=None)
     @given(_drafts())
     def collect(drafted: tuple[Draft, str]) -> None:
         draft, trigger = drafted
@@ -280,7 +292,8 @@ def test_the_property_sees_every_machine_state_and_trigger() -> None:
     collect()
     for name, declaration in DECLARATIONS.items():
         for rule in declaration.rules:
-            assert (type_name(name), rule.source, rule.trigger, True) in seen, (name, rule.source, rule.trigger)
+            if (name, rule.trigger) not in _PASSED_ELSEWHERE:
+                assert (type_name(name), rule.source, rule.trigger, True) in seen, (name, rule.source, rule.trigger)
             by_source = {r.source: r for r in declaration.rules if r.trigger == rule.trigger}
             for state in declaration.states:
                 own = by_source.get(state)

@@ -656,7 +656,11 @@ class FlowEngine:
     def _applier(self, trigger: object) -> Applier:
         """The applier of the trigger's class (or of the class it subclasses), or a
         clear error for a non-trigger."""
-        for kind, apply in self.APPLIERS.items():
+        appliers = self.APPLIERS
+        apply = appliers.get(type(trigger))
+        if apply is not None:
+            return apply
+        for kind, apply in appliers.items():
             if isinstance(trigger, kind):
                 return apply
         raise ValidationError("trigger", f"not a trigger: {trigger!r}")

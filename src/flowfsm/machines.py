@@ -56,6 +56,7 @@ from flowfsm.model import (
 from flowfsm.work import Draft, FlowDraft
 
 __all__ = [
+    "ADMISSION",
     "DECLARATIONS",
     "MACHINES",
     "CallablesMachine",
@@ -66,6 +67,7 @@ __all__ = [
     "Next",
     "Rule",
     "Withdrawn",
+    "admit",
     "apply",
     "attempt",
     "created",
@@ -99,9 +101,9 @@ class Guard:
 @attrs.frozen
 class Next:
     """The flow's next deployment (its current one, the first in pipeline order that
-    has not succeeded), if there is one, is announced: its ``admit`` rules pass it
-    through its gates (SPEC §11), and record ``event`` (``deployment-created``) or
-    the gate it waits at."""
+    has not succeeded), if there is one, is announced: ``admit`` passes it through
+    its gates (SPEC §11, ``ADMISSION``), which record ``event``
+    (``deployment-created``) or the gate it waits at."""
 
     event: HookEvent
 
@@ -398,19 +400,20 @@ DEPLOYMENT: Final = Declaration(
     DeploymentState,
     _D.NOT_STARTED,
     (
-        # Its gates (SPEC §11), in order, when the deployment is announced (``Next``):
-        # the first rule whose guards pass is taken; the last announces it.
+        # Its gates (SPEC §11), when the deployment is announced (``Next``): the first of
+        # these rules whose guards pass is taken, in this order (``ADMISSION``); the last
+        # announces it.
         Rule(
-            "admit",
+            "request_approval",
             _D.NOT_STARTED,
             _D.AWAITING_APPROVAL,
             (NEEDS_APPROVAL,),
             (_E.APPROVAL_REQUESTED,),
             timers=(_T.APPROVAL,),  # its expiry, if the policy has one
         ),
-        Rule("admit", _D.NOT_STARTED, _D.HELD, (FROZEN,), (_E.DEPLOYMENT_HELD,), timers=(_T.FREEZE,)),
-        Rule("admit", _D.NOT_STARTED, _D.QUEUED, (LANE_TAKEN,), (_E.DEPLOYMENT_QUEUED,)),
-        Rule("admit", _D.NOT_STARTED, _D.NOT_STARTED, (), (_E.DEPLOYMENT_CREATED,)),
+        Rule("freeze", _D.NOT_STARTED, _D.HELD, (FROZEN,), (_E.DEPLOYMENT_HELD,), timers=(_T.FREEZE,)),
+        Rule("enqueue", _D.NOT_STARTED, _D.QUEUED, (LANE_TAKEN,), (_E.DEPLOYMENT_QUEUED,)),
+        Rule("announce", _D.NOT_STARTED, _D.NOT_STARTED, (), (_E.DEPLOYMENT_CREATED,)),
         # Approvals (SPEC §11). ApprovalGranted records the approval first (the engine
         # authorizes it; ``FlowDraft.approved_by``); the last one needed opens the gate,
         # and the deployment is announced again, through the gates that follow.
@@ -626,6 +629,10 @@ PROMOTION: Final = Declaration(
     FlowDraft.publish_promotion,
 )
 
+ADMISSION: Final = ("request_approval", "freeze", "enqueue", "announce")
+"""The gates of an announcement, in order (SPEC §11; docs/gates.md): a deployment
+announced takes the first of these triggers whose guards pass (``admit``)."""
+
 DECLARATIONS: Final[dict[str, Declaration]] = {d.entity: d for d in (FLOW, DEPLOYMENT, PROMOTION)}
 
 
@@ -749,7 +756,7 @@ def _record(effects: tuple[Effect, ...], flow: FlowDraft, index: int) -> None:
             if flow.state is _PAUSED:  # nothing new begins: announced when the flow resumes
                 flow.hold()
             else:
-                attempt(flow.deployment(following), "admit")
+                admit(flow.deployment(following))
         elif isinstance(effect, Withdrawn):
             for i, deployment in enumerate(flow.deployments):
                 if deployment.state is _AWAITING_APPROVAL:
@@ -822,6 +829,16 @@ def fire(draft: Draft, trigger: str) -> None:
         raise _not_from_here(draft, trigger) from None
     if not applied:  # transitions refuses only when a condition does, which names itself
         raise _invalid(draft, trigger, cast(Guard, draft.refused).reason)
+
+
+def admit(draft: Draft) -> None:
+    """Pass an announced deployment through its gates: fire the first trigger of
+    ``ADMISSION`` that ``may`` allows (none: it is not ``notStarted``). Asked trigger
+    by trigger, so ``transitions`` tries one transition, not every gate's."""
+    for trigger in ADMISSION:
+        if may(draft, trigger):
+            fire(draft, trigger)
+            return
 
 
 def attempt(draft: Draft, trigger: str) -> None:
