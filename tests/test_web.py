@@ -151,15 +151,19 @@ def test_the_flows_page_is_paged(clock: Clock) -> None:
         ({"state": "sleeping"}, "state: must be one of"),
         ({"page": "0"}, "page: must be a whole number"),
         ({"page": "ten"}, "page: must be a whole number"),
+        ({"page": "²"}, "page: must be a whole number"),  # a digit to str.isdigit, not to int
+        ({"page": "1" * 5000}, "page: must be a whole number"),  # more digits than int() reads
         ({"artifact": "api-1.0"}, "artifact: expected GROUP:NAME:VERSION"),
         ({"service": "a\x00b"}, "service: contains NUL"),
     ],
 )
 def test_a_bad_filter_is_a_readable_message(web_engine: FlowEngine, query: dict[str, str], message: str) -> None:
-    page = TestClient(dashboard(web_engine)).get("/", params=query)
-    assert page.status_code == 422
-    assert message in page.text
-    assert "Traceback" not in page.text
+    client = TestClient(dashboard(web_engine), raise_server_exceptions=False)
+    for partial in ({}, {"partial": "1"}):  # a live region's URL, edited, is refused alike
+        page = client.get("/", params=query | partial)
+        assert page.status_code == 422
+        assert message in page.text
+        assert "Traceback" not in page.text
 
 
 def test_the_flow_page_shows_timeline_history_explanation_diagrams_and_hook_requests(
@@ -233,6 +237,25 @@ def test_a_delivery_shows_its_attempts_and_last_answer_without_secrets(web_engin
     assert "hunter2" not in text
     assert "whsec_" not in text
     assert SECRET_KEYS[0] not in text
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "x" * 145 + " https://bob:hunter2@hooks.example/x",  # the credentials straddle the cut to 160 characters
+        "connect to https://bob:p@ss-hunter2@hooks.example/x failed",  # a client reads up to the last @
+    ],
+    ids=["cut", "at-sign"],
+)
+def test_no_part_of_a_url_password_shows_in_a_delivery_error(web_engine: FlowEngine, error: str) -> None:
+    flow = start(web_engine)
+    repository = web_engine.repository
+    request_id = repository.hook_requests(flow.id)[0].request.id
+    repository.record_attempt(request_id, DeliveryAttempt(dt.datetime(2026, 3, 1, tzinfo=dt.UTC), error=error))
+    text = TestClient(dashboard(web_engine)).get(f"/flows/{flow.id}").text
+    assert "https://&lt;" in text  # redacted, then maybe cut
+    assert "hunter" not in text
+    assert "bob" not in text
 
 
 def test_no_page_shows_a_webhook_secret_or_an_endpoint(web_engine: FlowEngine) -> None:
@@ -338,14 +361,16 @@ def test_an_action_is_a_trigger_with_the_viewer_as_actor(web_engine: FlowEngine)
         lambda token: {"csrf": token + "x"},
         lambda token: {"csrf": "1." + token.split(".", 1)[1]},
         lambda token: {"csrf": "not a token"},
+        lambda token: {"csrf": token + "é"},  # hmac.compare_digest takes ASCII text only
+        lambda token: {"csrf": "²" + token},  # a digit to str.isdigit, not to int
     ],
-    ids=["missing", "empty", "altered", "other-time", "garbage"],
+    ids=["missing", "empty", "altered", "other-time", "garbage", "non-ascii-mac", "non-ascii-time"],
 )
 def test_a_form_without_its_csrf_token_changes_nothing(
     web_engine: FlowEngine, forge: Callable[[str], dict[str, str]]
 ) -> None:
     flow = start(web_engine)
-    client = TestClient(dashboard(web_engine, authorize=by_header))
+    client = TestClient(dashboard(web_engine, authorize=by_header), raise_server_exceptions=False)
     token = csrf_of(client.get(f"/flows/{flow.id}", headers={"x-user": "ann"}).text)
     refused = client.post(f"/flows/{flow.id}", data={"action": "abort", **forge(token)}, headers={"x-user": "ann"})
     assert refused.status_code == 403

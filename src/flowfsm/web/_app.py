@@ -259,7 +259,8 @@ class _Dashboard:
             "done": _DONE.get(request.query_params.get("done", "")),
             **values,
         }
-        if request.query_params.get("partial") == "1" and "live" in template.blocks:
+        # A refusal is the whole page: the live block needs the data a refusal has not got.
+        if status < 400 and request.query_params.get("partial") == "1" and "live" in template.blocks:
             body = "".join(template.blocks["live"](template.new_context(context)))
         else:
             body = template.render(context)
