@@ -509,6 +509,23 @@ def test_an_async_hook_works_too(web_engine: FlowEngine) -> None:
     assert "Read-only" in client.get(f"/flows/{flow.id}").text
 
 
+@pytest.mark.parametrize("answer", ["ann", ("ann", {"ops"}), {"actor": "ann"}], ids=["str", "tuple", "dict"])
+def test_a_hook_answering_something_else_than_a_viewer_is_a_flowfsm_error_and_acts_for_nobody(
+    web_engine: FlowEngine, answer: object
+) -> None:
+    flow = start(web_engine)
+    token = CsrfTokens(b"k" * 32, dt.timedelta(hours=1)).issue(Viewer("ann"), web_engine.clock())
+    app = dashboard(web_engine, authorize=lambda _: answer, secret=b"k" * 32)  # type: ignore[arg-type,return-value]  # the mistake under test
+    with pytest.raises(ValidationError, match="authorize: must return a Viewer or None"):
+        TestClient(app).get("/")
+    refused = TestClient(app, raise_server_exceptions=False).post(
+        f"/flows/{flow.id}", data={"action": "abort", "csrf": token}
+    )
+    assert refused.status_code == 500
+    assert "Traceback" not in refused.text
+    assert web_engine.repository.get(flow.id) == flow
+
+
 def mounted_in_starlette(engine: FlowEngine) -> Any:
     return Starlette(routes=[Mount("/ops/flows", dashboard(engine, authorize=by_header))])
 

@@ -41,6 +41,7 @@ from flowfsm.errors import (
     RepositoryError,
     UnknownDeployment,
     ValidationError,
+    bounded,
 )
 from flowfsm.triggers import (
     MAX_REASON,
@@ -243,7 +244,8 @@ class _Dashboard:
         if inspect.isawaitable(found):
             found = await found
         if found is not None and not isinstance(found, Viewer):
-            raise TypeError(f"authorize must return a Viewer or None, not {type(found).__name__}")
+            # the embedding service's mistake: every request fails closed (500), none acts as nobody knows whom
+            raise ValidationError("authorize", f"must return a Viewer or None, not {bounded(type(found).__name__, 80)}")
         return found
 
     def render(self, request: Request, name: str, viewer: Viewer | None, status: int = 200, **values: Any) -> Response:
