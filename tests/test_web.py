@@ -42,12 +42,14 @@ from flowfsm import (
     ValidationError,
 )
 from flowfsm.diagrams import svg
+from flowfsm.protocols import Repository
 from flowfsm.repositories import InMemoryRepository
 from flowfsm.testing import SequentialIds
 from flowfsm.web import Viewer, dashboard
 from flowfsm.web._security import CsrfTokens
 
 from .conftest import SECRET_KEYS, api_service
+from .test_boundaries import backend  # noqa: F401  # a fixture: the same pages on every store
 
 
 class Clock:
@@ -298,6 +300,23 @@ def test_every_page_forbids_scripts_from_elsewhere(web_engine: FlowEngine) -> No
     assert "frame-ancestors 'none'" in policy
     assert page.headers["cache-control"] == "no-store"
     assert "<script>" not in page.text  # the one script is a file; inline ones would be blocked
+
+
+def test_a_flow_id_no_store_can_hold_is_an_unknown_flow_on_every_store(
+    backend: Repository,  # noqa: F811  # the fixture imported above
+    clock: Clock,
+) -> None:
+    """PostgreSQL refuses NUL in text: asked for such a flow, it must still say "unknown flow", not fail."""
+    engine = FlowEngine(Catalog([api_service()]), backend, None, clock=clock, id_factory=SequentialIds("n"))
+    flow = start(engine)
+    client = TestClient(dashboard(engine, authorize=by_header), raise_server_exceptions=False)
+    page = client.get("/flows/a%00b")
+    assert page.status_code == 404, page.text
+    assert "unknown flow" in page.text
+    token = csrf_of(client.get(f"/flows/{flow.id}", headers={"x-user": "ann"}).text)
+    for data in ({"action": "pause"}, {"action": "retry-deployment", "deployment_id": "n-2"}):
+        acted = client.post("/flows/a%00b", data={"csrf": token, **data}, headers={"x-user": "ann"})
+        assert acted.status_code == 404, acted.text
 
 
 def test_an_unknown_flow_is_a_404_page(web_engine: FlowEngine) -> None:

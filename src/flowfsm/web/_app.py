@@ -40,9 +40,11 @@ from flowfsm.errors import (
     NotFound,
     RepositoryError,
     UnknownDeployment,
+    UnknownFlow,
     ValidationError,
     bounded,
 )
+from flowfsm.model import text_problem
 from flowfsm.triggers import (
     MAX_REASON,
     AbortFlow,
@@ -289,6 +291,9 @@ class _Dashboard:
         return self.render(request, "approvals.html", viewer, page=page)
 
     async def flow(self, request: Request) -> Response:
+        flow_id = request.path_params["flow_id"]
+        if text_problem(flow_id) is not None:  # no store can hold it (PostgreSQL refuses NUL): no such flow
+            return self.refusal(request, await self.viewer(request), 404, str(UnknownFlow(flow_id)))
         if request.method == "POST":
             return await self.act(request)
         return await self.show_flow(request, await self.viewer(request))
