@@ -299,6 +299,8 @@ def test_every_page_forbids_scripts_from_elsewhere(web_engine: FlowEngine) -> No
     assert "script-src 'self'" in policy
     assert "frame-ancestors 'none'" in policy
     assert page.headers["cache-control"] == "no-store"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["x-frame-options"] == "DENY"  # what browsers without frame-ancestors read
     assert "<script>" not in page.text  # the one script is a file; inline ones would be blocked
 
 
