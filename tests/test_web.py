@@ -42,12 +42,14 @@ from flowfsm import (
     ValidationError,
 )
 from flowfsm.diagrams import svg
+from flowfsm.protocols import Repository
 from flowfsm.repositories import InMemoryRepository
 from flowfsm.testing import SequentialIds
 from flowfsm.web import Viewer, dashboard
 from flowfsm.web._security import CsrfTokens
 
 from .conftest import SECRET_KEYS, api_service
+from .test_boundaries import backend  # noqa: F401  # a fixture: the same pages on every store
 
 
 class Clock:
@@ -151,15 +153,19 @@ def test_the_flows_page_is_paged(clock: Clock) -> None:
         ({"state": "sleeping"}, "state: must be one of"),
         ({"page": "0"}, "page: must be a whole number"),
         ({"page": "ten"}, "page: must be a whole number"),
+        ({"page": "²"}, "page: must be a whole number"),  # a digit to str.isdigit, not to int
+        ({"page": "1" * 5000}, "page: must be a whole number"),  # more digits than int() reads
         ({"artifact": "api-1.0"}, "artifact: expected GROUP:NAME:VERSION"),
         ({"service": "a\x00b"}, "service: contains NUL"),
     ],
 )
 def test_a_bad_filter_is_a_readable_message(web_engine: FlowEngine, query: dict[str, str], message: str) -> None:
-    page = TestClient(dashboard(web_engine)).get("/", params=query)
-    assert page.status_code == 422
-    assert message in page.text
-    assert "Traceback" not in page.text
+    client = TestClient(dashboard(web_engine), raise_server_exceptions=False)
+    for partial in ({}, {"partial": "1"}):  # a live region's URL, edited, is refused alike
+        page = client.get("/", params=query | partial)
+        assert page.status_code == 422
+        assert message in page.text
+        assert "Traceback" not in page.text
 
 
 def test_the_flow_page_shows_timeline_history_explanation_diagrams_and_hook_requests(
@@ -235,6 +241,25 @@ def test_a_delivery_shows_its_attempts_and_last_answer_without_secrets(web_engin
     assert SECRET_KEYS[0] not in text
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        "x" * 145 + " https://bob:hunter2@hooks.example/x",  # the credentials straddle the cut to 160 characters
+        "connect to https://bob:p@ss-hunter2@hooks.example/x failed",  # a client reads up to the last @
+    ],
+    ids=["cut", "at-sign"],
+)
+def test_no_part_of_a_url_password_shows_in_a_delivery_error(web_engine: FlowEngine, error: str) -> None:
+    flow = start(web_engine)
+    repository = web_engine.repository
+    request_id = repository.hook_requests(flow.id)[0].request.id
+    repository.record_attempt(request_id, DeliveryAttempt(dt.datetime(2026, 3, 1, tzinfo=dt.UTC), error=error))
+    text = TestClient(dashboard(web_engine)).get(f"/flows/{flow.id}").text
+    assert "https://&lt;" in text  # redacted, then maybe cut
+    assert "hunter" not in text
+    assert "bob" not in text
+
+
 def test_no_page_shows_a_webhook_secret_or_an_endpoint(web_engine: FlowEngine) -> None:
     """The catalog's actions have signing secrets and URLs: neither is on any page."""
     flow = start(web_engine)
@@ -274,7 +299,26 @@ def test_every_page_forbids_scripts_from_elsewhere(web_engine: FlowEngine) -> No
     assert "script-src 'self'" in policy
     assert "frame-ancestors 'none'" in policy
     assert page.headers["cache-control"] == "no-store"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["x-frame-options"] == "DENY"  # what browsers without frame-ancestors read
     assert "<script>" not in page.text  # the one script is a file; inline ones would be blocked
+
+
+def test_a_flow_id_no_store_can_hold_is_an_unknown_flow_on_every_store(
+    backend: Repository,  # noqa: F811  # the fixture imported above
+    clock: Clock,
+) -> None:
+    """PostgreSQL refuses NUL in text: asked for such a flow, it must still say "unknown flow", not fail."""
+    engine = FlowEngine(Catalog([api_service()]), backend, None, clock=clock, id_factory=SequentialIds("n"))
+    flow = start(engine)
+    client = TestClient(dashboard(engine, authorize=by_header), raise_server_exceptions=False)
+    page = client.get("/flows/a%00b")
+    assert page.status_code == 404, page.text
+    assert "unknown flow" in page.text
+    token = csrf_of(client.get(f"/flows/{flow.id}", headers={"x-user": "ann"}).text)
+    for data in ({"action": "pause"}, {"action": "retry-deployment", "deployment_id": "n-2"}):
+        acted = client.post("/flows/a%00b", data={"csrf": token, **data}, headers={"x-user": "ann"})
+        assert acted.status_code == 404, acted.text
 
 
 def test_an_unknown_flow_is_a_404_page(web_engine: FlowEngine) -> None:
@@ -338,14 +382,16 @@ def test_an_action_is_a_trigger_with_the_viewer_as_actor(web_engine: FlowEngine)
         lambda token: {"csrf": token + "x"},
         lambda token: {"csrf": "1." + token.split(".", 1)[1]},
         lambda token: {"csrf": "not a token"},
+        lambda token: {"csrf": token + "é"},  # hmac.compare_digest takes ASCII text only
+        lambda token: {"csrf": "²" + token},  # a digit to str.isdigit, not to int
     ],
-    ids=["missing", "empty", "altered", "other-time", "garbage"],
+    ids=["missing", "empty", "altered", "other-time", "garbage", "non-ascii-mac", "non-ascii-time"],
 )
 def test_a_form_without_its_csrf_token_changes_nothing(
     web_engine: FlowEngine, forge: Callable[[str], dict[str, str]]
 ) -> None:
     flow = start(web_engine)
-    client = TestClient(dashboard(web_engine, authorize=by_header))
+    client = TestClient(dashboard(web_engine, authorize=by_header), raise_server_exceptions=False)
     token = csrf_of(client.get(f"/flows/{flow.id}", headers={"x-user": "ann"}).text)
     refused = client.post(f"/flows/{flow.id}", data={"action": "abort", **forge(token)}, headers={"x-user": "ann"})
     assert refused.status_code == 403
@@ -482,6 +528,23 @@ def test_an_async_hook_works_too(web_engine: FlowEngine) -> None:
     client = TestClient(dashboard(web_engine, authorize=authorize))
     assert 'Signed in as <strong id="viewer">ann</strong>' in client.get("/", headers={"x-user": "ann"}).text
     assert "Read-only" in client.get(f"/flows/{flow.id}").text
+
+
+@pytest.mark.parametrize("answer", ["ann", ("ann", {"ops"}), {"actor": "ann"}], ids=["str", "tuple", "dict"])
+def test_a_hook_answering_something_else_than_a_viewer_is_a_flowfsm_error_and_acts_for_nobody(
+    web_engine: FlowEngine, answer: object
+) -> None:
+    flow = start(web_engine)
+    token = CsrfTokens(b"k" * 32, dt.timedelta(hours=1)).issue(Viewer("ann"), web_engine.clock())
+    app = dashboard(web_engine, authorize=lambda _: answer, secret=b"k" * 32)  # type: ignore[arg-type,return-value]  # the mistake under test
+    with pytest.raises(ValidationError, match="authorize: must return a Viewer or None"):
+        TestClient(app).get("/")
+    refused = TestClient(app, raise_server_exceptions=False).post(
+        f"/flows/{flow.id}", data={"action": "abort", "csrf": token}
+    )
+    assert refused.status_code == 500
+    assert "Traceback" not in refused.text
+    assert web_engine.repository.get(flow.id) == flow
 
 
 def mounted_in_starlette(engine: FlowEngine) -> Any:

@@ -40,8 +40,11 @@ from flowfsm.errors import (
     NotFound,
     RepositoryError,
     UnknownDeployment,
+    UnknownFlow,
     ValidationError,
+    bounded,
 )
+from flowfsm.model import text_problem
 from flowfsm.triggers import (
     MAX_REASON,
     AbortFlow,
@@ -70,6 +73,7 @@ _HEADERS: Final[Mapping[str, str]] = {
         "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate it: no clickjacking of a form
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",  # pages carry CSRF tokens and change as flows move
 }
@@ -243,7 +247,8 @@ class _Dashboard:
         if inspect.isawaitable(found):
             found = await found
         if found is not None and not isinstance(found, Viewer):
-            raise TypeError(f"authorize must return a Viewer or None, not {type(found).__name__}")
+            # the embedding service's mistake: every request fails closed (500), none acts as nobody knows whom
+            raise ValidationError("authorize", f"must return a Viewer or None, not {bounded(type(found).__name__, 80)}")
         return found
 
     def render(self, request: Request, name: str, viewer: Viewer | None, status: int = 200, **values: Any) -> Response:
@@ -259,7 +264,8 @@ class _Dashboard:
             "done": _DONE.get(request.query_params.get("done", "")),
             **values,
         }
-        if request.query_params.get("partial") == "1" and "live" in template.blocks:
+        # A refusal is the whole page: the live block needs the data a refusal has not got.
+        if status < 400 and request.query_params.get("partial") == "1" and "live" in template.blocks:
             body = "".join(template.blocks["live"](template.new_context(context)))
         else:
             body = template.render(context)
@@ -286,6 +292,9 @@ class _Dashboard:
         return self.render(request, "approvals.html", viewer, page=page)
 
     async def flow(self, request: Request) -> Response:
+        flow_id = request.path_params["flow_id"]
+        if text_problem(flow_id) is not None:  # no store can hold it (PostgreSQL refuses NUL): no such flow
+            return self.refusal(request, await self.viewer(request), 404, str(UnknownFlow(flow_id)))
         if request.method == "POST":
             return await self.act(request)
         return await self.show_flow(request, await self.viewer(request))

@@ -66,7 +66,8 @@ class CsrfTokens:
     def valid(self, token: str, viewer: Viewer, now: dt.datetime) -> bool:
         """Whether ``token`` was issued to ``viewer`` within the lifetime (and not in the future)."""
         issued_text, _, mac = token.partition(".")
-        if not issued_text.isdigit() or len(issued_text) > 12:
+        # ASCII only: "²" is a digit to isdigit but not to int, and compare_digest refuses other text
+        if not (token.isascii() and issued_text.isdigit()) or len(issued_text) > 12:
             return False
         issued = int(issued_text)
         age = now.timestamp() - issued
@@ -75,7 +76,8 @@ class CsrfTokens:
         return hmac.compare_digest(mac, self._mac(issued, viewer.actor))
 
 
-_URL_USERINFO: Final = re.compile(r"(://)[^/?#@\s]*@")
+_URL_USERINFO: Final = re.compile(r"(://)[^/?#\s]*@")
+"""A URL's credentials, up to the authority's last ``@`` (where a client ends them)."""
 _SIGNING_SECRET: Final = re.compile(r"whsec_\S*")
 
 

@@ -25,7 +25,7 @@ from flowfsm.model import (
     HookRecord,
     text_problem,
 )
-from flowfsm.web._security import Viewer
+from flowfsm.web._security import Viewer, redacted
 
 __all__ = ["ApprovalsPage", "FlowPage", "FlowsPage", "approvals_page", "flow_page", "flows_page", "parse_state"]
 
@@ -79,7 +79,11 @@ def parse_filters(query: dict[str, str]) -> Filters:
         if problem:
             raise ValidationError(field, problem)
     page_text = query.get("page", "1").strip() or "1"
-    if not page_text.isdigit() or not 1 <= int(page_text) <= 1_000_000:
+    # ASCII digits only, and few: "²" is a digit to isdigit but not to int, and int reads at most 4300 digits
+    if (
+        not (page_text.isascii() and page_text.isdigit() and len(page_text) <= 7)
+        or not 1 <= int(page_text) <= 1_000_000
+    ):
         raise ValidationError("page", "must be a whole number from 1 to 1000000")
     return Filters(
         service=query.get("service", "").strip()[:200],
@@ -288,7 +292,7 @@ def _deliveries(records: Sequence[HookRecord]) -> list[Delivery]:
         elif last.status_code is not None:
             answer = f"HTTP {last.status_code}"
         else:
-            answer = bounded(last.error or "no answer", 160)
+            answer = bounded(redacted(last.error or "no answer"), 160)  # redacted whole: a cut can hide a URL's "@"
         deployment = getattr(request.payload, "deployment", None)
         shown.append(
             Delivery(
