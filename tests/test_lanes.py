@@ -299,6 +299,27 @@ def test_a_queued_service_needs_a_repository_that_keeps_lanes() -> None:
     assert [f.deployments[0].state for f in engine.repository.list_flows()] == [DeploymentState.NOT_STARTED] * 2
 
 
+def test_a_service_made_parallel_announces_the_flows_left_waiting(make_repository: Callable[[], Repository]) -> None:
+    """A catalog that makes a queued service ``parallel``: the flows still waiting are
+    announced, all of them, when the flow they wait behind leaves the environment —
+    never left queued with nothing left to announce them."""
+    store = make_repository()
+    world = World(store, service())
+    a, b, c = world.create("1"), world.create("2"), world.create("3")
+    world.engine.handle(DeploymentStarted(a.deployments[0].id))
+    world.svc = service("parallel")
+    world.open(make_repository())  # the new catalog, on the store reopened
+    world.deploy(a, 0)
+    assert world.states(b) == world.states(c) == ["notStarted", "notStarted"]
+    assert world.events(b)[-1] == world.events(c)[-1] == "deployment-created"
+    assert world.lane() == Lane("svc", "staging")
+    d = world.create("4")  # parallel from now on: no lane
+    assert world.states(d) == ["notStarted", "notStarted"]
+    world.deploy(b, 0)
+    assert world.lane() == Lane("svc", "staging")
+    assert world.lane("prod") == Lane("svc", "prod")
+
+
 # --- newest-wins ----------------------------------------------------------------------------
 
 
