@@ -333,6 +333,23 @@ def test_a_service_made_parallel_announces_the_flows_left_waiting(make_repositor
     assert world.lane("prod") == Lane("svc", "prod")
 
 
+def test_a_trigger_of_a_queued_service_leaves_no_reference_cycle_behind() -> None:
+    """The lanes a unit of work reads refer to it: the engine lets go of both."""
+    import gc
+
+    world = World(InMemoryRepository(), service("newest-wins"))
+    a = world.create("1")
+    gc.collect()
+    gc.disable()
+    try:
+        world.engine.handle(DeploymentStarted(a.deployments[0].id))
+        world.create("2")  # queued
+        world.create("3")  # queued, superseding 2
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
 # --- newest-wins ----------------------------------------------------------------------------
 
 

@@ -303,6 +303,7 @@ class FlowEngine:
         requests = self._hook_requests(work, now)
         lane_moves = tuple(lanes.lane_moves(work, new)) if work.lanes is not None else ()
         timers = work.timer_changes() if work.timers else None  # a gate's (an approval's expiry, a freeze's end)
+        book = work.lanes
         work.close()
         latest = {flow.id: flow for flow in saved}
         outcome = Outcome(tuple(latest.get(flow.id, flow) for flow in flows), requests, duplicate)
@@ -313,8 +314,8 @@ class FlowEngine:
             moves += [draft.moves for draft in others]
             outcome.history = history.draft(moves, saved, requests, now)
             outcome.lanes = lane_moves
-            if work.lanes is not None and work.lanes.superseded:
-                _credit(work, outcome.history, new)
+            if book is not None and book.superseded:
+                _credit(book, outcome.history, new)
         return outcome, saved
 
     def _on_deployment_started(self, trigger: DeploymentStarted) -> tuple[Outcome, list[Flow]]:
@@ -505,7 +506,7 @@ class FlowEngine:
         outcome = Outcome(tuple(saved), self._hook_requests(work, now))
         outcome.history = history.draft([draft.moves for draft in drafts], saved, outcome.hook_requests, now)
         if work.lanes is not None and work.lanes.superseded:
-            _credit(work, outcome.history, set(itertools.islice(work.flows, 1)))
+            _credit(work.lanes, outcome.history, set(itertools.islice(work.flows, 1)))
         if work.timers:
             outcome.timers, outcome.cancelled = work.timer_changes()
         if work.lanes is not None:
@@ -844,13 +845,11 @@ def _created(flow: FlowDraft) -> dt.datetime:
     return _LONG_AGO if created is None else created
 
 
-def _credit(work: Work, entries: Sequence[HistoryEntry], own: AbstractSet[str]) -> None:
+def _credit(book: lanes.LaneBook, entries: Sequence[HistoryEntry], own: AbstractSet[str]) -> None:
     """The history of each flow a newer one superseded says so, as flowfsm's act, but
     for the trigger's own flows (``own``), whose entries hold what the trigger did."""
-    book = work.lanes
-    if book is not None:
-        reasons = {flow_id: why for flow_id, why in book.superseded.items() if flow_id not in own}
-        history.credit(entries, reasons, FLOWFSM)
+    reasons = {flow_id: why for flow_id, why in book.superseded.items() if flow_id not in own}
+    history.credit(entries, reasons, FLOWFSM)
 
 
 def _supersede(older: FlowDraft, newer: FlowDraft) -> None:
