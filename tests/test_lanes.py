@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import itertools
+import random
 import re
 import sqlite3
 import uuid
@@ -14,6 +18,8 @@ import pytest
 from flowfsm import (
     AbortFlow,
     Action,
+    ApprovalGranted,
+    ApprovalPolicy,
     Artifact,
     ArtifactCreated,
     Catalog,
@@ -24,9 +30,12 @@ from flowfsm import (
     Environment,
     Flow,
     FlowEngine,
+    FlowFSMError,
     FlowState,
+    FreezeWindow,
     HookEvent,
     InvalidTransition,
+    OverrideFreeze,
     PauseFlow,
     Pipeline,
     PromotionCompleted,
@@ -34,16 +43,20 @@ from flowfsm import (
     ResultStatus,
     ResumeFlow,
     RetryDeployment,
+    RetryPolicy,
     Service,
     SteeringPayload,
+    Trigger,
     ValidationError,
     Webhook,
 )
 from flowfsm.emitters import RecordingEmitter
-from flowfsm.lanes import Lane
+from flowfsm.lanes import Lane, LaneStatus, lane_status
+from flowfsm.model import FINISHED
 from flowfsm.protocols import Lanes, Repository
 from flowfsm.repositories import InMemoryRepository, PostgresRepository, SQLiteRepository
-from flowfsm.testing import SequentialIds, StepClock
+from flowfsm.scheduling import Scheduler
+from flowfsm.testing import FakeClock, SequentialIds, StepClock
 from tests.test_repositories import drop_schemas
 
 ENVIRONMENTS = ("staging", "prod")
@@ -299,6 +312,44 @@ def test_a_queued_service_needs_a_repository_that_keeps_lanes() -> None:
     assert [f.deployments[0].state for f in engine.repository.list_flows()] == [DeploymentState.NOT_STARTED] * 2
 
 
+def test_a_service_made_parallel_announces_the_flows_left_waiting(make_repository: Callable[[], Repository]) -> None:
+    """A catalog that makes a queued service ``parallel``: the flows still waiting are
+    announced, all of them, when the flow they wait behind leaves the environment —
+    never left queued with nothing left to announce them."""
+    store = make_repository()
+    world = World(store, service())
+    a, b, c = world.create("1"), world.create("2"), world.create("3")
+    world.engine.handle(DeploymentStarted(a.deployments[0].id))
+    world.svc = service("parallel")
+    world.open(make_repository())  # the new catalog, on the store reopened
+    world.deploy(a, 0)
+    assert world.states(b) == world.states(c) == ["notStarted", "notStarted"]
+    assert world.events(b)[-1] == world.events(c)[-1] == "deployment-created"
+    assert world.lane() == Lane("svc", "staging")
+    d = world.create("4")  # parallel from now on: no lane
+    assert world.states(d) == ["notStarted", "notStarted"]
+    world.deploy(b, 0)
+    assert world.lane() == Lane("svc", "staging")
+    assert world.lane("prod") == Lane("svc", "prod")
+
+
+def test_a_trigger_of_a_queued_service_leaves_no_reference_cycle_behind() -> None:
+    """The lanes a unit of work reads refer to it: the engine lets go of both."""
+    import gc
+
+    world = World(InMemoryRepository(), service("newest-wins"))
+    a = world.create("1")
+    gc.collect()
+    gc.disable()
+    try:
+        world.engine.handle(DeploymentStarted(a.deployments[0].id))
+        world.create("2")  # queued
+        world.create("3")  # queued, superseding 2
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
 # --- newest-wins ----------------------------------------------------------------------------
 
 
@@ -354,6 +405,124 @@ def test_an_older_flow_reaching_an_environment_a_newer_one_holds_is_superseded(
     assert world.get(a).state is FlowState.SUPERSEDED  # it would have followed b to prod with an older artifact
     assert world.get(b).state is FlowState.IN_PROGRESS
     assert world.lane("prod") == Lane("svc", "prod", b.id)
+
+
+# --- two engines interleaved, every gate at once ---------------------------------------------
+
+
+class _Interleaved:
+    """A store whose lane reads sometimes let another engine act before they answer."""
+
+    def __init__(self, store: Repository, rnd: random.Random) -> None:
+        self._store, self._rnd, self._busy = store, rnd, False
+        self.meanwhile: Callable[[], None] = lambda: None
+
+    def lane(self, service_id: str, environment: str, *, limit: int = 4) -> Lane:
+        assert isinstance(self._store, Lanes)
+        lane = self._store.lane(service_id, environment, limit=limit)
+        if not self._busy and self._rnd.random() < 0.3:
+            self._busy = True
+            try:
+                self.meanwhile()
+            finally:
+                self._busy = False
+        return lane
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def _gated(concurrency: str, strategy: str) -> Service:
+    """staging → prod (alice approves), one check each, RETRY with a backoff."""
+    environments = [
+        Environment("staging", ["smoke"]),
+        Environment("prod", ["smoke"], approvals=ApprovalPolicy(["alice"])),
+    ]
+    retry = RetryPolicy(attempts=3, backoff=dt.timedelta(minutes=3)) if strategy == "RETRY" else None
+    return Service(
+        "svc",
+        ["com.acme:api"],
+        Pipeline("p", environments),
+        failure_strategy=strategy,
+        concurrency=concurrency,
+        retry=retry,
+    )
+
+
+def _check_lanes(store: Repository, flows: list[Flow], at: object) -> None:
+    """At most one flow occupies each environment; the stored lanes are the flows'
+    own (``lane_status``); no flow waits for an environment nobody occupies; a held
+    deployment has the timer that ends its hold."""
+    assert isinstance(store, Lanes)
+    occupants: dict[str, str] = {}
+    waiting: dict[str, set[str]] = {"staging": set(), "prod": set()}
+    for flow in (store.get(f.id) for f in flows):
+        for index, deployment in enumerate(flow.deployments):
+            status = lane_status(flow.state, flow.pause, flow.deployments, index)
+            if status is LaneStatus.OCCUPIES:
+                assert deployment.environment not in occupants, at
+                occupants[deployment.environment] = flow.id
+            elif status is LaneStatus.WAITS:
+                waiting[deployment.environment].add(flow.id)
+            if deployment.state is DeploymentState.HELD and flow.state not in FINISHED:
+                assert any(t.deployment_id == deployment.id for t in store.timers(flow.id)), at
+    for environment in ENVIRONMENTS:
+        lane = store.lane("svc", environment, limit=1000)
+        assert lane.occupant == occupants.get(environment), at
+        assert set(lane.waiting) == waiting[environment], at
+        assert not lane.waiting or lane.occupant is not None, at
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_two_engines_interleaved_never_share_an_environment(seed: int, tmp_path: Path) -> None:
+    """Two engines on one SQLite file, one acting in the middle of the other's
+    triggers, drive flows of a queued service through approvals, a freeze window,
+    pauses, failures (every policy), retries, overrides and aborts at random."""
+    rnd = random.Random(seed)
+    svc = _gated(rnd.choice(["queue", "newest-wins"]), rnd.choice(["STOP", "PAUSE", "RETRY", "ROLLBACK"]))
+    window = FreezeWindow("w", [rnd.choice(ENVIRONMENTS)], "20m", "UTC", cron="0 * * * *")
+    clock, ids = FakeClock(dt.datetime(2026, 10, 23, 10, tzinfo=dt.UTC)), SequentialIds()
+    with SQLiteRepository(tmp_path / "f.db") as first, SQLiteRepository(tmp_path / "f.db") as second:
+        racing = _Interleaved(first, rnd)
+        engines = [
+            FlowEngine(Catalog([svc], freezes=[window]), store, None, clock=clock, id_factory=ids, max_attempts=50)
+            for store in (racing, second)
+        ]
+        schedulers = [Scheduler(e.repository, e, clock=clock) for e in engines]
+        flows: list[Flow] = []
+        versions = itertools.count()
+
+        def act(n: int) -> None:
+            engine, op = engines[n], rnd.randrange(11)
+            if op == 0 or not flows:
+                flows.append(engine.handle(ArtifactCreated(Artifact("com.acme", "api", str(next(versions))))).flows[0])
+                return
+            flow = second.get(rnd.choice(flows).id)
+            deployment = flow.current_deployment() or flow.deployments[-1]
+            smoke = deployment.promotions[0]
+            outcome = rnd.choice([ResultStatus.PASSED] * 3 + [ResultStatus.FAILED])
+            triggers: list[Trigger] = [
+                DeploymentStarted(deployment.id),
+                DeploymentCompleted(deployment.id),
+                PromotionCompleted(deployment.id, smoke.id, [PromotionResult(smoke.id, outcome)]),
+                DeploymentFailed(deployment.id, reason="boom"),
+                PauseFlow(flow.id, actor="ana"),
+                ResumeFlow(flow.id, actor="ana"),
+                AbortFlow(flow.id, actor="ana") if rnd.random() < 0.2 else ResumeFlow(flow.id, actor="ana"),
+                RetryDeployment(deployment.id, actor="ana"),
+                ApprovalGranted(deployment.id, "alice"),
+                OverrideFreeze(deployment.id, actor="ana", reason="hotfix"),
+            ]
+            with contextlib.suppress(FlowFSMError):  # refused: nothing changed
+                engine.handle(triggers[op - 1])
+            if op == 10:
+                clock.now += dt.timedelta(minutes=rnd.choice([1, 5, 20, 40]))
+                schedulers[n].run_once()
+
+        racing.meanwhile = lambda: act(1)
+        for step in range(120):
+            act(0)
+            _check_lanes(second, flows, (seed, step))
 
 
 # --- stores made by an earlier flowfsm ------------------------------------------------------

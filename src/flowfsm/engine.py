@@ -175,6 +175,8 @@ class FlowEngine:
         self._lease = lease if emitter is not None else 0.0
         self._lanes_of: object = None
         self._lanes_kept: Lanes | None = None
+        self._clear: set[tuple[int, str]] = set()
+        """Lanes of ``parallel`` services (by the service's ``id``) read empty: none comes back."""
         self._checked: dict[int, Service] = {}
         """The services whose policies were checked, by ``id`` (each kept, so its id stays its)."""
         for service in catalog:  # fail now, not on the first failure
@@ -301,6 +303,7 @@ class FlowEngine:
         requests = self._hook_requests(work, now)
         lane_moves = tuple(lanes.lane_moves(work, new)) if work.lanes is not None else ()
         timers = work.timer_changes() if work.timers else None  # a gate's (an approval's expiry, a freeze's end)
+        book = work.lanes
         work.close()
         latest = {flow.id: flow for flow in saved}
         outcome = Outcome(tuple(latest.get(flow.id, flow) for flow in flows), requests, duplicate)
@@ -311,8 +314,8 @@ class FlowEngine:
             moves += [draft.moves for draft in others]
             outcome.history = history.draft(moves, saved, requests, now)
             outcome.lanes = lane_moves
-            if work.lanes is not None and work.lanes.superseded:
-                _credit(work, outcome.history, new)
+            if book is not None and book.superseded:
+                _credit(book, outcome.history, new)
         return outcome, saved
 
     def _on_deployment_started(self, trigger: DeploymentStarted) -> tuple[Outcome, list[Flow]]:
@@ -503,7 +506,7 @@ class FlowEngine:
         outcome = Outcome(tuple(saved), self._hook_requests(work, now))
         outcome.history = history.draft([draft.moves for draft in drafts], saved, outcome.hook_requests, now)
         if work.lanes is not None and work.lanes.superseded:
-            _credit(work, outcome.history, set(itertools.islice(work.flows, 1)))
+            _credit(work.lanes, outcome.history, set(itertools.islice(work.flows, 1)))
         if work.timers:
             outcome.timers, outcome.cancelled = work.timer_changes()
         if work.lanes is not None:
@@ -547,8 +550,13 @@ class FlowEngine:
         return store
 
     def _lanes_for(self, work: Work, service: Service) -> None:
-        """Give the work the lanes, if the service runs one flow at a time per environment."""
-        if service.concurrency is not _PARALLEL and work.lanes is None and self._lanes is not None:
+        """Give the work the lanes, if the service runs one flow at a time per environment,
+        or was made ``parallel`` and may have flows left in a lane (``_drain``)."""
+        if work.lanes is not None or self._lanes is None:
+            return
+        if service.concurrency is not _PARALLEL or any(
+            (id(service), env.name) not in self._clear for env in service.pipeline.environments
+        ):
             work.lanes = lanes.LaneBook(self._lanes, work)
 
     def _settle_lanes(self, work: Work) -> None:
@@ -568,8 +576,12 @@ class FlowEngine:
                 if flow.service.concurrency is _NEWEST_WINS and flow.deployments[index].state is _QUEUED:
                     self._newest_wins(work, flow, index)
                 continue
-            for service_id, environment in lanes.freed(work):
-                if book.occupant(service_id, environment) is not None:
+            for service, environment in lanes.freed(work):
+                service_id = service.id
+                if service.concurrency is _PARALLEL:
+                    if self._drained(book, service, environment):
+                        continue
+                elif book.occupant(service_id, environment) is not None:
                     continue
                 head = next((f for f in book.waiting(service_id, environment) if f not in tried), None)
                 if head is not None:
@@ -578,6 +590,19 @@ class FlowEngine:
                     break
             else:
                 return
+
+    def _drained(self, book: lanes.LaneBook, service: Service, environment: str) -> bool:
+        """A lane of a service made ``parallel`` (a catalog changed it): the flows left
+        waiting in it are each announced in turn, as nothing holds them now; a lane
+        read empty is not read again (nothing joins a lane of a ``parallel`` service)."""
+        key = (id(service), environment)
+        if key in self._clear:
+            return True
+        lane = book.stored(service.id, environment)
+        if lane.occupant is None and not lane.waiting:
+            self._clear.add(key)
+            return True
+        return False
 
     def _open(self, work: Work, flow_id: str, service: Service) -> FlowDraft:
         """The flow in the work, opened from the repository if the work has not yet
@@ -824,13 +849,11 @@ def _created(flow: FlowDraft) -> dt.datetime:
     return _LONG_AGO if created is None else created
 
 
-def _credit(work: Work, entries: Sequence[HistoryEntry], own: AbstractSet[str]) -> None:
+def _credit(book: lanes.LaneBook, entries: Sequence[HistoryEntry], own: AbstractSet[str]) -> None:
     """The history of each flow a newer one superseded says so, as flowfsm's act, but
     for the trigger's own flows (``own``), whose entries hold what the trigger did."""
-    book = work.lanes
-    if book is not None:
-        reasons = {flow_id: why for flow_id, why in book.superseded.items() if flow_id not in own}
-        history.credit(entries, reasons, FLOWFSM)
+    reasons = {flow_id: why for flow_id, why in book.superseded.items() if flow_id not in own}
+    history.credit(entries, reasons, FLOWFSM)
 
 
 def _supersede(older: FlowDraft, newer: FlowDraft) -> None:

@@ -33,6 +33,7 @@ from flowfsm.model import (
     DeploymentState,
     FlowState,
     Pause,
+    Service,
     attrs_repr,
 )
 
@@ -122,11 +123,14 @@ def lane_moves(work: Work, created: frozenset[str] = frozenset()) -> list[LaneMo
     lane of its service, where it differs from the stored one (a flow in
     ``created`` had none)."""
     moves: list[LaneMove] = []
+    book = work.lanes
     for flow in work.changed():
         service = flow.service
-        if service.concurrency is _PARALLEL:
-            continue
         new = flow.id in created
+        if service.concurrency is _PARALLEL:  # no lane, but one a catalog left behind (``left``)
+            if book is not None and not new:
+                moves += _leaving(book, flow)
+            continue
         for index, deployment in enumerate(flow.deployments):
             now = _status(flow, index)
             if now is not (None if new else _loaded_status(flow, index)):
@@ -134,16 +138,27 @@ def lane_moves(work: Work, created: frozenset[str] = frozenset()) -> list[LaneMo
     return moves
 
 
-def freed(work: Work) -> list[tuple[str, str]]:
-    """The lanes (service id, environment) a flow of the work stopped occupying."""
-    lanes: list[tuple[str, str]] = []
+def _leaving(book: LaneBook, flow: FlowDraft) -> Iterator[LaneMove]:
+    """A flow of a ``parallel`` service leaving its place in a lane the work read
+    busy (the service ran a queue once): it takes no place in any lane again."""
+    service_id = flow.service.id
+    for index, deployment in enumerate(flow.deployments):
+        before = _loaded_status(flow, index)
+        if before is not None and _status(flow, index) is not before and book.busy(service_id, deployment.environment):
+            yield LaneMove(service_id, deployment.environment, flow.id, None)
+
+
+def freed(work: Work) -> list[tuple[Service, str]]:
+    """The lanes (service, environment) a flow of the work stopped occupying (for a
+    ``parallel`` service, one a catalog may have left behind)."""
+    lanes: list[tuple[Service, str]] = []
     for flow in work.flows.values():
         service = flow.service
-        if service.concurrency is _PARALLEL or not flow.changed:
+        if not flow.changed:
             continue
         for index, deployment in enumerate(flow.deployments):
             if _loaded_status(flow, index) is _OCCUPIES and _status(flow, index) is not _OCCUPIES:
-                lane = (service.id, deployment.environment)
+                lane = (service, deployment.environment)
                 if lane not in lanes:
                     lanes.append(lane)
     return lanes
@@ -178,6 +193,11 @@ class LaneBook:
             lane = self.store.lane(service_id, environment, limit=limit)
             self._stored[key] = lane
         return lane
+
+    def busy(self, service_id: str, environment: str) -> bool:
+        """Whether the work read the lane, and found a flow occupying it or waiting."""
+        lane = self._stored.get((service_id, environment))
+        return lane is not None and (lane.occupant is not None or bool(lane.waiting))
 
     def _line(self, service_id: str, environment: str) -> Iterator[str]:
         """The stored line, in arrival order, read a page at a time as it is walked."""

@@ -206,9 +206,10 @@ class Work:
     def close(self) -> None:
         """Let go of the flows and events: each ``FlowDraft`` refers to its ``Work``,
         so an open one is a reference cycle, left to the garbage collector. The engine
-        closes a unit of work once it has its outcome."""
+        closes a unit of work once it has its outcome. Its lanes refer to it too."""
         self.flows = {}
         self.events = []
+        self.lanes = None
 
     def changed(self) -> list[FlowDraft]:
         """The flows whose state, deployments or promotions this work changed."""
