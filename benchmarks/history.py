@@ -74,22 +74,27 @@ def _renamed(rows: Sequence[tuple[Any, ...]], i: int) -> list[tuple[Any, ...]]:
     ]
 
 
-def store_rows(template: dict[str, list[tuple[Any, ...]]], count: int) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
-    """(table, rows) to insert, in order, for ``count`` flows; history entry by entry across the flows."""
+def store_rows(
+    template: dict[str, list[tuple[Any, ...]]], count: int, *, history: bool = True
+) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
+    """(table, rows) to insert, in order, for ``count`` flows; history entry by entry
+    across the flows (``history=False``: the flows alone)."""
     for table in ("flows", "deployments", "promotions"):
         for start in range(0, count, 1_000):
             yield table, [r for i in range(start, min(count, start + 1_000)) for r in _renamed(template[table], i)]
+    if not history:
+        return
     entries = sorted(template["history"], key=lambda row: row[1])
     for entry in entries:
         yield "history", [r for i in range(count) for r in _renamed([entry], i)]
 
 
-def fill_sqlite(path: Path, template: dict[str, list[tuple[Any, ...]]], count: int) -> None:
+def fill_sqlite(path: Path, template: dict[str, list[tuple[Any, ...]]], count: int, *, history: bool = True) -> None:
     SQLiteRepository(path).close()  # the schema
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA synchronous=OFF")
     db.execute("BEGIN")
-    for table, rows in store_rows(template, count):
+    for table, rows in store_rows(template, count, history=history):
         columns = dict(_TABLES)[table]
         marks = ", ".join("?" * (columns.count(",") + 1))
         db.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)
@@ -98,12 +103,14 @@ def fill_sqlite(path: Path, template: dict[str, list[tuple[Any, ...]]], count: i
     db.close()
 
 
-def fill_postgres(dsn: str, schema: str, template: dict[str, list[tuple[Any, ...]]], count: int) -> None:
+def fill_postgres(
+    dsn: str, schema: str, template: dict[str, list[tuple[Any, ...]]], count: int, *, history: bool = True
+) -> None:
     import psycopg
 
     PostgresRepository(dsn, schema=schema, max_size=1).close()  # the schema
     with psycopg.connect(dsn, options=f"-c search_path={schema}") as conn, conn.cursor() as cur:
-        for table, rows in store_rows(template, count):
+        for table, rows in store_rows(template, count, history=history):
             with cur.copy(f"COPY {table} ({dict(_TABLES)[table]}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)

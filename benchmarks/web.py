@@ -12,7 +12,6 @@ the tables a flows page reads (flows, deployments, promotions).
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import statistics
 import tempfile
 import time
@@ -28,12 +27,11 @@ from flowfsm.testing import TemporaryPostgres
 from flowfsm.web import dashboard
 
 from .core import Discard, bench_catalog, interleaved
-from .history import _TABLES, _renamed, _template
+from .history import _template, fill_postgres, fill_sqlite
 from .report import Report
 
 BIG, SMALL = 100_000, 100
 STEPS = 200  # the flow page's history entries
-_FLOW_TABLES = ("flows", "deployments", "promotions")
 
 
 class Pages:
@@ -82,41 +80,6 @@ class Pages:
 
     def close(self) -> None:
         self.loop.close()
-
-
-def _rows(template: dict[str, list[tuple[Any, ...]]], count: int) -> Any:
-    for table in _FLOW_TABLES:
-        for start in range(0, count, 1_000):
-            yield table, [r for i in range(start, min(count, start + 1_000)) for r in _renamed(template[table], i)]
-
-
-def fill_sqlite(path: Path, template: dict[str, list[tuple[Any, ...]]], count: int) -> None:
-    SQLiteRepository(path).close()  # the schema
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA synchronous=OFF")
-    db.execute("BEGIN")
-    for table, rows in _rows(template, count):
-        columns = dict(_TABLES)[table]
-        marks = ", ".join("?" * (columns.count(",") + 1))
-        db.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)
-    db.execute("COMMIT")
-    db.execute("ANALYZE")
-    db.close()
-
-
-def fill_postgres(dsn: str, schema: str, template: dict[str, list[tuple[Any, ...]]], count: int) -> None:
-    import psycopg
-
-    PostgresRepository(dsn, schema=schema, max_size=1).close()  # the schema
-    with psycopg.connect(dsn, options=f"-c search_path={schema}") as conn, conn.cursor() as cur:
-        for table, rows in _rows(template, count):
-            with cur.copy(f"COPY {table} ({dict(_TABLES)[table]}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        conn.commit()
-        conn.autocommit = True
-        cur.execute("VACUUM (ANALYZE)")
-        cur.execute("CHECKPOINT")
 
 
 def compare(report: Report, backend: str, small: Repository, big: Repository, *, quick: bool) -> None:
@@ -182,9 +145,9 @@ def run(report: Report, quick: bool) -> None:
         with SQLiteRepository(tmp / "template.db") as repository:
             template = _template(repository, lambda columns: columns)
         start = time.perf_counter()
-        fill_sqlite(tmp / "big.db", template, BIG)
+        fill_sqlite(tmp / "big.db", template, BIG, history=False)
         print(f"  (SQLite store of {BIG:,} flows filled in {time.perf_counter() - start:.1f} s)")
-        fill_sqlite(tmp / "small.db", template, SMALL)
+        fill_sqlite(tmp / "small.db", template, SMALL, history=False)
         with SQLiteRepository(tmp / "small.db") as small, SQLiteRepository(tmp / "big.db") as big:
             compare(report, "SQLite", small, big, quick=quick)
         with SQLiteRepository(tmp / "long.db") as repository:
@@ -197,9 +160,9 @@ def run(report: Report, quick: bool) -> None:
         with PostgresRepository(server.dsn, schema="template", max_size=1) as repository:
             template = _template(repository, lambda columns: columns.replace("body", "body::text"))
         start = time.perf_counter()
-        fill_postgres(server.dsn, "big", template, BIG)
+        fill_postgres(server.dsn, "big", template, BIG, history=False)
         print(f"  (PostgreSQL store of {BIG:,} flows filled in {time.perf_counter() - start:.1f} s)")
-        fill_postgres(server.dsn, "small", template, SMALL)
+        fill_postgres(server.dsn, "small", template, SMALL, history=False)
         small_pg = PostgresRepository(server.dsn, schema="small", max_size=1)
         big_pg = PostgresRepository(server.dsn, schema="big", max_size=1)
         try:
