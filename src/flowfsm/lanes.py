@@ -124,9 +124,11 @@ def lane_moves(work: Work, created: frozenset[str] = frozenset()) -> list[LaneMo
     ``created`` had none)."""
     moves: list[LaneMove] = []
     book = work.lanes
-    for flow in work.changed():
-        service = flow.service
+    for flow in work.flows.values():
         new = flow.id in created
+        if not (new or flow.changed):
+            continue
+        service = flow.service
         if service.concurrency is _PARALLEL:  # no lane, but one a catalog left behind (``left``)
             if book is not None and not new:
                 moves += _leaving(book, flow)

@@ -401,8 +401,8 @@ DEPLOYMENT: Final = Declaration(
     _D.NOT_STARTED,
     (
         # Its gates (SPEC §11), when the deployment is announced (``Next``): the first of
-        # these rules whose guards pass is taken, in this order (``ADMISSION``); the last
-        # announces it.
+        # these rules whose guards pass is taken, in this order (``ADMISSION``); if none
+        # does, nothing holds it, and the announcement's event is recorded (``admit``).
         Rule(
             "request_approval",
             _D.NOT_STARTED,
@@ -413,7 +413,6 @@ DEPLOYMENT: Final = Declaration(
         ),
         Rule("freeze", _D.NOT_STARTED, _D.HELD, (FROZEN,), (_E.DEPLOYMENT_HELD,), timers=(_T.FREEZE,)),
         Rule("enqueue", _D.NOT_STARTED, _D.QUEUED, (LANE_TAKEN,), (_E.DEPLOYMENT_QUEUED,)),
-        Rule("announce", _D.NOT_STARTED, _D.NOT_STARTED, (), (_E.DEPLOYMENT_CREATED,)),
         # Approvals (SPEC §11). ApprovalGranted records the approval first (the engine
         # authorizes it; ``FlowDraft.approved_by``); the last one needed opens the gate,
         # and the deployment is announced again, through the gates that follow.
@@ -629,9 +628,10 @@ PROMOTION: Final = Declaration(
     FlowDraft.publish_promotion,
 )
 
-ADMISSION: Final = ("request_approval", "freeze", "enqueue", "announce")
+ADMISSION: Final = ("request_approval", "freeze", "enqueue")
 """The gates of an announcement, in order (SPEC §11; docs/gates.md): a deployment
-announced takes the first of these triggers whose guards pass (``admit``)."""
+announced takes the first of these triggers whose guards pass, and is announced
+(``deployment-created``) if none does (``admit``)."""
 
 DECLARATIONS: Final[dict[str, Declaration]] = {d.entity: d for d in (FLOW, DEPLOYMENT, PROMOTION)}
 
@@ -756,7 +756,7 @@ def _record(effects: tuple[Effect, ...], flow: FlowDraft, index: int) -> None:
             if flow.state is _PAUSED:  # nothing new begins: announced when the flow resumes
                 flow.hold()
             else:
-                admit(flow.deployment(following))
+                admit(flow.deployment(following), effect.event)
         elif isinstance(effect, Withdrawn):
             for i, deployment in enumerate(flow.deployments):
                 if deployment.state is _AWAITING_APPROVAL:
@@ -831,14 +831,18 @@ def fire(draft: Draft, trigger: str) -> None:
         raise _invalid(draft, trigger, cast(Guard, draft.refused).reason)
 
 
-def admit(draft: Draft) -> None:
+def admit(draft: Draft, event: HookEvent) -> None:
     """Pass an announced deployment through its gates: fire the first trigger of
-    ``ADMISSION`` that ``may`` allows (none: it is not ``notStarted``). Asked trigger
-    by trigger, so ``transitions`` tries one transition, not every gate's."""
+    ``ADMISSION`` that ``may`` allows; if none does and it is ``notStarted`` in an
+    open flow, nothing holds it: record ``event`` (``deployment-created``). Its state
+    does not change, so no ``transitions`` event is fired for it. Asked gate by
+    gate, so ``transitions`` tries one transition, not every gate's."""
     for trigger in ADMISSION:
         if may(draft, trigger):
             fire(draft, trigger)
             return
+    if draft.state is DeploymentState.NOT_STARTED and _flow_open(draft):
+        draft.flow.work.record(event, draft.flow, draft.index)
 
 
 def attempt(draft: Draft, trigger: str) -> None:
