@@ -177,6 +177,8 @@ class FlowEngine:
         self._lanes_kept: Lanes | None = None
         self._clear: set[tuple[int, str]] = set()
         """Lanes of ``parallel`` services (by the service's ``id``) read empty: none comes back."""
+        self._all_clear: set[int] = set()
+        """The ``parallel`` services (by ``id``) whose lanes all read empty: their work needs none."""
         self._checked: dict[int, Service] = {}
         """The services whose policies were checked, by ``id`` (each kept, so its id stays its)."""
         for service in catalog:  # fail now, not on the first failure
@@ -552,12 +554,14 @@ class FlowEngine:
     def _lanes_for(self, work: Work, service: Service) -> None:
         """Give the work the lanes, if the service runs one flow at a time per environment,
         or was made ``parallel`` and may have flows left in a lane (``_drain``)."""
-        if work.lanes is not None or self._lanes is None:
+        if work.lanes is not None or self._lanes is None or id(service) in self._all_clear:
             return
-        if service.concurrency is not _PARALLEL or any(
-            (id(service), env.name) not in self._clear for env in service.pipeline.environments
+        if service.concurrency is _PARALLEL and all(
+            (id(service), env.name) in self._clear for env in service.pipeline.environments
         ):
-            work.lanes = lanes.LaneBook(self._lanes, work)
+            self._all_clear.add(id(service))
+            return
+        work.lanes = lanes.LaneBook(self._lanes, work)
 
     def _settle_lanes(self, work: Work) -> None:
         """After the trigger and its failure policies, in the same unit of work: each
@@ -758,11 +762,13 @@ class FlowEngine:
         raises: trouble is logged, and what is left is the dispatcher's.
         """
         repository = self.repository
+        ids = [r.id for r in requests]
         try:
-            waiting = repository.waiting_flows([r.id for r in requests])
+            waiting = repository.waiting_flows(ids)
             if waiting:
                 repository.release([r.id for r in requests if r.flow_id in waiting])
                 requests = [r for r in requests if r.flow_id not in waiting]
+                ids = [r.id for r in requests]
         except Exception:  # the trigger is committed: its requests wait for a dispatcher
             log.warning(
                 "could not check the outbox; %d hook request(s) left for the dispatcher", len(requests), exc_info=True
@@ -775,7 +781,7 @@ class FlowEngine:
         try:
             for request in requests:
                 if _monotonic() >= renew_at:  # a slow emitter: keep them all leased until they are recorded
-                    repository.renew([r.id for r in requests], lease=lease)
+                    repository.renew(ids, lease=lease)
                     renew_at = _monotonic() + lease / 3
                 emit(request)
                 sent += 1
@@ -786,9 +792,9 @@ class FlowEngine:
                 len(requests) - sent,
                 exc_info=True,
             )
-            _logged(repository.release, [r.id for r in requests[sent:]])
+            _logged(repository.release, ids[sent:])
         if sent:
-            _logged(repository.mark_delivered, [r.id for r in requests[:sent]])
+            _logged(repository.mark_delivered, ids[:sent])
 
 
 def _logged(record: Callable[[list[str]], object], ids: list[str]) -> None:
