@@ -640,16 +640,18 @@ DECLARATIONS: Final[dict[str, Declaration]] = {d.entity: d for d in (FLOW, DEPLO
 
 
 class _State(State):
-    """Names itself once: ``transitions`` asks a state its name several times a
-    trigger, and an enum member's ``name`` is a slow property."""
+    """Names itself once: ``transitions`` asks a state its name and value several
+    times a trigger, as properties, and an enum member's ``name`` is a slow property
+    too. Here both are plain attributes, set once (they shadow ``State``'s
+    read-only properties)."""
+
+    name: str = ""  # an attribute, where State has a read-only property
+    value: str | enum.Enum = ""  # the same
 
     def __init__(self, name: str | enum.Enum, *args: Any, **kwargs: Any) -> None:
         super().__init__(name, *args, **kwargs)
-        self._spelled = name.name if isinstance(name, enum.Enum) else name
-
-    @property
-    def name(self) -> str:
-        return self._spelled
+        self.name = name.name if isinstance(name, enum.Enum) else name
+        self.value = name
 
     def enter(self, event_data: EventData) -> None:
         for callback in self.on_enter:
@@ -684,10 +686,21 @@ class CallablesMachine(Machine):
         for callback in _declared_callbacks(self):
             if not callable(callback):
                 raise TypeError(f"a CallablesMachine takes callables only, not {callback!r}")
+        self._by_member: dict[enum.Enum, State] = {
+            state.value: state for state in self.states.values() if isinstance(state.value, enum.Enum)
+        }
 
     def callbacks(self, funcs: Iterable[Any], event_data: EventData) -> None:
         for func in funcs:
             func(event_data)
+
+    def get_state(self, state: str | enum.Enum) -> State:
+        """The state of that name or enum member. ``transitions`` asks five times an
+        event, twice with the model's enum member, whose ``name`` is a slow property:
+        members are found by identity, names in ``states``; anything else (a state
+        added later, one unknown: ``ValueError``) as ``Machine`` finds it."""
+        found = self._by_member.get(state) if isinstance(state, enum.Enum) else self.states.get(state)
+        return found if found is not None else super().get_state(state)
 
 
 def _declared_callbacks(machine: Machine) -> Iterator[object]:
