@@ -43,6 +43,10 @@ class _S(enum.Enum):
     C = "c"
 
 
+class _Other(enum.Enum):
+    A = "z"  # named as a state of _S, not one of its members
+
+
 class _Model:
     def __init__(self) -> None:
         self.state = _S.A
@@ -186,6 +190,29 @@ def test_a_callables_machine_refuses_callbacks_named_by_string() -> None:
 
 def test_flowfsm_machines_are_callables_machines() -> None:
     assert all(type(machine) is CallablesMachine for machine in MACHINES.values())
+
+
+def test_a_callables_machine_finds_states_as_machine_does() -> None:
+    """``get_state`` by name, by enum member, for a state added later, and refusing an
+    unknown one, as ``Machine`` does; a ``str`` enum's member is found by its name,
+    never confused with a state named as its value."""
+
+    class Named(enum.StrEnum):
+        X = "Y"
+        Y = "X"
+
+    for cls in (Machine, CallablesMachine):
+        machine = cls(model=None, states=_S, initial=_S.A, send_event=True, auto_transitions=False)
+        assert machine.get_state("B") is machine.get_state(_S.B) is machine.states["B"]
+        assert (machine.get_state(_S.C).name, machine.get_state(_S.C).value) == ("C", _S.C)
+        machine.add_states(["D"])
+        assert machine.get_state("D") is machine.states["D"]
+        with pytest.raises(ValueError, match="'E' is not a registered state"):
+            machine.get_state("E")
+        assert machine.get_state(_Other.A) is machine.states["A"]  # Machine goes by the member's name
+        strs = cls(model=None, states=Named, initial=Named.X, send_event=True, auto_transitions=False)
+        assert strs.get_state(Named.X) is strs.states["X"]
+        assert strs.get_state(Named.Y).name == "Y"
 
 
 def test_a_callables_machine_sends_the_event() -> None:

@@ -686,9 +686,12 @@ class CallablesMachine(Machine):
         for callback in _declared_callbacks(self):
             if not callable(callback):
                 raise TypeError(f"a CallablesMachine takes callables only, not {callback!r}")
-        self._by_member: dict[enum.Enum, State] = {
-            state.value: state for state in self.states.values() if isinstance(state.value, enum.Enum)
+        self._by_member: dict[object, State] = {
+            state.value: state
+            for state in self.states.values()
+            if isinstance(state.value, enum.Enum) and not isinstance(state.value, str)
         }
+        """The states named by members of an enum (not a ``str`` enum: its members equal strings)."""
 
     def callbacks(self, funcs: Iterable[Any], event_data: EventData) -> None:
         for func in funcs:
@@ -699,7 +702,9 @@ class CallablesMachine(Machine):
         event, twice with the model's enum member, whose ``name`` is a slow property:
         members are found by identity, names in ``states``; anything else (a state
         added later, one unknown: ``ValueError``) as ``Machine`` finds it."""
-        found = self._by_member.get(state) if isinstance(state, enum.Enum) else self.states.get(state)
+        found = self._by_member.get(state)
+        if found is None and type(state) is str:
+            found = self.states.get(state)
         return found if found is not None else super().get_state(state)
 
 
