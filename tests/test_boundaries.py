@@ -120,3 +120,45 @@ def test_every_backend_refuses_unstorable_input_alike_and_keeps_its_store(backen
     (record,) = [r for r in backend.hook_requests(flow.id) if r.request.id == event.id]
     assert isinstance(record.request.payload, PromotionPayload)
     assert record.request.payload.promotion_result.details == fine  # what is accepted is stored as it was
+
+
+def test_an_artifact_part_longer_than_the_bound_is_refused_naming_it() -> None:
+    """CI's input is bounded where it enters: each part of an artifact at most
+    ``MAX_ARTIFACT_PART`` characters (it is stored, indexed and sent in every payload)."""
+    from flowfsm.model import MAX_ARTIFACT_PART
+
+    assert Artifact("g" * MAX_ARTIFACT_PART, "n", "v").group == "g" * MAX_ARTIFACT_PART
+    for field in ("group", "name", "version"):
+        parts = {"group": "com.acme", "name": "api", "version": "1.0", field: "x" * (MAX_ARTIFACT_PART + 1)}
+        with pytest.raises(ValidationError) as caught:
+            Artifact(**parts)
+        assert caught.value.field == field
+        assert str(caught.value) == f"{field}: is {MAX_ARTIFACT_PART + 1} characters long; at most 256 are allowed"
+    huge = {"type": "ArtifactCreated", "artifact": {"group": "g", "name": "n", "version": "v" * 2**20}}
+    with pytest.raises(ValidationError) as caught:
+        from_json(json.dumps(huge), Trigger)
+    assert "version" in str(caught.value)
+    assert len(str(caught.value)) < 300
+
+
+def test_an_artifact_stored_before_the_bound_still_reads(tmp_path: Path) -> None:
+    """A store written before artifacts were bounded keeps working: its rows are the
+    backend's own, read without the checks input gets."""
+    import sqlite3
+
+    from flowfsm.model import MAX_ARTIFACT_PART
+
+    path, long = tmp_path / "flows.db", "v" * (MAX_ARTIFACT_PART + 10)
+    engine = FlowEngine(Catalog([api_service()]), SQLiteRepository(path), None)
+    flow = engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1.0"))).flows[0]
+    engine.repository.close()  # type: ignore[attr-defined]  # a SQLiteRepository
+    db = sqlite3.connect(path)
+    body = db.execute("SELECT body FROM flows WHERE id = ?", (flow.id,)).fetchone()[0]
+    db.execute("UPDATE flows SET body = ? WHERE id = ?", (body.replace('"1.0"', json.dumps(long), 1), flow.id))
+    db.commit()
+    db.close()
+    with SQLiteRepository(path) as repository:
+        assert repository.get(flow.id).artifact.version == long
+        engine = FlowEngine(Catalog([api_service()]), repository, None)
+        started = engine.handle(DeploymentStarted(flow.deployments[0].id)).flows[0]
+        assert started.artifact.version == long

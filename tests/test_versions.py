@@ -31,7 +31,7 @@ from flowfsm import (
 from flowfsm.converter import unstructure
 from flowfsm.emitters import RecordingEmitter
 from flowfsm.errors import FlowFSMError
-from flowfsm.model import _make_deployment, _make_flow, _make_promotion
+from flowfsm.model import _make_artifact, _make_deployment, _make_flow, _make_promotion
 from flowfsm.repositories import InMemoryRepository
 from flowfsm.testing import sample_flow
 
@@ -113,7 +113,7 @@ def test_trusted_constructors_build_equal_frozen_entities(flow: Flow) -> None:
     what the attrs constructors build, frozen alike."""
     rebuilt = _make_flow(
         flow.id,
-        flow.artifact,
+        _make_artifact(flow.artifact.group, flow.artifact.name, flow.artifact.version),
         flow.service_id,
         tuple(
             _make_deployment(
@@ -127,6 +127,7 @@ def test_trusted_constructors_build_equal_frozen_entities(flow: Flow) -> None:
         flow.updated_at,
     )
     assert type(rebuilt) is Flow
+    assert type(rebuilt.artifact) is Artifact
     assert rebuilt == flow
     assert hash(rebuilt) == hash(flow)
     assert repr(rebuilt) == repr(flow)

@@ -27,7 +27,7 @@ import re
 import stat
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final, NoReturn, TypeAlias, TypeVar
+from typing import Any, Final, NoReturn, TypeAlias, TypeVar, cast
 
 import attrs
 
@@ -404,6 +404,19 @@ def _pipeline(_: object, __: object, value: Pipeline) -> None:
 # --- configuration ------------------------------------------------------------------
 
 
+MAX_ARTIFACT_PART: Final = 256
+"""The longest ``group``, ``name`` or ``version`` an artifact takes, in characters:
+room for any registry's coordinates, and a bound on what CI's input makes flowfsm
+store, index and send in every payload."""
+
+
+def _artifact_part(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
+    _nonblank(instance, attribute, value)
+    length = len(cast(str, value))  # a string: _nonblank checked it
+    if length > MAX_ARTIFACT_PART:
+        raise ValidationError(attribute.name, f"is {length} characters long; at most {MAX_ARTIFACT_PART} are allowed")
+
+
 @attrs.frozen(weakref_slot=False, repr=False)
 class Artifact:
     """What CI published. ``key`` (``group:name``) selects services; ``id`` adds the
@@ -411,9 +424,9 @@ class Artifact:
 
     __repr__ = attrs_repr
 
-    group: str = attrs.field(validator=_nonblank)
-    name: str = attrs.field(validator=_nonblank)
-    version: str = attrs.field(validator=_nonblank)
+    group: str = attrs.field(validator=_artifact_part)
+    name: str = attrs.field(validator=_artifact_part)
+    version: str = attrs.field(validator=_artifact_part)
 
     @property
     def key(self) -> str:
@@ -1200,6 +1213,7 @@ def _slots(cls: type, *names: str) -> tuple[Callable[[Any, Any], None], ...]:
     return tuple(getattr(cls, name).__set__ for name in names)
 
 
+_a_group, _a_name, _a_version = _slots(Artifact, "group", "name", "version")
 _p_id, _p_name, _p_state, _p_attempt = _slots(Promotion, "id", "name", "state", "attempt")
 _d_id, _d_environment, _d_promotions, _d_state, _d_attempt, _d_approvals, _d_override = _slots(
     Deployment, "id", "environment", "promotions", "state", "attempt", "approvals", "override"
@@ -1230,6 +1244,16 @@ _d_id, _d_environment, _d_promotions, _d_state, _d_attempt, _d_approvals, _d_ove
     "rollback",
     "author",
 )
+
+
+def _make_artifact(group: str, name: str, version: str) -> Artifact:
+    """An artifact as a backend stored it: unchecked, so that one stored before a
+    check was added (a longer part than ``MAX_ARTIFACT_PART``) still reads."""
+    artifact = _new(Artifact)
+    _a_group(artifact, group)
+    _a_name(artifact, name)
+    _a_version(artifact, version)
+    return artifact
 
 
 def _make_promotion(id: str, name: str, state: PromotionState, attempt: int = 1) -> Promotion:

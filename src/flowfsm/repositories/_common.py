@@ -41,6 +41,7 @@ from flowfsm.model import (
     Rollback,
     Timer,
     TimerKind,
+    _make_artifact,
     _make_deployment,
     _make_flow,
     _make_promotion,
@@ -413,7 +414,7 @@ class SQLFlowReads:
             f" WHERE service_id = {mark} AND environment = {mark} AND artifact_id <> {mark} ORDER BY n DESC LIMIT 1",
             (service_id, environment, "" if excluding is None else excluding),  # no artifact id is empty
         )
-        return Artifact(*rows[0]) if rows else None
+        return _make_artifact(*rows[0]) if rows else None
 
 
 # A stored flow's body: compact positional JSON rather than the converter's keyed
@@ -528,7 +529,7 @@ def flow_from_body(body: str | list[Any], version: int) -> Flow:
     promotion_states = _PROMOTION_STATES
     return _make_flow(
         flow_id,
-        Artifact(group, name, artifact_version),
+        _make_artifact(group, name, artifact_version),
         service_id,
         tuple(
             [
@@ -557,7 +558,7 @@ def _flow_from_format_3(data: list[Any], version: int) -> Flow:
     promotion_states = _PROMOTION_STATES
     return _make_flow(
         flow_id,
-        Artifact(group, name, artifact_version),
+        _make_artifact(group, name, artifact_version),
         service_id,
         tuple(
             [
