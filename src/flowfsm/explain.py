@@ -85,7 +85,8 @@ class Situation:
     timers: tuple[Timer, ...]
     history: tuple[HistoryEntry, ...]
     queued: Queued | None = None
-    """Its current deployment's place in line, if it is queued (read by the engine)."""
+    """Its current deployment's place in line, if it is queued, or the environment's
+    occupant, if a freeze holds it (read by the engine)."""
 
     @property
     def current(self) -> Deployment | None:
@@ -304,14 +305,23 @@ def freeze(situation: Situation) -> Iterable[Waiting]:
     held = service.freeze(deployment.environment, since) if service is not None and since is not None else None
     window = held.window if held is not None else None
     by = f"freeze window {window!r}" if window is not None else "a freeze window"
+    queued = situation.queued or Queued(None, None, None)
+    occupant = queued.occupant
+    then = "it is announced then"
+    if occupant is not None:  # a queue: the flow in the environment now may still be there then
+        doing = _OCCUPYING.get(queued.occupant_state, "occupying it") if queued.occupant_state else "occupying it"
+        then = (
+            f"then it is announced, or queued behind flow {occupant} ({doing} now)"
+            f" if that flow still occupies {deployment.environment!r}"
+        )
     yield Waiting(
         "freeze",
-        f"The deployment to {deployment.environment!r} is held by {by} until {at(until)}; it is announced then.",
+        f"The deployment to {deployment.environment!r} is held by {by} until {at(until)}; {then}.",
         deployment.id,
         deployment.environment,
         since,
         until,
-        {"window": window},
+        {"window": window, "behind": occupant},
     )
 
 
