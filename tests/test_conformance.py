@@ -512,3 +512,539 @@ def test_two_services_sharing_an_artifact_each_get_their_own_flow_and_queue(stor
     rig.deploy(one_flow.id, 0)
     states = {f.service_id: rig.flow(f.id).deployments[0].state for f in later}
     assert states == {"svc-one": DeploymentState.NOT_STARTED, "svc-two": DeploymentState.QUEUED}
+
+
+# --- §8, §13: the operator triggers' inputs ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: PauseFlow("f", None, "r"),  # type: ignore[arg-type]  # the missing actor under test
+        lambda: ResumeFlow("f", "", "r"),
+        lambda: AbortFlow("f", "   ", "r"),
+        lambda: RetryDeployment("d", None),  # type: ignore[arg-type]  # the missing actor under test
+        lambda: OverrideFreeze("d", None, "r"),  # type: ignore[arg-type]  # the missing actor under test
+    ],
+)
+def test_operator_triggers_require_an_actor(make: Callable[[], object]) -> None:
+    with pytest.raises(flowfsm.ValidationError) as raised:
+        make()
+    assert raised.value.field == "actor"
+
+
+def test_skip_promotion_requires_a_reason() -> None:
+    with pytest.raises(flowfsm.ValidationError) as raised:
+        flowfsm.SkipPromotion("d", "p", "alice", " ")
+    assert raised.value.field == "reason"
+
+
+def test_part_two_triggers_take_actor_and_reason_as_keywords() -> None:
+    trigger = PauseFlow("f", actor="alice", reason="why")
+    assert (trigger.actor, trigger.reason) == ("alice", "why")
+    assert DeploymentStarted("d", actor="argo", reason="r").actor == "argo"
+    assert ApprovalGranted("d", actor="alice", groups=["rm"]).actor == "alice"
+
+
+@pytest.mark.parametrize(
+    "trigger",
+    [
+        DeploymentFailed("d", "crash", actor="argo"),
+        PauseFlow("f", "alice", "why"),
+        ResumeFlow("f", "alice"),
+        AbortFlow("f", "alice", "why"),
+        flowfsm.RetryPromotion("d", "p", "alice"),
+        flowfsm.SkipPromotion("d", "p", "alice", "flaky"),
+        RetryDeployment("d", "alice"),
+        ApprovalGranted("d", "alice", ["rm"]),
+        ApprovalRejected("d", "alice", "no"),
+        OverrideFreeze("d", "alice", "hotfix"),
+    ],
+)
+def test_part_two_triggers_round_trip_through_the_converter(trigger: flowfsm.Trigger) -> None:
+    from flowfsm import converter
+
+    data = converter.unstructure(trigger, flowfsm.Trigger)
+    assert data["type"] == type(trigger).__name__
+    assert all("_" not in key for key in data)  # camelCase keys
+    assert converter.structure(data, flowfsm.Trigger) == trigger
+
+
+# --- §8: steering on every store -----------------------------------------------------------
+
+
+def test_pause_holds_the_next_announcement_and_resume_releases_it(store: Store) -> None:
+    rig = Rig(store, service())
+    flow = rig.create("1.0.0")[0]
+    dev = flow.deployments[0]
+    rig.engine.handle(DeploymentStarted(dev.id))
+    rig.clear()
+    rig.engine.handle(PauseFlow(flow.id, "alice", "look"))
+    assert rig.events() == ["flow-paused"]
+    assert rig.engine.handle(PauseFlow(flow.id, "alice", "look")).duplicate
+    rig.deploy(flow.id, 0)  # facts about work under way are recorded (start is a duplicate)
+    assert rig.flow(flow.id).deployments[0].state is DeploymentState.SUCCESS
+    assert "deployment-created" not in rig.events()
+    prod = rig.flow(flow.id).deployments[1]
+    with pytest.raises(InvalidTransition) as refused:
+        rig.engine.handle(DeploymentStarted(prod.id))
+    assert prod.id in str(refused.value)
+    assert "paused" in str(refused.value)
+    rig.clear()
+    rig.engine.handle(ResumeFlow(flow.id, "alice"))
+    assert rig.events() == ["flow-resumed", "deployment-created"]
+    assert rig.engine.handle(ResumeFlow(flow.id, "alice")).duplicate
+
+
+def test_resume_of_a_paused_flow_whose_last_deployment_succeeded_finishes_it(store: Store) -> None:
+    rig = Rig(store, service(pipeline=Pipeline("default", [Environment("dev", ["smoke"])])))
+    flow = rig.create("1.0.0")[0]
+    rig.engine.handle(PauseFlow(flow.id, "alice", "look"))
+    with pytest.raises(InvalidTransition):
+        rig.engine.handle(DeploymentStarted(flow.deployments[0].id))
+    rig.engine.handle(ResumeFlow(flow.id, "alice"))
+    rig.deploy(flow.id, 0)
+    rig.engine.handle(PauseFlow(flow.id, "alice", "late")) if rig.flow(flow.id).state is FlowState.IN_PROGRESS else None
+    assert rig.flow(flow.id).state is FlowState.SUCCESS
+
+
+def test_abort_is_terminal_and_refuses_everything_after(store: Store) -> None:
+    rig = Rig(store, service())
+    flow = rig.create("1.0.0")[0]
+    rig.clear()
+    rig.engine.handle(AbortFlow(flow.id, "bob", "wrong build"))
+    assert rig.events() == ["flow-aborted"]
+    assert rig.engine.handle(AbortFlow(flow.id, "bob", "again")).duplicate
+    history = rig.engine.repository.history(flow.id)
+    for trigger in (DeploymentStarted(flow.deployments[0].id), PauseFlow(flow.id, "bob", "x")):
+        with pytest.raises(InvalidTransition) as refused:
+            rig.engine.handle(trigger)
+        assert "finished" in str(refused.value) or "aborted" in str(refused.value)
+    assert rig.engine.repository.history(flow.id) == history
+    (finished,) = rig.engine.explain(flow.id)
+    assert finished.kind == "finished"
+    assert "bob" in finished.text
+    assert "wrong build" in finished.text
+
+
+def test_stale_result_of_an_earlier_attempt_is_a_duplicate(store: Store) -> None:
+    rig = Rig(store, service(failure_strategy="PAUSE"))
+    flow = rig.create("1.0.0")[0]
+    rig.deploy(flow.id, 0, ResultStatus.FAILED)
+    assert rig.flow(flow.id).state is FlowState.PAUSED
+    dev = rig.flow(flow.id).deployments[0]
+    assert dev.state is DeploymentState.COMPLETED  # PAUSE leaves the deployment completed
+    smoke = dev.promotions[0]
+    with pytest.raises(InvalidTransition) as refused:
+        rig.engine.handle(ResumeFlow(flow.id, "alice"))
+    assert "retry or skip" in str(refused.value)
+    rig.clear()
+    rig.engine.handle(flowfsm.RetryPromotion(dev.id, smoke.id, "alice"))
+    assert rig.events() == ["promotion-retried", "flow-resumed"] or rig.events() == [
+        "flow-resumed",
+        "promotion-retried",
+    ]
+    assert rig.flow(flow.id).state is FlowState.IN_PROGRESS
+    stale = PromotionResult(smoke.id, ResultStatus.FAILED, attempt=1)
+    assert rig.engine.handle(PromotionCompleted(dev.id, smoke.id, [stale])).duplicate
+    fresh = PromotionResult(smoke.id, ResultStatus.PASSED, attempt=2)
+    rig.engine.handle(PromotionCompleted(dev.id, smoke.id, [fresh]))
+    assert rig.flow(flow.id).deployments[0].state is DeploymentState.SUCCESS
+
+
+def test_a_contradicting_result_is_invalid_and_leaves_the_store_unchanged(store: Store) -> None:
+    rig = Rig(store, service())
+    flow = rig.create("1.0.0")[0]
+    rig.deploy(flow.id, 0)
+    dev = rig.flow(flow.id).deployments[0]
+    smoke = dev.promotions[0]
+    before, history = rig.flow(flow.id), rig.engine.repository.history(flow.id)
+    rig.clear()
+    with pytest.raises(InvalidTransition) as refused:
+        rig.engine.handle(PromotionCompleted(dev.id, smoke.id, [PromotionResult(smoke.id, ResultStatus.FAILED)]))
+    assert smoke.id in str(refused.value)
+    assert rig.flow(flow.id) == before
+    assert rig.engine.repository.history(flow.id) == history
+    assert rig.events() == []
+
+
+def test_skip_counts_as_passed_and_is_recorded(store: Store) -> None:
+    rig = Rig(store, service())
+    flow = rig.create("1.0.0")[0]
+    dev = flow.deployments[0]
+    rig.engine.handle(DeploymentStarted(dev.id))
+    rig.engine.handle(DeploymentCompleted(dev.id))
+    rig.clear()
+    rig.engine.handle(flowfsm.SkipPromotion(dev.id, dev.promotions[0].id, "alice", "flaky"))
+    assert rig.events()[:2] == ["promotion-skipped", "deployment-succeeded"]
+    assert rig.flow(flow.id).deployments[0].promotions[0].state is PromotionState.SKIPPED
+    entry = rig.engine.repository.history(flow.id)[-1]
+    assert (entry.actor, entry.reason) == ("alice", "flaky")
+    assert rig.engine.handle(flowfsm.SkipPromotion(dev.id, dev.promotions[0].id, "alice", "flaky")).duplicate
+
+
+def test_retry_policy_retries_a_failed_deployment_then_stops(store: Store) -> None:
+    rig = Rig(store, service(failure_strategy="RETRY", retry=RetryPolicy(attempts=2)))
+    flow = rig.create("1.0.0")[0]
+    dev = flow.deployments[0]
+    rig.engine.handle(DeploymentStarted(dev.id))
+    rig.clear()
+    rig.engine.handle(DeploymentFailed(dev.id, "crash"))
+    assert rig.events() == ["deployment-failed", "deployment-retried", "deployment-created"]
+    assert rig.flow(flow.id).deployments[0].attempt == 2
+    rig.engine.handle(DeploymentStarted(dev.id))
+    rig.clear()
+    rig.engine.handle(DeploymentFailed(dev.id, "crash again"))
+    assert rig.events() == ["deployment-failed", "flow-failed"]
+    assert rig.flow(flow.id).state is FlowState.FAILED
+
+
+def test_retry_backoff_is_a_timer_and_explained(store: Store) -> None:
+    rig = Rig(store, service(failure_strategy="RETRY", retry=RetryPolicy(attempts=3, backoff="5m")))
+    flow = rig.create("1.0.0")[0]
+    rig.deploy(flow.id, 0, ResultStatus.FAILED)
+    (waiting,) = rig.engine.explain(flow.id)
+    assert waiting.kind == "backoff"
+    assert waiting.until == T0 + dt.timedelta(minutes=5)
+    rig.clock.advance(minutes=4)
+    assert rig.scheduler.run_once() == 0
+    rig.clear()
+    rig.clock.advance(minutes=1)
+    assert rig.scheduler.run_once() == 1
+    assert rig.events() == ["promotion-retried"]
+    entry = rig.engine.repository.history(flow.id)[-1]
+    assert entry.actor == "flowfsm"
+
+
+def test_rollback_names_the_newest_other_successful_artifact(store: Store) -> None:
+    one_env = Pipeline("default", [Environment("dev", ["smoke"])])
+    rig = Rig(store, service(pipeline=one_env, failure_strategy="ROLLBACK"))
+    for version in ("1.0.0", "1.1.0"):
+        ok = rig.create(version)[0]
+        rig.deploy(ok.id, 0)
+    bad = rig.create("1.2.0")[0]
+    rig.clear()
+    rig.deploy(bad.id, 0, ResultStatus.FAILED)
+    assert rig.events()[-1] == "rollback-requested"
+    (request,) = [r for r in rig.emitter.requests if r.event is HookEvent.ROLLBACK_REQUESTED]
+    from flowfsm import converter
+
+    payload = converter.unstructure(request, flowfsm.HookRequest)["payload"]
+    assert payload["rollbackTo"]["version"] == "1.1.0"
+    stored = rig.flow(bad.id)
+    assert stored.state is FlowState.FAILED
+    assert stored.rollback is not None
+
+
+def test_rollback_with_nothing_to_return_to_says_so(store: Store) -> None:
+    one_env = Pipeline("default", [Environment("dev", ["smoke"])])
+    rig = Rig(store, service(pipeline=one_env, failure_strategy="ROLLBACK"))
+    bad = rig.create("1.0.0")[0]
+    rig.deploy(bad.id, 0, ResultStatus.FAILED)
+    (request,) = [r for r in rig.emitter.requests if r.event is HookEvent.ROLLBACK_REQUESTED]
+    from flowfsm import converter
+
+    assert converter.unstructure(request, flowfsm.HookRequest)["payload"]["rollbackTo"] is None
+
+
+# --- §9: history ------------------------------------------------------------------------------
+
+
+def test_history_has_one_entry_per_change_with_the_contract_fields(store: Store) -> None:
+    rig = Rig(store, service())
+    flow = rig.create("1.0.0", actor="ci")[0]
+    dev = flow.deployments[0]
+    rig.engine.handle(DeploymentStarted(dev.id, actor="argo", reason="rollout"))
+    rig.engine.handle(DeploymentStarted(dev.id, actor="argo"))  # duplicate: no entry
+    with pytest.raises(InvalidTransition):  # refused: no entry
+        rig.engine.handle(DeploymentStarted(flow.deployments[1].id))
+    rig.engine.handle(PauseFlow(flow.id, "alice", "look"))
+    entries = rig.engine.repository.history(flow.id)
+    assert [e.seq for e in entries] == [1, 2, 3]
+    assert [e.trigger["type"] for e in entries] == ["ArtifactCreated", "DeploymentStarted", "PauseFlow"]
+    assert [(e.actor, e.reason) for e in entries] == [("ci", None), ("argo", "rollout"), ("alice", "look")]
+    for entry in entries:
+        assert {"seq", "at", "trigger", "actor", "reason", "changes", "hook_request_ids"} <= set(dir(entry))
+    sent = {r.id for r in rig.emitter.requests}
+    assert set(entries[0].hook_request_ids) <= sent
+    assert entries[0].hook_request_ids
+    created = entries[0].changes
+    assert (created[-1].entity, created[-1].id, created[-1].from_, created[-1].to) == (
+        "flow",
+        flow.id,
+        None,
+        "inProgress",
+    )
+    (paused,) = entries[2].changes
+    assert (paused.entity, paused.from_, paused.to) == ("flow", "inProgress", "paused")
+    from flowfsm import converter
+
+    data = converter.unstructure(entries[2], flowfsm.HistoryEntry)
+    assert {"seq", "at", "trigger", "actor", "reason", "changes", "hookRequestIds"} <= set(data)
+    assert data["changes"][0]["from"] == "inProgress"
+
+
+# --- §10: timeouts and soak with a fake clock -------------------------------------------------
+
+
+def test_deploy_timeout_fails_the_deployment_with_reason_timeout(store: Store) -> None:
+    env = Environment("dev", ["smoke"], timeouts=flowfsm.Timeouts(deploy="10m"))
+    rig = Rig(store, service(pipeline=Pipeline("p", [env])))
+    flow = rig.create("1.0.0")[0]
+    dev = flow.deployments[0]
+    rig.engine.handle(DeploymentStarted(dev.id))
+    (waiting,) = rig.engine.explain(flow.id)
+    assert waiting.kind == "cd-finish"
+    assert waiting.until == T0 + dt.timedelta(minutes=10)
+    rig.clock.advance(minutes=9, seconds=59)
+    assert rig.scheduler.run_once() == 0
+    rig.clear()
+    rig.clock.advance(seconds=1)
+    assert rig.scheduler.run_once() == 1
+    assert rig.events() == ["deployment-failed", "flow-failed"]
+    failed = next(r for r in rig.emitter.requests if r.event is HookEvent.DEPLOYMENT_FAILED)
+    assert getattr(failed.payload, "reason", None) == "timeout"
+    assert rig.engine.repository.history(flow.id)[-1].actor == "flowfsm"
+    with pytest.raises(InvalidTransition):
+        rig.engine.handle(DeploymentCompleted(dev.id))
+    assert rig.engine.handle(DeploymentFailed(dev.id, "late")).duplicate
+
+
+def test_verify_timeout_fails_each_pending_promotion(store: Store) -> None:
+    env = Environment("dev", ["smoke", "perf"], timeouts=flowfsm.Timeouts(verify="1h"))
+    rig = Rig(store, service(pipeline=Pipeline("p", [env])))
+    flow = rig.create("1.0.0")[0]
+    dev = flow.deployments[0]
+    rig.engine.handle(DeploymentStarted(dev.id))
+    rig.engine.handle(DeploymentCompleted(dev.id))
+    smoke = dev.promotions[0].id
+    rig.engine.handle(PromotionCompleted(dev.id, smoke, [PromotionResult(smoke, ResultStatus.PASSED)]))
+    rig.clear()
+    rig.clock.advance(hours=1)
+    assert rig.scheduler.run_once() == 1
+    stored = rig.flow(flow.id)
+    assert [p.state for p in stored.deployments[0].promotions] == [PromotionState.SUCCESS, PromotionState.FAILED]
+    assert stored.state is FlowState.FAILED
+    assert rig.events()[0] == "promotion-failed"
+
+
+def test_soak_holds_success_until_it_ends(store: Store) -> None:
+    pipeline = Pipeline("p", [Environment("dev", ["smoke"], soak="1h"), Environment("prod")])
+    rig = Rig(store, service(pipeline=pipeline))
+    flow = rig.create("1.0.0")[0]
+    rig.deploy(flow.id, 0)
+    assert rig.flow(flow.id).deployments[0].state is DeploymentState.COMPLETED
+    (waiting,) = rig.engine.explain(flow.id)
+    assert waiting.kind == "soak"
+    assert waiting.until == T0 + dt.timedelta(hours=1)
+    rig.clear()
+    rig.clock.advance(minutes=59)
+    assert rig.scheduler.run_once() == 0
+    rig.clock.advance(minutes=1)
+    assert rig.scheduler.run_once() == 1
+    assert rig.events() == ["deployment-succeeded", "deployment-created"]
+    assert rig.engine.repository.timers(flow.id) == []
+
+
+def test_timers_of_a_finished_flow_are_cancelled(store: Store) -> None:
+    env = Environment("dev", ["smoke"], timeouts=flowfsm.Timeouts(deploy="10m", verify="10m"))
+    rig = Rig(store, service(pipeline=Pipeline("p", [env])))
+    flow = rig.create("1.0.0")[0]
+    rig.engine.handle(DeploymentStarted(flow.deployments[0].id))
+    assert rig.engine.repository.timers(flow.id)
+    rig.engine.handle(AbortFlow(flow.id, "bob", "stop"))
+    assert rig.engine.repository.timers(flow.id) == []
+    rig.clock.advance(hours=1)
+    assert rig.scheduler.run_once() == 0
+
+
+# --- §4 for Part II: unknown ids, refusals, nothing changes -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        (lambda f, d, p: PauseFlow("nope", "alice", "x"), flowfsm.UnknownFlow),
+        (lambda f, d, p: ResumeFlow("nope", "alice"), flowfsm.UnknownFlow),
+        (lambda f, d, p: AbortFlow("nope", "alice", "x"), flowfsm.UnknownFlow),
+        (lambda f, d, p: DeploymentFailed("nope", "x"), flowfsm.UnknownDeployment),
+        (lambda f, d, p: RetryDeployment("nope", "alice"), flowfsm.UnknownDeployment),
+        (lambda f, d, p: flowfsm.RetryPromotion(d, "nope", "alice"), flowfsm.UnknownPromotion),
+        (lambda f, d, p: flowfsm.SkipPromotion(d, "nope", "alice", "x"), flowfsm.UnknownPromotion),
+        (lambda f, d, p: ApprovalGranted("nope", "alice"), flowfsm.UnknownDeployment),
+        (lambda f, d, p: ApprovalRejected("nope", "alice", "x"), flowfsm.UnknownDeployment),
+        (lambda f, d, p: OverrideFreeze("nope", "alice", "x"), flowfsm.UnknownDeployment),
+    ],
+)
+def test_unknown_ids_raise_the_typed_error_naming_the_id(
+    store: Store, make: Callable[[str, str, str], flowfsm.Trigger], error: type[Exception]
+) -> None:
+    rig = Rig(store, service())
+    flow = rig.create("1.0.0")[0]
+    dev = flow.deployments[0]
+    rig.clear()
+    with pytest.raises(error) as raised:
+        rig.engine.handle(make(flow.id, dev.id, dev.promotions[0].id))
+    assert "nope" in str(raised.value)
+    assert isinstance(raised.value, flowfsm.FlowFSMError)
+    assert rig.events() == []
+    assert len(rig.engine.repository.history(flow.id)) == 1
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda f, d, p: DeploymentFailed(d, "crash"),  # not started
+        lambda f, d, p: ResumeFlow(f, "alice") if False else RetryDeployment(d, "alice"),  # not failed
+        lambda f, d, p: flowfsm.RetryPromotion(d, p, "alice"),  # not failed
+        lambda f, d, p: OverrideFreeze(d, "alice", "x"),  # no freeze holds it
+        lambda f, d, p: ApprovalGranted(d, "alice"),  # it awaits no approval
+    ],
+)
+def test_refused_part_two_triggers_name_the_entity_and_change_nothing(
+    store: Store, make: Callable[[str, str, str], flowfsm.Trigger]
+) -> None:
+    rig = Rig(store, service())
+    flow = rig.create("1.0.0")[0]
+    dev = flow.deployments[0]
+    before = rig.flow(flow.id)
+    rig.clear()
+    with pytest.raises(InvalidTransition) as raised:
+        rig.engine.handle(make(flow.id, dev.id, dev.promotions[0].id))
+    assert dev.id in str(raised.value) or dev.promotions[0].id in str(raised.value)
+    assert rig.flow(flow.id) == before
+    assert rig.events() == []
+    assert len(rig.engine.repository.history(flow.id)) == 1
+
+
+def test_not_authorized_changes_nothing(store: Store) -> None:
+    rig = Rig(store, approval_service())
+    flow = rig.create("1.0.0", actor="bob")[0]
+    rig.deploy(flow.id, 0)
+    prod = rig.flow(flow.id).deployments[1]
+    before, history = rig.flow(flow.id), rig.engine.repository.history(flow.id)
+    rig.clear()
+    for actor, groups in (("dave", ()), ("bob", ("rm",))):  # not an approver; the author
+        with pytest.raises(flowfsm.NotAuthorized) as raised:
+            rig.engine.handle(ApprovalGranted(prod.id, actor, groups))
+        assert actor in str(raised.value)
+    assert rig.flow(flow.id) == before
+    assert rig.engine.repository.history(flow.id) == history
+    assert rig.events() == []
+    rig.engine.handle(ApprovalGranted(prod.id, "carol", ["group:rm"]))
+    assert rig.flow(flow.id).deployments[1].state is DeploymentState.NOT_STARTED
+
+
+# --- interactions ------------------------------------------------------------------------------
+
+
+def test_an_approval_given_while_paused_counts_and_its_announcement_waits_for_the_resume(store: Store) -> None:
+    rig = Rig(store, approval_service())
+    flow = rig.create("1.0.0")[0]
+    rig.deploy(flow.id, 0)
+    prod = rig.flow(flow.id).deployments[1]
+    rig.engine.handle(PauseFlow(flow.id, "alice", "wait"))
+    rig.clear()
+    rig.engine.handle(ApprovalGranted(prod.id, "alice"))
+    assert rig.events() == ["approval-granted"]
+    with pytest.raises(InvalidTransition):
+        rig.engine.handle(DeploymentStarted(prod.id))
+    rig.clear()
+    rig.engine.handle(ResumeFlow(flow.id, "alice"))
+    assert rig.events() == ["flow-resumed", "deployment-created"]
+
+
+def test_aborting_the_occupant_lets_the_next_flow_go(store: Store) -> None:
+    rig = Rig(store, queue_service())
+    first, second = (rig.create(f"1.{n}.0")[0] for n in range(2))
+    rig.engine.handle(DeploymentStarted(first.deployments[0].id))
+    rig.clear()
+    rig.engine.handle(AbortFlow(first.id, "bob", "bad"))
+    assert rig.events(second.id) == ["deployment-created"]
+    (waiting,) = rig.engine.explain(second.id)
+    assert waiting.kind == "cd-start"
+
+
+def test_aborting_a_queued_flow_takes_it_out_of_the_line(store: Store) -> None:
+    rig = Rig(store, queue_service())
+    first, second, third = (rig.create(f"1.{n}.0")[0] for n in range(3))
+    (waiting,) = rig.engine.explain(third.id)
+    assert waiting.kind == "queue"
+    assert first.id in waiting.text
+    assert "2nd" in waiting.text
+    rig.engine.handle(AbortFlow(second.id, "bob", "bad"))
+    (waiting,) = rig.engine.explain(third.id)
+    assert "1st" in waiting.text
+    rig.deploy(first.id, 0)
+    assert rig.flow(third.id).deployments[0].state is DeploymentState.NOT_STARTED
+
+
+def test_a_failed_deployment_frees_the_queue(store: Store) -> None:
+    rig = Rig(store, queue_service(failure_strategy="PAUSE"))
+    first, second = (rig.create(f"1.{n}.0")[0] for n in range(2))
+    dev = first.deployments[0]
+    rig.engine.handle(DeploymentStarted(dev.id))
+    rig.engine.handle(DeploymentFailed(dev.id, "crash"))
+    assert rig.flow(first.id).state is FlowState.PAUSED
+    assert rig.flow(second.id).deployments[0].state is DeploymentState.NOT_STARTED
+    rig.engine.handle(RetryDeployment(dev.id, "alice"))  # it waits behind the second now
+    assert rig.flow(first.id).deployments[0].state is DeploymentState.QUEUED
+
+
+def test_newest_wins_ends_an_older_announced_flow_when_a_newer_one_is_approved(store: Store) -> None:
+    """§11: a flow that starts waiting ends every older flow that has not yet started
+    its first deployment; approvals do not occupy the environment."""
+    gate = ApprovalPolicy(["alice"])
+    pipeline = Pipeline("default", [Environment("prod", ["smoke"], approvals=gate)])
+    rig = Rig(store, service(pipeline=pipeline, concurrency="newest-wins"))
+    older = rig.create("1.0.0")[0]
+    newer = rig.create("1.1.0")[0]
+    states = [rig.flow(f.id).deployments[0].state for f in (older, newer)]
+    assert states == [DeploymentState.AWAITING_APPROVAL] * 2
+    rig.engine.handle(ApprovalGranted(older.deployments[0].id, "alice"))
+    assert rig.flow(older.id).deployments[0].state is DeploymentState.NOT_STARTED  # announced
+    rig.engine.handle(ApprovalGranted(newer.deployments[0].id, "alice"))
+    assert rig.flow(older.id).state is FlowState.SUPERSEDED  # announced, never started
+    assert rig.flow(newer.id).deployments[0].state is DeploymentState.NOT_STARTED
+    with pytest.raises(InvalidTransition):
+        rig.engine.handle(DeploymentStarted(older.deployments[0].id))
+
+
+def test_newest_wins_after_a_freeze_announces_only_the_newest_flow(store: Store) -> None:
+    prod = Pipeline("p", [Environment("prod")])
+    rig = Rig(store, service(pipeline=prod, concurrency="newest-wins"), freezes=[WEEKEND])
+    rig.clock.now = dt.datetime(2026, 10, 24, 9, 0, tzinfo=dt.UTC)
+    older = rig.create("1.0.0")[0]
+    rig.clock.advance(minutes=1)
+    newer = rig.create("1.1.0")[0]
+    rig.clock.now = WEEKEND_ENDS
+    rig.scheduler.run_once()
+    assert rig.flow(older.id).state is FlowState.SUPERSEDED
+    assert rig.flow(newer.id).deployments[0].state is DeploymentState.NOT_STARTED
+
+
+def test_a_person_pausing_a_policy_paused_flow_is_a_duplicate_and_retry_resumes(store: Store) -> None:
+    rig = Rig(store, service(failure_strategy="PAUSE"))
+    flow = rig.create("1.0.0")[0]
+    dev = flow.deployments[0]
+    rig.engine.handle(DeploymentStarted(dev.id))
+    rig.clear()
+    rig.engine.handle(DeploymentFailed(dev.id, "crash"))
+    assert rig.events() == ["deployment-failed", "flow-paused"]
+    (paused,) = rig.engine.explain(flow.id)
+    assert paused.kind == "paused"
+    assert paused.details["failed"][0]["id"] == dev.id
+    assert rig.engine.handle(PauseFlow(flow.id, "alice", "me too")).duplicate
+    rig.clear()
+    rig.engine.handle(RetryDeployment(dev.id, "alice"))
+    assert set(rig.events()) == {"deployment-retried", "flow-resumed", "deployment-created"}
+    assert rig.events()[-1] == "deployment-created"
+    assert rig.flow(flow.id).state is FlowState.IN_PROGRESS
+
+
+def test_environment_failure_strategy_overrides_the_service(store: Store) -> None:
+    pipeline = Pipeline("p", [Environment("dev", ["smoke"], failure_strategy="PAUSE"), Environment("prod")])
+    rig = Rig(store, service(pipeline=pipeline))  # STOP for the service
+    flow = rig.create("1.0.0")[0]
+    rig.deploy(flow.id, 0, ResultStatus.FAILED)
+    assert rig.flow(flow.id).state is FlowState.PAUSED
