@@ -9,7 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import itertools
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +52,11 @@ from flowfsm import (
     Webhook,
 )
 from flowfsm.emitters import RecordingEmitter
-from flowfsm.repositories import InMemoryRepository, SQLiteRepository
+from flowfsm.repositories import InMemoryRepository, PostgresRepository, SQLiteRepository
 from flowfsm.scheduling import Scheduler
 from flowfsm.testing import FakeClock
+
+from .test_repositories import drop_schemas
 
 pytest.importorskip("cronsim")  # freeze windows need the 'freeze' extra, which the suite installs
 
@@ -64,13 +67,34 @@ WEEKEND_ENDS = dt.datetime(2026, 10, 26, 10, 0, tzinfo=dt.UTC)
 Store = Callable[[], object]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    """A factory of empty stores, through the public constructors."""
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A factory of empty stores, through the public constructors (each closed after)."""
     if request.param == "memory":
-        return InMemoryRepository
+        yield InMemoryRepository
+        return
+    made: list[Any] = []
     counter = itertools.count()
-    return lambda: SQLiteRepository(str(tmp_path / f"flows-{next(counter)}.db"))
+    if request.param == "sqlite":
+
+        def make() -> object:
+            made.append(SQLiteRepository(str(tmp_path / f"flows-{next(counter)}.db")))
+            return made[-1]
+
+    else:
+        dsn: str = request.getfixturevalue("postgres_dsn")
+        schemas: list[str] = []
+
+        def make() -> object:
+            schemas.append(f"c_{uuid.uuid4().hex[:16]}")
+            made.append(PostgresRepository(dsn, schema=schemas[-1]))
+            return made[-1]
+
+    yield make
+    for repository in made:
+        repository.close()
+    if request.param == "postgres":
+        drop_schemas(dsn, schemas)
 
 
 class DescendingIds:
