@@ -1072,3 +1072,208 @@ def test_environment_failure_strategy_overrides_the_service(store: Store) -> Non
     flow = rig.create("1.0.0")[0]
     rig.deploy(flow.id, 0, ResultStatus.FAILED)
     assert rig.flow(flow.id).state is FlowState.PAUSED
+
+
+# --- §7, §13: JSON spellings round-trip -----------------------------------------------------
+
+
+def test_every_hook_request_flow_and_history_entry_of_part_two_round_trips(store: Store) -> None:
+    """§7/Part II: every entity, trigger and HookRequest round-trips through the
+    converter unchanged, with camelCase keys and the contract's state spellings."""
+    from flowfsm import converter
+
+    gate = ApprovalPolicy(["alice"], expiry="1h")
+    pipeline = Pipeline(
+        "p",
+        [
+            Environment("dev", ["smoke"], failure_strategy="PAUSE"),
+            Environment("prod", ["smoke"], approvals=gate, soak="1h"),
+        ],
+    )
+    rig = Rig(store, service(pipeline=pipeline, failure_strategy="ROLLBACK", concurrency="queue"), freezes=[WEEKEND])
+    flow = rig.create("1.0.0", actor="ci")[0]
+    second = rig.create("1.1.0")[0]  # queued behind
+    rig.engine.handle(PauseFlow(second.id, "bob", "wait"))
+    rig.deploy(flow.id, 0, ResultStatus.FAILED)  # PAUSE
+    dev = rig.flow(flow.id).deployments[0]
+    rig.engine.handle(flowfsm.SkipPromotion(dev.id, dev.promotions[0].id, "alice", "flaky"))
+    prod = rig.flow(flow.id).deployments[1]
+    rig.clock.now = dt.datetime(2026, 10, 24, 9, 0, tzinfo=dt.UTC)
+    rig.engine.handle(ApprovalGranted(prod.id, "alice"))  # held by the freeze
+    rig.engine.handle(OverrideFreeze(prod.id, "alice", "hotfix"))
+    rig.deploy(flow.id, 1, ResultStatus.FAILED)  # ROLLBACK
+    assert rig.flow(flow.id).state is FlowState.FAILED
+    assert {r.event for r in rig.emitter.requests} >= {
+        HookEvent.FLOW_PAUSED,
+        HookEvent.PROMOTION_SKIPPED,
+        HookEvent.FLOW_RESUMED,
+        HookEvent.APPROVAL_GRANTED,
+        HookEvent.DEPLOYMENT_HELD,
+        HookEvent.DEPLOYMENT_QUEUED,
+        HookEvent.ROLLBACK_REQUESTED,
+    }
+    for request in rig.emitter.requests:
+        data = converter.unstructure(request, flowfsm.HookRequest)
+        assert converter.structure(data, flowfsm.HookRequest) == request
+        assert data["event"] == request.event.value
+    for flow_id in (flow.id, second.id):
+        stored = rig.flow(flow_id)
+        data = converter.unstructure(stored, Flow)
+        assert converter.structure(data, Flow) == stored
+        assert data["state"] in {s.value for s in FlowState}
+        for entry in rig.engine.repository.history(flow_id):
+            entry_data = converter.unstructure(entry, flowfsm.HistoryEntry)
+            assert converter.structure(entry_data, flowfsm.HistoryEntry) == entry
+
+
+def test_a_catalog_file_spells_the_new_policies_in_camel_case(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.toml"
+    path.write_text(
+        """
+[[services]]
+id = "svc-api"
+artifacts = ["com.acme:api"]
+failureStrategy = "RETRY"
+retry = { attempts = 3, backoff = "30s", then = "PAUSE" }
+concurrency = "newest-wins"
+
+[services.pipeline]
+name = "default"
+
+[[services.pipeline.environments]]
+name = "prod"
+promotions = ["smoke"]
+failureStrategy = "PAUSE"
+soak = "1h"
+timeouts = { deploy = "30m", verify = "1h" }
+approvals = { approvers = ["alice", "group:rm"], required = 2, allowAuthor = true, expiry = "24h" }
+
+[[freezes]]
+name = "weekend"
+cron = "0 18 * * 5"
+duration = "64h"
+timezone = "UTC"
+environments = ["prod"]
+"""
+    )
+    catalog = Catalog.from_file(str(path))
+    svc = catalog.get("svc-api")
+    assert svc.failure_strategy == "RETRY" or getattr(svc.failure_strategy, "value", None) == "RETRY"
+    (prod,) = svc.pipeline.environments
+    assert prod.approvals is not None
+    assert (prod.approvals.required, prod.approvals.allow_author) == (2, True)
+    assert prod.soak == dt.timedelta(hours=1)
+    assert svc.retry is not None
+    assert svc.retry.attempts == 3
+
+
+# --- §10, §11: more timing ------------------------------------------------------------------
+
+
+def test_a_timer_fired_after_its_flow_moved_on_does_nothing(store: Store) -> None:
+    env = Environment("dev", ["smoke"], timeouts=flowfsm.Timeouts(deploy="10m"))
+    rig = Rig(store, service(pipeline=Pipeline("p", [env])))
+    flow = rig.create("1.0.0")[0]
+    dev = flow.deployments[0]
+    rig.engine.handle(DeploymentStarted(dev.id))
+    rig.engine.handle(DeploymentCompleted(dev.id))
+    rig.clock.advance(minutes=10)
+    history = rig.engine.repository.history(flow.id)
+    assert rig.engine.handle(flowfsm.TimerFired(dev.id, "deploy")).duplicate
+    assert rig.engine.repository.history(flow.id) == history
+    assert rig.scheduler.run_once() == 0
+    assert rig.flow(flow.id).state is FlowState.IN_PROGRESS
+
+
+def test_a_deployment_announced_before_a_freeze_may_start_during_it(store: Store) -> None:
+    rig = Rig(store, queue_service(), freezes=[WEEKEND])
+    flow = rig.create("1.0.0")[0]  # Friday noon
+    rig.clock.now = dt.datetime(2026, 10, 24, 9, 0, tzinfo=dt.UTC)
+    rig.engine.handle(DeploymentStarted(flow.deployments[0].id))
+    assert rig.flow(flow.id).deployments[0].state is DeploymentState.STARTED
+
+
+def test_soak_ended_before_the_promotions_passed_succeeds_on_the_last_result(store: Store) -> None:
+    pipeline = Pipeline("p", [Environment("dev", ["smoke"], soak="1h")])
+    rig = Rig(store, service(pipeline=pipeline))
+    flow = rig.create("1.0.0")[0]
+    dev = flow.deployments[0]
+    rig.engine.handle(DeploymentStarted(dev.id))
+    rig.engine.handle(DeploymentCompleted(dev.id))
+    rig.clock.advance(hours=2)
+    assert rig.scheduler.run_once() == 0  # soaked, but the check has not passed
+    smoke = dev.promotions[0].id
+    rig.engine.handle(PromotionCompleted(dev.id, smoke, [PromotionResult(smoke, ResultStatus.PASSED)]))
+    assert rig.flow(flow.id).state is FlowState.SUCCESS
+    (finished,) = rig.engine.explain(flow.id)
+    assert finished.kind == "finished"
+
+
+def test_a_result_for_a_later_attempt_than_there_has_been_is_refused(store: Store) -> None:
+    rig = Rig(store, service())
+    flow = rig.create("1.0.0")[0]
+    dev = flow.deployments[0]
+    rig.engine.handle(DeploymentStarted(dev.id))
+    rig.engine.handle(DeploymentCompleted(dev.id))
+    smoke = dev.promotions[0].id
+    with pytest.raises(flowfsm.FlowFSMError):
+        rig.engine.handle(PromotionCompleted(dev.id, smoke, [PromotionResult(smoke, ResultStatus.PASSED, attempt=2)]))
+    assert rig.flow(flow.id).deployments[0].promotions[0].state is PromotionState.PENDING
+
+
+def test_an_early_skip_lets_the_deployment_succeed_when_it_completes(store: Store) -> None:
+    rig = Rig(store, service())
+    flow = rig.create("1.0.0")[0]
+    dev = flow.deployments[0]
+    rig.engine.handle(flowfsm.SkipPromotion(dev.id, dev.promotions[0].id, "alice", "cannot run in dev"))
+    rig.engine.handle(DeploymentStarted(dev.id))
+    rig.engine.handle(DeploymentCompleted(dev.id))
+    assert rig.flow(flow.id).deployments[0].state is DeploymentState.SUCCESS
+
+
+def test_retry_promotion_of_a_failed_flow_is_refused(store: Store) -> None:
+    rig = Rig(store, service())
+    flow = rig.create("1.0.0")[0]
+    rig.deploy(flow.id, 0, ResultStatus.FAILED)
+    assert rig.flow(flow.id).state is FlowState.FAILED
+    dev = rig.flow(flow.id).deployments[0]
+    with pytest.raises(InvalidTransition):
+        rig.engine.handle(flowfsm.RetryPromotion(dev.id, dev.promotions[0].id, "alice"))
+    with pytest.raises(InvalidTransition):
+        rig.engine.handle(RetryDeployment(dev.id, "alice"))
+
+
+def test_steering_payloads_name_who_and_why(store: Store) -> None:
+    from flowfsm import converter
+
+    rig = Rig(store, service())
+    flow = rig.create("1.0.0")[0]
+    rig.clear()
+    rig.engine.handle(PauseFlow(flow.id, "alice", "look"))
+    (request,) = rig.emitter.requests
+    payload = converter.unstructure(request, flowfsm.HookRequest)["payload"]
+    assert (payload["actor"], payload["reason"]) == ("alice", "look")
+    assert {"artifact", "deployment", "service", "environment"} <= set(payload)
+
+
+def test_an_environment_with_its_own_failure_strategy_round_trips_in_camel_case() -> None:
+    """§13: catalog keys (and so payloads' environments) follow the camelCase form."""
+    from flowfsm import converter
+
+    env = Environment("prod", ["smoke"], failure_strategy="PAUSE", retry=RetryPolicy(attempts=2))
+    data = converter.unstructure(env, Environment)
+    assert data["failureStrategy"] == "PAUSE"
+    assert "failure_strategy" not in data
+    assert converter.structure(data, Environment) == env
+
+
+def test_the_outbox_delivers_requests_of_an_environment_with_its_own_failure_strategy(store: Store) -> None:
+    """§5: a crash between saving and delivering loses no HookRequest: each one the
+    engine recorded can be claimed from the store's outbox."""
+    pipeline = Pipeline("p", [Environment("dev", ["smoke"], failure_strategy="PAUSE")])
+    repository: Any = store()
+    engine = FlowEngine(Catalog([service(pipeline=pipeline)]), repository, None)  # the outbox keeps them
+    flow = engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1.0.0"))).flows[0]
+    claimed = repository.claim(10)
+    assert [r.flow_id for r in claimed] == [flow.id]
+    assert claimed[0].payload.environment.failure_strategy == "PAUSE"
