@@ -628,7 +628,6 @@ def test_resume_of_a_paused_flow_whose_last_deployment_succeeded_finishes_it(sto
         rig.engine.handle(DeploymentStarted(flow.deployments[0].id))
     rig.engine.handle(ResumeFlow(flow.id, "alice"))
     rig.deploy(flow.id, 0)
-    rig.engine.handle(PauseFlow(flow.id, "alice", "late")) if rig.flow(flow.id).state is FlowState.IN_PROGRESS else None
     assert rig.flow(flow.id).state is FlowState.SUCCESS
 
 
@@ -919,7 +918,7 @@ def test_unknown_ids_raise_the_typed_error_naming_the_id(
     "make",
     [
         lambda f, d, p: DeploymentFailed(d, "crash"),  # not started
-        lambda f, d, p: ResumeFlow(f, "alice") if False else RetryDeployment(d, "alice"),  # not failed
+        lambda f, d, p: RetryDeployment(d, "alice"),  # not failed
         lambda f, d, p: flowfsm.RetryPromotion(d, p, "alice"),  # not failed
         lambda f, d, p: OverrideFreeze(d, "alice", "x"),  # no freeze holds it
         lambda f, d, p: ApprovalGranted(d, "alice"),  # it awaits no approval
@@ -1277,3 +1276,118 @@ def test_the_outbox_delivers_requests_of_an_environment_with_its_own_failure_str
     claimed = repository.claim(10)
     assert [r.flow_id for r in claimed] == [flow.id]
     assert claimed[0].payload.environment.failure_strategy == "PAUSE"
+
+
+# --- more interactions ----------------------------------------------------------------------
+
+
+def test_retry_policy_asks_for_approval_again_after_a_rejection(store: Store) -> None:
+    rig = Rig(store, approval_service(failure_strategy="RETRY", retry=RetryPolicy(attempts=2)))
+    flow = rig.create("1.0.0")[0]
+    rig.deploy(flow.id, 0)
+    prod = rig.flow(flow.id).deployments[1]
+    rig.clear()
+    rig.engine.handle(ApprovalRejected(prod.id, "alice", reason="not yet"))
+    assert rig.events() == ["approval-rejected", "deployment-retried", "approval-requested"]
+    retried = rig.flow(flow.id).deployments[1]
+    assert (retried.state, retried.attempt, retried.approvals) == (DeploymentState.AWAITING_APPROVAL, 2, ())
+    # the rejection of the first attempt, delivered again, is a duplicate
+    assert rig.engine.handle(ApprovalRejected(prod.id, "alice", reason="x", attempt=1)).duplicate
+
+
+def test_an_approval_expires_while_the_flow_is_paused(store: Store) -> None:
+    rig = Rig(store, approval_service())
+    flow = rig.create("1.0.0")[0]
+    rig.deploy(flow.id, 0)
+    rig.engine.handle(PauseFlow(flow.id, "alice", "wait"))
+    rig.clock.advance(hours=1)
+    assert rig.scheduler.run_once() == 1
+    stored = rig.flow(flow.id)
+    assert stored.state is FlowState.FAILED  # STOP: the expiry is a failure, pause or not
+    assert stored.deployments[1].state is DeploymentState.FAILED
+
+
+def test_the_same_approver_twice_counts_once(store: Store) -> None:
+    gate = ApprovalPolicy(["alice", "bob", "group:rm"], required=2)
+    pipeline = Pipeline("p", [Environment("prod", approvals=gate)])
+    rig = Rig(store, service(pipeline=pipeline))
+    flow = rig.create("1.0.0")[0]
+    prod = flow.deployments[0]
+    rig.engine.handle(ApprovalGranted(prod.id, "alice"))
+    assert rig.engine.handle(ApprovalGranted(prod.id, "Alice ")).duplicate
+    assert rig.flow(flow.id).deployments[0].state is DeploymentState.AWAITING_APPROVAL
+    (waiting,) = rig.engine.explain(flow.id)
+    assert waiting.kind == "approval"
+    assert "1 of 2" in waiting.text
+    rig.engine.handle(ApprovalGranted(prod.id, "carol", ["rm"]))
+    assert rig.flow(flow.id).deployments[0].state is DeploymentState.NOT_STARTED
+
+
+def test_an_override_lets_one_attempt_through_and_a_retry_is_held_again(store: Store) -> None:
+    pipeline = Pipeline("p", [Environment("prod", ["smoke"])])
+    rig = Rig(store, service(pipeline=pipeline, failure_strategy="PAUSE"), freezes=[WEEKEND])
+    rig.clock.now = dt.datetime(2026, 10, 24, 9, 0, tzinfo=dt.UTC)
+    flow = rig.create("1.0.0")[0]
+    prod = flow.deployments[0]
+    rig.engine.handle(OverrideFreeze(prod.id, "alice", "hotfix"))
+    rig.engine.handle(DeploymentStarted(prod.id))
+    rig.engine.handle(DeploymentFailed(prod.id, "crash"))
+    rig.clear()
+    rig.engine.handle(RetryDeployment(prod.id, "alice"))
+    assert rig.events()[-1] == "deployment-held"
+    assert rig.flow(flow.id).deployments[0].state is DeploymentState.HELD
+
+
+def test_a_retry_due_while_paused_waits_for_the_resume(store: Store) -> None:
+    rig = Rig(store, service(failure_strategy="RETRY", retry=RetryPolicy(attempts=3, backoff="5m")))
+    flow = rig.create("1.0.0")[0]
+    rig.deploy(flow.id, 0, ResultStatus.FAILED)
+    rig.engine.handle(PauseFlow(flow.id, "alice", "look"))
+    rig.clock.advance(minutes=5)
+    rig.clear()
+    rig.scheduler.run_once()
+    assert "promotion-retried" not in rig.events()
+    assert rig.flow(flow.id).deployments[0].promotions[0].state is PromotionState.FAILED
+    rig.engine.handle(ResumeFlow(flow.id, "alice"))
+    assert rig.events()[-2:] == ["flow-resumed", "promotion-retried"]
+    assert rig.flow(flow.id).deployments[0].promotions[0].attempt == 2
+
+
+def test_explain_lists_what_work_under_way_waits_for_under_a_pause(store: Store) -> None:
+    env = Environment("dev", ["smoke"], timeouts=flowfsm.Timeouts(deploy="10m"))
+    rig = Rig(store, service(pipeline=Pipeline("p", [env, Environment("prod")])))
+    flow = rig.create("1.0.0")[0]
+    rig.engine.handle(DeploymentStarted(flow.deployments[0].id))
+    rig.engine.handle(PauseFlow(flow.id, "alice", "look"))
+    kinds = [w.kind for w in rig.engine.explain(flow.id)]
+    assert kinds == ["paused", "cd-finish"]
+
+
+def test_explain_of_an_announced_deployment_is_cd_start_since_its_announcement(store: Store) -> None:
+    rig = Rig(store, service())
+    flow = rig.create("1.0.0")[0]
+    (waiting,) = rig.engine.explain(flow.id)
+    assert waiting.kind == "cd-start"
+    assert waiting.since == T0
+    assert waiting.deployment_id == flow.deployments[0].id
+
+
+def test_explain_of_a_success_says_it_finished(store: Store) -> None:
+    rig = Rig(store, service(pipeline=Pipeline("p", [Environment("dev", ["smoke"])])))
+    flow = rig.create("1.0.0")[0]
+    rig.deploy(flow.id, 0)
+    (finished,) = rig.engine.explain(flow.id)
+    assert finished.kind == "finished"
+    assert finished.details["state"] == "success"
+
+
+def test_a_paused_mid_check_flow_keeps_the_environment(store: Store) -> None:
+    rig = Rig(store, queue_service(failure_strategy="PAUSE"))
+    first, second = (rig.create(f"1.{n}.0")[0] for n in range(2))
+    rig.deploy(first.id, 0, ResultStatus.FAILED)  # a failed check leaves the deployment completed
+    assert rig.flow(first.id).state is FlowState.PAUSED
+    assert rig.flow(second.id).deployments[0].state is DeploymentState.QUEUED
+    dev = rig.flow(first.id).deployments[0]
+    rig.engine.handle(flowfsm.SkipPromotion(dev.id, dev.promotions[0].id, "alice", "flaky"))
+    assert rig.flow(first.id).state is FlowState.SUCCESS
+    assert rig.flow(second.id).deployments[0].state is DeploymentState.NOT_STARTED
