@@ -339,13 +339,26 @@ def test_explain_of_a_held_deployment_does_not_promise_an_announcement_a_queue_w
     assert first.id in waiting.text  # the flow it will queue behind
 
 
-def test_explain_of_a_held_deployment_with_a_free_queue_says_it_is_announced_then(store: Store) -> None:
+def test_explain_of_held_deployments_sharing_a_queue_does_not_promise_each_the_announcement(store: Store) -> None:
+    """Two flows held for one queued environment: when the freeze ends one is
+    announced and the other queues, so neither is promised "it is announced then"."""
     rig = Rig(store, queue_service(), freezes=[WEEKEND])
+    rig.clock.now = dt.datetime(2026, 10, 24, 9, 0, tzinfo=dt.UTC)
+    flows = [rig.create(f"1.{n}.0")[0] for n in range(2)]
+    for flow in flows:
+        (waiting,) = rig.engine.explain(flow.id)
+        assert waiting.kind == "freeze"
+        assert "it is announced then" not in waiting.text
+        assert "'prod' is free, else queued" in waiting.text
+
+
+def test_explain_of_a_held_deployment_of_a_parallel_service_says_it_is_announced_then(store: Store) -> None:
+    rig = Rig(store, service(pipeline=Pipeline("p", [Environment("prod")])), freezes=[WEEKEND])
     rig.clock.now = dt.datetime(2026, 10, 24, 9, 0, tzinfo=dt.UTC)
     flow = rig.create("1.1.0")[0]
     (waiting,) = rig.engine.explain(flow.id)
     assert waiting.kind == "freeze"
-    assert "it is announced then" in waiting.text
+    assert waiting.text.endswith("; it is announced then.")
 
 
 def test_a_freeze_ending_while_the_flow_is_paused_announces_it_on_resume(store: Store) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Final
 import attrs
 
 from flowfsm.model import (
+    Concurrency,
     Deployment,
     DeploymentState,
     Flow,
@@ -308,12 +309,12 @@ def freeze(situation: Situation) -> Iterable[Waiting]:
     queued = situation.queued or Queued(None, None, None)
     occupant = queued.occupant
     then = "it is announced then"
-    if occupant is not None:  # a queue: the flow in the environment now may still be there then
-        doing = _OCCUPYING.get(queued.occupant_state, "occupying it") if queued.occupant_state else "occupying it"
-        then = (
-            f"then it is announced, or queued behind flow {occupant} ({doing} now)"
-            f" if that flow still occupies {deployment.environment!r}"
-        )
+    if service is not None and service.concurrency is not Concurrency.PARALLEL:  # a queue decides then
+        now = ""
+        if occupant is not None:
+            doing = _OCCUPYING.get(queued.occupant_state, "occupying it") if queued.occupant_state else "occupying it"
+            now = f" (flow {occupant} occupies it now: {doing})"
+        then = f"then it is announced if {deployment.environment!r} is free{now}, else queued"
     yield Waiting(
         "freeze",
         f"The deployment to {deployment.environment!r} is held by {by} until {at(until)}; {then}.",
