@@ -1404,3 +1404,95 @@ def test_a_paused_mid_check_flow_keeps_the_environment(store: Store) -> None:
     rig.engine.handle(flowfsm.SkipPromotion(dev.id, dev.promotions[0].id, "alice", "flaky"))
     assert rig.flow(first.id).state is FlowState.SUCCESS
     assert rig.flow(second.id).deployments[0].state is DeploymentState.NOT_STARTED
+
+
+def payload_of(rig: Rig, event: HookEvent) -> dict[str, Any]:
+    from flowfsm import converter
+
+    (request,) = [r for r in rig.emitter.requests if r.event is event]
+    data: dict[str, Any] = converter.unstructure(request, flowfsm.HookRequest)["payload"]
+    return data
+
+
+def test_held_queued_and_superseded_payloads_name_what_the_contract_asks(store: Store) -> None:
+    rig = Rig(
+        store,
+        service(pipeline=Pipeline("p", [Environment("prod")]), concurrency="newest-wins"),
+        freezes=[WEEKEND],
+    )
+    first = rig.create("1.0.0")[0]  # announced Friday noon
+    rig.engine.handle(DeploymentStarted(first.deployments[0].id))
+    second = rig.create("1.1.0")[0]
+    queued = payload_of(rig, HookEvent.DEPLOYMENT_QUEUED)
+    assert {"artifact", "deployment", "service", "environment"} <= set(queued)
+    assert queued["deployment"]["id"] == second.deployments[0].id
+    rig.clock.now = dt.datetime(2026, 10, 24, 9, 0, tzinfo=dt.UTC)
+    rig.clear()
+    third = rig.create("1.2.0")[0]
+    held = payload_of(rig, HookEvent.DEPLOYMENT_HELD)
+    assert held["window"] == "weekend"
+    assert held["until"].startswith("2026-10-26T10:00:00")
+    rig.engine.handle(DeploymentCompleted(first.deployments[0].id))  # first leaves prod; second's turn
+    assert rig.flow(second.id).deployments[0].state is DeploymentState.HELD  # through its gates again
+    rig.clock.now = WEEKEND_ENDS
+    rig.clear()
+    rig.scheduler.run_once()
+    assert rig.flow(second.id).state is FlowState.SUPERSEDED
+    assert rig.flow(third.id).deployments[0].state is DeploymentState.NOT_STARTED
+    superseded = payload_of(rig, HookEvent.FLOW_SUPERSEDED)
+    assert third.id in superseded["reason"]
+
+
+def test_a_failure_in_a_flow_a_person_paused_keeps_the_pause_theirs(store: Store) -> None:
+    rig = Rig(store, service(failure_strategy="PAUSE"))
+    flow = rig.create("1.0.0")[0]
+    dev = flow.deployments[0]
+    rig.engine.handle(DeploymentStarted(dev.id))
+    rig.engine.handle(PauseFlow(flow.id, "alice", "look"))
+    rig.clear()
+    rig.engine.handle(DeploymentFailed(dev.id, "crash"))
+    assert rig.events() == ["deployment-failed"]  # no second flow-paused
+    rig.clear()
+    rig.engine.handle(RetryDeployment(dev.id, "bob"))
+    assert "flow-resumed" not in rig.events()
+    assert rig.flow(flow.id).state is FlowState.PAUSED
+    rig.clear()
+    rig.engine.handle(ResumeFlow(flow.id, "alice"))
+    assert rig.events() == ["flow-resumed", "deployment-created"]
+
+
+def test_abort_of_a_policy_paused_flow(store: Store) -> None:
+    rig = Rig(store, service(failure_strategy="PAUSE"))
+    flow = rig.create("1.0.0")[0]
+    rig.deploy(flow.id, 0, ResultStatus.FAILED)
+    rig.clear()
+    rig.engine.handle(AbortFlow(flow.id, "alice", "give up"))
+    assert rig.events() == ["flow-aborted"]
+    (finished,) = rig.engine.explain(flow.id)
+    assert finished.details["state"] == "aborted"
+
+
+def test_retry_then_pause_after_the_last_attempt(store: Store) -> None:
+    rig = Rig(store, service(failure_strategy="RETRY", retry=RetryPolicy(attempts=2, then="PAUSE")))
+    flow = rig.create("1.0.0")[0]
+    rig.deploy(flow.id, 0, ResultStatus.FAILED)  # attempt 1: retried at once
+    dev = rig.flow(flow.id).deployments[0]
+    assert dev.promotions[0].attempt == 2
+    smoke = dev.promotions[0].id
+    rig.clear()
+    rig.engine.handle(PromotionCompleted(dev.id, smoke, [PromotionResult(smoke, ResultStatus.FAILED)]))
+    assert rig.events() == ["promotion-failed", "flow-paused"]
+    assert rig.flow(flow.id).state is FlowState.PAUSED
+
+
+def test_newest_wins_never_interrupts_a_verifying_flow(store: Store) -> None:
+    rig = Rig(store, service(pipeline=Pipeline("p", [Environment("prod", ["smoke"])]), concurrency="newest-wins"))
+    verifying = rig.create("1.0.0")[0]
+    dev = verifying.deployments[0]
+    rig.engine.handle(DeploymentStarted(dev.id))
+    rig.engine.handle(DeploymentCompleted(dev.id))
+    waiting = rig.create("1.1.0")[0]
+    newest = rig.create("1.2.0")[0]
+    assert rig.flow(verifying.id).state is FlowState.IN_PROGRESS
+    assert rig.flow(waiting.id).state is FlowState.SUPERSEDED
+    assert rig.flow(newest.id).deployments[0].state is DeploymentState.QUEUED
