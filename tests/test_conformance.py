@@ -1496,3 +1496,34 @@ def test_newest_wins_never_interrupts_a_verifying_flow(store: Store) -> None:
     assert rig.flow(verifying.id).state is FlowState.IN_PROGRESS
     assert rig.flow(waiting.id).state is FlowState.SUPERSEDED
     assert rig.flow(newest.id).deployments[0].state is DeploymentState.QUEUED
+
+
+def test_the_outcome_lists_every_flow_the_trigger_changed(store: Store) -> None:
+    """§7: ``handle`` returns the flows it created or changed and the HookRequests it
+    emitted: a trigger that frees an environment changes the flow it announces too."""
+    rig = Rig(store, queue_service())
+    first, second = (rig.create(f"1.{n}.0")[0] for n in range(2))
+    dev = first.deployments[0]
+    rig.engine.handle(DeploymentStarted(dev.id))
+    rig.engine.handle(DeploymentCompleted(dev.id))
+    smoke = dev.promotions[0].id
+    rig.clear()
+    outcome = rig.engine.handle(PromotionCompleted(dev.id, smoke, [PromotionResult(smoke, ResultStatus.PASSED)]))
+    assert {f.id for f in outcome.flows} == {first.id, second.id}
+    assert list(outcome.hook_requests) == rig.emitter.requests
+    assert [r.event.value for r in outcome.hook_requests if r.flow_id == second.id] == ["deployment-created"]
+    (announced,) = [f for f in outcome.flows if f.id == second.id]
+    assert announced.deployments[0].state is DeploymentState.NOT_STARTED
+
+
+def test_the_hook_requests_ending_superseded_flows_are_in_the_outcome_of_the_release(store: Store) -> None:
+    rig = Rig(store, service(pipeline=Pipeline("p", [Environment("prod", ["smoke"])]), concurrency="newest-wins"))
+    deploying = rig.create("1.0.0")[0]
+    rig.engine.handle(DeploymentStarted(deploying.deployments[0].id))
+    waiting = rig.create("1.1.0")[0]
+    rig.clear()
+    outcome = rig.engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1.2.0")))
+    (newest,) = outcome.flows  # §3.1: ArtifactCreated returns the artifact's flows
+    assert newest.artifact.version == "1.2.0"
+    assert list(outcome.hook_requests) == rig.emitter.requests  # the older flow's end included
+    assert [r.flow_id for r in outcome.hook_requests if r.event is HookEvent.FLOW_SUPERSEDED] == [waiting.id]
