@@ -1527,3 +1527,21 @@ def test_the_hook_requests_ending_superseded_flows_are_in_the_outcome_of_the_rel
     assert newest.artifact.version == "1.2.0"
     assert list(outcome.hook_requests) == rig.emitter.requests  # the older flow's end included
     assert [r.flow_id for r in outcome.hook_requests if r.event is HookEvent.FLOW_SUPERSEDED] == [waiting.id]
+
+
+def test_an_approved_flow_joins_the_line_behind_those_already_waiting(store: Store) -> None:
+    """§11: approvals come first and do not occupy the environment; arrival order is
+    the order flows started waiting for it, not the order they were created in."""
+    gate = ApprovalPolicy(["alice"])
+    rig = Rig(
+        store, service(pipeline=Pipeline("p", [Environment("prod", ["smoke"], approvals=gate)]), concurrency="queue")
+    )
+    occupant, older, newer = (rig.create(f"1.{n}.0")[0] for n in range(3))
+    rig.engine.handle(ApprovalGranted(occupant.deployments[0].id, "alice"))
+    assert rig.flow(older.id).deployments[0].state is DeploymentState.AWAITING_APPROVAL  # not queued behind it
+    rig.engine.handle(ApprovalGranted(newer.deployments[0].id, "alice"))
+    rig.engine.handle(ApprovalGranted(older.deployments[0].id, "alice"))
+    assert [rig.flow(f.id).deployments[0].state for f in (newer, older)] == [DeploymentState.QUEUED] * 2
+    rig.deploy(occupant.id, 0)
+    assert rig.flow(newer.id).deployments[0].state is DeploymentState.NOT_STARTED
+    assert rig.flow(older.id).deployments[0].state is DeploymentState.QUEUED
