@@ -1025,6 +1025,9 @@ def test_a_failed_deployment_frees_the_queue(store: Store) -> None:
     assert rig.flow(second.id).deployments[0].state is DeploymentState.NOT_STARTED
     rig.engine.handle(RetryDeployment(dev.id, "alice"))  # it waits behind the second now
     assert rig.flow(first.id).deployments[0].state is DeploymentState.QUEUED
+    history = rig.engine.repository.history(first.id)
+    assert rig.engine.handle(DeploymentStarted(dev.id)).duplicate  # the first attempt's, delivered again
+    assert rig.engine.repository.history(first.id) == history
 
 
 def test_newest_wins_ends_an_older_announced_flow_when_a_newer_one_is_approved(store: Store) -> None:
