@@ -1544,3 +1544,61 @@ def test_an_approved_flow_joins_the_line_behind_those_already_waiting(store: Sto
     rig.deploy(occupant.id, 0)
     assert rig.flow(newer.id).deployments[0].state is DeploymentState.NOT_STARTED
     assert rig.flow(older.id).deployments[0].state is DeploymentState.QUEUED
+
+
+def test_a_promotion_of_another_deployment_is_unknown_to_steering(store: Store) -> None:
+    rig = Rig(store, service())
+    flow = rig.create("1.0.0")[0]
+    dev, prod = flow.deployments
+    for trigger in (
+        flowfsm.RetryPromotion(dev.id, prod.promotions[0].id, "alice"),
+        flowfsm.SkipPromotion(dev.id, prod.promotions[0].id, "alice", "x"),
+    ):
+        with pytest.raises(flowfsm.UnknownPromotion):
+            rig.engine.handle(trigger)
+
+
+def test_timers_survive_a_restart(tmp_path: Path) -> None:
+    """§10: durable timers are stored with their flow and fire after a restart."""
+    path = str(tmp_path / "flows.db")
+    env = Environment("dev", ["smoke"], timeouts=flowfsm.Timeouts(deploy="10m"))
+    catalog = Catalog([service(pipeline=Pipeline("p", [env]))])
+    clock = FakeClock(T0)
+    with SQLiteRepository(path) as repository:
+        engine = FlowEngine(catalog, repository, None, clock=clock)
+        flow = engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1.0.0"))).flows[0]
+        engine.handle(DeploymentStarted(flow.deployments[0].id))
+    clock.advance(minutes=10)
+    with SQLiteRepository(path) as repository:
+        engine = FlowEngine(catalog, repository, None, clock=clock)
+        assert Scheduler(repository, engine).run_once() == 1
+        assert repository.get(flow.id).state is FlowState.FAILED
+
+
+def test_a_soak_ending_while_paused_succeeds_the_deployment_and_holds_the_next(store: Store) -> None:
+    pipeline = Pipeline("p", [Environment("dev", ["smoke"], soak="1h"), Environment("prod")])
+    rig = Rig(store, service(pipeline=pipeline))
+    flow = rig.create("1.0.0")[0]
+    rig.deploy(flow.id, 0)
+    rig.engine.handle(PauseFlow(flow.id, "alice", "look"))
+    rig.clock.advance(hours=1)
+    rig.clear()
+    assert rig.scheduler.run_once() == 1
+    assert rig.events() == ["deployment-succeeded"]
+    assert rig.flow(flow.id).deployments[0].state is DeploymentState.SUCCESS
+    rig.clear()
+    rig.engine.handle(ResumeFlow(flow.id, "alice"))
+    assert rig.events() == ["flow-resumed", "deployment-created"]
+
+
+def test_a_verify_timeout_while_a_person_paused_the_flow_fails_it_under_stop(store: Store) -> None:
+    env = Environment("dev", ["smoke"], timeouts=flowfsm.Timeouts(verify="1h"))
+    rig = Rig(store, service(pipeline=Pipeline("p", [env])))
+    flow = rig.create("1.0.0")[0]
+    dev = flow.deployments[0]
+    rig.engine.handle(DeploymentStarted(dev.id))
+    rig.engine.handle(DeploymentCompleted(dev.id))
+    rig.engine.handle(PauseFlow(flow.id, "alice", "look"))
+    rig.clock.advance(hours=1)
+    assert rig.scheduler.run_once() == 1
+    assert rig.flow(flow.id).state is FlowState.FAILED
