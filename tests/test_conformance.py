@@ -1602,3 +1602,44 @@ def test_a_verify_timeout_while_a_person_paused_the_flow_fails_it_under_stop(sto
     rig.clock.advance(hours=1)
     assert rig.scheduler.run_once() == 1
     assert rig.flow(flow.id).state is FlowState.FAILED
+
+
+def test_failure_timeout_approval_and_supersede_payloads_round_trip(store: Store) -> None:
+    from flowfsm import converter
+
+    gate = ApprovalPolicy(["alice"], expiry="1h")
+    pipeline = Pipeline(
+        "p",
+        [
+            Environment("dev", ["smoke"], timeouts=flowfsm.Timeouts(deploy="10m", verify="10m")),
+            Environment("prod", ["smoke"], approvals=gate),
+        ],
+    )
+    rig = Rig(store, service(pipeline=pipeline, failure_strategy="RETRY", concurrency="newest-wins"))
+    flow = rig.create("1.0.0")[0]
+    dev = flow.deployments[0]
+    rig.engine.handle(DeploymentStarted(dev.id))
+    rig.engine.handle(DeploymentFailed(dev.id, "crash"))  # retried: attempt 2
+    rig.engine.handle(DeploymentStarted(dev.id))
+    rig.clock.advance(minutes=10)
+    rig.scheduler.run_once()  # deploy timeout: retried, attempt 3
+    rig.deploy(flow.id, 0)
+    rig.engine.handle(ApprovalRejected(flow.deployments[1].id, "alice", "not now"))  # retried: asks again
+    rig.clock.advance(hours=1)
+    rig.scheduler.run_once()  # expired: asks again, attempt 3
+    prod = rig.flow(flow.id).deployments[1]
+    assert (prod.state, prod.attempt) == (DeploymentState.AWAITING_APPROVAL, 3)
+    other = rig.create("2.0.0")[0]
+    rig.create("2.1.0")  # supersedes the flow not yet started
+    assert rig.flow(other.id).state is FlowState.SUPERSEDED
+    events = {r.event for r in rig.emitter.requests}
+    assert {
+        HookEvent.DEPLOYMENT_FAILED,
+        HookEvent.DEPLOYMENT_RETRIED,
+        HookEvent.APPROVAL_REJECTED,
+        HookEvent.APPROVAL_EXPIRED,
+        HookEvent.FLOW_SUPERSEDED,
+    } <= events
+    for request in rig.emitter.requests:
+        data = converter.unstructure(request, flowfsm.HookRequest)
+        assert converter.structure(data, flowfsm.HookRequest) == request
