@@ -1643,3 +1643,20 @@ def test_failure_timeout_approval_and_supersede_payloads_round_trip(store: Store
     for request in rig.emitter.requests:
         data = converter.unstructure(request, flowfsm.HookRequest)
         assert converter.structure(data, flowfsm.HookRequest) == request
+
+
+def test_explain_names_pending_promotions_with_a_retried_ones_attempt(store: Store) -> None:
+    pipeline = Pipeline("p", [Environment("dev", ["smoke", "perf"], timeouts=flowfsm.Timeouts(verify="1h"))])
+    rig = Rig(store, service(pipeline=pipeline, failure_strategy="RETRY"))
+    flow = rig.create("1.0.0")[0]
+    dev = flow.deployments[0]
+    rig.engine.handle(DeploymentStarted(dev.id))
+    rig.engine.handle(DeploymentCompleted(dev.id))
+    smoke = dev.promotions[0].id
+    rig.engine.handle(PromotionCompleted(dev.id, smoke, [PromotionResult(smoke, ResultStatus.FAILED)]))
+    (waiting,) = rig.engine.explain(flow.id)
+    assert waiting.kind == "promotions"
+    assert [(p["name"], p["attempt"]) for p in waiting.details["promotions"]] == [("smoke", 2), ("perf", 1)]
+    assert waiting.until == T0 + dt.timedelta(hours=1)
+    assert "'smoke'" in waiting.text
+    assert "'perf'" in waiting.text
