@@ -1660,3 +1660,23 @@ def test_explain_names_pending_promotions_with_a_retried_ones_attempt(store: Sto
     assert waiting.until == T0 + dt.timedelta(hours=1)
     assert "'smoke'" in waiting.text
     assert "'perf'" in waiting.text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a flow held by a freeze does not supersede the older flows held with it: when the freeze ends"
+    " the older one is announced (deployment-created), then superseded by the newer one queueing behind it",
+)
+def test_newest_wins_never_announces_an_older_flow_a_freeze_held_with_a_newer_one(store: Store) -> None:
+    """§11 newest-wins, as a CD user reads it: when a freeze ends only the newest held
+    release is announced; the CD system is never told to deploy one already replaced."""
+    prod = Pipeline("p", [Environment("prod")])
+    rig = Rig(store, service(pipeline=prod, concurrency="newest-wins"), freezes=[WEEKEND])
+    rig.clock.now = dt.datetime(2026, 10, 24, 9, 0, tzinfo=dt.UTC)
+    older = rig.create("1.0.0")[0]
+    rig.clock.advance(minutes=1)
+    rig.create("1.1.0")
+    rig.clock.now = WEEKEND_ENDS
+    rig.scheduler.run_once()
+    assert rig.flow(older.id).state is FlowState.SUPERSEDED
+    assert "deployment-created" not in rig.events(older.id)
