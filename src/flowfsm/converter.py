@@ -99,8 +99,8 @@ exactly as before they existed (payloads included)."""
 
 def _unstructure_renames(cls: type) -> dict[str, Any]:
     overrides = _renames(cls)
-    for name in _OMITTED_IF_UNSET.get(cls, ()):
-        overrides[name] = override(omit_if_default=True)
+    for name in _OMITTED_IF_UNSET.get(cls, ()):  # renamed still: ``failure_strategy`` is ``failureStrategy``
+        overrides[name] = override(rename=_camel(name), omit_if_default=True)
     for name in _NOT_IN_JSON.get(cls, ()):
         overrides[name] = override(omit=True)
     return overrides

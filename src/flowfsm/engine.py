@@ -237,9 +237,10 @@ class FlowEngine:
         return explain_flow(flow, service, repository.timers(flow_id), repository.history(flow_id), queued=queued)
 
     def _queued(self, flow: Flow) -> Queued | None:
-        """Where the flow's current deployment stands in its environment's line, if it is queued."""
+        """Where the flow's current deployment stands in its environment's line, if it is
+        queued, or who occupies the environment it will be announced to, if a freeze holds it."""
         current, store = flow.current_deployment(), self._lanes
-        if current is None or current.state is not _QUEUED or store is None:
+        if current is None or current.state not in _IN_LINE or store is None:
             return None
         environment = current.environment
         occupant = store.lane(flow.service_id, environment, limit=1).occupant
@@ -833,6 +834,7 @@ _RETRY: Final = FailureStrategy.RETRY.value
 _PARALLEL: Final = Concurrency.PARALLEL
 _NEWEST_WINS: Final = Concurrency.NEWEST_WINS
 _QUEUED: Final = DeploymentState.QUEUED
+_IN_LINE: Final = frozenset({_QUEUED, DeploymentState.HELD})
 _NOT_STARTED: Final = DeploymentState.NOT_STARTED
 
 

@@ -17,6 +17,7 @@ from typing import Any, Final
 import attrs
 
 from flowfsm.model import (
+    Concurrency,
     Deployment,
     DeploymentState,
     Flow,
@@ -85,7 +86,8 @@ class Situation:
     timers: tuple[Timer, ...]
     history: tuple[HistoryEntry, ...]
     queued: Queued | None = None
-    """Its current deployment's place in line, if it is queued (read by the engine)."""
+    """Its current deployment's place in line, if it is queued, or the environment's
+    occupant, if a freeze holds it (read by the engine)."""
 
     @property
     def current(self) -> Deployment | None:
@@ -304,14 +306,23 @@ def freeze(situation: Situation) -> Iterable[Waiting]:
     held = service.freeze(deployment.environment, since) if service is not None and since is not None else None
     window = held.window if held is not None else None
     by = f"freeze window {window!r}" if window is not None else "a freeze window"
+    queued = situation.queued or Queued(None, None, None)
+    occupant = queued.occupant
+    then = "it is announced then"
+    if service is not None and service.concurrency is not Concurrency.PARALLEL:  # a queue decides then
+        now = ""
+        if occupant is not None:
+            doing = _OCCUPYING.get(queued.occupant_state, "occupying it") if queued.occupant_state else "occupying it"
+            now = f" (flow {occupant} occupies it now: {doing})"
+        then = f"then it is announced if {deployment.environment!r} is free{now}, else queued"
     yield Waiting(
         "freeze",
-        f"The deployment to {deployment.environment!r} is held by {by} until {at(until)}; it is announced then.",
+        f"The deployment to {deployment.environment!r} is held by {by} until {at(until)}; {then}.",
         deployment.id,
         deployment.environment,
         since,
         until,
-        {"window": window},
+        {"window": window, "behind": occupant},
     )
 
 

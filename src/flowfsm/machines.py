@@ -453,8 +453,15 @@ DEPLOYMENT: Final = Declaration(
             _D.STARTED,
             (IS_CURRENT, NOT_PAUSED),
             (_E.DEPLOYMENT_STARTED,),
-            # Duplicates reach back: a late "started" after any later state says nothing new.
-            repeats={_D.STARTED: always, _D.COMPLETED: always, _D.SUCCESS: always, _D.FAILED: always},
+            # Duplicates reach back: a late "started" after any later state says nothing new,
+            # nor one of an earlier attempt while the retry waits at a gate.
+            repeats={
+                _D.STARTED: always,
+                _D.COMPLETED: always,
+                _D.SUCCESS: always,
+                _D.FAILED: always,
+                **_AT_A_GATE_RETRIED,
+            },
             contradicts={
                 _D.AWAITING_APPROVAL: "it awaits approval",
                 _D.HELD: "a freeze window holds it: it is announced when the window ends",

@@ -20,12 +20,15 @@ from typing import Any
 
 from flowfsm.engine import FlowEngine
 from flowfsm.errors import ValidationError
+from flowfsm.model import DeploymentState, Timer, TimerKind
 from flowfsm.protocols import Timers
 from flowfsm.triggers import TimerFired
 
 __all__ = ["Scheduler"]
 
 log = logging.getLogger("flowfsm.scheduling")
+
+_HELD = DeploymentState.HELD.value
 
 
 class Scheduler:
@@ -68,7 +71,7 @@ class Scheduler:
         timers released for a later round: their trigger raised, they are not due
         by the engine's clock, or ``stop`` came first)."""
         repository = self.repository
-        timers = repository.claim_due(self._clock(), self._batch, lease=self._lease)
+        timers = self._in_arrival_order(repository.claim_due(self._clock(), self._batch, lease=self._lease))
         fired = kept = 0
         for n, timer in enumerate(timers):
             if stop is not None and stop.is_set():
@@ -92,6 +95,29 @@ class Scheduler:
                 _logged(repository.release_timers, [timer.id])
                 kept += 1
         return len(timers), fired, kept
+
+    def _in_arrival_order(self, timers: list[Timer]) -> list[Timer]:
+        """The claim, with the freeze timers that fall due together put in the order
+        their deployments were held: the flows a freeze held go on in the order they
+        arrived (a queue serves them so), not in the stores' order (due, then id).
+        Each deployment's hold is read from its flow's history; one without (a store
+        that keeps none) goes after those with one."""
+        slots = [n for n, timer in enumerate(timers) if timer.kind is TimerKind.FREEZE]
+        if len(slots) < 2:
+            return timers
+        history = self.engine.repository.history
+
+        def held(n: int) -> tuple[dt.datetime, bool, dt.datetime, int]:
+            timer = timers[n]
+            for entry in reversed(history(timer.flow_id)):
+                if any(c.id == timer.deployment_id and c.to == _HELD for c in entry.changes):
+                    return timer.due, False, entry.at, n
+            return timer.due, True, timer.due, n
+
+        ordered = list(timers)
+        for slot, n in zip(slots, sorted(slots, key=held), strict=True):
+            ordered[slot] = timers[n]
+        return ordered
 
     def run(self, stop: threading.Event) -> None:
         """Run rounds until ``stop`` is set, waiting ``interval`` seconds after a
