@@ -240,7 +240,7 @@ class FlowEngine:
         """Where the flow's current deployment stands in its environment's line, if it is
         queued, or who occupies the environment it will be announced to, if a freeze holds it."""
         current, store = flow.current_deployment(), self._lanes
-        if current is None or current.state not in _IN_LINE or store is None:
+        if current is None or current.state not in lanes.IN_LINE or store is None:
             return None
         environment = current.environment
         occupant = store.lane(flow.service_id, environment, limit=1).occupant
@@ -578,7 +578,7 @@ class FlowEngine:
             if handled < len(book.started_waiting):
                 flow, index = book.started_waiting[handled]
                 handled += 1
-                if flow.service.concurrency is _NEWEST_WINS and flow.deployments[index].state is _QUEUED:
+                if flow.service.concurrency is _NEWEST_WINS and flow.deployments[index].state in lanes.IN_LINE:
                     self._newest_wins(work, flow, index)
                 continue
             for service, environment in lanes.freed(work):
@@ -834,7 +834,6 @@ _RETRY: Final = FailureStrategy.RETRY.value
 _PARALLEL: Final = Concurrency.PARALLEL
 _NEWEST_WINS: Final = Concurrency.NEWEST_WINS
 _QUEUED: Final = DeploymentState.QUEUED
-_IN_LINE: Final = frozenset({_QUEUED, DeploymentState.HELD})
 _NOT_STARTED: Final = DeploymentState.NOT_STARTED
 
 

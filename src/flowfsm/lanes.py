@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from flowfsm.protocols import Lanes
     from flowfsm.work import FlowDraft, Work
 
-__all__ = ["Lane", "LaneBook", "LaneMove", "LaneStatus", "lane_moves", "lane_status"]
+__all__ = ["IN_LINE", "Lane", "LaneBook", "LaneMove", "LaneStatus", "lane_moves", "lane_status"]
 
 
 class LaneStatus(enum.Enum):
@@ -82,6 +82,12 @@ class LaneMove:
 
 _QUEUED: Final = DeploymentState.QUEUED
 _NOT_STARTED: Final = DeploymentState.NOT_STARTED
+
+IN_LINE: Final = frozenset({_QUEUED, DeploymentState.HELD})
+"""A deployment in line for its environment: queued, or held by a freeze window (which
+lets it go, to take the environment or join the queue). A ``newest-wins`` flow whose
+deployment comes into line supersedes the older flows (``FlowEngine._newest_wins``);
+awaiting approval is not in line: a request may be refused."""
 _UNDER_WAY: Final = frozenset({DeploymentState.STARTED, DeploymentState.COMPLETED})
 _SUCCESS: Final = DeploymentState.SUCCESS
 _OCCUPIES: Final = LaneStatus.OCCUPIES
@@ -182,7 +188,7 @@ class LaneBook:
         self.work = work
         self._stored: dict[tuple[str, str], Lane] = {}
         self.started_waiting: list[tuple[FlowDraft, int]] = []
-        """Deployments the work queued, in order (``newest-wins`` acts on each)."""
+        """Deployments the work put in line (``IN_LINE``), in order (``newest-wins`` acts on each)."""
         self.superseded: dict[str, str] = {}
         """The flows a newer one superseded in the work, each with its reason (for its history)."""
 

@@ -15,6 +15,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
+from flowfsm.lanes import IN_LINE, LaneBook
 from flowfsm.model import (
     FINISHED,
     ActionRef,
@@ -38,7 +39,6 @@ from flowfsm.model import (
 )
 
 if TYPE_CHECKING:
-    from flowfsm.lanes import LaneBook
     from flowfsm.machines import FailureKind, Guard, Rule
 
 __all__ = ["FLOWFSM", "STEERING_EVENTS", "Draft", "FlowDraft", "Note", "PendingFailure", "RecordedEvent", "Work"]
@@ -50,7 +50,6 @@ _SUCCESS = DeploymentState.SUCCESS
 _PAUSED = FlowState.PAUSED
 _PENDING = PromotionState.PENDING
 _FREEZE = TimerKind.FREEZE
-_QUEUED = DeploymentState.QUEUED
 
 STEERING_EVENTS: Final = frozenset(
     {
@@ -336,7 +335,7 @@ class FlowDraft:
         moves, was = self.moves, self.deployments[draft.index].state
         if draft.state is not was:
             moves.append(("deployment", d.id, was, draft.state))
-            if draft.state is _QUEUED and self.work.lanes is not None:  # newest-wins acts on it
+            if draft.state in IN_LINE and self.work.lanes is not None:  # newest-wins acts on it
                 self.work.lanes.started_waiting.append((self, draft.index))
         if again:
             moves += [("promotion", p.id, p.state, _PENDING) for p in promotions if p.state is not _PENDING]
