@@ -52,6 +52,7 @@ from flowfsm.model import (
     PromotionResult,
     PromotionState,
     ResultStatus,
+    RetryPolicy,
     RollbackPayload,
     Service,
     SteeringPayload,
@@ -116,6 +117,7 @@ _AS_SENT: Final[dict[type, tuple[str, ...]]] = {
     Action: ("secret",),  # a secret or a reference to one, never shown
     PromotionResult: ("attempt",),  # PromotionCompleted refuses all but a whole number (int() reads true as 1)
     ApprovalPolicy: ("required", "allow_author"),  # bool("false") is True; int() reads true and 1.5
+    RetryPolicy: ("attempts",),  # int() reads 2.7 as 2, "3" as 3 and true as 1
     ApprovalGranted: ("groups", "attempt"),  # a string is not its letters
     ApprovalRejected: ("groups", "attempt"),
 }
