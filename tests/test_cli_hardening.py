@@ -151,3 +151,50 @@ def test_a_path_that_is_not_utf8_shows_its_bytes(cli: Cli) -> None:
     assert one_error_line(done.stderr) == "error: --store: no store at '\\xff.db'"
     source = run_raw(cli, "handle", os.fsdecode(b"\xfe.jsonl"))
     assert one_error_line(source.stderr) == "error: SOURCE: cannot read '\\xfe.jsonl': No such file or directory"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [f"mysql://u:{PASSWORD}@db.example/x", f"https://u:{PASSWORD}@example/x.db", f"sqlite://u:{PASSWORD}@h/x.db"],
+)
+@pytest.mark.parametrize("command", [["flows"], ["artifact-created", "com.acme:api:1.0.0"], ["worker", "--once"]])
+def test_a_store_url_of_another_kind_is_refused_without_its_password(cli: Cli, url: str, command: list[str]) -> None:
+    done = cli(*command, "--store", url)
+    assert done.returncode == 1
+    scheme = url.split(":", 1)[0]
+    assert one_error_line(done.stderr) == (
+        f"error: --store: {scheme}:// is not a store; give a SQLite file or a postgresql:// URL"
+    )
+    assert PASSWORD not in done.stdout + done.stderr
+    assert sorted(p.name for p in cli.root.iterdir()) == ["flowfsm.toml"]  # nothing created
+
+
+def test_a_postgresql_scheme_in_capitals_is_postgresql(cli: Cli) -> None:
+    done = cli("flows", "--store", f"POSTGRESQL://u:{PASSWORD}@127.0.0.1:1/x")
+    assert done.returncode == 1
+    assert one_error_line(done.stderr).startswith("error: --store: postgres: cannot connect")
+    assert PASSWORD not in done.stdout + done.stderr
+    assert sorted(p.name for p in cli.root.iterdir()) == ["flowfsm.toml"]
+
+
+@pytest.mark.parametrize("command", [["flows"], ["artifact-created", "com.acme:api:1.0.0"], ["worker", "--once"]])
+def test_a_store_sqlite_cannot_open_names_the_option_and_shows_the_path_bounded(
+    cli: Cli, command: list[str]
+) -> None:
+    folder = cli.root / "a-folder"
+    folder.mkdir()
+    not_sqlite = cli.root / "notes.db"
+    not_sqlite.write_bytes(b"not a SQLite database\n" * 100)
+    assert one_error_line(cli(*command, "--store", str(folder)).stderr) == (
+        f"error: --store: sqlite: cannot open {str(folder)!r}: unable to open database file"
+    )
+    assert one_error_line(cli(*command, "--store", str(not_sqlite)).stderr) == (
+        f"error: --store: sqlite: cannot open {str(not_sqlite)!r}: file is not a database"
+    )
+    assert not_sqlite.read_bytes() == b"not a SQLite database\n" * 100
+    long = cli.root / ("d" * 250)
+    long.mkdir()
+    line = one_error_line(cli(*command, "--store", str(long)).stderr)
+    assert line.startswith("error: --store: sqlite: cannot open ")
+    assert line.endswith("…: unable to open database file")
+    assert len(line) < 400

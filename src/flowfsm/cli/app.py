@@ -176,12 +176,16 @@ def open_store(store: str, *, create: bool = True) -> Repository:
     does not exist rather than leaving an empty store behind.
     """
     if not store:
-        raise ValidationError("--store", "is empty: give a SQLite file or a postgresql:// URL")
-    if store.startswith(("postgresql://", "postgres://")):
+        raise ValidationError("--store", f"is empty: {_STORE_KINDS}")
+    url = _URL_SCHEME.match(store)
+    if url is not None:  # a URL: PostgreSQL, or a mistake that must not become a file (or show its password)
+        scheme = url[1].lower()
+        if scheme not in ("postgresql", "postgres"):
+            raise ValidationError("--store", f"{bounded(url[1], 40)}:// is not a store; {_STORE_KINDS}")
         from flowfsm.repositories import PostgresRepository
 
         try:
-            return PostgresRepository(store)
+            return PostgresRepository(scheme + store[len(url[1]) :])  # libpq reads the scheme in lower case only
         except ValidationError as e:  # the URL itself: say which option holds it
             raise ValidationError("--store", e.message) from None
         except RepositoryError as e:
@@ -190,7 +194,14 @@ def open_store(store: str, *, create: bool = True) -> Repository:
 
     if not create and store != ":memory:" and not os.path.exists(store):
         raise ValidationError("--store", f"no store at {_shown_path(store)}")
-    return SQLiteRepository(store)
+    try:
+        return SQLiteRepository(store)
+    except RepositoryError as e:  # its message quotes the path whole: shown bounded, as the option's value
+        raise ValidationError("--store", str(e).replace(repr(store), _shown_path(store))) from e
+
+
+_URL_SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_STORE_KINDS: Final = "give a SQLite file or a postgresql:// URL"
 
 
 def _checked_engine(catalog: Path) -> FlowEngine:
