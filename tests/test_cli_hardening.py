@@ -178,9 +178,7 @@ def test_a_postgresql_scheme_in_capitals_is_postgresql(cli: Cli) -> None:
 
 
 @pytest.mark.parametrize("command", [["flows"], ["artifact-created", "com.acme:api:1.0.0"], ["worker", "--once"]])
-def test_a_store_sqlite_cannot_open_names_the_option_and_shows_the_path_bounded(
-    cli: Cli, command: list[str]
-) -> None:
+def test_a_store_sqlite_cannot_open_names_the_option_and_shows_the_path_bounded(cli: Cli, command: list[str]) -> None:
     folder = cli.root / "a-folder"
     folder.mkdir()
     not_sqlite = cli.root / "notes.db"

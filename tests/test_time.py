@@ -29,6 +29,7 @@ from flowfsm import (
     PromotionCompleted,
     PromotionResult,
     PromotionState,
+    RepositoryError,
     ResultStatus,
     Service,
     ValidationError,
@@ -393,7 +394,7 @@ def test_a_timer_whose_trigger_fails_is_released_for_the_next_round(world: World
 
     def broken(trigger: object) -> object:
         calls.append(trigger)
-        raise RuntimeError("the store is down")
+        raise RepositoryError("sqlite", "the store is down")
 
     world.engine.handle = broken  # type: ignore[method-assign,assignment]  # a failing engine, for one round
     assert world.scheduler.run_once() == 0

@@ -137,6 +137,50 @@ def test_a_stop_lets_the_timer_under_way_finish_and_releases_the_rest() -> None:
     assert len(repository.claim_due(clock(), 10)) == 2  # released, not leased
 
 
+def timed(service_id: str, key: str) -> Service:
+    return Service(service_id, [key], Pipeline("p", [Environment("dev", timeouts=Timeouts(deploy="10m"))]))
+
+
+def test_timers_of_a_service_gone_from_the_catalog_never_hold_the_others_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A timer the engine refuses (its service left the catalog) is logged once a
+    lease, in one line, and waits out its lease: the timers behind it still fire."""
+    clock, repository = FakeClock(), InMemoryRepository()
+    both = FlowEngine(
+        Catalog([timed("gone", "com.acme:old"), timed("kept", "com.acme:api")]), repository, None, clock=clock
+    )
+    orphans = []
+    for n in range(5):  # due first, more than a batch
+        (flow,) = both.handle(ArtifactCreated(Artifact("com.acme", "old", f"1.{n}"))).flows
+        both.handle(DeploymentStarted(flow.deployments[0].id))
+        orphans.append(flow)
+    clock.advance(minutes=1)
+    (kept,) = both.handle(ArtifactCreated(Artifact("com.acme", "api", "2.0"))).flows
+    both.handle(DeploymentStarted(kept.deployments[0].id))
+    clock.advance(minutes=20)
+    left = FlowEngine(Catalog([timed("kept", "com.acme:api")]), repository, None, clock=clock)
+    with caplog.at_level("INFO", logger="flowfsm"), Worker(left, RecordingEmitter(), batch=2) as worker:
+        assert worker.run_once().timers_fired == 1
+        assert repository.get(kept.id).state is FlowState.FAILED
+        refused = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert len(refused) == len(orphans)
+        for record, flow in zip(refused, orphans, strict=True):
+            assert record.exc_info is None
+            assert record.getMessage() == (
+                f"timer {flow.deployments[0].id}/deploy of flow {flow.id} could not fire:"
+                " UnknownService: unknown service 'gone'; it is tried again when its lease of 30 s ends"
+            )
+        caplog.clear()
+        assert worker.run_once().timers_fired == 0  # held for their lease: not tried every round
+        assert caplog.records == []
+    for flow in orphans:  # kept, not dropped: with the service back, each fires
+        assert [t.kind.value for t in repository.timers(flow.id)] == ["deploy"]
+    repository.release_timers([f"{flow.deployments[0].id}/deploy" for flow in orphans])  # the leases end
+    with Worker(both, RecordingEmitter()) as worker:
+        assert worker.run_once().timers_fired == len(orphans)
+
+
 def test_run_delivers_and_stops_when_asked(tmp_path: Path) -> None:
     repository = SQLiteRepository(tmp_path / "flows.db")
     engine = FlowEngine(Catalog([service()]), repository, None)
