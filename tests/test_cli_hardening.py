@@ -196,3 +196,15 @@ def test_a_store_sqlite_cannot_open_names_the_option_and_shows_the_path_bounded(
     assert line.startswith("error: --store: sqlite: cannot open ")
     assert line.endswith("…: unable to open database file")
     assert len(line) < 400
+
+
+@pytest.mark.parametrize("command", [["catalog", "validate"], ["artifact-created", "com.acme:api:1.0", "--catalog"]])
+def test_a_catalog_file_name_is_shown_bounded_escaped_and_as_its_bytes(cli: Cli, command: list[str]) -> None:
+    long = run_raw(cli, *command, "c" * 130_000 + ".toml")
+    line = one_error_line(long.stderr)
+    assert line.startswith("error: …ccc")
+    assert line.endswith("c.toml: $: cannot read: File name too long")
+    assert len(line) < 400
+    odd = run_raw(cli, *command, os.fsdecode(b"\xff\n\x1b[2J.toml"))
+    assert one_error_line(odd.stderr) == "error: \\xff\\x0a\\x1b[2J.toml: $: cannot read: No such file or directory"
+    assert not cli.store.exists()

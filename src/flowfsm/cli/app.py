@@ -33,6 +33,7 @@ from flowfsm.converter import parse_json, structure, unstructure
 from flowfsm.engine import FlowEngine
 from flowfsm.errors import (
     ID_LIMIT,
+    CatalogError,
     FlowFSMError,
     NotFound,
     RepositoryError,
@@ -145,10 +146,24 @@ def _reported() -> Iterator[None]:
     """flowfsm's errors become one line on standard error and exit status 1."""
     try:
         yield
+    except CatalogError as e:  # the file's name as given, which may be long or odd
+        _fail(f"{_file_name(e.source)}: {e.path}: {e.message}")
     except FlowFSMError as e:
         _fail(str(e))
     except ConsoleError as e:  # Rich refused to print: a clear line, never a traceback
         _fail(f"cannot print the result: {e}")
+
+
+MAX_FILE_NAME: Final = 300
+"""The most characters of a file's name an error shows: its end, where the name is."""
+
+
+def _file_name(path: str) -> str:
+    """A file's name as an error shows it, unquoted: bytes that are not UTF-8 as
+    ``\\xff`` (as the shell writes them), control characters escaped (a newline too:
+    one line stays one line), and a name too long cut at its start."""
+    text = visible(os.fsencode(path).decode("utf-8", "backslashreplace"))
+    return text if len(text) <= MAX_FILE_NAME else "…" + text[-(MAX_FILE_NAME - 1) :]
 
 
 def _checked_text(field: str, value: str) -> str:
