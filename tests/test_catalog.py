@@ -696,3 +696,13 @@ def test_retry_attempts_must_be_a_whole_number_as_written(tmp_path: Path, attemp
     error = refused(write(tmp_path, "c.json", json.dumps(data)))
     assert error.path == path
     assert error.message == f"must be a whole number from 1 to 100, got {shown(attempts)}"
+
+
+@pytest.mark.parametrize("name", ["c.json", "c.toml", "c.yaml"])
+def test_an_unknown_top_level_key_is_named(tmp_path: Path, name: str) -> None:
+    """``freeze`` for ``freezes`` is a typo that would drop every window: say which key."""
+    data = catalog_data()
+    data["freeze"] = []
+    text = json.dumps(data) if name.endswith((".json", ".yaml")) else "freeze = []\n" + TOML
+    error = refused(write(tmp_path, name, text))
+    assert (error.path, error.message) == ("$", "unknown key(s) 'freeze'; a catalog has 'services' and 'freezes'")
