@@ -11,10 +11,12 @@ nothing; a usage mistake exits 2.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
 import os
 import re
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -1282,8 +1284,31 @@ def serve(
                 return Viewer(actor, frozenset(g.strip() for g in named.split(",") if g.strip()))
 
         app = dashboard(engine, authorize=authorize, secret=os.environ.get("FLOWFSM_DASHBOARD_SECRET") or None)
-        err.print(_line(f"dashboard on http://{host}:{port}/ ; Ctrl-C stops it"), soft_wrap=True)
-        uvicorn.run(app, host=host, port=port, log_level="warning", ws="none", lifespan="off")
+        listening = _listen(host, port)
+    with listening:
+        shown_host = f"[{host}]" if ":" in host else host
+        err.print(
+            _line(f"dashboard on http://{shown_host}:{listening.getsockname()[1]}/ ; Ctrl-C stops it"), soft_wrap=True
+        )
+        config = uvicorn.Config(app, log_level="warning", ws="none", lifespan="off")
+        uvicorn.Server(config).run(sockets=[listening])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host`` and ``port``, as uvicorn binds one, bound here so that
+    an address that cannot be used is one ``error:`` line (uvicorn would log it and
+    exit with its own status)."""
+    listening = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind((host, port))
+    except (OSError, UnicodeError, ValueError) as e:  # unknown name, address in use, not allowed; NUL
+        listening.close()
+        option = "--port" if getattr(e, "errno", None) in (errno.EADDRINUSE, errno.EACCES) else "--host"
+        why = getattr(e, "strerror", None) or type(e).__name__
+        raise ValidationError(option, f"cannot listen on {shown(host, 100)} port {port}: {why}") from None
+    listening.set_inheritable(True)
+    return listening
 
 
 @app.command("diagram")
