@@ -208,3 +208,18 @@ def test_a_catalog_file_name_is_shown_bounded_escaped_and_as_its_bytes(cli: Cli,
     odd = run_raw(cli, *command, os.fsdecode(b"\xff\n\x1b[2J.toml"))
     assert one_error_line(odd.stderr) == "error: \\xff\\x0a\\x1b[2J.toml: $: cannot read: No such file or directory"
     assert not cli.store.exists()
+
+
+def test_demo_on_a_store_it_cannot_use_names_the_option(cli: Cli) -> None:
+    folder = cli.root / "a-folder"
+    folder.mkdir()
+    done = cli("demo", "--store", str(folder))
+    assert done.returncode == 1
+    assert one_error_line(done.stderr) == (
+        f"error: --store: sqlite: cannot open {str(folder)!r}: unable to open database file"
+    )
+    url = cli("demo", "--store", f"postgresql://u:{PASSWORD}@127.0.0.1:1/x")
+    assert url.returncode == 1
+    assert one_error_line(url.stderr) == "error: --store: the demo runs on a SQLite file, not a postgresql:// URL"
+    assert PASSWORD not in url.stdout + url.stderr
+    assert sorted(p.name for p in cli.root.iterdir()) == ["a-folder", "flowfsm.toml"]

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, Final, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, Final, NoReturn
 
 import typer
 from rich import box
@@ -78,6 +78,9 @@ from flowfsm.triggers import (
     SkipPromotion,
     Trigger,
 )
+
+if TYPE_CHECKING:
+    from flowfsm.repositories import SQLiteRepository
 
 __all__ = ["app"]
 
@@ -207,10 +210,15 @@ def open_store(store: str, *, create: bool = True) -> Repository:
             raise ValidationError("--store", e.message) from None
         except RepositoryError as e:
             raise ValidationError("--store", str(e)) from e
-    from flowfsm.repositories import SQLiteRepository
-
     if not create and store != ":memory:" and not os.path.exists(store):
         raise ValidationError("--store", f"no store at {_shown_path(store)}")
+    return _sqlite_store(store)
+
+
+def _sqlite_store(store: str) -> SQLiteRepository:
+    """The SQLite store at ``store``; one it cannot open is a ``ValidationError`` naming ``--store``."""
+    from flowfsm.repositories import SQLiteRepository
+
     try:
         return SQLiteRepository(store)
     except RepositoryError as e:  # its message quotes the path whole: shown bounded, as the option's value
@@ -1325,11 +1333,16 @@ def diagram(
 @app.command("demo")
 def demo(
     store: Annotated[
-        Path | None, typer.Option("--store", help="SQLite file to keep (default: a temporary one).")
+        str | None, typer.Option("--store", help="SQLite file to keep (default: a temporary one).")
     ] = None,
 ) -> None:
     """Run two releases through dev → staging → prod on SQLite, printing every step."""
     from flowfsm.cli.demo import run
 
     with _reported():
-        run(out, store)
+        if store is not None:
+            url = _URL_SCHEME.match(store)
+            if url is not None:
+                raise ValidationError("--store", f"the demo runs on a SQLite file, not a {bounded(url[1], 40)}:// URL")
+            _sqlite_store(store).close()  # what cannot be opened is said before the demo starts
+        run(out, Path(store) if store is not None else None)
