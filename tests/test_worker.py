@@ -404,3 +404,38 @@ def test_worker_finishes_the_delivery_under_way_on_a_signal_and_exits_0(tmp_path
             assert repository.count_pending() == 0  # the delivery under way was finished and recorded
     finally:
         receiver.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_dispatch_follow_finishes_the_delivery_under_way_on_a_signal_and_exits_0(tmp_path: Path, sig: int) -> None:
+    """As the worker: a service manager stops ``dispatch --follow`` with SIGTERM, and
+    the delivery under way is recorded, not left leased to be sent a second time."""
+    receiver = Receiver()
+    try:
+        cli = Cli(tmp_path, url=receiver.url("/deploy"))
+        assert cli("artifact-created", "com.acme:api:1.0.0").returncode == 0
+        receiver.answer("/deploy", (200, {}, 1.0, b"slow"))  # answers after a second
+        env = {**os.environ, "FLOWFSM_STORE": str(cli.store), "FLOWFSM_CATALOG": str(cli.catalog)}
+        process = subprocess.Popen(
+            [FLOWFSM, "dispatch", "--follow"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            until(lambda: receiver.bodies("/deploy"), timeout=30)  # the delivery is under way
+            process.send_signal(sig)
+            stdout, stderr = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        assert process.returncode == 0, stderr
+        assert stdout.splitlines() == ["delivering; SIGTERM or Ctrl-C stops it", "stopped"]
+        assert "Traceback" not in stderr
+        with SQLiteRepository(cli.store) as repository:
+            assert repository.count_pending() == 0  # the delivery under way was finished and recorded
+    finally:
+        receiver.close()

@@ -16,8 +16,10 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -966,25 +968,38 @@ def dispatch(
     from flowfsm.emitters import HttpEmitter
 
     _log_delivery_to_stderr()
-    with _reported():
+    with _stopped_by_signals() as stop, _reported():
         repository = open_store(store)
         emitter = HttpEmitter(Catalog.from_file(catalog))
         dispatcher = Dispatcher(repository, emitter, concurrency=concurrency)
         try:
             if follow:
-                out.print("delivering; Ctrl-C to stop")
-                dispatcher.run()
+                out.print("delivering; SIGTERM or Ctrl-C stops it")
+                dispatcher.run(stop)
+                out.print("stopped")
             else:
-                report = dispatcher.run_once()
+                report = dispatcher.run_once(stop)
                 line = f"delivered {report.delivered}; retried {report.retried}"
                 if report.next_attempt_at is not None:
                     line += f" (next attempt at {report.next_attempt_at.isoformat(timespec='seconds')})"
                 out.print(f"{line}; dead {report.dead}; pending {repository.count_pending()}", markup=False)
-        except KeyboardInterrupt:
-            out.print("stopped")
         finally:
             dispatcher.close()
             emitter.close()
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[threading.Event]:
+    """An event SIGTERM and SIGINT set, in place of ending the process: what is under
+    way (a delivery, a timer) finishes and is recorded, the rest is released for
+    other workers, and the command exits 0. The handlers before are put back."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class _VisibleFormatter(logging.Formatter):
@@ -1027,43 +1042,34 @@ def worker(
     Each failed delivery (status, next attempt time) and each timer fired is logged
     on standard error. A stop finishes the delivery and the timer under way,
     releases the rest for other workers, and exits 0."""
-    import signal
-    import threading
-
     from flowfsm.emitters import HttpEmitter
     from flowfsm.worker import Worker
 
     _log_delivery_to_stderr(logging.INFO)
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        with _reported():
-            for option, seconds in (("--poll-interval", poll_interval), ("--lease", lease)):
-                if not 0 < seconds <= MAX_WAIT:  # NaN too
-                    raise ValidationError(option, f"must be more than 0 and at most {MAX_WAIT:g} s")
-            engine = _engine(store, catalog, create=True)
-            emitter = HttpEmitter(engine.catalog)
-            running = Worker(
-                engine, emitter, poll_interval=poll_interval, concurrency=concurrency, lease=lease, timer_lease=lease
-            )
-            try:
-                if once:
-                    report = running.run_once(stop)
-                    done = report.deliveries
-                    line = f"timers fired {report.timers_fired}; delivered {done.delivered}; retried {done.retried}"
-                    if done.next_attempt_at is not None:
-                        line += f" (next attempt at {done.next_attempt_at.isoformat(timespec='seconds')})"
-                    out.print(f"{line}; dead {done.dead}; pending {engine.repository.count_pending()}", markup=False)
-                else:
-                    err.print("worker running; SIGTERM or Ctrl-C stops it", markup=False)
-                    running.run(stop)
-                    err.print("worker stopped", markup=False)
-            finally:
-                running.close()
-                emitter.close()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with _stopped_by_signals() as stop, _reported():
+        for option, seconds in (("--poll-interval", poll_interval), ("--lease", lease)):
+            if not 0 < seconds <= MAX_WAIT:  # NaN too
+                raise ValidationError(option, f"must be more than 0 and at most {MAX_WAIT:g} s")
+        engine = _engine(store, catalog, create=True)
+        emitter = HttpEmitter(engine.catalog)
+        running = Worker(
+            engine, emitter, poll_interval=poll_interval, concurrency=concurrency, lease=lease, timer_lease=lease
+        )
+        try:
+            if once:
+                report = running.run_once(stop)
+                done = report.deliveries
+                line = f"timers fired {report.timers_fired}; delivered {done.delivered}; retried {done.retried}"
+                if done.next_attempt_at is not None:
+                    line += f" (next attempt at {done.next_attempt_at.isoformat(timespec='seconds')})"
+                out.print(f"{line}; dead {done.dead}; pending {engine.repository.count_pending()}", markup=False)
+            else:
+                err.print("worker running; SIGTERM or Ctrl-C stops it", markup=False)
+                running.run(stop)
+                err.print("worker stopped", markup=False)
+        finally:
+            running.close()
+            emitter.close()
 
 
 # --- the outbox -----------------------------------------------------------------------
