@@ -3,8 +3,10 @@ write, input without end, values of any size. Always one line, never a traceback
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -223,3 +225,40 @@ def test_demo_on_a_store_it_cannot_use_names_the_option(cli: Cli) -> None:
     assert one_error_line(url.stderr) == "error: --store: the demo runs on a SQLite file, not a postgresql:// URL"
     assert PASSWORD not in url.stdout + url.stderr
     assert sorted(p.name for p in cli.root.iterdir()) == ["a-folder", "flowfsm.toml"]
+
+
+def _tables_and_journal(path: Path) -> tuple[list[str], str]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        (journal,) = db.execute("PRAGMA journal_mode").fetchone()
+        return tables, journal
+
+
+@pytest.mark.parametrize("tables", [["users"], ["flows", "users"]])
+@pytest.mark.parametrize("command", [["flows"], ["artifact-created", "com.acme:api:1.0.0"], ["worker", "--once"]])
+def test_a_sqlite_database_of_another_application_is_left_as_it_is(
+    cli: Cli, tables: list[str], command: list[str]
+) -> None:
+    """``--store`` naming another program's database (a typo, the wrong file) must not
+    turn it into a flowfsm store: no tables added, its journal mode kept."""
+    other = cli.root / "app.db"
+    with contextlib.closing(sqlite3.connect(other)) as db:
+        for table in tables:
+            db.execute(f"CREATE TABLE {table} (x)")
+        db.commit()
+    before = _tables_and_journal(other)
+    done = cli(*command, "--store", str(other))
+    assert done.returncode == 1
+    assert one_error_line(done.stderr) == (
+        f"error: --store: {str(other)!r} is a SQLite database of something else (it has tables, none of"
+        " flowfsm's); nothing was changed"
+    )
+    assert _tables_and_journal(other) == before == (sorted(tables), "delete")
+    assert sorted(p.name for p in cli.root.iterdir()) == ["app.db", "flowfsm.toml"]
+
+
+def test_an_empty_sqlite_database_becomes_a_store(cli: Cli) -> None:
+    empty = cli.root / "empty.db"
+    sqlite3.connect(empty).close()
+    assert cli("artifact-created", "com.acme:api:1.0.0", "--store", str(empty)).returncode == 0
+    assert cli.json("flows", "--store", str(empty))[0]["artifact"]["version"] == "1.0.0"

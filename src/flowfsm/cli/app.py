@@ -18,13 +18,15 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, Final, NoReturn
+from urllib.parse import quote
 
 import typer
 from rich import box
@@ -218,13 +220,36 @@ def open_store(store: str, *, create: bool = True) -> Repository:
 
 
 def _sqlite_store(store: str) -> SQLiteRepository:
-    """The SQLite store at ``store``; one it cannot open is a ``ValidationError`` naming ``--store``."""
+    """The SQLite store at ``store``; one it cannot open, or another program's
+    database, is a ``ValidationError`` naming ``--store``."""
     from flowfsm.repositories import SQLiteRepository
 
+    if _foreign_database(store):
+        raise ValidationError(
+            "--store",
+            f"{_shown_path(store)} is a SQLite database of something else (it has tables, none of flowfsm's);"
+            " nothing was changed",
+        )
     try:
         return SQLiteRepository(store)
     except RepositoryError as e:  # its message quotes the path whole: shown bounded, as the option's value
         raise ValidationError("--store", str(e).replace(repr(store), _shown_path(store))) from e
+
+
+def _foreign_database(store: str) -> bool:
+    """Whether ``store`` is a SQLite database with tables but not flowfsm's, read
+    without writing (opening it as a store would add flowfsm's tables and switch it to
+    WAL). Anything else — no file, an empty database, a file that is not SQLite, one
+    that cannot be read — is left for the repository to open or to refuse."""
+    if store == ":memory:" or not os.path.isfile(store) or os.path.getsize(store) == 0:
+        return False
+    uri = "file:" + quote(os.fsencode(os.path.abspath(store))) + "?mode=ro"
+    try:
+        with closing(sqlite3.connect(uri, uri=True)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return False
+    return bool(tables) and "flowfsm_meta" not in tables
 
 
 _URL_SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
