@@ -21,7 +21,7 @@ import socket
 import sqlite3
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -323,9 +323,24 @@ def _state(value: str, width: int = 0) -> tuple[str, str]:
     return value.ljust(width), _COLOUR.get(value, "white")
 
 
-def _handle(engine: FlowEngine, trigger: Trigger, as_json: bool) -> None:
+def _apply(trigger: Callable[[], Trigger], store: str, catalog: Path, as_json: bool, *, create: bool = False) -> None:
+    """A trigger command's whole work: the trigger made from the arguments (a bad one
+    is refused before the catalog is read or the store opened), applied by the store's
+    engine, and the outcome shown."""
     with _reported():
-        _show_outcome(engine.handle(trigger), as_json)
+        made = trigger()
+        engine = _engine(store, catalog, create=create)
+        _show_outcome(engine.handle(made), as_json)
+
+
+def _apply_to_promotion(
+    trigger: Callable[[str], Trigger], deployment_id: str, promotion: str, store: str, catalog: Path, as_json: bool
+) -> None:
+    """``_apply`` for a trigger on a promotion named by its id or by its name in the
+    deployment: ``trigger(promotion_id)``, once the store says which promotion it is."""
+    with _reported():
+        engine = _engine(store, catalog, create=False)
+        _show_outcome(engine.handle(trigger(_promotion_id(engine, deployment_id, promotion))), as_json)
 
 
 @app.command("artifact-created")
@@ -339,10 +354,7 @@ def artifact_created(
     as_json: Json = False,
 ) -> None:
     """CI published an artifact: start a flow for each service that consumes it."""
-    with _reported():
-        trigger = ArtifactCreated(Artifact.parse(artifact), actor=actor)
-        engine = _engine(store, catalog, create=True)
-    _handle(engine, trigger, as_json)
+    _apply(lambda: ArtifactCreated(Artifact.parse(artifact), actor=actor), store, catalog, as_json, create=True)
 
 
 @app.command("deployment-started")
@@ -353,10 +365,7 @@ def deployment_started(
     as_json: Json = False,
 ) -> None:
     """The CD system started a deployment."""
-    with _reported():
-        trigger = DeploymentStarted(deployment_id)
-        engine = _engine(store, catalog, create=False)
-    _handle(engine, trigger, as_json)
+    _apply(lambda: DeploymentStarted(deployment_id), store, catalog, as_json)
 
 
 @app.command("deployment-completed")
@@ -367,10 +376,7 @@ def deployment_completed(
     as_json: Json = False,
 ) -> None:
     """The CD system finished a deployment; its promotions may now report."""
-    with _reported():
-        trigger = DeploymentCompleted(deployment_id)
-        engine = _engine(store, catalog, create=False)
-    _handle(engine, trigger, as_json)
+    _apply(lambda: DeploymentCompleted(deployment_id), store, catalog, as_json)
 
 
 @app.command("deployment-failed")
@@ -382,10 +388,7 @@ def deployment_failed(
     as_json: Json = False,
 ) -> None:
     """The CD system reports that a started deployment failed, and why."""
-    with _reported():
-        trigger = DeploymentFailed(deployment_id, reason)
-        engine = _engine(store, catalog, create=False)
-    _handle(engine, trigger, as_json)
+    _apply(lambda: DeploymentFailed(deployment_id, reason), store, catalog, as_json)
 
 
 class Result(StrEnum):
@@ -404,15 +407,15 @@ def promotion_completed(
     as_json: Json = False,
 ) -> None:
     """A promotion's check finished, passed or failed."""
-    with _reported():
+
+    def completed(promotion_id: str) -> Trigger:
+        return PromotionCompleted(deployment_id, promotion_id, [PromotionResult(promotion_id, status, extra)])
+
+    with _reported():  # the details and the result are checked before the store is opened
         extra = _details(details)
         status = ResultStatus(result.value)
-        trigger = PromotionCompleted(deployment_id, promotion, [PromotionResult(promotion, status, extra)])
-        engine = _engine(store, catalog, create=False)
-        promotion_id = _promotion_id(engine, deployment_id, promotion)
-        if promotion_id != promotion:  # named by its name: the trigger carries its id
-            trigger = PromotionCompleted(deployment_id, promotion_id, [PromotionResult(promotion_id, status, extra)])
-    _handle(engine, trigger, as_json)
+        completed(promotion)
+    _apply_to_promotion(completed, deployment_id, promotion, store, catalog, as_json)
 
 
 # --- steering: a person acts, so --actor is required ------------------------------------
@@ -431,10 +434,7 @@ def pause(
     as_json: Json = False,
 ) -> None:
     """Pause a flow: work under way is still recorded; nothing new begins until it resumes."""
-    with _reported():
-        trigger = PauseFlow(flow_id, actor, reason)
-        engine = _engine(store, catalog, create=False)
-    _handle(engine, trigger, as_json)
+    _apply(lambda: PauseFlow(flow_id, actor, reason), store, catalog, as_json)
 
 
 @app.command("resume")
@@ -447,10 +447,7 @@ def resume(
     as_json: Json = False,
 ) -> None:
     """Resume a paused flow; what the pause held is announced."""
-    with _reported():
-        trigger = ResumeFlow(flow_id, actor, reason)
-        engine = _engine(store, catalog, create=False)
-    _handle(engine, trigger, as_json)
+    _apply(lambda: ResumeFlow(flow_id, actor, reason), store, catalog, as_json)
 
 
 @app.command("abort")
@@ -463,10 +460,7 @@ def abort(
     as_json: Json = False,
 ) -> None:
     """End a flow for good: it never moves again."""
-    with _reported():
-        trigger = AbortFlow(flow_id, actor, reason)
-        engine = _engine(store, catalog, create=False)
-    _handle(engine, trigger, as_json)
+    _apply(lambda: AbortFlow(flow_id, actor, reason), store, catalog, as_json)
 
 
 @app.command("retry-promotion")
@@ -480,11 +474,14 @@ def retry_promotion(
     as_json: Json = False,
 ) -> None:
     """Retry a failed promotion: pending again, at its next attempt."""
-    with _reported():
-        engine = _engine(store, catalog, create=False)
-        promotion_id = _promotion_id(engine, deployment_id, promotion)
-        trigger = RetryPromotion(deployment_id, promotion_id, actor, reason)
-    _handle(engine, trigger, as_json)
+    _apply_to_promotion(
+        lambda promotion_id: RetryPromotion(deployment_id, promotion_id, actor, reason),
+        deployment_id,
+        promotion,
+        store,
+        catalog,
+        as_json,
+    )
 
 
 @app.command("skip-promotion")
@@ -498,11 +495,14 @@ def skip_promotion(
     as_json: Json = False,
 ) -> None:
     """Let a pending or failed promotion pass unchecked; it counts as passed."""
-    with _reported():
-        engine = _engine(store, catalog, create=False)
-        promotion_id = _promotion_id(engine, deployment_id, promotion)
-        trigger = SkipPromotion(deployment_id, promotion_id, actor, reason)
-    _handle(engine, trigger, as_json)
+    _apply_to_promotion(
+        lambda promotion_id: SkipPromotion(deployment_id, promotion_id, actor, reason),
+        deployment_id,
+        promotion,
+        store,
+        catalog,
+        as_json,
+    )
 
 
 @app.command("retry-deployment")
@@ -515,10 +515,7 @@ def retry_deployment(
     as_json: Json = False,
 ) -> None:
     """Retry a failed deployment: announced again, at its next attempt."""
-    with _reported():
-        trigger = RetryDeployment(deployment_id, actor, reason)
-        engine = _engine(store, catalog, create=False)
-    _handle(engine, trigger, as_json)
+    _apply(lambda: RetryDeployment(deployment_id, actor, reason), store, catalog, as_json)
 
 
 # --- approvals (SPEC §11): the store authorizes, the caller vouches for --actor and --group ---
@@ -545,10 +542,12 @@ def approve(
     as_json: Json = False,
 ) -> None:
     """Approve a deployment awaiting approval; the last approval needed announces it."""
-    with _reported():
-        trigger = ApprovalGranted(deployment_id, actor, group or (), reason=reason, attempt=attempt)
-        engine = _engine(store, catalog, create=False)
-    _handle(engine, trigger, as_json)
+    _apply(
+        lambda: ApprovalGranted(deployment_id, actor, group or (), reason=reason, attempt=attempt),
+        store,
+        catalog,
+        as_json,
+    )
 
 
 @app.command("reject")
@@ -563,10 +562,12 @@ def reject(
     as_json: Json = False,
 ) -> None:
     """Reject a deployment awaiting approval: a failure, for its failure policy."""
-    with _reported():
-        trigger = ApprovalRejected(deployment_id, actor, reason, groups=group or (), attempt=attempt)
-        engine = _engine(store, catalog, create=False)
-    _handle(engine, trigger, as_json)
+    _apply(
+        lambda: ApprovalRejected(deployment_id, actor, reason, groups=group or (), attempt=attempt),
+        store,
+        catalog,
+        as_json,
+    )
 
 
 @app.command("override-freeze")
@@ -579,10 +580,7 @@ def override_freeze(
     as_json: Json = False,
 ) -> None:
     """Let a deployment held by a freeze window through: announced now (this attempt)."""
-    with _reported():
-        trigger = OverrideFreeze(deployment_id, actor, reason)
-        engine = _engine(store, catalog, create=False)
-    _handle(engine, trigger, as_json)
+    _apply(lambda: OverrideFreeze(deployment_id, actor, reason), store, catalog, as_json)
 
 
 @app.command("freezes")
