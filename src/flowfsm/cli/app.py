@@ -1070,9 +1070,9 @@ def worker(
 
     _log_delivery_to_stderr(logging.INFO)
     with _stopped_by_signals() as stop, _reported():
-        for option, seconds in (("--poll-interval", poll_interval), ("--lease", lease)):
-            if not 0 < seconds <= MAX_WAIT:  # NaN too
-                raise ValidationError(option, f"must be more than 0 and at most {MAX_WAIT:g} s")
+        for option, seconds, least in (("--poll-interval", poll_interval, 0.01), ("--lease", lease, 1.0)):
+            if not least <= seconds <= MAX_WAIT:  # NaN too; shorter spins on the store, or lapses at once
+                raise ValidationError(option, f"must be from {least:g} s to {MAX_WAIT:g} s")
         engine = _engine(store, catalog, create=True)
         emitter = HttpEmitter(engine.catalog)
         running = Worker(
