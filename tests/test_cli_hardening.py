@@ -262,3 +262,16 @@ def test_an_empty_sqlite_database_becomes_a_store(cli: Cli) -> None:
     sqlite3.connect(empty).close()
     assert cli("artifact-created", "com.acme:api:1.0.0", "--store", str(empty)).returncode == 0
     assert cli.json("flows", "--store", str(empty))[0]["artifact"]["version"] == "1.0.0"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="flowfsm.model.Artifact bounds no part of an artifact id (actors are bounded at 256, reasons at"
+    " 10,000): a version of nearly 1 MiB is stored, and copied into every flow, deployment and HookRequest payload",
+)
+def test_an_artifact_version_of_a_mebibyte_is_refused_before_anything_is_stored(cli: Cli) -> None:
+    line = '{"type": "ArtifactCreated", "artifact": {"group": "com.acme", "name": "api", "version": "%s"}}\n'
+    done = cli("handle", "-", stdin=line % ("v" * (2**20 - 200)))
+    assert done.returncode == 1
+    assert one_error_line(done.stderr).startswith("error: line 1: $.artifact.version: ")
+    assert not cli.store.exists()
