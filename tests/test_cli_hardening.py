@@ -275,3 +275,37 @@ def test_an_artifact_version_of_a_mebibyte_is_refused_before_anything_is_stored(
     assert done.returncode == 1
     assert one_error_line(done.stderr).startswith("error: line 1: $.artifact.version: ")
     assert not cli.store.exists()
+
+
+def _run_with_closed(cli: Cli, fd: int, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``flowfsm`` started with file descriptor ``fd`` closed, as a daemon or cron may start it."""
+    env = {**os.environ, "FLOWFSM_STORE": str(cli.store), "FLOWFSM_CATALOG": str(cli.catalog)}
+    return subprocess.run(
+        [FLOWFSM, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=cli.root,
+        timeout=60,
+        check=False,
+        preexec_fn=lambda: os.close(fd),  # in the child, before exec
+    )
+
+
+def test_a_closed_standard_output_is_one_error_line(cli: Cli) -> None:
+    flow_id = _with_a_flow(cli)
+    for args in (["flows"], ["show", flow_id, "--json"], ["artifact-created", "com.acme:api:2.0"]):
+        done = _run_with_closed(cli, 1, *args)
+        assert done.returncode == 1, args
+        assert one_error_line(done.stderr) == "error: cannot write the output: Bad file descriptor"
+
+
+def test_handle_without_standard_input_or_from_a_file_that_fails_is_one_error_line(cli: Cli) -> None:
+    closed = _run_with_closed(cli, 0, "handle", "-")
+    assert closed.returncode == 1
+    assert one_error_line(closed.stderr) == "error: SOURCE: there is no standard input to read"
+    failing = run_raw(cli, "handle", "/proc/self/mem")  # reading its first page fails: EIO
+    assert failing.returncode == 1
+    assert one_error_line(failing.stderr) == "error: SOURCE: cannot read '/proc/self/mem': Input/output error"
+    assert not cli.store.exists()

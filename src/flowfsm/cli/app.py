@@ -662,12 +662,24 @@ def _details(text: str | None) -> dict[str, Any]:
 def _open_source(source: str) -> BinaryIO:
     """The JSON lines to read, as bytes: each line is decoded (strictly, as UTF-8) on its own."""
     if source == "-":
+        if sys.stdin is None:  # started with standard input closed (<&-)
+            raise ValidationError("SOURCE", "there is no standard input to read")
         return sys.stdin.buffer
     try:
         return Path(source).open("rb")
     except OSError as e:
         why = e.strerror or type(e).__name__
         raise ValidationError("SOURCE", f"cannot read {_shown_path(source)}: {why}") from None
+
+
+def _read_line(lines: BinaryIO, source: str) -> bytes:
+    """The next line, at most ``MAX_LINE`` + 1 bytes (b"" at the end); a read that
+    fails (a device's I/O error) is a ``ValidationError`` naming ``SOURCE``."""
+    try:
+        return lines.readline(MAX_LINE + 1)
+    except OSError as e:
+        where = "standard input" if source == "-" else _shown_path(source)
+        raise ValidationError("SOURCE", f"cannot read {where}: {e.strerror or type(e).__name__}") from None
 
 
 MAX_LINE: Final = 2**20
@@ -691,7 +703,7 @@ def handle(
         lines = _open_source(source)
         opened = False  # the store is opened at the first well-formed trigger
         try:
-            for number, line in enumerate(iter(lambda: lines.readline(MAX_LINE + 1), b""), 1):
+            for number, line in enumerate(iter(lambda: _read_line(lines, source), b""), 1):
                 if len(line.rstrip(b"\r\n")) > MAX_LINE:
                     _fail(f"line {number}: longer than {MAX_LINE // 2**20} MiB")
                 if not line.strip():
