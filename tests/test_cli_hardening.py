@@ -283,8 +283,7 @@ def _run_with_closed(cli: Cli, fd: int, *args: str) -> subprocess.CompletedProce
     return subprocess.run(
         [FLOWFSM, *args],
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         env=env,
         cwd=cli.root,
         timeout=60,

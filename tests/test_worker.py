@@ -363,6 +363,26 @@ def test_worker_once_fires_timers_and_delivers_and_logs_both(tmp_path: Path) -> 
         receiver.close()
 
 
+@pytest.mark.parametrize("command", [["worker", "--once"], ["dispatch"]])
+def test_the_summary_is_one_line_however_narrow_the_terminal(tmp_path: Path, command: list[str]) -> None:
+    """Scripts read it: ``(next attempt at ...)`` must not wrap it at 80 columns."""
+    receiver = Receiver()
+    try:
+        cli = Cli(tmp_path, url=receiver.url("/deploy"))
+        assert cli("artifact-created", "com.acme:api:1.0.0").returncode == 0
+        receiver.answer("/deploy", (503, {}, 0.0, b"busy"))
+        env = {**os.environ, "FLOWFSM_STORE": str(cli.store), "FLOWFSM_CATALOG": str(cli.catalog), "COLUMNS": "40"}
+        done = subprocess.run(
+            [FLOWFSM, *command], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        (line,) = done.stdout.splitlines()
+        assert "retried 1 (next attempt at " in line
+        assert line.endswith("; dead 0; pending 1")
+    finally:
+        receiver.close()
+
+
 @pytest.mark.parametrize(
     ("option", "least"), [("--poll-interval", "0.01 s"), ("--lease", "1 s")], ids=["poll-interval", "lease"]
 )

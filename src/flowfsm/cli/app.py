@@ -1017,7 +1017,9 @@ def dispatch(
                 line = f"delivered {report.delivered}; retried {report.retried}"
                 if report.next_attempt_at is not None:
                     line += f" (next attempt at {report.next_attempt_at.isoformat(timespec='seconds')})"
-                out.print(f"{line}; dead {report.dead}; pending {repository.count_pending()}", markup=False)
+                out.print(
+                    f"{line}; dead {report.dead}; pending {repository.count_pending()}", markup=False, soft_wrap=True
+                )
         finally:
             dispatcher.close()
             emitter.close()
@@ -1097,7 +1099,11 @@ def worker(
                 line = f"timers fired {report.timers_fired}; delivered {done.delivered}; retried {done.retried}"
                 if done.next_attempt_at is not None:
                     line += f" (next attempt at {done.next_attempt_at.isoformat(timespec='seconds')})"
-                out.print(f"{line}; dead {done.dead}; pending {engine.repository.count_pending()}", markup=False)
+                out.print(
+                    f"{line}; dead {done.dead}; pending {engine.repository.count_pending()}",
+                    markup=False,
+                    soft_wrap=True,
+                )
             else:
                 err.print("worker running; SIGTERM or Ctrl-C stops it", markup=False)
                 running.run(stop)
