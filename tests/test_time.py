@@ -404,6 +404,29 @@ def test_a_timer_whose_trigger_fails_is_released_for_the_next_round(world: World
     assert world.flow(flow).state is FlowState.FAILED
 
 
+def test_a_timer_whose_trigger_has_a_bug_waits_out_its_lease_with_its_traceback_logged(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not flowfsm's refusal but a bug (any other exception): held as a refusal is, so
+    it never fails every round, and logged with its traceback, once a lease."""
+    flow = world.start()
+    world.engine.handle(DeploymentStarted(flow.deployments[0].id))
+    world.clock.advance(hours=1)
+
+    def broken(trigger: object) -> object:
+        raise KeyError("a bug")
+
+    world.engine.handle = broken  # type: ignore[method-assign,assignment]  # a failing engine
+    with caplog.at_level("WARNING", logger="flowfsm.scheduling"):
+        assert world.scheduler.fire_due() == (1, 0, 0)
+        assert world.scheduler.fire_due() == (0, 0, 0)  # held: not claimed again in the next round
+    (record,) = caplog.records
+    assert record.exc_info is not None
+    assert record.getMessage().endswith(
+        "could not fire: KeyError: 'a bug'; it is tried again when its lease of 30 s ends"
+    )
+
+
 def test_the_scheduler_checks_its_settings() -> None:
     repository = InMemoryRepository()
     engine = FlowEngine(Catalog([timed_service()]), repository, None)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flowfsm.engine import FlowEngine
-from flowfsm.errors import ConcurrencyConflict, RepositoryError, ValidationError, bounded
+from flowfsm.errors import ConcurrencyConflict, FlowFSMError, RepositoryError, ValidationError, bounded
 from flowfsm.protocols import Timers
 from flowfsm.triggers import TimerFired
 
@@ -87,13 +87,14 @@ class Scheduler:
                 _logged(repository.release_timers, [timer.id])
                 kept += 1
                 continue
-            except Exception as e:  # noqa: BLE001 - refused, and would be again: it waits out its lease
+            except Exception as e:  # refused, and would be again: it waits out its lease
                 log.warning(
                     "timer %s of flow %s could not fire: %s; it is tried again when its lease of %g s ends",
                     timer.id,
                     timer.flow_id,
                     bounded(f"{type(e).__name__}: {' '.join(str(e).split())}", 300),
                     self._lease,
+                    exc_info=not isinstance(e, FlowFSMError),  # a bug's traceback; flowfsm's refusal says it all
                 )
                 continue
             if not outcome.duplicate:  # its commit cancelled it
