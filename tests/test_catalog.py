@@ -675,3 +675,34 @@ def test_a_fifo_or_a_device_is_refused_without_blocking(tmp_path: Path) -> None:
     assert "not a regular file (a FIFO)" in error.message
     device = refused(write(tmp_path, "d.json", json.dumps(catalog_data(secret={"file": "/dev/zero"}))))
     assert "not a regular file (a device)" in device.message
+
+
+# Numbers -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attempts", [2.7, 1.5, True, "3", " 3 ", "3_0", "٣"])
+@pytest.mark.parametrize("where", ["service", "environment"])
+def test_retry_attempts_must_be_a_whole_number_as_written(tmp_path: Path, attempts: object, where: str) -> None:
+    """``attempts = 2.7`` is a typo, not 2; ``"3"`` and ``true`` are not numbers (as ``required`` of approvals)."""
+    data = catalog_data()
+    service = data["services"][0]
+    retry = {"attempts": attempts, "backoff": "30s"}
+    if where == "service":
+        service.update(failureStrategy="RETRY", retry=retry)
+        path = "$.services[0].retry.attempts"
+    else:
+        service["pipeline"]["environments"][0].update(failureStrategy="RETRY", retry=retry)
+        path = "$.services[0].pipeline.environments[0].retry.attempts"
+    error = refused(write(tmp_path, "c.json", json.dumps(data)))
+    assert error.path == path
+    assert error.message == f"must be a whole number from 1 to 100, got {shown(attempts)}"
+
+
+@pytest.mark.parametrize("name", ["c.json", "c.toml", "c.yaml"])
+def test_an_unknown_top_level_key_is_named(tmp_path: Path, name: str) -> None:
+    """``freeze`` for ``freezes`` is a typo that would drop every window: say which key."""
+    data = catalog_data()
+    data["freeze"] = []
+    text = json.dumps(data) if name.endswith((".json", ".yaml")) else "freeze = []\n" + TOML
+    error = refused(write(tmp_path, name, text))
+    assert (error.path, error.message) == ("$", "unknown key(s) 'freeze'; a catalog has 'services' and 'freezes'")

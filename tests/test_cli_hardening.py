@@ -3,8 +3,10 @@ write, input without end, values of any size. Always one line, never a traceback
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -151,3 +153,153 @@ def test_a_path_that_is_not_utf8_shows_its_bytes(cli: Cli) -> None:
     assert one_error_line(done.stderr) == "error: --store: no store at '\\xff.db'"
     source = run_raw(cli, "handle", os.fsdecode(b"\xfe.jsonl"))
     assert one_error_line(source.stderr) == "error: SOURCE: cannot read '\\xfe.jsonl': No such file or directory"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [f"mysql://u:{PASSWORD}@db.example/x", f"https://u:{PASSWORD}@example/x.db", f"sqlite://u:{PASSWORD}@h/x.db"],
+)
+@pytest.mark.parametrize("command", [["flows"], ["artifact-created", "com.acme:api:1.0.0"], ["worker", "--once"]])
+def test_a_store_url_of_another_kind_is_refused_without_its_password(cli: Cli, url: str, command: list[str]) -> None:
+    done = cli(*command, "--store", url)
+    assert done.returncode == 1
+    scheme = url.split(":", 1)[0]
+    assert one_error_line(done.stderr) == (
+        f"error: --store: {scheme}:// is not a store; give a SQLite file or a postgresql:// URL"
+    )
+    assert PASSWORD not in done.stdout + done.stderr
+    assert sorted(p.name for p in cli.root.iterdir()) == ["flowfsm.toml"]  # nothing created
+
+
+def test_a_postgresql_scheme_in_capitals_is_postgresql(cli: Cli) -> None:
+    done = cli("flows", "--store", f"POSTGRESQL://u:{PASSWORD}@127.0.0.1:1/x")
+    assert done.returncode == 1
+    assert one_error_line(done.stderr).startswith("error: --store: postgres: cannot connect")
+    assert PASSWORD not in done.stdout + done.stderr
+    assert sorted(p.name for p in cli.root.iterdir()) == ["flowfsm.toml"]
+
+
+@pytest.mark.parametrize("command", [["flows"], ["artifact-created", "com.acme:api:1.0.0"], ["worker", "--once"]])
+def test_a_store_sqlite_cannot_open_names_the_option_and_shows_the_path_bounded(cli: Cli, command: list[str]) -> None:
+    folder = cli.root / "a-folder"
+    folder.mkdir()
+    not_sqlite = cli.root / "notes.db"
+    not_sqlite.write_bytes(b"not a SQLite database\n" * 100)
+    assert one_error_line(cli(*command, "--store", str(folder)).stderr) == (
+        f"error: --store: sqlite: cannot open {str(folder)!r}: unable to open database file"
+    )
+    assert one_error_line(cli(*command, "--store", str(not_sqlite)).stderr) == (
+        f"error: --store: sqlite: cannot open {str(not_sqlite)!r}: file is not a database"
+    )
+    assert not_sqlite.read_bytes() == b"not a SQLite database\n" * 100
+    long = cli.root / ("d" * 250)
+    long.mkdir()
+    line = one_error_line(cli(*command, "--store", str(long)).stderr)
+    assert line.startswith("error: --store: sqlite: cannot open ")
+    assert line.endswith("…: unable to open database file")
+    assert len(line) < 400
+
+
+@pytest.mark.parametrize("command", [["catalog", "validate"], ["artifact-created", "com.acme:api:1.0", "--catalog"]])
+def test_a_catalog_file_name_is_shown_bounded_escaped_and_as_its_bytes(cli: Cli, command: list[str]) -> None:
+    long = run_raw(cli, *command, "c" * 130_000 + ".toml")
+    line = one_error_line(long.stderr)
+    assert line.startswith("error: …ccc")
+    assert line.endswith("c.toml: $: cannot read: File name too long")
+    assert len(line) < 400
+    odd = run_raw(cli, *command, os.fsdecode(b"\xff\n\x1b[2J.toml"))
+    assert one_error_line(odd.stderr) == "error: \\xff\\x0a\\x1b[2J.toml: $: cannot read: No such file or directory"
+    assert not cli.store.exists()
+
+
+def test_demo_on_a_store_it_cannot_use_names_the_option(cli: Cli) -> None:
+    folder = cli.root / "a-folder"
+    folder.mkdir()
+    done = cli("demo", "--store", str(folder))
+    assert done.returncode == 1
+    assert one_error_line(done.stderr) == (
+        f"error: --store: sqlite: cannot open {str(folder)!r}: unable to open database file"
+    )
+    url = cli("demo", "--store", f"postgresql://u:{PASSWORD}@127.0.0.1:1/x")
+    assert url.returncode == 1
+    assert one_error_line(url.stderr) == "error: --store: the demo runs on a SQLite file, not a postgresql:// URL"
+    assert PASSWORD not in url.stdout + url.stderr
+    assert sorted(p.name for p in cli.root.iterdir()) == ["a-folder", "flowfsm.toml"]
+
+
+def _tables_and_journal(path: Path) -> tuple[list[str], str]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        (journal,) = db.execute("PRAGMA journal_mode").fetchone()
+        return tables, journal
+
+
+@pytest.mark.parametrize("tables", [["users"], ["flows", "users"]])
+@pytest.mark.parametrize("command", [["flows"], ["artifact-created", "com.acme:api:1.0.0"], ["worker", "--once"]])
+def test_a_sqlite_database_of_another_application_is_left_as_it_is(
+    cli: Cli, tables: list[str], command: list[str]
+) -> None:
+    """``--store`` naming another program's database (a typo, the wrong file) must not
+    turn it into a flowfsm store: no tables added, its journal mode kept."""
+    other = cli.root / "app.db"
+    with contextlib.closing(sqlite3.connect(other)) as db:
+        for table in tables:
+            db.execute(f"CREATE TABLE {table} (x)")
+        db.commit()
+    before = _tables_and_journal(other)
+    done = cli(*command, "--store", str(other))
+    assert done.returncode == 1
+    assert one_error_line(done.stderr) == (
+        f"error: --store: {str(other)!r} is a SQLite database of something else (it has tables, none of"
+        " flowfsm's); nothing was changed"
+    )
+    assert _tables_and_journal(other) == before == (sorted(tables), "delete")
+    assert sorted(p.name for p in cli.root.iterdir()) == ["app.db", "flowfsm.toml"]
+
+
+def test_an_empty_sqlite_database_becomes_a_store(cli: Cli) -> None:
+    empty = cli.root / "empty.db"
+    sqlite3.connect(empty).close()
+    assert cli("artifact-created", "com.acme:api:1.0.0", "--store", str(empty)).returncode == 0
+    assert cli.json("flows", "--store", str(empty))[0]["artifact"]["version"] == "1.0.0"
+
+
+def test_an_artifact_version_of_a_mebibyte_is_refused_before_anything_is_stored(cli: Cli) -> None:
+    line = '{"type": "ArtifactCreated", "artifact": {"group": "com.acme", "name": "api", "version": "%s"}}\n'
+    done = cli("handle", "-", stdin=line % ("v" * (2**20 - 200)))
+    assert done.returncode == 1
+    assert one_error_line(done.stderr).startswith("error: line 1: $.artifact.version: ")
+    assert not cli.store.exists()
+
+
+def _run_with_closed(cli: Cli, fd: int, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``flowfsm`` started with file descriptor ``fd`` closed, as a daemon or cron may start it."""
+    env = {**os.environ, "FLOWFSM_STORE": str(cli.store), "FLOWFSM_CATALOG": str(cli.catalog)}
+    return subprocess.run(
+        [FLOWFSM, *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=env,
+        cwd=cli.root,
+        timeout=60,
+        check=False,
+        preexec_fn=lambda: os.close(fd),  # in the child, before exec
+    )
+
+
+def test_a_closed_standard_output_is_one_error_line(cli: Cli) -> None:
+    flow_id = _with_a_flow(cli)
+    for args in (["flows"], ["show", flow_id, "--json"], ["artifact-created", "com.acme:api:2.0"]):
+        done = _run_with_closed(cli, 1, *args)
+        assert done.returncode == 1, args
+        assert one_error_line(done.stderr) == "error: cannot write the output: Bad file descriptor"
+
+
+def test_handle_without_standard_input_or_from_a_file_that_fails_is_one_error_line(cli: Cli) -> None:
+    closed = _run_with_closed(cli, 0, "handle", "-")
+    assert closed.returncode == 1
+    assert one_error_line(closed.stderr) == "error: SOURCE: there is no standard input to read"
+    failing = run_raw(cli, "handle", "/proc/self/mem")  # reading its first page fails: EIO
+    assert failing.returncode == 1
+    assert one_error_line(failing.stderr) == "error: SOURCE: cannot read '/proc/self/mem': Input/output error"
+    assert not cli.store.exists()

@@ -207,6 +207,14 @@ def test_parsing_any_text_gives_a_trigger_or_a_validation_error(text: str | byte
         ("[1, 2]", "$", "expected a JSON object, got [1, 2]"),
         ('{"type": "ArtifactCreated", "artifact": "g:n:v"}', "$.artifact", "expected a JSON object, got 'g:n:v'"),
         ('{"type": "PromotionCompleted", "deploymentId": "d", "promotionId": "p", "results": "r"}', "$.results", ""),
+        # One key twice: parsers differ on which wins, so a checking proxy and flowfsm could read two triggers.
+        (
+            '{"type": "DeploymentStarted", "deploymentId": "d1", "deploymentId": "d2"}',
+            "$",
+            "duplicate key 'deploymentId'",
+        ),
+        ('{"type": "DeploymentStarted", "type": "AbortFlow", "deploymentId": "d"}', "$", "duplicate key 'type'"),
+        ('{"results": [{"details": {"a": 1, "a": 2}}]}', "$", "duplicate key 'a'"),
     ],
 )
 def test_bad_json_names_the_field_and_no_python_internals(text: str | bytes, field: str, message: str) -> None:

@@ -29,6 +29,7 @@ from flowfsm import (
     PromotionCompleted,
     PromotionResult,
     PromotionState,
+    RepositoryError,
     ResultStatus,
     Service,
     ValidationError,
@@ -393,7 +394,7 @@ def test_a_timer_whose_trigger_fails_is_released_for_the_next_round(world: World
 
     def broken(trigger: object) -> object:
         calls.append(trigger)
-        raise RuntimeError("the store is down")
+        raise RepositoryError("sqlite", "the store is down")
 
     world.engine.handle = broken  # type: ignore[method-assign,assignment]  # a failing engine, for one round
     assert world.scheduler.run_once() == 0
@@ -401,6 +402,29 @@ def test_a_timer_whose_trigger_fails_is_released_for_the_next_round(world: World
     world.engine.handle = handle  # type: ignore[method-assign]  # put back
     assert world.scheduler.run_once() == 1
     assert world.flow(flow).state is FlowState.FAILED
+
+
+def test_a_timer_whose_trigger_has_a_bug_waits_out_its_lease_with_its_traceback_logged(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not flowfsm's refusal but a bug (any other exception): held as a refusal is, so
+    it never fails every round, and logged with its traceback, once a lease."""
+    flow = world.start()
+    world.engine.handle(DeploymentStarted(flow.deployments[0].id))
+    world.clock.advance(hours=1)
+
+    def broken(trigger: object) -> object:
+        raise KeyError("a bug")
+
+    world.engine.handle = broken  # type: ignore[method-assign,assignment]  # a failing engine
+    with caplog.at_level("WARNING", logger="flowfsm.scheduling"):
+        assert world.scheduler.fire_due() == (1, 0, 0)
+        assert world.scheduler.fire_due() == (0, 0, 0)  # held: not claimed again in the next round
+    (record,) = caplog.records
+    assert record.exc_info is not None
+    assert record.getMessage().endswith(
+        "could not fire: KeyError: 'a bug'; it is tried again when its lease of 30 s ends"
+    )
 
 
 def test_the_scheduler_checks_its_settings() -> None:
@@ -444,7 +468,13 @@ def test_durations_are_read_as_people_write_them(text: str, seconds: int) -> Non
     assert parse_duration(text) == dt.timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["", "30", "1y", "P", "PT", "P1DT", "0s", "400d", "m30", "1h 30m x"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        *("", "30", "1y", "P", "PT", "P1DT", "0s", "400d", "m30", "1h 30m x", "-5m", "1e309s", "99999999999h", "inf"),
+        *("\u0663\u0660m", "\uff13\uff10m", "PT\u0663\u0660M", "1.\u0665h"),  # digits of other scripts: lookalikes
+    ],
+)
 def test_a_bad_duration_is_refused(text: str) -> None:
     with pytest.raises(ValidationError):
         parse_duration(text)

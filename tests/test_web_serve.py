@@ -100,3 +100,20 @@ def test_serve_refuses_what_it_cannot_serve_in_one_line(cli: Cli, options: list[
     assert done.returncode == 1
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_serve_on_an_address_it_cannot_listen_on_is_one_line(cli: Cli) -> None:
+    cli.json("artifact-created", "com.acme:api:1.0")
+    unknown = cli("serve", "--host", "no-such-host.invalid", "--port", "0")
+    assert unknown.returncode == 1
+    (line,) = unknown.stderr.strip().splitlines()
+    assert line.startswith("error: --host: cannot listen on 'no-such-host.invalid' port 0: ")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = cli("serve", "--host", "127.0.0.1", "--port", str(port))
+    assert busy.returncode == 1
+    assert busy.stderr.strip().splitlines() == [
+        f"error: --port: cannot listen on '127.0.0.1' port {port}: Address already in use"
+    ]

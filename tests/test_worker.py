@@ -137,6 +137,50 @@ def test_a_stop_lets_the_timer_under_way_finish_and_releases_the_rest() -> None:
     assert len(repository.claim_due(clock(), 10)) == 2  # released, not leased
 
 
+def timed(service_id: str, key: str) -> Service:
+    return Service(service_id, [key], Pipeline("p", [Environment("dev", timeouts=Timeouts(deploy="10m"))]))
+
+
+def test_timers_of_a_service_gone_from_the_catalog_never_hold_the_others_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A timer the engine refuses (its service left the catalog) is logged once a
+    lease, in one line, and waits out its lease: the timers behind it still fire."""
+    clock, repository = FakeClock(), InMemoryRepository()
+    both = FlowEngine(
+        Catalog([timed("gone", "com.acme:old"), timed("kept", "com.acme:api")]), repository, None, clock=clock
+    )
+    orphans = []
+    for n in range(5):  # due first, more than a batch
+        (flow,) = both.handle(ArtifactCreated(Artifact("com.acme", "old", f"1.{n}"))).flows
+        both.handle(DeploymentStarted(flow.deployments[0].id))
+        orphans.append(flow)
+    clock.advance(minutes=1)
+    (kept,) = both.handle(ArtifactCreated(Artifact("com.acme", "api", "2.0"))).flows
+    both.handle(DeploymentStarted(kept.deployments[0].id))
+    clock.advance(minutes=20)
+    left = FlowEngine(Catalog([timed("kept", "com.acme:api")]), repository, None, clock=clock)
+    with caplog.at_level("INFO", logger="flowfsm"), Worker(left, RecordingEmitter(), batch=2) as worker:
+        assert worker.run_once().timers_fired == 1
+        assert repository.get(kept.id).state is FlowState.FAILED
+        refused = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert len(refused) == len(orphans)
+        for record, flow in zip(refused, orphans, strict=True):
+            assert not record.exc_info  # no traceback: the message says it all
+            assert record.getMessage() == (
+                f"timer {flow.deployments[0].id}/deploy of flow {flow.id} could not fire:"
+                " UnknownService: unknown service 'gone'; it is tried again when its lease of 30 s ends"
+            )
+        caplog.clear()
+        assert worker.run_once().timers_fired == 0  # held for their lease: not tried every round
+        assert caplog.records == []
+    for flow in orphans:  # kept, not dropped: with the service back, each fires
+        assert [t.kind.value for t in repository.timers(flow.id)] == ["deploy"]
+    repository.release_timers([f"{flow.deployments[0].id}/deploy" for flow in orphans])  # the leases end
+    with Worker(both, RecordingEmitter()) as worker:
+        assert worker.run_once().timers_fired == len(orphans)
+
+
 def test_run_delivers_and_stops_when_asked(tmp_path: Path) -> None:
     repository = SQLiteRepository(tmp_path / "flows.db")
     engine = FlowEngine(Catalog([service()]), repository, None)
@@ -319,18 +363,51 @@ def test_worker_once_fires_timers_and_delivers_and_logs_both(tmp_path: Path) -> 
         receiver.close()
 
 
-@pytest.mark.parametrize("option", ["--poll-interval", "--lease"])
-@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
-def test_worker_refuses_a_bad_number_of_seconds(tmp_path: Path, option: str, value: str) -> None:
+@pytest.mark.parametrize("command", [["worker", "--once"], ["dispatch"]])
+def test_the_summary_is_one_line_however_narrow_the_terminal(tmp_path: Path, command: list[str]) -> None:
+    """Scripts read it: ``(next attempt at ...)`` must not wrap it at 80 columns."""
+    receiver = Receiver()
+    try:
+        cli = Cli(tmp_path, url=receiver.url("/deploy"))
+        assert cli("artifact-created", "com.acme:api:1.0.0").returncode == 0
+        receiver.answer("/deploy", (503, {}, 0.0, b"busy"))
+        env = {**os.environ, "FLOWFSM_STORE": str(cli.store), "FLOWFSM_CATALOG": str(cli.catalog), "COLUMNS": "40"}
+        done = subprocess.run(
+            [FLOWFSM, *command], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        (line,) = done.stdout.splitlines()
+        assert "retried 1 (next attempt at " in line
+        assert line.endswith("; dead 0; pending 1")
+    finally:
+        receiver.close()
+
+
+@pytest.mark.parametrize(
+    ("option", "least"), [("--poll-interval", "0.01 s"), ("--lease", "1 s")], ids=["poll-interval", "lease"]
+)
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "1e-9", "0.001", "99999"])
+def test_worker_refuses_a_bad_number_of_seconds(tmp_path: Path, option: str, least: str, value: str) -> None:
+    """Too short is refused as too long is: a poll interval of a nanosecond spins a
+    core polling the store, a lease of a millisecond lapses before any delivery ends."""
     done = Cli(tmp_path)("worker", "--once", f"{option}={value}")
     assert done.returncode == 1
-    assert done.stderr.startswith(f"error: {option}: must be more than 0")
-    assert len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.strip().splitlines() == [f"error: {option}: must be from {least} to 86400 s"]
     assert not (tmp_path / "flows.db").exists()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_worker_finishes_the_delivery_under_way_on_a_signal_and_exits_0(tmp_path: Path, sig: int) -> None:
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        (["worker", "--poll-interval", "0.05"], "worker stopped"),
+        # A service manager stops it with SIGTERM too: what is under way is recorded, not sent again later.
+        (["dispatch", "--follow"], "stopped"),
+    ],
+)
+def test_a_signal_lets_the_delivery_under_way_finish_and_exits_0(
+    tmp_path: Path, sig: int, command: list[str], said: str
+) -> None:
     receiver = Receiver()
     try:
         cli = Cli(tmp_path, url=receiver.url("/deploy"))
@@ -338,23 +415,18 @@ def test_worker_finishes_the_delivery_under_way_on_a_signal_and_exits_0(tmp_path
         receiver.answer("/deploy", (200, {}, 1.0, b"slow"))  # answers after a second
         env = {**os.environ, "FLOWFSM_STORE": str(cli.store), "FLOWFSM_CATALOG": str(cli.catalog)}
         process = subprocess.Popen(
-            [FLOWFSM, "worker", "--poll-interval", "0.05"],
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            [FLOWFSM, *command], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         try:
             until(lambda: receiver.bodies("/deploy"), timeout=30)  # the delivery is under way
             process.send_signal(sig)
-            _, stderr = process.communicate(timeout=30)
+            stdout, stderr = process.communicate(timeout=30)
         finally:
             if process.poll() is None:
                 process.kill()
                 process.communicate()
         assert process.returncode == 0, stderr
-        assert "worker stopped" in stderr
+        assert said in (stdout + stderr).splitlines()
         assert "Traceback" not in stderr
         with SQLiteRepository(cli.store) as repository:
             assert repository.count_pending() == 0  # the delivery under way was finished and recorded

@@ -27,6 +27,7 @@ MAX_CATALOG_BYTES: Final = 10 * 1024 * 1024
 """The largest catalog file read: a larger one (or an endless one) is refused."""
 
 _MAX_DIGITS: Final = 4300  # Python's own limit on converting a number's digits
+_TOP_LEVEL: Final = frozenset({"services", "freezes"})
 
 
 class Catalog:
@@ -108,7 +109,12 @@ class Catalog:
         """
         from flowfsm.converter import structure
 
-        if not isinstance(data, Mapping) or "services" not in data or not set(data) <= {"services", "freezes"}:
+        if isinstance(data, Mapping) and "services" in data and not set(data) <= _TOP_LEVEL:
+            unknown = sorted((k for k in data if k not in _TOP_LEVEL), key=str)
+            listed = ", ".join(shown(k, 40) for k in unknown[:5])
+            more = ", …" if len(unknown) > 5 else ""
+            raise CatalogError(source, "$", f"unknown key(s) {listed}{more}; a catalog has 'services' and 'freezes'")
+        if not isinstance(data, Mapping) or "services" not in data:
             raise CatalogError(
                 source, "$", "expected 'services', a list of services (and perhaps 'freezes', a list of freeze windows)"
             )

@@ -52,6 +52,7 @@ from flowfsm.model import (
     PromotionResult,
     PromotionState,
     ResultStatus,
+    RetryPolicy,
     RollbackPayload,
     Service,
     SteeringPayload,
@@ -116,6 +117,7 @@ _AS_SENT: Final[dict[type, tuple[str, ...]]] = {
     Action: ("secret",),  # a secret or a reference to one, never shown
     PromotionResult: ("attempt",),  # PromotionCompleted refuses all but a whole number (int() reads true as 1)
     ApprovalPolicy: ("required", "allow_author"),  # bool("false") is True; int() reads true and 1.5
+    RetryPolicy: ("attempts",),  # int() reads 2.7 as 2, "3" as 3 and true as 1
     ApprovalGranted: ("groups", "attempt"),  # a string is not its letters
     ApprovalRejected: ("groups", "attempt"),
 }
@@ -358,20 +360,42 @@ def _refuse_constant(name: str) -> Any:
     raise _Constant(name)
 
 
+class _DuplicateKey(Exception):
+    """A key given twice in one JSON object."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _one_value_per_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
 def parse_json(text: str | bytes, field: str = "$") -> Any:
     """JSON text (bytes must be UTF-8) as Python data, or a ``ValidationError`` naming
     ``field``: never ``json``'s own errors, and not ``NaN`` or ``Infinity``, which
-    ``json`` accepts but JSON has not."""
+    ``json`` accepts but JSON has not, nor an object with a key given twice, which
+    parsers read differently (the first value, or the last)."""
     try:
         if isinstance(text, bytes | bytearray):
             text = bytes(text).decode("utf-8")
-        return json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_one_value_per_key)
     except UnicodeDecodeError as e:
         raise ValidationError(field, f"not UTF-8 (byte {e.start + 1})") from None
     except json.JSONDecodeError as e:
         raise ValidationError(field, f"not JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
     except _Constant as e:
         raise ValidationError(field, f"not JSON: {e} is not a JSON number") from None
+    except _DuplicateKey as e:
+        raise ValidationError(field, f"duplicate key {shown(e.key, 40)}") from None
     except RecursionError:
         raise ValidationError(field, "nested too deeply to read") from None
     except ValueError:  # an integer past Python's digit limit (int_max_str_digits)

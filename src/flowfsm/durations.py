@@ -18,7 +18,7 @@ __all__ = ["MAX_DURATION", "format_duration", "parse_duration"]
 MAX_DURATION: Final = dt.timedelta(days=366)
 """The longest duration a catalog may give (a year)."""
 
-_NUMBER: Final = r"(\d{1,9}(?:\.\d{1,6})?)"
+_NUMBER: Final = r"([0-9]{1,9}(?:\.[0-9]{1,6})?)"  # ASCII digits: other scripts' are lookalikes
 _UNITS: Final = {"w": 604_800, "d": 86_400, "h": 3_600, "m": 60, "s": 1}
 _SHORT: Final = re.compile("".join(rf"(?:{_NUMBER}{unit})?" for unit in _UNITS))
 _ISO: Final = re.compile(

@@ -6,8 +6,12 @@ dispatcher claims HookRequests, so any number of schedulers can share one store:
 while one holds a timer, no other claims it. Each is sent to the engine as a
 ``TimerFired`` trigger, which does what the machines' rules say (or nothing, if
 the flow moved on) and cancels the timer in the same commit; a timer that did
-nothing is completed here. A timer whose trigger raised is released for the next
-round. The clock is injectable: tests move a fake one and call ``run_once``.
+nothing is completed here. A timer whose trigger failed on the store (a
+``RepositoryError``, a lost race) is released for the next round; one the engine
+refused (its service left the catalog, say) would be refused again, so it keeps its
+lease and is tried once the lease ends, logged in one line each time: never a
+failure every round, nor a batch of them that holds back the timers behind. The
+clock is injectable: tests move a fake one and call ``run_once``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flowfsm.engine import FlowEngine
-from flowfsm.errors import ValidationError
+from flowfsm.errors import ConcurrencyConflict, FlowFSMError, RepositoryError, ValidationError, bounded
 from flowfsm.model import DeploymentState, Timer, TimerKind
 from flowfsm.protocols import Timers
 from flowfsm.triggers import TimerFired
@@ -68,8 +72,9 @@ class Scheduler:
 
     def fire_due(self, stop: threading.Event | None = None) -> tuple[int, int, int]:
         """One claim, as ``run_once``: (timers claimed, timers that changed a flow,
-        timers released for a later round: their trigger raised, they are not due
-        by the engine's clock, or ``stop`` came first)."""
+        timers released for the next round: the store failed, they are not due by
+        the engine's clock, or ``stop`` came first). A timer the engine refused is
+        neither: it keeps its lease, so the next claim takes the timers behind it."""
         repository = self.repository
         timers = self._in_arrival_order(repository.claim_due(self._clock(), self._batch, lease=self._lease))
         fired = kept = 0
@@ -80,10 +85,20 @@ class Scheduler:
                 break
             try:
                 outcome = self.engine.handle(TimerFired(timer.deployment_id, timer.kind))
-            except Exception:  # this timer waits for the next round; the others go on
+            except (RepositoryError, ConcurrencyConflict):  # the store, for now: the next round tries again
                 log.warning("timer %s could not fire; it is released for the next round", timer.id, exc_info=True)
                 _logged(repository.release_timers, [timer.id])
                 kept += 1
+                continue
+            except Exception as e:  # refused, and would be again: it waits out its lease
+                log.warning(
+                    "timer %s of flow %s could not fire: %s; it is tried again when its lease of %g s ends",
+                    timer.id,
+                    timer.flow_id,
+                    bounded(f"{type(e).__name__}: {' '.join(str(e).split())}", 300),
+                    self._lease,
+                    exc_info=not isinstance(e, FlowFSMError),  # a bug's traceback; flowfsm's refusal says it all
+                )
                 continue
             if not outcome.duplicate:  # its commit cancelled it
                 fired += 1

@@ -27,18 +27,27 @@ class OutputFailed(Exception):
 
 
 class _Output:
-    """Standard output whose write failures are ``OutputFailed``."""
+    """Standard output whose write failures are ``OutputFailed``; ``stream`` is None
+    when the command was started with its standard output closed (``>&-``)."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO | None) -> None:
         self._stream = stream
 
+    def _open(self) -> TextIO:
+        if self._stream is None:
+            raise OutputFailed(OSError(errno.EBADF, os.strerror(errno.EBADF)))
+        return self._stream
+
     def write(self, text: str) -> int:
+        stream = self._open()
         try:
-            return self._stream.write(text)
+            return stream.write(text)
         except OSError as e:
             raise OutputFailed(e) from e
 
     def flush(self) -> None:
+        if self._stream is None:  # nothing was written, so nothing failed
+            return
         try:
             self._stream.flush()
         except OSError as e:

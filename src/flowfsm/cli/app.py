@@ -11,16 +11,22 @@ nothing; a usage mistake exits 2.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
 import os
 import re
+import signal
+import socket
+import sqlite3
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, Final, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, Final, NoReturn
+from urllib.parse import quote
 
 import typer
 from rich import box
@@ -33,6 +39,7 @@ from flowfsm.converter import parse_json, structure, unstructure
 from flowfsm.engine import FlowEngine
 from flowfsm.errors import (
     ID_LIMIT,
+    CatalogError,
     FlowFSMError,
     NotFound,
     RepositoryError,
@@ -75,6 +82,9 @@ from flowfsm.triggers import (
     SkipPromotion,
     Trigger,
 )
+
+if TYPE_CHECKING:
+    from flowfsm.repositories import SQLiteRepository
 
 __all__ = ["app"]
 
@@ -145,10 +155,24 @@ def _reported() -> Iterator[None]:
     """flowfsm's errors become one line on standard error and exit status 1."""
     try:
         yield
+    except CatalogError as e:  # the file's name as given, which may be long or odd
+        _fail(f"{_file_name(e.source)}: {e.path}: {e.message}")
     except FlowFSMError as e:
         _fail(str(e))
     except ConsoleError as e:  # Rich refused to print: a clear line, never a traceback
         _fail(f"cannot print the result: {e}")
+
+
+MAX_FILE_NAME: Final = 300
+"""The most characters of a file's name an error shows: its end, where the name is."""
+
+
+def _file_name(path: str) -> str:
+    """A file's name as an error shows it, unquoted: bytes that are not UTF-8 as
+    ``\\xff`` (as the shell writes them), control characters escaped (a newline too:
+    one line stays one line), and a name too long cut at its start."""
+    text = visible(os.fsencode(path).decode("utf-8", "backslashreplace"))
+    return text if len(text) <= MAX_FILE_NAME else "…" + text[-(MAX_FILE_NAME - 1) :]
 
 
 def _checked_text(field: str, value: str) -> str:
@@ -176,21 +200,60 @@ def open_store(store: str, *, create: bool = True) -> Repository:
     does not exist rather than leaving an empty store behind.
     """
     if not store:
-        raise ValidationError("--store", "is empty: give a SQLite file or a postgresql:// URL")
-    if store.startswith(("postgresql://", "postgres://")):
+        raise ValidationError("--store", f"is empty: {_STORE_KINDS}")
+    url = _URL_SCHEME.match(store)
+    if url is not None:  # a URL: PostgreSQL, or a mistake that must not become a file (or show its password)
+        scheme = url[1].lower()
+        if scheme not in ("postgresql", "postgres"):
+            raise ValidationError("--store", f"{bounded(url[1], 40)}:// is not a store; {_STORE_KINDS}")
         from flowfsm.repositories import PostgresRepository
 
         try:
-            return PostgresRepository(store)
+            return PostgresRepository(scheme + store[len(url[1]) :])  # libpq reads the scheme in lower case only
         except ValidationError as e:  # the URL itself: say which option holds it
             raise ValidationError("--store", e.message) from None
         except RepositoryError as e:
             raise ValidationError("--store", str(e)) from e
-    from flowfsm.repositories import SQLiteRepository
-
     if not create and store != ":memory:" and not os.path.exists(store):
         raise ValidationError("--store", f"no store at {_shown_path(store)}")
-    return SQLiteRepository(store)
+    return _sqlite_store(store)
+
+
+def _sqlite_store(store: str) -> SQLiteRepository:
+    """The SQLite store at ``store``; one it cannot open, or another program's
+    database, is a ``ValidationError`` naming ``--store``."""
+    from flowfsm.repositories import SQLiteRepository
+
+    if _foreign_database(store):
+        raise ValidationError(
+            "--store",
+            f"{_shown_path(store)} is a SQLite database of something else (it has tables, none of flowfsm's);"
+            " nothing was changed",
+        )
+    try:
+        return SQLiteRepository(store)
+    except RepositoryError as e:  # its message quotes the path whole: shown bounded, as the option's value
+        raise ValidationError("--store", str(e).replace(repr(store), _shown_path(store))) from e
+
+
+def _foreign_database(store: str) -> bool:
+    """Whether ``store`` is a SQLite database with tables but not flowfsm's, read
+    without writing (opening it as a store would add flowfsm's tables and switch it to
+    WAL). Anything else — no file, an empty database, a file that is not SQLite, one
+    that cannot be read — is left for the repository to open or to refuse."""
+    if store == ":memory:" or not os.path.isfile(store) or os.path.getsize(store) == 0:
+        return False
+    uri = "file:" + quote(os.fsencode(os.path.abspath(store))) + "?mode=ro"
+    try:
+        with closing(sqlite3.connect(uri, uri=True)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return False
+    return bool(tables) and "flowfsm_meta" not in tables
+
+
+_URL_SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_STORE_KINDS: Final = "give a SQLite file or a postgresql:// URL"
 
 
 def _checked_engine(catalog: Path) -> FlowEngine:
@@ -260,9 +323,24 @@ def _state(value: str, width: int = 0) -> tuple[str, str]:
     return value.ljust(width), _COLOUR.get(value, "white")
 
 
-def _handle(engine: FlowEngine, trigger: Trigger, as_json: bool) -> None:
+def _apply(trigger: Callable[[], Trigger], store: str, catalog: Path, as_json: bool, *, create: bool = False) -> None:
+    """A trigger command's whole work: the trigger made from the arguments (a bad one
+    is refused before the catalog is read or the store opened), applied by the store's
+    engine, and the outcome shown."""
     with _reported():
-        _show_outcome(engine.handle(trigger), as_json)
+        made = trigger()
+        engine = _engine(store, catalog, create=create)
+        _show_outcome(engine.handle(made), as_json)
+
+
+def _apply_to_promotion(
+    trigger: Callable[[str], Trigger], deployment_id: str, promotion: str, store: str, catalog: Path, as_json: bool
+) -> None:
+    """``_apply`` for a trigger on a promotion named by its id or by its name in the
+    deployment: ``trigger(promotion_id)``, once the store says which promotion it is."""
+    with _reported():
+        engine = _engine(store, catalog, create=False)
+        _show_outcome(engine.handle(trigger(_promotion_id(engine, deployment_id, promotion))), as_json)
 
 
 @app.command("artifact-created")
@@ -276,10 +354,7 @@ def artifact_created(
     as_json: Json = False,
 ) -> None:
     """CI published an artifact: start a flow for each service that consumes it."""
-    with _reported():
-        trigger = ArtifactCreated(Artifact.parse(artifact), actor=actor)
-        engine = _engine(store, catalog, create=True)
-    _handle(engine, trigger, as_json)
+    _apply(lambda: ArtifactCreated(Artifact.parse(artifact), actor=actor), store, catalog, as_json, create=True)
 
 
 @app.command("deployment-started")
@@ -290,10 +365,7 @@ def deployment_started(
     as_json: Json = False,
 ) -> None:
     """The CD system started a deployment."""
-    with _reported():
-        trigger = DeploymentStarted(deployment_id)
-        engine = _engine(store, catalog, create=False)
-    _handle(engine, trigger, as_json)
+    _apply(lambda: DeploymentStarted(deployment_id), store, catalog, as_json)
 
 
 @app.command("deployment-completed")
@@ -304,10 +376,7 @@ def deployment_completed(
     as_json: Json = False,
 ) -> None:
     """The CD system finished a deployment; its promotions may now report."""
-    with _reported():
-        trigger = DeploymentCompleted(deployment_id)
-        engine = _engine(store, catalog, create=False)
-    _handle(engine, trigger, as_json)
+    _apply(lambda: DeploymentCompleted(deployment_id), store, catalog, as_json)
 
 
 @app.command("deployment-failed")
@@ -319,10 +388,7 @@ def deployment_failed(
     as_json: Json = False,
 ) -> None:
     """The CD system reports that a started deployment failed, and why."""
-    with _reported():
-        trigger = DeploymentFailed(deployment_id, reason)
-        engine = _engine(store, catalog, create=False)
-    _handle(engine, trigger, as_json)
+    _apply(lambda: DeploymentFailed(deployment_id, reason), store, catalog, as_json)
 
 
 class Result(StrEnum):
@@ -341,15 +407,15 @@ def promotion_completed(
     as_json: Json = False,
 ) -> None:
     """A promotion's check finished, passed or failed."""
-    with _reported():
+
+    def completed(promotion_id: str) -> Trigger:
+        return PromotionCompleted(deployment_id, promotion_id, [PromotionResult(promotion_id, status, extra)])
+
+    with _reported():  # the details and the result are checked before the store is opened
         extra = _details(details)
         status = ResultStatus(result.value)
-        trigger = PromotionCompleted(deployment_id, promotion, [PromotionResult(promotion, status, extra)])
-        engine = _engine(store, catalog, create=False)
-        promotion_id = _promotion_id(engine, deployment_id, promotion)
-        if promotion_id != promotion:  # named by its name: the trigger carries its id
-            trigger = PromotionCompleted(deployment_id, promotion_id, [PromotionResult(promotion_id, status, extra)])
-    _handle(engine, trigger, as_json)
+        completed(promotion)
+    _apply_to_promotion(completed, deployment_id, promotion, store, catalog, as_json)
 
 
 # --- steering: a person acts, so --actor is required ------------------------------------
@@ -368,10 +434,7 @@ def pause(
     as_json: Json = False,
 ) -> None:
     """Pause a flow: work under way is still recorded; nothing new begins until it resumes."""
-    with _reported():
-        trigger = PauseFlow(flow_id, actor, reason)
-        engine = _engine(store, catalog, create=False)
-    _handle(engine, trigger, as_json)
+    _apply(lambda: PauseFlow(flow_id, actor, reason), store, catalog, as_json)
 
 
 @app.command("resume")
@@ -384,10 +447,7 @@ def resume(
     as_json: Json = False,
 ) -> None:
     """Resume a paused flow; what the pause held is announced."""
-    with _reported():
-        trigger = ResumeFlow(flow_id, actor, reason)
-        engine = _engine(store, catalog, create=False)
-    _handle(engine, trigger, as_json)
+    _apply(lambda: ResumeFlow(flow_id, actor, reason), store, catalog, as_json)
 
 
 @app.command("abort")
@@ -400,10 +460,7 @@ def abort(
     as_json: Json = False,
 ) -> None:
     """End a flow for good: it never moves again."""
-    with _reported():
-        trigger = AbortFlow(flow_id, actor, reason)
-        engine = _engine(store, catalog, create=False)
-    _handle(engine, trigger, as_json)
+    _apply(lambda: AbortFlow(flow_id, actor, reason), store, catalog, as_json)
 
 
 @app.command("retry-promotion")
@@ -417,11 +474,14 @@ def retry_promotion(
     as_json: Json = False,
 ) -> None:
     """Retry a failed promotion: pending again, at its next attempt."""
-    with _reported():
-        engine = _engine(store, catalog, create=False)
-        promotion_id = _promotion_id(engine, deployment_id, promotion)
-        trigger = RetryPromotion(deployment_id, promotion_id, actor, reason)
-    _handle(engine, trigger, as_json)
+    _apply_to_promotion(
+        lambda promotion_id: RetryPromotion(deployment_id, promotion_id, actor, reason),
+        deployment_id,
+        promotion,
+        store,
+        catalog,
+        as_json,
+    )
 
 
 @app.command("skip-promotion")
@@ -435,11 +495,14 @@ def skip_promotion(
     as_json: Json = False,
 ) -> None:
     """Let a pending or failed promotion pass unchecked; it counts as passed."""
-    with _reported():
-        engine = _engine(store, catalog, create=False)
-        promotion_id = _promotion_id(engine, deployment_id, promotion)
-        trigger = SkipPromotion(deployment_id, promotion_id, actor, reason)
-    _handle(engine, trigger, as_json)
+    _apply_to_promotion(
+        lambda promotion_id: SkipPromotion(deployment_id, promotion_id, actor, reason),
+        deployment_id,
+        promotion,
+        store,
+        catalog,
+        as_json,
+    )
 
 
 @app.command("retry-deployment")
@@ -452,10 +515,7 @@ def retry_deployment(
     as_json: Json = False,
 ) -> None:
     """Retry a failed deployment: announced again, at its next attempt."""
-    with _reported():
-        trigger = RetryDeployment(deployment_id, actor, reason)
-        engine = _engine(store, catalog, create=False)
-    _handle(engine, trigger, as_json)
+    _apply(lambda: RetryDeployment(deployment_id, actor, reason), store, catalog, as_json)
 
 
 # --- approvals (SPEC §11): the store authorizes, the caller vouches for --actor and --group ---
@@ -482,10 +542,12 @@ def approve(
     as_json: Json = False,
 ) -> None:
     """Approve a deployment awaiting approval; the last approval needed announces it."""
-    with _reported():
-        trigger = ApprovalGranted(deployment_id, actor, group or (), reason=reason, attempt=attempt)
-        engine = _engine(store, catalog, create=False)
-    _handle(engine, trigger, as_json)
+    _apply(
+        lambda: ApprovalGranted(deployment_id, actor, group or (), reason=reason, attempt=attempt),
+        store,
+        catalog,
+        as_json,
+    )
 
 
 @app.command("reject")
@@ -500,10 +562,12 @@ def reject(
     as_json: Json = False,
 ) -> None:
     """Reject a deployment awaiting approval: a failure, for its failure policy."""
-    with _reported():
-        trigger = ApprovalRejected(deployment_id, actor, reason, groups=group or (), attempt=attempt)
-        engine = _engine(store, catalog, create=False)
-    _handle(engine, trigger, as_json)
+    _apply(
+        lambda: ApprovalRejected(deployment_id, actor, reason, groups=group or (), attempt=attempt),
+        store,
+        catalog,
+        as_json,
+    )
 
 
 @app.command("override-freeze")
@@ -516,10 +580,7 @@ def override_freeze(
     as_json: Json = False,
 ) -> None:
     """Let a deployment held by a freeze window through: announced now (this attempt)."""
-    with _reported():
-        trigger = OverrideFreeze(deployment_id, actor, reason)
-        engine = _engine(store, catalog, create=False)
-    _handle(engine, trigger, as_json)
+    _apply(lambda: OverrideFreeze(deployment_id, actor, reason), store, catalog, as_json)
 
 
 @app.command("freezes")
@@ -601,12 +662,24 @@ def _details(text: str | None) -> dict[str, Any]:
 def _open_source(source: str) -> BinaryIO:
     """The JSON lines to read, as bytes: each line is decoded (strictly, as UTF-8) on its own."""
     if source == "-":
+        if sys.stdin is None:  # started with standard input closed (<&-)
+            raise ValidationError("SOURCE", "there is no standard input to read")
         return sys.stdin.buffer
     try:
         return Path(source).open("rb")
     except OSError as e:
         why = e.strerror or type(e).__name__
         raise ValidationError("SOURCE", f"cannot read {_shown_path(source)}: {why}") from None
+
+
+def _read_line(lines: BinaryIO, source: str) -> bytes:
+    """The next line, at most ``MAX_LINE`` + 1 bytes (b"" at the end); a read that
+    fails (a device's I/O error) is a ``ValidationError`` naming ``SOURCE``."""
+    try:
+        return lines.readline(MAX_LINE + 1)
+    except OSError as e:
+        where = "standard input" if source == "-" else _shown_path(source)
+        raise ValidationError("SOURCE", f"cannot read {where}: {e.strerror or type(e).__name__}") from None
 
 
 MAX_LINE: Final = 2**20
@@ -630,7 +703,7 @@ def handle(
         lines = _open_source(source)
         opened = False  # the store is opened at the first well-formed trigger
         try:
-            for number, line in enumerate(iter(lambda: lines.readline(MAX_LINE + 1), b""), 1):
+            for number, line in enumerate(iter(lambda: _read_line(lines, source), b""), 1):
                 if len(line.rstrip(b"\r\n")) > MAX_LINE:
                     _fail(f"line {number}: longer than {MAX_LINE // 2**20} MiB")
                 if not line.strip():
@@ -930,25 +1003,40 @@ def dispatch(
     from flowfsm.emitters import HttpEmitter
 
     _log_delivery_to_stderr()
-    with _reported():
+    with _stopped_by_signals() as stop, _reported():
         repository = open_store(store)
         emitter = HttpEmitter(Catalog.from_file(catalog))
         dispatcher = Dispatcher(repository, emitter, concurrency=concurrency)
         try:
             if follow:
-                out.print("delivering; Ctrl-C to stop")
-                dispatcher.run()
+                out.print("delivering; SIGTERM or Ctrl-C stops it")
+                dispatcher.run(stop)
+                out.print("stopped")
             else:
-                report = dispatcher.run_once()
+                report = dispatcher.run_once(stop)
                 line = f"delivered {report.delivered}; retried {report.retried}"
                 if report.next_attempt_at is not None:
                     line += f" (next attempt at {report.next_attempt_at.isoformat(timespec='seconds')})"
-                out.print(f"{line}; dead {report.dead}; pending {repository.count_pending()}", markup=False)
-        except KeyboardInterrupt:
-            out.print("stopped")
+                out.print(
+                    f"{line}; dead {report.dead}; pending {repository.count_pending()}", markup=False, soft_wrap=True
+                )
         finally:
             dispatcher.close()
             emitter.close()
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[threading.Event]:
+    """An event SIGTERM and SIGINT set, in place of ending the process: what is under
+    way (a delivery, a timer) finishes and is recorded, the rest is released for
+    other workers, and the command exits 0. The handlers before are put back."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class _VisibleFormatter(logging.Formatter):
@@ -991,43 +1079,38 @@ def worker(
     Each failed delivery (status, next attempt time) and each timer fired is logged
     on standard error. A stop finishes the delivery and the timer under way,
     releases the rest for other workers, and exits 0."""
-    import signal
-    import threading
-
     from flowfsm.emitters import HttpEmitter
     from flowfsm.worker import Worker
 
     _log_delivery_to_stderr(logging.INFO)
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        with _reported():
-            for option, seconds in (("--poll-interval", poll_interval), ("--lease", lease)):
-                if not 0 < seconds <= MAX_WAIT:  # NaN too
-                    raise ValidationError(option, f"must be more than 0 and at most {MAX_WAIT:g} s")
-            engine = _engine(store, catalog, create=True)
-            emitter = HttpEmitter(engine.catalog)
-            running = Worker(
-                engine, emitter, poll_interval=poll_interval, concurrency=concurrency, lease=lease, timer_lease=lease
-            )
-            try:
-                if once:
-                    report = running.run_once(stop)
-                    done = report.deliveries
-                    line = f"timers fired {report.timers_fired}; delivered {done.delivered}; retried {done.retried}"
-                    if done.next_attempt_at is not None:
-                        line += f" (next attempt at {done.next_attempt_at.isoformat(timespec='seconds')})"
-                    out.print(f"{line}; dead {done.dead}; pending {engine.repository.count_pending()}", markup=False)
-                else:
-                    err.print("worker running; SIGTERM or Ctrl-C stops it", markup=False)
-                    running.run(stop)
-                    err.print("worker stopped", markup=False)
-            finally:
-                running.close()
-                emitter.close()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with _stopped_by_signals() as stop, _reported():
+        for option, seconds, least in (("--poll-interval", poll_interval, 0.01), ("--lease", lease, 1.0)):
+            if not least <= seconds <= MAX_WAIT:  # NaN too; shorter spins on the store, or lapses at once
+                raise ValidationError(option, f"must be from {least:g} s to {MAX_WAIT:g} s")
+        engine = _engine(store, catalog, create=True)
+        emitter = HttpEmitter(engine.catalog)
+        running = Worker(
+            engine, emitter, poll_interval=poll_interval, concurrency=concurrency, lease=lease, timer_lease=lease
+        )
+        try:
+            if once:
+                report = running.run_once(stop)
+                done = report.deliveries
+                line = f"timers fired {report.timers_fired}; delivered {done.delivered}; retried {done.retried}"
+                if done.next_attempt_at is not None:
+                    line += f" (next attempt at {done.next_attempt_at.isoformat(timespec='seconds')})"
+                out.print(
+                    f"{line}; dead {done.dead}; pending {engine.repository.count_pending()}",
+                    markup=False,
+                    soft_wrap=True,
+                )
+            else:
+                err.print("worker running; SIGTERM or Ctrl-C stops it", markup=False)
+                running.run(stop)
+                err.print("worker stopped", markup=False)
+        finally:
+            running.close()
+            emitter.close()
 
 
 # --- the outbox -----------------------------------------------------------------------
@@ -1256,8 +1339,31 @@ def serve(
                 return Viewer(actor, frozenset(g.strip() for g in named.split(",") if g.strip()))
 
         app = dashboard(engine, authorize=authorize, secret=os.environ.get("FLOWFSM_DASHBOARD_SECRET") or None)
-        err.print(_line(f"dashboard on http://{host}:{port}/ ; Ctrl-C stops it"), soft_wrap=True)
-        uvicorn.run(app, host=host, port=port, log_level="warning", ws="none", lifespan="off")
+        listening = _listen(host, port)
+    with listening:
+        shown_host = f"[{host}]" if ":" in host else host
+        err.print(
+            _line(f"dashboard on http://{shown_host}:{listening.getsockname()[1]}/ ; Ctrl-C stops it"), soft_wrap=True
+        )
+        config = uvicorn.Config(app, log_level="warning", ws="none", lifespan="off")
+        uvicorn.Server(config).run(sockets=[listening])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host`` and ``port``, as uvicorn binds one, bound here so that
+    an address that cannot be used is one ``error:`` line (uvicorn would log it and
+    exit with its own status)."""
+    listening = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind((host, port))
+    except (OSError, UnicodeError, ValueError) as e:  # unknown name, address in use, not allowed; NUL
+        listening.close()
+        option = "--port" if getattr(e, "errno", None) in (errno.EADDRINUSE, errno.EACCES) else "--host"
+        why = getattr(e, "strerror", None) or type(e).__name__
+        raise ValidationError(option, f"cannot listen on {shown(host, 100)} port {port}: {why}") from None
+    listening.set_inheritable(True)
+    return listening
 
 
 @app.command("diagram")
@@ -1274,11 +1380,16 @@ def diagram(
 @app.command("demo")
 def demo(
     store: Annotated[
-        Path | None, typer.Option("--store", help="SQLite file to keep (default: a temporary one).")
+        str | None, typer.Option("--store", help="SQLite file to keep (default: a temporary one).")
     ] = None,
 ) -> None:
     """Run two releases through dev → staging → prod on SQLite, printing every step."""
     from flowfsm.cli.demo import run
 
     with _reported():
-        run(out, store)
+        if store is not None:
+            url = _URL_SCHEME.match(store)
+            if url is not None:
+                raise ValidationError("--store", f"the demo runs on a SQLite file, not a {bounded(url[1], 40)}:// URL")
+            _sqlite_store(store).close()  # what cannot be opened is said before the demo starts
+        run(out, Path(store) if store is not None else None)
