@@ -422,6 +422,9 @@ def test_the_dispatcher_checks_its_settings() -> None:
         ("batch", {"batch": True}),
         ("concurrency", {"concurrency": math.nan}),
         ("concurrency", {"concurrency": "2"}),
+        ("concurrency", {"concurrency": 0}),
+        ("concurrency", {"concurrency": 257}),
+        ("concurrency", {"concurrency": 10**20}),
         ("poll_interval", {"poll_interval": None}),
         ("max_retry_after", {"max_retry_after": "60"}),
     ]:

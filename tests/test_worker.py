@@ -432,3 +432,16 @@ def test_a_signal_lets_the_delivery_under_way_finish_and_exits_0(
             assert repository.count_pending() == 0  # the delivery under way was finished and recorded
     finally:
         receiver.close()
+
+
+@pytest.mark.parametrize("command", ["worker", "dispatch"])
+def test_more_flows_at_once_than_a_dispatcher_takes_is_a_usage_error(tmp_path: Path, command: str) -> None:
+    """``--concurrency`` is bounded as ``Dispatcher`` bounds it: a typo such as 10**20
+    is refused naming the option, before anything is opened."""
+    from flowfsm.dispatch import MAX_CONCURRENCY
+
+    done = Cli(tmp_path)(command, "--once" if command == "worker" else "--follow", f"--concurrency={10**20}")
+    assert done.returncode == 2
+    assert "--concurrency" in done.stderr
+    assert f"less than or equal to {MAX_CONCURRENCY}" in done.stderr
+    assert not (tmp_path / "flows.db").exists()

@@ -76,6 +76,11 @@ class RetryPolicy:
         return base * (1 + self.jitter * (2 * rng() - 1))
 
 
+MAX_CONCURRENCY: Final = 256
+"""The most flows a dispatcher delivers at once: a thread and a connection each; more
+is a typo, not a setting (a receiver sees at most this many requests at a time)."""
+
+
 def _is_number(value: object) -> bool:
     """A real number (an int or a float; a bool is not one), NaN excluded."""
     return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
@@ -187,8 +192,8 @@ class Dispatcher:
         policy. ``concurrency``: flows delivered at once (each flow's requests still
         go one after another, in order). ``max_retry_after``: the longest a
         receiver's ``Retry-After`` is honoured (one hour); a longer one waits that."""
-        if not _is_whole(concurrency) or concurrency < 1:
-            raise ValidationError("concurrency", "must be a whole number, at least 1")
+        if not _is_whole(concurrency) or not 1 <= concurrency <= MAX_CONCURRENCY:
+            raise ValidationError("concurrency", f"must be a whole number from 1 to {MAX_CONCURRENCY}")
         if not _is_whole(batch) or batch < 1:
             raise ValidationError("batch", "must be a whole number, at least 1")
         if not _is_number(lease) or not 0 < lease <= MAX_WAIT:

@@ -36,6 +36,7 @@ from rich.text import Text
 
 from flowfsm.catalog import Catalog
 from flowfsm.converter import parse_json, structure, unstructure
+from flowfsm.dispatch import MAX_CONCURRENCY
 from flowfsm.engine import FlowEngine
 from flowfsm.errors import (
     ID_LIMIT,
@@ -116,6 +117,7 @@ CatalogFile = Annotated[
     typer.Option("--catalog", envvar="FLOWFSM_CATALOG", help="Catalog file (.toml, .json, .yaml)."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+FlowsAtOnce = Annotated[int, typer.Option("--concurrency", min=1, max=MAX_CONCURRENCY, help="Flows delivered at once.")]
 
 
 # Characters a terminal acts on rather than shows: C0 and C1 controls (ESC, BEL, CSI,
@@ -992,7 +994,7 @@ def _show_flow(repository: Repository, flow: Flow) -> None:
 @app.command("dispatch")
 def dispatch(
     follow: Annotated[bool, typer.Option("--follow", help="Keep polling until interrupted.")] = False,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Flows delivered at once.")] = 4,
+    concurrency: FlowsAtOnce = 4,
     store: Store = "flowfsm.db",
     catalog: CatalogFile = Path("flowfsm.toml"),
 ) -> None:
@@ -1066,7 +1068,7 @@ def worker(
     poll_interval: Annotated[
         float, typer.Option("--poll-interval", help="Seconds between looks for work nothing announced.")
     ] = 1.0,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Flows delivered at once.")] = 4,
+    concurrency: FlowsAtOnce = 4,
     lease: Annotated[
         float, typer.Option("--lease", help="Seconds a claim is held before another worker may take it over.")
     ] = 60.0,
