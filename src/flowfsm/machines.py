@@ -21,8 +21,9 @@ holds its answer to firing's, for every machine, state and trigger.
 
 The machines are ``CallablesMachine``s: ``transitions``' own ``Machine``,
 customised through its extension points (``state_cls``, ``transition_cls``,
-``condition_cls``, ``callbacks``) to call each callback as it is, without
-resolving it by name or logging a line for it, and to name each state once. Same
+``condition_cls``, ``callbacks``, ``get_state``) to call each callback as it is,
+without resolving it by name or logging a line for it, to name each state once, and
+to find a state by its enum member without spelling it. Same
 transitions, same callbacks in the same order (a property test holds it to
 ``Machine``); an event costs about a third less. Diagrams are drawn from the
 declarations by ``flowfsm.diagrams``.
