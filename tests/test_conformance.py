@@ -399,27 +399,33 @@ def approval_service(**kwargs: Any) -> Service:
     return service(pipeline=pipeline, **kwargs)
 
 
-def test_a_redelivered_start_of_an_earlier_attempt_while_the_retry_awaits_approval_is_a_duplicate(
-    store: Store,
+@pytest.mark.parametrize("first_attempt", ["started", "rejected"])
+def test_a_start_while_the_retry_awaits_approval_is_refused_and_changes_nothing(
+    store: Store, first_attempt: str
 ) -> None:
-    """§4: a trigger whose effect is already recorded is a duplicate. The deployment's
-    first attempt was started; a late redelivery of that start, arriving while its
-    retry awaits approval, changes nothing and is no error."""
+    """§11: a deployment awaiting approval cannot start. After a retry the report may be
+    the first attempt's, delivered again, or, if that attempt's approval was rejected,
+    a start that skipped the gate: flowfsm cannot tell them apart, so it refuses both,
+    naming the gate, and the store is as it was."""
     rig = Rig(store, approval_service(failure_strategy="RETRY", retry=RetryPolicy(attempts=2)))
     flow = rig.create("1.0.0")[0]
     rig.deploy(flow.id, 0)
     prod = rig.flow(flow.id).deployments[1]
-    rig.engine.handle(ApprovalGranted(prod.id, "alice"))
-    rig.engine.handle(DeploymentStarted(prod.id))
-    rig.engine.handle(DeploymentFailed(prod.id, "crash"))
+    if first_attempt == "started":
+        rig.engine.handle(ApprovalGranted(prod.id, "alice"))
+        rig.engine.handle(DeploymentStarted(prod.id))
+        rig.engine.handle(DeploymentFailed(prod.id, "crash"))
+    else:
+        rig.engine.handle(ApprovalRejected(prod.id, "alice", "not today"))
     retried = rig.flow(flow.id).deployments[1]
     assert (retried.state, retried.attempt) == (DeploymentState.AWAITING_APPROVAL, 2)
     before = rig.engine.repository.history(flow.id)
     rig.clear()
-    outcome = rig.engine.handle(DeploymentStarted(prod.id))
-    assert outcome.duplicate
+    with pytest.raises(InvalidTransition, match="awaits approval"):
+        rig.engine.handle(DeploymentStarted(prod.id))
     assert rig.events() == []
     assert rig.engine.repository.history(flow.id) == before
+    assert rig.flow(flow.id).deployments[1] == retried
 
 
 def test_a_start_for_a_first_attempt_awaiting_approval_is_refused(store: Store) -> None:
@@ -1022,8 +1028,10 @@ def test_a_failed_deployment_frees_the_queue(store: Store) -> None:
     rig.engine.handle(RetryDeployment(dev.id, "alice"))  # it waits behind the second now
     assert rig.flow(first.id).deployments[0].state is DeploymentState.QUEUED
     history = rig.engine.repository.history(first.id)
-    assert rig.engine.handle(DeploymentStarted(dev.id)).duplicate  # the first attempt's, delivered again
+    with pytest.raises(InvalidTransition, match="queued"):  # at a gate: refused, whichever attempt it reports
+        rig.engine.handle(DeploymentStarted(dev.id))
     assert rig.engine.repository.history(first.id) == history
+    assert rig.flow(first.id).deployments[0].state is DeploymentState.QUEUED
 
 
 def test_newest_wins_ends_an_older_announced_flow_when_a_newer_one_is_approved(store: Store) -> None:

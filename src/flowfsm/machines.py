@@ -454,15 +454,10 @@ DEPLOYMENT: Final = Declaration(
             _D.STARTED,
             (IS_CURRENT, NOT_PAUSED),
             (_E.DEPLOYMENT_STARTED,),
-            # Duplicates reach back: a late "started" after any later state says nothing new,
-            # nor one of an earlier attempt while the retry waits at a gate.
-            repeats={
-                _D.STARTED: always,
-                _D.COMPLETED: always,
-                _D.SUCCESS: always,
-                _D.FAILED: always,
-                **_AT_A_GATE_RETRIED,
-            },
+            # Duplicates reach back: a late "started" after any later state says nothing new.
+            # At a gate it is refused, retried or not: it may not be a redelivery (an attempt
+            # whose approval was refused never started), and a start past a gate must be heard.
+            repeats={_D.STARTED: always, _D.COMPLETED: always, _D.SUCCESS: always, _D.FAILED: always},
             contradicts={
                 _D.AWAITING_APPROVAL: "it awaits approval",
                 _D.HELD: "a freeze window holds it: it is announced when the window ends",
