@@ -8,6 +8,7 @@ statement of a commit; engines race on one store in threads.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 import uuid
@@ -27,7 +28,6 @@ from flowfsm import (
     DeploymentStarted,
     Environment,
     FlowEngine,
-    FlowFSMError,
     HookEvent,
     Pipeline,
     PromotionCompleted,
@@ -38,7 +38,7 @@ from flowfsm import (
     Trigger,
     Webhook,
 )
-from flowfsm.emitters import CallbackEmitter, RecordingEmitter
+from flowfsm.emitters import RecordingEmitter
 from flowfsm.protocols import Lanes, Repository
 from flowfsm.repositories import PostgresRepository, SQLiteRepository
 from flowfsm.testing import FakeClock
@@ -147,17 +147,225 @@ def test_a_sqlite_statement_failing_anywhere_in_a_trigger_changes_nothing(tmp_pa
             before, sent = store(repository), len(emitter.requests)
             faulty = Faulty(real, n, sqlite3.OperationalError(message))
             repository._db = faulty  # type: ignore[assignment]  # fails its n-th statement
+            refused: RepositoryError | None = None
             try:
                 engine.handle(trigger)
             except RepositoryError as error:
-                assert message in str(error), error
+                refused = error
             else:  # it went through: no statement failed, or one of the delivery's after the commit
                 assert faulty.count < n or faulty.failed.startswith("SELECT DISTINCT o.flow_id"), faulty.failed
                 break
             finally:
                 repository._db = real
+            assert refused is not None
+            assert message in str(refused)
             assert store(repository) == before, f"{faulty.failed!r} of {type(trigger).__name__}"
             assert len(emitter.requests) == sent
             failed += 1
             n += 1
     assert failed > 7 * 4  # each trigger reads and writes several statements
+
+
+@pytest.fixture
+def pg_schema(postgres_dsn: str) -> Iterator[str]:
+    schema = f"atomic_{uuid.uuid4().hex[:12]}"
+    yield schema
+    drop_schemas(postgres_dsn, [schema])
+
+
+class PgFaults:
+    """Makes the ``n``-th statement of every psycopg connection (counting from 1)
+    fail: its backend is terminated (``pg_terminate_backend``) just before it runs."""
+
+    def __init__(self, dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        import psycopg
+
+        self.n, self.count, self.failed = 0, 0, ""
+        real = psycopg.Connection.execute
+        admin = psycopg.connect(dsn, autocommit=True)
+        self._admin = admin
+
+        def execute(conn: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            if self.count == self.n:
+                self.failed = str(query)
+                real(admin, "SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+            return real(conn, query, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Connection, "execute", execute)
+
+    def arm(self, n: int) -> None:
+        self.n, self.count, self.failed = n, 0, ""
+
+    def close(self) -> None:
+        self._admin.close()
+
+
+def test_a_postgres_backend_terminated_anywhere_in_a_trigger_changes_nothing(
+    postgres_dsn: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repository = PostgresRepository(postgres_dsn, schema=pg_schema, max_size=2, timeout=5)
+    emitter = RecordingEmitter()
+    engine = FlowEngine(CATALOG, repository, emitter, clock=FakeClock())
+    faults = PgFaults(postgres_dsn, monkeypatch)
+    failed = 0
+    try:
+        for trigger in steps(engine):
+            n = 1
+            while True:
+                faults.arm(0)
+                before, sent = store(repository), len(emitter.requests)
+                faults.arm(n)
+                try:
+                    engine.handle(trigger)
+                except RepositoryError:
+                    pass
+                else:  # it went through: no statement failed, or one after the commit
+                    assert faults.count < n or not faults.failed.startswith(("WITH", "SELECT pg_advisory")), (
+                        faults.failed
+                    )
+                    break
+                what = f"{faults.failed[:60]!r} of {type(trigger).__name__}"
+                faults.arm(0)
+                assert store(repository) == before, what
+                assert len(emitter.requests) == sent
+                failed += 1
+                n += 1
+    finally:
+        faults.close()
+        repository.close()
+    assert failed > 7 * 2
+
+
+# --- races: engines on one store, in threads -------------------------------------------------
+
+Opener = Callable[[], Repository]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens another repository on one shared store (a SQLite file, a PostgreSQL schema)."""
+    opened: list[Repository] = []
+
+    def sqlite() -> Repository:
+        opened.append(SQLiteRepository(tmp_path / "flows.db", timeout=10))
+        return opened[-1]
+
+    if request.param == "sqlite":
+        yield sqlite
+    else:
+        dsn = request.getfixturevalue("postgres_dsn")
+        schema = f"atomic_{uuid.uuid4().hex[:12]}"
+
+        def postgres() -> Repository:
+            opened.append(PostgresRepository(dsn, schema=schema, max_size=2, timeout=10))
+            return opened[-1]
+
+        yield postgres
+    for repository in opened:
+        repository.close()  # type: ignore[attr-defined]  # both backends close
+    if request.param == "postgres":
+        drop_schemas(dsn, [schema])
+
+
+def race(calls: Sequence[Callable[[], Any]]) -> list[Any]:
+    """Run ``calls`` at once, one thread each; each's result, or the exception it raised."""
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait(timeout=10)
+        try:
+            results[i] = calls[i]()
+        except Exception as e:  # noqa: BLE001 - the race's outcome, checked by the caller
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    return results
+
+
+def engines(opener: Opener, count: int) -> list[tuple[FlowEngine, RecordingEmitter]]:
+    made = []
+    for _ in range(count):
+        emitter = RecordingEmitter()
+        made.append((FlowEngine(CATALOG, opener(), emitter, clock=FakeClock(), max_attempts=50), emitter))
+    return made
+
+
+def test_the_same_trigger_from_engines_at_once_applies_once(opener: Opener) -> None:
+    racers = engines(opener, 3)
+    repository = racers[0][0].repository
+    rounds = 0
+    for trigger in steps(racers[0][0]):
+        before = {f.id: f.version for f in repository.list_flows()}
+        for _, emitter in racers:
+            emitter.clear()
+        results = race([functools.partial(engine.handle, trigger) for engine, _ in racers])
+        applied = [r for r in results if isinstance(r, flowfsm.Outcome) and not r.duplicate]
+        assert len(applied) == 1, results
+        for result in results:
+            assert isinstance(result, flowfsm.Outcome | flowfsm.InvalidTransition), result
+            assert not isinstance(result, flowfsm.Outcome) or result is applied[0] or result.duplicate
+        emitted = [r for _, emitter in racers for r in emitter.requests]
+        assert sorted(r.id for r in emitted) == sorted(r.id for r in applied[0].hook_requests)
+        after = {f.id: f.version for f in repository.list_flows()}
+        assert sum(after[i] - before.get(i, 0) for i in after) >= 1
+        assert all(after[i] - before.get(i, 0) <= 1 for i in after if i in before)
+        rounds += 1
+    assert rounds == 7
+
+
+def test_the_same_artifact_created_at_once_makes_one_flow_per_service(opener: Opener) -> None:
+    racers = engines(opener, 4)
+    for n in range(5):
+        results = race([functools.partial(engine.handle, ArtifactCreated(artifact(n))) for engine, _ in racers])
+        assert all(isinstance(r, flowfsm.Outcome) for r in results), results
+        assert sum(not r.duplicate for r in results) == 1
+        ids = {tuple(sorted(f.id for f in r.flows)) for r in results}
+        assert len(ids) == 1  # every engine returns the same flows
+    repository = racers[0][0].repository
+    assert len(repository.list_flows(limit=100)) == 5 * 2
+    assert sum(len(e.requests) for _, e in racers) == 5 * (2 + 2)  # deployment-created, queued or created: 2 actions
+
+
+def test_many_flows_of_a_queued_service_at_once_never_share_a_lane(opener: Opener) -> None:
+    racers = engines(opener, 4)
+    repository = racers[0][0].repository
+    assert isinstance(repository, Lanes)
+
+    def release(engine: FlowEngine, first: int) -> list[flowfsm.Outcome]:
+        return [engine.handle(ArtifactCreated(artifact(first + k))) for k in range(3)]
+
+    results = race([functools.partial(release, engine, 10 * i) for i, (engine, _) in enumerate(racers)])
+    assert all(isinstance(r, list) for r in results), results
+    flows = [f for f in repository.list_flows(limit=100) if f.service_id == QUEUED.id]
+    assert len(flows) == 12
+    active = [f.id for f in flows if f.deployments[0].state is not flowfsm.DeploymentState.QUEUED]
+    lane = repository.lane(QUEUED.id, "dev", limit=100)
+    assert active == [lane.occupant]
+    assert sorted(lane.waiting) == sorted(f.id for f in flows if f.id != lane.occupant)
+    # The line moves on, one flow at a time, as engines race to drive the occupant.
+    done: list[str] = []
+    while len(done) < 12:
+        occupant = repository.lane(QUEUED.id, "dev").occupant
+        assert occupant is not None
+        deployment = repository.get(occupant).deployments[0]
+        promotion = deployment.promotions[0]
+        for trigger in (
+            DeploymentStarted(deployment.id),
+            DeploymentCompleted(deployment.id),
+            PromotionCompleted(deployment.id, promotion.id, [PromotionResult(promotion.id, ResultStatus.PASSED)]),
+        ):
+            results = race([functools.partial(engine.handle, trigger) for engine, _ in racers])
+            assert sum(isinstance(r, flowfsm.Outcome) and not r.duplicate for r in results) == 1, results
+        done.append(occupant)
+        states = [f.deployments[0].state for f in repository.list_flows(limit=100) if f.service_id == QUEUED.id]
+        assert sum(
+            s is not flowfsm.DeploymentState.QUEUED and s is not flowfsm.DeploymentState.SUCCESS for s in states
+        ) == (1 if len(done) < 12 else 0)
+    assert len(set(done)) == 12
