@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 import flowfsm
@@ -29,6 +30,7 @@ from flowfsm import (
     Environment,
     FlowEngine,
     HookEvent,
+    HookRequest,
     Pipeline,
     PromotionCompleted,
     PromotionResult,
@@ -38,9 +40,11 @@ from flowfsm import (
     Trigger,
     Webhook,
 )
-from flowfsm.emitters import RecordingEmitter
+from flowfsm.dispatch import Dispatcher
+from flowfsm.emitters import CallbackEmitter, RecordingEmitter
 from flowfsm.protocols import Lanes, Repository
-from flowfsm.repositories import PostgresRepository, SQLiteRepository
+from flowfsm.repositories import InMemoryRepository, PostgresRepository, SQLiteRepository
+from flowfsm.strategies import Failure
 from flowfsm.testing import FakeClock
 
 from .test_repositories import drop_schemas
@@ -369,3 +373,117 @@ def test_many_flows_of_a_queued_service_at_once_never_share_a_lane(opener: Opene
             s is not flowfsm.DeploymentState.QUEUED and s is not flowfsm.DeploymentState.SUCCESS for s in states
         ) == (1 if len(done) < 12 else 0)
     assert len(set(done)) == 12
+
+
+# --- emitters and failure strategies that misbehave ------------------------------------------
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def one_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
+    if request.param == "memory":
+        yield InMemoryRepository()
+    elif request.param == "sqlite":
+        with SQLiteRepository(tmp_path / "flows.db") as repository:
+            yield repository
+    else:
+        dsn = request.getfixturevalue("postgres_dsn")
+        schema = f"atomic_{uuid.uuid4().hex[:12]}"
+        with PostgresRepository(dsn, schema=schema, max_size=4) as repository:
+            yield repository
+        drop_schemas(dsn, [schema])
+
+
+def test_an_emitter_reentering_the_engine_keeps_every_request_once_and_in_order(one_store: Repository) -> None:
+    delivered: list[HookRequest] = []
+    engine: FlowEngine
+
+    def emit(request: HookRequest) -> None:
+        delivered.append(request)
+        if request.event is HookEvent.DEPLOYMENT_CREATED:  # the receiver answers at once, inside the delivery
+            engine.handle(DeploymentStarted(request.payload.deployment.id))
+
+    engine = FlowEngine(Catalog([TIMED]), one_store, CallbackEmitter(emit), clock=FakeClock())
+    (flow,) = engine.handle(ArtifactCreated(artifact(1))).flows
+    assert one_store.get(flow.id).deployments[0].state is flowfsm.DeploymentState.STARTED
+    assert [e.changes[-1].to for e in one_store.history(flow.id)] == ["inProgress", "started"]
+    # deployment-started waited behind deployment-created's second action, still under way: a dispatcher's.
+    assert [r.event for r in delivered] == [HookEvent.DEPLOYMENT_CREATED] * 2
+    dispatched = RecordingEmitter()
+    Dispatcher(one_store, dispatched).run_once()
+    sent = delivered + dispatched.requests
+    assert len({r.id for r in sent}) == len(sent) == 4  # each once
+    assert [r.event for r in sent] == [HookEvent.DEPLOYMENT_CREATED] * 2 + [HookEvent.DEPLOYMENT_STARTED] * 2
+    assert one_store.count_pending() == 0
+
+
+def test_an_emitter_that_raises_leaves_the_trigger_applied_and_its_requests_pending(one_store: Repository) -> None:
+    def emit(request: HookRequest) -> None:
+        raise ConnectionError("receiver down")
+
+    engine = FlowEngine(Catalog([TIMED]), one_store, CallbackEmitter(emit), clock=FakeClock())
+    outcome = engine.handle(ArtifactCreated(artifact(1)))
+    assert one_store.get(outcome.flows[0].id).version == 1
+    assert one_store.count_pending() == len(outcome.hook_requests) == 2
+    dispatched = RecordingEmitter()
+    Dispatcher(one_store, dispatched).run_once()  # released at once, not after the lease
+    assert [r.id for r in dispatched.requests] == [r.id for r in outcome.hook_requests]
+
+
+def test_an_emitter_that_hangs_keeps_its_requests_from_a_dispatcher(one_store: Repository) -> None:
+    entered, go = threading.Event(), threading.Event()
+
+    def emit(request: HookRequest) -> None:
+        entered.set()
+        assert go.wait(timeout=10)
+
+    engine = FlowEngine(Catalog([TIMED]), one_store, CallbackEmitter(emit), clock=FakeClock())
+    handling = threading.Thread(target=engine.handle, args=(ArtifactCreated(artifact(1)),))
+    handling.start()
+    try:
+        assert entered.wait(timeout=10)
+        dispatched = RecordingEmitter()
+        Dispatcher(one_store, dispatched).run_once()
+        assert dispatched.requests == []  # leased to the engine delivering them
+    finally:
+        go.set()
+        handling.join(timeout=10)
+    assert one_store.count_pending() == 0
+
+
+class Flaky:
+    """A failure strategy that fails its flow, but raises first ``raises`` times,
+    after making its moves."""
+
+    def __init__(self, raises: int, error: Exception) -> None:
+        self.raises, self.error = raises, error
+
+    def on_failure(self, failure: Failure) -> None:
+        failure.fail_flow()
+        if self.raises:
+            self.raises -= 1
+            raise self.error
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), flowfsm.ValidationError("strategy", "refused")])
+def test_a_failure_strategy_that_raises_changes_nothing(tmp_path: Path, error: Exception) -> None:
+    service = attrs.evolve(TIMED, failure_strategy="flaky")
+    emitter = RecordingEmitter()
+    with SQLiteRepository(tmp_path / "flows.db") as repository:
+        engine = FlowEngine(
+            Catalog([service]), repository, emitter, strategies={"flaky": Flaky(1, error)}, clock=FakeClock()
+        )
+        (flow,) = engine.handle(ArtifactCreated(artifact(1))).flows
+        dev = flow.deployments[0]
+        engine.handle(DeploymentStarted(dev.id))
+        engine.handle(DeploymentCompleted(dev.id))
+        before, sent = store(repository), len(emitter.requests)
+        failed = PromotionCompleted(
+            dev.id, dev.promotions[0].id, [PromotionResult(dev.promotions[0].id, ResultStatus.FAILED)]
+        )
+        with pytest.raises(type(error)):
+            engine.handle(failed)
+        assert store(repository) == before
+        assert len(emitter.requests) == sent
+        outcome = engine.handle(failed)  # the same trigger again, the strategy mended
+        assert outcome.flows[0].state is flowfsm.FlowState.FAILED
+        assert repository.timers(flow.id) == []
