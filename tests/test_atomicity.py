@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +46,7 @@ from flowfsm.dispatch import Dispatcher
 from flowfsm.emitters import CallbackEmitter, RecordingEmitter
 from flowfsm.protocols import Lanes, Repository
 from flowfsm.repositories import InMemoryRepository, PostgresRepository, SQLiteRepository
+from flowfsm.scheduling import Scheduler
 from flowfsm.strategies import Failure
 from flowfsm.testing import FakeClock
 
@@ -487,3 +490,82 @@ def test_a_failure_strategy_that_raises_changes_nothing(tmp_path: Path, error: E
         outcome = engine.handle(failed)  # the same trigger again, the strategy mended
         assert outcome.flows[0].state is flowfsm.FlowState.FAILED
         assert repository.timers(flow.id) == []
+
+
+def test_schedulers_racing_fire_each_timer_once(opener: Opener) -> None:
+    clock = FakeClock()
+    racers = []
+    for _ in range(3):
+        repository = opener()
+        engine = FlowEngine(Catalog([TIMED]), repository, RecordingEmitter(), clock=clock, max_attempts=50)
+        racers.append(Scheduler(repository, engine, batch=2))
+    engine = racers[0].engine
+    flows = [engine.handle(ArtifactCreated(artifact(n))).flows[0] for n in range(8)]
+    for flow in flows:
+        engine.handle(DeploymentStarted(flow.deployments[0].id))
+    clock.advance(minutes=11)  # every deploy timeout is due
+
+    def drain(scheduler: Scheduler) -> int:
+        fired = 0
+        while claimed := scheduler.fire_due():
+            fired += claimed[1]
+            if not claimed[0]:
+                break
+        return fired
+
+    results = race([functools.partial(drain, scheduler) for scheduler in racers])
+    assert sum(results) == len(flows), results
+    repository = engine.repository
+    for flow in flows:
+        stored = repository.get(flow.id)
+        assert stored.deployments[0].state is flowfsm.DeploymentState.FAILED
+        timeouts = [e for e in repository.history(flow.id) if e.trigger.get("type") == "TimerFired"]
+        assert len(timeouts) == 1, repository.history(flow.id)
+        assert repository.timers(flow.id) == []
+
+
+def test_a_sqlite_file_locked_by_another_process_refuses_each_trigger_whole(tmp_path: Path) -> None:
+    path = tmp_path / "flows.db"
+    emitter = RecordingEmitter()
+    repository = SQLiteRepository(path, timeout=0.1)
+    engine = FlowEngine(CATALOG, repository, emitter, clock=FakeClock())
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys\n"
+            "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "for line in sys.stdin:\n"
+            "    db.execute(line.strip())\n"
+            "    print('ok', flush=True)\n",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    stdin, stdout = holder.stdin, holder.stdout
+    assert stdin is not None
+    assert stdout is not None
+
+    def holding(sql: str) -> None:
+        stdin.write(sql + "\n")
+        stdin.flush()
+        assert stdout.readline() == "ok\n"
+
+    try:
+        for trigger in steps(engine):
+            holding("BEGIN IMMEDIATE")  # a writer in another process, past the busy timeout
+            before, sent = store(repository), len(emitter.requests)
+            with pytest.raises(RepositoryError) as error:
+                engine.handle(trigger)
+            assert "locked" in str(error.value)
+            assert store(repository) == before
+            assert len(emitter.requests) == sent
+            holding("ROLLBACK")
+            assert not engine.handle(trigger).duplicate
+    finally:
+        stdin.close()
+        holder.wait(timeout=10)
+        stdout.close()
+        repository.close()
