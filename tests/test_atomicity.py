@@ -569,3 +569,27 @@ def test_a_sqlite_file_locked_by_another_process_refuses_each_trigger_whole(tmp_
         holder.wait(timeout=10)
         stdout.close()
         repository.close()
+
+
+def test_a_full_sqlite_disk_refuses_each_trigger_whole(tmp_path: Path) -> None:
+    emitter = RecordingEmitter()
+    engine, repository = _sqlite_engine(tmp_path / "flows.db", emitter)
+    db = repository._db
+    refused = 0
+    for trigger in steps(engine):
+        before, sent = store(repository), len(emitter.requests)
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full now
+        try:
+            engine.handle(trigger)
+        except RepositoryError as error:
+            assert "full" in str(error)
+            assert store(repository) == before
+            assert len(emitter.requests) == sent
+            refused += 1
+        else:  # it fitted in the pages the file had free
+            assert store(repository) != before
+        db.execute("PRAGMA max_page_count = 1073741823")
+        engine.handle(trigger)  # applied, or a duplicate if it fitted
+    assert refused >= 3
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
