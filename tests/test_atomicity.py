@@ -593,3 +593,15 @@ def test_a_full_sqlite_disk_refuses_each_trigger_whole(tmp_path: Path) -> None:
         engine.handle(trigger)  # applied, or a duplicate if it fitted
     assert refused >= 3
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_refused_lease_leaves_the_store_as_it_was(one_store: Repository) -> None:
+    """A lease of NaN is refused (``ValidationError``, field ``lease``) before anything is saved."""
+    emitter = RecordingEmitter()
+    engine = FlowEngine(Catalog([TIMED]), one_store, emitter, clock=FakeClock(), lease=float("nan"))
+    with pytest.raises(flowfsm.ValidationError) as error:
+        engine.handle(ArtifactCreated(artifact(1)))
+    assert error.value.field == "lease"
+    assert one_store.list_flows() == []
+    assert one_store.count_pending() == 0
+    assert emitter.requests == []
