@@ -8,6 +8,7 @@ statement of a commit; engines race on one store in threads.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
 import subprocess
@@ -575,23 +576,26 @@ def test_a_full_sqlite_disk_refuses_each_trigger_whole(tmp_path: Path) -> None:
     emitter = RecordingEmitter()
     engine, repository = _sqlite_engine(tmp_path / "flows.db", emitter)
     db = repository._db
-    refused = 0
+    full = 0
     for trigger in steps(engine):
         before, sent = store(repository), len(emitter.requests)
         pages = db.execute("PRAGMA page_count").fetchone()[0]
         db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full now
+        refused: RepositoryError | None = None
         try:
             engine.handle(trigger)
         except RepositoryError as error:
-            assert "full" in str(error)
+            refused = error
+        if refused is not None:
+            assert "full" in str(refused)
             assert store(repository) == before
             assert len(emitter.requests) == sent
-            refused += 1
+            full += 1
         else:  # it fitted in the pages the file had free
             assert store(repository) != before
         db.execute("PRAGMA max_page_count = 1073741823")
         engine.handle(trigger)  # applied, or a duplicate if it fitted
-    assert refused >= 3
+    assert full >= 3
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
@@ -605,3 +609,86 @@ def test_a_refused_lease_leaves_the_store_as_it_was(one_store: Repository) -> No
     assert one_store.list_flows() == []
     assert one_store.count_pending() == 0
     assert emitter.requests == []
+
+
+def test_a_timeout_racing_the_completion_it_times_out_lets_one_win(opener: Opener) -> None:
+    clock = FakeClock()
+    racers = [FlowEngine(Catalog([TIMED]), opener(), None, clock=clock, max_attempts=50) for _ in range(2)]
+    repository = racers[0].repository
+    flows = [racers[0].handle(ArtifactCreated(artifact(n))).flows[0] for n in range(6)]
+    for flow in flows:
+        racers[0].handle(DeploymentStarted(flow.deployments[0].id))
+    clock.advance(minutes=10)  # the deploy timeout is due, as the CD system reports completion
+    for flow in flows:
+        dev = flow.deployments[0].id
+        timeout, completed = race(
+            [
+                functools.partial(racers[0].handle, flowfsm.TimerFired(dev, flowfsm.TimerKind.DEPLOY)),
+                functools.partial(racers[1].handle, DeploymentCompleted(dev)),
+            ]
+        )
+        state = repository.get(flow.id).deployments[0].state
+        kinds = {t.kind for t in repository.timers(flow.id)}
+        if state is flowfsm.DeploymentState.COMPLETED:  # the completion won: the timer is stale
+            assert isinstance(completed, flowfsm.Outcome)
+            assert not completed.duplicate
+            assert isinstance(timeout, flowfsm.Outcome)
+            assert timeout.duplicate
+            assert kinds == {flowfsm.TimerKind.VERIFY}
+        else:  # the timeout won: the completion comes too late
+            assert state is flowfsm.DeploymentState.FAILED
+            assert isinstance(timeout, flowfsm.Outcome)
+            assert not timeout.duplicate
+            assert isinstance(completed, flowfsm.InvalidTransition)
+            assert kinds == set()
+        assert len(repository.history(flow.id)) == 3  # created, started, and the winner's entry
+
+
+_CREATE_RACER = """
+import sys, time
+from flowfsm import ArtifactCreated, FlowEngine
+from flowfsm.repositories import PostgresRepository, SQLiteRepository
+from tests.test_atomicity import CATALOG, artifact
+kind, where, schema, go = sys.argv[1:5]
+repository = SQLiteRepository(where, timeout=10) if kind == "sqlite" else PostgresRepository(where, schema=schema)
+engine = FlowEngine(CATALOG, repository, None, max_attempts=50)
+print("ready", flush=True)
+sys.stdin.readline()
+for n in range(5):
+    outcome = engine.handle(ArtifactCreated(artifact(n)))
+    print(int(outcome.duplicate), flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_processes_creating_the_same_artifacts_at_once_make_one_flow_each(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    where, schema = str(tmp_path / "flows.db"), f"atomic_{uuid.uuid4().hex[:12]}"
+    if kind == "postgres":
+        where = request.getfixturevalue("postgres_dsn")
+    root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, "-c", _CREATE_RACER, kind, where, schema, "go"]
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True, "cwd": root}
+    try:
+        with contextlib.ExitStack() as stack:
+            racers = [stack.enter_context(subprocess.Popen(command, **pipes)) for _ in range(3)]  # type: ignore[call-overload]  # text pipes
+            stack.callback(lambda: [racer.kill() for racer in racers if racer.poll() is None])
+            for racer in racers:
+                assert racer.stdout.readline() == "ready\n"
+            for racer in racers:  # all at once
+                racer.stdin.write("go\n")
+                racer.stdin.close()
+            created = [0] * 5
+            for racer in racers:
+                out = racer.stdout.read()
+                assert racer.wait(timeout=60) == 0
+                for n, line in enumerate(out.split()):
+                    created[n] += line == "0"
+        assert created == [1] * 5  # one process made each artifact's flows; the others found them
+        opened = SQLiteRepository(where) if kind == "sqlite" else PostgresRepository(where, schema=schema)
+        with opened as repository:
+            assert len(repository.list_flows(limit=100)) == 5 * 2
+    finally:
+        if kind == "postgres":
+            drop_schemas(where, [schema])
