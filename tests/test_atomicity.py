@@ -692,3 +692,16 @@ def test_processes_creating_the_same_artifacts_at_once_make_one_flow_each(
     finally:
         if kind == "postgres":
             drop_schemas(where, [schema])
+
+
+def test_a_driver_error_quoting_a_huge_value_is_bounded(postgres_dsn: str, pg_schema: str) -> None:
+    """PostgreSQL quotes the key of a unique violation: here a HookRequest id of an id
+    factory that repeats itself, 3,000 characters long."""
+    with PostgresRepository(postgres_dsn, schema=pg_schema) as repository:
+        engine = FlowEngine(Catalog([TIMED]), repository, None, id_factory=lambda: "x" * 3000)
+        with pytest.raises(RepositoryError) as error:
+            engine.handle(ArtifactCreated(artifact(1)))
+        assert "duplicate key" in str(error.value)
+        assert len(str(error.value)) <= 400
+        assert repository.list_flows() == []
+        assert repository.count_pending() == 0
