@@ -705,3 +705,27 @@ def test_a_driver_error_quoting_a_huge_value_is_bounded(postgres_dsn: str, pg_sc
         assert len(str(error.value)) <= 400
         assert repository.list_flows() == []
         assert repository.count_pending() == 0
+
+
+def test_an_emitter_interrupted_records_what_it_sent_and_releases_the_rest(one_store: Repository) -> None:
+    """Ctrl-C (or any ``BaseException``) in ``emit`` goes on up, once the engine has
+    recorded the request sent and released the one left: neither waits out the lease."""
+    sent: list[HookRequest] = []
+
+    def emit(request: HookRequest) -> None:
+        if sent:
+            raise KeyboardInterrupt
+        sent.append(request)
+
+    engine = FlowEngine(Catalog([TIMED]), one_store, CallbackEmitter(emit), clock=FakeClock())
+    with pytest.raises(KeyboardInterrupt):
+        engine.handle(ArtifactCreated(artifact(1)))
+    (flow,) = one_store.list_flows()
+    assert flow.version == 1  # the trigger was committed before delivery began
+    dispatched = RecordingEmitter()
+    Dispatcher(one_store, dispatched).run_once()
+    assert len(dispatched.requests) == 1
+    assert {r.id for r in sent} | {r.id for r in dispatched.requests} == {
+        e for entry in one_store.history(flow.id) for e in entry.hook_request_ids
+    }
+    assert not {r.id for r in sent} & {r.id for r in dispatched.requests}
