@@ -251,16 +251,20 @@ def test_a_postgres_backend_terminated_anywhere_in_a_trigger_changes_nothing(
 Opener = Callable[[], Repository]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
-    """Opens another repository on one shared store (a SQLite file, a PostgreSQL schema)."""
+    """Opens another repository on one shared store (a SQLite file, a PostgreSQL schema;
+    in memory, the one store every engine shares)."""
     opened: list[Repository] = []
+    shared = InMemoryRepository()
 
     def sqlite() -> Repository:
         opened.append(SQLiteRepository(tmp_path / "flows.db", timeout=10))
         return opened[-1]
 
-    if request.param == "sqlite":
+    if request.param == "memory":
+        yield lambda: shared
+    elif request.param == "sqlite":
         yield sqlite
     else:
         dsn = request.getfixturevalue("postgres_dsn")
