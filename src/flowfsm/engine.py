@@ -760,7 +760,9 @@ class FlowEngine:
         goes: the new requests of a flow with an earlier one still pending (waiting
         for a retry, or held by a dispatcher) are released at once and wait behind
         it for a dispatcher. The trigger is committed already, so nothing here
-        raises: trouble is logged, and what is left is the dispatcher's.
+        raises: trouble is logged, and what is left is the dispatcher's. An interrupt
+        (``KeyboardInterrupt``, any ``BaseException``) goes on up, once what was sent
+        is recorded and the rest released, so that neither waits out the lease.
         """
         repository = self.repository
         ids = [r.id for r in requests]
@@ -794,6 +796,11 @@ class FlowEngine:
                 exc_info=True,
             )
             _logged(repository.release, ids[sent:])
+        except BaseException:  # interrupted (Ctrl-C): recorded as below, then it goes on up
+            _logged(repository.release, ids[sent:])
+            if sent:
+                _logged(repository.mark_delivered, ids[:sent])
+            raise
         if sent:
             _logged(repository.mark_delivered, ids[:sent])
 

@@ -21,6 +21,7 @@ from flowfsm.errors import (
     UnknownFlow,
     UnknownPromotion,
     ValidationError,
+    bounded,
     shown,
 )
 from flowfsm.lanes import Lane, LaneMove, LaneStatus
@@ -49,6 +50,7 @@ from flowfsm.model import (
 
 __all__ = [
     "BODY_FORMAT",
+    "DRIVER_MESSAGE_LIMIT",
     "LANE_LINE",
     "MAX_OFFSET",
     "MAX_PAGE",
@@ -82,6 +84,10 @@ a renewal or a retry's delay): one day. Longer asks are cut to it, so no value
 can park a request for good or overflow a database's time arithmetic."""
 
 
+DRIVER_MESSAGE_LIMIT: Final = 300
+"""The most characters of a driver's message a ``RepositoryError`` repeats."""
+
+
 def wait_seconds(name: str, value: float) -> float:
     """``value`` (a lease or a delay, in seconds) as a backend stores it: below
     zero counts as zero, above ``MAX_WAIT`` (infinity included) as ``MAX_WAIT``;
@@ -96,13 +102,14 @@ def wait_seconds(name: str, value: float) -> float:
 @contextlib.contextmanager
 def driver_errors(backend: str, what: str, errors: tuple[type[BaseException], ...]) -> Iterator[None]:
     """A driver's ``errors`` become ``RepositoryError`` (the driver's error as the
-    cause, its message on one line); flowfsm's own errors pass through."""
+    cause, its message on one line and ``bounded``: PostgreSQL's quotes the values
+    of a failed constraint, whatever their size); flowfsm's own errors pass through."""
     try:
         yield
     except FlowFSMError:
         raise
     except errors as e:
-        message = " ".join(str(e).split()) or type(e).__name__
+        message = bounded(str(e), DRIVER_MESSAGE_LIMIT) or type(e).__name__
         raise RepositoryError(backend, f"{what}: {message}") from e
 
 

@@ -118,6 +118,10 @@ class InMemoryRepository:
         history: Sequence[HistoryEntry] = (),
         lanes: Sequence[LaneMove] = (),
     ) -> None:
+        until = 0.0
+        if hook_requests:  # checked, like everything, before changing anything
+            lease = wait_seconds("lease", lease)
+            until = time.monotonic() + lease if lease > 0 else 0.0
         with self._lock:
             self._check_versions(flows)  # check everything before changing anything
             if lanes:
@@ -136,8 +140,6 @@ class InMemoryRepository:
             if history:
                 self._append_history(history)
             if hook_requests:
-                lease = wait_seconds("lease", lease)
-                until = time.monotonic() + lease if lease > 0 else 0.0
                 outbox = self._outbox
                 for request in hook_requests:
                     outbox[request.id] = (request, until)

@@ -276,16 +276,19 @@ class SQLiteRepository(SQLFlowReads):
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: all of it or none of it."""
+        """One write transaction: all of it or none of it. A failed ``COMMIT`` (the
+        disk filling up as the log is written) is rolled back too: left open, the
+        transaction would show its writes to this connection's reads and refuse
+        every later write."""
         with self._lock, _driver_errors("write failed"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:  # SQLite ends some failed transactions itself (disk full)
                     self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def _one(self, sql: str, args: Sequence[Any]) -> Any:
         with self._lock, _driver_errors("read failed"):
