@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import pytest
 
+import flowfsm
 from flowfsm import (
     Artifact,
     ArtifactCreated,
@@ -444,6 +445,15 @@ def test_the_dispatcher_checks_its_settings() -> None:
         with pytest.raises(ValidationError) as policy_error:
             RetryPolicy(**settings)  # type: ignore[arg-type]  # each of the wrong type or range
         assert policy_error.value.field == field
+
+
+def test_a_failure_policys_retry_policy_is_refused_by_the_dispatcher() -> None:
+    """``flowfsm.RetryPolicy`` (a failure policy's retries) is not delivery's: refused
+    when the dispatcher is built, not by an AttributeError at the first failed delivery."""
+    with pytest.raises(ValidationError) as error:
+        Dispatcher(InMemoryRepository(), RecordingEmitter(), retry=flowfsm.RetryPolicy())  # type: ignore[arg-type]
+    assert error.value.field == "retry"
+    assert "flowfsm.dispatch.RetryPolicy" in str(error.value)
 
 
 def test_a_failed_outbox_check_leaves_the_committed_trigger_to_the_dispatcher() -> None:

@@ -197,6 +197,8 @@ class Dispatcher:
             raise ValidationError("poll_interval", f"must be more than 0 and at most {MAX_WAIT:g} s")
         if not _is_number(max_retry_after) or not 0 <= max_retry_after <= MAX_WAIT:
             raise ValidationError("max_retry_after", f"must be from 0 to {MAX_WAIT:g} s")
+        if retry is not None and not isinstance(retry, RetryPolicy):  # flowfsm.RetryPolicy is a failure policy's
+            raise ValidationError("retry", "must be a flowfsm.dispatch.RetryPolicy (delays, max_attempts, jitter)")
         self.repository = repository
         self.emitter = emitter
         self.batch = batch
