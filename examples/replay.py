@@ -4,6 +4,7 @@ Each line is a trigger as ``flowfsm.converter`` writes it (``{"type":
 "DeploymentStarted", "deploymentId": ...}``). Triggers the store has already
 applied are duplicates and change nothing, so after an outage the whole log can
 be replayed: what the store missed is applied, in order, and the rest is skipped.
+A line that is not a trigger (a log torn mid-line) is counted and passed over.
 
 Run: python examples/replay.py LOG --store flows.db --catalog flowfsm.toml
 """
@@ -11,13 +12,12 @@ Run: python examples/replay.py LOG --store flows.db --catalog flowfsm.toml
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from collections.abc import Iterable
 
 from flowfsm import Catalog, FlowEngine, FlowFSMError, Trigger
-from flowfsm.converter import structure
+from flowfsm.converter import from_json
 from flowfsm.repositories import SQLiteRepository
 
 
@@ -28,7 +28,7 @@ def replay(engine: FlowEngine, lines: Iterable[str]) -> Counter[str]:
         if not line.strip():
             continue
         try:
-            outcome = engine.handle(structure(json.loads(line), Trigger))
+            outcome = engine.handle(from_json(line, Trigger))  # bad JSON too: a ValidationError
         except FlowFSMError as e:
             counts[type(e).__name__] += 1
             continue
@@ -42,9 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", default="flowfsm.db")
     parser.add_argument("--catalog", default="flowfsm.toml")
     args = parser.parse_args(argv)
-    engine = FlowEngine(Catalog.from_file(args.catalog), SQLiteRepository(args.store), None)
-    with open(args.log) as log:
-        counts = replay(engine, log)
+    try:
+        engine = FlowEngine(Catalog.from_file(args.catalog), SQLiteRepository(args.store), None)
+        with open(args.log) as log:
+            counts = replay(engine, log)
+    except (FlowFSMError, OSError) as e:  # a catalog, store or log it cannot use: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(", ".join(f"{name}: {n}" for name, n in sorted(counts.items())) or "empty log")
     return 0 if set(counts) <= {"applied", "duplicate"} else 1
 

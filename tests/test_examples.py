@@ -85,3 +85,40 @@ def test_replaying_a_log_applies_what_the_store_missed(tmp_path: Path) -> None:
     assert again.stdout.strip() == "UnknownDeployment: 1, duplicate: 5"
     with SQLiteRepository(store) as repository:
         assert repository.get(flow.id).state is FlowState.SUCCESS
+
+
+def test_replay_counts_a_line_that_is_not_a_trigger_and_goes_on(tmp_path: Path) -> None:
+    """A torn or garbled line (an outage cuts a log mid-line) is counted like any
+    refused trigger, and the lines after it are still applied."""
+    catalog_file = tmp_path / "flowfsm.toml"
+    catalog_file.write_text(
+        '[[services]]\nid = "svc"\nartifacts = ["com.acme:api"]\n'
+        'pipeline = { name = "p", environments = [{ name = "dev" }] }\n'
+    )
+    created = to_json(ArtifactCreated(Artifact("com.acme", "api", "1.0")), Trigger)
+    (tmp_path / "triggers.jsonl").write_text(f'{created}\n{{"type": "DeploymentSta\n{{"x": NaN}}\n{created}\n')
+    run = [sys.executable, str(ROOT / "examples" / "replay.py"), str(tmp_path / "triggers.jsonl")]
+    result = subprocess.run(
+        [*run, "--store", str(tmp_path / "flows.db"), "--catalog", str(catalog_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.stderr == ""
+    assert result.stdout.strip() == "ValidationError: 2, applied: 1, duplicate: 1"
+    assert result.returncode == 1
+
+
+def test_replay_names_a_catalog_it_cannot_load_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "triggers.jsonl").write_text("")
+    run = [sys.executable, str(ROOT / "examples" / "replay.py"), str(tmp_path / "triggers.jsonl")]
+    result = subprocess.run(
+        [*run, "--store", str(tmp_path / "flows.db"), "--catalog", str(tmp_path / "missing.toml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ")
+    assert "missing.toml" in result.stderr
+    assert len(result.stderr.splitlines()) == 1  # no traceback
