@@ -7,6 +7,7 @@ be replayed: what the store missed is applied, in order, and the rest is skipped
 A line that is not a trigger (a log torn mid-line) is counted and passed over.
 
 Run: python examples/replay.py LOG --store flows.db --catalog flowfsm.toml
+(``--store`` is a SQLite file or a ``postgresql://`` URL, as the ``flowfsm`` command's.)
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ from collections.abc import Iterable
 
 from flowfsm import Catalog, FlowEngine, FlowFSMError, Trigger
 from flowfsm.converter import from_json
-from flowfsm.repositories import SQLiteRepository
+from flowfsm.protocols import Repository
+from flowfsm.repositories import PostgresRepository, SQLiteRepository
+
+
+def open_store(store: str) -> Repository:
+    """PostgreSQL for a ``postgresql://`` URL, else a SQLite file, as ``flowfsm --store``."""
+    scheme, _, rest = store.partition("://")
+    if rest and scheme.lower() in ("postgresql", "postgres"):
+        return PostgresRepository(f"{scheme.lower()}://{rest}")  # libpq reads the scheme in lower case only
+    return SQLiteRepository(store)
 
 
 def replay(engine: FlowEngine, lines: Iterable[str]) -> Counter[str]:
@@ -43,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--catalog", default="flowfsm.toml")
     args = parser.parse_args(argv)
     try:
-        engine = FlowEngine(Catalog.from_file(args.catalog), SQLiteRepository(args.store), None)
+        engine = FlowEngine(Catalog.from_file(args.catalog), open_store(args.store), None)
         with open(args.log) as log:
             counts = replay(engine, log)
     except (FlowFSMError, OSError) as e:  # a catalog, store or log it cannot use: one line, no traceback

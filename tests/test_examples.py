@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from flowfsm import (
@@ -16,6 +17,7 @@ from flowfsm import (
     DeploymentStarted,
     FlowEngine,
     FlowState,
+    RepositoryError,
     Trigger,
 )
 from flowfsm.converter import to_json
@@ -122,3 +124,42 @@ def test_replay_names_a_catalog_it_cannot_load_in_one_line(tmp_path: Path) -> No
     assert result.stderr.startswith("error: ")
     assert "missing.toml" in result.stderr
     assert len(result.stderr.splitlines()) == 1  # no traceback
+
+
+def test_replay_takes_a_postgresql_url_as_the_cli_does(tmp_path: Path) -> None:
+    """``--store`` (like FLOWFSM_STORE for the command line) may be a postgresql:// URL:
+    the example opens PostgreSQL, never a SQLite file named after the URL."""
+    catalog_file = tmp_path / "flowfsm.toml"
+    catalog_file.write_text(
+        '[[services]]\nid = "svc"\nartifacts = ["com.acme:api"]\n'
+        'pipeline = { name = "p", environments = [{ name = "dev" }] }\n'
+    )
+    (tmp_path / "triggers.jsonl").write_text("")
+    run = [sys.executable, str(ROOT / "examples" / "replay.py"), str(tmp_path / "triggers.jsonl")]
+    result = subprocess.run(
+        [*run, "--store", "postgresql://flowfsm@127.0.0.1:1/flows", "--catalog", str(catalog_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: postgres: cannot connect")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flowfsm.toml", "triggers.jsonl"]  # no file made
+
+
+def test_the_web_service_opens_a_postgresql_store_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FLOWFSM_STORE means what it means to the ``flowfsm`` command: a URL is PostgreSQL
+    (its scheme in any case), not a SQLite file named after it."""
+    catalog_file = tmp_path / "flowfsm.toml"
+    catalog_file.write_text(
+        '[[services]]\nid = "svc"\nartifacts = ["com.acme:api"]\n'
+        'pipeline = { name = "p", environments = [{ name = "dev" }] }\n'
+    )
+    monkeypatch.setenv("FLOWFSM_CATALOG", str(catalog_file))
+    monkeypatch.setenv("FLOWFSM_STORE", "POSTGRESQL://flowfsm@127.0.0.1:1/flows")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RepositoryError) as error:
+        _ = web_service.app
+    assert error.value.backend == "postgres"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flowfsm.toml"]
