@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from flowfsm import Catalog, CatalogError
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
@@ -44,3 +46,21 @@ def test_docstring_examples_run(module: str) -> None:
 def test_examples_run(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
     runpy.run_path(str(example), run_name="__main__")
     assert capsys.readouterr().out.strip()
+
+
+CATALOG_FENCE = re.compile(r"^```(toml|json|yaml)\n(.*?)^```", re.S | re.M)
+WHOLE_CATALOG = ("[[services]]", '{"services"', "services:")  # a fragment (one environment) starts otherwise
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_catalog_files_in_docs_load(doc: Path, tmp_path: Path) -> None:
+    """A whole catalog a page shows loads as it is written (a placeholder secret aside)."""
+    for i, (ext, text) in enumerate(CATALOG_FENCE.findall(doc.read_text())):
+        if not text.lstrip().startswith(WHOLE_CATALOG):
+            continue
+        path = tmp_path / f"block{i}.{ext}"
+        path.write_text(text.replace("whsec_...", "whsec_Zmxvd2ZzbS1kb2NzLXNlY3JldC0wMDE="))
+        try:
+            Catalog.from_file(path)
+        except CatalogError as e:
+            raise AssertionError(f"{doc.name}, {ext} block {i} does not load: {e}\n{text}") from e
