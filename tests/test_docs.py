@@ -6,6 +6,8 @@ import doctest
 import importlib
 import re
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +66,15 @@ def test_catalog_files_in_docs_load(doc: Path, tmp_path: Path) -> None:
             Catalog.from_file(path)
         except CatalogError as e:
             raise AssertionError(f"{doc.name}, {ext} block {i} does not load: {e}\n{text}") from e
+
+
+def test_the_contract_suite_examples_pass(tmp_path: Path) -> None:
+    """extending.md's contract suites, run by pytest as a user runs them, pass on the
+    repository they name."""
+    blocks = [b for b in FENCE.findall((ROOT / "docs" / "extending.md").read_text()) if "Contract" in b]
+    assert len(blocks) == 2
+    module = tmp_path / "test_my_repository.py"
+    module.write_text("\n\n".join(blocks))
+    run = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(module)]
+    done = subprocess.run(run, capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:]
