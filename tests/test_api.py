@@ -93,6 +93,7 @@ def test_public_names_are_pinned() -> None:
         "UnknownPromotion",
         "UnknownService",
         "ValidationError",
+        "Waiting",
         "Webhook",
         "Worker",
         "__version__",
