@@ -24,6 +24,7 @@ from flowfsm import (
     ArtifactCreated,
     Catalog,
     DeploymentCompleted,
+    DeploymentFailed,
     DeploymentStarted,
     FlowEngine,
     FlowFSMError,
@@ -42,6 +43,10 @@ class ArtifactIn(BaseModel):
     group: str
     name: str
     version: str
+
+
+class FailureIn(BaseModel):
+    reason: str
 
 
 class ResultIn(BaseModel):
@@ -70,6 +75,10 @@ def create_app(engine: FlowEngine) -> FastAPI:
     @app.post("/deployments/{deployment_id}/completed")
     def deployment_completed(deployment_id: str) -> Any:
         return unstructure(engine.handle(DeploymentCompleted(deployment_id)))
+
+    @app.post("/deployments/{deployment_id}/failed")
+    def deployment_failed(deployment_id: str, failure: FailureIn) -> Any:
+        return unstructure(engine.handle(DeploymentFailed(deployment_id, failure.reason)))
 
     @app.post("/deployments/{deployment_id}/promotions/{promotion_id}")
     def promotion_completed(deployment_id: str, promotion_id: str, results: list[ResultIn]) -> Any:

@@ -163,3 +163,19 @@ def test_the_web_service_opens_a_postgresql_store_url(tmp_path: Path, monkeypatc
         _ = web_service.app
     assert error.value.backend == "postgres"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flowfsm.toml"]
+
+
+def test_the_web_service_takes_the_cd_systems_failure(tmp_path: Path) -> None:
+    """A CD system reports a failed deployment as it reports the rest: one callback,
+    a duplicate when repeated, and the failure policy applies (STOP: the flow fails)."""
+    repository = SQLiteRepository(tmp_path / "flows.db")
+    client = TestClient(web_service.create_app(FlowEngine(Catalog([api_service()]), repository, None)))
+    flow = client.post("/artifacts", json={"group": "com.acme", "name": "api", "version": "1.0"}).json()["flows"][0]
+    dev = flow["deployments"][0]["id"]
+    client.post(f"/deployments/{dev}/started")
+    failed = client.post(f"/deployments/{dev}/failed", json={"reason": "image pull failed"})
+    assert failed.status_code == 200
+    assert failed.json()["flows"][0]["state"] == "failed"
+    assert client.post(f"/deployments/{dev}/failed", json={"reason": "image pull failed"}).json()["duplicate"] is True
+    assert repository.history(flow["id"])[-1].reason == "image pull failed"
+    repository.close()
