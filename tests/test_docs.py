@@ -78,3 +78,18 @@ def test_the_contract_suite_examples_pass(tmp_path: Path) -> None:
     run = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(module)]
     done = subprocess.run(run, capture_output=True, text=True, check=False, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_the_dashboard_example_keys_its_forms_with_no_published_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copied as shown, without FLOWFSM_DASHBOARD_SECRET set, the dashboard must not key
+    its CSRF tokens with a string anyone can read on the page."""
+    monkeypatch.delenv("FLOWFSM_DASHBOARD_SECRET", raising=False)
+    monkeypatch.chdir(tmp_path)
+    text = (ROOT / "docs" / "operating.md").read_text()
+    namespace: dict[str, object] = {"__name__": "docs_operating"}
+    for block in FENCE.findall(text):
+        exec(compile(block, "operating.md", "exec"), namespace)
+    secret = namespace["secret"]
+    assert secret is None or (isinstance(secret, str) and secret not in text)
