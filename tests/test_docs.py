@@ -93,3 +93,22 @@ def test_the_dashboard_example_keys_its_forms_with_no_published_secret(
         exec(compile(block, "operating.md", "exec"), namespace)
     secret = namespace["secret"]
     assert secret is None or (isinstance(secret, str) and secret not in text)
+
+
+def test_the_schema_table_names_every_table_of_the_current_version(tmp_path: Path) -> None:
+    """docs/backends.md's schema is the one a new store gets: its version, and every table."""
+    import sqlite3
+
+    from flowfsm.repositories import postgres, sqlite
+
+    text = (ROOT / "docs" / "backends.md").read_text()
+    schema = text[text.index("## The schema") :]
+    version = re.search(r"store the same things \(version (\d+)\)", schema)
+    assert version is not None
+    assert int(version[1]) == sqlite.SCHEMA_VERSION == postgres.SCHEMA_VERSION
+    documented = set(re.findall(r"^\| `(\w+)` \|", schema, re.M))
+    sqlite.SQLiteRepository(tmp_path / "flows.db").close()
+    with sqlite3.connect(tmp_path / "flows.db") as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        tables = {name for (name,) in rows}
+    assert documented == tables
