@@ -887,3 +887,23 @@ def test_a_result_naming_a_bad_attempt_is_refused(attempt: object) -> None:
             Trigger,
         )
     assert structured.value.field == "$.results[0].attempt"
+
+
+def test_resuming_a_persons_pause_over_a_failed_item_names_the_item_not_the_policy() -> None:
+    """A failure under a person's pause leaves the pause theirs; ResumeFlow waits for the
+    failed item, and its refusal says that, not that the policy paused the flow."""
+    service = Service("svc", ["com.acme:api"], Pipeline("p", [Environment("dev", ["smoke"])]), failure_strategy="PAUSE")
+    engine = FlowEngine(Catalog([service]), InMemoryRepository(), None)
+    flow = engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1.0"))).flows[0]
+    dev = flow.deployments[0]
+    smoke = dev.promotions[0].id
+    engine.handle(DeploymentStarted(dev.id))
+    engine.handle(DeploymentCompleted(dev.id))
+    engine.handle(PauseFlow(flow.id, "alice", "release freeze"))
+    engine.handle(PromotionCompleted(dev.id, smoke, [PromotionResult(smoke, ResultStatus.FAILED)]))
+    with pytest.raises(InvalidTransition) as refused:
+        engine.handle(ResumeFlow(flow.id, "alice"))
+    assert (
+        refused.value.reason
+        == "its failure policy waits on a failed item: retry or skip the failed item first, or abort the flow"
+    )
