@@ -112,3 +112,12 @@ def test_the_schema_table_names_every_table_of_the_current_version(tmp_path: Pat
         rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
         tables = {name for (name,) in rows}
     assert documented == tables
+
+
+def test_the_catalog_page_lists_every_hook_event() -> None:
+    """A webhook may subscribe to any hook event; the catalog page names them all."""
+    from flowfsm import HookEvent
+
+    text = (ROOT / "docs" / "catalog.md").read_text()
+    listed = text[text.index("Hook events:") : text.index("A bad file")]
+    assert {e.value for e in HookEvent} == set(re.findall(r"`([a-z-]+)`", listed))
