@@ -121,3 +121,15 @@ def test_the_catalog_page_lists_every_hook_event() -> None:
     text = (ROOT / "docs" / "catalog.md").read_text()
     listed = text[text.index("Hook events:") : text.index("A bad file")]
     assert {e.value for e in HookEvent} == set(re.findall(r"`([a-z-]+)`", listed))
+
+
+def test_the_triggers_page_names_every_trigger_and_the_errors_they_raise() -> None:
+    import typing
+
+    from flowfsm import Trigger
+
+    text = (ROOT / "docs" / "triggers.md").read_text()
+    table = text[text.index("## What each trigger does") : text.index("## Repeats are duplicates")]
+    assert [c.__name__ for c in typing.get_args(Trigger) if f"`{c.__name__}" not in table] == []
+    errors = text[text.index("## Errors") :]
+    assert "| `NotAuthorized` |" in errors
