@@ -58,7 +58,10 @@ from flowfsm.work import Draft, FlowDraft
 __all__ = [
     "ADMISSION",
     "DECLARATIONS",
+    "DEPLOYMENT",
+    "FLOW",
     "MACHINES",
+    "PROMOTION",
     "CallablesMachine",
     "Declaration",
     "FailureKind",
