@@ -1258,14 +1258,20 @@ def outbox_endpoints(
 
 
 @catalog_app.command("validate")
-def catalog_validate(file: Path, as_json: Json = False) -> None:
+def catalog_validate(
+    file: Annotated[Path | None, typer.Argument(help="The catalog file; by default --catalog's.")] = None,
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
     """Load a catalog file and say what is wrong with it, if anything: what the
-    engine would refuse, with the built-in failure strategies."""
+    engine would refuse, with the built-in failure strategies. Without FILE, the
+    catalog every other command reads (--catalog, FLOWFSM_CATALOG, flowfsm.toml)."""
     from flowfsm.strategies import BUILTIN_STRATEGIES
 
+    file = catalog if file is None else file
     with _reported():
-        catalog = Catalog.from_file(file, strategies=BUILTIN_STRATEGIES)
-    services = list(catalog)
+        loaded = Catalog.from_file(file, strategies=BUILTIN_STRATEGIES)
+    services = list(loaded)
     if as_json:
         _print_json({"valid": True, "services": [s.id for s in services]})
         return
