@@ -95,6 +95,25 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from flowfsm import __version__
+
+        out.print(f"flowfsm {__version__}", markup=False)
+        raise typer.Exit
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Continuous-delivery flows as explicit state machines."""
+
+
 catalog_app = typer.Typer(help="Check catalog files.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
 outbox_app = typer.Typer(
