@@ -4,21 +4,31 @@ Each line is a trigger as ``flowfsm.converter`` writes it (``{"type":
 "DeploymentStarted", "deploymentId": ...}``). Triggers the store has already
 applied are duplicates and change nothing, so after an outage the whole log can
 be replayed: what the store missed is applied, in order, and the rest is skipped.
+A line that is not a trigger (a log torn mid-line) is counted and passed over.
 
 Run: python examples/replay.py LOG --store flows.db --catalog flowfsm.toml
+(``--store`` is a SQLite file or a ``postgresql://`` URL, as the ``flowfsm`` command's.)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from collections.abc import Iterable
 
 from flowfsm import Catalog, FlowEngine, FlowFSMError, Trigger
-from flowfsm.converter import structure
-from flowfsm.repositories import SQLiteRepository
+from flowfsm.converter import from_json
+from flowfsm.protocols import Repository
+from flowfsm.repositories import PostgresRepository, SQLiteRepository
+
+
+def open_store(store: str) -> Repository:
+    """PostgreSQL for a ``postgresql://`` URL, else a SQLite file, as ``flowfsm --store``."""
+    scheme, _, rest = store.partition("://")
+    if rest and scheme.lower() in ("postgresql", "postgres"):
+        return PostgresRepository(f"{scheme.lower()}://{rest}")  # libpq reads the scheme in lower case only
+    return SQLiteRepository(store)
 
 
 def replay(engine: FlowEngine, lines: Iterable[str]) -> Counter[str]:
@@ -28,7 +38,7 @@ def replay(engine: FlowEngine, lines: Iterable[str]) -> Counter[str]:
         if not line.strip():
             continue
         try:
-            outcome = engine.handle(structure(json.loads(line), Trigger))
+            outcome = engine.handle(from_json(line, Trigger))  # bad JSON too: a ValidationError
         except FlowFSMError as e:
             counts[type(e).__name__] += 1
             continue
@@ -42,9 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", default="flowfsm.db")
     parser.add_argument("--catalog", default="flowfsm.toml")
     args = parser.parse_args(argv)
-    engine = FlowEngine(Catalog.from_file(args.catalog), SQLiteRepository(args.store), None)
-    with open(args.log) as log:
-        counts = replay(engine, log)
+    try:
+        engine = FlowEngine(Catalog.from_file(args.catalog), open_store(args.store), None)
+        with open(args.log) as log:
+            counts = replay(engine, log)
+    except (FlowFSMError, OSError) as e:  # a catalog, store or log it cannot use: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(", ".join(f"{name}: {n}" for name, n in sorted(counts.items())) or "empty log")
     return 0 if set(counts) <= {"applied", "duplicate"} else 1
 

@@ -6,7 +6,8 @@ delivered twice is answered as a duplicate, and a bad one gets a 4xx that says
 what is wrong, with nothing written.
 
 Run it with any ASGI server, e.g. ``uvicorn examples.web_service:app``
-(FLOWFSM_STORE and FLOWFSM_CATALOG choose the store and the catalog).
+(FLOWFSM_STORE and FLOWFSM_CATALOG choose the store, a SQLite file or a
+``postgresql://`` URL, and the catalog, as for the ``flowfsm`` command).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from flowfsm import (
     ArtifactCreated,
     Catalog,
     DeploymentCompleted,
+    DeploymentFailed,
     DeploymentStarted,
     FlowEngine,
     FlowFSMError,
@@ -33,13 +35,18 @@ from flowfsm import (
     ValidationError,
 )
 from flowfsm.converter import unstructure
-from flowfsm.repositories import SQLiteRepository
+from flowfsm.protocols import Repository
+from flowfsm.repositories import PostgresRepository, SQLiteRepository
 
 
 class ArtifactIn(BaseModel):
     group: str
     name: str
     version: str
+
+
+class FailureIn(BaseModel):
+    reason: str
 
 
 class ResultIn(BaseModel):
@@ -69,6 +76,10 @@ def create_app(engine: FlowEngine) -> FastAPI:
     def deployment_completed(deployment_id: str) -> Any:
         return unstructure(engine.handle(DeploymentCompleted(deployment_id)))
 
+    @app.post("/deployments/{deployment_id}/failed")
+    def deployment_failed(deployment_id: str, failure: FailureIn) -> Any:
+        return unstructure(engine.handle(DeploymentFailed(deployment_id, failure.reason)))
+
     @app.post("/deployments/{deployment_id}/promotions/{promotion_id}")
     def promotion_completed(deployment_id: str, promotion_id: str, results: list[ResultIn]) -> Any:
         verdicts = [PromotionResult(promotion_id, r.resultStatus, r.details) for r in results]
@@ -81,9 +92,17 @@ def create_app(engine: FlowEngine) -> FastAPI:
     return app
 
 
+def open_store(store: str) -> Repository:
+    """PostgreSQL for a ``postgresql://`` URL, else a SQLite file, as ``flowfsm --store``."""
+    scheme, _, rest = store.partition("://")
+    if rest and scheme.lower() in ("postgresql", "postgres"):
+        return PostgresRepository(f"{scheme.lower()}://{rest}")  # libpq reads the scheme in lower case only
+    return SQLiteRepository(store)
+
+
 def _default_app() -> FastAPI:
     catalog = Catalog.from_file(os.environ.get("FLOWFSM_CATALOG", "flowfsm.toml"))
-    repository = SQLiteRepository(os.environ.get("FLOWFSM_STORE", "flowfsm.db"))
+    repository = open_store(os.environ.get("FLOWFSM_STORE", "flowfsm.db"))
     return create_app(FlowEngine(catalog, repository, None))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,7 @@ def test_public_names_are_pinned() -> None:
         "UnknownPromotion",
         "UnknownService",
         "ValidationError",
+        "Waiting",
         "Webhook",
         "Worker",
         "__version__",
@@ -132,3 +134,24 @@ def test_importing_flowfsm_loads_no_converter() -> None:
     code = "import sys, flowfsm; print(sorted(m for m in ('cattrs', 'flowfsm.converter') if m in sys.modules))"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "[]"
+
+
+def test_what_the_docs_import_from_a_module_is_in_its_all() -> None:
+    """A name a page imports is public: listed in its module's ``__all__`` (flowfsm.testing's
+    pytest-only suites aside, kept out so that ``import *`` needs no pytest)."""
+    import ast
+
+    lazy = {"RepositoryContract", "LanesContract", "RepositoryStateMachine"}
+    fence = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+    missing = []
+    for page in sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")]):
+        for block in fence.findall(page.read_text()):
+            for node in ast.walk(ast.parse(block)):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("flowfsm"):
+                    exported = getattr(importlib.import_module(node.module or ""), "__all__", None)
+                    missing += [
+                        f"{page.name}: {node.module}.{alias.name}"
+                        for alias in node.names
+                        if exported is not None and alias.name not in exported and alias.name not in lazy
+                    ]
+    assert missing == []

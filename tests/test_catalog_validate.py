@@ -114,3 +114,25 @@ def test_validate_shows_what_the_catalog_holds_as_text(tmp_path: Path) -> None:
     done = validate(file)
     assert done.returncode == 0, done.stderr
     assert "[/]: a:b; [bold]dev; 0 webhook(s)" in done.stdout
+
+
+def test_validate_without_a_file_checks_the_catalog_the_other_commands_use(tmp_path: Path) -> None:
+    """As every command reads FLOWFSM_CATALOG (or ./flowfsm.toml), so does ``validate``
+    when no FILE is given; the FILE argument still comes first."""
+    pipeline = '{ name = "p", environments = [{ name = "dev" }] }'
+    (tmp_path / "flowfsm.toml").write_text(
+        f'[[services]]\nid = "svc-default"\nartifacts = ["a:b"]\npipeline = {pipeline}\n'
+    )
+    (tmp_path / "ops.toml").write_text(f'[[services]]\nid = "svc-ops"\nartifacts = ["a:b"]\npipeline = {pipeline}\n')
+    env = {k: v for k, v in os.environ.items() if k != "FLOWFSM_CATALOG"}
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        command = [FLOWFSM, "catalog", "validate", *args]
+        return subprocess.run(command, capture_output=True, text=True, env={**env, **extra}, cwd=tmp_path, check=False)
+
+    assert "svc-default" in run().stdout
+    assert "svc-ops" in run(FLOWFSM_CATALOG="ops.toml").stdout
+    assert "svc-ops" in run("--catalog", "ops.toml").stdout
+    assert "svc-default" in run("flowfsm.toml", FLOWFSM_CATALOG="ops.toml").stdout
+    missing = run(FLOWFSM_CATALOG="nope.toml")
+    assert (missing.returncode, missing.stderr) == (1, "error: nope.toml: $: cannot read: No such file or directory\n")

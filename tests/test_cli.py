@@ -482,3 +482,12 @@ def test_arguments_that_are_not_utf8(cli: Cli, args: list[str], message: str) ->
     assert done.returncode == 1
     assert one_error_line(done.stderr).startswith(message)
     assert cli.stored() == before
+
+
+def test_version_prints_the_installed_flowfsm(cli: Cli) -> None:
+    import flowfsm
+
+    done = cli("--version")
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"flowfsm {flowfsm.__version__}\n", "")
+    assert "--version" in cli("--help").stdout
+    assert "artifact-created" in cli("--help").stdout  # the commands are listed as before

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import pytest
 
+import flowfsm
 from flowfsm import (
     Artifact,
     ArtifactCreated,
@@ -319,6 +320,26 @@ def test_run_once_reports_delivered_retried_and_dead_apart(
     assert len(dead_lines) == per_flow
 
 
+def test_a_failure_without_an_answer_logs_no_status(caplog: pytest.LogCaptureFixture) -> None:
+    """A connection error or a timeout got no HTTP answer: its log line says what went
+    wrong, with no ``(status None)``."""
+    repository = InMemoryRepository()
+    made = fill(repository)
+
+    def unreachable(_: HookRequest) -> None:
+        raise DeliveryError("ConnectError: cannot resolve 'cd.example'")
+
+    policy = RetryPolicy(delays=(30.0,), max_attempts=2, jitter=0.0)
+    with caplog.at_level(logging.WARNING, "flowfsm.dispatch"):
+        Dispatcher(repository, CallbackEmitter(unreachable), retry=policy, clock=lambda: NOW).run_once()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        f"hook request {made[0].id} (deployment-created) failed: ConnectError: cannot resolve 'cd.example';"
+        " attempt 1, next at 2026-03-01T12:00:30+00:00"
+    ) in warnings
+    assert not [w for w in warnings if "status" in w]
+
+
 def test_inline_delivery_waits_behind_an_earlier_request_of_its_flow(
     shared: tuple[Repository, Repository],
 ) -> None:
@@ -447,6 +468,15 @@ def test_the_dispatcher_checks_its_settings() -> None:
         with pytest.raises(ValidationError) as policy_error:
             RetryPolicy(**settings)  # type: ignore[arg-type]  # each of the wrong type or range
         assert policy_error.value.field == field
+
+
+def test_a_failure_policys_retry_policy_is_refused_by_the_dispatcher() -> None:
+    """``flowfsm.RetryPolicy`` (a failure policy's retries) is not delivery's: refused
+    when the dispatcher is built, not by an AttributeError at the first failed delivery."""
+    with pytest.raises(ValidationError) as error:
+        Dispatcher(InMemoryRepository(), RecordingEmitter(), retry=flowfsm.RetryPolicy())  # type: ignore[arg-type]
+    assert error.value.field == "retry"
+    assert "flowfsm.dispatch.RetryPolicy" in str(error.value)
 
 
 def test_a_failed_outbox_check_leaves_the_committed_trigger_to_the_dispatcher() -> None:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from flowfsm import (
@@ -16,6 +17,7 @@ from flowfsm import (
     DeploymentStarted,
     FlowEngine,
     FlowState,
+    RepositoryError,
     Trigger,
 )
 from flowfsm.converter import to_json
@@ -85,3 +87,95 @@ def test_replaying_a_log_applies_what_the_store_missed(tmp_path: Path) -> None:
     assert again.stdout.strip() == "UnknownDeployment: 1, duplicate: 5"
     with SQLiteRepository(store) as repository:
         assert repository.get(flow.id).state is FlowState.SUCCESS
+
+
+def test_replay_counts_a_line_that_is_not_a_trigger_and_goes_on(tmp_path: Path) -> None:
+    """A torn or garbled line (an outage cuts a log mid-line) is counted like any
+    refused trigger, and the lines after it are still applied."""
+    catalog_file = tmp_path / "flowfsm.toml"
+    catalog_file.write_text(
+        '[[services]]\nid = "svc"\nartifacts = ["com.acme:api"]\n'
+        'pipeline = { name = "p", environments = [{ name = "dev" }] }\n'
+    )
+    created = to_json(ArtifactCreated(Artifact("com.acme", "api", "1.0")), Trigger)
+    (tmp_path / "triggers.jsonl").write_text(f'{created}\n{{"type": "DeploymentSta\n{{"x": NaN}}\n{created}\n')
+    run = [sys.executable, str(ROOT / "examples" / "replay.py"), str(tmp_path / "triggers.jsonl")]
+    result = subprocess.run(
+        [*run, "--store", str(tmp_path / "flows.db"), "--catalog", str(catalog_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.stderr == ""
+    assert result.stdout.strip() == "ValidationError: 2, applied: 1, duplicate: 1"
+    assert result.returncode == 1
+
+
+def test_replay_names_a_catalog_it_cannot_load_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "triggers.jsonl").write_text("")
+    run = [sys.executable, str(ROOT / "examples" / "replay.py"), str(tmp_path / "triggers.jsonl")]
+    result = subprocess.run(
+        [*run, "--store", str(tmp_path / "flows.db"), "--catalog", str(tmp_path / "missing.toml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ")
+    assert "missing.toml" in result.stderr
+    assert len(result.stderr.splitlines()) == 1  # no traceback
+
+
+def test_replay_takes_a_postgresql_url_as_the_cli_does(tmp_path: Path) -> None:
+    """``--store`` (like FLOWFSM_STORE for the command line) may be a postgresql:// URL:
+    the example opens PostgreSQL, never a SQLite file named after the URL."""
+    catalog_file = tmp_path / "flowfsm.toml"
+    catalog_file.write_text(
+        '[[services]]\nid = "svc"\nartifacts = ["com.acme:api"]\n'
+        'pipeline = { name = "p", environments = [{ name = "dev" }] }\n'
+    )
+    (tmp_path / "triggers.jsonl").write_text("")
+    run = [sys.executable, str(ROOT / "examples" / "replay.py"), str(tmp_path / "triggers.jsonl")]
+    result = subprocess.run(
+        [*run, "--store", "postgresql://flowfsm@127.0.0.1:1/flows", "--catalog", str(catalog_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: postgres: cannot connect")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flowfsm.toml", "triggers.jsonl"]  # no file made
+
+
+def test_the_web_service_opens_a_postgresql_store_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FLOWFSM_STORE means what it means to the ``flowfsm`` command: a URL is PostgreSQL
+    (its scheme in any case), not a SQLite file named after it."""
+    catalog_file = tmp_path / "flowfsm.toml"
+    catalog_file.write_text(
+        '[[services]]\nid = "svc"\nartifacts = ["com.acme:api"]\n'
+        'pipeline = { name = "p", environments = [{ name = "dev" }] }\n'
+    )
+    monkeypatch.setenv("FLOWFSM_CATALOG", str(catalog_file))
+    monkeypatch.setenv("FLOWFSM_STORE", "POSTGRESQL://flowfsm@127.0.0.1:1/flows")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RepositoryError) as error:
+        _ = web_service.app
+    assert error.value.backend == "postgres"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flowfsm.toml"]
+
+
+def test_the_web_service_takes_the_cd_systems_failure(tmp_path: Path) -> None:
+    """A CD system reports a failed deployment as it reports the rest: one callback,
+    a duplicate when repeated, and the failure policy applies (STOP: the flow fails)."""
+    repository = SQLiteRepository(tmp_path / "flows.db")
+    client = TestClient(web_service.create_app(FlowEngine(Catalog([api_service()]), repository, None)))
+    flow = client.post("/artifacts", json={"group": "com.acme", "name": "api", "version": "1.0"}).json()["flows"][0]
+    dev = flow["deployments"][0]["id"]
+    client.post(f"/deployments/{dev}/started")
+    failed = client.post(f"/deployments/{dev}/failed", json={"reason": "image pull failed"})
+    assert failed.status_code == 200
+    assert failed.json()["flows"][0]["state"] == "failed"
+    assert client.post(f"/deployments/{dev}/failed", json={"reason": "image pull failed"}).json()["duplicate"] is True
+    assert repository.history(flow["id"])[-1].reason == "image pull failed"
+    repository.close()

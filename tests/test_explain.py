@@ -297,6 +297,26 @@ def test_a_flow_paused_by_its_policy_names_the_failed_deployment_to_retry() -> N
     assert [i.kind for i in world.explain()] == ["cd-start"]
 
 
+def test_a_failure_under_a_persons_pause_leaves_the_pause_theirs() -> None:
+    """The pause stays the person's (docs/steering.md): the explanation names them, the
+    failed item to settle, and that the flow then waits to be resumed."""
+    world = World(failure_strategy="PAUSE")
+    world.complete()
+    world.engine.handle(PauseFlow(world.flow.id, "alice", "release freeze"))
+    world.clock.advance(minutes=2)
+    world.promote(0, ResultStatus.FAILED)
+    paused, _ = world.explain()
+    assert paused.details["actor"] == "alice"
+    assert paused.text == (
+        "Paused by 'alice' at 2026-01-01 00:05:00 UTC: release freeze."
+        " To go on, retry or skip the promotion 'smoke' of 'dev', then resume it; or abort the flow."
+    )
+    smoke = world.dev.promotions[0]
+    world.engine.handle(SkipPromotion(world.dev.id, smoke.id, "alice", "known flaky"))
+    (paused, _) = world.explain()
+    assert paused.text.startswith("Paused by 'alice' at 2026-01-01 00:05:00 UTC: release freeze. It goes on when")
+
+
 def test_a_retry_backoff_names_what_it_retries_at_which_attempt_and_until_when() -> None:
     world = World(failure_strategy="RETRY", retry=RetryPolicy(attempts=3, backoff="10m"))
     world.complete()

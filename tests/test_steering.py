@@ -12,7 +12,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -887,3 +887,54 @@ def test_a_result_naming_a_bad_attempt_is_refused(attempt: object) -> None:
             Trigger,
         )
     assert structured.value.field == "$.results[0].attempt"
+
+
+def test_resuming_a_persons_pause_over_a_failed_item_names_the_item_not_the_policy() -> None:
+    """A failure under a person's pause leaves the pause theirs; ResumeFlow waits for the
+    failed item, and its refusal says that, not that the policy paused the flow."""
+    service = Service("svc", ["com.acme:api"], Pipeline("p", [Environment("dev", ["smoke"])]), failure_strategy="PAUSE")
+    engine = FlowEngine(Catalog([service]), InMemoryRepository(), None)
+    flow = engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1.0"))).flows[0]
+    dev = flow.deployments[0]
+    smoke = dev.promotions[0].id
+    engine.handle(DeploymentStarted(dev.id))
+    engine.handle(DeploymentCompleted(dev.id))
+    engine.handle(PauseFlow(flow.id, "alice", "release freeze"))
+    engine.handle(PromotionCompleted(dev.id, smoke, [PromotionResult(smoke, ResultStatus.FAILED)]))
+    with pytest.raises(InvalidTransition) as refused:
+        engine.handle(ResumeFlow(flow.id, "alice"))
+    assert (
+        refused.value.reason
+        == "its failure policy waits on a failed item: retry or skip the failed item first, or abort the flow"
+    )
+
+
+class _NoRollbackIndex:
+    """A repository without ``last_success``: every role but the rollback index."""
+
+    def __init__(self) -> None:
+        self._repository = InMemoryRepository()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "last_success":
+            raise AttributeError(name)
+        return getattr(self._repository, name)
+
+
+def test_rollback_needs_a_repository_with_last_success_and_nothing_else_does() -> None:
+    """docs/steering.md: an engine refuses a catalog using ROLLBACK over a repository
+    that does not answer ``last_success``, when it is built; other policies
+    run on it, failures included."""
+    pipeline = Pipeline("p", [Environment("dev"), Environment("prod", failure_strategy="ROLLBACK")])
+    service = Service("svc", ["com.acme:api"], pipeline)
+    with pytest.raises(ValidationError) as refused:
+        FlowEngine(Catalog([service]), cast(Any, _NoRollbackIndex()), None)
+    assert refused.value.field == "failure_strategy"
+    assert "'ROLLBACK'" in str(refused.value)
+    assert "last_success" in str(refused.value)
+
+    stopping = Service("svc", ["com.acme:api"], Pipeline("p", [Environment("dev")]))
+    engine = FlowEngine(Catalog([stopping]), cast(Any, _NoRollbackIndex()), None)
+    dev = engine.handle(ArtifactCreated(Artifact("com.acme", "api", "1.0"))).flows[0].deployments[0]
+    engine.handle(DeploymentStarted(dev.id))
+    assert engine.handle(DeploymentFailed(dev.id, "image pull failed")).flows[0].state is FlowState.FAILED

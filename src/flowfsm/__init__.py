@@ -22,6 +22,7 @@ from flowfsm.errors import (
     UnknownService,
     ValidationError,
 )
+from flowfsm.explain import Waiting
 from flowfsm.freezes import Freeze, FreezeWindow
 from flowfsm.model import (
     Action,
@@ -166,6 +167,7 @@ __all__ = [
     "UnknownPromotion",
     "UnknownService",
     "ValidationError",
+    "Waiting",
     "Webhook",
     "Worker",
     "__version__",

@@ -204,7 +204,16 @@ def check_policies(service: Service, known: Collection[str], catalog: object = N
     the built-in strategies) and ``FlowEngine`` (which knows those and its own)."""
     if service.failure_strategy not in known:
         raise unknown_strategy(service, known, catalog)
-    named: list[tuple[str, str, str]] = []  # (JSON path in the service, field, name)
+    for path, field, name in overridden_policies(service):
+        if name not in known:
+            raise unknown_strategy(service, known, catalog, name=name, path=path, field=field)
+
+
+def overridden_policies(service: Service) -> list[tuple[str, str, str]]:
+    """The failure strategies ``service`` names besides its own — a retry policy's
+    ``then``, an environment's override and its retry's ``then`` — each as (JSON path
+    in the service, field, name)."""
+    named: list[tuple[str, str, str]] = []
     if service.retry is not None:
         named.append(("retry.then", "retry.then", service.retry.then))
     for i, env in enumerate(service.pipeline.environments):
@@ -213,9 +222,7 @@ def check_policies(service: Service, known: Collection[str], catalog: object = N
             named.append((f"pipeline.environments[{i}].failureStrategy", field, env.failure_strategy))
         if env.retry is not None:
             named.append((f"pipeline.environments[{i}].retry.then", f"environments[{i}].retry.then", env.retry.then))
-    for path, field, name in named:
-        if name not in known:
-            raise unknown_strategy(service, known, catalog, name=name, path=path, field=field)
+    return named
 
 
 def unknown_strategy(

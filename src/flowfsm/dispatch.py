@@ -91,6 +91,11 @@ def _is_whole(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _status(error: DeliveryError) -> str:
+    """`` (status 503)`` in a log line; nothing for a failure that got no answer."""
+    return "" if error.status_code is None else f" (status {error.status_code})"
+
+
 @attrs.frozen
 class DispatchReport:
     """What one ``Dispatcher.run_once`` did with the HookRequests it claimed."""
@@ -202,6 +207,8 @@ class Dispatcher:
             raise ValidationError("poll_interval", f"must be more than 0 and at most {MAX_WAIT:g} s")
         if not _is_number(max_retry_after) or not 0 <= max_retry_after <= MAX_WAIT:
             raise ValidationError("max_retry_after", f"must be from 0 to {MAX_WAIT:g} s")
+        if retry is not None and not isinstance(retry, RetryPolicy):  # flowfsm.RetryPolicy is a failure policy's
+            raise ValidationError("retry", "must be a flowfsm.dispatch.RetryPolicy (delays, max_attempts, jitter)")
         self.repository = repository
         self.emitter = emitter
         self.batch = batch
@@ -366,23 +373,23 @@ class Dispatcher:
         if error.gone or not error.retry or attempts >= self.retry.max_attempts:
             repository.mark_dead([request.id])
             log.warning(
-                "hook request %s (%s) is dead after %d attempt(s): %s (status %s)",
+                "hook request %s (%s) is dead after %d attempt(s): %s%s",
                 request.id,
                 request.event.value,
                 attempts,
                 error,
-                error.status_code,
+                _status(error),
             )
             return _Result.DEAD, None
         delay = self._delay(error, attempts)
         repository.release([request.id], delay=delay)
         next_at = self._clock() + dt.timedelta(seconds=delay)  # the backoff starts now, after the attempt
         log.warning(
-            "hook request %s (%s) failed: %s (status %s); attempt %d, next at %s",
+            "hook request %s (%s) failed: %s%s; attempt %d, next at %s",
             request.id,
             request.event.value,
             error,
-            error.status_code,
+            _status(error),
             attempts,
             next_at.isoformat(timespec="seconds"),
         )

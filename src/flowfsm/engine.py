@@ -24,7 +24,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any, ClassVar, Final
 
 from flowfsm import approvals, history, lanes, machines
-from flowfsm.catalog import check_policies, unknown_strategy
+from flowfsm.catalog import check_policies, overridden_policies, unknown_strategy
 from flowfsm.errors import (
     ConcurrencyConflict,
     InvalidTransition,
@@ -526,7 +526,7 @@ class FlowEngine:
         repository = self.repository
         if work.now is None:  # a policy may set a timer (RETRY's backoff)
             work.watch(self._clock(), [t for flow_id in work.flows for t in repository.timers(flow_id)])
-        strategies, last_success = self._strategies, repository.last_success
+        strategies, last_success = self._strategies, getattr(repository, "last_success", None)  # ROLLBACK's alone
         retries: list[Callable[[], None]] = []  # made once all are decided (``Failure.retry``)
         while failures or retries:
             if not failures:
@@ -709,6 +709,14 @@ class FlowEngine:
         if id(service) in self._checked:
             return
         check_policies(service, self._strategies, self.catalog)
+        if getattr(self.repository, "last_success", None) is None:
+            named = {service.failure_strategy, *(name for _, _, name in overridden_policies(service))}
+            if _ROLLBACK in named:
+                raise ValidationError(
+                    "failure_strategy",
+                    f"service {shown(service.id)} uses {_ROLLBACK!r}, and {type(self.repository).__name__}"
+                    " has no last_success (flowfsm.protocols.FlowHistory), the rollback index it reads",
+                )
         if service.concurrency is not _PARALLEL and self._lanes is None:
             raise ValidationError(
                 "concurrency",
@@ -838,6 +846,7 @@ _TIMED_OUT: Final = frozenset({HookEvent.DEPLOYMENT_FAILED, HookEvent.FLOW_FAILE
 
 
 _RETRY: Final = FailureStrategy.RETRY.value
+_ROLLBACK: Final = FailureStrategy.ROLLBACK.value
 _PARALLEL: Final = Concurrency.PARALLEL
 _NEWEST_WINS: Final = Concurrency.NEWEST_WINS
 _QUEUED: Final = DeploymentState.QUEUED

@@ -31,6 +31,7 @@ from flowfsm.model import (
     _frozen_json,
     attrs_repr,
 )
+from flowfsm.work import FLOWFSM
 
 __all__ = ["REASONS", "Queued", "Situation", "Waiting", "explain"]
 
@@ -341,11 +342,12 @@ def paused(situation: Situation) -> Iterable[Waiting]:
     current = situation.current
     held = current is not None and current.state is DeploymentState.NOT_STARTED
     why = f": {reason}" if reason else ""
+    by_policy = actor == FLOWFSM  # a failure under a person's pause leaves the pause theirs
+    by = " by its failure policy" if by_policy else f" by {actor!r}" if actor else ""
     if waited_on:
-        by = " by its failure policy"
-        then = f" To go on, {'; '.join(_settling(item) for item in waited_on)}; or abort the flow."
+        resume = "" if by_policy else ", then resume it"
+        then = f" To go on, {'; '.join(_settling(item) for item in waited_on)}{resume}; or abort the flow."
     else:
-        by = f" by {actor!r}" if actor else ""
         then = " It goes on when it is resumed."
     holding = f" The deployment to {current.environment!r} cannot start until then." if current and held else ""
     yield Waiting(

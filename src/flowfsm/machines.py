@@ -59,7 +59,10 @@ from flowfsm.work import Draft, FlowDraft
 __all__ = [
     "ADMISSION",
     "DECLARATIONS",
+    "DEPLOYMENT",
+    "FLOW",
     "MACHINES",
+    "PROMOTION",
     "CallablesMachine",
     "Declaration",
     "FailureKind",
@@ -292,7 +295,7 @@ NOT_PAUSED: Final = Guard(_flow_not_paused, "the flow is paused", "flow not paus
 """Nothing new begins while the flow is paused."""
 NOT_HELD_BY_POLICY: Final = Guard(
     _not_held_by_policy,
-    "its failure policy paused it: retry or skip the failed item first, or abort the flow",
+    "its failure policy waits on a failed item: retry or skip the failed item first, or abort the flow",
     "not paused by a failure policy",
 )
 DEPLOYMENT_NOT_FAILED: Final = Guard(

@@ -96,6 +96,25 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from flowfsm import __version__
+
+        out.print(f"flowfsm {__version__}", markup=False)
+        raise typer.Exit
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Continuous-delivery flows as explicit state machines."""
+
+
 catalog_app = typer.Typer(help="Check catalog files.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
 outbox_app = typer.Typer(
@@ -1260,14 +1279,20 @@ def outbox_endpoints(
 
 
 @catalog_app.command("validate")
-def catalog_validate(file: Path, as_json: Json = False) -> None:
+def catalog_validate(
+    file: Annotated[Path | None, typer.Argument(help="The catalog file; by default --catalog's.")] = None,
+    catalog: CatalogFile = Path("flowfsm.toml"),
+    as_json: Json = False,
+) -> None:
     """Load a catalog file and say what is wrong with it, if anything: what the
-    engine would refuse, with the built-in failure strategies."""
+    engine would refuse, with the built-in failure strategies. Without FILE, the
+    catalog every other command reads (--catalog, FLOWFSM_CATALOG, flowfsm.toml)."""
     from flowfsm.strategies import BUILTIN_STRATEGIES
 
+    file = catalog if file is None else file
     with _reported():
-        catalog = Catalog.from_file(file, strategies=BUILTIN_STRATEGIES)
-    services = list(catalog)
+        loaded = Catalog.from_file(file, strategies=BUILTIN_STRATEGIES)
+    services = list(loaded)
     if as_json:
         _print_json({"valid": True, "services": [s.id for s in services]})
         return
