@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -21,7 +23,8 @@ from flowfsm import (
     Webhook,
 )
 from flowfsm.emitters import RecordingEmitter
-from flowfsm.repositories import InMemoryRepository
+from flowfsm.protocols import Repository
+from flowfsm.repositories import InMemoryRepository, PostgresRepository, SQLiteRepository
 from flowfsm.testing import SequentialIds, StepClock, TemporaryPostgres
 
 # "dev" is quick for local runs; CI (CI=true) runs the thorough profile.
@@ -121,6 +124,25 @@ def postgres_dsn() -> Iterator[str]:
         pytest.skip(message)
     with TemporaryPostgres() as server:
         yield server.dsn
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
+    """An empty store of each kind, through the public constructors (closed after; a
+    PostgreSQL store in a schema of its own, dropped after)."""
+    if request.param == "memory":
+        yield InMemoryRepository()
+    elif request.param == "sqlite":
+        with SQLiteRepository(tmp_path / "flows.db") as sqlite:
+            yield sqlite
+    else:
+        from .test_repositories import drop_schemas
+
+        dsn = request.getfixturevalue("postgres_dsn")
+        schema = f"b_{uuid.uuid4().hex[:12]}"
+        with PostgresRepository(dsn, schema=schema) as postgres:
+            yield postgres
+        drop_schemas(dsn, [schema])
 
 
 @pytest.fixture

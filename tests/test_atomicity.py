@@ -387,22 +387,7 @@ def test_many_flows_of_a_queued_service_at_once_never_share_a_lane(opener: Opene
 # --- emitters and failure strategies that misbehave ------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def one_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
-    if request.param == "memory":
-        yield InMemoryRepository()
-    elif request.param == "sqlite":
-        with SQLiteRepository(tmp_path / "flows.db") as repository:
-            yield repository
-    else:
-        dsn = request.getfixturevalue("postgres_dsn")
-        schema = f"atomic_{uuid.uuid4().hex[:12]}"
-        with PostgresRepository(dsn, schema=schema, max_size=4) as repository:
-            yield repository
-        drop_schemas(dsn, [schema])
-
-
-def test_an_emitter_reentering_the_engine_keeps_every_request_once_and_in_order(one_store: Repository) -> None:
+def test_an_emitter_reentering_the_engine_keeps_every_request_once_and_in_order(backend: Repository) -> None:
     delivered: list[HookRequest] = []
     engine: FlowEngine
 
@@ -411,52 +396,52 @@ def test_an_emitter_reentering_the_engine_keeps_every_request_once_and_in_order(
         if request.event is HookEvent.DEPLOYMENT_CREATED:  # the receiver answers at once, inside the delivery
             engine.handle(DeploymentStarted(request.payload.deployment.id))
 
-    engine = FlowEngine(Catalog([TIMED]), one_store, CallbackEmitter(emit), clock=FakeClock())
+    engine = FlowEngine(Catalog([TIMED]), backend, CallbackEmitter(emit), clock=FakeClock())
     (flow,) = engine.handle(ArtifactCreated(artifact(1))).flows
-    assert one_store.get(flow.id).deployments[0].state is flowfsm.DeploymentState.STARTED
-    assert [e.changes[-1].to for e in one_store.history(flow.id)] == ["inProgress", "started"]
+    assert backend.get(flow.id).deployments[0].state is flowfsm.DeploymentState.STARTED
+    assert [e.changes[-1].to for e in backend.history(flow.id)] == ["inProgress", "started"]
     # deployment-started waited behind deployment-created's second action, still under way: a dispatcher's.
     assert [r.event for r in delivered] == [HookEvent.DEPLOYMENT_CREATED] * 2
     dispatched = RecordingEmitter()
-    Dispatcher(one_store, dispatched).run_once()
+    Dispatcher(backend, dispatched).run_once()
     sent = delivered + dispatched.requests
     assert len({r.id for r in sent}) == len(sent) == 4  # each once
     assert [r.event for r in sent] == [HookEvent.DEPLOYMENT_CREATED] * 2 + [HookEvent.DEPLOYMENT_STARTED] * 2
-    assert one_store.count_pending() == 0
+    assert backend.count_pending() == 0
 
 
-def test_an_emitter_that_raises_leaves_the_trigger_applied_and_its_requests_pending(one_store: Repository) -> None:
+def test_an_emitter_that_raises_leaves_the_trigger_applied_and_its_requests_pending(backend: Repository) -> None:
     def emit(request: HookRequest) -> None:
         raise ConnectionError("receiver down")
 
-    engine = FlowEngine(Catalog([TIMED]), one_store, CallbackEmitter(emit), clock=FakeClock())
+    engine = FlowEngine(Catalog([TIMED]), backend, CallbackEmitter(emit), clock=FakeClock())
     outcome = engine.handle(ArtifactCreated(artifact(1)))
-    assert one_store.get(outcome.flows[0].id).version == 1
-    assert one_store.count_pending() == len(outcome.hook_requests) == 2
+    assert backend.get(outcome.flows[0].id).version == 1
+    assert backend.count_pending() == len(outcome.hook_requests) == 2
     dispatched = RecordingEmitter()
-    Dispatcher(one_store, dispatched).run_once()  # released at once, not after the lease
+    Dispatcher(backend, dispatched).run_once()  # released at once, not after the lease
     assert [r.id for r in dispatched.requests] == [r.id for r in outcome.hook_requests]
 
 
-def test_an_emitter_that_hangs_keeps_its_requests_from_a_dispatcher(one_store: Repository) -> None:
+def test_an_emitter_that_hangs_keeps_its_requests_from_a_dispatcher(backend: Repository) -> None:
     entered, go = threading.Event(), threading.Event()
 
     def emit(request: HookRequest) -> None:
         entered.set()
         assert go.wait(timeout=10)
 
-    engine = FlowEngine(Catalog([TIMED]), one_store, CallbackEmitter(emit), clock=FakeClock())
+    engine = FlowEngine(Catalog([TIMED]), backend, CallbackEmitter(emit), clock=FakeClock())
     handling = threading.Thread(target=engine.handle, args=(ArtifactCreated(artifact(1)),))
     handling.start()
     try:
         assert entered.wait(timeout=10)
         dispatched = RecordingEmitter()
-        Dispatcher(one_store, dispatched).run_once()
+        Dispatcher(backend, dispatched).run_once()
         assert dispatched.requests == []  # leased to the engine delivering them
     finally:
         go.set()
         handling.join(timeout=10)
-    assert one_store.count_pending() == 0
+    assert backend.count_pending() == 0
 
 
 class Flaky:
@@ -604,15 +589,15 @@ def test_a_full_sqlite_disk_refuses_each_trigger_whole(tmp_path: Path) -> None:
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_a_refused_lease_leaves_the_store_as_it_was(one_store: Repository) -> None:
+def test_a_refused_lease_leaves_the_store_as_it_was(backend: Repository) -> None:
     """A lease of NaN is refused (``ValidationError``, field ``lease``) before anything is saved."""
     emitter = RecordingEmitter()
-    engine = FlowEngine(Catalog([TIMED]), one_store, emitter, clock=FakeClock(), lease=float("nan"))
+    engine = FlowEngine(Catalog([TIMED]), backend, emitter, clock=FakeClock(), lease=float("nan"))
     with pytest.raises(flowfsm.ValidationError) as error:
         engine.handle(ArtifactCreated(artifact(1)))
     assert error.value.field == "lease"
-    assert one_store.list_flows() == []
-    assert one_store.count_pending() == 0
+    assert backend.list_flows() == []
+    assert backend.count_pending() == 0
     assert emitter.requests == []
 
 
@@ -712,7 +697,7 @@ def test_a_driver_error_quoting_a_huge_value_is_bounded(postgres_dsn: str, pg_sc
         assert repository.count_pending() == 0
 
 
-def test_an_emitter_interrupted_records_what_it_sent_and_releases_the_rest(one_store: Repository) -> None:
+def test_an_emitter_interrupted_records_what_it_sent_and_releases_the_rest(backend: Repository) -> None:
     """Ctrl-C (or any ``BaseException``) in ``emit`` goes on up, once the engine has
     recorded the request sent and released the one left: neither waits out the lease."""
     sent: list[HookRequest] = []
@@ -722,16 +707,16 @@ def test_an_emitter_interrupted_records_what_it_sent_and_releases_the_rest(one_s
             raise KeyboardInterrupt
         sent.append(request)
 
-    engine = FlowEngine(Catalog([TIMED]), one_store, CallbackEmitter(emit), clock=FakeClock())
+    engine = FlowEngine(Catalog([TIMED]), backend, CallbackEmitter(emit), clock=FakeClock())
     with pytest.raises(KeyboardInterrupt):
         engine.handle(ArtifactCreated(artifact(1)))
-    (flow,) = one_store.list_flows()
+    (flow,) = backend.list_flows()
     assert flow.version == 1  # the trigger was committed before delivery began
     dispatched = RecordingEmitter()
-    Dispatcher(one_store, dispatched).run_once()
+    Dispatcher(backend, dispatched).run_once()
     assert len(dispatched.requests) == 1
     assert {r.id for r in sent} | {r.id for r in dispatched.requests} == {
-        e for entry in one_store.history(flow.id) for e in entry.hook_request_ids
+        e for entry in backend.history(flow.id) for e in entry.hook_request_ids
     }
     assert not {r.id for r in sent} & {r.id for r in dispatched.requests}
 

@@ -5,8 +5,7 @@ can encode them), NaN and infinities in result details (not JSON)."""
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,26 +28,10 @@ from flowfsm import (
 )
 from flowfsm.converter import from_json, structure
 from flowfsm.protocols import Repository
-from flowfsm.repositories import InMemoryRepository, PostgresRepository, SQLiteRepository
+from flowfsm.repositories import SQLiteRepository
 from flowfsm.testing import SequentialIds, StepClock
 
 from .conftest import api_service
-from .test_repositories import drop_schemas
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repository]:
-    if request.param == "memory":
-        yield InMemoryRepository()
-    elif request.param == "sqlite":
-        with SQLiteRepository(tmp_path / "flows.db") as sqlite:
-            yield sqlite
-    else:
-        dsn = request.getfixturevalue("postgres_dsn")
-        schema = f"b_{uuid.uuid4().hex[:12]}"
-        with PostgresRepository(dsn, schema=schema) as postgres:
-            yield postgres
-        drop_schemas(dsn, [schema])
 
 
 def result(promotion_id: str, details: dict[str, Any]) -> dict[str, Any]:
