@@ -49,7 +49,6 @@ from flowfsm.web import Viewer, dashboard
 from flowfsm.web._security import CsrfTokens
 
 from .conftest import SECRET_KEYS, api_service
-from .test_boundaries import backend  # noqa: F401  # a fixture: the same pages on every store
 
 
 class Clock:
@@ -305,7 +304,7 @@ def test_every_page_forbids_scripts_from_elsewhere(web_engine: FlowEngine) -> No
 
 
 def test_a_flow_id_no_store_can_hold_is_an_unknown_flow_on_every_store(
-    backend: Repository,  # noqa: F811  # the fixture imported above
+    backend: Repository,  # the same pages on every store (the fixture is in conftest)
     clock: Clock,
 ) -> None:
     """PostgreSQL refuses NUL in text: asked for such a flow, it must still say "unknown flow", not fail."""
