@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -143,6 +143,36 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Reposito
         with PostgresRepository(dsn, schema=schema) as postgres:
             yield postgres
         drop_schemas(dsn, [schema])
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def make_repository(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Repository]]:
+    """A factory of repositories sharing one store (each call: one more connection; in
+    memory, the one store itself), all closed after, a PostgreSQL schema dropped."""
+    from .test_repositories import drop_schemas
+
+    opened: list[Repository] = []
+    memory = InMemoryRepository()
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+
+    def make() -> Repository:
+        repo: Repository
+        if request.param == "memory":
+            repo = memory
+        elif request.param == "sqlite":
+            repo = SQLiteRepository(tmp_path / "flows.db")
+        else:
+            repo = PostgresRepository(request.getfixturevalue("postgres_dsn"), schema=schema, max_size=2)
+        opened.append(repo)
+        return repo
+
+    yield make
+    for repo in opened:
+        close = getattr(repo, "close", None)
+        if close is not None:
+            close()
+    if request.param == "postgres":
+        drop_schemas(request.getfixturevalue("postgres_dsn"), [schema])
 
 
 @pytest.fixture

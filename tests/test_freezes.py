@@ -53,9 +53,8 @@ from flowfsm.scheduling import Scheduler
 from flowfsm.testing import FakeClock, SequentialIds
 from tests.conftest import two_actions
 from tests.test_cli import Cli, cli
-from tests.test_time import make_repository
 
-__all__ = ["cli", "make_repository"]  # the fixtures: a command line; memory, SQLite, PostgreSQL
+__all__ = ["cli"]  # the fixture: a command line (memory, SQLite, PostgreSQL: conftest's make_repository)
 
 UTC = dt.UTC
 BERLIN = "Europe/Berlin"

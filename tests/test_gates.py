@@ -25,9 +25,6 @@ from flowfsm.scheduling import Scheduler
 from flowfsm.testing import FakeClock, SequentialIds
 from tests.conftest import two_actions
 from tests.test_freezes import ARTIFACT, FREEZE_ENDS, FREEZE_STARTS, FRIDAY_NOON, World, weekend
-from tests.test_time import make_repository
-
-__all__ = ["make_repository"]  # the fixture: memory, SQLite, PostgreSQL
 
 
 class Gated(World):

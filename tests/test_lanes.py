@@ -9,7 +9,7 @@ import random
 import re
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,33 +72,6 @@ def service(concurrency: str = "queue", strategy: str = "STOP") -> Service:
         failure_strategy=strategy,
         concurrency=concurrency,
     )
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def make_repository(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Repository]]:
-    """Opens the test's one store: each call a new connection (the in-memory store: itself)."""
-    opened: list[Repository] = []
-    memory = InMemoryRepository()
-    schema = f"l_{uuid.uuid4().hex[:16]}"
-
-    def make() -> Repository:
-        repo: Repository
-        if request.param == "memory":
-            repo = memory
-        elif request.param == "sqlite":
-            repo = SQLiteRepository(tmp_path / "flows.db")
-        else:
-            repo = PostgresRepository(request.getfixturevalue("postgres_dsn"), schema=schema, max_size=2)
-        opened.append(repo)
-        return repo
-
-    yield make
-    for repo in opened:
-        close = getattr(repo, "close", None)
-        if close is not None:
-            close()
-    if request.param == "postgres":
-        drop_schemas(request.getfixturevalue("postgres_dsn"), [schema])
 
 
 class World:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -57,14 +56,13 @@ from flowfsm.catalog import Catalog as CatalogClass
 from flowfsm.converter import from_json, structure, to_json, unstructure
 from flowfsm.emitters import RecordingEmitter
 from flowfsm.protocols import Repository
-from flowfsm.repositories import InMemoryRepository, PostgresRepository, SQLiteRepository
+from flowfsm.repositories import InMemoryRepository, SQLiteRepository
 from flowfsm.repositories._common import flow_body, flow_from_body
 from flowfsm.scheduling import Scheduler
 from flowfsm.strategies import Failure, Stop
 from flowfsm.testing import FakeClock, SequentialIds
 from flowfsm.triggers import TimerFired, Trigger
 from tests.conftest import two_actions
-from tests.test_repositories import drop_schemas
 
 ARTIFACT = Artifact("com.acme", "api", "1.0.0")
 
@@ -81,31 +79,10 @@ def service(strategy: str = "STOP", *, retry: RetryPolicy | None = None, **dev: 
     )
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Repository]]:
-    """A factory of repositories sharing one store (each call: one more connection)."""
-    opened: list[Repository] = []
-    memory = InMemoryRepository()
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-
-    def make() -> Repository:
-        repo: Repository
-        if request.param == "memory":
-            repo = memory
-        elif request.param == "sqlite":
-            repo = SQLiteRepository(tmp_path / "flows.db")
-        else:
-            repo = PostgresRepository(request.getfixturevalue("postgres_dsn"), schema=schema, max_size=2)
-        opened.append(repo)
-        return repo
-
-    yield make
-    for repo in opened:
-        close = getattr(repo, "close", None)
-        if close is not None:
-            close()
-    if request.param == "postgres":
-        drop_schemas(request.getfixturevalue("postgres_dsn"), [schema])
+@pytest.fixture
+def store(make_repository: Callable[[], Repository]) -> Callable[[], Repository]:
+    """A factory of repositories sharing one store (conftest's ``make_repository``)."""
+    return make_repository
 
 
 class World:

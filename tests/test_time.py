@@ -7,7 +7,7 @@ import datetime as dt
 import re
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -77,36 +77,6 @@ class Recorder:
     def on_failure(self, failure: Failure) -> None:
         self.failures.append(failure)
         Stop().on_failure(failure)
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def make_repository(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Repository]]:
-    """A factory of repositories sharing one store (each call: one more connection)."""
-    opened: list[Repository] = []
-    schemas: list[str] = []
-    memory = InMemoryRepository()
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-
-    def make() -> Repository:
-        repo: Repository
-        if request.param == "memory":
-            repo = memory
-        elif request.param == "sqlite":
-            repo = SQLiteRepository(tmp_path / "flows.db")
-        else:
-            dsn = request.getfixturevalue("postgres_dsn")
-            schemas.append(schema)
-            repo = PostgresRepository(dsn, schema=schema, max_size=2)
-        opened.append(repo)
-        return repo
-
-    yield make
-    for repo in opened:
-        close = getattr(repo, "close", None)
-        if close is not None:
-            close()
-    if schemas:
-        drop_schemas(request.getfixturevalue("postgres_dsn"), [schema])
 
 
 class World:
